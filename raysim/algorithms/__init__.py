@@ -1,0 +1,42 @@
+"""Algorithms: one module per paper, a small explicit registry (no Ray here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raysim.algorithms.base import (
+    AlgoParams,
+    Algorithm,
+    ClientResult,
+    ClientTask,
+    LinearSum,
+    SetupContext,
+)
+from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
+from raysim.algorithms.local import LocalOnly
+from raysim.algorithms.scaffold import Scaffold
+
+ALGORITHMS: dict[str, Any] = {cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised)}
+
+
+def build_algorithm(name: str, params: dict[str, Any] | AlgoParams | None = None) -> Algorithm:
+    try:
+        cls = ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown algorithm {name!r}; valid names: {', '.join(sorted(ALGORITHMS))}"
+        ) from None
+    p = params if isinstance(params, AlgoParams) else cls.params_model.model_validate(params or {})
+    return cls(p)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "AlgoParams",
+    "Algorithm",
+    "ClientResult",
+    "ClientTask",
+    "LinearSum",
+    "SetupContext",
+    "build_algorithm",
+]

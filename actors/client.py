@@ -1,0 +1,49 @@
+"""ClientActor: a thin Ray shell over ``raysim.runtime.host.ClientHost``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ray
+
+from raysim.algorithms.base import ClientTask
+from raysim.runtime.host import ClientHost, HostReply, HostSpec
+
+
+class ClientActorImpl:
+    def __init__(
+        self, host_id: int, algorithm: Any, dataset: Any, shards: Sequence[Any], spec: HostSpec
+    ) -> None:
+        gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        self.host = ClientHost(host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids)
+
+    def ping(self) -> int:
+        return self.host.host_id
+
+    def client_ids(self) -> list[int]:
+        return self.host.client_ids()
+
+    def run(self, round_idx: int, tasks: Sequence[ClientTask], model_refs: Mapping[str, Any]) -> HostReply:
+        keys = list(model_refs)
+        values = ray.get([model_refs[k] for k in keys])  # zero-copy numpy views from the object store
+        return self.host.run(round_idx, tasks, dict(zip(keys, values, strict=True)))
+
+    def evaluate(self, model_refs: Mapping[str, Any]) -> list[dict[str, float]]:
+        keys = list(model_refs)
+        values = ray.get([model_refs[k] for k in keys])
+        return self.host.evaluate(dict(zip(keys, values, strict=True)))
+
+    def get_state(self) -> dict[int, dict[str, Any]]:
+        return self.host.get_state()
+
+    def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
+        self.host.set_state(states)
+
+    def stats(self) -> dict[str, Any]:
+        out = self.host.stats()
+        out["node_id"] = ray.get_runtime_context().get_node_id()
+        return out
+
+
+ClientActor = ray.remote(ClientActorImpl)

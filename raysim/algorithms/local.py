@@ -1,0 +1,47 @@
+"""Local-only reference point: every client trains its own model from the shared
+initialisation and never shares it. Its personalised accuracy is the bar that federation
+has to beat on strongly non-IID splits; it has no global model (global metrics are NaN)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from raysim.algorithms.base import AlgoParams, ClientContext, ClientResult, ClientTask, LinearSum, Metrics
+from raysim.algorithms.fedavg import FedAvg, GlobalState
+from raysim.models.flat import Params
+
+
+class LocalOnly(FedAvg):
+    name: ClassVar[str] = "local"
+    linear: ClassVar[bool] = False
+    global_model: ClassVar[bool] = False
+    params_model: ClassVar[type[AlgoParams]] = AlgoParams
+
+    def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
+        start = client.state.get("params", params)
+        fit = client.fit(start, **task.hparams)
+        client.state["params"] = fit.params
+        return ClientResult(
+            client_id=task.client_id,
+            num_examples=fit.num_examples,
+            delta=None,
+            metrics={"train_loss": fit.loss},
+        )
+
+    def aggregate(
+        self,
+        state: GlobalState,
+        round_idx: int,
+        results: Sequence[ClientResult | LinearSum],
+        rng: np.random.Generator,
+    ) -> tuple[GlobalState, Metrics]:
+        return state, {"aggregated_clients": float(len(results))}
+
+    def models(self, state: GlobalState) -> Mapping[str, Params]:
+        return {"global": state.params}
+
+    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
+        return client.state.get("params", models["global"])

@@ -1,0 +1,275 @@
+"""Typed, validated experiment configuration.
+
+A config is YAML with the sections below; ``load_config`` reads it, applies dotted
+``--set a.b=c`` overrides and validates everything a user can get wrong *before* any run
+directory exists. Every error names the field and how to fix it (``ConfigError``); the CLI
+turns it into one message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with an experiment config (the CLI exits with status 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DATASET_NAMES = ("fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10")
+PARTITION_NAMES = (
+    "iid",
+    "dirichlet",
+    "pathological",
+    "quantity",
+    "dirichlet-quantity",
+    "rotation",
+    "label-permutation",
+    "contiguous",
+    "natural",
+)
+
+
+class DataConfig(_Section):
+    dataset: Literal[DATASET_NAMES] = "fashion-mnist"  # type: ignore[valid-type]
+    data_dir: str | None = None
+    partition: Literal[PARTITION_NAMES] = "dirichlet"  # type: ignore[valid-type]
+    num_clients: Annotated[int, Field(ge=1)] = 100
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    classes_per_client: Annotated[int, Field(ge=1)] = 2
+    sigma: Annotated[float, Field(gt=0)] = 1.0
+    num_groups: Annotated[int, Field(ge=1)] = 4
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    test_per_client: Annotated[int, Field(ge=1)] | None = None
+    public_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.0
+    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of clients whose labels are shuffled
+    synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
+    synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
+
+
+class ModelConfig(_Section):
+    name: str = "cnn-small"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from raysim.models.registry import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; valid names: {', '.join(sorted(MODELS))}")
+        return v
+
+
+class LocalConfig(_Section):
+    """Client-side training knobs (the design's local_* knobs)."""
+
+    epochs: Annotated[int, Field(ge=1)] = 1
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+
+
+class RoundsConfig(_Section):
+    num_rounds: Annotated[int, Field(ge=1)] = 50
+    clients_per_round: Annotated[int, Field(ge=1)] = 10
+    eval_every: Annotated[int, Field(ge=1)] = 1
+    personal_eval: bool = True  # also evaluate every client's model on its local test split
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0  # 0: no checkpoints
+
+
+class ResourcesConfig(_Section):
+    backend: Literal["ray", "serial"] = "ray"
+    address: str | None = None  # Ray cluster address; None starts a local Ray in-process
+    clients_per_actor: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    num_actors: Annotated[int, Field(ge=1)] | None = None  # with clients_per_actor=auto; None: fill the CPUs
+    num_cpus: Annotated[float, Field(ge=0)] = 1.0  # per client actor
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0  # per client actor; fractions share a GPU
+    torch_threads: Annotated[int, Field(ge=1)] = 1
+    max_restarts: Annotated[int, Field(ge=0)] = 1
+
+    @field_validator("num_gpus")
+    @classmethod
+    def _gpu_fraction(cls, v: float) -> float:
+        if v > 1 and not float(v).is_integer():
+            raise ValueError(
+                f"{v} GPUs per actor cannot be placed: use a fraction <= 1 (e.g. 0.25 puts 4 actors on a GPU) "
+                "or a whole number"
+            )
+        return v
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: str | None = None  # default: the experiment name
+    progress: bool = True
+
+
+class AlgorithmConfig(BaseModel):
+    """``name`` picks the algorithm; every other key is that algorithm's own parameter."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "fedavg"
+
+    @model_validator(mode="after")
+    def _params(self) -> AlgorithmConfig:
+        from raysim.algorithms import ALGORITHMS
+
+        if self.name not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.name!r}; valid names: {', '.join(sorted(ALGORITHMS))}")
+        ALGORITHMS[self.name].params_model.model_validate(self.model_extra or {})
+        return self
+
+    @property
+    def params(self) -> BaseModel:
+        from raysim.algorithms import ALGORITHMS
+
+        return ALGORITHMS[self.name].params_model.model_validate(self.model_extra or {})
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    local: LocalConfig = LocalConfig()
+    rounds: RoundsConfig = RoundsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> ExperimentConfig:
+        d, r = self.data, self.rounds
+        if r.clients_per_round > d.num_clients:
+            raise ValueError(
+                f"rounds.clients_per_round={r.clients_per_round} is larger than data.num_clients="
+                f"{d.num_clients}; lower the cohort or add clients"
+            )
+        if d.partition == "rotation" and d.num_groups > 4:
+            raise ValueError("data.num_groups must be <= 4 with partition 'rotation' (0/90/180/270 degrees)")
+        if d.partition == "natural" and d.dataset != "synthetic":
+            raise ValueError(
+                "data.partition 'natural' needs a federated-by-nature dataset: dataset 'synthetic'"
+            )
+        if d.dataset == "synthetic" and self.model.name != "mlp":
+            raise ValueError("data.dataset 'synthetic' is vector data: set model.name to 'mlp'")
+        if self.resources.clients_per_actor != "auto" and self.resources.num_actors is not None:
+            raise ValueError("set either resources.clients_per_actor or resources.num_actors, not both")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def num_client_actors(self, cluster_cpus: float | None = None, cluster_gpus: float | None = None) -> int:
+        """How many client actors the run starts (the packing rule, documented in README).
+
+        ``clients_per_actor: N`` gives ceil(clients / N). ``auto`` gives ``num_actors`` when set,
+        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold, never more
+        than there are clients.
+        """
+        res, n = self.resources, self.data.num_clients
+        if self.algorithm.name == "centralised":
+            return 1
+        if res.clients_per_actor != "auto":
+            return math.ceil(n / res.clients_per_actor)
+        if res.num_actors is not None:
+            return min(n, res.num_actors)
+        fits = []
+        if res.num_gpus > 0 and cluster_gpus is not None:
+            fits.append(int(cluster_gpus / res.num_gpus + 1e-9))
+        if res.num_cpus > 0 and cluster_cpus is not None:
+            fits.append(int(cluster_cpus / res.num_cpus + 1e-9))
+        return max(1, min(n, *fits)) if fits else max(1, min(n, 2))
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `raysim validate` lists the valid sections)"
+        where = f"{loc}: " if loc else ""
+        got = e.get("input")
+        shown = (
+            ""
+            if e["type"] in ("extra_forbidden", "value_error") or isinstance(got, dict)
+            else f" (got {got!r})"
+        )
+        lines.append(f"{where}{msg}{shown}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(
+            f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set rounds.num_rounds=5"
+        )
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    return parts, yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = dict(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {p!r} is a value, not a section")
+            node[p] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; the examples live in configs/")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {p} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config {p} must be a mapping of sections (data:, model:, ...), got {type(raw).__name__}"
+        )
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(p))
+
+
+def check_data_available(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError when the dataset's files are missing (without loading them)."""
+    from raysim.data import dataset_available
+
+    problem = dataset_available(cfg.data.dataset, cfg.data.data_dir)
+    if problem is not None:
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r}: {problem}")
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

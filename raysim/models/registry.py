@@ -1,0 +1,125 @@
+"""Model registry: small, explicit, fails loudly with the valid names.
+
+Every builder takes ``input_shape`` ((C, H, W) for images, (D,) for vectors) and
+``num_classes`` and returns a fresh ``torch.nn.Module``. Weights are initialised by
+torch's defaults under whatever generator state the caller set (see
+``raysim.models.flat.init_params`` for the seeded path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def _require_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"model {name!r} needs image input (C, H, W), got input_shape={input_shape}; "
+            "use model 'mlp' for vector data such as 'synthetic'"
+        )
+    c, h, w = input_shape
+    return c, h, w
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> nn.Module:
+    """Two hidden layers of ``hidden`` units (the FedAvg paper's 2NN when hidden=200)."""
+    d = 1
+    for s in input_shape:
+        d *= s
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def cnn_small(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """conv16 - conv32 - fc: 3x3 convolutions, each followed by ReLU and 2x2 max-pool."""
+    c, h, w = _require_image("cnn-small", input_shape)
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * (h // 4) * (w // 4), num_classes),
+    )
+
+
+def cnn_mcmahan(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The CNN of McMahan et al. 2017: conv5x5(32) - pool - conv5x5(64) - pool - fc512 - fc."""
+    c, h, w = _require_image("cnn-mcmahan", input_shape)
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * (h // 4) * (w // 4), 512),
+        nn.ReLU(),
+        nn.Linear(512, num_classes),
+    )
+
+
+def cnn_cifar(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The genetic-CFL notebook's CNN: 2x conv32, pool, 2x conv64, pool, 2x conv128, pool,
+    dense128, dense. 550,570 parameters for 32x32x3 input and 10 classes."""
+    c, h, w = _require_image("cnn-cifar", input_shape)
+    layers: list[nn.Module] = []
+    prev = c
+    for width in (32, 64, 128):
+        layers += [
+            nn.Conv2d(prev, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+        prev = width
+    layers += [
+        nn.Flatten(),
+        nn.Linear(128 * (h // 8) * (w // 8), 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    "mlp": mlp,
+    "cnn-small": cnn_small,
+    "cnn-mcmahan": cnn_mcmahan,
+    "cnn-cifar": cnn_cifar,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}") from None
+    return builder(tuple(input_shape), int(num_classes))
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one example, by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, *input_shape))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return int(counter.get_total_flops())

@@ -1,0 +1,285 @@
+"""ClientHost: the plain class inside every client actor (and the serial backend).
+
+A host keeps n clients: their index arrays into the shared dataset, their labels (in the
+client's label space: permuted groups, noisy labels), their persistent state (control
+variates, personal weights, ...) and ONE reusable torch model for all of them. It runs the
+algorithm's ``client_update`` for the tasks it is given, turns failures and non-finite
+updates into counted dropouts, and pre-sums results when the algorithm is linear.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+
+from raysim.algorithms.base import Algorithm, ClientResult, ClientTask, GradHook, LinearSum, UpdateTooLarge
+from raysim.models.flat import Params
+from raysim.runtime.trainer import EvalResult, FitResult, Trainer, pick_device
+
+
+def client_seed(seed: int, round_idx: int, client_id: int, purpose: int = 0) -> int:
+    """The RNG seed of one client in one round: a function of (seed, round, client) only, so
+    results never depend on which actor hosts the client."""
+    return int(np.random.SeedSequence([seed, round_idx, client_id, purpose]).generate_state(1)[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostSpec:
+    model: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+    torch_threads: int = 1
+    presum: bool = True  # pre-sum linear algorithms' results on the host
+    noisy_clients: frozenset[int] = frozenset()  # clients whose training labels are random
+
+
+@dataclass
+class HostedClient:
+    client_id: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    y_train: np.ndarray  # labels of train_idx in the client's label space
+    y_val: np.ndarray
+    y_test: np.ndarray
+    rotation: int
+    group: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostReply:
+    results: list[ClientResult]  # per client; delta dropped when pre-summed
+    partial: LinearSum | None
+    dropouts: list[tuple[int, str]]
+    seconds: float
+    transfer_bytes: int  # what this reply carries back to the server
+
+
+class _Context:
+    """``ClientContext`` for one hosted client in one round."""
+
+    def __init__(
+        self, host: ClientHost, client: HostedClient, round_idx: int, broadcast: Mapping[str, np.ndarray]
+    ):
+        self._host, self._c, self._round = host, client, round_idx
+        self.client_id = client.client_id
+        self.num_examples = len(client.train_idx)
+        self.state = client.state
+        self.broadcast = broadcast
+        self.group = client.group
+
+    def seed(self, purpose: int = 0) -> int:
+        return client_seed(self._host.spec.seed, self._round, self.client_id, purpose)
+
+    def fit(self, params: Params, *, grad_hook: GradHook | None = None, **hp: float) -> FitResult:
+        c = self._c
+        return self._host.trainer.fit(
+            params,
+            self._host.x_train,
+            c.y_train,
+            idx=c.train_idx,
+            epochs=int(hp.get("epochs", 1)),
+            batch_size=int(hp.get("batch_size", 32)),
+            lr=float(hp["lr"]),
+            momentum=float(hp.get("momentum", 0.0)),
+            weight_decay=float(hp.get("weight_decay", 0.0)),
+            seed=self.seed(),
+            grad_hook=grad_hook,
+            rotation=c.rotation,
+        )
+
+    def evaluate(self, params: Params, split: str = "val") -> EvalResult:
+        c, h = self._c, self._host
+        if split == "val":
+            x, idx, y = h.x_train, c.val_idx, c.y_val
+        elif split == "test":
+            x, idx, y = h.x_test, c.test_idx, c.y_test
+        elif split == "train":
+            x, idx, y = h.x_train, c.train_idx, c.y_train
+        else:
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        return h.trainer.evaluate(params, x, y, idx=idx, rotation=c.rotation)
+
+    def embed(self, params: Params) -> np.ndarray:
+        c = self._c
+        return self._host.trainer.embed(params, self._host.x_train, idx=c.train_idx, rotation=c.rotation)
+
+
+def make_client_labels(
+    shard: Any, y_train_all: np.ndarray, y_test_all: np.ndarray, num_classes: int, noisy: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels of a client's train/val/test examples in its own label space.
+
+    A label-permutation group maps labels through ``shard.label_perm``; a noisy client's
+    training and validation labels are replaced by uniform random labels (its test labels stay
+    clean, so noise hurts what the model learns, not how it is scored).
+    """
+    perm = shard.label_perm
+
+    def mapped(y: np.ndarray) -> np.ndarray:
+        return (perm[y] if perm is not None else y).astype(np.int64)
+
+    ytr, yva, yte = (
+        mapped(y_train_all[shard.train_idx]),
+        mapped(y_train_all[shard.val_idx]),
+        mapped(y_test_all[shard.test_idx]),
+    )
+    if noisy:
+        rng = np.random.default_rng([seed, shard.client_id, 7])
+        ytr = rng.integers(0, num_classes, size=len(ytr)).astype(np.int64)
+        yva = rng.integers(0, num_classes, size=len(yva)).astype(np.int64)
+    return ytr, yva, yte
+
+
+class ClientHost:
+    def __init__(
+        self,
+        host_id: int,
+        algorithm: Algorithm,
+        dataset: Any,
+        shards: Sequence[Any],
+        spec: HostSpec,
+        gpu_ids: list | None = None,
+    ) -> None:
+        torch.set_num_threads(spec.torch_threads)
+        self.host_id = host_id
+        self.algorithm = algorithm
+        self.spec = spec
+        self.x_train, self.x_test = dataset.x_train, dataset.x_test
+        self.device = pick_device(gpu_ids)
+        self.gpu_ids = list(gpu_ids or [])
+        self.trainer = Trainer(
+            model=spec.model,
+            input_shape=spec.input_shape,
+            num_classes=spec.num_classes,
+            mean=spec.mean,
+            std=spec.std,
+            device=self.device,
+        )
+        self.clients: dict[int, HostedClient] = {}
+        for s in shards:
+            ytr, yva, yte = make_client_labels(
+                s,
+                dataset.y_train,
+                dataset.y_test,
+                spec.num_classes,
+                s.client_id in spec.noisy_clients,
+                spec.seed,
+            )
+            self.clients[s.client_id] = HostedClient(
+                client_id=s.client_id,
+                train_idx=np.asarray(s.train_idx, dtype=np.int64),
+                val_idx=np.asarray(s.val_idx, dtype=np.int64),
+                test_idx=np.asarray(s.test_idx, dtype=np.int64),
+                y_train=ytr,
+                y_val=yva,
+                y_test=yte,
+                rotation=int(s.rotation),
+                group=int(s.group),
+            )
+        self._proc = psutil.Process(os.getpid())
+        self._peak_rss = self._proc.memory_info().rss
+
+    def client_ids(self) -> list[int]:
+        return sorted(self.clients)
+
+    def run(self, round_idx: int, tasks: Sequence[ClientTask], models: Mapping[str, np.ndarray]) -> HostReply:
+        t0 = time.perf_counter()
+        results: list[ClientResult] = []
+        dropouts: list[tuple[int, str]] = []
+        for task in sorted(tasks, key=lambda t: t.client_id):
+            client = self.clients.get(task.client_id)
+            if client is None:
+                dropouts.append((task.client_id, f"not hosted on actor {self.host_id}"))
+                continue
+            ctx = _Context(self, client, round_idx, models)
+            try:
+                r = self.algorithm.client_update(task, models[task.model_key], ctx)
+            except Exception as exc:  # a failing client is a counted dropout, with its reason
+                reason = f"error: {type(exc).__name__}: {exc}"
+                dropouts.append((task.client_id, reason))
+                print(
+                    f"[raysim] client {task.client_id} failed in round {round_idx}:\n{traceback.format_exc()}"
+                )
+                continue
+            if not r.is_finite():
+                dropouts.append((task.client_id, "non-finite update"))
+                continue
+            if self.algorithm.linear and r.delta is not None:
+                try:
+                    LinearSum.single(r)
+                except UpdateTooLarge as exc:
+                    dropouts.append((task.client_id, str(exc)))
+                    continue
+            results.append(
+                ClientResult(
+                    client_id=r.client_id,
+                    num_examples=r.num_examples,
+                    delta=r.delta,
+                    metrics={**r.metrics, "upload_bytes": float(r.upload_bytes())},
+                    extras=r.extras,
+                )
+            )
+        self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
+        partial = None
+        if self.spec.presum and self.algorithm.linear and results:
+            partial = LinearSum.of(results)
+            results = [r.without_payload() for r in results]
+            nbytes = partial.upload_bytes() if partial is not None else 0
+        else:
+            nbytes = sum(r.upload_bytes() for r in results)
+        return HostReply(
+            results=results,
+            partial=partial,
+            dropouts=dropouts,
+            seconds=time.perf_counter() - t0,
+            transfer_bytes=nbytes,
+        )
+
+    def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+        """Every hosted client's personalised model on its local test split."""
+        rows = []
+        for cid in sorted(self.clients):
+            c = self.clients[cid]
+            if len(c.test_idx) == 0:
+                continue
+            ctx = _Context(self, c, -1, models)
+            params = self.algorithm.personal_params(models, ctx)
+            ev = self.trainer.evaluate(params, self.x_test, c.y_test, idx=c.test_idx, rotation=c.rotation)
+            rows.append({"client_id": cid, "n": ev.n, "correct": ev.correct, "loss": ev.loss})
+        self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
+        return rows
+
+    def get_state(self) -> dict[int, dict[str, Any]]:
+        return {cid: dict(c.state) for cid, c in self.clients.items() if c.state}
+
+    def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
+        for cid, st in states.items():
+            if cid in self.clients:
+                self.clients[cid].state = dict(st)
+
+    def stats(self) -> dict[str, Any]:
+        rss = self._proc.memory_info().rss
+        self._peak_rss = max(self._peak_rss, rss)
+        return {
+            "actor": self.host_id,
+            "pid": os.getpid(),
+            "num_clients": len(self.clients),
+            "rss_mb": rss / 2**20,
+            "peak_rss_mb": self._peak_rss / 2**20,
+            "cpu_percent": self._proc.cpu_percent(None),
+            "device": str(self.device),
+            "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
+        }

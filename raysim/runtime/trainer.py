@@ -1,0 +1,196 @@
+"""Local training and evaluation on one reusable torch model (no Ray here).
+
+A ``Trainer`` owns one ``FlatModel`` and reads examples from the shared dataset arrays
+(zero-copy views of the object store under Ray) by index. SGD runs on the flat buffers: a
+step is ``w -= lr * (g + wd * w)`` (with optional momentum) as single tensor ops, after the
+algorithm's gradient hook (FedProx's proximal term, SCAFFOLD's correction, ...) edits ``g``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raysim.algorithms.base import GradHook
+from raysim.models.flat import FlatModel, Params
+from raysim.models.registry import build_model
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitResult:
+    params: Params
+    loss: float  # mean training loss over every example seen
+    steps: int  # optimizer steps taken
+    num_examples: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    loss: float  # mean
+    correct: int
+    n: int
+    preds: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+def pick_device(gpu_ids: list | None = None) -> torch.device:
+    """The GPU Ray assigned to this actor when torch can use it, else the CPU."""
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned id(s)
+    return torch.device("cpu")
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        model: str,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        mean: tuple[float, ...] = (),
+        std: tuple[float, ...] = (),
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.fm = FlatModel(build_model(model, input_shape, num_classes), self.device)
+        self.num_classes = num_classes
+        if mean:
+            m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+            s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+            self._scale: torch.Tensor | None = (1.0 / (255.0 * s)).to(self.device)
+            self._shift: torch.Tensor | None = (-m / s).to(self.device)
+        else:
+            self._scale = self._shift = None
+
+    # -- batches ---------------------------------------------------------------------------
+    def _inputs(self, x: np.ndarray, rotation: int) -> torch.Tensor:
+        if not x.flags.writeable:  # a read-only slice of the shared array: copy the batch only
+            x = np.array(x)
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        if self._scale is not None:
+            t = t.float().mul_(self._scale).add_(self._shift)
+        else:
+            t = t.float()
+        if rotation:
+            t = torch.rot90(t, rotation, dims=(-2, -1))
+        return t
+
+    # -- training --------------------------------------------------------------------------
+    def fit(
+        self,
+        params: Params,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        seed: int,
+        grad_hook: GradHook | None = None,
+        rotation: int = 0,
+        idx: np.ndarray | None = None,
+    ) -> FitResult:
+        """SGD over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
+
+        The client's examples are ``x[idx]`` (``idx`` None: all of ``x``), read batch by batch
+        so the shared array is never copied whole; ``y`` is aligned with them and already in
+        the client's label space. Returns the new parameters as a fresh numpy vector.
+        """
+        fm = self.fm
+        fm.load(params)
+        fm.module.train()
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        n = len(y)
+        yt_all = torch.tensor(np.asarray(y, dtype=np.int64))
+        buf = torch.zeros_like(fm.flat) if momentum > 0 else None
+        steps, loss_sum, seen = 0, 0.0, 0
+        bs = max(1, min(int(batch_size), n))
+        for _ in range(int(epochs)):
+            order = rng.permutation(n)
+            for start in range(0, n, bs):
+                b = order[start : start + bs]
+                xb = self._inputs(x[b] if idx is None else x[idx[b]], rotation)
+                yb = yt_all[b].to(self.device)
+                fm.zero_grad()
+                loss = F.cross_entropy(fm.module(xb), yb)
+                loss.backward()
+                with torch.no_grad():
+                    g = fm.grad
+                    if grad_hook is not None:
+                        grad_hook(fm.flat, g)
+                    if weight_decay:
+                        g.add_(fm.flat, alpha=weight_decay)
+                    if buf is not None:
+                        buf.mul_(momentum).add_(g)
+                        g = buf
+                    fm.flat.add_(g, alpha=-lr)
+                steps += 1
+                loss_sum += float(loss.detach()) * len(b)
+                seen += len(b)
+        return FitResult(params=fm.read(), loss=loss_sum / max(seen, 1), steps=steps, num_examples=n)
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(
+        self,
+        params: Params,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        rotation: int = 0,
+        batch_size: int = 1000,
+        idx: np.ndarray | None = None,
+    ) -> EvalResult:
+        fm = self.fm
+        fm.load(params)
+        fm.module.eval()
+        n = len(y)
+        preds = np.empty(n, dtype=np.int64)
+        loss_sum = 0.0
+        yt = torch.tensor(np.asarray(y, dtype=np.int64))
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            xb = self._inputs(x[rows] if idx is None else x[idx[rows]], rotation)
+            yb = yt[start : start + batch_size].to(self.device)
+            out = fm.module(xb)
+            loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+            preds[start : start + batch_size] = out.argmax(1).cpu().numpy()
+        yn = np.asarray(y, dtype=np.int64)
+        return EvalResult(
+            loss=loss_sum / max(n, 1), correct=int((preds == yn).sum()), n=n, preds=preds, labels=yn
+        )
+
+    @torch.no_grad()
+    def embed(
+        self,
+        params: Params,
+        x: np.ndarray,
+        *,
+        rotation: int = 0,
+        batch_size: int = 1000,
+        idx: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Mean penultimate-layer activation over ``x`` (a client's data feature vector)."""
+        fm = self.fm
+        fm.load(params)
+        fm.module.eval()
+        body = fm.module[:-1]  # type: ignore[index]
+        total: torch.Tensor | None = None
+        n = len(x) if idx is None else len(idx)
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            h = body(self._inputs(x[rows] if idx is None else x[idx[rows]], rotation)).flatten(1).sum(0)
+            total = h if total is None else total + h
+        if total is None:
+            raise ValueError("embed() of no examples")
+        return (total / n).cpu().numpy().astype(np.float32)

@@ -1,0 +1,61 @@
+"""raysim's data layer: offline loaders, seeded partitioners, and client shards (numpy only, no ray)."""
+
+from raysim.data.datasets import (
+    DATASETS,
+    Dataset,
+    DatasetNotFoundError,
+    channel_stats,
+    dataset_available,
+    load_dataset,
+    read_idx,
+)
+from raysim.data.federation import (
+    SCHEMES,
+    ClientShard,
+    Federation,
+    build_federation,
+    map_labels,
+    summary_table,
+    transform_images,
+    write_summary,
+)
+from raysim.data.partition import (
+    apportion,
+    assign_groups,
+    contiguous,
+    dirichlet,
+    dirichlet_quantity,
+    iid,
+    label_permutations,
+    pathological,
+    quantity_skew,
+    stratified_split,
+)
+
+__all__ = [
+    "DATASETS",
+    "SCHEMES",
+    "ClientShard",
+    "Dataset",
+    "DatasetNotFoundError",
+    "Federation",
+    "apportion",
+    "assign_groups",
+    "build_federation",
+    "channel_stats",
+    "contiguous",
+    "dataset_available",
+    "dirichlet",
+    "dirichlet_quantity",
+    "iid",
+    "label_permutations",
+    "load_dataset",
+    "map_labels",
+    "pathological",
+    "quantity_skew",
+    "read_idx",
+    "stratified_split",
+    "summary_table",
+    "transform_images",
+    "write_summary",
+]

@@ -1,0 +1,388 @@
+"""From a dataset to a federation: per-client train/val/test index arrays plus ground-truth groups.
+
+A client is index arrays into the shared dataset (never a copy). Indices are always in the dataset's
+original label space; a client's view applies ``transform_images(x, shard.rotation)`` to its images
+and ``map_labels(y, shard.label_perm)`` to its labels (train, val and test alike).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysim.data import partition as P
+from raysim.data.datasets import Dataset
+
+SCHEMES: tuple[str, ...] = (
+    "iid",
+    "dirichlet",
+    "pathological",
+    "quantity",
+    "dirichlet-quantity",
+    "rotation",
+    "label-permutation",
+    "contiguous",
+    "natural",
+)
+GROUP_SCHEMES = ("rotation", "label-permutation")
+MAX_ROTATION_GROUPS = 4
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ClientShard:
+    """One client's data, as positions into the shared dataset.
+
+    ``train_idx`` and ``val_idx`` index ``x_train`` (val is held out of the client's own shard, so it
+    has the same distribution); ``test_idx`` indexes ``x_test``, drawn to match the client's train label
+    distribution. ``train_idx`` is in random order, ``val_idx``/``test_idx`` sorted; trainers still
+    shuffle every epoch. ``group`` is the ground-truth group (-1 when the scheme has none),
+    ``rotation`` the quarter turns applied to the client's images, ``label_perm`` the map from
+    original label to client label (``None`` = identity).
+    """
+
+    client_id: int
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    group: int
+    rotation: int
+    label_perm: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        for arr in (self.train_idx, self.val_idx, self.test_idx, self.label_perm):
+            if arr is not None:
+                arr.setflags(write=False)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Federation:
+    """All clients of an experiment. ``public_idx`` (into ``x_train``) is held by no client.
+
+    ``num_groups`` is the number of ground-truth groups (0 when the scheme has none).
+    """
+
+    clients: tuple[ClientShard, ...]
+    public_idx: np.ndarray
+    scheme: str
+    num_groups: int
+
+    def __post_init__(self) -> None:
+        self.public_idx.setflags(write=False)
+
+
+# ------------------------------------------------------------------------------------- transforms
+
+
+def transform_images(x: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate images by ``rotation`` quarter turns (counter-clockwise) on the last two axes.
+
+    Works on a batch ``(B, C, H, W)`` or a single image; returns a C-contiguous array (``x`` itself
+    when ``rotation`` is 0 and ``x`` is already contiguous).
+    """
+    if isinstance(rotation, bool) or not isinstance(rotation, int | np.integer) or not 0 <= rotation <= 3:
+        raise ValueError(f"rotation must be an integer number of quarter turns in 0..3, got {rotation!r}")
+    if x.ndim < 2:
+        raise ValueError(f"transform_images needs images (..., H, W), got shape {x.shape}")
+    if rotation == 0:
+        return np.ascontiguousarray(x)
+    if x.shape[-1] != x.shape[-2] and rotation % 2 == 1:
+        raise ValueError(f"a quarter-turn rotation needs square images, got {x.shape[-2]}x{x.shape[-1]}")
+    return np.ascontiguousarray(np.rot90(x, k=int(rotation), axes=(-2, -1)))
+
+
+def map_labels(y: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
+    """Client labels: ``perm[y]`` (``y`` unchanged when ``perm`` is None)."""
+    if perm is None:
+        return y
+    perm = np.asarray(perm)
+    if perm.ndim != 1 or not np.array_equal(np.sort(perm), np.arange(len(perm))):
+        raise ValueError(f"label_perm must be a permutation of 0..num_classes-1, got {perm}")
+    return perm[y]
+
+
+# ------------------------------------------------------------------------------------- federation
+
+
+def _validate(
+    ds: Dataset,
+    scheme: str,
+    num_clients: int,
+    alpha: float,
+    classes_per_client: int,
+    sigma: float,
+    num_groups: int,
+    val_fraction: float,
+    test_per_client: int | None,
+    public_fraction: float,
+    min_size: int,
+) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown partition scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0 (Dirichlet concentration; smaller = more skewed), got {alpha}")
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0 (log-normal spread of client sizes), got {sigma}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0 <= public_fraction < 1:
+        raise ValueError(f"public_fraction must be in [0, 1), got {public_fraction}")
+    if test_per_client is not None and test_per_client < 1:
+        raise ValueError(f"test_per_client must be >= 1 or None (proportional), got {test_per_client}")
+    if scheme == "pathological" and not 1 <= classes_per_client <= ds.num_classes:
+        raise ValueError(
+            f"classes_per_client must be between 1 and {ds.num_classes} (the classes of {ds.name!r}), "
+            f"got {classes_per_client}"
+        )
+    if scheme in GROUP_SCHEMES:
+        if not 1 <= num_groups <= num_clients:
+            raise ValueError(
+                f"num_groups must be between 1 and num_clients ({num_clients}), got {num_groups}"
+            )
+    if scheme == "rotation":
+        if num_groups > MAX_ROTATION_GROUPS:
+            raise ValueError(
+                f"num_groups={num_groups} is too many for scheme 'rotation': only 4 rotations exist "
+                "(0/90/180/270 degrees); use num_groups <= 4 or scheme 'label-permutation'"
+            )
+        shape = ds.input_shape
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(
+                f"scheme 'rotation' needs square images (C, H, W); dataset {ds.name!r} has inputs {shape}. "
+                "Use an image dataset or scheme 'label-permutation'"
+            )
+    if scheme == "natural":
+        if ds.natural_train is None or ds.natural_test is None:
+            raise ValueError(
+                f"scheme 'natural' needs a dataset that is federated by nature (synthetic); "
+                f"{ds.name!r} has no natural clients. Pick another scheme or dataset 'synthetic'"
+            )
+        if len(ds.natural_train) != num_clients:
+            raise ValueError(
+                f"dataset {ds.name!r} has {len(ds.natural_train)} natural clients but num_clients={num_clients}; "
+                f"load it with num_clients={num_clients} or set num_clients={len(ds.natural_train)}"
+            )
+        if public_fraction > 0:
+            raise ValueError(
+                "public_fraction > 0 is not supported with scheme 'natural' (every example belongs to a "
+                "natural client); set public_fraction to 0"
+            )
+    pool = len(ds.y_train) - int(round(public_fraction * len(ds.y_train)))
+    if scheme != "natural" and num_clients * min_size > pool:
+        raise ValueError(
+            f"num_clients={num_clients} needs at least {num_clients * min_size} training examples "
+            f"({min_size} per client) but {ds.name!r} leaves {pool} after the public split; "
+            f"use at most {pool // min_size} clients"
+        )
+
+
+def _group_dirichlet(
+    y: np.ndarray, groups: np.ndarray, num_groups: int, alpha: float, rng: np.random.Generator, min_size: int
+) -> list[np.ndarray]:
+    """Split positions among groups (sizes proportional to group membership), then Dirichlet within."""
+    counts = np.bincount(groups, minlength=num_groups)
+    sizes = P.apportion(len(y), counts)
+    pieces = np.split(rng.permutation(len(y)).astype(np.int64), np.cumsum(sizes)[:-1])
+    out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(groups)
+    for g in range(num_groups):
+        members = np.flatnonzero(groups == g)
+        local = P.dirichlet(y[pieces[g]], len(members), alpha, rng, min_size)
+        for k, part in zip(members, local, strict=True):
+            out[k] = pieces[g][part]
+    return out
+
+
+def _split_val(
+    shard: np.ndarray, val_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(shard)
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    else:
+        n_val = 0
+    order = rng.permutation(n)
+    return shard[order[n_val:]], np.sort(shard[order[:n_val]])
+
+
+def _sample_test(
+    train_labels: np.ndarray,
+    size: int,
+    test_by_class: list[np.ndarray],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``size`` test positions with the label proportions of ``train_labels``.
+
+    Within a class, sampling is without replacement unless the class has too few test examples.
+    Classes absent from the test set are dropped from the proportions.
+    """
+    num_classes = len(test_by_class)
+    hist = np.bincount(train_labels, minlength=num_classes).astype(np.float64)
+    hist[[len(t) == 0 for t in test_by_class]] = 0
+    if hist.sum() == 0:  # none of the client's classes exist in the test set: fall back to all classes
+        hist = np.array([float(len(t) > 0) for t in test_by_class])
+    want = P.apportion(size, hist)
+    out = []
+    for c, m in enumerate(want):
+        if m > 0:
+            cand = test_by_class[c]
+            out.append(rng.choice(cand, size=int(m), replace=bool(m > len(cand))))
+    return np.sort(np.concatenate(out)).astype(np.int64)
+
+
+def build_federation(
+    ds: Dataset,
+    *,
+    scheme: str,
+    num_clients: int,
+    seed: int,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    sigma: float = 1.0,
+    num_groups: int = 4,
+    val_fraction: float = 0.1,
+    test_per_client: int | None = None,
+    public_fraction: float = 0.0,
+    min_size: int = P.DEFAULT_MIN_SIZE,
+) -> Federation:
+    """Partition ``ds`` into ``num_clients`` clients with scheme ``scheme`` (one of :data:`SCHEMES`).
+
+    Steps, each with its own random stream derived from ``seed`` (changing one step's knobs does not
+    reshuffle the others):
+
+    1. ``public_idx``: a stratified ``public_fraction`` of the training set, removed from the pool;
+    2. the pool is partitioned (``min_size`` examples per client at least; see
+       :mod:`raysim.data.partition`). ``rotation`` / ``label-permutation``: balanced groups
+       (:func:`~raysim.data.partition.assign_groups`), the pool split among groups, Dirichlet(alpha)
+       within each group; group ``g`` rotates by ``g`` quarter turns or permutes labels by row ``g`` of
+       :func:`~raysim.data.partition.label_permutations` (group 0 unchanged). ``natural`` uses the
+       dataset's own clients;
+    3. ``val_fraction`` of each shard is held out as validation (at least 1 when the shard has >= 2);
+    4. test: ``test_per_client`` test examples per client (default proportional to its train size,
+       at least 10) with the client's train label proportions; ``natural`` uses its own test split.
+    """
+    _validate(
+        ds, scheme, num_clients, alpha, classes_per_client, sigma, num_groups, val_fraction,
+        test_per_client, public_fraction, min_size,
+    )  # fmt: skip
+    rng_public, rng_part, rng_val, rng_test = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    )
+    y = ds.y_train
+    n = len(y)
+
+    if public_fraction > 0:
+        public_idx, pool = P.stratified_split(y, public_fraction, rng_public)
+        public_idx.sort()
+        pool.sort()
+    else:
+        public_idx, pool = np.empty(0, dtype=np.int64), np.arange(n, dtype=np.int64)
+    y_pool = y[pool]
+
+    groups = np.full(num_clients, -1, dtype=np.int64)
+    rotations = np.zeros(num_clients, dtype=np.int64)
+    perms: np.ndarray | None = None
+    fed_groups = 0
+    if scheme == "natural":
+        assert ds.natural_train is not None
+        shards = [np.asarray(p, dtype=np.int64) for p in ds.natural_train]
+    elif scheme in GROUP_SCHEMES:
+        groups = P.assign_groups(num_clients, num_groups, rng_part)
+        local = _group_dirichlet(y_pool, groups, num_groups, alpha, rng_part, min_size)
+        shards = [pool[p] for p in local]
+        fed_groups = num_groups
+        if scheme == "rotation":
+            rotations = groups.copy()
+        else:
+            perms = P.label_permutations(num_groups, ds.num_classes, rng_part)
+    else:
+        if scheme == "iid":
+            local = P.iid(y_pool, num_clients, rng_part, min_size=min_size)
+        elif scheme == "dirichlet":
+            local = P.dirichlet(y_pool, num_clients, alpha, rng_part, min_size)
+        elif scheme == "pathological":
+            local = P.pathological(y_pool, num_clients, classes_per_client, rng_part, min_size=min_size)
+        elif scheme == "quantity":
+            local = P.quantity_skew(y_pool, num_clients, rng_part, sigma, min_size=min_size)
+        elif scheme == "dirichlet-quantity":
+            local = P.dirichlet_quantity(y_pool, num_clients, alpha, rng_part, sigma, min_size=min_size)
+        else:  # contiguous
+            local = P.contiguous(len(pool), num_clients, rng_part, min_size=min_size)
+        shards = [pool[p] for p in local]
+
+    test_by_class = [np.flatnonzero(ds.y_test == c) for c in range(ds.num_classes)]
+    pool_size = max(len(pool), 1)
+    clients = []
+    for k, shard in enumerate(shards):
+        train_idx, val_idx = _split_val(shard, val_fraction, rng_val)
+        if scheme == "natural":
+            assert ds.natural_test is not None
+            test_idx = np.sort(np.asarray(ds.natural_test[k], dtype=np.int64))
+        elif len(ds.y_test) == 0:
+            test_idx = np.empty(0, dtype=np.int64)
+        else:
+            size = test_per_client or max(10, int(round(len(ds.y_test) * len(train_idx) / pool_size)))
+            test_idx = _sample_test(y[train_idx], size, test_by_class, rng_test)
+        clients.append(
+            ClientShard(
+                client_id=k,
+                train_idx=train_idx,
+                val_idx=val_idx,
+                test_idx=test_idx,
+                group=int(groups[k]),
+                rotation=int(rotations[k]),
+                label_perm=None if perms is None else perms[groups[k]].copy(),
+            )
+        )
+    return Federation(clients=tuple(clients), public_idx=public_idx, scheme=scheme, num_groups=fed_groups)
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
+    """One row per client: client_id, group, rotation, n_train, n_val, n_test, label_hist.
+
+    ``label_hist`` counts the client's train labels in the dataset's original label space (length
+    ``num_classes``). The table's schema metadata records the scheme, dataset and group count.
+    """
+    hists = [np.bincount(ds.y_train[c.train_idx], minlength=ds.num_classes).tolist() for c in fed.clients]
+    schema = pa.schema(
+        [
+            ("client_id", pa.int64()),
+            ("group", pa.int64()),
+            ("rotation", pa.int64()),
+            ("n_train", pa.int64()),
+            ("n_val", pa.int64()),
+            ("n_test", pa.int64()),
+            ("label_hist", pa.list_(pa.int64())),
+        ],
+        metadata={
+            "scheme": fed.scheme,
+            "dataset": ds.name,
+            "num_groups": str(fed.num_groups),
+            "n_public": str(len(fed.public_idx)),
+        },
+    )
+    cols = {
+        "client_id": [c.client_id for c in fed.clients],
+        "group": [c.group for c in fed.clients],
+        "rotation": [c.rotation for c in fed.clients],
+        "n_train": [len(c.train_idx) for c in fed.clients],
+        "n_val": [len(c.val_idx) for c in fed.clients],
+        "n_test": [len(c.test_idx) for c in fed.clients],
+        "label_hist": hists,
+    }
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def write_summary(fed: Federation, ds: Dataset, path: str | Path) -> Path:
+    """Write :func:`summary_table` as Parquet to ``path`` (its directory must exist); returns the path."""
+    path = Path(path)
+    pq.write_table(summary_table(fed, ds), path)
+    return path

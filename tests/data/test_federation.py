@@ -1,0 +1,294 @@
+"""build_federation: shards, public split, val/test sampling, groups, summary, transforms."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from raysim.data import (
+    SCHEMES,
+    Dataset,
+    Federation,
+    build_federation,
+    load_dataset,
+    map_labels,
+    summary_table,
+    transform_images,
+    write_summary,
+)
+
+NON_NATURAL = [s for s in SCHEMES if s != "natural"]
+
+
+def fake_images(n_train: int = 1000, n_test: int = 500, classes: int = 10, name: str = "fake") -> Dataset:
+    """Balanced labels in class order, random 1x4x4 uint8 images."""
+    rng = np.random.default_rng(0)
+    return Dataset(
+        name=name,
+        x_train=rng.integers(0, 256, size=(n_train, 1, 4, 4), dtype=np.uint8),
+        y_train=(np.arange(n_train) * classes // n_train).astype(np.int64),
+        x_test=rng.integers(0, 256, size=(n_test, 1, 4, 4), dtype=np.uint8),
+        y_test=(np.arange(n_test) * classes // n_test).astype(np.int64),
+        num_classes=classes,
+        input_shape=(1, 4, 4),
+        mean=(0.5,),
+        std=(0.25,),
+    )
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return fake_images()
+
+
+def _build(ds: Dataset, scheme: str, **kw: Any) -> Federation:
+    args = {"num_clients": 10, "seed": 0, **kw}
+    return build_federation(ds, scheme=scheme, **args)
+
+
+@pytest.mark.parametrize("scheme", NON_NATURAL)
+def test_shards_disjoint_and_public_held_out(ds: Dataset, scheme: str) -> None:
+    fed = _build(ds, scheme, public_fraction=0.1, num_groups=3)
+
+    assert len(fed.clients) == 10 and [c.client_id for c in fed.clients] == list(range(10))
+    held = np.concatenate([np.concatenate([c.train_idx, c.val_idx]) for c in fed.clients])
+    assert len(held) == len(np.unique(held)), "a training example belongs to two clients (or train and val)"
+    assert len(np.intersect1d(held, fed.public_idx)) == 0
+    # stratified public split: 10% of each balanced class = 10 per class
+    assert np.bincount(ds.y_train[fed.public_idx], minlength=10).tolist() == [10] * 10
+    assert all(len(c.train_idx) >= 1 and len(c.val_idx) >= 1 for c in fed.clients)
+    assert all(c.test_idx.max() < len(ds.y_test) for c in fed.clients)
+    if scheme != "pathological":  # every partitioner but pathological uses the whole pool here
+        assert len(held) + len(fed.public_idx) == len(ds.y_train)
+
+
+@pytest.mark.parametrize("scheme", NON_NATURAL)
+def test_deterministic_per_seed(ds: Dataset, scheme: str) -> None:
+    a, b, c = (_build(ds, scheme, seed=s, num_groups=2) for s in (3, 3, 4))
+
+    def arrays(f: Federation) -> list[np.ndarray]:
+        return [x for cl in f.clients for x in (cl.train_idx, cl.val_idx, cl.test_idx)]
+
+    assert all(np.array_equal(x, y) for x, y in zip(arrays(a), arrays(b), strict=True))
+    assert [cl.group for cl in a.clients] == [cl.group for cl in b.clients]
+    assert not all(np.array_equal(x, y) for x, y in zip(arrays(a), arrays(c), strict=True))
+
+
+def test_iid_sizes_hand_computed(ds: Dataset) -> None:
+    fed = _build(ds, "iid", val_fraction=0.1)
+
+    # 1000 / 10 = 100 per shard; 10 val; 90 train; test = round(500 * 90 / 1000) = 45
+    for c in fed.clients:
+        assert (len(c.train_idx), len(c.val_idx), len(c.test_idx)) == (90, 10, 45)
+        assert c.group == -1 and c.rotation == 0 and c.label_perm is None
+    assert fed.num_groups == 0 and len(fed.public_idx) == 0
+
+
+def test_val_fraction_zero_and_tiny_shards(ds: Dataset) -> None:
+    no_val = _build(ds, "iid", val_fraction=0.0)
+    tiny = build_federation(ds, scheme="iid", num_clients=500, seed=0, val_fraction=0.1)
+
+    assert all(len(c.val_idx) == 0 and len(c.train_idx) == 100 for c in no_val.clients)
+    # shards of 2: round(0.2) = 0 is raised to the 1-example minimum, leaving 1 to train on
+    assert all((len(c.train_idx), len(c.val_idx)) == (1, 1) for c in tiny.clients)
+
+
+def test_test_labels_follow_train_proportions(ds: Dataset) -> None:
+    m = 200
+    fed = _build(ds, "dirichlet", alpha=0.3, test_per_client=m)
+
+    for c in fed.clients:
+        train = np.bincount(ds.y_train[c.train_idx], minlength=10) / len(c.train_idx)
+        test = np.bincount(ds.y_test[c.test_idx], minlength=10) / len(c.test_idx)
+        assert len(c.test_idx) == m
+        # largest-remainder rounding: each class within one example of its exact share
+        assert np.all(np.abs(test - train) * m <= 1.0 + 1e-9)
+
+
+def test_test_sampling_without_replacement_when_possible(ds: Dataset) -> None:
+    fed = _build(ds, "pathological", classes_per_client=1, test_per_client=40)
+
+    for c in fed.clients:  # one class each, 50 test examples per class >= 40 wanted
+        assert len(np.unique(c.test_idx)) == 40
+        assert len(np.unique(ds.y_test[c.test_idx])) == 1
+
+
+def test_pathological_label_counts(ds: Dataset) -> None:
+    fed = _build(ds, "pathological", classes_per_client=2, val_fraction=0.0)
+
+    assert all(len(np.unique(ds.y_train[c.train_idx])) <= 2 for c in fed.clients)
+
+
+def test_rotation_groups(ds: Dataset) -> None:
+    fed = _build(ds, "rotation", num_groups=4, alpha=0.5)
+
+    groups = np.array([c.group for c in fed.clients])
+    assert fed.num_groups == 4 and sorted(np.bincount(groups).tolist()) == [2, 2, 3, 3]
+    assert all(c.rotation == c.group and c.label_perm is None for c in fed.clients)
+
+
+def test_label_permutation_groups(ds: Dataset) -> None:
+    fed = _build(ds, "label-permutation", num_groups=3)
+
+    assert all(c.label_perm is not None for c in fed.clients)
+    perms = {c.group: np.asarray(c.label_perm) for c in fed.clients}
+    assert sorted(perms) == [0, 1, 2]
+    assert np.array_equal(perms[0], np.arange(10))
+    assert len({tuple(p) for p in perms.values()}) == 3
+    assert all(c.rotation == 0 for c in fed.clients)
+    # clients of the same group share the map
+    for c in fed.clients:
+        assert np.array_equal(np.asarray(c.label_perm), perms[c.group])
+
+
+def test_natural_uses_the_datasets_own_clients() -> None:
+    syn = load_dataset("synthetic", seed=0, num_clients=12)
+    assert syn.natural_train is not None and syn.natural_test is not None
+
+    fed = build_federation(syn, scheme="natural", num_clients=12, seed=0, val_fraction=0.2)
+
+    for c, tr, te in zip(fed.clients, syn.natural_train, syn.natural_test, strict=True):
+        assert np.array_equal(np.sort(np.concatenate([c.train_idx, c.val_idx])), tr)
+        assert len(c.val_idx) == round(0.2 * len(tr))
+        assert np.array_equal(c.test_idx, te)
+    with pytest.raises(
+        ValueError, match="12 natural clients but num_clients=30; load it with num_clients=30"
+    ):
+        build_federation(syn, scheme="natural", num_clients=30, seed=0)
+    with pytest.raises(ValueError, match="public_fraction > 0 is not supported with scheme 'natural'"):
+        build_federation(syn, scheme="natural", num_clients=12, seed=0, public_fraction=0.1)
+
+
+def test_streams_are_independent_per_step(ds: Dataset) -> None:
+    # changing the test size must not change who holds which training example
+    a = _build(ds, "dirichlet", test_per_client=20)
+    b = _build(ds, "dirichlet", test_per_client=50)
+
+    assert all(np.array_equal(x.train_idx, y.train_idx) for x, y in zip(a.clients, b.clients, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (
+            {"scheme": "shards"},
+            r"unknown partition scheme 'shards'; valid schemes: iid, dirichlet, pathological",
+        ),
+        (
+            {"scheme": "iid", "num_clients": 501},
+            r"needs at least 1002 training examples .* use at most 500 clients",
+        ),
+        ({"scheme": "rotation", "num_groups": 5}, r"num_groups=5 is too many for scheme 'rotation'.*<= 4"),
+        (
+            {"scheme": "pathological", "classes_per_client": 11},
+            r"classes_per_client must be between 1 and 10",
+        ),
+        ({"scheme": "dirichlet", "alpha": 0.0}, r"alpha must be > 0"),
+        ({"scheme": "dirichlet", "alpha": -0.5}, r"alpha must be > 0"),
+        (
+            {"scheme": "label-permutation", "num_groups": 11},
+            r"num_groups must be between 1 and num_clients \(10\)",
+        ),
+        ({"scheme": "iid", "val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+        ({"scheme": "iid", "test_per_client": 0}, r"test_per_client must be >= 1"),
+        ({"scheme": "natural"}, r"scheme 'natural' needs a dataset that is federated by nature"),
+    ],
+)
+def test_impossible_requests_are_clear_errors(ds: Dataset, kw: dict[str, Any], message: str) -> None:
+    args = {"num_clients": 10, "seed": 0, **kw}
+
+    with pytest.raises(ValueError, match=message):
+        build_federation(ds, **args)
+
+
+def test_rotation_needs_square_images() -> None:
+    syn = load_dataset("synthetic", seed=0, num_clients=5)
+
+    with pytest.raises(ValueError, match=r"'rotation' needs square images .* inputs \(60,\)"):
+        build_federation(syn, scheme="rotation", num_clients=5, seed=0, num_groups=2)
+
+
+def test_summary_parquet_round_trip(ds: Dataset, tmp_path: Path) -> None:
+    fed = _build(ds, "rotation", num_groups=2, public_fraction=0.05)
+
+    path = write_summary(fed, ds, tmp_path / "clients.parquet")
+    table = pq.read_table(path)
+
+    assert table.column_names == [
+        "client_id",
+        "group",
+        "rotation",
+        "n_train",
+        "n_val",
+        "n_test",
+        "label_hist",
+    ]
+    assert table.num_rows == 10
+    rows = table.to_pylist()
+    for row, c in zip(rows, fed.clients, strict=True):
+        assert row["client_id"] == c.client_id and row["group"] == c.group and row["rotation"] == c.rotation
+        assert (row["n_train"], row["n_val"], row["n_test"]) == (
+            len(c.train_idx),
+            len(c.val_idx),
+            len(c.test_idx),
+        )
+        assert row["label_hist"] == np.bincount(ds.y_train[c.train_idx], minlength=10).tolist()
+    meta = table.schema.metadata
+    assert meta[b"scheme"] == b"rotation" and meta[b"num_groups"] == b"2" and meta[b"n_public"] == b"50"
+    hist_type = table.schema.field("label_hist").type
+    assert pa.types.is_list(hist_type) and hist_type.value_type == pa.int64()
+    assert summary_table(fed, ds).to_pylist() == rows
+
+
+def test_transform_images_hand_computed() -> None:
+    x = np.array([[[[1, 2], [3, 4]]]], dtype=np.uint8)  # (B=1, C=1, 2, 2)
+
+    quarter = transform_images(x, 1)
+    half = transform_images(x, 2)
+
+    assert quarter[0, 0].tolist() == [[2, 4], [1, 3]]  # counter-clockwise
+    assert half[0, 0].tolist() == [[4, 3], [2, 1]]
+    assert np.array_equal(transform_images(x, 3), transform_images(quarter, 2))
+    assert quarter.flags.c_contiguous and quarter.dtype == np.uint8
+    assert transform_images(x, 0) is x
+    with pytest.raises(ValueError, match="quarter turns in 0..3, got 4"):
+        transform_images(x, 4)
+    with pytest.raises(ValueError, match="square images, got 2x3"):
+        transform_images(np.zeros((1, 1, 2, 3), dtype=np.uint8), 1)
+
+
+def test_map_labels() -> None:
+    y = np.array([0, 1, 2, 0])
+
+    assert map_labels(y, np.array([2, 0, 1])).tolist() == [2, 0, 1, 2]
+    assert map_labels(y, None) is y
+    with pytest.raises(ValueError, match="permutation of 0..num_classes-1"):
+        map_labels(y, np.array([0, 0, 1]))
+
+
+def test_shards_are_read_only(ds: Dataset) -> None:
+    fed = _build(ds, "iid")
+
+    with pytest.raises(ValueError, match="read-only"):
+        fed.clients[0].train_idx[0] = 5
+
+
+def test_federation_and_dataset_survive_pickling(ds: Dataset) -> None:
+    # Ray ships both to actors by pickling them
+    fed = _build(ds, "label-permutation", num_groups=2, public_fraction=0.1)
+
+    fed2, ds2 = pickle.loads(pickle.dumps((fed, ds)))
+
+    assert fed2.scheme == "label-permutation" and fed2.num_groups == 2
+    assert np.array_equal(fed2.public_idx, fed.public_idx)
+    for a, b in zip(fed.clients, fed2.clients, strict=True):
+        assert np.array_equal(a.train_idx, b.train_idx) and np.array_equal(a.test_idx, b.test_idx)
+        assert a.label_perm is not None and b.label_perm is not None
+        assert np.array_equal(a.label_perm, b.label_perm)
+    assert np.array_equal(ds2.x_train, ds.x_train) and ds2.input_shape == ds.input_shape

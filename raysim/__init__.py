@@ -1,2 +1,3 @@
 """raysim: federated-learning experiments on Ray."""
+
 __version__ = "0.1.0"

@@ -158,7 +158,11 @@ class SetupContext:
     local: Mapping[str, float]  # resolved local.* knobs (epochs, batch_size, lr, momentum, weight_decay)
     num_rounds: int
     clients_per_round: int
-    server_trainer: Any = None  # raysim.runtime.trainer.ServerTrainer (public split, global test)
+    # ground-truth group per client (-1: none), for clustering metrics
+    client_groups: np.ndarray | None = None
+    # (params, epochs=, batch_size=, lr=, ...) -> FitResult on the public split no client holds
+    # (data.public_fraction > 0), run on the server; None when there is none
+    public_fit: Callable[..., Any] | None = None
 
 
 class ClientContext(Protocol):

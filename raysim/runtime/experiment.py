@@ -88,11 +88,24 @@ def make_backend(cfg: ExperimentConfig, address: str | None = None) -> Any:
 
 
 def pack_clients(shards: list[Any], num_hosts: int) -> list[list[Any]]:
-    """Contiguous blocks of client ids, as even as possible: host h gets clients
-    [h*ceil(C/A), (h+1)*ceil(C/A))."""
-    per = math.ceil(len(shards) / num_hosts)
-    blocks = [shards[i : i + per] for i in range(0, len(shards), per)]
-    return [b for b in blocks if b]
+    """Spread clients over ``num_hosts`` actors so that each holds about the same number of
+    training examples (greedy: biggest client first onto the lightest actor that has fewer
+    than ceil(C / A) clients; ties by id).
+
+    A round waits for its slowest actor, so balancing work matters more than contiguous ids.
+    Which actor hosts a client never changes its results (its RNG depends on the client only).
+    """
+    num_hosts = max(1, min(num_hosts, len(shards)))
+    cap = math.ceil(len(shards) / num_hosts)
+    loads = [0] * num_hosts
+    counts = [0] * num_hosts
+    hosts: list[list[Any]] = [[] for _ in range(num_hosts)]
+    for s in sorted(shards, key=lambda s: (-len(s.train_idx), s.client_id)):
+        h = min((i for i in range(num_hosts) if counts[i] < cap), key=lambda i: (loads[i], counts[i], i))
+        hosts[h].append(s)
+        loads[h] += len(s.train_idx)
+        counts[h] += 1
+    return [sorted(h, key=lambda s: s.client_id) for h in hosts]
 
 
 def pick_noisy(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
@@ -224,14 +237,17 @@ class Experiment:
             local=cfg.local.model_dump(),
             num_rounds=cfg.rounds.num_rounds,
             clients_per_round=min(cfg.rounds.clients_per_round, len(shards)),
-            server_trainer=None,
+            client_groups=np.array([s.group for s in shards]),
         )
+        pub = np.asarray(fed.public_idx, dtype=np.int64)
         eval_spec = EvalSpec(
             every=cfg.rounds.eval_every,
             num_rounds=cfg.rounds.num_rounds,
             personal=cfg.rounds.personal_eval,
             test_x=ds.x_test,
             test_y=ds.y_test,
+            public_x=ds.x_train[pub] if len(pub) else None,
+            public_y=ds.y_train[pub] if len(pub) else None,
             trainer_kwargs=trainer_kwargs,
             torch_threads=cfg.resources.torch_threads,
         )

@@ -52,7 +52,7 @@ class RayPool:
         grouped = group_tasks(tasks, self.owner)
         calls = {self.handles[h].run.remote(round_idx, ht, refs): h for h, ht in grouped.items() if h >= 0}
         ready, pending = ray.wait(list(calls), num_returns=len(calls), timeout=deadline_s)
-        results, partials, dropouts, nbytes, lost = [], [], [], 0, []
+        results, partials, dropouts, nbytes, lost, busy = [], [], [], 0, [], []
         dropouts += [(t.client_id, "unknown client") for t in grouped.get(-1, [])]
         for ref in sorted(ready, key=lambda r: calls[r]):  # host order, not completion order
             h = calls[ref]
@@ -67,6 +67,7 @@ class RayPool:
             results += reply.results
             dropouts += reply.dropouts
             nbytes += reply.transfer_bytes
+            busy.append(reply.seconds)
             if reply.partial is not None:
                 partials.append(reply.partial)
         for ref in pending:
@@ -79,6 +80,7 @@ class RayPool:
             broadcast_s=t1 - t0,
             train_s=time.perf_counter() - t1,
             transfer_bytes_up=nbytes,
+            host_seconds=busy,
             lost_clients=lost,
         )
 

@@ -37,7 +37,7 @@ class SerialPool:
         deadline_s: float | None,
     ) -> PoolReply:
         t0 = time.perf_counter()
-        results, partials, dropouts, nbytes = [], [], [], 0
+        results, partials, dropouts, nbytes, busy = [], [], [], 0, []
         for h, host_tasks in group_tasks(tasks, self.owner).items():
             if h < 0:
                 dropouts += [(t.client_id, "unknown client") for t in host_tasks]
@@ -46,6 +46,7 @@ class SerialPool:
             results += reply.results
             dropouts += reply.dropouts
             nbytes += reply.transfer_bytes
+            busy.append(reply.seconds)
             if reply.partial is not None:
                 partials.append(reply.partial)
         return PoolReply(
@@ -55,6 +56,7 @@ class SerialPool:
             broadcast_s=0.0,
             train_s=time.perf_counter() - t0,
             transfer_bytes_up=nbytes,
+            host_seconds=busy,
         )
 
     def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,6 +35,7 @@ class PoolReply:
     train_s: float
     transfer_bytes_up: int
     lost_clients: list[int] = field(default_factory=list)  # clients whose actor died for good
+    host_seconds: list[float] = field(default_factory=list)  # busy time of each actor that replied
 
 
 class Pool(Protocol):
@@ -59,6 +60,8 @@ class EvalSpec:
     personal: bool
     test_x: Any
     test_y: np.ndarray
+    public_x: Any = None  # the public split (pre-training data no client holds), or None
+    public_y: np.ndarray | None = None
     trainer_kwargs: Mapping[str, Any]
     torch_threads: int = 1
 
@@ -88,9 +91,15 @@ class Server:
         self.deadline_s = deadline_s
         self.eval = eval_spec
         self.trainer = Trainer(**eval_spec.trainer_kwargs)
+        if eval_spec.public_x is not None and len(eval_spec.public_x):
+            ctx = replace(ctx, public_fit=self._public_fit)
         self.state = algorithm.init(init_params, ctx)
         self.last_models: Mapping[str, np.ndarray] = dict(algorithm.models(self.state))
         self.lost: set[int] = set()
+
+    def _public_fit(self, params: Params, **hp: Any) -> Any:
+        hp.setdefault("seed", self.seed)
+        return self.trainer.fit(params, self.eval.public_x, self.eval.public_y, **hp)
 
     # -- one round -------------------------------------------------------------------------
     def run_round(self, t: int) -> RoundReport:
@@ -107,6 +116,9 @@ class Server:
         reply = self.pool.run(t, tasks, sent, self.deadline_s)
         self.lost.update(reply.lost_clients)
         m["broadcast_s"], m["train_s"] = reply.broadcast_s, reply.train_s
+        if reply.host_seconds:  # train_s minus the slowest actor's busy time is the runtime's overhead
+            m["actor_busy_max_s"] = max(reply.host_seconds)
+            m["actor_busy_mean_s"] = float(np.mean(reply.host_seconds))
 
         t1 = time.perf_counter()
         payload: list[ClientResult | LinearSum]
@@ -158,6 +170,12 @@ class Server:
             }
             for cid, reason in reply.dropouts
         ]
+
+        annotate = getattr(algo, "client_annotations", None)
+        if annotate is not None:  # e.g. cluster id and aggregation weight of every client this round
+            notes = annotate(self.state)
+            for row in rows:
+                row.update(notes.get(row["client_id"], {}))
 
         t2 = time.perf_counter()
         if t % self.eval.every == 0 or t == self.eval.num_rounds:

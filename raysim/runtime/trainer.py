@@ -109,7 +109,9 @@ class Trainer:
         fm.load(params)
         fm.module.train()
         rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(
+            seed
+        )  # CPU only: torch.manual_seed also seeds CUDA lazily, slowly
         n = len(y)
         yt_all = torch.tensor(np.asarray(y, dtype=np.int64))
         buf = torch.zeros_like(fm.flat) if momentum > 0 else None

@@ -12,8 +12,17 @@ from raysim.algorithms.fedavg import FedAvg
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
 
-METRIC_COLS = ["round", "test_accuracy", "test_loss", "train_loss", "personal_accuracy", "bytes_up", "bytes_down",
-               "dropouts", "completed"]
+METRIC_COLS = [
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "personal_accuracy",
+    "bytes_up",
+    "bytes_down",
+    "dropouts",
+    "completed",
+]
 
 
 def run(cfg, **kw):
@@ -27,7 +36,14 @@ def run(cfg, **kw):
 
 def test_run_writes_every_file_and_learns(tmp_path):
     summary, rounds, exp = run(tiny_config(tmp_path, rounds__num_rounds=4))
-    for f in ("config.yaml", "rounds.parquet", "clients.parquet", "system.parquet", "summary.json", "partition.parquet"):
+    for f in (
+        "config.yaml",
+        "rounds.parquet",
+        "clients.parquet",
+        "system.parquet",
+        "summary.json",
+        "partition.parquet",
+    ):
         assert (exp.run_dir / f).is_file(), f
     assert len(rounds) == 4
     assert rounds["test_accuracy"].iloc[-1] > rounds["test_accuracy"].iloc[0]

@@ -41,6 +41,9 @@ def run(
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue RUN_DIR from its newest checkpoint.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    report_: Annotated[
+        bool, typer.Option("--report", help="Also write RUN_DIR/plots (as `raysim report`).")
+    ] = False,
 ) -> None:
     """Run one experiment and write runs/<name>/ (Parquet metrics, summary.json, config.yaml)."""
     from raysim.runtime.experiment import Experiment
@@ -64,6 +67,10 @@ def run(
     finally:
         if exp is not None:
             exp.close()
+    if report_:
+        from raysim.report import write_report
+
+        typer.echo(f"plots and table: {write_report([Path(summary['run_dir'])])}", err=True)
     typer.echo(
         json.dumps(
             {

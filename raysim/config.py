@@ -95,7 +95,7 @@ class ResourcesConfig(_Section):
     num_cpus: Annotated[float, Field(ge=0)] = 1.0  # per client actor
     num_gpus: Annotated[float, Field(ge=0)] = 0.0  # per client actor; fractions share a GPU
     torch_threads: Annotated[int, Field(ge=1)] = 1
-    max_restarts: Annotated[int, Field(ge=0)] = 1
+    max_restarts: Annotated[int, Field(ge=0)] = 0  # >0: Ray restarts a dead client actor (its clients lose their state)
 
     @field_validator("num_gpus")
     @classmethod

@@ -175,7 +175,8 @@ class RayBackend:
 
         ensure_ray(self.address)
         check_resources(len(host_shards), num_cpus, num_gpus)
-        ds_ref = ray.put(dataset)  # once; every actor on a node reads the same zero-copy arrays
+        self.ds_ref = ds_ref = ray.put(dataset)  # once; actors on a node share zero-copy arrays. Kept
+        # referenced for as long as the backend lives, so that a restarted actor can read it again.
         self.clients = [
             ClientActor.options(
                 num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0

@@ -1,0 +1,131 @@
+"""Client and server halves of FedAvg, FedProx, SCAFFOLD and local-only, with a fake client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raysim.algorithms import build_algorithm, hooks
+from raysim.algorithms.base import ClientTask, LinearSum, SetupContext
+from raysim.models import ParamLayout, build_model
+from raysim.runtime.trainer import FitResult
+
+
+class FakeClient:
+    """fit() moves every parameter by -0.1 per step for 4 steps, and records the hook."""
+
+    def __init__(self, cid=0, n=10, broadcast=None):
+        self.client_id, self.num_examples, self.state = cid, n, {}
+        self.broadcast = broadcast or {}
+        self.hooks = []
+
+    def fit(self, params, *, grad_hook=None, **hp):
+        self.hooks.append(grad_hook)
+        return FitResult(
+            params=(params - 0.4).astype(np.float32), loss=1.0, steps=4, num_examples=self.num_examples
+        )
+
+
+def ctx(n_params=3, clients=4, cohort=2):
+    layout = ParamLayout(names=("w",), shapes=((n_params,),), offsets=(0,), size=n_params)
+    return SetupContext(
+        num_clients=clients,
+        client_sizes=np.full(clients, 10),
+        layout=layout,
+        num_classes=2,
+        seed=0,
+        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        num_rounds=5,
+        clients_per_round=cohort,
+    )
+
+
+def test_fedavg_samples_the_cohort_and_averages():
+    algo = build_algorithm("fedavg")
+    state = algo.init(np.zeros(3, np.float32), ctx())
+    tasks = algo.configure_round(state, 1, [0, 1, 2, 3], np.random.default_rng(0))
+    assert len(tasks) == 2 and len({t.client_id for t in tasks}) == 2
+    r = algo.client_update(tasks[0], np.zeros(3, np.float32), FakeClient())
+    np.testing.assert_allclose(r.delta, -0.4)
+    state, m = algo.aggregate(state, 1, [r], np.random.default_rng(0))
+    np.testing.assert_allclose(state.params, -0.4, rtol=1e-6)
+    assert m["aggregated_clients"] == 1
+
+
+def test_fedprox_hook_adds_mu_times_distance_to_the_global_model():
+    center = np.array([1.0, 2.0], np.float32)
+    hook = hooks.proximal(center, mu=0.5)
+    w, g = torch.tensor([3.0, 2.0]), torch.zeros(2)
+    hook(w, g)
+    torch.testing.assert_close(g, torch.tensor([1.0, 0.0]))  # 0.5 * ([3, 2] - [1, 2])
+    algo = build_algorithm("fedprox", {"mu": 0.0})
+    c = FakeClient()
+    algo.client_update(ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1}), center, c)
+    assert c.hooks == [None]  # mu = 0 is exactly FedAvg
+
+
+def test_scaffold_option_ii_control_update_by_hand():
+    algo = build_algorithm("scaffold")
+    state = algo.init(np.zeros(3, np.float32), ctx())
+    c_global = np.array([0.2, 0.0, -0.2], np.float32)
+    client = FakeClient(broadcast={"control": c_global})
+    task = ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1}, broadcast_keys=("control",))
+    r = algo.client_update(task, np.zeros(3, np.float32), client)
+    # c_i+ = c_i - c + (x - y) / (K lr) = 0 - c + 0.4 / (4 * 0.1) = 1 - c
+    np.testing.assert_allclose(client.state["control"], 1.0 - c_global, rtol=1e-6)
+    np.testing.assert_allclose(r.extras["delta_control"], 1.0 - c_global, rtol=1e-6)
+    # the drift correction c - c_i is what the hook adds to every gradient
+    g = torch.zeros(3)
+    client.hooks[0](torch.zeros(3), g)
+    torch.testing.assert_close(g, torch.from_numpy(c_global))
+    # server: c <- c + sum(delta c) / N with N = 4 clients
+    state2, _ = algo.aggregate(state, 1, [LinearSum.of([r])], np.random.default_rng(0))
+    np.testing.assert_allclose(state2.control, (1.0 - c_global) / 4, rtol=1e-6)
+
+
+def test_local_only_keeps_each_clients_model_to_itself():
+    algo = build_algorithm("local")
+    state = algo.init(np.zeros(2, np.float32), ctx(n_params=2))
+    client = FakeClient()
+    task = ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1})
+    algo.client_update(task, np.zeros(2, np.float32), client)
+    algo.client_update(task, np.zeros(2, np.float32), client)
+    np.testing.assert_allclose(client.state["params"], -0.8)  # trained twice from its own model
+    new_state, _ = algo.aggregate(state, 1, [], np.random.default_rng(0))
+    np.testing.assert_array_equal(new_state.params, state.params)
+    assert algo.personal_params({"global": np.zeros(2)}, client) is client.state["params"]
+
+
+def test_unknown_algorithm_lists_the_valid_names():
+    with pytest.raises(ValueError, match="fedavg"):
+        build_algorithm("fedsgd")
+
+
+def test_flat_sgd_matches_torch_sgd():
+    """The trainer's one-op SGD step equals torch.optim.SGD with momentum and weight decay."""
+    from raysim.models.flat import FlatModel, init_params
+    from raysim.runtime.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(64, 1, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 10, size=64)
+    p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
+    tr = Trainer(model="cnn-small", input_shape=(1, 8, 8), num_classes=10, mean=(0.5,), std=(0.25,))
+    out = tr.fit(p0, x, y, epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=5)
+    assert out.steps == 8 and out.num_examples == 64
+
+    ref = FlatModel(build_model("cnn-small", (1, 8, 8), 10))
+    ref.load(p0)
+    params = list(ref.module.parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    order_rng = np.random.default_rng(5)
+    xt = (torch.from_numpy(x).float() / 255.0 - 0.5) / 0.25
+    for _ in range(2):
+        order = order_rng.permutation(64)
+        for s in range(0, 64, 16):
+            b = order[s : s + 16]
+            opt.zero_grad(set_to_none=False)
+            torch.nn.functional.cross_entropy(ref.module(xt[b]), torch.from_numpy(y[b])).backward()
+            opt.step()
+    np.testing.assert_allclose(out.params, ref.read(), rtol=1e-4, atol=1e-5)

@@ -7,7 +7,6 @@ stderr and exits with status 2 without leaving a half-written run directory behi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +56,7 @@ def run(
         else:
             if config is None:
                 fail("give a CONFIG (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+                return
             cfg = load_config(config, set_ or [])
             exp = Experiment(cfg, address=address, progress=progress)
             exp.prepare()
@@ -137,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -95,7 +95,8 @@ class ResourcesConfig(_Section):
     num_cpus: Annotated[float, Field(ge=0)] = 1.0  # per client actor
     num_gpus: Annotated[float, Field(ge=0)] = 0.0  # per client actor; fractions share a GPU
     torch_threads: Annotated[int, Field(ge=1)] = 1
-    max_restarts: Annotated[int, Field(ge=0)] = 0  # >0: Ray restarts a dead client actor (its clients lose their state)
+    # > 0: Ray restarts a dead client actor (its clients start again with empty state)
+    max_restarts: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("num_gpus")
     @classmethod

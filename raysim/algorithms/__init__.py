@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
@@ -19,14 +21,14 @@ from raysim.algorithms.scaffold import Scaffold
 ALGORITHMS: dict[str, Any] = {cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised)}
 
 
-def build_algorithm(name: str, params: dict[str, Any] | AlgoParams | None = None) -> Algorithm:
+def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None) -> Algorithm:
     try:
         cls = ALGORITHMS[name]
     except KeyError:
         raise ValueError(
             f"unknown algorithm {name!r}; valid names: {', '.join(sorted(ALGORITHMS))}"
         ) from None
-    p = params if isinstance(params, AlgoParams) else cls.params_model.model_validate(params or {})
+    p = params if isinstance(params, BaseModel) else cls.params_model.model_validate(params or {})
     return cls(p)
 
 

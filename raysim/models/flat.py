@@ -7,6 +7,7 @@ single tensor operation, never a Python loop over parameters.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,13 +37,13 @@ class ParamLayout:
             off += p.numel()
         return cls(names=tuple(names), shapes=tuple(shapes), offsets=tuple(offsets), size=off)
 
-    def slice(self, i: int) -> slice:
+    def slice(self, i: int) -> builtins.slice:
         n = int(np.prod(self.shapes[i], dtype=np.int64))
         return slice(self.offsets[i], self.offsets[i] + n)
 
-    def module_blocks(self) -> list[tuple[str, slice]]:
+    def module_blocks(self) -> list[tuple[str, builtins.slice]]:
         """Parameters grouped by owning module (e.g. a layer's weight and bias), in order."""
-        blocks: list[tuple[str, slice]] = []
+        blocks: list[tuple[str, builtins.slice]] = []
         for i, name in enumerate(self.names):
             owner = name.rsplit(".", 1)[0] if "." in name else name
             s = self.slice(i)

@@ -99,6 +99,7 @@ class Server:
 
     def _public_fit(self, params: Params, **hp: Any) -> Any:
         hp.setdefault("seed", self.seed)
+        assert self.eval.public_y is not None
         return self.trainer.fit(params, self.eval.public_x, self.eval.public_y, **hp)
 
     # -- one round -------------------------------------------------------------------------

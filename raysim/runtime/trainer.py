@@ -74,7 +74,7 @@ class Trainer:
         if not x.flags.writeable:  # a read-only slice of the shared array: copy the batch only
             x = np.array(x)
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-        if self._scale is not None:
+        if self._scale is not None and self._shift is not None:
             t = t.float().mul_(self._scale).add_(self._shift)
         else:
             t = t.float()

@@ -39,7 +39,9 @@ def run(
         str | None, typer.Option(help="Ray cluster address (default: start Ray locally).")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue RUN_DIR from its newest checkpoint.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: output.progress).")
+    ] = None,
     report_: Annotated[
         bool, typer.Option("--report", help="Also write RUN_DIR/plots (as `raysim report`).")
     ] = False,
@@ -121,15 +123,13 @@ def report(
     typer.echo(f"wrote {where}/summary.md and plots")
 
 
-def _mount_optional() -> None:
-    try:
-        from raysim.k8s import k8s_app
-    except ImportError:
-        return
+def _mount_subcommands() -> None:
+    from raysim.k8s import k8s_app
+
     app.add_typer(k8s_app, name="k8s")
 
 
-_mount_optional()
+_mount_subcommands()
 
 
 def main() -> None:

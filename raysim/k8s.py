@@ -1,0 +1,713 @@
+"""Kubernetes (KubeRay) support: ``raysim k8s render`` writes a RayJob sized for one experiment.
+
+The manifests in ``k8s/`` are the hand-readable reference (a RayCluster and two RayJobs); this
+module builds the same objects in code, so that ``render`` can size the worker groups from an
+experiment and ``tests/test_k8s.py`` can check that ``k8s/ray-cluster.yaml`` and
+:func:`cluster_spec` never drift apart.
+
+Sizing rule (``render``; also in docs/kubernetes.md)
+----------------------------------------------------
+1. The experiment is CONFIG plus ``--set`` overrides plus the flags: ``--clients N`` sets
+   ``data.num_clients``; ``--gpus-per-client F`` selects the literal one-client-per-actor mode
+   (``clients_per_actor: 1``, ``num_gpus: F`` per actor); ``--actors A`` pins
+   ``clients_per_actor: auto`` with ``num_actors: A``.
+2. The actor count A must not depend on the cluster (the cluster is sized from it), so
+   ``clients_per_actor: auto`` without ``num_actors`` is pinned to ``num_actors =
+   ceil(clients / 50)`` (:data:`K8S_CLIENTS_PER_ACTOR`). Then A = ``cfg.num_client_actors()``,
+   the runtime's own rule: ``ceil(clients / clients_per_actor)``, or ``num_actors``.
+3. Each actor asks Ray for c = ``resources.num_cpus`` CPUs and g = ``resources.num_gpus`` GPUs.
+   GPU experiments (g > 0) run on the GPU group only: a pod with P = ``--gpus-per-pod`` GPUs
+   holds ``P * floor(1 / g)`` actors (g <= 1; fractions share a GPU) or ``floor(P / g)``
+   (whole g). CPU experiments run on the CPU group: a pod with ``--cpus-per-pod`` CPUs holds
+   ``floor(cpus_per_pod / c)`` actors.
+4. pods = ceil(A / actors_per_pod); every pod gets the resources of k = ceil(A / pods) actors:
+   ``max(1, ceil(k * c))`` CPUs and, on GPU pods, ``ceil(k / floor(1 / g))`` (or ``k * g``) GPUs;
+   memory is 2 GiB per CPU + 16 GiB per GPU, a quarter of it as ``/dev/shm`` and 80 % of that
+   as Ray's object store. The sized group has ``replicas = minReplicas = maxReplicas = pods``;
+   the other group has none; autoscaling is off (the run checks the cluster's resources when it
+   starts and never grows, and KubeRay submits the job once every pod is ready).
+   Example: 10 clients x 0.25 GPU (c = 1) -> 10 actors, 4 per 1-GPU pod -> 3 pods of
+   1 GPU + 4 CPUs: 3 GPUs for the 2.5 asked. 1000 clients on CPU (auto, c = 1) -> 20 actors,
+   8 per 8-CPU pod -> 3 pods of 7 CPUs: 21 CPUs for the 20 asked.
+5. The head schedules no client actors (``num-cpus: "0"``); the driver and the 0-CPU server
+   actor use its real CPUs.
+
+How the experiment reaches the cluster
+--------------------------------------
+The image bakes ``configs/`` (used by the static ``k8s/ray-job.*.yaml``) and an empty
+``k8s/inline-config.yaml``. A rendered job does not depend on either: its entrypoint is
+``raysim run /home/ray/raysim/k8s/inline-config.yaml --set KEY=VALUE ...`` with every value of
+the fully resolved, sized experiment, so changing the experiment never needs an image rebuild,
+and the job runs exactly what was sized. ``render`` also forces ``resources.backend=ray``,
+``resources.address=null`` (a Ray job finds its cluster through RAY_ADDRESS) and
+``output.dir=/mnt/results/runs`` (the shared results volume).
+
+KubeRay passes an entrypoint through two shells (the submitter's ``sh -c`` and, after
+``ray job submit`` re-joins it, Ray's ``shell=True``), so every rendered token is restricted to
+characters neither shell interprets; a value that needs quoting is refused with exit status 2.
+
+This module must import without Ray (the CLI loads it on a laptop with no cluster).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from raysim import __version__
+from raysim.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+
+RAY_VERSION = "2.58.0"  # must equal pyproject's ray[tune] pin, the Dockerfile's base tag and rayVersion
+DEFAULT_IMAGE = f"raysim:{__version__}"  # what `docker build -f k8s/Dockerfile -t raysim:<version> .` makes
+IMAGE_WORKDIR = "/home/ray/raysim"  # WORKDIR of k8s/Dockerfile: configs/ and k8s/inline-config.yaml live here
+INLINE_CONFIG = f"{IMAGE_WORKDIR}/k8s/inline-config.yaml"
+RESULTS_MOUNT = "/mnt/results"  # the shared PVC (k8s/pvc.yaml) on every Ray pod
+RESULTS_CLAIM = "raysim-results"
+RUNS_DIR = f"{RESULTS_MOUNT}/runs"
+K8S_CLIENTS_PER_ACTOR = 50  # clients_per_actor: auto on Kubernetes without num_actors
+RAY_UID, RAY_GID = 1000, 100  # the `ray` user of rayproject/ray images
+MEMORY_MI_PER_CPU = 2048
+MEMORY_MI_PER_GPU = 16384
+HEAD_CPUS, HEAD_MEMORY_MI = 2, 8192
+MAX_JOB_NAME = 47  # KubeRay appends 6 characters to name the RayCluster (limit 53)
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:/@%+=-]+$")
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+
+
+# --------------------------------------------------------------------------------------- sizing
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """What one Ray worker pod gets; memory, /dev/shm and object store follow from CPUs and GPUs."""
+
+    cpus: int
+    gpus: int = 0
+
+    @property
+    def memory_mi(self) -> int:
+        return MEMORY_MI_PER_CPU * self.cpus + MEMORY_MI_PER_GPU * self.gpus
+
+
+@dataclass(frozen=True)
+class GroupSize:
+    name: str  # "cpu" or "gpu"
+    shape: PodShape
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The result of the sizing rule for one experiment (see the module docstring)."""
+
+    clients: int
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    actors_per_pod: int
+    cpu: GroupSize
+    gpu: GroupSize
+
+    @property
+    def sized(self) -> GroupSize:
+        return self.gpu if self.gpus_per_actor > 0 else self.cpu
+
+    @property
+    def total_cpus(self) -> int:
+        return sum(g.replicas * g.shape.cpus for g in (self.cpu, self.gpu))
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(g.replicas * g.shape.gpus for g in (self.cpu, self.gpu))
+
+    def describe(self) -> str:
+        g = self.sized
+        gpu = f", {g.shape.gpus} GPU" if g.shape.gpus else ""
+        return (
+            f"{self.clients} clients on {self.actors} actors x ({self.cpus_per_actor:g} CPU, "
+            f"{self.gpus_per_actor:g} GPU) -> {g.replicas} {g.name} pod(s) of {g.shape.cpus} CPU{gpu}: "
+            f"{self.total_cpus} CPUs and {self.total_gpus} GPUs for the {self.actors * self.cpus_per_actor:g} "
+            f"CPUs and {self.actors * self.gpus_per_actor:g} GPUs the actors ask for"
+        )
+
+
+STATIC_CPU_GROUP = GroupSize("cpu", PodShape(cpus=8), replicas=1, min_replicas=1, max_replicas=10)
+STATIC_GPU_GROUP = GroupSize("gpu", PodShape(cpus=8, gpus=1), replicas=0, min_replicas=0, max_replicas=4)
+
+
+def size_workers(
+    actors: int, cpus_per_actor: float, gpus_per_actor: float, *, cpus_per_pod: int = 8, gpus_per_pod: int = 1
+) -> tuple[GroupSize, GroupSize, int]:
+    """(cpu group, gpu group, actors per pod) for ``actors`` actors of (c CPUs, g GPUs) each."""
+    c, g = cpus_per_actor, gpus_per_actor
+    if g > 0:
+        if g <= 1:
+            per_gpu = int(1 / g + 1e-9)
+            per_pod = per_gpu * gpus_per_pod
+        else:
+            if g > gpus_per_pod:
+                raise ConfigError(
+                    f"resources.num_gpus={g:g} per actor does not fit a pod of --gpus-per-pod {gpus_per_pod}; "
+                    f"raise --gpus-per-pod to at least {math.ceil(g)}"
+                )
+            per_gpu, per_pod = 0, int(gpus_per_pod / g + 1e-9)
+        pods = math.ceil(actors / per_pod)
+        k = math.ceil(actors / pods)
+        gpus = math.ceil(k / per_gpu) if per_gpu else int(round(k * g))
+        cpus = max(1, math.ceil(k * c - 1e-9))
+        gpu = GroupSize("gpu", PodShape(cpus=cpus, gpus=gpus), pods, pods, pods)
+        cpu = GroupSize("cpu", PodShape(cpus=cpus_per_pod), 0, 0, 0)
+        return cpu, gpu, per_pod
+    if c > cpus_per_pod:
+        raise ConfigError(
+            f"resources.num_cpus={c:g} per actor does not fit a pod of --cpus-per-pod {cpus_per_pod}; "
+            f"raise --cpus-per-pod to at least {math.ceil(c)}"
+        )
+    per_pod = int(cpus_per_pod / c + 1e-9) if c > 0 else actors
+    pods = math.ceil(actors / per_pod)
+    k = math.ceil(actors / pods)
+    cpu = GroupSize("cpu", PodShape(cpus=max(1, math.ceil(k * c - 1e-9))), pods, pods, pods)
+    gpu = GroupSize("gpu", PodShape(cpus=cpus_per_pod, gpus=gpus_per_pod), 0, 0, 0)
+    return cpu, gpu, per_pod
+
+
+# ------------------------------------------------------------------------------ manifest pieces
+
+
+def _quantity_mi(mi: int) -> str:
+    return f"{mi // 1024}Gi" if mi % 1024 == 0 else f"{mi}Mi"
+
+
+def _object_store_bytes(shm_mi: int) -> str:
+    return str(shm_mi * 1024 * 1024 * 4 // 5)  # 80 % of /dev/shm: Ray's store must fit in it
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "fsGroup": RAY_GID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    if gpus:
+        out["limits"]["nvidia.com/gpu"] = str(gpus)
+    return out
+
+
+def _volumes(shm_mi: int) -> list[dict[str, Any]]:
+    return [
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity_mi(shm_mi)}},
+        {"name": "results", "persistentVolumeClaim": {"claimName": RESULTS_CLAIM}},
+    ]
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "results", "mountPath": RESULTS_MOUNT}]
+
+
+def _head_group(image: str, autoscaling: bool) -> dict[str, Any]:
+    shm = HEAD_MEMORY_MI // 4
+    pod: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "containers": [
+            {
+                "name": "ray-head",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [
+                    {"name": "gcs-server", "containerPort": 6379},
+                    {"name": "dashboard", "containerPort": 8265},
+                    {"name": "client", "containerPort": 10001},
+                    {"name": "metrics", "containerPort": 8080},
+                ],
+                "resources": _resources(str(HEAD_CPUS), _quantity_mi(HEAD_MEMORY_MI)),
+                "securityContext": container_security_context(),
+                "volumeMounts": _mounts(),
+            }
+        ],
+        "volumes": _volumes(shm),
+    }
+    if not autoscaling:  # the in-tree autoscaler (a head sidecar) needs the service-account token
+        pod = {"automountServiceAccountToken": False, **pod}
+    return {
+        "serviceType": "ClusterIP",
+        "rayStartParams": {
+            "num-cpus": "0",
+            "dashboard-host": "0.0.0.0",
+            "object-store-memory": _object_store_bytes(shm),
+        },
+        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
+    }
+
+
+def _worker_group(image: str, group: GroupSize) -> dict[str, Any]:
+    shape = group.shape
+    shm = shape.memory_mi // 4
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [{"name": "metrics", "containerPort": 8080}],
+                "resources": _resources(str(shape.cpus), _quantity_mi(shape.memory_mi), shape.gpus),
+                "securityContext": container_security_context(),
+                "volumeMounts": _mounts(),
+            }
+        ],
+        "volumes": _volumes(shm),
+    }
+    if shape.gpus:
+        pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {
+        "groupName": group.name,
+        "replicas": group.replicas,
+        "minReplicas": group.min_replicas,
+        "maxReplicas": group.max_replicas,
+        "rayStartParams": {"object-store-memory": _object_store_bytes(shm)},
+        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
+    }
+
+
+def cluster_spec(
+    image: str = DEFAULT_IMAGE,
+    cpu: GroupSize = STATIC_CPU_GROUP,
+    gpu: GroupSize = STATIC_GPU_GROUP,
+    *,
+    autoscaling: bool = True,
+) -> dict[str, Any]:
+    """A RayCluster ``spec``; with the defaults it is exactly ``k8s/ray-cluster.yaml``'s."""
+    spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": autoscaling}
+    if autoscaling:
+        spec["autoscalerOptions"] = {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": 60,
+            "imagePullPolicy": "IfNotPresent",
+            "resources": _resources("500m", "512Mi"),
+            "securityContext": container_security_context(),
+        }
+    spec["headGroupSpec"] = _head_group(image, autoscaling)
+    spec["workerGroupSpecs"] = [_worker_group(image, cpu), _worker_group(image, gpu)]
+    return spec
+
+
+def submitter_template(image: str) -> dict[str, Any]:
+    """The pod that runs ``ray job submit`` (KubeRay fills in its command)."""
+    return {
+        "metadata": {"labels": {"app.kubernetes.io/name": "raysim"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security_context(),
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "securityContext": container_security_context(),
+                }
+            ],
+        },
+    }
+
+
+def rayjob(
+    name: str,
+    entrypoint: str,
+    spec: dict[str, Any],
+    *,
+    image: str,
+    deadline_s: int = 6 * 3600,
+    backoff_limit: int = 1,
+    ttl_s: int = 600,
+    component: str = "run",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {"app.kubernetes.io/name": "raysim", "app.kubernetes.io/component": component},
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": meta,
+        "spec": {
+            "entrypoint": entrypoint,
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": ttl_s,
+            "activeDeadlineSeconds": deadline_s,
+            "backoffLimit": backoff_limit,
+            "submitterPodTemplate": submitter_template(image),
+            "rayClusterSpec": spec,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------- entrypoint
+
+
+def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out.append((prefix, value))
+
+
+def _format_value(key: str, value: Any) -> str:
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        if math.isnan(value):
+            raise ConfigError(f"{key}: NaN cannot be passed to a Kubernetes job")
+        text = repr(value) if math.isfinite(value) else (".inf" if value > 0 else "-.inf")
+        if "e" in text and "." not in text:  # YAML 1.1 (PyYAML) reads 1e-05 as a string
+            mantissa, exp = text.split("e")
+            text = f"{mantissa}.0e{exp}"
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise ConfigError(
+            f"{key}: {type(value).__name__} values cannot be passed with --set to a Kubernetes job"
+        )
+    back = yaml.safe_load(text) if text else None
+    if type(back) is not type(value) or back != value or not _SAFE_TOKEN.match(f"{key}={text}"):
+        raise ConfigError(
+            f"{key}={value!r} cannot travel safely through the job's shell command line; use a value made "
+            "of letters, digits and ._-/:@+=,% that YAML reads back unchanged (e.g. not 'yes' or '1.0' as a name)"
+        )
+    return text
+
+
+def run_entrypoint(cfg: ExperimentConfig, config_path: str = INLINE_CONFIG) -> str:
+    """``raysim run <empty config> --set ...`` carrying every value of ``cfg``."""
+    leaves: list[tuple[str, Any]] = []
+    _flatten("", cfg.to_dict(), leaves)
+    sets = [f"--set {key}={_format_value(key, value)}" for key, value in leaves]
+    return " ".join(["raysim", "run", config_path, *sets])
+
+
+class EntrypointError(ValueError):
+    """An entrypoint that our own CLI would refuse (renamed flag, unknown command, ...)."""
+
+
+def parse_entrypoint(entrypoint: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``raysim ...`` with the real CLI (its click parser; nothing is executed).
+
+    Returns the subcommand path (e.g. ``"run"`` or ``"k8s render"``) and its parsed parameters;
+    raises :class:`EntrypointError` when the CLI would refuse the command line (unknown command
+    or flag, missing argument, bad value).
+    """
+    import typer.main
+
+    from raysim.cli import app
+
+    argv = shlex.split(entrypoint)
+    if not argv or argv[0] != "raysim":
+        raise EntrypointError(f"entrypoint must start with 'raysim', got {entrypoint[:40]!r}")
+    if "--help" in argv[1:]:
+        raise EntrypointError("entrypoint asks for --help: it would print help instead of running")
+    cmd: Any = typer.main.get_command(app)  # click's (or typer's vendored click) command tree
+    args, parent = argv[1:], None
+    path: list[str] = []
+    try:
+        while hasattr(cmd, "resolve_command"):  # a group: parse its options, then find the subcommand
+            ctx = cmd.make_context(path[-1] if path else "raysim", list(args), parent=parent)
+            rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+            if not rest:
+                raise EntrypointError(f"'raysim {' '.join(path)}' needs a subcommand")
+            name, sub, args = cmd.resolve_command(ctx, rest)
+            if sub is None or name is None:
+                raise EntrypointError(f"unknown command {rest[0]!r}")
+            cmd, parent = sub, ctx
+            path.append(name)
+        sub_ctx = cmd.make_context(path[-1], list(args), parent=parent)
+    except EntrypointError:
+        raise
+    except Exception as err:  # click's UsageError family, from click or from typer's vendored copy
+        if type(err).__name__ == "Exit":
+            raise EntrypointError("the command line would exit without running") from err
+        message = getattr(err, "format_message", None)
+        if not callable(message):
+            raise
+        raise EntrypointError(f"'{' '.join(argv[:3])} ...': {message()}") from err
+    return " ".join(path), dict(sub_ctx.params)
+
+
+# ------------------------------------------------------------------------------------- render
+
+
+def job_name_for(cfg: ExperimentConfig) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", cfg.name.lower()).strip("-")
+    return f"raysim-{slug}"[:MAX_JOB_NAME].rstrip("-") if slug else "raysim-run"
+
+
+def render_rayjob(
+    config: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    clients: int | None = None,
+    gpus_per_client: float | None = None,
+    actors: int | None = None,
+    image: str = DEFAULT_IMAGE,
+    cpus_per_pod: int = 8,
+    gpus_per_pod: int = 1,
+    name: str | None = None,
+    deadline_s: int = 6 * 3600,
+) -> tuple[dict[str, Any], Sizing, ExperimentConfig]:
+    """Build the RayJob for one experiment (raises ConfigError for anything a user can fix)."""
+    flags: list[str] = []
+    if clients is not None:
+        if clients < 1:
+            raise ConfigError(f"--clients {clients}: need at least 1 client")
+        flags.append(f"data.num_clients={clients}")
+    if gpus_per_client is not None:
+        if not gpus_per_client > 0:
+            raise ConfigError(
+                f"--gpus-per-client {gpus_per_client:g}: must be > 0 (leave it out for CPU runs)"
+            )
+        if actors is not None:
+            raise ConfigError(
+                "--actors and --gpus-per-client exclude each other: --gpus-per-client hosts one "
+                "client per actor, so there are as many actors as clients"
+            )
+        flags += [
+            "resources.clients_per_actor=1",
+            "resources.num_actors=null",
+            f"resources.num_gpus={gpus_per_client!r}",
+        ]
+    if actors is not None:
+        if actors < 1:
+            raise ConfigError(f"--actors {actors}: need at least 1 actor")
+        flags += ["resources.clients_per_actor=auto", f"resources.num_actors={actors}"]
+    if cpus_per_pod < 1 or gpus_per_pod < 1:
+        raise ConfigError("--cpus-per-pod and --gpus-per-pod must be at least 1")
+    if not _IMAGE.match(image):
+        raise ConfigError(f"--image {image!r} is not an image reference (e.g. ghcr.io/me/raysim:0.1.0)")
+    if deadline_s < 1:
+        raise ConfigError("--deadline-hours must be positive")
+    fixed = ["resources.backend=ray", "resources.address=null", f"output.dir={RUNS_DIR}"]
+    cfg = load_config(config, [*(overrides or []), *flags, *fixed])
+    res = cfg.resources
+    if res.clients_per_actor == "auto" and res.num_actors is None:
+        raw = cfg.to_dict()
+        raw["resources"]["num_actors"] = math.ceil(cfg.data.num_clients / K8S_CLIENTS_PER_ACTOR)
+        cfg = config_from_dict(raw, str(config))
+    n_actors = cfg.num_client_actors()
+    cpu, gpu, per_pod = size_workers(
+        n_actors, res.num_cpus, res.num_gpus, cpus_per_pod=cpus_per_pod, gpus_per_pod=gpus_per_pod
+    )
+    sizing = Sizing(cfg.data.num_clients, n_actors, res.num_cpus, res.num_gpus, per_pod, cpu, gpu)
+    job_name = name or job_name_for(cfg)
+    if len(job_name) > MAX_JOB_NAME or not _DNS1035.match(job_name):
+        raise ConfigError(
+            f"--name {job_name!r}: a RayJob name is at most {MAX_JOB_NAME} characters of a-z, 0-9 and '-', "
+            "starting with a letter"
+        )
+    entrypoint = run_entrypoint(cfg)
+    doc = rayjob(
+        job_name,
+        entrypoint,
+        cluster_spec(image, cpu, gpu, autoscaling=False),
+        image=image,
+        deadline_s=deadline_s,
+        annotations={
+            "raysim.io/experiment": cfg.name,
+            "raysim.io/clients": str(sizing.clients),
+            "raysim.io/actors": str(sizing.actors),
+            "raysim.io/sizing": sizing.describe(),
+        },
+    )
+    return doc, sizing, cfg
+
+
+def dump_rayjob(doc: dict[str, Any], header: str = "") -> str:
+    """YAML text of a RayJob with the entrypoint folded one ``--set`` a line (same string once loaded)."""
+    marker = "RAYSIM_ENTRYPOINT_PLACEHOLDER"
+    shown = {**doc, "spec": {**doc["spec"], "entrypoint": marker}}
+    text = yaml.safe_dump(shown, sort_keys=False, width=100)
+    parts = doc["spec"]["entrypoint"].split(" --set ")
+    block = ">-\n" + "".join(f"    {line}\n" for line in [parts[0], *(f"--set {p}" for p in parts[1:])])
+    text = text.replace(f"  entrypoint: {marker}\n", f"  entrypoint: {block}", 1)
+    if yaml.safe_load(text) != doc:  # a guard, not a user error: the folding must not change the command
+        raise RuntimeError("rendered YAML does not load back to the same RayJob")
+    return header + text
+
+
+def _header(sizing: Sizing, cfg: ExperimentConfig, name: str, out: str, argv: list[str]) -> str:
+    lines = [
+        f"RayJob for experiment {cfg.name!r}, written by: raysim k8s {' '.join(argv)}",
+        "Do not edit: change the experiment and render again.",
+        "",
+        f"Sizing: {sizing.describe()}.",
+        "",
+        "  kubectl apply -f k8s/pvc.yaml            # once: the shared results volume",
+        f"  kubectl apply -f {out}",
+        f"  kubectl get rayjob {name} -w              # until JOB STATUS is SUCCEEDED",
+        f"  kubectl logs -f job/{name}              # the driver's output",
+        f"Results: {RUNS_DIR}/{cfg.output.name or cfg.name}/ on the volume (see docs/kubernetes.md).",
+    ]
+    return "".join(f"# {' '.join(line.splitlines())}".rstrip() + "\n" for line in lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+k8s_app = typer.Typer(
+    no_args_is_help=True,
+    help="Kubernetes (KubeRay): render a RayJob sized for an experiment (see docs/kubernetes.md).",
+)
+
+
+@k8s_app.callback()
+def _k8s() -> None:
+    """Kubernetes (KubeRay) helpers."""
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+@k8s_app.command()
+def render(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (e.g. configs/quickstart.yaml).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config value: --set rounds.num_rounds=5 (repeatable)."),
+    ] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of clients (data.num_clients).")] = None,
+    gpus_per_client: Annotated[
+        float | None,
+        typer.Option(help="One client per actor with this many GPUs each (0.25: four clients share a GPU)."),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Client actors (default with clients_per_actor: auto: "
+            f"ceil(clients / {K8S_CLIENTS_PER_ACTOR}))."
+        ),
+    ] = None,
+    image: Annotated[str, typer.Option(help="Image built from k8s/Dockerfile and pushed.")] = DEFAULT_IMAGE,
+    cpus_per_pod: Annotated[int, typer.Option(help="Largest CPU worker pod (CPUs).")] = 8,
+    gpus_per_pod: Annotated[int, typer.Option(help="GPUs per GPU worker pod.")] = 1,
+    name: Annotated[str | None, typer.Option(help="RayJob name (default raysim-<experiment name>).")] = None,
+    deadline_hours: Annotated[float, typer.Option(help="activeDeadlineSeconds, in hours.")] = 6.0,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Output file (default <job name>.rayjob.yaml; '-': stdout)."),
+    ] = None,
+) -> None:
+    """Write a RayJob that runs CONFIG on a KubeRay cluster sized from the experiment.
+
+    Sizing rule (details and examples: docs/kubernetes.md):
+
+    - actors A = ceil(clients / clients_per_actor), or num_actors;
+      clients_per_actor: auto becomes num_actors = ceil(clients / 50)
+    - --gpus-per-client F: one client per actor with F GPUs (0.25: four share a GPU)
+    - GPU actors fill pods of --gpus-per-pod GPUs, floor(1/F) actors a GPU;
+      CPU actors fill pods of --cpus-per-pod CPUs, floor(cpus_per_pod / num_cpus) a pod
+    - pods = ceil(A / actors per pod), each sized for ceil(A / pods) actors
+    - the head (num-cpus 0) hosts no client actor; autoscaling is off
+
+    The entrypoint carries every value of the resolved experiment
+    (raysim run <empty base config> --set ...): the job runs exactly what was sized.
+    """
+    try:
+        doc, sizing, cfg = render_rayjob(
+            config,
+            set_ or [],
+            clients=clients,
+            gpus_per_client=gpus_per_client,
+            actors=actors,
+            image=image,
+            cpus_per_pod=cpus_per_pod,
+            gpus_per_pod=gpus_per_pod,
+            name=name,
+            deadline_s=int(round(deadline_hours * 3600)),
+        )
+    except ConfigError as err:
+        _fail(str(err))
+        return
+    job = doc["metadata"]["name"]
+    target = out or f"{job}.rayjob.yaml"
+    given = {
+        "--clients": clients,
+        "--gpus-per-client": gpus_per_client,
+        "--actors": actors,
+        "--image": None if image == DEFAULT_IMAGE else image,
+        "--cpus-per-pod": None if cpus_per_pod == 8 else cpus_per_pod,
+        "--gpus-per-pod": None if gpus_per_pod == 1 else gpus_per_pod,
+        "--name": name,
+        "--deadline-hours": None if deadline_hours == 6.0 else deadline_hours,
+    }
+    argv = ["render", str(config), *(f"--set {s}" for s in set_ or [])]
+    argv += [f"{flag} {value}" for flag, value in given.items() if value is not None]
+    if cfg.data.data_dir is not None:
+        typer.echo(
+            f"warning: data.data_dir={cfg.data.data_dir!r} must exist inside the pods (image or volume)",
+            err=True,
+        )
+    text = dump_rayjob(doc, _header(sizing, cfg, job, target if target != "-" else "<file>", argv))
+    if target == "-":
+        typer.echo(text, nl=False)
+        return
+    _write_atomic(Path(target), text)
+    typer.echo(f"wrote {target}: {sizing.describe()}", err=True)
+    typer.echo(f"next: kubectl apply -f {target} && kubectl get rayjob {job} -w", err=True)

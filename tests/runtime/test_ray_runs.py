@@ -112,3 +112,31 @@ def test_killed_client_actor_is_counted_and_the_run_completes(ray_cluster, tmp_p
     dropped = clients[clients.dropped]
     assert set(dropped.client_id) == hosted
     assert dropped.reason.str.contains("actor 1 failed").all()
+
+
+def test_a_client_past_the_deadline_is_a_dropout(ray_cluster, tmp_path):
+    import cloudpickle
+
+    from tests.runtime import slow_algo
+
+    cloudpickle.register_pickle_by_value(slow_algo)  # actors cannot import the tests package
+    cfg = tiny_config(
+        tmp_path,
+        data__num_clients=4,
+        resources__backend="ray",
+        resources__clients_per_actor=2,
+        rounds__clients_per_round=4,
+        rounds__num_rounds=1,
+        rounds__deadline_s=3.0,
+    )
+    exp = Experiment(cfg, progress=False)
+    exp.algorithm = slow_algo.SleepsForClient0()
+    try:
+        exp.prepare()
+        report = exp.run_round(1)
+    finally:
+        exp.close()
+    assert report.metrics["completed"] == 2  # the actor hosting client 0 (and one more) is late
+    missed = [r for r in report.clients if r["dropped"]]
+    assert len(missed) == 2 and all("deadline" in r["reason"] for r in missed)
+    assert 0 in {r["client_id"] for r in missed}

@@ -1,0 +1,26 @@
+"""The core stays Ray-free: importing it must not load ray (DESIGN section 2)."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "raysim.algorithms",
+        "raysim.data",
+        "raysim.models",
+        "raysim.clustering",
+        "raysim.metrics",
+        "raysim.config",
+        "raysim.runtime.experiment",
+        "raysim.runtime.server",
+        "raysim.runtime.host",
+    ],
+)
+def test_core_module_does_not_import_ray(module):
+    code = f"import sys, {module}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", f"{module} pulls in ray"

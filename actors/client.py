@@ -13,10 +13,16 @@ from raysim.runtime.host import ClientHost, HostReply, HostSpec
 
 class ClientActorImpl:
     def __init__(
-        self, host_id: int, algorithm: Any, dataset: Any, shards: Sequence[Any], spec: HostSpec
+        self,
+        host_id: int,
+        algorithm: Any,
+        dataset: Any,
+        shards: Sequence[Any],
+        spec: HostSpec,
+        visitors: Sequence[Any] = (),
     ) -> None:
         gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        self.host = ClientHost(host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids)
+        self.host = ClientHost(host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids, visitors=visitors)
 
     def ping(self) -> int:
         return self.host.host_id

@@ -181,6 +181,7 @@ class ClientContext(Protocol):
 class Algorithm(Protocol):
     name: ClassVar[str]
     linear: ClassVar[bool]  # True: results may be pre-summed on the client actor (LinearSum)
+    client_state: ClassVar[bool]  # True: client.state persists, so a client trains on its home actor only
 
     def init(self, params: Params, ctx: SetupContext) -> Any: ...
     def configure_round(

@@ -50,6 +50,7 @@ class FedAvg:
     linear: ClassVar[bool] = True
     pooled: ClassVar[bool] = False  # True: the runtime pools every shard into one client
     global_model: ClassVar[bool] = True
+    client_state: ClassVar[bool] = False  # False: a client may train on any actor (the pool balances)
     params_model: ClassVar[type[AlgoParams]] = FedAvgParams
 
     def __init__(self, params: AlgoParams | None = None) -> None:

@@ -18,6 +18,7 @@ class LocalOnly(FedAvg):
     name: ClassVar[str] = "local"
     linear: ClassVar[bool] = False
     global_model: ClassVar[bool] = False
+    client_state: ClassVar[bool] = True  # each client's model lives on its home actor
     params_model: ClassVar[type[AlgoParams]] = AlgoParams
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:

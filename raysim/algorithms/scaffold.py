@@ -45,6 +45,7 @@ class Scaffold:
     linear: ClassVar[bool] = True
     pooled: ClassVar[bool] = False
     global_model: ClassVar[bool] = True
+    client_state: ClassVar[bool] = True  # c_i lives on the client's home actor
     params_model: ClassVar[type[AlgoParams]] = FedAvgParams
 
     def __init__(self, params: AlgoParams | None = None) -> None:

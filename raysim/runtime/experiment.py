@@ -51,9 +51,15 @@ class SerialBackend:
         num_gpus: float,
         max_restarts: int,
         server_kwargs: dict[str, Any],
+        roam: bool = False,
     ) -> None:
-        self.hosts = [ClientHost(h, algorithm, dataset, shards, spec) for h, shards in enumerate(host_shards)]
-        self.server = Server(pool=SerialPool(self.hosts), **server_kwargs)
+        everyone = [s for shards in host_shards for s in shards] if roam else []
+        self.hosts = [
+            ClientHost(h, algorithm, dataset, shards, spec, visitors=everyone)
+            for h, shards in enumerate(host_shards)
+        ]
+        sizes = {s.client_id: len(s.train_idx) for s in everyone} if roam else None
+        self.server = Server(pool=SerialPool(self.hosts, roam_sizes=sizes), **server_kwargs)
 
     def _srv(self) -> Server:
         if self.server is None:
@@ -268,6 +274,7 @@ class Experiment:
             num_gpus=cfg.resources.num_gpus,
             max_restarts=cfg.resources.max_restarts,
             server_kwargs=server_kwargs,
+            roam=self.roams(len(host_shards)),
         )
         self.backend = backend
 
@@ -279,6 +286,12 @@ class Experiment:
             write_summary(fed, ds, self.run_dir / "partition.parquet")
         self.logger = RunLogger(self.run_dir)
         self.t_setup = time.perf_counter() - t0
+
+    def roams(self, num_hosts: int) -> bool:
+        """Clients train on whichever actor has least work this round when the algorithm keeps
+        no per-client state and the packing is ``auto`` (``clients_per_actor: N`` pins them)."""
+        stateful = getattr(self.algorithm, "client_state", True)
+        return num_hosts > 1 and not stateful and self.cfg.resources.clients_per_actor == "auto"
 
     # -- checkpoints -----------------------------------------------------------------------
     def _ckpt_dir(self) -> Path:

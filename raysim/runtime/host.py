@@ -81,9 +81,12 @@ class _Context:
         self.group = client.group
 
     def seed(self, purpose: int = 0) -> int:
-        return client_seed(self._host.spec.seed, self._round, self.client_id, purpose)
+        # evaluation contexts have round -1 (a personalised fine-tuning step may still train)
+        return client_seed(self._host.spec.seed, self._round % 2**32, self.client_id, purpose)
 
-    def fit(self, params: Params, *, grad_hook: GradHook | None = None, **hp: float) -> FitResult:
+    def fit(
+        self, params: Params, *, grad_hook: GradHook | None = None, adapter: Any = None, **hp: float
+    ) -> FitResult:
         c = self._c
         return self._host.trainer.fit(
             params,
@@ -98,9 +101,10 @@ class _Context:
             seed=self.seed(),
             grad_hook=grad_hook,
             rotation=c.rotation,
+            adapter=adapter,
         )
 
-    def evaluate(self, params: Params, split: str = "val") -> EvalResult:
+    def evaluate(self, params: Params, split: str = "val", adapter: Any = None) -> EvalResult:
         c, h = self._c, self._host
         if split == "val":
             x, idx, y = h.x_train, c.val_idx, c.y_val
@@ -110,11 +114,13 @@ class _Context:
             x, idx, y = h.x_train, c.train_idx, c.y_train
         else:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        return h.trainer.evaluate(params, x, y, idx=idx, rotation=c.rotation)
+        return h.trainer.evaluate(params, x, y, idx=idx, rotation=c.rotation, adapter=adapter)
 
-    def embed(self, params: Params) -> np.ndarray:
+    def embed(self, params: Params, adapter: Any = None) -> np.ndarray:
         c = self._c
-        return self._host.trainer.embed(params, self._host.x_train, idx=c.train_idx, rotation=c.rotation)
+        return self._host.trainer.embed(
+            params, self._host.x_train, idx=c.train_idx, rotation=c.rotation, adapter=adapter
+        )
 
 
 def make_client_labels(
@@ -152,7 +158,11 @@ class ClientHost:
         shards: Sequence[Any],
         spec: HostSpec,
         gpu_ids: list | None = None,
+        visitors: Sequence[Any] = (),
     ) -> None:
+        """``shards`` are this host's own clients (their state, their personalised evaluation);
+        ``visitors`` are further clients it may be asked to train when the algorithm keeps no
+        client state (index arrays only: the data stays in the shared dataset)."""
         torch.set_num_threads(spec.torch_threads)
         self.host_id = host_id
         self.algorithm = algorithm
@@ -169,7 +179,8 @@ class ClientHost:
             device=self.device,
         )
         self.clients: dict[int, HostedClient] = {}
-        for s in shards:
+        self.home = sorted(int(s.client_id) for s in shards)
+        for s in [*shards, *(v for v in visitors if v.client_id not in set(self.home))]:
             ytr, yva, yte = make_client_labels(
                 s,
                 dataset.y_train,
@@ -193,7 +204,8 @@ class ClientHost:
         self._peak_rss = self._proc.memory_info().rss
 
     def client_ids(self) -> list[int]:
-        return sorted(self.clients)
+        """The clients this host owns (visitors excluded)."""
+        return list(self.home)
 
     def run(self, round_idx: int, tasks: Sequence[ClientTask], models: Mapping[str, np.ndarray]) -> HostReply:
         t0 = time.perf_counter()
@@ -251,23 +263,28 @@ class ClientHost:
     def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         """Every hosted client's personalised model on its local test split."""
         rows = []
-        for cid in sorted(self.clients):
+        for cid in self.home:
             c = self.clients[cid]
             if len(c.test_idx) == 0:
                 continue
             ctx = _Context(self, c, -1, models)
             params = self.algorithm.personal_params(models, ctx)
-            ev = self.trainer.evaluate(params, self.x_test, c.y_test, idx=c.test_idx, rotation=c.rotation)
+            # an algorithm with a per-client input adapter (DSAC eq. 10) scores the client with it
+            personal_adapter = getattr(self.algorithm, "personal_adapter", None)
+            adapter = personal_adapter(ctx) if personal_adapter is not None else None
+            ev = self.trainer.evaluate(
+                params, self.x_test, c.y_test, idx=c.test_idx, rotation=c.rotation, adapter=adapter
+            )
             rows.append({"client_id": cid, "n": ev.n, "correct": ev.correct, "loss": ev.loss})
         self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
         return rows
 
     def get_state(self) -> dict[int, dict[str, Any]]:
-        return {cid: dict(c.state) for cid, c in self.clients.items() if c.state}
+        return {cid: dict(self.clients[cid].state) for cid in self.home if self.clients[cid].state}
 
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
         for cid, st in states.items():
-            if cid in self.clients:
+            if cid in self.home:
                 self.clients[cid].state = dict(st)
 
     def stats(self) -> dict[str, Any]:
@@ -276,7 +293,7 @@ class ClientHost:
         return {
             "actor": self.host_id,
             "pid": os.getpid(),
-            "num_clients": len(self.clients),
+            "num_clients": len(self.home),
             "rss_mb": rss / 2**20,
             "peak_rss_mb": self._peak_rss / 2**20,
             "cpu_percent": self._proc.cpu_percent(None),

@@ -12,7 +12,7 @@ import ray
 
 from raysim.algorithms.base import ClientTask
 from raysim.config import ConfigError
-from raysim.runtime.serial import group_tasks
+from raysim.runtime.serial import balance_tasks, group_tasks
 from raysim.runtime.server import PoolReply
 
 
@@ -21,10 +21,15 @@ class RayPool:
     actor, ``ray.wait`` with the round deadline; a failed or late actor's clients are dropouts."""
 
     def __init__(
-        self, handles: Sequence[Any], owner: Mapping[int, int], ping_timeout_s: float = 60.0
+        self,
+        handles: Sequence[Any],
+        owner: Mapping[int, int],
+        ping_timeout_s: float = 60.0,
+        roam_sizes: Mapping[int, int] | None = None,
     ) -> None:
         self.handles = list(handles)
         self.owner = dict(owner)
+        self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
         self.dead: set[int] = set()
         self.ping_timeout_s = ping_timeout_s
 
@@ -49,7 +54,11 @@ class RayPool:
         t0 = time.perf_counter()
         refs = {k: ray.put(v) for k, v in models.items()}
         t1 = time.perf_counter()
-        grouped = group_tasks(tasks, self.owner)
+        if self.roam_sizes is not None:  # clients without state train on whichever actor is free
+            live = [h for h in range(len(self.handles)) if h not in self.dead]
+            grouped = balance_tasks(tasks, self.roam_sizes, live)
+        else:
+            grouped = group_tasks(tasks, self.owner)
         calls = {self.handles[h].run.remote(round_idx, ht, refs): h for h, ht in grouped.items() if h >= 0}
         ready, pending = ray.wait(list(calls), num_returns=len(calls), timeout=deadline_s)
         results, partials, dropouts, nbytes, lost, busy = [], [], [], 0, [], []
@@ -169,6 +178,7 @@ class RayBackend:
         num_gpus: float,
         max_restarts: int,
         server_kwargs: dict[str, Any],
+        roam: bool = False,
     ) -> None:
         from actors.client import ClientActor
         from actors.server import start_server
@@ -177,15 +187,19 @@ class RayBackend:
         check_resources(len(host_shards), num_cpus, num_gpus)
         self.ds_ref = ds_ref = ray.put(dataset)  # once; actors on a node share zero-copy arrays. Kept
         # referenced for as long as the backend lives, so that a restarted actor can read it again.
+        # without client state, every actor can train every client (index arrays only), and the
+        # server balances each round's cohort over the actors
+        visitors = ray.put([s for shards in host_shards for s in shards]) if roam else ()
         self.clients = [
             ClientActor.options(
                 num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0
-            ).remote(h, algorithm, ds_ref, shards, spec)
+            ).remote(h, algorithm, ds_ref, shards, spec, visitors)
             for h, shards in enumerate(host_shards)
         ]
         owner = {s.client_id: h for h, shards in enumerate(host_shards) for s in shards}
         ray.get([c.ping.remote() for c in self.clients])
-        self.server = start_server(pool=RayPool(self.clients, owner), **server_kwargs)
+        sizes = {s.client_id: len(s.train_idx) for shards in host_shards for s in shards} if roam else None
+        self.server = start_server(pool=RayPool(self.clients, owner, roam_sizes=sizes), **server_kwargs)
         ray.get(self.server.models.remote())
 
     def run_round(self, t: int) -> Any:

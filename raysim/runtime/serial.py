@@ -21,10 +21,29 @@ def group_tasks(tasks: Sequence[ClientTask], owner: Mapping[int, int]) -> dict[i
     return out
 
 
+def balance_tasks(
+    tasks: Sequence[ClientTask], sizes: Mapping[int, int], hosts: Sequence[int]
+) -> dict[int, list[ClientTask]]:
+    """This round's tasks spread over ``hosts`` by work (longest first onto the least-loaded
+    host; ties by id), for algorithms without client state whose clients may train anywhere.
+    Unknown clients go to host -1."""
+    out: dict[int, list[ClientTask]] = {}
+    load = {h: 0 for h in hosts}
+    for t in sorted(tasks, key=lambda t: (-sizes.get(t.client_id, 0), t.client_id)):
+        if t.client_id not in sizes or not load:
+            out.setdefault(-1, []).append(t)
+            continue
+        h = min(load, key=lambda i: (load[i], i))
+        load[h] += sizes[t.client_id]
+        out.setdefault(h, []).append(t)
+    return out
+
+
 class SerialPool:
-    def __init__(self, hosts: Sequence[ClientHost]) -> None:
+    def __init__(self, hosts: Sequence[ClientHost], roam_sizes: Mapping[int, int] | None = None) -> None:
         self.hosts = list(hosts)
         self.owner = {cid: h for h, host in enumerate(self.hosts) for cid in host.client_ids()}
+        self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
 
     def available(self) -> list[int]:
         return sorted(self.owner)
@@ -38,7 +57,11 @@ class SerialPool:
     ) -> PoolReply:
         t0 = time.perf_counter()
         results, partials, dropouts, nbytes, busy = [], [], [], 0, []
-        for h, host_tasks in group_tasks(tasks, self.owner).items():
+        if self.roam_sizes is not None:
+            assigned = balance_tasks(tasks, self.roam_sizes, range(len(self.hosts)))
+        else:
+            assigned = group_tasks(tasks, self.owner)
+        for h, host_tasks in sorted(assigned.items()):
             if h < 0:
                 dropouts += [(t.client_id, "unknown client") for t in host_tasks]
                 continue

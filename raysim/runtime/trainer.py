@@ -25,6 +25,7 @@ class FitResult:
     loss: float  # mean training loss over every example seen
     steps: int  # optimizer steps taken
     num_examples: int
+    adapter: tuple[np.ndarray, np.ndarray] | None = None  # the trained input adapter, when one was given
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +60,7 @@ class Trainer:
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
+        self.input_shape = tuple(input_shape)
         self.fm = FlatModel(build_model(model, input_shape, num_classes), self.device)
         self.num_classes = num_classes
         if mean:
@@ -82,6 +84,19 @@ class Trainer:
             t = torch.rot90(t, rotation, dims=(-2, -1))
         return t
 
+    def _adapter(
+        self, adapter: tuple[np.ndarray, np.ndarray], grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A per-input affine map z = scale * x + shift (DSAC eq. 10 with a diagonal W) as tensors.
+        A size-1 array is expanded to one input's shape (an identity adapter needs no shape)."""
+        out = []
+        for a in adapter:
+            arr = np.asarray(a, dtype=np.float32)
+            if arr.size == 1:
+                arr = np.full(self.input_shape, float(arr.reshape(-1)[0]), dtype=np.float32)
+            out.append(torch.tensor(arr, device=self.device).requires_grad_(grad))
+        return out[0], out[1]
+
     # -- training --------------------------------------------------------------------------
     def fit(
         self,
@@ -98,12 +113,15 @@ class Trainer:
         grad_hook: GradHook | None = None,
         rotation: int = 0,
         idx: np.ndarray | None = None,
+        adapter: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FitResult:
         """SGD over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
 
         The client's examples are ``x[idx]`` (``idx`` None: all of ``x``), read batch by batch
         so the shared array is never copied whole; ``y`` is aligned with them and already in
         the client's label space. Returns the new parameters as a fresh numpy vector.
+        ``adapter`` (scale, shift), shaped like one input, is applied to every batch as
+        scale * x + shift and trained jointly by plain SGD at ``lr``; the result carries it back.
         """
         fm = self.fm
         fm.load(params)
@@ -117,6 +135,7 @@ class Trainer:
         buf = torch.zeros_like(fm.flat) if momentum > 0 else None
         steps, loss_sum, seen = 0, 0.0, 0
         bs = max(1, min(int(batch_size), n))
+        ad = self._adapter(adapter, True) if adapter is not None else None
         for _ in range(int(epochs)):
             order = rng.permutation(n)
             for start in range(0, n, bs):
@@ -124,9 +143,16 @@ class Trainer:
                 xb = self._inputs(x[b] if idx is None else x[idx[b]], rotation)
                 yb = yt_all[b].to(self.device)
                 fm.zero_grad()
+                if ad is not None:
+                    xb = xb * ad[0] + ad[1]
                 loss = F.cross_entropy(fm.module(xb), yb)
                 loss.backward()
                 with torch.no_grad():
+                    if ad is not None:
+                        for a in ad:
+                            if a.grad is not None:
+                                a.sub_(a.grad, alpha=lr)
+                                a.grad = None
                     g = fm.grad
                     if grad_hook is not None:
                         grad_hook(fm.flat, g)
@@ -139,7 +165,13 @@ class Trainer:
                 steps += 1
                 loss_sum += float(loss.detach()) * len(b)
                 seen += len(b)
-        return FitResult(params=fm.read(), loss=loss_sum / max(seen, 1), steps=steps, num_examples=n)
+        return FitResult(
+            params=fm.read(),
+            loss=loss_sum / max(seen, 1),
+            steps=steps,
+            num_examples=n,
+            adapter=None if ad is None else (ad[0].detach().cpu().numpy(), ad[1].detach().cpu().numpy()),
+        )
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -152,8 +184,10 @@ class Trainer:
         rotation: int = 0,
         batch_size: int = 1000,
         idx: np.ndarray | None = None,
+        adapter: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> EvalResult:
         fm = self.fm
+        ad = self._adapter(adapter, False) if adapter is not None else None
         fm.load(params)
         fm.module.eval()
         n = len(y)
@@ -163,6 +197,8 @@ class Trainer:
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size)
             xb = self._inputs(x[rows] if idx is None else x[idx[rows]], rotation)
+            if ad is not None:
+                xb = xb * ad[0] + ad[1]
             yb = yt[start : start + batch_size].to(self.device)
             out = fm.module(xb)
             loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
@@ -181,9 +217,11 @@ class Trainer:
         rotation: int = 0,
         batch_size: int = 1000,
         idx: np.ndarray | None = None,
+        adapter: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Mean penultimate-layer activation over ``x`` (a client's data feature vector)."""
         fm = self.fm
+        ad = self._adapter(adapter, False) if adapter is not None else None
         fm.load(params)
         fm.module.eval()
         body = fm.module[:-1]  # type: ignore[index]
@@ -191,7 +229,10 @@ class Trainer:
         n = len(x) if idx is None else len(idx)
         for start in range(0, n, batch_size):
             rows = slice(start, start + batch_size)
-            h = body(self._inputs(x[rows] if idx is None else x[idx[rows]], rotation)).flatten(1).sum(0)
+            xb = self._inputs(x[rows] if idx is None else x[idx[rows]], rotation)
+            if ad is not None:
+                xb = xb * ad[0] + ad[1]
+            h = body(xb).flatten(1).sum(0)
             total = h if total is None else total + h
         if total is None:
             raise ValueError("embed() of no examples")

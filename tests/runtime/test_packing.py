@@ -26,3 +26,24 @@ def test_packing_covers_every_client_once_and_keeps_ids_sorted():
         assert sorted(ids) == list(range(101))
         assert all([s.client_id for s in h] == sorted(s.client_id for s in h) for h in hosts)
         assert max(len(h) for h in hosts) <= -(-101 // min(a, 101))
+
+
+def test_balance_tasks_spreads_one_rounds_work_longest_first():
+    from raysim.algorithms.base import ClientTask
+    from raysim.runtime.serial import balance_tasks
+
+    sizes = {0: 50, 1: 40, 2: 30, 3: 20, 4: 10}
+    tasks = [ClientTask(client_id=c, model_key="global") for c in (4, 3, 2, 1, 0, 99)]
+    out = balance_tasks(tasks, sizes, [0, 1])
+    # 50->h0, 40->h1, 30->h1 (40<50), 20->h0 (50<70), 10->h0 (70=70, lower id); 99 is unknown
+    assert {h: [t.client_id for t in ts] for h, ts in out.items()} == {0: [0, 3, 4], 1: [1, 2], -1: [99]}
+
+
+def test_only_stateless_algorithms_roam_and_only_with_auto_packing(tmp_path):
+    from raysim.runtime.experiment import Experiment
+    from tests.conftest import tiny_config
+
+    assert Experiment(tiny_config(tmp_path)).roams(2)
+    assert not Experiment(tiny_config(tmp_path)).roams(1)
+    assert not Experiment(tiny_config(tmp_path, algorithm__name="scaffold")).roams(2)
+    assert not Experiment(tiny_config(tmp_path, resources__clients_per_actor=3)).roams(2)

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raysim.data import DATASETS, SCHEMES
+
 
 class ConfigError(ValueError):
     """A user-fixable problem with an experiment config (the CLI exits with status 2)."""
@@ -24,18 +26,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DATASET_NAMES = ("fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10")
-PARTITION_NAMES = (
-    "iid",
-    "dirichlet",
-    "pathological",
-    "quantity",
-    "dirichlet-quantity",
-    "rotation",
-    "label-permutation",
-    "contiguous",
-    "natural",
-)
+DATASET_NAMES = DATASETS
+PARTITION_NAMES = SCHEMES
 
 
 class DataConfig(_Section):

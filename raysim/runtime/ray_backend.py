@@ -12,7 +12,7 @@ import ray
 
 from raysim.algorithms.base import ClientTask
 from raysim.config import ConfigError
-from raysim.runtime.serial import balance_tasks, group_tasks
+from raysim.runtime.serial import ReplyCollector, assign_tasks
 from raysim.runtime.server import PoolReply
 
 
@@ -34,6 +34,8 @@ class RayPool:
         self.ping_timeout_s = ping_timeout_s
 
     def available(self) -> list[int]:
+        if self.roam_sizes is not None:  # clients without state train on any live actor
+            return sorted(self.owner) if len(self.dead) < len(self.handles) else []
         return sorted(c for c, h in self.owner.items() if h not in self.dead)
 
     def _check_alive(self, h: int) -> bool:
@@ -54,44 +56,23 @@ class RayPool:
         t0 = time.perf_counter()
         refs = {k: ray.put(v) for k, v in models.items()}
         t1 = time.perf_counter()
-        if self.roam_sizes is not None:  # clients without state train on whichever actor is free
-            live = [h for h in range(len(self.handles)) if h not in self.dead]
-            grouped = balance_tasks(tasks, self.roam_sizes, live)
-        else:
-            grouped = group_tasks(tasks, self.owner)
+        live = [h for h in range(len(self.handles)) if h not in self.dead]
+        grouped = assign_tasks(tasks, self.owner, self.roam_sizes, live)
         calls = {self.handles[h].run.remote(round_idx, ht, refs): h for h, ht in grouped.items() if h >= 0}
         ready, pending = ray.wait(list(calls), num_returns=len(calls), timeout=deadline_s)
-        results, partials, dropouts, nbytes, lost, busy = [], [], [], 0, [], []
-        dropouts += [(t.client_id, "unknown client") for t in grouped.get(-1, [])]
+        out = ReplyCollector()
+        out.drop(grouped.get(-1, []), "unknown client")
         for ref in sorted(ready, key=lambda r: calls[r]):  # host order, not completion order
             h = calls[ref]
             try:
-                reply = ray.get(ref)
+                out.add(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                reason = f"actor {h} failed: {type(exc).__name__}"
-                dropouts += [(t.client_id, reason) for t in grouped[h]]
-                if not self._check_alive(h):
-                    lost += [c for c, o in self.owner.items() if o == h]
-                continue
-            results += reply.results
-            dropouts += reply.dropouts
-            nbytes += reply.transfer_bytes
-            busy.append(reply.seconds)
-            if reply.partial is not None:
-                partials.append(reply.partial)
+                out.drop(grouped[h], f"actor {h} failed: {type(exc).__name__}")
+                if not self._check_alive(h) and self.roam_sizes is None:  # roaming clients live on
+                    out.lost += [c for c, o in self.owner.items() if o == h]
         for ref in pending:
-            h = calls[ref]
-            dropouts += [(t.client_id, f"missed the {deadline_s}s round deadline") for t in grouped[h]]
-        return PoolReply(
-            results=results,
-            partials=partials,
-            dropouts=dropouts,
-            broadcast_s=t1 - t0,
-            train_s=time.perf_counter() - t1,
-            transfer_bytes_up=nbytes,
-            host_seconds=busy,
-            lost_clients=lost,
-        )
+            out.drop(grouped[calls[ref]], f"missed the {deadline_s}s round deadline")
+        return out.reply(broadcast_s=t1 - t0, train_s=time.perf_counter() - t1)
 
     def _live_calls(self, method: str, *args: Any) -> list[Any]:
         calls = [

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from raysim.algorithms.base import ClientTask
-from raysim.runtime.host import ClientHost
+from raysim.algorithms.base import ClientResult, ClientTask, LinearSum
+from raysim.runtime.host import ClientHost, HostReply
 from raysim.runtime.server import PoolReply
 
 
@@ -39,6 +39,53 @@ def balance_tasks(
     return out
 
 
+def assign_tasks(
+    tasks: Sequence[ClientTask],
+    owner: Mapping[int, int],
+    roam_sizes: Mapping[int, int] | None,
+    live_hosts: Sequence[int],
+) -> dict[int, list[ClientTask]]:
+    """Home actors for clients with state; this round's lightest actor otherwise."""
+    if roam_sizes is not None:
+        return balance_tasks(tasks, roam_sizes, live_hosts)
+    return group_tasks(tasks, owner)
+
+
+class ReplyCollector:
+    """Gathers the host replies of one round, in host order, into a PoolReply."""
+
+    def __init__(self) -> None:
+        self.results: list[ClientResult] = []
+        self.partials: list[LinearSum] = []
+        self.dropouts: list[tuple[int, str]] = []
+        self.nbytes = 0
+        self.busy: list[float] = []
+        self.lost: list[int] = []
+
+    def add(self, reply: HostReply) -> None:
+        self.results += reply.results
+        self.dropouts += reply.dropouts
+        self.nbytes += reply.transfer_bytes
+        self.busy.append(reply.seconds)
+        if reply.partial is not None:
+            self.partials.append(reply.partial)
+
+    def drop(self, tasks: Sequence[ClientTask], reason: str) -> None:
+        self.dropouts += [(t.client_id, reason) for t in tasks]
+
+    def reply(self, broadcast_s: float, train_s: float) -> PoolReply:
+        return PoolReply(
+            results=self.results,
+            partials=self.partials,
+            dropouts=self.dropouts,
+            broadcast_s=broadcast_s,
+            train_s=train_s,
+            transfer_bytes_up=self.nbytes,
+            host_seconds=self.busy,
+            lost_clients=self.lost,
+        )
+
+
 class SerialPool:
     def __init__(self, hosts: Sequence[ClientHost], roam_sizes: Mapping[int, int] | None = None) -> None:
         self.hosts = list(hosts)
@@ -56,31 +103,14 @@ class SerialPool:
         deadline_s: float | None,
     ) -> PoolReply:
         t0 = time.perf_counter()
-        results, partials, dropouts, nbytes, busy = [], [], [], 0, []
-        if self.roam_sizes is not None:
-            assigned = balance_tasks(tasks, self.roam_sizes, range(len(self.hosts)))
-        else:
-            assigned = group_tasks(tasks, self.owner)
+        out = ReplyCollector()
+        assigned = assign_tasks(tasks, self.owner, self.roam_sizes, range(len(self.hosts)))
         for h, host_tasks in sorted(assigned.items()):
             if h < 0:
-                dropouts += [(t.client_id, "unknown client") for t in host_tasks]
-                continue
-            reply = self.hosts[h].run(round_idx, host_tasks, models)
-            results += reply.results
-            dropouts += reply.dropouts
-            nbytes += reply.transfer_bytes
-            busy.append(reply.seconds)
-            if reply.partial is not None:
-                partials.append(reply.partial)
-        return PoolReply(
-            results=results,
-            partials=partials,
-            dropouts=dropouts,
-            broadcast_s=0.0,
-            train_s=time.perf_counter() - t0,
-            transfer_bytes_up=nbytes,
-            host_seconds=busy,
-        )
+                out.drop(host_tasks, "unknown client")
+            else:
+                out.add(self.hosts[h].run(round_idx, host_tasks, models))
+        return out.reply(broadcast_s=0.0, train_s=time.perf_counter() - t0)
 
     def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         return [row for host in self.hosts for row in host.evaluate(models)]

@@ -125,8 +125,10 @@ def report(
 
 def _mount_subcommands() -> None:
     from raysim.k8s import k8s_app
+    from raysim.reproduce import reproduce_app
 
     app.add_typer(k8s_app, name="k8s")
+    app.add_typer(reproduce_app, name="reproduce")
 
 
 _mount_subcommands()

@@ -32,6 +32,7 @@ __all__ = [
     "cosine_kmedoids",
     "cosine_similarity_matrix",
     "dbscan",
+    "group_medoids",
     "hierarchical_num_groups",
     "intra_cluster_distance",
     "kmeans",
@@ -101,7 +102,9 @@ def _count_distinct(rows: np.ndarray, decimals: int | None = None) -> int:
     if rows.shape[0] == 0:
         return 0
     r = rows if decimals is None else np.round(rows, decimals) + 0.0  # + 0.0 folds -0.0 into 0.0
-    return int(np.unique(r, axis=0).shape[0])
+    # hashing each row's bytes is exact (like np.unique(axis=0)) and far faster for long rows
+    r = np.ascontiguousarray(r, dtype=np.float64) + 0.0
+    return len({row.tobytes() for row in r})
 
 
 def _canonical_order(labels: np.ndarray, k: int) -> np.ndarray:
@@ -387,6 +390,26 @@ def cosine_kmedoids(
     labels = np.zeros(n, np.int64)
     labels[idx] = _relabel(labels_nz, order)
     return labels, out
+
+
+def group_medoids(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """The central client of each given group, DSAC eq. (12): C_o = argmin_h Σ_{u∈o} (1 - S_uh), i.e.
+    the member with the largest summed cosine similarity (eq. 11) to the other members (ties: lowest
+    index). Returns (k,) int64 row indices; -1 for an empty group; a one-member group is its own
+    medoid. Used after ``spherical_kmeans`` to name each group's centre client."""
+    k = _check_k(k)
+    A = _as_points(X)
+    lab = _check_labels(labels, A.shape[0], k)
+    S = cosine_similarity_matrix(A)
+    out = np.full(k, -1, np.int64)
+    for c in range(k):
+        members = np.flatnonzero(lab == c)
+        if members.size == 0:
+            continue
+        sub = S[np.ix_(members, members)]
+        score = sub.sum(axis=1) - np.diag(sub)
+        out[c] = members[int(np.argmax(score))]
+    return out
 
 
 def hierarchical_num_groups(

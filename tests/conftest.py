@@ -38,6 +38,8 @@ def ray_cluster():
     machine Ray still hands out GPU ids, which exercises fractional-GPU placement)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(
+            num_cpus=4, num_gpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False
+        )
     yield ray
     ray.shutdown()

@@ -14,11 +14,14 @@ from raysim.algorithms.base import (
     LinearSum,
     SetupContext,
 )
+from raysim.algorithms.dsac import DSAC
 from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
 from raysim.algorithms.local import LocalOnly
 from raysim.algorithms.scaffold import Scaffold
 
-ALGORITHMS: dict[str, Any] = {cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised)}
+ALGORITHMS: dict[str, Any] = {
+    cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC)
+}
 
 
 def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None) -> Algorithm:

@@ -11,7 +11,8 @@ for Intelligence Data via Hierarchical Federated Learning with Pre-Training"
   combination of the cluster centres (``clustered_merge``, ``cluster_weights``);
 * eq. (14): temporal decay of client weights (``temporal_decay``);
 * eq. (15): sub-model weights by data size (``submodel_data_weights``);
-* the fairness index of Table 2 (``jain_fairness``; Jain's index, not an equation of the paper).
+* the fairness index of Table 2 (``jain_fairness``, a re-export of ``raysim.metrics.jain_index``;
+  Jain's index, not an equation of the paper).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from raysim.clustering import cluster_sizes_and_variances, kmeans
+from raysim.metrics import jain_index as jain_fairness  # one implementation: raysim.metrics
 
 __all__ = [
     "MergeInfo",
@@ -215,22 +217,6 @@ def submodel_data_weights(num_examples_per_submodel: Sequence[float] | np.ndarra
     if total <= 0:
         return np.full(n.size, 1.0 / n.size)
     return n / total
-
-
-def jain_fairness(x: Sequence[float] | np.ndarray) -> float:
-    """Jain's fairness index (Σx)² / (n · Σx²) in [1/n, 1] (the "fairness" column of DSAC Table 2, with
-    eq. 14's decayed weights or participation counts as x; the index is not a paper equation).
-
-    1.0 when all values are equal. All-zero input (and no input) is treated as all-equal and gives
-    1.0 rather than 0/0: nobody is favoured. Values must be >= 0.
-    """
-    a = np.asarray(x, dtype=np.float64).ravel()
-    if np.any(a < 0) or not np.all(np.isfinite(a)):
-        raise ValueError("jain_fairness needs finite values >= 0")
-    sq = float(np.dot(a, a))
-    if a.size == 0 or sq == 0.0:
-        return 1.0
-    return float(a.sum() ** 2 / (a.size * sq))
 
 
 # ---------------------------------------------------------------- eq. (1), (7): structured decomposition

@@ -58,3 +58,15 @@ def chain(*hooks: GradHook | None) -> GradHook | None:
             h(w, g)
 
     return hook
+
+
+def masked(mask: np.ndarray) -> GradHook:
+    """grad *= mask: only the coordinates where ``mask`` is true are trained (DSAC's sub-model
+    training, eq. 1: a client updates only the sub-models it was assigned). Chain it last, so
+    it also zeroes what earlier hooks (e.g. the proximal term) added outside the mask."""
+    m = _Lazy(np.asarray(mask, dtype=np.float32))
+
+    def hook(w: torch.Tensor, g: torch.Tensor) -> None:
+        g.mul_(m.on(w))
+
+    return hook

@@ -1,0 +1,514 @@
+"""DSAC: Dynamic Sub-model Aggregation and Clustering via hierarchical FL with pre-training.
+
+Paper: J. Wang et al., "Dynamic Sub-Model Aggregation and Clustering for Intelligence Data via
+Hierarchical Federated Learning with Pre-Training" (``shared/papers/000_c9e0d5e7274c04a0.txt``),
+Algorithm 1. The pure math lives in ``raysim.algorithms.dsac_math`` and ``raysim.clustering``; this
+module wires it into the round loop. Every mechanism has a switch (``DSACParams``), so the ablation of
+Table 6 is a config change.
+
+One round t (Algorithm 1, lines 3-21):
+
+* **Pre-training (eq. 9)**, before round 1: the initial model is trained for ``pretrain_epochs`` on the
+  public ("historical") split no client holds (``data.public_fraction`` > 0) and kept as M_base; local
+  objectives then carry λ‖M − M_base‖², i.e. the gradient hook adds 2λ(M − M_base)
+  (``hooks.proximal(base, 2λ)``). M_base is broadcast as its own key ``"base"``.
+* **Decomposition (eq. 1)**: ``SubModelPartition.from_layout`` splits the flat vector into K contiguous
+  runs of whole layers (fixed, structured; neither learned nor random). K is clamped to the model's
+  layer blocks with a warning: cnn-small has 3 (conv1, conv2, fc), mlp 3 (three Linear layers),
+  cnn-mcmahan 4, cnn-cifar 8. ``decomposition: false`` means K = 1 (the whole model).
+* **Assignment rule** (``dsac_math.assign_submodels``): the sorted cohort c_0 < ... < c_{n-1}; client
+  c_j trains the p = max(``submodels_per_client``, ceil(K/n)) consecutive sub-models starting at
+  (t + floor(j·K/n)) mod K. Every sub-model goes to at least one client every round, and the starts
+  rotate by one each round. Training is masked (``hooks.masked``); a client uploads only its assigned
+  sub-vectors (``extras["sub/k"]``, no full delta), so ``upload_bytes`` counts sub-model bytes. It
+  downloads the full global model (the forward pass needs every layer).
+* **Feature vector D_u** (Algorithm 1 line 9, eq. 11): the mean penultimate-layer activation of the
+  client's training data under the global model it received (before local training and without its
+  input adapter): it describes the client's data as the shared model sees it (labels never leave).
+  A forward pass over the local data costs about half a local epoch on CPU, so the server asks for D_u
+  only in rounds that regroup and from clients it has none of yet (``extras["want_feature"]``); the
+  server keeps each client's latest D_u.
+* **Feature mapping (eq. 10)**, ``feature_mapping: true``: a per-client input adapter z = W⊙x + b with a
+  diagonal W (one scale and one shift per input value), kept in ``client.state``, trained jointly with
+  the sub-models at the local learning rate and used for the client's personalised evaluation. It
+  never leaves the client. The server's global test set has no adapter. Off by default (see docs/dsac.md).
+* **Client grouping (eq. 11-12)**, every ``cluster_every`` = E_c rounds (and in every round until a
+  first grouping exists): cosine similarity of the D_u, an average-linkage dendrogram suggests the
+  number of groups (largest merge-height gap, at most ``max_groups``), spherical K-means forms the
+  groups and eq. (12) names each group's central client. ``hierarchical_clustering: false`` is flat
+  (Euclidean) K-means on the D_u with k = ``max_groups``.
+* **Merge and clustering of updates (eq. 3-6)**: per sub-model, the kept clients' updates are clustered
+  by K-means (C = ``num_clusters``), each cluster centre is the decayed-weight mean of its members and
+  the centres are combined with α_c ∝ |S_c| exp(−β Var(S_c)) (renormalised; ``dsac_math.cluster_weights``).
+  Var(S_c) is measured on updates divided by their RMS norm, so β is dimensionless (a cluster of
+  updates as spread as the updates themselves has Var ≈ 1). m_k ← m_k + η_g Σ_c α_c Δm_k^c (eq. 5).
+  A sub-model whose every client dropped keeps its previous values.
+* **Temporal decay (eq. 14)**, ``dynamic_weights: true``: client u's weight is
+  w_u(t) = w_u · exp(−γ Δt), w_u its data size over the mean data size, Δt the rounds it missed since it
+  last contributed (0 when it also contributed the previous round; round 0 = the shared start). A client
+  whose decay factor exp(−γ Δt) falls below ``weight_floor`` counts as dropped: its update is excluded
+  this round (it re-synchronised with the current model, so its clock restarts). Off: w_u(t) = w_u.
+* **Sub-model weights (eq. 15)**: β_k = data size behind sub-model k / total. Sub-models are disjoint
+  slices, so recombination (eq. 7) is a plain scatter and β_k cannot weight it; it weights the global
+  loss of eq. (8): L_global = Σ_k β_k L_k, L_k the data-weighted training loss of sub-model k's clients
+  (β_k = 1/K reproduces the paper's plain mean). Logged every round.
+* **Group models and personalisation (eq. 13)**: M_g takes, per sub-model, the previous global
+  sub-model plus the decayed-weight mean of the group's updates (the weighted mean of the group's local
+  models), and the new global sub-model where the group trained none. A client is scored with its
+  group's model after one full-batch gradient step of size ε on its local training data
+  (m_u = M_g − ε∇L_u(M_g); the paper's "+" is a sign slip for a loss).
+* **Convergence stop**: with ``converge_tol`` > 0 training stops (empty cohorts) once |ΔL_global| <
+  tol for ``converge_patience`` consecutive rounds. The global model is archived into the state at
+  that round and at the last round (``DSACState.archive``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from raysim import clustering as cl
+from raysim.algorithms import hooks
+from raysim.algorithms.base import (
+    AlgoParams,
+    ClientContext,
+    ClientResult,
+    ClientTask,
+    LinearSum,
+    Metrics,
+    SetupContext,
+    sample_cohort,
+)
+from raysim.algorithms.dsac_math import (
+    SubModelPartition,
+    assign_submodels,
+    clustered_merge,
+    submodel_data_weights,
+)
+from raysim.metrics import clustering_agreement, jain_index
+from raysim.models.flat import Params
+
+
+class DSACParams(AlgoParams):
+    """DSAC's knobs (``algorithm:`` section). Defaults follow the paper's Table 4 where it has one."""
+
+    # K of eq. (1): sub-models per global model (Table 4: 5). Clamped, with a warning, to the model's
+    # layer blocks: cnn-small and mlp have 3, cnn-mcmahan 4, cnn-cifar 8.
+    num_submodels: Annotated[int, Field(ge=1)] = 5
+    # sub-models each client trains per round (raised to ceil(K / cohort) so all are trained); 1 costs
+    # ~17 accuracy points on pathological Fashion-MNIST in 10 rounds, 2 matches FedAvg (docs/dsac.md)
+    submodels_per_client: Annotated[int, Field(ge=1)] = 2
+    # C of eq. (4): K-means clusters of one sub-model's client updates (Table 4: 3)
+    num_clusters: Annotated[int, Field(ge=1)] = 3
+    # β of eq. (6): variance penalty; Var is relative to the updates' mean squared norm (dimensionless)
+    beta: Annotated[float, Field(ge=0)] = 1.0
+    # γ of eq. (14): temporal decay per missed round (Table 4: 0.05)
+    decay: Annotated[float, Field(ge=0)] = 0.05
+    # a client whose decay factor exp(-γ Δt) is below this is dropped for the round (0: never)
+    weight_floor: Annotated[float, Field(ge=0, lt=1)] = 0.6
+    # E_c of Algorithm 1: re-group clients every E_c rounds
+    cluster_every: Annotated[int, Field(ge=1)] = 5
+    # upper bound on client groups (the dendrogram's suggestion is capped; flat k-means uses it as k)
+    max_groups: Annotated[int, Field(ge=1)] = 4
+    # cut the dendrogram at this cosine distance instead of at its largest gap (None: largest gap)
+    group_threshold: Annotated[float, Field(gt=0, le=2)] | None = None
+    # λ of eq. (9): pull toward the pre-trained base model (gradient 2λ(M - M_base))
+    lambda_pretrain: Annotated[float, Field(ge=0)] = 0.05
+    # epochs of pre-training on the public split before round 1
+    pretrain_epochs: Annotated[int, Field(ge=1)] = 5
+    # pre-training learning rate (None: local.lr)
+    pretrain_lr: Annotated[float, Field(gt=0)] | None = None
+    # ε of eq. (13): personalised fine-tuning step (one full-batch gradient step); 0 disables it
+    finetune_eps: Annotated[float, Field(ge=0)] = 0.01
+    # None: that step is one full-batch gradient (eq. 13 exactly; memory grows with the local data);
+    # a number caps the batch, making the fine-tuning one local epoch of SGD at lr ε with that batch
+    finetune_batch: Annotated[int, Field(ge=1)] | None = None
+    # eq. (10): learn a per-client diagonal input map kept on the client
+    feature_mapping: bool = False
+    # the switches of the ablation (Table 6)
+    pretraining: bool = True  # eq. (9); needs data.public_fraction > 0
+    decomposition: bool = True  # eq. (1)/(7); false: K = 1
+    hierarchical_clustering: bool = True  # eq. (11)-(12); false: flat k-means on D_u
+    dynamic_weights: bool = True  # eq. (14); false: data-size weights, nobody dropped
+    # η_g: server step on the merged update (1 = eq. 5 as written)
+    central_lr: Annotated[float, Field(gt=0)] = 1.0
+    # stop training once |L_global(t) - L_global(t-1)| < converge_tol for converge_patience rounds (0: never)
+    converge_tol: Annotated[float, Field(ge=0)] = 0.0
+    converge_patience: Annotated[int, Field(ge=1)] = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class DSACState:
+    params: np.ndarray  # the global model M
+    base: np.ndarray | None  # M_base of eq. (9), None without pre-training
+    partition: SubModelPartition
+    group_models: Mapping[int, np.ndarray]  # M_g of eq. (13)
+    assign: np.ndarray  # (N,) int64 group of each client, -1: not grouped yet
+    medoids: np.ndarray  # (groups,) central client of each group (eq. 12), -1: empty
+    features: np.ndarray | None  # (N, d) latest D_u per client (rows of never-seen clients are 0)
+    has_feature: np.ndarray  # (N,) bool
+    base_weight: np.ndarray  # (N,) w_u: data size / mean data size
+    last_round: np.ndarray  # (N,) int64 last round a client contributed (0: the shared start)
+    weight_now: np.ndarray  # (N,) weight used in the last aggregation it took part in (0: dropped)
+    cum_weight: np.ndarray  # (N,) cumulative share of aggregation weight (Jain's index of Table 2)
+    truth: np.ndarray | None  # ground-truth groups for NMI (-1: none)
+    cohort: int
+    num_rounds: int
+    local: Mapping[str, float]
+    loss_history: tuple[float, ...] = ()
+    converged_round: int = 0
+    grouped_round: int = 0
+    archive: tuple[tuple[int, np.ndarray], ...] = field(default_factory=tuple)
+
+
+def _identity_adapter() -> tuple[np.ndarray, np.ndarray]:
+    # size-1 arrays: the trainer expands them to one input's shape (scale 1, shift 0)
+    return np.ones(1, np.float32), np.zeros(1, np.float32)
+
+
+class DSAC:
+    name: ClassVar[str] = "dsac"
+    linear: ClassVar[bool] = False
+    pooled: ClassVar[bool] = False
+    global_model: ClassVar[bool] = True
+    params_model: ClassVar[type[AlgoParams]] = DSACParams
+
+    def __init__(self, params: AlgoParams | None = None) -> None:
+        self.p: DSACParams = params if params is not None else self.params_model()  # type: ignore[assignment]
+
+    @property
+    def client_state(self) -> bool:  # type: ignore[override]
+        """Only the eq. (10) input map lives on the client: without it any actor may train a client."""
+        return self.p.feature_mapping
+
+    # -- server: set-up --------------------------------------------------------------------
+    def init(self, params: Params, ctx: SetupContext) -> DSACState:
+        p = self.p
+        k = p.num_submodels if p.decomposition else 1
+        partition = SubModelPartition.from_layout(ctx.layout, k)
+        params = params.astype(np.float32)
+        base = None
+        if p.pretraining:
+            if ctx.public_fit is None:
+                raise ValueError(
+                    "algorithm.pretraining needs a public split to pre-train on (DSAC eq. 9): set "
+                    "data.public_fraction > 0 (e.g. 0.05), or set algorithm.pretraining: false"
+                )
+            fit = ctx.public_fit(
+                params,
+                epochs=p.pretrain_epochs,
+                batch_size=int(ctx.local.get("batch_size", 32)),
+                lr=float(p.pretrain_lr or ctx.local.get("lr", 0.05)),
+                momentum=float(ctx.local.get("momentum", 0.0)),
+            )
+            params = base = np.asarray(fit.params, dtype=np.float32)
+        n = ctx.num_clients
+        sizes = np.asarray(ctx.client_sizes, dtype=np.float64)
+        base_weight = sizes / sizes.mean() if sizes.size and sizes.mean() > 0 else np.ones(n)
+        truth = None if ctx.client_groups is None else np.asarray(ctx.client_groups, dtype=np.int64)
+        return DSACState(
+            params=params,
+            base=base,
+            partition=partition,
+            group_models={},
+            assign=np.full(n, -1, np.int64),
+            medoids=np.zeros(0, np.int64),
+            features=None,
+            has_feature=np.zeros(n, bool),
+            base_weight=base_weight,
+            last_round=np.zeros(n, np.int64),
+            weight_now=np.zeros(n),
+            cum_weight=np.zeros(n),
+            truth=truth,
+            cohort=ctx.clients_per_round,
+            num_rounds=ctx.num_rounds,
+            local=dict(ctx.local),
+        )
+
+    # -- server: step 1 --------------------------------------------------------------------
+    def configure_round(
+        self, state: DSACState, round_idx: int, available: Sequence[int], rng: np.random.Generator
+    ) -> list[ClientTask]:
+        if state.converged_round:
+            return []
+        cohort = sample_cohort(available, state.cohort, rng)
+        k = state.partition.k
+        subs = assign_submodels(cohort, k, round_idx, self.p.submodels_per_client)
+        bounds = np.asarray(state.partition.bounds, np.int64)
+        keys = ("base",) if state.base is not None else ()
+        regroup = round_idx % self.p.cluster_every == 0 or not state.grouped_round
+        return [
+            ClientTask(
+                client_id=c,
+                model_key="global",
+                hparams=state.local,
+                extras={
+                    "submodels": np.asarray(subs[c], np.int64),
+                    "bounds": bounds,
+                    # D_u is needed where this round regroups, and from clients the server has none of
+                    "want_feature": np.asarray(int(regroup or not state.has_feature[c])),
+                },
+                broadcast_keys=keys,
+            )
+            for c in cohort
+        ]
+
+    # -- client ----------------------------------------------------------------------------
+    def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
+        bounds = np.asarray(task.extras["bounds"], np.int64)
+        subs = [int(s) for s in task.extras["submodels"]]
+        k = len(bounds) - 1
+        want = int(task.extras.get("want_feature", 1))
+        feature = np.asarray(client.embed(params), np.float32) if want else None  # D_u (Algorithm 1, l. 9)
+        prox = None
+        if "base" in client.broadcast and self.p.lambda_pretrain > 0:  # eq. (9)
+            prox = hooks.proximal(client.broadcast["base"], 2.0 * self.p.lambda_pretrain)
+        mask_hook = None
+        if len(subs) < k:  # eq. (1): train only the assigned sub-models
+            mask = np.zeros(int(bounds[-1]), bool)
+            for s in subs:
+                mask[bounds[s] : bounds[s + 1]] = True
+            mask_hook = hooks.masked(mask)
+        hook = hooks.chain(prox, mask_hook)
+        if self.p.feature_mapping:  # eq. (10)
+            adapter = client.state.get("adapter") or _identity_adapter()
+            fit = client.fit(params, grad_hook=hook, adapter=adapter, **task.hparams)
+            client.state["adapter"] = fit.adapter
+        else:
+            fit = client.fit(params, grad_hook=hook, **task.hparams)
+        delta = (fit.params - params).astype(np.float32)
+        extras = {f"sub/{s}": delta[bounds[s] : bounds[s + 1]].copy() for s in subs}
+        if feature is not None:
+            extras["feature"] = feature
+        return ClientResult(
+            client_id=task.client_id,
+            num_examples=fit.num_examples,
+            delta=None,
+            metrics={"train_loss": fit.loss},
+            extras=extras,
+        )
+
+    # -- server: step 5 --------------------------------------------------------------------
+    def _regroup(self, state: DSACState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Client grouping, eq. (11)-(12), over every client that has uploaded a D_u."""
+        n = len(state.assign)
+        assign = np.full(n, -1, np.int64)
+        idx = np.flatnonzero(state.has_feature)
+        if state.features is None or idx.size == 0:
+            return assign, np.zeros(0, np.int64)
+        X = state.features[idx].astype(np.float64)
+        p = self.p
+        if p.hierarchical_clustering:
+            k, _ = cl.hierarchical_num_groups(X, p.max_groups, p.group_threshold)  # dendrogram
+            labels = cl.spherical_kmeans(X, k, rng).labels
+            medoids = cl.group_medoids(X, labels, k)  # eq. (12)
+            medoids = np.where(medoids >= 0, idx[np.maximum(medoids, 0)], -1)
+        else:
+            k = min(p.max_groups, idx.size)
+            labels = cl.kmeans(X, k, rng).labels
+            medoids = np.full(k, -1, np.int64)
+        assign[idx] = labels
+        return assign, medoids
+
+    def aggregate(
+        self,
+        state: DSACState,
+        round_idx: int,
+        results: Sequence[ClientResult | LinearSum],
+        rng: np.random.Generator,
+    ) -> tuple[DSACState, Metrics]:
+        p, t = self.p, round_idx
+        part = state.partition
+        res = [r for r in results if isinstance(r, ClientResult)]
+        m: Metrics = {"aggregated_clients": 0.0}
+
+        # D_u uploads (Algorithm 1, line 9)
+        features, has_feature = state.features, state.has_feature.copy()
+        for r in res:
+            f = r.extras.get("feature")
+            if f is None:
+                continue
+            if features is None or features.shape[1] != f.size:
+                features = np.zeros((len(has_feature), f.size), np.float32)
+                has_feature[:] = False
+            else:
+                features = features.copy() if features is state.features else features
+            features[r.client_id] = f
+            has_feature[r.client_id] = True
+        state = replace(state, features=features, has_feature=has_feature)
+
+        # eq. (11)-(12): regroup every E_c rounds, and every round until a first grouping exists
+        assign, medoids, grouped = state.assign, state.medoids, state.grouped_round
+        if res and (t % p.cluster_every == 0 or not grouped):
+            assign, medoids = self._regroup(state, rng)
+            grouped = t
+
+        # eq. (14): temporal decay and the weight floor
+        last = state.last_round.copy()
+        weight_now = state.weight_now.copy()
+        kept: list[tuple[ClientResult, float]] = []
+        dropped = 0
+        for r in res:
+            cid = r.client_id
+            missed = max(t - int(last[cid]) - 1, 0)
+            factor = math.exp(-p.decay * missed) if p.dynamic_weights else 1.0
+            w = float(state.base_weight[cid]) * factor
+            last[cid] = t
+            if p.dynamic_weights and factor < p.weight_floor:
+                dropped += 1
+                weight_now[cid] = 0.0
+                continue
+            weight_now[cid] = w
+            kept.append((r, w))
+        cum = state.cum_weight.copy()
+        wsum = sum(w for _, w in kept)
+        if wsum > 0:
+            for r, w in kept:
+                cum[r.client_id] += w / wsum
+
+        # eq. (3)-(6) per sub-model, then eq. (7)
+        old = state.params
+        parts: list[np.ndarray | None] = []
+        sils, intras, untouched = [], [], 0
+        loss_k = np.full(part.k, np.nan)
+        data_k = np.zeros(part.k)
+        group_sums: dict[int, dict[int, tuple[np.ndarray, float]]] = {}
+        for j in range(part.k):
+            rows = [(r, w) for r, w in kept if f"sub/{j}" in r.extras]
+            if not rows:
+                parts.append(None)  # every client of this sub-model dropped: keep m_k
+                untouched += 1
+                continue
+            U = np.stack([r.extras[f"sub/{j}"] for r, _ in rows]).astype(np.float64)
+            W = np.array([w for _, w in rows])
+            scale = math.sqrt(float(np.mean(np.einsum("ij,ij->i", U, U))))
+            if scale > 0:
+                merged, info = clustered_merge(U / scale, W, p.num_clusters, p.beta, rng)
+                assert merged is not None
+                merged = merged * scale
+                if info.k > 1:
+                    sils.append(cl.silhouette(U / scale, info.labels))
+                    intras.append(
+                        cl.intra_cluster_distance(U / scale, info.labels, int(np.argmax(info.sizes)))
+                    )
+            else:
+                merged = np.zeros(U.shape[1])
+            parts.append(old[part.slice(j)] + p.central_lr * merged.astype(np.float32))
+            n_ex = np.array([r.num_examples for r, _ in rows], np.float64)
+            data_k[j] = n_ex.sum()
+            if n_ex.sum() > 0:
+                loss_k[j] = float(
+                    np.dot(n_ex, [r.metrics.get("train_loss", np.nan) for r, _ in rows]) / n_ex.sum()
+                )
+            for (r, w), u in zip(rows, U, strict=True):  # eq. (13) group sums
+                g = int(assign[r.client_id])
+                if g < 0:
+                    continue
+                acc = group_sums.setdefault(g, {})
+                s, ws = acc.get(j, (np.zeros(U.shape[1]), 0.0))
+                acc[j] = (s + w * u, ws + w)
+        new = part.recombine(parts, base=old).astype(np.float32)
+
+        # eq. (13): group models
+        group_models: dict[int, np.ndarray] = {}
+        for g in sorted(int(x) for x in np.unique(assign) if x >= 0):
+            mg = new.copy()
+            for j, (s, ws) in group_sums.get(g, {}).items():
+                if ws > 0:
+                    sl = part.slice(j)
+                    mg[sl] = old[sl] + p.central_lr * (s / ws).astype(np.float32)
+            group_models[g] = mg
+
+        # eq. (15) + eq. (8): global loss
+        beta_k = submodel_data_weights(data_k)
+        live = np.isfinite(loss_k)
+        global_loss = (
+            float(np.dot(beta_k[live], loss_k[live]) / beta_k[live].sum()) if live.any() else math.nan
+        )
+        history = state.loss_history + (global_loss,)
+        converged = state.converged_round
+        if p.converge_tol > 0 and not converged and len(history) > p.converge_patience:
+            tail = np.asarray(history[-(p.converge_patience + 1) :])
+            if np.all(np.isfinite(tail)) and np.all(np.abs(np.diff(tail)) < p.converge_tol):
+                converged = t
+        archive = state.archive
+        if t == state.num_rounds or (converged and converged == t):
+            archive = archive + ((t, new.copy()),)
+
+        state = replace(
+            state,
+            params=new,
+            group_models=group_models,
+            assign=assign,
+            medoids=medoids,
+            last_round=last,
+            weight_now=weight_now,
+            cum_weight=cum,
+            loss_history=history,
+            converged_round=converged,
+            grouped_round=grouped,
+            archive=archive,
+        )
+        m.update(
+            {
+                "aggregated_clients": float(len(kept)),
+                "dropped_by_floor": float(dropped),
+                "dropout_rate": float(dropped / len(res)) if res else 0.0,
+                "jain": jain_index(cum),
+                "global_loss": global_loss,
+                "num_groups": float(len(group_models)),
+                "num_submodels": float(part.k),
+                "submodels_untouched": float(untouched),
+                "silhouette": float(np.mean(sils)) if sils else math.nan,
+                "intra_cluster": float(np.mean(intras)) if intras else math.nan,
+                "converged": float(bool(converged)),
+            }
+        )
+        truth = state.truth
+        if truth is not None:
+            ok = (truth >= 0) & (assign >= 0)
+            if ok.sum() >= 2:
+                m["nmi"] = clustering_agreement(truth[ok], assign[ok])["nmi"]
+        return state, m
+
+    # -- broadcast, evaluation, logging ------------------------------------------------------
+    def models(self, state: DSACState) -> Mapping[str, Params]:
+        out: dict[str, Params] = {"global": state.params, "assign": state.assign.astype(np.float32)}
+        if state.base is not None:
+            out["base"] = state.base
+        for g, mg in state.group_models.items():
+            out[f"group/{g}"] = mg
+        return out
+
+    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
+        """Eq. (13): the client's group model M_g (the global model while ungrouped), then one
+        full-batch gradient step of size ε on its local training data (``finetune_batch`` caps the
+        batch: then one local epoch at lr ε)."""
+        start = models["global"]
+        assign = models.get("assign")
+        if assign is not None and client.client_id < len(assign):
+            start = models.get(f"group/{int(assign[client.client_id])}", start)
+        eps = self.p.finetune_eps
+        if eps <= 0 or client.num_examples == 0:
+            return start
+        batch = client.num_examples if self.p.finetune_batch is None else self.p.finetune_batch
+        kw: dict[str, Any] = {"lr": eps, "epochs": 1, "batch_size": min(batch, client.num_examples)}
+        if self.p.feature_mapping:
+            kw["adapter"] = client.state.get("adapter") or _identity_adapter()
+        return client.fit(start, grad_hook=None, **kw).params
+
+    def personal_adapter(self, client: ClientContext) -> Any:
+        """The client's eq. (10) input map for its personalised evaluation (None when off)."""
+        return client.state.get("adapter") if self.p.feature_mapping else None
+
+    def client_annotations(self, state: DSACState) -> Mapping[int, Mapping[str, float]]:
+        """Per-client columns for clients.parquet: group id and the last aggregation weight."""
+        return {
+            int(c): {"group": float(state.assign[c]), "weight": float(state.weight_now[c])}
+            for c in range(len(state.assign))
+        }

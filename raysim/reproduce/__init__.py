@@ -1,0 +1,7 @@
+"""`raysim reproduce ...`: regenerate a paper's tables and figures from scratch (one command each)."""
+
+from __future__ import annotations
+
+from raysim.reproduce.dsac import reproduce_app
+
+__all__ = ["reproduce_app"]

@@ -1,0 +1,369 @@
+"""DSAC (raysim.algorithms.dsac): server aggregation on literal results, edge cases, switches and
+end-to-end runs on the tiny digits federation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raysim.algorithms import ALGORITHMS, build_algorithm, hooks
+from raysim.algorithms.base import ClientResult, SetupContext
+from raysim.algorithms.dsac import DSAC, DSACParams, DSACState
+from raysim.config import ConfigError
+from raysim.models import ParamLayout, build_model
+from raysim.runtime.experiment import Experiment
+from tests.conftest import tiny_config
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def setup(n: int = 4, groups: list[int] | None = None) -> SetupContext:
+    layout = ParamLayout.of(build_model("mlp", (4,), 3))  # blocks of 1000, 40200, 603 values
+    return SetupContext(
+        num_clients=n,
+        client_sizes=np.full(n, 10),
+        layout=layout,
+        num_classes=3,
+        seed=0,
+        local={"epochs": 1, "batch_size": 8, "lr": 0.1},
+        num_rounds=5,
+        clients_per_round=n,
+        client_groups=None if groups is None else np.asarray(groups),
+    )
+
+
+def make(**kw) -> tuple[DSAC, DSACState]:
+    p = DSACParams(pretraining=False, num_submodels=3, **kw)
+    algo = DSAC(p)
+    ctx = setup()
+    state = algo.init(np.zeros(ctx.layout.size, np.float32), ctx)
+    return algo, state
+
+
+def result(state: DSACState, cid: int, subs: dict[int, float], feature=(1.0, 0.0), loss=1.0) -> ClientResult:
+    part = state.partition
+    extras = {f"sub/{j}": np.full(part.sizes[j], v, np.float32) for j, v in subs.items()}
+    extras["feature"] = np.asarray(feature, np.float32)
+    return ClientResult(
+        client_id=cid, num_examples=10, delta=None, metrics={"train_loss": loss}, extras=extras
+    )
+
+
+def test_registered_and_validated() -> None:
+    assert ALGORITHMS["dsac"] is DSAC
+    assert isinstance(build_algorithm("dsac", {"decay": 0.1}), DSAC)
+    with pytest.raises(ValueError):
+        DSACParams(decay=-1)
+    with pytest.raises(ValueError):
+        DSACParams(weight_floor=1.5)
+    with pytest.raises(ValueError):
+        DSACParams(not_a_knob=1)
+
+
+def test_k_is_clamped_to_layer_blocks_with_warning() -> None:
+    algo = DSAC(DSACParams(pretraining=False, num_submodels=5))
+    with pytest.warns(UserWarning, match="3 layer blocks"):
+        state = algo.init(np.zeros(setup().layout.size, np.float32), setup())
+    assert state.partition.k == 3
+    off = DSAC(DSACParams(pretraining=False, decomposition=False)).init(
+        np.zeros(setup().layout.size, np.float32), setup()
+    )
+    assert off.partition.k == 1
+
+
+def test_configure_round_trains_every_submodel() -> None:
+    algo, state = make()
+    tasks = algo.configure_round(state, 1, [0, 1, 2, 3], rng())
+    assert all(int(t.extras["want_feature"]) == 1 for t in tasks)  # nobody has uploaded D_u yet
+    seen = replace(state, grouped_round=1, has_feature=np.array([True, True, False, False]))
+    want = [int(t.extras["want_feature"]) for t in algo.configure_round(seen, 2, [0, 1, 2, 3], rng())]
+    assert want == [0, 0, 1, 1]
+    assert all(int(t.extras["want_feature"]) for t in algo.configure_round(seen, 5, [0, 1, 2, 3], rng()))
+    covered = sorted({int(s) for t in tasks for s in t.extras["submodels"]})
+    assert covered == [0, 1, 2]
+    assert all(t.model_key == "global" and t.broadcast_keys == () for t in tasks)
+    # two clients, three sub-models: each trains ceil(3/2) = 2 of them
+    tasks = algo.configure_round(state, 1, [0, 1], rng())
+    assert [len(t.extras["submodels"]) for t in tasks] == [2, 2]
+
+
+def test_identical_updates_are_merged_exactly() -> None:
+    algo, state = make(decay=0.0)
+    res = [result(state, c, {0: 0.5, 1: -1.0, 2: 2.0}) for c in range(3)]
+    new, m = algo.aggregate(state, 1, res, rng())
+    part = state.partition
+    np.testing.assert_allclose(new.params[part.slice(0)], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(new.params[part.slice(1)], -1.0, rtol=1e-6)
+    np.testing.assert_allclose(new.params[part.slice(2)], 2.0, rtol=1e-6)
+    assert m["aggregated_clients"] == 3 and m["dropped_by_floor"] == 0
+    # three identical updates, three update clusters: two clusters stay empty (weight 0), no NaN
+    assert np.isfinite(new.params).all()
+
+
+def test_submodel_whose_clients_all_dropped_keeps_its_values() -> None:
+    algo, state = make(decay=0.1)
+    start = np.arange(state.params.size, dtype=np.float32) / 1e4
+    state = replace(state, params=start)
+    # nobody uploads sub-model 1; and client 3 (the only one with sub-model 2) is below the floor
+    state = replace(state, last_round=np.array([9, 9, 9, 0]))  # client 3 last contributed at round 0
+    res = [result(state, 0, {0: 1.0}), result(state, 1, {0: 1.0}), result(state, 3, {2: 5.0})]
+    new, m = algo.aggregate(state, 10, res, rng())
+    part = state.partition
+    np.testing.assert_array_equal(new.params[part.slice(1)], start[part.slice(1)])
+    np.testing.assert_array_equal(new.params[part.slice(2)], start[part.slice(2)])
+    np.testing.assert_allclose(new.params[part.slice(0)], start[part.slice(0)] + 1.0, rtol=1e-6)
+    assert m["submodels_untouched"] == 2
+    # client 3 missed 9 rounds: decay factor exp(-0.1 * 9) = 0.41 < floor 0.6
+    assert m["dropped_by_floor"] == 1
+
+
+def test_client_below_weight_floor_is_dropped_and_restarts_its_clock() -> None:
+    algo, state = make(decay=0.1, weight_floor=0.5)
+    state = replace(state, last_round=np.array([9, 9, 0, 9]))
+    res = [result(state, 0, {0: 1.0}), result(state, 2, {0: -7.0})]
+    new, m = algo.aggregate(state, 10, res, rng())
+    # client 2 missed 9 rounds: exp(-0.9) = 0.41 < 0.5 -> dropped, its update ignored
+    assert m["dropped_by_floor"] == 1 and m["dropout_rate"] == 0.5
+    np.testing.assert_allclose(new.params[state.partition.slice(0)], 1.0, rtol=1e-6)
+    assert new.weight_now[2] == 0.0 and new.weight_now[0] == pytest.approx(1.0)
+    assert new.last_round[2] == 10  # re-synchronised: next round it is fresh again
+    assert new.cum_weight[0] == pytest.approx(1.0) and new.cum_weight[2] == 0.0
+
+
+def test_decayed_weights_enter_the_merge() -> None:
+    # one update cluster (num_clusters=1): the centre is the decayed-weight mean of eq. (14)
+    algo, state = make(decay=0.5, weight_floor=0.0, num_clusters=1, beta=0.0)
+    state = replace(state, last_round=np.array([4, 2, 0, 0]))  # at round 5: missed 0 and 2 rounds
+    res = [result(state, 0, {0: 1.0}), result(state, 1, {0: 3.0})]
+    new, _ = algo.aggregate(state, 5, res, rng())
+    w0, w1 = 1.0, math.exp(-0.5 * 2)
+    expected = (w0 * 1.0 + w1 * 3.0) / (w0 + w1)
+    np.testing.assert_allclose(new.params[state.partition.slice(0)], expected, rtol=1e-5)
+    # dynamic weights off: plain mean
+    algo_off, state_off = make(dynamic_weights=False, num_clusters=1, beta=0.0)
+    state_off = replace(state_off, last_round=np.array([4, 2, 0, 0]))
+    new_off, _ = algo_off.aggregate(state_off, 5, res, rng())
+    np.testing.assert_allclose(new_off.params[state.partition.slice(0)], 2.0, rtol=1e-5)
+
+
+def test_every_client_dropped_leaves_the_model_unchanged() -> None:
+    algo, state = make()
+    state = replace(state, params=np.ones(state.params.size, np.float32))
+    new, m = algo.aggregate(state, 3, [], rng())
+    np.testing.assert_array_equal(new.params, state.params)
+    assert m["aggregated_clients"] == 0 and m["dropout_rate"] == 0.0
+    assert math.isnan(m["global_loss"])
+    # all cohort members below the floor
+    state = replace(state, last_round=np.zeros(4, np.int64))
+    new, m = algo.aggregate(state, 50, [result(state, 0, {0: 1.0}), result(state, 1, {1: 1.0})], rng())
+    np.testing.assert_array_equal(new.params, state.params)
+    assert m["dropped_by_floor"] == 2 and m["aggregated_clients"] == 0
+
+
+def test_grouping_with_a_one_client_group_and_an_empty_cluster() -> None:
+    algo, state = make(max_groups=3, num_clusters=3, decay=0.0)
+    # clients 0, 1 share a direction, client 2 points elsewhere: two groups, one of them a singleton;
+    # the three identical updates of sub-model 0 leave two of the three update clusters empty
+    res = [
+        result(state, 0, {0: 1.0, 1: 1.0}, feature=(1.0, 0.0)),
+        result(state, 1, {0: 1.0, 2: 1.0}, feature=(2.0, 0.0)),
+        result(state, 2, {0: 1.0, 2: 3.0}, feature=(0.0, 1.0)),
+    ]
+    new, m = algo.aggregate(state, 1, res, rng())
+    assert list(new.assign) == [0, 0, 1, -1]  # client 3 never uploaded D_u: ungrouped
+    assert m["num_groups"] == 2
+    part = state.partition
+    # eq. (13): the singleton group's model carries its own update where it trained, the global elsewhere
+    g1 = new.group_models[1]
+    np.testing.assert_allclose(g1[part.slice(2)], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(g1[part.slice(1)], new.params[part.slice(1)], rtol=1e-6)
+    g0 = new.group_models[0]
+    np.testing.assert_allclose(g0[part.slice(2)], 1.0, rtol=1e-6)
+    assert new.medoids.tolist()[1] == 2  # eq. (12): a one-member group is its own centre
+    models = algo.models(new)
+    assert {"global", "assign", "group/0", "group/1"} <= set(models)
+    notes = algo.client_annotations(new)
+    assert notes[2]["group"] == 1.0 and notes[3]["group"] == -1.0
+
+
+def test_flat_grouping_and_nmi() -> None:
+    p = DSACParams(pretraining=False, num_submodels=3, hierarchical_clustering=False, max_groups=2)
+    algo = DSAC(p)
+    ctx = setup(groups=[0, 0, 1, 1])
+    state = algo.init(np.zeros(ctx.layout.size, np.float32), ctx)
+    feats = [(1.0, 0.0), (1.1, 0.0), (0.0, 1.0), (0.0, 1.2)]
+    res = [result(state, c, {c % 3: 1.0}, feature=f) for c, f in enumerate(feats)]
+    new, m = algo.aggregate(state, 1, res, rng())
+    assert m["nmi"] == pytest.approx(1.0)
+    assert len(set(new.assign.tolist())) == 2
+
+
+def test_convergence_stop_archives_the_model() -> None:
+    algo, state = make(converge_tol=10.0, converge_patience=2)
+    for t in (1, 2, 3):
+        state, m = algo.aggregate(state, t, [result(state, 0, {0: 0.0, 1: 0.0, 2: 0.0})], rng())
+    assert state.converged_round == 3 and m["converged"] == 1.0
+    assert [r for r, _ in state.archive] == [3]
+    assert algo.configure_round(state, 4, [0, 1, 2, 3], rng()) == []
+
+
+def test_masked_hook_zeroes_gradient_outside_the_mask() -> None:
+    w = torch.zeros(4)
+    g = torch.ones(4)
+    chain = hooks.chain(
+        hooks.proximal(np.ones(4, np.float32), 1.0), hooks.masked(np.array([1, 0, 1, 0], bool))
+    )
+    assert chain is not None
+    chain(w, g)
+    assert g.tolist() == [0.0, 0.0, 0.0, 0.0]  # 1 + (0 - 1) inside, zeroed outside
+    g = torch.full((4,), 2.0)
+    hooks.masked(np.array([1, 0, 1, 0], bool))(w, g)
+    assert g.tolist() == [2.0, 0.0, 2.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- end to end (digits)
+
+COLS = ["round", "test_accuracy", "test_loss", "global_loss", "bytes_up", "jain", "num_groups"]
+
+
+def run(cfg):
+    exp = Experiment(cfg, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            summary = exp.run()
+        finally:
+            exp.close()
+    return (
+        summary,
+        pd.read_parquet(exp.run_dir / "rounds.parquet"),
+        pd.read_parquet(exp.run_dir / "clients.parquet"),
+    )
+
+
+def dsac_config(tmp_path, **over):
+    base = {"algorithm__name": "dsac", "data__public_fraction": 0.1, "rounds__num_rounds": 2}
+    return tiny_config(tmp_path, **{**base, **over})
+
+
+def test_run_logs_dsac_metrics_and_is_deterministic(tmp_path):
+    s1, r1, c1 = run(dsac_config(tmp_path))
+    _, r2, _ = run(dsac_config(tmp_path))
+    pd.testing.assert_frame_equal(r1[COLS], r2[COLS])
+    assert np.isfinite(r1["global_loss"]).all() and (r1["num_groups"] >= 1).all()
+    assert {"group", "weight"} <= set(c1.columns)
+    assert s1["final_test_accuracy"] is not None
+
+
+def test_decomposition_switch_changes_upload_bytes(tmp_path):
+    n_params = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32) + (32 * 2 * 2 * 10 + 10)  # cnn-small on digits
+    feature = 32 * 2 * 2  # D_u: the penultimate activation
+    _, off, _ = run(dsac_config(tmp_path, algorithm__decomposition=False, algorithm__cluster_every=1))
+    assert (off["bytes_up"] == 3 * 4 * (n_params + feature)).all()
+    _, on, _ = run(dsac_config(tmp_path, algorithm__cluster_every=1))
+    # three clients, three sub-models, two each: every sub-model is uploaded twice
+    assert (on["bytes_up"] == 4 * (2 * n_params + 3 * feature)).all()
+    _, one, _ = run(dsac_config(tmp_path, algorithm__submodels_per_client=1, algorithm__cluster_every=1))
+    assert (one["bytes_up"] == 4 * (n_params + 3 * feature)).all()
+
+
+def test_pretraining_without_public_split_is_a_clear_error(tmp_path):
+    cfg = tiny_config(tmp_path, algorithm__name="dsac")
+    exp = Experiment(cfg, progress=False)
+    with pytest.raises((ValueError, ConfigError), match="public_fraction"):
+        exp.prepare()
+    exp.close()
+
+
+def test_switches_run_end_to_end(tmp_path):
+    _, r, c = run(
+        dsac_config(
+            tmp_path,
+            algorithm__feature_mapping=True,
+            algorithm__hierarchical_clustering=False,
+            algorithm__dynamic_weights=False,
+            algorithm__pretraining=False,
+            data__public_fraction=0.0,
+            data__partition="rotation",
+            data__num_groups=2,
+        )
+    )
+    assert np.isfinite(r["test_accuracy"]).all() and np.isfinite(r["personal_accuracy"]).all()
+    assert "nmi" in r.columns and (r["dropped_by_floor"] == 0).all()
+
+
+def test_pretraining_broadcasts_the_base_model_and_feature_mapping_keeps_an_adapter(tmp_path):
+    n_params = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32) + (32 * 2 * 2 * 10 + 10)
+    _, on, _ = run(dsac_config(tmp_path, rounds__num_rounds=1))
+    _, off, _ = run(dsac_config(tmp_path, rounds__num_rounds=1, algorithm__pretraining=False))
+    assert on["bytes_down"].iloc[0] == 3 * 2 * 4 * n_params  # global + base (eq. 9)
+    assert off["bytes_down"].iloc[0] == 3 * 4 * n_params
+    assert on["test_loss"].iloc[0] != off["test_loss"].iloc[0]
+
+    exp = Experiment(
+        dsac_config(tmp_path, rounds__num_rounds=1, algorithm__feature_mapping=True), progress=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        exp.run()
+    states = [c.state for h in exp.backend.hosts for c in h.clients.values() if c.state]
+    exp.close()
+    assert len(states) == 3  # the round's cohort
+    scale, shift = states[0]["adapter"]
+    assert scale.shape == shift.shape == (1, 8, 8)  # one scale and shift per input value (eq. 10)
+    assert not np.allclose(scale, 1.0)  # trained
+
+
+class FakeClient:
+    def __init__(self, cid: int, n: int) -> None:
+        self.client_id, self.num_examples, self.state, self.calls = cid, n, {}, []
+
+    def fit(self, params, *, grad_hook=None, **hp):
+        self.calls.append(hp)
+
+        class R:
+            pass
+
+        r = R()
+        r.params = params + 1.0
+        return r
+
+
+def test_personal_params_use_the_group_model_and_the_eps_step() -> None:
+    models = {
+        "global": np.zeros(3, np.float32),
+        "group/1": np.full(3, 5.0, np.float32),
+        "assign": np.array([1, -1], np.float32),
+    }
+    algo = DSAC(DSACParams(finetune_eps=0.02))
+    c0, c1 = FakeClient(0, 40), FakeClient(1, 40)
+    np.testing.assert_array_equal(algo.personal_params(models, c0), np.full(3, 6.0))  # M_g, then the step
+    np.testing.assert_array_equal(algo.personal_params(models, c1), np.ones(3))  # ungrouped: global
+    assert c0.calls == [{"lr": 0.02, "epochs": 1, "batch_size": 40}]  # one full-batch step
+    capped = DSAC(DSACParams(finetune_eps=0.02, finetune_batch=16))
+    capped.personal_params(models, c0)
+    assert c0.calls[-1]["batch_size"] == 16
+    off = DSAC(DSACParams(finetune_eps=0.0))
+    np.testing.assert_array_equal(off.personal_params(models, c0), np.full(3, 5.0))
+
+
+@pytest.mark.parametrize("feature_mapping", [False, True])
+def test_packing_does_not_change_results(tmp_path, feature_mapping):
+    frames = [
+        run(
+            dsac_config(
+                tmp_path, resources__clients_per_actor=cpa, algorithm__feature_mapping=feature_mapping
+            )
+        )[1][COLS]
+        for cpa in (1, "auto")
+    ]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert DSAC(DSACParams(feature_mapping=feature_mapping)).client_state is feature_mapping

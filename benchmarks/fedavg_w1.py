@@ -62,6 +62,33 @@ class ReferenceLoop:
         self.params = torch.from_numpy(init_params("cnn-small", ds.input_shape, ds.num_classes, 0))
         self.loss = torch.nn.CrossEntropyLoss()
 
+    def raysim_trainer_round(self, t: int) -> float:
+        """The same cohort through raysim's ClientHost in this process (no Ray): the trainer's
+        own speed, one thread."""
+        from raysim.algorithms import build_algorithm
+        from raysim.algorithms.base import ClientTask
+        from raysim.runtime.host import ClientHost, HostSpec
+
+        if not hasattr(self, "host"):
+            ds = load_dataset("fashion-mnist")
+            spec = HostSpec(
+                model="cnn-small",
+                input_shape=ds.input_shape,
+                num_classes=10,
+                mean=ds.mean,
+                std=ds.std,
+                seed=0,
+                torch_threads=1,
+            )
+            self.host = ClientHost(0, build_algorithm("fedavg"), ds, list(self.fed.clients), spec)
+        threads = torch.get_num_threads()
+        cohort = sample_cohort(range(1000), 100, round_rng(0, t))
+        hp = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+        tasks = [ClientTask(client_id=c, model_key="global", hparams=hp) for c in cohort]
+        seconds = self.host.run(t, tasks, {"global": self.params.numpy().astype(np.float32)}).seconds
+        torch.set_num_threads(threads)
+        return seconds
+
     def round(self, t: int) -> float:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -105,12 +132,14 @@ def main() -> int:
         exp = Experiment(cfg, progress=False)
         try:
             exp.prepare()
-            ours, theirs, busy = [], [], []
+            ours, theirs, busy, inproc = [], [], [], []
             # interleaved, round by round: both sides see the same machine at the same time
             for t in range(1, args.rounds + 1):
                 m = exp.run_round(t).metrics
                 r = ref.round(t)
+                solo = ref.raysim_trainer_round(t)
                 if t > 1:
+                    inproc.append(solo)
                     ours.append(m["round_s"] - m["evaluate_s"])
                     theirs.append(r)
                     busy.append((m["actor_busy_max_s"], m["actor_busy_mean_s"]))
@@ -129,6 +158,10 @@ def main() -> int:
     print(f"raysim s/round:             median {ours_med:.3f}  {[round(x, 3) for x in ours]}")
     print(f"  busiest / mean actor busy: {[f'{a:.2f}/{b:.2f}' for a, b in busy]}")
     print(f"pure PyTorch loop s/round:  median {ref_med:.3f}  {[round(x, 3) for x in theirs]}")
+    print(
+        f"raysim trainer, 1 process:  median {statistics.median(inproc):.3f}  {[round(x, 3) for x in inproc]}"
+        f"  (same cohorts through ClientHost without Ray: the trainer's speed on one core)"
+    )
     print(f"per-round ratios:           {[round(x, 3) for x in ratios]}")
     print(
         f"target: ratio <= 1.25 / {cores} cores = {target:.3f} -> {'MET' if ratio_med <= target else 'MISSED'}"

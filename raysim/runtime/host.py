@@ -211,6 +211,7 @@ class ClientHost:
         t0 = time.perf_counter()
         results: list[ClientResult] = []
         dropouts: list[tuple[int, str]] = []
+        singles: list[LinearSum] = []  # each kept update on the fixed-point grid (linear algorithms)
         for task in sorted(tasks, key=lambda t: t.client_id):
             client = self.clients.get(task.client_id)
             if client is None:
@@ -231,7 +232,7 @@ class ClientHost:
                 continue
             if self.algorithm.linear and r.delta is not None:
                 try:
-                    LinearSum.single(r)
+                    singles.append(LinearSum.single(r))
                 except UpdateTooLarge as exc:
                     dropouts.append((task.client_id, str(exc)))
                     continue
@@ -247,7 +248,7 @@ class ClientHost:
         self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
         partial = None
         if self.spec.presum and self.algorithm.linear and results:
-            partial = LinearSum.of(results)
+            partial = LinearSum.of(singles)  # converted once, above
             results = [r.without_payload() for r in results]
             nbytes = partial.upload_bytes() if partial is not None else 0
         else:

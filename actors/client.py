@@ -8,7 +8,13 @@ from typing import Any
 import ray
 
 from raysim.algorithms.base import ClientTask
-from raysim.runtime.host import ClientHost, HostReply, HostSpec
+from raysim.runtime.host import ClientHost, HostSpec
+from raysim.runtime.pool import HostReply
+
+
+def _cancelled() -> bool:
+    """True once the server cancelled this call (the round deadline passed)."""
+    return bool(ray.get_runtime_context().is_canceled())
 
 
 class ClientActorImpl:
@@ -30,14 +36,17 @@ class ClientActorImpl:
     def client_ids(self) -> list[int]:
         return self.host.client_ids()
 
-    def run(self, round_idx: int, tasks: Sequence[ClientTask], model_refs: Mapping[str, Any]) -> HostReply:
-        keys = list(model_refs)
-        values = ray.get([model_refs[k] for k in keys])  # zero-copy numpy views from the object store
-        return self.host.run(round_idx, tasks, dict(zip(keys, values, strict=True)))
+    def run(self, round_idx: int, tasks: Sequence[ClientTask], refs: Mapping[str, Any]) -> HostReply:
+        keys = list(refs)
+        values = ray.get([refs[k] for k in keys])  # zero-copy numpy views from the object store
+        return self.host.run(round_idx, tasks, dict(zip(keys, values, strict=True)), cancelled=_cancelled)
 
-    def evaluate(self, model_refs: Mapping[str, Any]) -> list[dict[str, float]]:
-        keys = list(model_refs)
-        values = ray.get([model_refs[k] for k in keys])
+    def commit(self, round_idx: int) -> int:
+        return self.host.commit(round_idx)
+
+    def evaluate(self, refs: Mapping[str, Any]) -> list[dict[str, float]]:
+        keys = list(refs)
+        values = ray.get([refs[k] for k in keys])
         return self.host.evaluate(dict(zip(keys, values, strict=True)))
 
     def get_state(self) -> dict[int, dict[str, Any]]:

@@ -7,11 +7,22 @@ from typing import Any
 import ray
 
 from raysim.runtime.server import Server
+from raysim.runtime.trainer import pick_device
 
-ServerActor = ray.remote(Server)
+
+class ServerActorImpl(Server):
+    """The server on the GPU Ray assigned to it (``resources.server_gpus``), else the CPU."""
+
+    def __init__(self, **server_kwargs: Any) -> None:
+        gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        super().__init__(device=str(pick_device(gpu_ids)), **server_kwargs)
 
 
-def start_server(num_cpus: float = 0, **server_kwargs: Any) -> Any:
-    """The server actor holds state and aggregates; it asks for no CPU so that client actors
-    get every core (it is idle while they train)."""
-    return ServerActor.options(num_cpus=num_cpus, max_restarts=0).remote(**server_kwargs)
+ServerActor = ray.remote(ServerActorImpl)
+
+
+def start_server(num_cpus: float = 0.0, num_gpus: float = 0.0, **server_kwargs: Any) -> Any:
+    """By default the server actor asks for no CPU so that client actors get every core (it is
+    idle while they train); ``resources.server_cpus``/``server_gpus`` give it its own share
+    (a hypernetwork trains there)."""
+    return ServerActor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0).remote(**server_kwargs)

@@ -48,6 +48,7 @@ def run(
 ) -> None:
     """Run one experiment and write runs/<name>/ (Parquet metrics, summary.json, config.yaml)."""
     from raysim.runtime.experiment import Experiment
+    from raysim.runtime.server import ClientCodeError
 
     exp = None
     try:
@@ -66,6 +67,9 @@ def run(
     except ConfigError as err:
         fail(str(err))
         return
+    except ClientCodeError as err:  # a bug in client code: its traceback, exit 1 (not a user error)
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     finally:
         if exp is not None:
             exp.close()

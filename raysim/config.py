@@ -9,12 +9,22 @@ turns it into one message and exit status 2.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from raysim.algorithms import DEFAULT_ALGORITHM
 from raysim.data import DATASETS, SCHEMES
 
 
@@ -23,7 +33,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML reads .inf/.nan as floats, and no knob has a meaning at infinity
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 DATASET_NAMES = DATASETS
@@ -89,13 +100,16 @@ class ResourcesConfig(_Section):
     torch_threads: Annotated[int, Field(ge=1)] = 1
     # > 0: Ray restarts a dead client actor (its clients start again with empty state)
     max_restarts: Annotated[int, Field(ge=0)] = 0
+    server_cpus: Annotated[float, Field(ge=0)] = 0.0  # the server actor: a hypernetwork trains there
+    server_gpus: Annotated[float, Field(ge=0)] = 0.0  # the server actor: a hypernetwork trains there
 
-    @field_validator("num_gpus")
+    @field_validator("num_gpus", "server_gpus")
     @classmethod
-    def _gpu_fraction(cls, v: float) -> float:
+    def _gpu_fraction(cls, v: float, info: ValidationInfo) -> float:
         if v > 1 and not float(v).is_integer():
+            who = "the server actor" if info.field_name == "server_gpus" else "a client actor"
             raise ValueError(
-                f"{v} GPUs per actor cannot be placed: use a fraction <= 1 (e.g. 0.25 puts 4 actors on a GPU) "
+                f"{v} GPUs for {who} cannot be placed: use a fraction <= 1 (e.g. 0.25 shares a GPU four ways) "
                 "or a whole number"
             )
         return v
@@ -110,8 +124,8 @@ class OutputConfig(_Section):
 class AlgorithmConfig(BaseModel):
     """``name`` picks the algorithm; every other key is that algorithm's own parameter."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = "fedavg"
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+    name: str = DEFAULT_ALGORITHM
 
     @model_validator(mode="after")
     def _params(self) -> AlgorithmConfig:
@@ -127,6 +141,13 @@ class AlgorithmConfig(BaseModel):
         from raysim.algorithms import ALGORITHMS
 
         return ALGORITHMS[self.name].params_model.model_validate(self.model_extra or {})
+
+    @property
+    def traits(self) -> Any:
+        """The configured algorithm's declared traits (``raysim.algorithms.base.Traits``)."""
+        from raysim.algorithms import build_algorithm
+
+        return build_algorithm(self.name, self.params).traits
 
 
 class ExperimentConfig(_Section):
@@ -158,6 +179,12 @@ class ExperimentConfig(_Section):
             raise ValueError("data.dataset 'synthetic' is vector data: set model.name to 'mlp'")
         if self.resources.clients_per_actor != "auto" and self.resources.num_actors is not None:
             raise ValueError("set either resources.clients_per_actor or resources.num_actors, not both")
+        if self.algorithm.traits.public_split and d.public_fraction <= 0:
+            raise ValueError(
+                f"algorithm {self.algorithm.name!r} as configured trains or evaluates on the server's "
+                "public split, which no client holds: set data.public_fraction > 0 (e.g. 0.05), or "
+                "switch off the algorithm option that needs it (e.g. DSAC's pretraining)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +198,7 @@ class ExperimentConfig(_Section):
         than there are clients.
         """
         res, n = self.resources, self.data.num_clients
-        if self.algorithm.name == "centralised":
+        if self.algorithm.traits.pooled:  # one client holding every shard
             return 1
         if res.clients_per_actor != "auto":
             return math.ceil(n / res.clients_per_actor)
@@ -192,6 +219,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `raysim validate` lists the valid sections)"
+        elif e["type"] == "finite_number":
+            msg = "must be a finite number: .inf and .nan are not allowed"
         where = f"{loc}: " if loc else ""
         got = e.get("input")
         shown = (
@@ -256,12 +285,58 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def check_data_available(cfg: ExperimentConfig) -> None:
-    """Raise ConfigError when the dataset's files are missing (without loading them)."""
+    """Raise ConfigError when the dataset's files are missing (without loading them).
+
+    A ``data.data_dir`` that is not a directory is refused even when the dataset has a default
+    location: a typo there would otherwise silently train on other files.
+    """
     from raysim.data import dataset_available
 
-    problem = dataset_available(cfg.data.dataset, cfg.data.data_dir)
+    d = cfg.data
+    problem = dataset_available(d.dataset, d.data_dir)
+    if d.data_dir is not None and not Path(d.data_dir).expanduser().is_dir():
+        what = "it is not a directory" if Path(d.data_dir).expanduser().exists() else "it does not exist"
+        if d.dataset in ("digits", "synthetic"):
+            fix = f" or leave it out: dataset {d.dataset!r} is built in and reads no files"
+        elif problem is None:
+            fix = " or leave it out: the dataset's files are found without it"
+        else:
+            fix = f". {problem}"
+        raise ConfigError(f"data.data_dir={d.data_dir!r}: no such directory ({what}); fix the path{fix}")
     if problem is not None:
-        raise ConfigError(f"data.dataset={cfg.data.dataset!r}: {problem}")
+        raise ConfigError(f"data.dataset={d.dataset!r}: {problem}")
+
+
+def check_output_dir(cfg: ExperimentConfig) -> None:
+    """Raise ConfigError when runs could not be written under ``output.dir``; creates nothing.
+
+    Checked before any data is loaded or Ray started, so that a typo in ``output.dir`` fails in a
+    second with one message instead of after set-up (or, worse, with a half-made directory tree).
+    """
+    given = cfg.output.dir
+    target = Path(given).absolute()  # as the run creates it: no ~ expansion
+    fix = "set output.dir to a directory you can write to (e.g. --set output.dir=runs)"
+    if target.is_symlink() and not target.exists():
+        raise ConfigError(f"output.dir={given!r} is a dangling symbolic link; {fix}")
+    if target.exists():
+        if not target.is_dir():
+            raise ConfigError(f"output.dir={given!r} is a file, not a directory; {fix}")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise ConfigError(f"output.dir={given!r} is not writable; {fix}, or make it writable")
+        return
+    ancestor = target.parent
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(
+            f"output.dir={given!r} cannot be created: {str(ancestor)!r} is "
+            f"{'a dangling symbolic link' if ancestor.is_symlink() else 'a file'}, not a directory; {fix}"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"output.dir={given!r} cannot be created: {str(ancestor)!r} is not writable; {fix}, "
+            f"or create {given!r} yourself first"
+        )
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -29,8 +29,11 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    Example: 10 clients x 0.25 GPU (c = 1) -> 10 actors, 4 per 1-GPU pod -> 3 pods of
    1 GPU + 4 CPUs: 3 GPUs for the 2.5 asked. 1000 clients on CPU (auto, c = 1) -> 20 actors,
    8 per 8-CPU pod -> 3 pods of 7 CPUs: 21 CPUs for the 20 asked.
-5. The head schedules no client actors (``num-cpus: "0"``); the driver and the 0-CPU server
-   actor use its real CPUs.
+5. The head schedules no client actors (``num-cpus: "0"``); the driver and a server actor that
+   asks for nothing (``resources.server_cpus`` = ``server_gpus`` = 0) use its real CPUs. A server
+   that asks for resources (a hypernetwork trains there) cannot be placed on the head, so it gets
+   a worker group of its own, ``server``: one pod of ``max(1, ceil(server_cpus))`` CPUs and
+   ``ceil(server_gpus)`` GPUs (memory as above), on top of the client pods.
 
 How the experiment reaches the cluster
 --------------------------------------
@@ -52,10 +55,7 @@ This module must import without Ray (the CLI loads it on a laptop with no cluste
 from __future__ import annotations
 
 import math
-import os
 import re
-import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,6 +64,7 @@ import typer
 import yaml
 
 from raysim import __version__
+from raysim.atomic import atomic_write_text
 from raysim.config import ConfigError, ExperimentConfig, config_from_dict, load_config
 
 RAY_VERSION = "2.58.0"  # must equal pyproject's ray[tune] pin, the Dockerfile's base tag and rayVersion
@@ -119,27 +120,39 @@ class Sizing:
     actors_per_pod: int
     cpu: GroupSize
     gpu: GroupSize
+    server: GroupSize | None = None  # a pod of its own for a server actor that asks for resources
+    server_cpus: float = 0.0
+    server_gpus: float = 0.0
 
     @property
     def sized(self) -> GroupSize:
         return self.gpu if self.gpus_per_actor > 0 else self.cpu
 
     @property
+    def groups(self) -> list[GroupSize]:
+        return [self.cpu, self.gpu, *([self.server] if self.server is not None else [])]
+
+    @property
     def total_cpus(self) -> int:
-        return sum(g.replicas * g.shape.cpus for g in (self.cpu, self.gpu))
+        return sum(g.replicas * g.shape.cpus for g in self.groups)
 
     @property
     def total_gpus(self) -> int:
-        return sum(g.replicas * g.shape.gpus for g in (self.cpu, self.gpu))
+        return sum(g.replicas * g.shape.gpus for g in self.groups)
 
     def describe(self) -> str:
-        g = self.sized
+        g, s = self.sized, self.server
         gpu = f", {g.shape.gpus} GPU" if g.shape.gpus else ""
+        extra = f" + 1 server pod of {s.shape.cpus} CPU, {s.shape.gpus} GPU" if s is not None else ""
+        who = "the actors"
+        if s is not None:
+            who += f" and the server ({self.server_cpus:g} CPU, {self.server_gpus:g} GPU)"
         return (
             f"{self.clients} clients on {self.actors} actors x ({self.cpus_per_actor:g} CPU, "
-            f"{self.gpus_per_actor:g} GPU) -> {g.replicas} {g.name} pod(s) of {g.shape.cpus} CPU{gpu}: "
-            f"{self.total_cpus} CPUs and {self.total_gpus} GPUs for the {self.actors * self.cpus_per_actor:g} "
-            f"CPUs and {self.actors * self.gpus_per_actor:g} GPUs the actors ask for"
+            f"{self.gpus_per_actor:g} GPU) -> {g.replicas} {g.name} pod(s) of {g.shape.cpus} CPU{gpu}{extra}: "
+            f"{self.total_cpus} CPUs and {self.total_gpus} GPUs for the "
+            f"{self.actors * self.cpus_per_actor + self.server_cpus:g} CPUs and "
+            f"{self.actors * self.gpus_per_actor + self.server_gpus:g} GPUs {who} ask for"
         )
 
 
@@ -181,6 +194,31 @@ def size_workers(
     cpu = GroupSize("cpu", PodShape(cpus=max(1, math.ceil(k * c - 1e-9))), pods, pods, pods)
     gpu = GroupSize("gpu", PodShape(cpus=cpus_per_pod, gpus=gpus_per_pod), 0, 0, 0)
     return cpu, gpu, per_pod
+
+
+def size_server(
+    server_cpus: float, server_gpus: float, *, cpus_per_pod: int = 8, gpus_per_pod: int = 1
+) -> GroupSize | None:
+    """One pod shaped for the server actor, or None when it asks for nothing (it then runs on the head).
+
+    The head advertises no CPUs and has no GPU, and the client pods are sized for the clients
+    alone, so a server that asks Ray for resources needs room of its own to be placed at all.
+    """
+    sc, sg = server_cpus, server_gpus
+    if sc <= 0 and sg <= 0:
+        return None
+    if sc > cpus_per_pod:
+        raise ConfigError(
+            f"resources.server_cpus={sc:g} does not fit a pod of --cpus-per-pod {cpus_per_pod}; "
+            f"raise --cpus-per-pod to at least {math.ceil(sc)}"
+        )
+    if sg > gpus_per_pod:
+        raise ConfigError(
+            f"resources.server_gpus={sg:g} does not fit a pod of --gpus-per-pod {gpus_per_pod}; "
+            f"raise --gpus-per-pod to at least {math.ceil(sg)}"
+        )
+    shape = PodShape(cpus=max(1, math.ceil(sc - 1e-9)), gpus=math.ceil(sg - 1e-9))
+    return GroupSize("server", shape, 1, 1, 1)
 
 
 # ------------------------------------------------------------------------------ manifest pieces
@@ -309,6 +347,7 @@ def cluster_spec(
     gpu: GroupSize = STATIC_GPU_GROUP,
     *,
     autoscaling: bool = True,
+    server: GroupSize | None = None,
 ) -> dict[str, Any]:
     """A RayCluster ``spec``; with the defaults it is exactly ``k8s/ray-cluster.yaml``'s."""
     spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": autoscaling}
@@ -321,7 +360,8 @@ def cluster_spec(
             "securityContext": container_security_context(),
         }
     spec["headGroupSpec"] = _head_group(image, autoscaling)
-    spec["workerGroupSpecs"] = [_worker_group(image, cpu), _worker_group(image, gpu)]
+    groups = [cpu, gpu, *([server] if server is not None else [])]
+    spec["workerGroupSpecs"] = [_worker_group(image, g) for g in groups]
     return spec
 
 
@@ -432,53 +472,6 @@ def run_entrypoint(cfg: ExperimentConfig, config_path: str = INLINE_CONFIG) -> s
     return " ".join(["raysim", "run", config_path, *sets])
 
 
-class EntrypointError(ValueError):
-    """An entrypoint that our own CLI would refuse (renamed flag, unknown command, ...)."""
-
-
-def parse_entrypoint(entrypoint: str) -> tuple[str, dict[str, Any]]:
-    """Parse ``raysim ...`` with the real CLI (its click parser; nothing is executed).
-
-    Returns the subcommand path (e.g. ``"run"`` or ``"k8s render"``) and its parsed parameters;
-    raises :class:`EntrypointError` when the CLI would refuse the command line (unknown command
-    or flag, missing argument, bad value).
-    """
-    import typer.main
-
-    from raysim.cli import app
-
-    argv = shlex.split(entrypoint)
-    if not argv or argv[0] != "raysim":
-        raise EntrypointError(f"entrypoint must start with 'raysim', got {entrypoint[:40]!r}")
-    if "--help" in argv[1:]:
-        raise EntrypointError("entrypoint asks for --help: it would print help instead of running")
-    cmd: Any = typer.main.get_command(app)  # click's (or typer's vendored click) command tree
-    args, parent = argv[1:], None
-    path: list[str] = []
-    try:
-        while hasattr(cmd, "resolve_command"):  # a group: parse its options, then find the subcommand
-            ctx = cmd.make_context(path[-1] if path else "raysim", list(args), parent=parent)
-            rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
-            if not rest:
-                raise EntrypointError(f"'raysim {' '.join(path)}' needs a subcommand")
-            name, sub, args = cmd.resolve_command(ctx, rest)
-            if sub is None or name is None:
-                raise EntrypointError(f"unknown command {rest[0]!r}")
-            cmd, parent = sub, ctx
-            path.append(name)
-        sub_ctx = cmd.make_context(path[-1], list(args), parent=parent)
-    except EntrypointError:
-        raise
-    except Exception as err:  # click's UsageError family, from click or from typer's vendored copy
-        if type(err).__name__ == "Exit":
-            raise EntrypointError("the command line would exit without running") from err
-        message = getattr(err, "format_message", None)
-        if not callable(message):
-            raise
-        raise EntrypointError(f"'{' '.join(argv[:3])} ...': {message()}") from err
-    return " ".join(path), dict(sub_ctx.params)
-
-
 # ------------------------------------------------------------------------------------- render
 
 
@@ -542,7 +535,21 @@ def render_rayjob(
     cpu, gpu, per_pod = size_workers(
         n_actors, res.num_cpus, res.num_gpus, cpus_per_pod=cpus_per_pod, gpus_per_pod=gpus_per_pod
     )
-    sizing = Sizing(cfg.data.num_clients, n_actors, res.num_cpus, res.num_gpus, per_pod, cpu, gpu)
+    server = size_server(
+        res.server_cpus, res.server_gpus, cpus_per_pod=cpus_per_pod, gpus_per_pod=gpus_per_pod
+    )
+    sizing = Sizing(
+        cfg.data.num_clients,
+        n_actors,
+        res.num_cpus,
+        res.num_gpus,
+        per_pod,
+        cpu,
+        gpu,
+        server,
+        res.server_cpus,
+        res.server_gpus,
+    )
     job_name = name or job_name_for(cfg)
     if len(job_name) > MAX_JOB_NAME or not _DNS1035.match(job_name):
         raise ConfigError(
@@ -553,7 +560,7 @@ def render_rayjob(
     doc = rayjob(
         job_name,
         entrypoint,
-        cluster_spec(image, cpu, gpu, autoscaling=False),
+        cluster_spec(image, cpu, gpu, autoscaling=False, server=server),
         image=image,
         deadline_s=deadline_s,
         annotations={
@@ -593,18 +600,6 @@ def _header(sizing: Sizing, cfg: ExperimentConfig, name: str, out: str, argv: li
         f"Results: {RUNS_DIR}/{cfg.output.name or cfg.name}/ on the volume (see docs/kubernetes.md).",
     ]
     return "".join(f"# {' '.join(line.splitlines())}".rstrip() + "\n" for line in lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -665,6 +660,7 @@ def render(
       CPU actors fill pods of --cpus-per-pod CPUs, floor(cpus_per_pod / num_cpus) a pod
     - pods = ceil(A / actors per pod), each sized for ceil(A / pods) actors
     - the head (num-cpus 0) hosts no client actor; autoscaling is off
+    - resources.server_cpus/server_gpus > 0: one more pod, group 'server', sized for the server
 
     The entrypoint carries every value of the resolved experiment
     (raysim run <empty base config> --set ...): the job runs exactly what was sized.
@@ -708,6 +704,7 @@ def render(
     if target == "-":
         typer.echo(text, nl=False)
         return
-    _write_atomic(Path(target), text)
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(target), text)
     typer.echo(f"wrote {target}: {sizing.describe()}", err=True)
     typer.echo(f"next: kubectl apply -f {target} && kubectl get rayjob {job} -w", err=True)

@@ -3,6 +3,7 @@
 import json
 
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -85,3 +86,55 @@ def test_validate_prints_the_resolved_config(tmp_path):
     r = runner.invoke(app, ["validate", str(write_cfg(tmp_path)), "--set", "seed=9"])
     assert r.exit_code == 0
     assert yaml.safe_load(r.output)["seed"] == 9
+
+
+def assert_one_error(r, *needles):
+    """Exit status 2, exactly one `error:` message naming the problem, no traceback."""
+    assert r.exit_code == 2, r.output
+    assert r.output.count("error:") == 1 and "Traceback" not in r.output, r.output
+    for needle in needles:
+        assert needle in r.output, r.output
+
+
+def test_non_finite_numbers_exit_2(tmp_path):
+    cfg = write_cfg(tmp_path)
+    assert_one_error(
+        runner.invoke(app, ["validate", str(cfg), "--set", "local.lr=.inf"]),
+        "local.lr: must be a finite number",
+    )
+    assert_one_error(runner.invoke(app, ["run", str(cfg), "--set", "local.lr=.nan"]), "local.lr")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rounds.num_rounds", "--set 'rounds.num_rounds': expected KEY=VALUE"),
+        ("rounds.bogus=1", "rounds.bogus: unknown key"),
+        ("seed.x=1", "'seed' is a value, not a section"),
+    ],
+)
+def test_a_bad_set_exits_2_with_one_message_and_no_run_dir(tmp_path, override, message):
+    r = runner.invoke(app, ["run", str(write_cfg(tmp_path, seed=1)), "--set", override, "--no-progress"])
+    assert_one_error(r, message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_data_dir_that_does_not_exist_exits_2(tmp_path):
+    cfg = write_cfg(
+        tmp_path, data={"dataset": "digits", "num_clients": 4, "data_dir": str(tmp_path / "nope")}
+    )
+    for cmd in ("validate", "run"):
+        assert_one_error(runner.invoke(app, [cmd, str(cfg)]), "data.data_dir=", "no such directory")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nope").exists()
+
+
+def test_an_output_dir_that_cannot_be_made_exits_2_and_writes_nothing(tmp_path):
+    cfg = write_cfg(tmp_path)
+    a_file = tmp_path / "results"
+    a_file.write_text("keep me")
+    before = sorted(tmp_path.iterdir())
+    for target, why in ((a_file, "is a file, not a directory"), (a_file / "runs", "cannot be created")):
+        r = runner.invoke(app, ["run", str(cfg), "--set", f"output.dir={target}", "--no-progress"])
+        assert_one_error(r, f"output.dir={str(target)!r}", why, "set output.dir to a directory")
+    assert sorted(tmp_path.iterdir()) == before and a_file.read_text() == "keep me"

@@ -1,11 +1,21 @@
-import pytest
+import os
+from pathlib import Path
 
-from raysim.config import ConfigError, apply_overrides, config_from_dict, load_config
+import pytest
+import yaml
+
+from raysim.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    check_data_available,
+    check_output_dir,
+    config_from_dict,
+    load_config,
+)
 
 
 def test_every_shipped_config_validates():
-    from pathlib import Path
-
     for path in sorted(Path("configs").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.name, path
@@ -72,3 +82,120 @@ def test_missing_config_file(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)
+
+
+def _yaml(tmp_path, raw=None):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw or {"data": {"dataset": "digits", "num_clients": 4}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("local.lr=.inf", "local.lr"),
+        ("local.lr=.nan", "local.lr"),
+        ("local.weight_decay=-.inf", "local.weight_decay"),
+        ("data.synthetic_alpha=.inf", "data.synthetic_alpha"),
+        ("rounds.deadline_s=.inf", "rounds.deadline_s"),
+        ("resources.num_cpus=.nan", "resources.num_cpus"),
+        ("resources.server_gpus=.inf", "resources.server_gpus"),
+        ("seed=.inf", "seed"),
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path, override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(_yaml(tmp_path), [override])
+    assert f"{field}: must be a finite number" in str(e.value)
+
+
+def test_server_resources_default_to_nothing_and_follow_the_gpu_fraction_rule():
+    res = config_from_dict({}).resources
+    assert res.server_cpus == 0 and res.server_gpus == 0
+    ok = config_from_dict({"resources": {"server_cpus": 2, "server_gpus": 0.5}}).resources
+    assert (ok.server_cpus, ok.server_gpus) == (2, 0.5)
+    assert config_from_dict({"resources": {"server_gpus": 2}}).resources.server_gpus == 2
+    with pytest.raises(ConfigError, match=r"resources\.server_gpus: 1\.5 GPUs for the server actor cannot"):
+        config_from_dict({"resources": {"server_gpus": 1.5}})
+    with pytest.raises(ConfigError, match=r"resources\.server_cpus: Input should be greater than or equal"):
+        config_from_dict({"resources": {"server_cpus": -1}})
+
+
+def test_a_data_dir_that_is_not_a_directory_is_refused(tmp_path):
+    check_data_available(config_from_dict({"data": {"dataset": "digits", "data_dir": str(tmp_path)}}))
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for where, why in ((tmp_path / "missing", "it does not exist"), (a_file, "it is not a directory")):
+        cfg = config_from_dict({"data": {"dataset": "digits", "data_dir": str(where)}})
+        with pytest.raises(ConfigError) as e:
+            check_data_available(cfg)
+        msg = str(e.value)
+        assert msg.startswith(f"data.data_dir={str(where)!r}: no such directory ({why}); fix the path")
+        assert "built in" in msg
+    # a file-backed dataset also says where its files must go
+    cifar = config_from_dict(
+        {
+            "data": {"dataset": "cifar10", "data_dir": str(tmp_path / "missing")},
+            "model": {"name": "cnn-cifar"},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^data\.data_dir=.*no such directory.*cifar-10-batches-py"):
+        check_data_available(cifar)
+
+
+def _out(path) -> ExperimentConfig:
+    return config_from_dict({"output": {"dir": str(path)}})
+
+
+def test_check_output_dir_accepts_what_the_run_can_create_and_creates_nothing(tmp_path):
+    check_output_dir(_out(tmp_path))  # exists, writable
+    check_output_dir(_out(tmp_path / "a" / "b" / "runs"))  # created later, by the run
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_output_dir_refuses_a_file_a_path_under_a_file_and_a_dangling_link(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    cases = [
+        (a_file, "is a file, not a directory"),
+        (a_file / "runs", f"cannot be created: {str(a_file)!r} is a file, not a directory"),
+        (a_file / "a" / "b", f"cannot be created: {str(a_file)!r} is a file"),
+        (link, "is a dangling symbolic link"),
+        (link / "runs", "is a dangling symbolic link, not a directory"),
+    ]
+    for path, why in cases:
+        with pytest.raises(ConfigError) as e:
+            check_output_dir(_out(path))
+        msg = str(e.value)
+        assert msg.startswith(f"output.dir={str(path)!r}") and why in msg, msg
+        assert "set output.dir to a directory you can write to" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link"]
+
+
+def test_check_output_dir_refuses_a_read_only_parent_or_dir(tmp_path, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    # os.access says yes to root whatever the mode bits, so pretend: `ro` is read-only
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    with pytest.raises(
+        ConfigError, match=r"output\.dir='.*/ro/runs' cannot be created: '.*/ro' is not writable"
+    ):
+        check_output_dir(_out(ro / "runs"))
+    with pytest.raises(ConfigError, match=r"output\.dir='.*/ro' is not writable"):
+        check_output_dir(_out(ro))
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to a read-only directory")
+def test_check_output_dir_refuses_a_really_read_only_parent(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="is not writable"):
+            check_output_dir(_out(ro / "runs"))
+    finally:
+        ro.chmod(0o755)

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from raysim import k8s
 from raysim.cli import app
-from raysim.config import ExperimentConfig, load_config
+from raysim.config import ConfigError, ExperimentConfig, load_config
 from raysim.data.datasets import FASHION_MNIST_DEFAULT_DIR
+from tests.k8s_helpers import EntrypointError, parse_entrypoint
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -52,6 +53,7 @@ def rendered(tmp_path_factory) -> dict[str, dict[str, Any]]:
     jobs = {}
     for key, args in {
         "gpu10": ("--clients", "10", "--gpus-per-client", "0.25"),
+        "gpu10-server": ("--clients", "10", "--gpus-per-client", "0.25", "--set", "resources.server_gpus=1"),
         "cpu1000": ("--clients", "1000"),
         "default": (),
     }.items():
@@ -467,7 +469,7 @@ def _has_command(name: str) -> bool:
 
 def test_run_job_entrypoint_parses_with_our_cli_and_names_a_baked_config():
     job = load_docs(K8S / "ray-job.run.yaml")[0]
-    command, params = k8s.parse_entrypoint(job["spec"]["entrypoint"])
+    command, params = parse_entrypoint(job["spec"]["entrypoint"])
     assert command == "run"
     cfg = load_config(_in_repo(str(params["config"])), params["set_"])
     assert cfg.output.dir == k8s.RUNS_DIR and cfg.resources.backend == "ray"
@@ -477,7 +479,7 @@ def test_tune_job_entrypoint_parses_with_our_cli():
     if not _has_command("tune"):
         pytest.skip("raysim tune is delivered by the sweeps issue")
     job = load_docs(K8S / "ray-job.tune.yaml")[0]
-    command, params = k8s.parse_entrypoint(job["spec"]["entrypoint"])
+    command, params = parse_entrypoint(job["spec"]["entrypoint"])
     assert command == "tune"
     assert _in_repo(str(params["config"])).is_file()
 
@@ -493,18 +495,18 @@ def test_tune_job_entrypoint_parses_with_our_cli():
     ],
 )
 def test_parse_entrypoint_refuses_what_the_cli_would_refuse(entrypoint, why):
-    with pytest.raises(k8s.EntrypointError, match=re.escape(why)):
-        k8s.parse_entrypoint(entrypoint)
+    with pytest.raises(EntrypointError, match=re.escape(why)):
+        parse_entrypoint(entrypoint)
 
 
 def test_parse_entrypoint_follows_nested_commands():
-    command, params = k8s.parse_entrypoint("raysim k8s render configs/quickstart.yaml --clients 10")
+    command, params = parse_entrypoint("raysim k8s render configs/quickstart.yaml --clients 10")
     assert command == "k8s render" and params["clients"] == 10
 
 
 def test_rendered_entrypoint_reruns_exactly_the_sized_experiment(rendered):
     for key, job in rendered.items():
-        command, params = k8s.parse_entrypoint(job["spec"]["entrypoint"])
+        command, params = parse_entrypoint(job["spec"]["entrypoint"])
         assert command == "run" and str(params["config"]) == k8s.INLINE_CONFIG
         cfg = load_config(_in_repo(str(params["config"])), params["set_"])
         actors = int(job["metadata"]["annotations"]["raysim.io/actors"])
@@ -575,6 +577,64 @@ def test_render_default_quickstart_is_one_small_pod(rendered):
     assert job["metadata"]["name"] == "raysim-quickstart"
 
 
+def test_a_server_that_asks_for_a_gpu_gets_a_pod_and_the_job_one_more_gpu(rendered):
+    job, plain = rendered["gpu10-server"], rendered["gpu10"]
+    # the head has no GPU and the client pods are full: the server gets a pod of its own
+    assert worker_totals(job) == (12 + 1, 3 + 1)
+    assert group(job, "gpu") == group(plain, "gpu") and group(job, "cpu") == group(plain, "cpu")
+    server = group(job, "server")
+    assert (server["replicas"], server["minReplicas"], server["maxReplicas"]) == (1, 1, 1)
+    pod = server["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {
+        "cpu": "1",
+        "memory": "18Gi",
+        "nvidia.com/gpu": "1",
+    }
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert entrypoint_sets(job)["resources.server_gpus"] == "1.0"
+    assert (
+        "+ 1 server pod of 1 CPU, 1 GPU: 13 CPUs and 4 GPUs"
+        in job["metadata"]["annotations"]["raysim.io/sizing"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sets", "totals", "server_limits"),
+    [
+        ([], (1, 0), None),  # the server asks for nothing: it runs on the head, no pod of its own
+        (["resources.server_gpus=1"], (1 + 1, 1), {"cpu": "1", "memory": "18Gi", "nvidia.com/gpu": "1"}),
+        (["resources.server_gpus=0.5"], (1 + 1, 1), {"cpu": "1", "memory": "18Gi", "nvidia.com/gpu": "1"}),
+        (["resources.server_cpus=2.5"], (1 + 3, 0), {"cpu": "3", "memory": "6Gi"}),
+    ],
+)
+def test_render_sizes_the_server_of_a_cpu_experiment(tmp_path, sets, totals, server_limits):
+    job, _ = render(tmp_path, *(a for s in sets for a in ("--set", s)))
+    assert worker_totals(job) == totals
+    names = [g["groupName"] for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]]
+    if server_limits is None:
+        assert names == ["cpu", "gpu"]
+    else:
+        assert names == ["cpu", "gpu", "server"]
+        limits = group(job, "server")["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits == server_limits
+
+
+def test_size_server():
+    assert k8s.size_server(0, 0) is None
+    small = k8s.size_server(0.25, 0)
+    assert small is not None and (small.shape.cpus, small.shape.gpus, small.replicas) == (1, 0, 1)
+    big = k8s.size_server(3, 2, cpus_per_pod=8, gpus_per_pod=2)
+    assert big is not None and (big.shape.cpus, big.shape.gpus) == (3, 2)
+    with pytest.raises(
+        ConfigError, match=r"resources\.server_gpus=2 does not fit .* --gpus-per-pod to at least 2"
+    ):
+        k8s.size_server(0, 2)
+    with pytest.raises(
+        ConfigError, match=r"resources\.server_cpus=9 does not fit .* --cpus-per-pod to at least 9"
+    ):
+        k8s.size_server(9, 0)
+
+
 def test_size_workers_whole_gpus_and_fractional_cpus():
     cpu, gpu, per_pod = k8s.size_workers(3, 2.0, 2.0, cpus_per_pod=8, gpus_per_pod=4)
     # 2 GPUs each on 4-GPU pods: 2 actors a pod -> 2 pods of 4 GPUs and 4 CPUs
@@ -603,6 +663,10 @@ def test_size_workers_whole_gpus_and_fractional_cpus():
         (["--clients", "0"], "--clients"),
         (["--set", "resources.num_cpus=16"], "--cpus-per-pod"),
         (["--gpu-per-client", "0.5"], "No such option"),
+        (["--set", "resources.server_gpus=2"], "--gpus-per-pod"),
+        (["--set", "resources.server_gpus=1.5"], "for the server actor cannot be placed"),
+        (["--set", "resources.server_cpus=9"], "resources.server_cpus=9 does not fit"),
+        (["--set", "local.lr=.inf"], "local.lr: must be a finite number"),
     ],
 )
 def test_render_refuses_bad_input_with_status_2_and_writes_nothing(tmp_path, args, message):
@@ -649,7 +713,7 @@ def test_docs_commands_parse_and_name_real_files():
     for cmd in commands:
         if cmd.startswith("raysim tune") and not _has_command("tune"):
             continue
-        k8s.parse_entrypoint(cmd)
+        parse_entrypoint(cmd)
     for path in set(re.findall(r"\bk8s/[\w.-]+", doc)):
         assert (ROOT / path).exists(), path
     for heading in ("Running on Kubernetes", "raysim k8s render"):

@@ -18,6 +18,14 @@ import pytest
         "raysim.runtime.experiment",
         "raysim.runtime.server",
         "raysim.runtime.host",
+        "raysim.runtime.backend",
+        "raysim.runtime.pool",
+        "raysim.runtime.serial",
+        "raysim.runtime.packing",
+        "raysim.runtime.rundir",
+        "raysim.runtime.progress",
+        "raysim.runtime.logger",
+        "raysim.cli",
     ],
 )
 def test_core_module_does_not_import_ray(module):

@@ -12,16 +12,22 @@ from raysim.algorithms.base import (
     ClientResult,
     ClientTask,
     LinearSum,
+    RoundContext,
+    RoundPlan,
+    ServerContext,
     SetupContext,
+    Traits,
 )
 from raysim.algorithms.dsac import DSAC
 from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
 from raysim.algorithms.local import LocalOnly
 from raysim.algorithms.scaffold import Scaffold
 
-ALGORITHMS: dict[str, Any] = {
+ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC)
 }
+
+DEFAULT_ALGORITHM = FedAvg.name
 
 
 def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None) -> Algorithm:
@@ -32,16 +38,21 @@ def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None)
             f"unknown algorithm {name!r}; valid names: {', '.join(sorted(ALGORITHMS))}"
         ) from None
     p = params if isinstance(params, BaseModel) else cls.params_model.model_validate(params or {})
-    return cls(p)
+    return cls(p)  # type: ignore[arg-type]
 
 
 __all__ = [
     "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
     "AlgoParams",
     "Algorithm",
     "ClientResult",
     "ClientTask",
     "LinearSum",
+    "RoundContext",
+    "RoundPlan",
+    "ServerContext",
     "SetupContext",
+    "Traits",
     "build_algorithm",
 ]

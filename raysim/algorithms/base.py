@@ -1,14 +1,30 @@
-"""The algorithm protocol (DESIGN section 4) and the records that cross the wire.
+"""The algorithm contract (DESIGN section 4) and the records that cross the wire.
 
-An algorithm is a small object with five methods. ``configure_round`` and ``aggregate`` run
-on the server (actor or in-process), ``client_update`` runs wherever the client is hosted.
-State is an explicit, picklable value returned by ``init``/``aggregate``; randomness always
-arrives as an argument.
+An algorithm is one object whose class declares everything the runtime relies on:
+
+* ``traits`` (a :class:`Traits` record): linear (pre-summable per model key), client state,
+  pooled data, a public split on the server. The runtime reads these and nothing else: it never
+  probes an algorithm with ``getattr`` and never special-cases one by name.
+* server side: ``init`` (the first state), ``configure_round`` (a :class:`RoundPlan`: the tasks
+  and exactly the arrays to broadcast this round, which may depend on the cohort),
+  ``aggregate`` (with a :class:`ServerContext`: the round's rng and hyperparameters, evaluation
+  and fitting on server-held splits, the round's wall-clock), ``server_model`` (what the server
+  scores on its test set), ``eval_broadcast`` (what clients need to be scored), ``converged``
+  and ``client_annotations``;
+* client side (on whichever actor hosts the client): ``client_update``, ``personal_params`` and
+  ``personal_adapter``.
+
+State is an explicit, picklable value returned by ``init``/``configure_round``/``aggregate``.
+Randomness always arrives as an argument. Client hyperparameters are NOT state: they reach
+``configure_round`` every round (``RoundContext.hparams``, from the config and any override: a
+schedule, a Tune/PBT perturbation) and travel to clients inside each task, so a run restored
+under a changed learning rate trains with the new one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -19,12 +35,28 @@ from raysim.models.flat import ParamLayout, Params
 
 Metrics = dict[str, float]
 GradHook = Callable[[Any, Any], None]  # (flat params tensor, flat grad tensor) -> None, edits grad in place
+GLOBAL = "global"  # the model key of the one shared model
 
 
 class AlgoParams(BaseModel):
-    """Base for each algorithm's own config keys (unknown keys are errors)."""
+    """Base for each algorithm's own config keys (unknown keys and non-finite numbers are errors)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Traits:
+    """Everything the runtime needs to know about an algorithm, declared in one place."""
+
+    # results may be pre-summed on the client actor, one exact sum per model key (LinearSum)
+    linear: bool = False
+    # client.state persists across rounds: a client trains on its home actor only, and its state
+    # is committed only when its update is accepted (checkpointed with the run)
+    client_state: bool = False
+    # the runtime pools every shard into one client (the centralised reference point)
+    pooled: bool = False
+    # the algorithm fits or evaluates on the server's public split: data.public_fraction must be > 0
+    public_split: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,17 +64,43 @@ class ClientTask:
     """What the server asks of one client this round."""
 
     client_id: int
-    model_key: str  # "global", "cluster/3", "client/17", ...
-    hparams: Mapping[str, float] = field(default_factory=dict)
+    model_key: str  # the broadcast array the client starts from: "global", "cluster/3", "client/17", ...
+    hparams: Mapping[str, float] = field(default_factory=dict)  # this round's lr, batch_size, epochs, ...
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     broadcast_keys: tuple[str, ...] = ()  # further broadcast arrays this client reads (e.g. "control")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundPlan:
+    """One round as the server plans it: the tasks, and exactly the arrays sent this round (every
+    task's ``model_key`` and ``broadcast_keys`` must be among them; nothing else is sent)."""
+
+    tasks: Sequence[ClientTask]
+    broadcast: Mapping[str, np.ndarray]
+
+    def check(self) -> None:
+        """An algorithm bug (a task naming an array that is not broadcast) fails loudly here."""
+        for task in self.tasks:
+            missing = [k for k in (task.model_key, *task.broadcast_keys) if k not in self.broadcast]
+            if missing:
+                raise KeyError(
+                    f"client {task.client_id}'s task reads {missing}, which the round plan does not "
+                    f"broadcast (it broadcasts {sorted(self.broadcast)})"
+                )
+
+    def bytes_down(self) -> int:
+        """What the cohort downloads: each task's model and further arrays, once per client."""
+        return sum(
+            sum(int(self.broadcast[k].nbytes) for k in (t.model_key, *t.broadcast_keys)) for t in self.tasks
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
 class ClientResult:
     client_id: int
     num_examples: int
-    delta: Params | None  # local update (new - start)
+    delta: Params | None  # local update (new - start) of the model named by model_key
+    model_key: str = GLOBAL  # which model the delta updates (IFCA: the cluster model the client chose)
     metrics: Mapping[str, float] = field(default_factory=dict)
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
 
@@ -58,7 +116,11 @@ class ClientResult:
 
     def without_payload(self) -> ClientResult:
         return ClientResult(
-            client_id=self.client_id, num_examples=self.num_examples, delta=None, metrics=self.metrics
+            client_id=self.client_id,
+            num_examples=self.num_examples,
+            delta=None,
+            model_key=self.model_key,
+            metrics=self.metrics,
         )
 
 
@@ -73,19 +135,20 @@ class UpdateTooLarge(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class LinearSum:
-    """A pre-summed group of results for linear algorithms (one transfer per actor).
+    """A pre-summed group of results for one model key (one transfer per actor and key).
 
     Each client contributes n_i * delta_i (and its extras, unweighted) rounded ONCE to a
     fixed-point grid of 2^-32 and stored as int64. Integer addition is exact and associative,
     so summing on the actors and then on the server gives bit-identical aggregates whatever
     the packing of clients onto actors (float sums would differ in the last bit, and SGD
     amplifies that over rounds). The rounding error, <= 1.2e-10 per client and value, is far
-    below float32 resolution of the model.
+    below float32 resolution of the model. Sums never mix model keys (``sum_by_key``).
     """
 
     num_clients: int
     num_examples: int
     fixed_delta: np.ndarray  # int64, sum_i round(n_i * delta_i * 2^32)
+    model_key: str = GLOBAL
     fixed_extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     bound: float = 0.0  # upper bound on |any summed value|, to refuse overflow
 
@@ -100,7 +163,8 @@ class LinearSum:
         return {k: v / FIXED_SCALE for k, v in self.fixed_extras.items()}
 
     @staticmethod
-    def of(results: Sequence[ClientResult | LinearSum]) -> LinearSum | None:
+    def of(results: Iterable[ClientResult | LinearSum]) -> LinearSum | None:
+        """The exact sum of results that all update the same model (None for no results)."""
         total: LinearSum | None = None
         for r in results:
             part = r if isinstance(r, LinearSum) else LinearSum.single(r)
@@ -121,10 +185,20 @@ class LinearSum:
         fixed = {k: np.rint(v * FIXED_SCALE).astype(np.int64) for k, v in scaled.items()}
         delta = fixed.pop("")
         return LinearSum(
-            num_clients=1, num_examples=r.num_examples, fixed_delta=delta, fixed_extras=fixed, bound=peak
+            num_clients=1,
+            num_examples=r.num_examples,
+            fixed_delta=delta,
+            model_key=r.model_key,
+            fixed_extras=fixed,
+            bound=peak,
         )
 
     def _add(self, other: LinearSum) -> LinearSum:
+        if other.model_key != self.model_key:
+            raise ValueError(
+                f"cannot sum updates of model {self.model_key!r} with updates of {other.model_key!r} "
+                "(use sum_by_key)"
+            )
         bound = self.bound + other.bound
         if bound >= TOTAL_LIMIT:
             raise OverflowError(
@@ -138,12 +212,41 @@ class LinearSum:
             num_clients=self.num_clients + other.num_clients,
             num_examples=self.num_examples + other.num_examples,
             fixed_delta=self.fixed_delta + other.fixed_delta,
+            model_key=self.model_key,
             fixed_extras={k: v + other.fixed_extras[k] for k, v in self.fixed_extras.items()},
             bound=bound,
         )
 
     def upload_bytes(self) -> int:
         return int(self.fixed_delta.nbytes) + sum(int(v.nbytes) for v in self.fixed_extras.values())
+
+
+def sum_by_key(results: Iterable[ClientResult | LinearSum]) -> dict[str, LinearSum]:
+    """One exact sum per model key, keys sorted (results without an update are skipped)."""
+    groups: dict[str, list[ClientResult | LinearSum]] = {}
+    for r in results:
+        if isinstance(r, ClientResult) and r.delta is None:
+            continue
+        groups.setdefault(r.model_key, []).append(r)
+    out = {}
+    for key in sorted(groups):
+        total = LinearSum.of(groups[key])
+        assert total is not None
+        out[key] = total
+    return out
+
+
+class ServerData(Protocol):
+    """Server-held data an algorithm may use in ``init`` and ``aggregate``.
+
+    ``"public"`` is the split no client holds (``data.public_fraction`` > 0): pre-training, proxy
+    evaluation (AS-CFL's positive-incentive test). ``"test"`` is the global test set, there for
+    reporting: deciding anything on it leaks the test set into training.
+    """
+
+    def splits(self) -> tuple[str, ...]: ...
+    def evaluate(self, params: Params, split: str = "public") -> Any: ...
+    def fit(self, params: Params, split: str = "public", **hparams: Any) -> Any: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,14 +258,49 @@ class SetupContext:
     layout: ParamLayout
     num_classes: int
     seed: int
-    local: Mapping[str, float]  # resolved local.* knobs (epochs, batch_size, lr, momentum, weight_decay)
+    local: Mapping[str, float]  # the config's local.* knobs, for set-up work only (e.g. pre-training)
     num_rounds: int
     clients_per_round: int
     # ground-truth group per client (-1: none), for clustering metrics
     client_groups: np.ndarray | None = None
-    # (params, epochs=, batch_size=, lr=, ...) -> FitResult on the public split no client holds
-    # (data.public_fraction > 0), run on the server; None when there is none
-    public_fit: Callable[..., Any] | None = None
+    # fit/evaluate on server-held splits; None when the runtime gives none (unit tests)
+    data: ServerData | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundContext:
+    """What ``configure_round`` gets: who may train and with which hyperparameters."""
+
+    round_idx: int
+    available: Sequence[int]  # clients that can train this round (lost clients excluded)
+    cohort_size: int  # rounds.clients_per_round (capped at the federation)
+    hparams: Mapping[str, float]  # this round's client hyperparameters (local.* and any override)
+    rng: np.random.Generator  # a function of (seed, round) only
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerContext:
+    """What ``aggregate`` gets besides the results."""
+
+    round_idx: int
+    rng: np.random.Generator  # a function of (seed, round) only
+    hparams: Mapping[str, float]
+    data: ServerData | None = None
+    round_started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds since the round started (wall-clock)."""
+        return time.perf_counter() - self.round_started
+
+    def evaluate(self, params: Params, split: str = "public") -> Any:
+        if self.data is None:
+            raise RuntimeError("this server has no data to evaluate on")
+        return self.data.evaluate(params, split)
+
+    def fit(self, params: Params, split: str = "public", **hparams: Any) -> Any:
+        if self.data is None:
+            raise RuntimeError("this server has no data to fit on")
+        return self.data.fit(params, split, **hparams)
 
 
 class ClientContext(Protocol):
@@ -170,7 +308,7 @@ class ClientContext(Protocol):
 
     client_id: int
     num_examples: int
-    state: dict[str, Any]  # persists across rounds on the hosting actor (checkpointed)
+    state: dict[str, Any]  # persists across rounds on the home actor (checkpointed); Traits.client_state
     broadcast: Mapping[str, np.ndarray]  # every array broadcast this round, by key
 
     def fit(self, params: Params, *, grad_hook: GradHook | None = None, **hparams: Any) -> Any: ...
@@ -178,28 +316,65 @@ class ClientContext(Protocol):
     def embed(self, params: Params) -> np.ndarray: ...
 
 
-class Algorithm(Protocol):
-    name: ClassVar[str]
-    linear: ClassVar[bool]  # True: results may be pre-summed on the client actor (LinearSum)
-    client_state: ClassVar[bool]  # True: client.state persists, so a client trains on its home actor only
+class Algorithm:
+    """Base of every algorithm: the declared contract, with defaults for the optional parts.
 
-    def init(self, params: Params, ctx: SetupContext) -> Any: ...
-    def configure_round(
-        self, state: Any, round_idx: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[ClientTask]: ...
-    def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult: ...
+    Subclasses set ``name``, ``params_model`` and ``traits`` (an instance may set ``self.traits``
+    in ``__init__`` when a trait depends on its parameters) and implement ``init``,
+    ``configure_round``, ``client_update`` and ``aggregate``.
+    """
+
+    name: ClassVar[str] = ""
+    params_model: ClassVar[type[AlgoParams]] = AlgoParams
+    traits: Traits = Traits()
+
+    def __init__(self, params: AlgoParams | None = None) -> None:
+        self.p: Any = params if params is not None else self.params_model()
+
+    # -- server ----------------------------------------------------------------------------
+    def init(self, params: Params, ctx: SetupContext) -> Any:
+        raise NotImplementedError
+
+    def configure_round(self, state: Any, rnd: RoundContext) -> tuple[Any, RoundPlan]:
+        raise NotImplementedError
+
     def aggregate(
-        self,
-        state: Any,
-        round_idx: int,
-        results: Sequence[ClientResult | LinearSum],
-        rng: np.random.Generator,
-    ) -> tuple[Any, Metrics]: ...
-    def models(self, state: Any) -> Mapping[str, Params]: ...
-    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
-        """The model a client is scored with on its local test split (on the hosting actor):
-        the broadcast models of the last round plus the client's own state."""
-        ...
+        self, state: Any, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> tuple[Any, Metrics]:
+        """``results``: for linear algorithms, pre-summed ``LinearSum``s (one per actor and model
+        key) plus any result that still carries its update; otherwise one result per client."""
+        raise NotImplementedError
+
+    def server_model(self, state: Any) -> Params | None:
+        """The model the server scores on its test set; None when there is no single global model
+        (local training, clustered models: the test metrics are then NaN)."""
+        return None
+
+    def eval_broadcast(self, state: Any) -> Mapping[str, np.ndarray]:
+        """The arrays clients need for their personalised evaluation (default: the server model)."""
+        model = self.server_model(state)
+        return {} if model is None else {GLOBAL: model}
+
+    def converged(self, state: Any) -> bool:
+        """True once the algorithm wants no more rounds (the run stops early)."""
+        return False
+
+    def client_annotations(self, state: Any) -> Mapping[int, Mapping[str, float]]:
+        """Per-client columns for clients.parquet this round (e.g. cluster id, weight)."""
+        return {}
+
+    # -- client ----------------------------------------------------------------------------
+    def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
+        raise NotImplementedError
+
+    def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
+        """The model a client is scored with on its local test split (on the hosting actor), from
+        ``eval_broadcast`` and the client's own state. Default: the global model."""
+        return broadcast[GLOBAL]
+
+    def personal_adapter(self, client: ClientContext) -> Any:
+        """A per-client input map applied when the client is scored (DSAC eq. 10); None: none."""
+        return None
 
 
 def sample_cohort(available: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:

@@ -75,13 +75,19 @@ from pydantic import Field
 from raysim import clustering as cl
 from raysim.algorithms import hooks
 from raysim.algorithms.base import (
+    GLOBAL,
     AlgoParams,
+    Algorithm,
     ClientContext,
     ClientResult,
     ClientTask,
     LinearSum,
     Metrics,
+    RoundContext,
+    RoundPlan,
+    ServerContext,
     SetupContext,
+    Traits,
     sample_cohort,
 )
 from raysim.algorithms.dsac_math import (
@@ -89,6 +95,7 @@ from raysim.algorithms.dsac_math import (
     assign_submodels,
     clustered_merge,
     submodel_data_weights,
+    temporal_decay,
 )
 from raysim.metrics import clustering_agreement, jain_index
 from raysim.models.flat import Params
@@ -157,9 +164,7 @@ class DSACState:
     weight_now: np.ndarray  # (N,) weight used in the last aggregation it took part in (0: dropped)
     cum_weight: np.ndarray  # (N,) cumulative share of aggregation weight (Jain's index of Table 2)
     truth: np.ndarray | None  # ground-truth groups for NMI (-1: none)
-    cohort: int
     num_rounds: int
-    local: Mapping[str, float]
     loss_history: tuple[float, ...] = ()
     converged_round: int = 0
     grouped_round: int = 0
@@ -171,20 +176,37 @@ def _identity_adapter() -> tuple[np.ndarray, np.ndarray]:
     return np.ones(1, np.float32), np.zeros(1, np.float32)
 
 
-class DSAC:
+BASE = "base"  # broadcast key of M_base (eq. 9)
+
+
+@dataclass(kw_only=True)
+class _Merge:
+    """What one round's sub-model merge produced (eq. 3-7), for eq. (8), (13) and the metrics."""
+
+    k: int
+    params: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    untouched: int = 0
+    silhouettes: list[float] = field(default_factory=list)
+    intra: list[float] = field(default_factory=list)
+    loss_k: np.ndarray = field(init=False)
+    data_k: np.ndarray = field(init=False)
+    group_sums: dict[int, dict[int, tuple[np.ndarray, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.loss_k = np.full(self.k, np.nan)
+        self.data_k = np.zeros(self.k)
+
+
+class DSAC(Algorithm):
     name: ClassVar[str] = "dsac"
-    linear: ClassVar[bool] = False
-    pooled: ClassVar[bool] = False
-    global_model: ClassVar[bool] = True
     params_model: ClassVar[type[AlgoParams]] = DSACParams
+    p: DSACParams
 
     def __init__(self, params: AlgoParams | None = None) -> None:
-        self.p: DSACParams = params if params is not None else self.params_model()  # type: ignore[assignment]
-
-    @property
-    def client_state(self) -> bool:  # type: ignore[override]
-        """Only the eq. (10) input map lives on the client: without it any actor may train a client."""
-        return self.p.feature_mapping
+        super().__init__(params)
+        # only the eq. (10) input map lives on the client: without it any actor may train a client;
+        # pre-training (eq. 9) fits on the server's public split
+        self.traits = Traits(client_state=self.p.feature_mapping, public_split=self.p.pretraining)
 
     # -- server: set-up --------------------------------------------------------------------
     def init(self, params: Params, ctx: SetupContext) -> DSACState:
@@ -194,13 +216,14 @@ class DSAC:
         params = params.astype(np.float32)
         base = None
         if p.pretraining:
-            if ctx.public_fit is None:
+            if ctx.data is None or "public" not in ctx.data.splits():
                 raise ValueError(
                     "algorithm.pretraining needs a public split to pre-train on (DSAC eq. 9): set "
                     "data.public_fraction > 0 (e.g. 0.05), or set algorithm.pretraining: false"
                 )
-            fit = ctx.public_fit(
+            fit = ctx.data.fit(
                 params,
+                "public",
                 epochs=p.pretrain_epochs,
                 batch_size=int(ctx.local.get("batch_size", 32)),
                 lr=float(p.pretrain_lr or ctx.local.get("lr", 0.05)),
@@ -225,28 +248,25 @@ class DSAC:
             weight_now=np.zeros(n),
             cum_weight=np.zeros(n),
             truth=truth,
-            cohort=ctx.clients_per_round,
             num_rounds=ctx.num_rounds,
-            local=dict(ctx.local),
         )
 
     # -- server: step 1 --------------------------------------------------------------------
-    def configure_round(
-        self, state: DSACState, round_idx: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[ClientTask]:
+    def configure_round(self, state: DSACState, rnd: RoundContext) -> tuple[DSACState, RoundPlan]:
+        broadcast = {GLOBAL: state.params, **({BASE: state.base} if state.base is not None else {})}
         if state.converged_round:
-            return []
-        cohort = sample_cohort(available, state.cohort, rng)
+            return state, RoundPlan(tasks=[], broadcast=broadcast)
+        cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
         k = state.partition.k
-        subs = assign_submodels(cohort, k, round_idx, self.p.submodels_per_client)
+        subs = assign_submodels(cohort, k, rnd.round_idx, self.p.submodels_per_client)
         bounds = np.asarray(state.partition.bounds, np.int64)
-        keys = ("base",) if state.base is not None else ()
-        regroup = round_idx % self.p.cluster_every == 0 or not state.grouped_round
-        return [
+        keys = (BASE,) if state.base is not None else ()
+        regroup = rnd.round_idx % self.p.cluster_every == 0 or not state.grouped_round
+        tasks = [
             ClientTask(
                 client_id=c,
-                model_key="global",
-                hparams=state.local,
+                model_key=GLOBAL,
+                hparams=rnd.hparams,
                 extras={
                     "submodels": np.asarray(subs[c], np.int64),
                     "bounds": bounds,
@@ -257,6 +277,7 @@ class DSAC:
             )
             for c in cohort
         ]
+        return state, RoundPlan(tasks=tasks, broadcast=broadcast)
 
     # -- client ----------------------------------------------------------------------------
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
@@ -266,8 +287,8 @@ class DSAC:
         want = int(task.extras.get("want_feature", 1))
         feature = np.asarray(client.embed(params), np.float32) if want else None  # D_u (Algorithm 1, l. 9)
         prox = None
-        if "base" in client.broadcast and self.p.lambda_pretrain > 0:  # eq. (9)
-            prox = hooks.proximal(client.broadcast["base"], 2.0 * self.p.lambda_pretrain)
+        if BASE in client.broadcast and self.p.lambda_pretrain > 0:  # eq. (9)
+            prox = hooks.proximal(client.broadcast[BASE], 2.0 * self.p.lambda_pretrain)
         mask_hook = None
         if len(subs) < k:  # eq. (1): train only the assigned sub-models
             mask = np.zeros(int(bounds[-1]), bool)
@@ -316,133 +337,34 @@ class DSAC:
         return assign, medoids
 
     def aggregate(
-        self,
-        state: DSACState,
-        round_idx: int,
-        results: Sequence[ClientResult | LinearSum],
-        rng: np.random.Generator,
+        self, state: DSACState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[DSACState, Metrics]:
-        p, t = self.p, round_idx
-        part = state.partition
+        """Algorithm 1, lines 9-20, as named steps (each reuses the tested ``dsac_math`` functions)."""
+        t, rng = server.round_idx, server.rng
         res = [r for r in results if isinstance(r, ClientResult)]
-        m: Metrics = {"aggregated_clients": 0.0}
-
-        # D_u uploads (Algorithm 1, line 9)
-        features, has_feature = state.features, state.has_feature.copy()
-        for r in res:
-            f = r.extras.get("feature")
-            if f is None:
-                continue
-            if features is None or features.shape[1] != f.size:
-                features = np.zeros((len(has_feature), f.size), np.float32)
-                has_feature[:] = False
-            else:
-                features = features.copy() if features is state.features else features
-            features[r.client_id] = f
-            has_feature[r.client_id] = True
-        state = replace(state, features=features, has_feature=has_feature)
-
-        # eq. (11)-(12): regroup every E_c rounds, and every round until a first grouping exists
+        state = self._store_features(state, res)  # line 9
         assign, medoids, grouped = state.assign, state.medoids, state.grouped_round
-        if res and (t % p.cluster_every == 0 or not grouped):
+        if res and (t % self.p.cluster_every == 0 or not grouped):  # eq. (11)-(12)
             assign, medoids = self._regroup(state, rng)
             grouped = t
-
-        # eq. (14): temporal decay and the weight floor
-        last = state.last_round.copy()
-        weight_now = state.weight_now.copy()
-        kept: list[tuple[ClientResult, float]] = []
-        dropped = 0
-        for r in res:
-            cid = r.client_id
-            missed = max(t - int(last[cid]) - 1, 0)
-            factor = math.exp(-p.decay * missed) if p.dynamic_weights else 1.0
-            w = float(state.base_weight[cid]) * factor
-            last[cid] = t
-            if p.dynamic_weights and factor < p.weight_floor:
-                dropped += 1
-                weight_now[cid] = 0.0
-                continue
-            weight_now[cid] = w
-            kept.append((r, w))
+        kept, last, weight_now, dropped = self._decayed_weights(state, t, res)  # eq. (14)
         cum = state.cum_weight.copy()
         wsum = sum(w for _, w in kept)
         if wsum > 0:
             for r, w in kept:
                 cum[r.client_id] += w / wsum
-
-        # eq. (3)-(6) per sub-model, then eq. (7)
-        old = state.params
-        parts: list[np.ndarray | None] = []
-        sils, intras, untouched = [], [], 0
-        loss_k = np.full(part.k, np.nan)
-        data_k = np.zeros(part.k)
-        group_sums: dict[int, dict[int, tuple[np.ndarray, float]]] = {}
-        for j in range(part.k):
-            rows = [(r, w) for r, w in kept if f"sub/{j}" in r.extras]
-            if not rows:
-                parts.append(None)  # every client of this sub-model dropped: keep m_k
-                untouched += 1
-                continue
-            U = np.stack([r.extras[f"sub/{j}"] for r, _ in rows]).astype(np.float64)
-            W = np.array([w for _, w in rows])
-            scale = math.sqrt(float(np.mean(np.einsum("ij,ij->i", U, U))))
-            if scale > 0:
-                merged, info = clustered_merge(U / scale, W, p.num_clusters, p.beta, rng)
-                assert merged is not None
-                merged = merged * scale
-                if info.k > 1:
-                    sils.append(cl.silhouette(U / scale, info.labels))
-                    intras.append(
-                        cl.intra_cluster_distance(U / scale, info.labels, int(np.argmax(info.sizes)))
-                    )
-            else:
-                merged = np.zeros(U.shape[1])
-            parts.append(old[part.slice(j)] + p.central_lr * merged.astype(np.float32))
-            n_ex = np.array([r.num_examples for r, _ in rows], np.float64)
-            data_k[j] = n_ex.sum()
-            if n_ex.sum() > 0:
-                loss_k[j] = float(
-                    np.dot(n_ex, [r.metrics.get("train_loss", np.nan) for r, _ in rows]) / n_ex.sum()
-                )
-            for (r, w), u in zip(rows, U, strict=True):  # eq. (13) group sums
-                g = int(assign[r.client_id])
-                if g < 0:
-                    continue
-                acc = group_sums.setdefault(g, {})
-                s, ws = acc.get(j, (np.zeros(U.shape[1]), 0.0))
-                acc[j] = (s + w * u, ws + w)
-        new = part.recombine(parts, base=old).astype(np.float32)
-
-        # eq. (13): group models
-        group_models: dict[int, np.ndarray] = {}
-        for g in sorted(int(x) for x in np.unique(assign) if x >= 0):
-            mg = new.copy()
-            for j, (s, ws) in group_sums.get(g, {}).items():
-                if ws > 0:
-                    sl = part.slice(j)
-                    mg[sl] = old[sl] + p.central_lr * (s / ws).astype(np.float32)
-            group_models[g] = mg
-
-        # eq. (15) + eq. (8): global loss
-        beta_k = submodel_data_weights(data_k)
-        live = np.isfinite(loss_k)
-        global_loss = (
-            float(np.dot(beta_k[live], loss_k[live]) / beta_k[live].sum()) if live.any() else math.nan
-        )
+        merge = self._merge_submodels(state, kept, assign, rng)  # eq. (3)-(7)
+        group_models = self._group_models(state, merge, assign)  # eq. (13)
+        global_loss = self._global_loss(merge)  # eq. (15) + (8)
         history = state.loss_history + (global_loss,)
-        converged = state.converged_round
-        if p.converge_tol > 0 and not converged and len(history) > p.converge_patience:
-            tail = np.asarray(history[-(p.converge_patience + 1) :])
-            if np.all(np.isfinite(tail)) and np.all(np.abs(np.diff(tail)) < p.converge_tol):
-                converged = t
+        converged = state.converged_round or (t if self._has_converged(history) else 0)
         archive = state.archive
         if t == state.num_rounds or (converged and converged == t):
-            archive = archive + ((t, new.copy()),)
+            archive = archive + ((t, merge.params.copy()),)
 
         state = replace(
             state,
-            params=new,
+            params=merge.params,
             group_models=group_models,
             assign=assign,
             medoids=medoids,
@@ -454,21 +376,19 @@ class DSAC:
             grouped_round=grouped,
             archive=archive,
         )
-        m.update(
-            {
-                "aggregated_clients": float(len(kept)),
-                "dropped_by_floor": float(dropped),
-                "dropout_rate": float(dropped / len(res)) if res else 0.0,
-                "jain": jain_index(cum),
-                "global_loss": global_loss,
-                "num_groups": float(len(group_models)),
-                "num_submodels": float(part.k),
-                "submodels_untouched": float(untouched),
-                "silhouette": float(np.mean(sils)) if sils else math.nan,
-                "intra_cluster": float(np.mean(intras)) if intras else math.nan,
-                "converged": float(bool(converged)),
-            }
-        )
+        m: Metrics = {
+            "aggregated_clients": float(len(kept)),
+            "dropped_by_floor": float(dropped),
+            "dropout_rate": float(dropped / len(res)) if res else 0.0,
+            "jain": jain_index(cum),
+            "global_loss": global_loss,
+            "num_groups": float(len(group_models)),
+            "num_submodels": float(state.partition.k),
+            "submodels_untouched": float(merge.untouched),
+            "silhouette": float(np.mean(merge.silhouettes)) if merge.silhouettes else math.nan,
+            "intra_cluster": float(np.mean(merge.intra)) if merge.intra else math.nan,
+            "converged": float(bool(converged)),
+        }
         truth = state.truth
         if truth is not None:
             ok = (truth >= 0) & (assign >= 0)
@@ -476,23 +396,151 @@ class DSAC:
                 m["nmi"] = clustering_agreement(truth[ok], assign[ok])["nmi"]
         return state, m
 
+    @staticmethod
+    def _store_features(state: DSACState, res: Sequence[ClientResult]) -> DSACState:
+        """Keep each client's latest uploaded D_u (Algorithm 1, line 9)."""
+        features, has_feature = state.features, state.has_feature.copy()
+        for r in res:
+            f = r.extras.get("feature")
+            if f is None:
+                continue
+            if features is None or features.shape[1] != f.size:
+                features = np.zeros((len(has_feature), f.size), np.float32)
+                has_feature[:] = False
+            elif features is state.features:
+                features = features.copy()
+            features[r.client_id] = f
+            has_feature[r.client_id] = True
+        return replace(state, features=features, has_feature=has_feature)
+
+    def _decayed_weights(
+        self, state: DSACState, t: int, res: Sequence[ClientResult]
+    ) -> tuple[list[tuple[ClientResult, float]], np.ndarray, np.ndarray, int]:
+        """Eq. (14): w_u(t) = w_u exp(-γ Δt), Δt the rounds u missed; below the floor it is dropped.
+        Returns the kept (result, weight) pairs, last-contribution rounds, weights now, drops."""
+        p = self.p
+        last = state.last_round.copy()
+        weight_now = state.weight_now.copy()
+        cids = np.array([r.client_id for r in res], np.int64)
+        missed = np.maximum(t - last[cids] - 1, 0) if cids.size else np.zeros(0)
+        factor = temporal_decay(1.0, missed, p.decay) if p.dynamic_weights else np.ones(cids.size)
+        kept: list[tuple[ClientResult, float]] = []
+        dropped = 0
+        for r, f in zip(res, factor, strict=True):
+            cid = r.client_id
+            last[cid] = t
+            if p.dynamic_weights and f < p.weight_floor:
+                dropped += 1
+                weight_now[cid] = 0.0
+                continue
+            w = float(state.base_weight[cid]) * float(f)
+            weight_now[cid] = w
+            kept.append((r, w))
+        return kept, last, weight_now, dropped
+
+    def _merge_submodels(
+        self,
+        state: DSACState,
+        kept: Sequence[tuple[ClientResult, float]],
+        assign: np.ndarray,
+        rng: np.random.Generator,
+    ) -> _Merge:
+        """Eq. (3)-(6) per sub-model (K-means of the updates, size/variance-weighted centres), then
+        eq. (7) recombination; also the per-group weighted update sums that eq. (13) needs."""
+        p, part, old = self.p, state.partition, state.params
+        merge = _Merge(k=part.k)
+        parts: list[np.ndarray | None] = []
+        for j in range(part.k):
+            rows = [(r, w) for r, w in kept if f"sub/{j}" in r.extras]
+            if not rows:
+                parts.append(None)  # every client of this sub-model dropped: keep m_k
+                merge.untouched += 1
+                continue
+            U = np.stack([r.extras[f"sub/{j}"] for r, _ in rows]).astype(np.float64)
+            W = np.array([w for _, w in rows])
+            scale = math.sqrt(float(np.mean(np.einsum("ij,ij->i", U, U))))
+            if scale > 0:
+                merged, info = clustered_merge(U / scale, W, p.num_clusters, p.beta, rng)
+                assert merged is not None
+                merged = merged * scale
+                if info.k > 1:
+                    merge.silhouettes.append(cl.silhouette(U / scale, info.labels))
+                    merge.intra.append(
+                        cl.intra_cluster_distance(U / scale, info.labels, int(np.argmax(info.sizes)))
+                    )
+            else:
+                merged = np.zeros(U.shape[1])
+            parts.append(old[part.slice(j)] + p.central_lr * merged.astype(np.float32))
+            n_ex = np.array([r.num_examples for r, _ in rows], np.float64)
+            merge.data_k[j] = n_ex.sum()
+            if n_ex.sum() > 0:
+                merge.loss_k[j] = float(
+                    np.dot(n_ex, [r.metrics.get("train_loss", np.nan) for r, _ in rows]) / n_ex.sum()
+                )
+            for (r, w), u in zip(rows, U, strict=True):
+                g = int(assign[r.client_id])
+                if g < 0:
+                    continue
+                acc = merge.group_sums.setdefault(g, {})
+                s, ws = acc.get(j, (np.zeros(U.shape[1]), 0.0))
+                acc[j] = (s + w * u, ws + w)
+        merge.params = part.recombine(parts, base=old).astype(np.float32)
+        return merge
+
+    def _group_models(self, state: DSACState, merge: _Merge, assign: np.ndarray) -> dict[int, np.ndarray]:
+        """Eq. (13): M_g = the previous global sub-model plus the group's decayed-weight mean update,
+        and the new global sub-model where the group trained none."""
+        part, old = state.partition, state.params
+        out: dict[int, np.ndarray] = {}
+        for g in sorted(int(x) for x in np.unique(assign) if x >= 0):
+            mg = merge.params.copy()
+            for j, (s, ws) in merge.group_sums.get(g, {}).items():
+                if ws > 0:
+                    sl = part.slice(j)
+                    mg[sl] = old[sl] + self.p.central_lr * (s / ws).astype(np.float32)
+            out[g] = mg
+        return out
+
+    @staticmethod
+    def _global_loss(merge: _Merge) -> float:
+        """Eq. (8) with eq. (15)'s β_k: the data-weighted mean of the sub-models' training losses."""
+        beta_k = submodel_data_weights(merge.data_k)
+        live = np.isfinite(merge.loss_k)
+        return (
+            float(np.dot(beta_k[live], merge.loss_k[live]) / beta_k[live].sum()) if live.any() else math.nan
+        )
+
+    def _has_converged(self, history: tuple[float, ...]) -> bool:
+        """|L_global(t) - L_global(t-1)| < converge_tol for converge_patience rounds in a row."""
+        p = self.p
+        if p.converge_tol <= 0 or len(history) <= p.converge_patience:
+            return False
+        tail = np.asarray(history[-(p.converge_patience + 1) :])
+        return bool(np.all(np.isfinite(tail)) and np.all(np.abs(np.diff(tail)) < p.converge_tol))
+
+    def converged(self, state: DSACState) -> bool:
+        return bool(state.converged_round)
+
     # -- broadcast, evaluation, logging ------------------------------------------------------
-    def models(self, state: DSACState) -> Mapping[str, Params]:
-        out: dict[str, Params] = {"global": state.params, "assign": state.assign.astype(np.float32)}
+    def server_model(self, state: DSACState) -> Params:
+        return state.params
+
+    def eval_broadcast(self, state: DSACState) -> Mapping[str, Params]:
+        out: dict[str, Params] = {GLOBAL: state.params, "assign": state.assign.astype(np.float32)}
         if state.base is not None:
-            out["base"] = state.base
+            out[BASE] = state.base
         for g, mg in state.group_models.items():
             out[f"group/{g}"] = mg
         return out
 
-    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
+    def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
         """Eq. (13): the client's group model M_g (the global model while ungrouped), then one
         full-batch gradient step of size ε on its local training data (``finetune_batch`` caps the
         batch: then one local epoch at lr ε)."""
-        start = models["global"]
-        assign = models.get("assign")
+        start = broadcast[GLOBAL]
+        assign = broadcast.get("assign")
         if assign is not None and client.client_id < len(assign):
-            start = models.get(f"group/{int(assign[client.client_id])}", start)
+            start = broadcast.get(f"group/{int(assign[client.client_id])}", start)
         eps = self.p.finetune_eps
         if eps <= 0 or client.num_examples == 0:
             return start

@@ -8,7 +8,7 @@ plain FedAvg). The update is linear in the client deltas, so client actors pre-s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar
 
@@ -18,13 +18,19 @@ from pydantic import Field
 from raysim.algorithms import hooks
 from raysim.algorithms.aggregate import fedavg_step
 from raysim.algorithms.base import (
+    GLOBAL,
     AlgoParams,
+    Algorithm,
     ClientContext,
     ClientResult,
     ClientTask,
     LinearSum,
     Metrics,
+    RoundContext,
+    RoundPlan,
+    ServerContext,
     SetupContext,
+    Traits,
     sample_cohort,
 )
 from raysim.models.flat import Params
@@ -41,31 +47,21 @@ class FedProxParams(FedAvgParams):
 @dataclass(frozen=True, kw_only=True)
 class GlobalState:
     params: np.ndarray
-    cohort: int
-    local: Mapping[str, float]
 
 
-class FedAvg:
+class FedAvg(Algorithm):
     name: ClassVar[str] = "fedavg"
-    linear: ClassVar[bool] = True
-    pooled: ClassVar[bool] = False  # True: the runtime pools every shard into one client
-    global_model: ClassVar[bool] = True
-    client_state: ClassVar[bool] = False  # False: a client may train on any actor (the pool balances)
     params_model: ClassVar[type[AlgoParams]] = FedAvgParams
-
-    def __init__(self, params: AlgoParams | None = None) -> None:
-        self.p = params if params is not None else self.params_model()
+    # no client state: a client may train on any actor (the pool balances each cohort)
+    traits = Traits(linear=True)
 
     def init(self, params: Params, ctx: SetupContext) -> GlobalState:
-        return GlobalState(
-            params=params.astype(np.float32), cohort=ctx.clients_per_round, local=dict(ctx.local)
-        )
+        return GlobalState(params=params.astype(np.float32))
 
-    def configure_round(
-        self, state: GlobalState, round_idx: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[ClientTask]:
-        cohort = sample_cohort(available, state.cohort, rng)
-        return [ClientTask(client_id=c, model_key="global", hparams=state.local) for c in cohort]
+    def configure_round(self, state: GlobalState, rnd: RoundContext) -> tuple[GlobalState, RoundPlan]:
+        cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
+        tasks = [ClientTask(client_id=c, model_key=GLOBAL, hparams=rnd.hparams) for c in cohort]
+        return state, RoundPlan(tasks=tasks, broadcast={GLOBAL: state.params})
 
     def local_hook(self, task: ClientTask, params: Params, client: ClientContext) -> Any:
         return None
@@ -80,21 +76,14 @@ class FedAvg:
         )
 
     def aggregate(
-        self,
-        state: GlobalState,
-        round_idx: int,
-        results: Sequence[ClientResult | LinearSum],
-        rng: np.random.Generator,
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[GlobalState, Metrics]:
         total = LinearSum.of(results)
-        new = fedavg_step(state.params, total, self.p.central_lr)  # type: ignore[attr-defined]
+        new = fedavg_step(state.params, total, self.p.central_lr)
         return replace(state, params=new), {"aggregated_clients": float(total.num_clients if total else 0)}
 
-    def models(self, state: GlobalState) -> Mapping[str, Params]:
-        return {"global": state.params}
-
-    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
-        return models["global"]
+    def server_model(self, state: GlobalState) -> Params | None:
+        return state.params
 
 
 class FedProx(FedAvg):
@@ -102,7 +91,7 @@ class FedProx(FedAvg):
     params_model: ClassVar[type[AlgoParams]] = FedProxParams
 
     def local_hook(self, task: ClientTask, params: Params, client: ClientContext) -> Any:
-        mu = self.p.mu  # type: ignore[attr-defined]
+        mu = self.p.mu
         return hooks.proximal(params, mu) if mu > 0 else None
 
 
@@ -111,4 +100,4 @@ class Centralised(FedAvg):
     round; with central_lr = 1 the global model is exactly that client's SGD trajectory."""
 
     name: ClassVar[str] = "centralised"
-    pooled: ClassVar[bool] = True
+    traits = Traits(linear=True, pooled=True)

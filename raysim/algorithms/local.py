@@ -9,17 +9,25 @@ from typing import ClassVar
 
 import numpy as np
 
-from raysim.algorithms.base import AlgoParams, ClientContext, ClientResult, ClientTask, LinearSum, Metrics
+from raysim.algorithms.base import (
+    GLOBAL,
+    AlgoParams,
+    ClientContext,
+    ClientResult,
+    ClientTask,
+    LinearSum,
+    Metrics,
+    ServerContext,
+    Traits,
+)
 from raysim.algorithms.fedavg import FedAvg, GlobalState
 from raysim.models.flat import Params
 
 
 class LocalOnly(FedAvg):
     name: ClassVar[str] = "local"
-    linear: ClassVar[bool] = False
-    global_model: ClassVar[bool] = False
-    client_state: ClassVar[bool] = True  # each client's model lives on its home actor
     params_model: ClassVar[type[AlgoParams]] = AlgoParams
+    traits = Traits(client_state=True)  # each client's model lives on its home actor
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         start = client.state.get("params", params)
@@ -33,16 +41,15 @@ class LocalOnly(FedAvg):
         )
 
     def aggregate(
-        self,
-        state: GlobalState,
-        round_idx: int,
-        results: Sequence[ClientResult | LinearSum],
-        rng: np.random.Generator,
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[GlobalState, Metrics]:
         return state, {"aggregated_clients": float(len(results))}
 
-    def models(self, state: GlobalState) -> Mapping[str, Params]:
-        return {"global": state.params}
+    def server_model(self, state: GlobalState) -> None:
+        return None  # no global model: the server's test metrics are NaN
 
-    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
-        return client.state.get("params", models["global"])
+    def eval_broadcast(self, state: GlobalState) -> Mapping[str, Params]:
+        return {GLOBAL: state.params}  # the shared start, for clients that never trained
+
+    def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
+        return client.state.get("params", broadcast[GLOBAL])

@@ -18,66 +18,63 @@ import numpy as np
 from raysim.algorithms import hooks
 from raysim.algorithms.aggregate import fedavg_step, scaffold_control_step
 from raysim.algorithms.base import (
+    GLOBAL,
     AlgoParams,
+    Algorithm,
     ClientContext,
     ClientResult,
     ClientTask,
     LinearSum,
     Metrics,
+    RoundContext,
+    RoundPlan,
+    ServerContext,
     SetupContext,
+    Traits,
     sample_cohort,
 )
 from raysim.algorithms.fedavg import FedAvgParams
 from raysim.models.flat import Params
+
+CONTROL = "control"  # broadcast key of the server control variate c
 
 
 @dataclass(frozen=True, kw_only=True)
 class ScaffoldState:
     params: np.ndarray
     control: np.ndarray
-    cohort: int
     num_clients: int
-    local: Mapping[str, float]
 
 
-class Scaffold:
+class Scaffold(Algorithm):
     name: ClassVar[str] = "scaffold"
-    linear: ClassVar[bool] = True
-    pooled: ClassVar[bool] = False
-    global_model: ClassVar[bool] = True
-    client_state: ClassVar[bool] = True  # c_i lives on the client's home actor
     params_model: ClassVar[type[AlgoParams]] = FedAvgParams
-
-    def __init__(self, params: AlgoParams | None = None) -> None:
-        self.p = params if params is not None else self.params_model()
+    traits = Traits(linear=True, client_state=True)  # c_i lives on the client's home actor
 
     def init(self, params: Params, ctx: SetupContext) -> ScaffoldState:
         return ScaffoldState(
             params=params.astype(np.float32),
             control=np.zeros_like(params, dtype=np.float32),
-            cohort=ctx.clients_per_round,
             num_clients=ctx.num_clients,
-            local=dict(ctx.local),
         )
 
-    def configure_round(
-        self, state: ScaffoldState, round_idx: int, available: Sequence[int], rng: np.random.Generator
-    ) -> list[ClientTask]:
-        cohort = sample_cohort(available, state.cohort, rng)
-        return [
-            ClientTask(client_id=c, model_key="global", hparams=state.local, broadcast_keys=("control",))
+    def configure_round(self, state: ScaffoldState, rnd: RoundContext) -> tuple[ScaffoldState, RoundPlan]:
+        cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
+        tasks = [
+            ClientTask(client_id=c, model_key=GLOBAL, hparams=rnd.hparams, broadcast_keys=(CONTROL,))
             for c in cohort
         ]
+        return state, RoundPlan(tasks=tasks, broadcast={GLOBAL: state.params, CONTROL: state.control})
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
-        c = client.broadcast["control"]
+        c = client.broadcast[CONTROL]
         ci = client.state.get("control")
         if ci is None:
             ci = np.zeros_like(c)
         fit = client.fit(params, grad_hook=hooks.correction(c - ci), **task.hparams)
         lr = float(task.hparams["lr"])
         ci_new = (ci - c + (params - fit.params) / (max(fit.steps, 1) * lr)).astype(np.float32)
-        client.state["control"] = ci_new
+        client.state["control"] = ci_new  # committed by the host only if this update is accepted
         return ClientResult(
             client_id=task.client_id,
             num_examples=fit.num_examples,
@@ -87,23 +84,19 @@ class Scaffold:
         )
 
     def aggregate(
-        self,
-        state: ScaffoldState,
-        round_idx: int,
-        results: Sequence[ClientResult | LinearSum],
-        rng: np.random.Generator,
+        self, state: ScaffoldState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[ScaffoldState, Metrics]:
         total = LinearSum.of(results)
         if total is None:
             return state, {"aggregated_clients": 0.0}
-        params = fedavg_step(state.params, total, self.p.central_lr)  # type: ignore[attr-defined]
+        params = fedavg_step(state.params, total, self.p.central_lr)
         control = scaffold_control_step(state.control, total.extras["delta_control"], state.num_clients)
         return replace(state, params=params, control=control), {
             "aggregated_clients": float(total.num_clients)
         }
 
-    def models(self, state: ScaffoldState) -> Mapping[str, Params]:
-        return {"global": state.params, "control": state.control}
+    def server_model(self, state: ScaffoldState) -> Params:
+        return state.params
 
-    def personal_params(self, models: Mapping[str, Params], client: ClientContext) -> Params:
-        return models["global"]
+    def eval_broadcast(self, state: ScaffoldState) -> Mapping[str, Params]:
+        return {GLOBAL: state.params}

@@ -1,18 +1,23 @@
-"""The driver: one round loop for every backend.
+"""The driver: one experiment, step by step, on any backend.
 
-``Experiment.prepare()`` does everything that can fail because of the user's input (config,
-data files, cluster resources) before the run directory exists; ``run()`` then loops over
-rounds, logs, checkpoints every k rounds and shows progress.
+The CLI, the benchmarks and the Tune trainable all drive a run through the same steps::
+
+    exp = Experiment(cfg)           # nothing happens yet
+    exp.prepare()                   # everything that can fail on user input, then the run directory
+    while not exp.should_stop():    # the last round, algorithm convergence, or a user callback
+        report = exp.step()         # one round (optionally with hyperparameter overrides)
+    exp.save(directory)             # the whole FL state, into any directory
+    exp.restore(directory)          # ... and back, in a fresh experiment (fresh actors)
+    exp.close()
+
+``run()`` is that loop with periodic checkpoints, a progress view and the summary.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import pickle
-import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,134 +27,25 @@ import yaml
 
 from raysim.algorithms import build_algorithm
 from raysim.algorithms.base import SetupContext
-from raysim.config import ConfigError, ExperimentConfig, check_data_available, config_from_dict, dump_config
+from raysim.atomic import atomic_write_bytes
+from raysim.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_data_available,
+    check_output_dir,
+    config_from_dict,
+    dump_config,
+)
 from raysim.models.flat import init_params
-from raysim.runtime.host import ClientHost, HostSpec
-from raysim.runtime.logger import RunLogger, atomic_write_bytes
-from raysim.runtime.serial import SerialPool
-from raysim.runtime.server import EvalSpec, RoundReport, Server
+from raysim.runtime import rundir
+from raysim.runtime.backend import Backend, Share, StartSpec, make_backend
+from raysim.runtime.host import HostSpec
+from raysim.runtime.logger import RunLogger
+from raysim.runtime.packing import pack_clients, pick_noisy, pooled_shard, roams
+from raysim.runtime.progress import ProgressView
+from raysim.runtime.server import EvalSpec, RoundReport
 
-
-class SerialBackend:
-    """Everything in this process: hosts and server are plain objects."""
-
-    def __init__(self) -> None:
-        self.server: Server | None = None
-        self.hosts: list[ClientHost] = []
-
-    def cluster(self) -> tuple[float, float]:
-        return float(os.cpu_count() or 1), 0.0
-
-    def start(
-        self,
-        *,
-        algorithm: Any,
-        dataset: Any,
-        host_shards: list[list[Any]],
-        spec: HostSpec,
-        num_cpus: float,
-        num_gpus: float,
-        max_restarts: int,
-        server_kwargs: dict[str, Any],
-        roam: bool = False,
-    ) -> None:
-        everyone = [s for shards in host_shards for s in shards] if roam else []
-        self.hosts = [
-            ClientHost(h, algorithm, dataset, shards, spec, visitors=everyone)
-            for h, shards in enumerate(host_shards)
-        ]
-        sizes = {s.client_id: len(s.train_idx) for s in everyone} if roam else None
-        self.server = Server(pool=SerialPool(self.hosts, roam_sizes=sizes), **server_kwargs)
-
-    def _srv(self) -> Server:
-        if self.server is None:
-            raise RuntimeError("backend not started")
-        return self.server
-
-    def run_round(self, t: int) -> RoundReport:
-        return self._srv().run_round(t)
-
-    def checkpoint(self) -> dict[str, Any]:
-        return self._srv().checkpoint()
-
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        self._srv().restore(ckpt)
-
-    def system_stats(self) -> list[dict[str, Any]]:
-        return self._srv().system_stats()
-
-    def models(self) -> dict[str, np.ndarray]:
-        return self._srv().models()
-
-    def shutdown(self) -> None:
-        self.server, self.hosts = None, []
-
-
-def make_backend(cfg: ExperimentConfig, address: str | None = None) -> Any:
-    if cfg.resources.backend == "serial":
-        return SerialBackend()
-    from raysim.runtime.ray_backend import RayBackend
-
-    return RayBackend(address or cfg.resources.address)
-
-
-def pack_clients(shards: list[Any], num_hosts: int) -> list[list[Any]]:
-    """Spread clients over ``num_hosts`` actors so that each holds about the same number of
-    training examples (greedy: biggest client first onto the lightest actor that has fewer
-    than ceil(C / A) clients; ties by id).
-
-    A round waits for its slowest actor, so balancing work matters more than contiguous ids.
-    Which actor hosts a client never changes its results (its RNG depends on the client only).
-    """
-    num_hosts = max(1, min(num_hosts, len(shards)))
-    cap = math.ceil(len(shards) / num_hosts)
-    loads = [0] * num_hosts
-    counts = [0] * num_hosts
-    hosts: list[list[Any]] = [[] for _ in range(num_hosts)]
-    for s in sorted(shards, key=lambda s: (-len(s.train_idx), s.client_id)):
-        h = min((i for i in range(num_hosts) if counts[i] < cap), key=lambda i: (loads[i], counts[i], i))
-        hosts[h].append(s)
-        loads[h] += len(s.train_idx)
-        counts[h] += 1
-    return [sorted(h, key=lambda s: s.client_id) for h in hosts]
-
-
-def pick_noisy(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
-    k = int(round(fraction * num_clients))
-    rng = np.random.default_rng([seed, 424242])
-    return frozenset(int(c) for c in rng.choice(num_clients, size=k, replace=False)) if k else frozenset()
-
-
-def unique_run_dir(base: Path, name: str) -> Path:
-    path = base / name
-    i = 2
-    while path.exists():
-        path = base / f"{name}-{i}"
-        i += 1
-    return path
-
-
-@dataclass
-class Prepared:
-    dataset: Any
-    federation: Any
-    shards: list[Any]
-
-
-def pooled_shard(shards: list[Any]) -> Any:
-    """All shards as one client (the Centralised reference point)."""
-    from raysim.data import ClientShard
-
-    cat = np.concatenate
-    return ClientShard(
-        client_id=0,
-        train_idx=cat([s.train_idx for s in shards]),
-        val_idx=cat([s.val_idx for s in shards]),
-        test_idx=cat([s.test_idx for s in shards]),
-        group=-1,
-        rotation=0,
-        label_perm=None,
-    )
+StopRule = Callable[[RoundReport], bool]
 
 
 class Experiment:
@@ -160,17 +56,33 @@ class Experiment:
         address: str | None = None,
         progress: bool | None = None,
         run_dir: Path | None = None,
+        share: Share | None = None,
+        stop_when: StopRule | None = None,
     ) -> None:
+        """``share``: the resources this run may use (default: the whole cluster; a Tune trial
+        passes its placement group's). ``stop_when(report)``: a user rule that ends the run early."""
         self.cfg = cfg
         self.address = address
         self.progress = cfg.output.progress if progress is None else progress
         self.run_dir = run_dir
-        self.backend: Any = None
+        self.share = share
+        self.stop_when = stop_when
+        self.backend: Backend | None = None
         self.logger: RunLogger | None = None
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
-        self.start_round = 1
+        self.next_round = 1
         self.num_hosts = 0
         self.t_setup = 0.0
+        self.overrides: dict[str, float] = {}
+        self.last: RoundReport | None = None
+
+    @property
+    def start_round(self) -> int:  # the name the CLI and older tests use
+        return self.next_round
+
+    @start_round.setter
+    def start_round(self, t: int) -> None:
+        self.next_round = t
 
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
@@ -179,6 +91,8 @@ class Experiment:
         cfg, d = self.cfg, self.cfg.data
         t0 = time.perf_counter()
         check_data_available(cfg)
+        if self.run_dir is None:
+            check_output_dir(cfg)
         try:
             ds = load_dataset(
                 d.dataset,
@@ -204,16 +118,16 @@ class Experiment:
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"data: {exc}") from None
         shards = list(fed.clients)
-        if self.algorithm.pooled:  # type: ignore[attr-defined]
+        if self.algorithm.traits.pooled:
             shards = [pooled_shard(shards)]
         self.dataset, self.federation, self.shards = ds, fed, shards
 
-        backend = make_backend(cfg, self.address)
-        cpus, gpus = backend.cluster()
-        n_hosts = min(len(shards), cfg.num_client_actors(cpus, gpus))
+        backend = make_backend(cfg.resources.backend, self.address or cfg.resources.address, self.share)
+        share = backend.share()
+        n_hosts = min(len(shards), cfg.num_client_actors(share.cpus, share.gpus))
         host_shards = pack_clients(shards, n_hosts)
         self.num_hosts = len(host_shards)
-        spec = HostSpec(
+        host_spec = HostSpec(
             model=cfg.model.name,
             input_shape=tuple(ds.input_shape),
             num_classes=ds.num_classes,
@@ -227,13 +141,6 @@ class Experiment:
         from raysim.models import ParamLayout, build_model
 
         layout = ParamLayout.of(build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes))
-        trainer_kwargs = {
-            "model": cfg.model.name,
-            "input_shape": tuple(ds.input_shape),
-            "num_classes": ds.num_classes,
-            "mean": tuple(ds.mean),
-            "std": tuple(ds.std),
-        }
         ctx = SetupContext(
             num_clients=len(shards),
             client_sizes=np.array([len(s.train_idx) for s in shards]),
@@ -254,112 +161,148 @@ class Experiment:
             test_y=ds.y_test,
             public_x=ds.x_train[pub] if len(pub) else None,
             public_y=ds.y_train[pub] if len(pub) else None,
-            trainer_kwargs=trainer_kwargs,
+            trainer_kwargs={
+                "model": cfg.model.name,
+                "input_shape": tuple(ds.input_shape),
+                "num_classes": ds.num_classes,
+                "mean": tuple(ds.mean),
+                "std": tuple(ds.std),
+            },
             torch_threads=cfg.resources.torch_threads,
         )
-        server_kwargs = {
-            "algorithm": self.algorithm,
-            "init_params": params0,
-            "ctx": ctx,
-            "seed": cfg.seed,
-            "eval_spec": eval_spec,
-            "deadline_s": cfg.rounds.deadline_s,
-        }
-        backend.start(
-            algorithm=self.algorithm,
-            dataset=ds,
-            host_shards=host_shards,
-            spec=spec,
-            num_cpus=cfg.resources.num_cpus,
-            num_gpus=cfg.resources.num_gpus,
-            max_restarts=cfg.resources.max_restarts,
-            server_kwargs=server_kwargs,
-            roam=self.roams(len(host_shards)),
-        )
+        res = cfg.resources
         self.backend = backend
+        backend.start(
+            StartSpec(
+                algorithm=self.algorithm,
+                dataset=ds,
+                host_shards=host_shards,
+                host_spec=host_spec,
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus,
+                server_cpus=res.server_cpus,
+                server_gpus=res.server_gpus,
+                max_restarts=res.max_restarts,
+                server_kwargs={
+                    "algorithm": self.algorithm,
+                    "init_params": params0,
+                    "ctx": ctx,
+                    "seed": cfg.seed,
+                    "eval_spec": eval_spec,
+                    "deadline_s": cfg.rounds.deadline_s,
+                },
+                roam=roams(self.algorithm.traits.client_state, len(host_shards), res.clients_per_actor),
+            )
+        )
 
         # Only now, with nothing left to refuse, does the run directory appear.
         if self.run_dir is None:
-            self.run_dir = unique_run_dir(Path(cfg.output.dir), cfg.output.name or cfg.name)
-            self.run_dir.mkdir(parents=True)
+            self.run_dir = rundir.unique_run_dir(Path(cfg.output.dir), cfg.output.name or cfg.name)
+        if not (self.run_dir / "config.yaml").is_file():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.run_dir / "config.yaml", dump_config(cfg).encode())
             write_summary(fed, ds, self.run_dir / "partition.parquet")
         self.logger = RunLogger(self.run_dir)
         self.t_setup = time.perf_counter() - t0
 
-    def roams(self, num_hosts: int) -> bool:
-        """Clients train on whichever actor has least work this round when the algorithm keeps
-        no per-client state and the packing is ``auto`` (``clients_per_actor: N`` pins them)."""
-        stateful = getattr(self.algorithm, "client_state", True)
-        return num_hosts > 1 and not stateful and self.cfg.resources.clients_per_actor == "auto"
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError("call prepare() first")
+        return self.backend
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def _ckpt_dir(self) -> Path:
-        assert self.run_dir is not None
-        return self.run_dir / "checkpoints"
+    def _logger(self) -> RunLogger:
+        if self.logger is None:
+            raise RuntimeError("call prepare() first")
+        return self.logger
 
-    def save_checkpoint(self, t: int) -> Path:
-        assert self.logger is not None
-        d = self._ckpt_dir()
-        d.mkdir(exist_ok=True)
-        blob = {"round": t, "server": self.backend.checkpoint(), "log": self.logger.state()}
-        path = d / f"round_{t:05d}.pkl"
-        atomic_write_bytes(path, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
-        for old in sorted(d.glob("round_*.pkl"))[:-2]:  # keep the newest two
-            old.unlink()
-        return path
+    # -- hyperparameters -------------------------------------------------------------------
+    def hparams(self) -> dict[str, float]:
+        """The client hyperparameters of the next round: the config's local.* with any override."""
+        return {**self.cfg.local.model_dump(), **self.overrides}
 
-    def restore_latest(self) -> int:
-        assert self.logger is not None
-        ckpts = sorted(self._ckpt_dir().glob("round_*.pkl"))
-        if not ckpts:
-            raise ConfigError(
-                f"--resume {self.run_dir}: no checkpoint in {self._ckpt_dir()} "
-                "(set rounds.checkpoint_every > 0 to write them)"
-            )
-        blob = pickle.loads(ckpts[-1].read_bytes())
-        self.backend.restore(blob["server"])
-        self.logger.restore(blob["log"])
-        self.start_round = int(blob["round"]) + 1
-        return int(blob["round"])
+    def set_hparams(self, **overrides: float) -> None:
+        """Override client hyperparameters from the next round on (a schedule, a mutation)."""
+        unknown = sorted(set(overrides) - set(self.cfg.local.model_dump()))
+        if unknown:
+            raise ValueError(f"unknown client hyperparameters {unknown}; known: {sorted(self.hparams())}")
+        self.overrides.update(overrides)
 
-    # -- the loop --------------------------------------------------------------------------
-    def run_round(self, t: int) -> RoundReport:
-        assert self.logger is not None
-        report = self.backend.run_round(t)
-        self.logger.log_round(report.metrics, report.clients)
+    # -- steps -----------------------------------------------------------------------------
+    def step(self, hparams: Mapping[str, float] | None = None) -> RoundReport:
+        """Run round ``next_round`` (with ``hparams`` overriding this round only) and log it."""
+        logger = self._logger()
+        t = self.next_round
+        report = self._backend().run_round(t, {**self.hparams(), **(hparams or {})})
+        logger.log_round(report.metrics, report.clients)
         if "test_accuracy" in report.metrics or "personal_accuracy" in report.metrics:
-            rows = self.backend.system_stats()
-            rows.append(driver_stats())
-            self.logger.log_system(t, rows)
+            logger.log_system(t, [*self._backend().system_stats(), driver_stats()])
+        self.next_round = t + 1
+        self.last = report
+        return report
+
+    def run_round(self, t: int) -> RoundReport:
+        """Round ``t`` (must be the next one), with the periodic checkpoint ``run()`` writes."""
+        if t != self.next_round:
+            raise ValueError(f"round {t} requested, the next round is {self.next_round}")
+        report = self.step()
         every = self.cfg.rounds.checkpoint_every
         if every and t % every == 0:
-            self.logger.flush()
-            self.save_checkpoint(t)
+            self._logger().flush()
+            assert self.run_dir is not None
+            self.save(rundir.periodic_dir(self.run_dir, t))
+            rundir.prune_checkpoints(self.run_dir)
         return report
+
+    def should_stop(self) -> bool:
+        """The last round ran, the algorithm converged, or the user's ``stop_when`` said so."""
+        if self.next_round > self.cfg.rounds.num_rounds:
+            return True
+        if self.last is None:
+            return False
+        return self.last.stop or (self.stop_when is not None and bool(self.stop_when(self.last)))
+
+    def save(self, directory: Path | str) -> Path:
+        """Write the whole FL state after the last finished round into ``directory``."""
+        return rundir.write_checkpoint(
+            Path(directory), self.next_round - 1, self._backend().checkpoint(), dump_config(self.cfg)
+        )
+
+    def restore(self, directory: Path | str) -> int:
+        """Continue from a checkpoint directory (under this experiment's config: a changed lr
+        trains with the new lr). Returns the checkpoint's round."""
+        try:
+            blob = rundir.read_checkpoint(Path(directory))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        self._backend().restore(blob["server"])
+        self.next_round = int(blob["round"]) + 1
+        self.last = None
+        return int(blob["round"])
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         if self.backend is None:
             self.prepare()
-        assert self.logger is not None
+        logger = self._logger()
         last = self.cfg.rounds.num_rounds if until is None else until
         t_start = time.perf_counter()
-        with ProgressView(self.cfg.rounds.num_rounds, self.start_round, enabled=self.progress) as view:
-            for t in range(self.start_round, last + 1):
-                report = self.run_round(t)
-                view.update(t, report.metrics)
-        self.logger.flush()
+        with ProgressView(self.cfg.rounds.num_rounds, self.next_round, enabled=self.progress) as view:
+            while self.next_round <= last and not self.should_stop():
+                report = self.run_round(self.next_round)
+                view.update(report.round, report.metrics)
+            if self.last is not None and self.last.stop and self.next_round <= self.cfg.rounds.num_rounds:
+                view.note(f"the algorithm converged: stopped after round {self.last.round}")
+        logger.flush()
         summary = self.summary(time.perf_counter() - t_start)
-        self.logger.write_summary(summary)
+        logger.write_summary(summary)
         return summary
 
     def summary(self, loop_seconds: float) -> dict[str, Any]:
-        assert self.logger is not None
-        rounds = self.logger.rounds
+        logger = self._logger()
+        rounds = logger.rounds
         acc = [r.get("test_accuracy", float("nan")) for r in rounds]
         acc = [a for a in acc if a == a]
         pacc = [r["personal_accuracy"] for r in rounds if "personal_accuracy" in r]
-        peak = [r.get("peak_rss_mb", 0.0) for r in self.logger.system]
+        peak = [r.get("peak_rss_mb", 0.0) for r in logger.system]
         return {
             "name": self.cfg.name,
             "algorithm": self.cfg.algorithm.name,
@@ -373,8 +316,8 @@ class Experiment:
             "median_round_seconds": float(np.median([r["round_s"] for r in rounds])) if rounds else None,
             "peak_rss_mb": max(peak) if peak else driver_stats()["peak_rss_mb"],
             "total_peak_rss_mb": sum(
-                max((r["peak_rss_mb"] for r in self.logger.system if r["actor"] == a), default=0.0)
-                for a in {r["actor"] for r in self.logger.system}
+                max((r["peak_rss_mb"] for r in logger.system if r["actor"] == a), default=0.0)
+                for a in {r["actor"] for r in logger.system}
             ),
             "dropouts": int(sum(r.get("dropouts", 0) for r in rounds)),
             "lost_clients": int(rounds[-1].get("lost_clients", 0)) if rounds else 0,
@@ -391,13 +334,22 @@ class Experiment:
 
     @classmethod
     def resume(cls, run_dir: Path, *, address: str | None = None, progress: bool | None = None) -> Experiment:
-        cfg_path = Path(run_dir) / "config.yaml"
+        """An interrupted run, restored from its newest periodic checkpoint."""
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.yaml"
         if not cfg_path.is_file():
             raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        ckpts = rundir.periodic_checkpoints(run_dir)
+        if not ckpts:
+            raise ConfigError(
+                f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} "
+                "(set rounds.checkpoint_every > 0 to write them)"
+            )
         cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
-        exp = cls(cfg, address=address, progress=progress, run_dir=Path(run_dir))
+        exp = cls(cfg, address=address, progress=progress, run_dir=run_dir)
         exp.prepare()
-        exp.restore_latest()
+        t = exp.restore(ckpts[-1])
+        exp._logger().reload(upto_round=t)
         return exp
 
 
@@ -420,54 +372,3 @@ def driver_stats() -> dict[str, Any]:
         "device": "driver",
         "gpu_ids": "",
     }
-
-
-class ProgressView:
-    """A rich progress bar (round, accuracy, ETA) on a terminal; a plain line per evaluation
-    otherwise (CI logs, files)."""
-
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.total, self.start, self.enabled = total, start, enabled
-        self.tty = sys.stderr.isatty()
-        self.bar: Any = None
-        self.t0 = time.perf_counter()
-
-    def __enter__(self) -> ProgressView:
-        if self.enabled and self.tty:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("round {task.completed}/{task.total}"),
-                BarColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("rounds", total=self.total, completed=self.start - 1, info="")
-        return self
-
-    def update(self, t: int, m: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        info = []
-        if m.get("test_accuracy", float("nan")) == m.get("test_accuracy"):
-            info.append(f"acc {m['test_accuracy']:.4f}")
-        if "personal_accuracy" in m:
-            info.append(f"pers {m['personal_accuracy']:.4f}")
-        if m.get("dropouts"):
-            info.append(f"drop {int(m['dropouts'])}")
-        if self.bar is not None:
-            if info:
-                self.bar.update(self.task, completed=t, info=" ".join(info))
-            else:
-                self.bar.update(self.task, completed=t)
-        elif info:
-            done = t - self.start + 1
-            eta = (time.perf_counter() - self.t0) / done * (self.total - t)
-            print(f"round {t}/{self.total} {' '.join(info)} eta {eta:.0f}s", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +20,20 @@ import numpy as np
 import psutil
 import torch
 
-from raysim.algorithms.base import Algorithm, ClientResult, ClientTask, GradHook, LinearSum, UpdateTooLarge
+from raysim.algorithms.base import (
+    Algorithm,
+    ClientResult,
+    ClientTask,
+    GradHook,
+    LinearSum,
+    UpdateTooLarge,
+    sum_by_key,
+)
 from raysim.models.flat import Params
+from raysim.runtime.pool import ClientError, HostReply
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer, pick_device
+
+SALT_NOISY_LABELS = 7  # RNG purpose of a noisy client's random labels
 
 
 def client_seed(seed: int, round_idx: int, client_id: int, purpose: int = 0) -> int:
@@ -58,15 +69,6 @@ class HostedClient:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, kw_only=True)
-class HostReply:
-    results: list[ClientResult]  # per client; delta dropped when pre-summed
-    partial: LinearSum | None
-    dropouts: list[tuple[int, str]]
-    seconds: float
-    transfer_bytes: int  # what this reply carries back to the server
-
-
 class _Context:
     """``ClientContext`` for one hosted client in one round."""
 
@@ -76,7 +78,8 @@ class _Context:
         self._host, self._c, self._round = host, client, round_idx
         self.client_id = client.client_id
         self.num_examples = len(client.train_idx)
-        self.state = client.state
+        # a working copy: the host commits it only when the client's update is accepted
+        self.state = dict(client.state)
         self.broadcast = broadcast
         self.group = client.group
 
@@ -143,7 +146,7 @@ def make_client_labels(
         mapped(y_test_all[shard.test_idx]),
     )
     if noisy:
-        rng = np.random.default_rng([seed, shard.client_id, 7])
+        rng = np.random.default_rng([seed, shard.client_id, SALT_NOISY_LABELS])
         ytr = rng.integers(0, num_classes, size=len(ytr)).astype(np.int64)
         yva = rng.integers(0, num_classes, size=len(yva)).astype(np.int64)
     return ytr, yva, yte
@@ -200,6 +203,8 @@ class ClientHost:
                 rotation=int(s.rotation),
                 group=int(s.group),
             )
+        self.staged: dict[int, dict[str, Any]] = {}  # accepted clients' new state, until commit
+        self.staged_round = -1
         self._proc = psutil.Process(os.getpid())
         self._peak_rss = self._proc.memory_info().rss
 
@@ -207,72 +212,101 @@ class ClientHost:
         """The clients this host owns (visitors excluded)."""
         return list(self.home)
 
-    def run(self, round_idx: int, tasks: Sequence[ClientTask], models: Mapping[str, np.ndarray]) -> HostReply:
+    def run(
+        self,
+        round_idx: int,
+        tasks: Sequence[ClientTask],
+        broadcast: Mapping[str, np.ndarray],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> HostReply:
+        """Train the given clients. A client that raises, returns non-finite numbers or a divergent
+        update is a dropout with its reason (the server decides whether a cohort-wide failure is a
+        bug). Each accepted client's new state is staged until ``commit``; ``cancelled`` (the round
+        deadline passed) stops the loop between clients."""
         t0 = time.perf_counter()
+        self.staged = {}
+        self.staged_round = round_idx
+        linear = self.algorithm.traits.linear
         results: list[ClientResult] = []
         dropouts: list[tuple[int, str]] = []
+        errors: list[ClientError] = []
         singles: list[LinearSum] = []  # each kept update on the fixed-point grid (linear algorithms)
         for task in sorted(tasks, key=lambda t: t.client_id):
+            if cancelled is not None and cancelled():
+                dropouts.append((task.client_id, "cancelled: the round deadline passed"))
+                continue
             client = self.clients.get(task.client_id)
             if client is None:
                 dropouts.append((task.client_id, f"not hosted on actor {self.host_id}"))
                 continue
-            ctx = _Context(self, client, round_idx, models)
+            ctx = _Context(self, client, round_idx, broadcast)
             try:
-                r = self.algorithm.client_update(task, models[task.model_key], ctx)
-            except Exception as exc:  # a failing client is a counted dropout, with its reason
-                reason = f"error: {type(exc).__name__}: {exc}"
-                dropouts.append((task.client_id, reason))
+                r = self.algorithm.client_update(task, broadcast[task.model_key], ctx)
+            except Exception as exc:  # one failing client is a counted dropout; a cohort of them is a bug
+                errors.append(client_error(task.client_id, exc))
+                dropouts.append((task.client_id, f"error: {type(exc).__name__}: {exc}"))
                 print(
-                    f"[raysim] client {task.client_id} failed in round {round_idx}:\n{traceback.format_exc()}"
+                    f"[raysim] client {task.client_id} failed in round {round_idx}:\n{errors[-1].traceback}",
+                    flush=True,
                 )
                 continue
             if not r.is_finite():
                 dropouts.append((task.client_id, "non-finite update"))
                 continue
-            if self.algorithm.linear and r.delta is not None:
+            if linear and r.delta is not None:
                 try:
                     singles.append(LinearSum.single(r))
                 except UpdateTooLarge as exc:
                     dropouts.append((task.client_id, str(exc)))
                     continue
+            self.staged[task.client_id] = ctx.state
             results.append(
                 ClientResult(
                     client_id=r.client_id,
                     num_examples=r.num_examples,
                     delta=r.delta,
+                    model_key=r.model_key,
                     metrics={**r.metrics, "upload_bytes": float(r.upload_bytes())},
                     extras=r.extras,
                 )
             )
         self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
-        partial = None
-        if self.spec.presum and self.algorithm.linear and results:
-            partial = LinearSum.of(singles)  # converted once, above
-            results = [r.without_payload() for r in results]
-            nbytes = partial.upload_bytes() if partial is not None else 0
+        partials: list[LinearSum] = []
+        if self.spec.presum and linear and results:
+            partials = list(sum_by_key(singles).values())  # converted once, above
+            results = [r.without_payload() if r.delta is not None else r for r in results]
+            nbytes = sum(p.upload_bytes() for p in partials) + sum(r.upload_bytes() for r in results)
         else:
             nbytes = sum(r.upload_bytes() for r in results)
         return HostReply(
             results=results,
-            partial=partial,
+            partials=partials,
             dropouts=dropouts,
+            errors=errors,
             seconds=time.perf_counter() - t0,
             transfer_bytes=nbytes,
         )
 
-    def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    def commit(self, round_idx: int) -> int:
+        """Make the staged state of ``round_idx``'s accepted clients permanent; returns how many."""
+        if self.staged_round != round_idx:
+            return 0
+        for cid, st in self.staged.items():
+            self.clients[cid].state = st
+        n = len(self.staged)
+        self.staged = {}
+        return n
+
+    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         """Every hosted client's personalised model on its local test split."""
         rows = []
         for cid in self.home:
             c = self.clients[cid]
             if len(c.test_idx) == 0:
                 continue
-            ctx = _Context(self, c, -1, models)
-            params = self.algorithm.personal_params(models, ctx)
-            # an algorithm with a per-client input adapter (DSAC eq. 10) scores the client with it
-            personal_adapter = getattr(self.algorithm, "personal_adapter", None)
-            adapter = personal_adapter(ctx) if personal_adapter is not None else None
+            ctx = _Context(self, c, -1, broadcast)
+            params = self.algorithm.personal_params(broadcast, ctx)
+            adapter = self.algorithm.personal_adapter(ctx)  # e.g. DSAC's eq. (10) input map
             ev = self.trainer.evaluate(
                 params, self.x_test, c.y_test, idx=c.test_idx, rotation=c.rotation, adapter=adapter
             )
@@ -301,3 +335,13 @@ class ClientHost:
             "device": str(self.device),
             "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
         }
+
+
+def client_error(client_id: int, exc: BaseException) -> ClientError:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return ClientError(
+        client_id=client_id,
+        signature=f"{type(exc).__name__}{where}",
+        traceback="".join(traceback.format_exception(exc)),
+    )

@@ -1,25 +1,27 @@
-"""RunLogger: the files a run leaves behind (DESIGN section 5), written atomically."""
+"""RunLogger: the files a run leaves behind (DESIGN section 5), written atomically.
+
+The metric log lives in the run directory's Parquet files, never in checkpoints (they would grow
+with every round): a resumed run reads the files back and drops rows after the checkpoint.
+"""
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from raysim.atomic import atomic_write_bytes
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+FILES = {"rounds": "rounds.parquet", "clients": "clients.parquet", "system": "system.parquet"}
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class RunLogger:
@@ -37,20 +39,26 @@ class RunLogger:
         self.system.extend({"round": round_idx, **r} for r in rows)
 
     def flush(self) -> None:
-        if self.rounds:
-            write_parquet(pd.DataFrame(self.rounds), self.run_dir / "rounds.parquet")
-        if self.clients:
-            write_parquet(pd.DataFrame(self.clients), self.run_dir / "clients.parquet")
-        if self.system:
-            write_parquet(pd.DataFrame(self.system), self.run_dir / "system.parquet")
+        for attr, name in FILES.items():
+            rows = getattr(self, attr)
+            if rows:
+                write_parquet(pd.DataFrame(rows), self.run_dir / name)
 
-    def state(self) -> dict[str, list[dict[str, Any]]]:
-        return {"rounds": list(self.rounds), "clients": list(self.clients), "system": list(self.system)}
-
-    def restore(self, state: dict[str, list[dict[str, Any]]]) -> None:
-        self.rounds = list(state["rounds"])
-        self.clients = list(state["clients"])
-        self.system = list(state["system"])
+    def reload(self, upto_round: int) -> None:
+        """Continue the log of an interrupted run: its rows up to ``upto_round`` (the checkpoint's)."""
+        for attr, name in FILES.items():
+            path = self.run_dir / name
+            rows: list[dict[str, Any]] = []
+            if path.is_file():
+                df = pd.read_parquet(path)
+                df = df[df["round"] <= upto_round]
+                rows = [{k: v for k, v in r.items() if not _missing(v)} for r in df.to_dict("records")]
+            setattr(self, attr, rows)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _missing(v: Any) -> bool:
+    """A cell Parquet filled because the row never had that column (NaN/None of a sparse column)."""
+    return v is None or (isinstance(v, float) and v != v)

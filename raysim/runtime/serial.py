@@ -1,89 +1,19 @@
-"""In-process pool of client hosts: the serial backend most tests use."""
+"""The serial backend: client hosts and the server as plain objects in this process (most tests)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from raysim.algorithms.base import ClientResult, ClientTask, LinearSum
-from raysim.runtime.host import ClientHost, HostReply
-from raysim.runtime.server import PoolReply
-
-
-def group_tasks(tasks: Sequence[ClientTask], owner: Mapping[int, int]) -> dict[int, list[ClientTask]]:
-    """Tasks by the host that owns each client (unknown clients go to host -1)."""
-    out: dict[int, list[ClientTask]] = {}
-    for t in tasks:
-        out.setdefault(owner.get(t.client_id, -1), []).append(t)
-    return out
-
-
-def balance_tasks(
-    tasks: Sequence[ClientTask], sizes: Mapping[int, int], hosts: Sequence[int]
-) -> dict[int, list[ClientTask]]:
-    """This round's tasks spread over ``hosts`` by work (longest first onto the least-loaded
-    host; ties by id), for algorithms without client state whose clients may train anywhere.
-    Unknown clients go to host -1."""
-    out: dict[int, list[ClientTask]] = {}
-    load = {h: 0 for h in hosts}
-    for t in sorted(tasks, key=lambda t: (-sizes.get(t.client_id, 0), t.client_id)):
-        if t.client_id not in sizes or not load:
-            out.setdefault(-1, []).append(t)
-            continue
-        h = min(load, key=lambda i: (load[i], i))
-        load[h] += sizes[t.client_id]
-        out.setdefault(h, []).append(t)
-    return out
-
-
-def assign_tasks(
-    tasks: Sequence[ClientTask],
-    owner: Mapping[int, int],
-    roam_sizes: Mapping[int, int] | None,
-    live_hosts: Sequence[int],
-) -> dict[int, list[ClientTask]]:
-    """Home actors for clients with state; this round's lightest actor otherwise."""
-    if roam_sizes is not None:
-        return balance_tasks(tasks, roam_sizes, live_hosts)
-    return group_tasks(tasks, owner)
-
-
-class ReplyCollector:
-    """Gathers the host replies of one round, in host order, into a PoolReply."""
-
-    def __init__(self) -> None:
-        self.results: list[ClientResult] = []
-        self.partials: list[LinearSum] = []
-        self.dropouts: list[tuple[int, str]] = []
-        self.nbytes = 0
-        self.busy: list[float] = []
-        self.lost: list[int] = []
-
-    def add(self, reply: HostReply) -> None:
-        self.results += reply.results
-        self.dropouts += reply.dropouts
-        self.nbytes += reply.transfer_bytes
-        self.busy.append(reply.seconds)
-        if reply.partial is not None:
-            self.partials.append(reply.partial)
-
-    def drop(self, tasks: Sequence[ClientTask], reason: str) -> None:
-        self.dropouts += [(t.client_id, reason) for t in tasks]
-
-    def reply(self, broadcast_s: float, train_s: float) -> PoolReply:
-        return PoolReply(
-            results=self.results,
-            partials=self.partials,
-            dropouts=self.dropouts,
-            broadcast_s=broadcast_s,
-            train_s=train_s,
-            transfer_bytes_up=self.nbytes,
-            host_seconds=self.busy,
-            lost_clients=self.lost,
-        )
+from raysim.algorithms.base import ClientTask
+from raysim.runtime.backend import Share, StartSpec
+from raysim.runtime.host import ClientHost
+from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
+from raysim.runtime.server import RoundReport, Server
 
 
 class SerialPool:
@@ -99,7 +29,7 @@ class SerialPool:
         self,
         round_idx: int,
         tasks: Sequence[ClientTask],
-        models: Mapping[str, np.ndarray],
+        broadcast: Mapping[str, np.ndarray],
         deadline_s: float | None,
     ) -> PoolReply:
         t0 = time.perf_counter()
@@ -109,11 +39,16 @@ class SerialPool:
             if h < 0:
                 out.drop(host_tasks, "unknown client")
             else:
-                out.add(self.hosts[h].run(round_idx, host_tasks, models))
+                out.add(self.hosts[h].run(round_idx, host_tasks, broadcast))
         return out.reply(broadcast_s=0.0, train_s=time.perf_counter() - t0)
 
-    def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
-        return [row for host in self.hosts for row in host.evaluate(models)]
+    def commit(self, round_idx: int) -> list[int]:
+        for host in self.hosts:
+            host.commit(round_idx)
+        return []
+
+    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+        return [row for host in self.hosts for row in host.evaluate(broadcast)]
 
     def get_state(self) -> dict[int, dict[str, Any]]:
         return {cid: st for host in self.hosts for cid, st in host.get_state().items()}
@@ -124,3 +59,50 @@ class SerialPool:
 
     def stats(self) -> list[dict[str, Any]]:
         return [host.stats() for host in self.hosts]
+
+
+class SerialBackend:
+    """Everything in this process: hosts and server are plain objects."""
+
+    def __init__(self, share: Share | None = None) -> None:
+        self._share = share
+        self.server: Server | None = None
+        self.hosts: list[ClientHost] = []
+
+    def share(self) -> Share:
+        return self._share or Share(cpus=float(os.cpu_count() or 1))
+
+    def start(self, spec: StartSpec) -> None:
+        everyone = [s for shards in spec.host_shards for s in shards] if spec.roam else []
+        self.hosts = [
+            ClientHost(h, spec.algorithm, spec.dataset, shards, spec.host_spec, visitors=everyone)
+            for h, shards in enumerate(spec.host_shards)
+        ]
+        sizes = {s.client_id: len(s.train_idx) for s in everyone} if spec.roam else None
+        self.server = Server(pool=SerialPool(self.hosts, roam_sizes=sizes), **spec.server_kwargs)
+
+    def _srv(self) -> Server:
+        if self.server is None:
+            raise RuntimeError("backend not started")
+        return self.server
+
+    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
+        return self._srv().run_round(t, hparams)
+
+    def checkpoint(self) -> dict[str, Any]:
+        return self._srv().checkpoint()
+
+    def restore(self, ckpt: Mapping[str, Any]) -> None:
+        self._srv().restore(ckpt)
+
+    def converged(self) -> bool:
+        return self._srv().converged()
+
+    def system_stats(self) -> list[dict[str, Any]]:
+        return self._srv().system_stats()
+
+    def eval_broadcast(self) -> dict[str, np.ndarray]:
+        return self._srv().eval_broadcast()
+
+    def shutdown(self) -> None:
+        self.server, self.hosts = None, []

@@ -7,50 +7,40 @@ only the ``pool`` it talks to differs (in-process hosts or client actors).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from raysim.algorithms.base import Algorithm, ClientResult, ClientTask, LinearSum, SetupContext
+from raysim.algorithms.base import (
+    Algorithm,
+    ClientResult,
+    LinearSum,
+    RoundContext,
+    RoundPlan,
+    ServerContext,
+    SetupContext,
+)
 from raysim.metrics import classification_metrics
 from raysim.models.flat import Params
-from raysim.runtime.trainer import Trainer
+from raysim.runtime.pool import Pool, PoolReply
+from raysim.runtime.trainer import EvalResult, FitResult, Trainer
+
+# RNG purposes of the server's per-round streams (round_rng's last argument)
+SALT_CONFIGURE = 0
+SALT_AGGREGATE = 1
 
 
-def round_rng(seed: int, round_idx: int, purpose: int = 0) -> np.random.Generator:
-    """Server randomness of one round: a function of (seed, round) only, so a resumed run
-    draws exactly what the uninterrupted run drew."""
+def round_rng(seed: int, round_idx: int, purpose: int) -> np.random.Generator:
+    """Server randomness of one round: a function of (seed, round, purpose) only, so a resumed
+    run draws exactly what the uninterrupted run drew."""
     return np.random.default_rng([seed, round_idx, 1_000_003, purpose])
 
 
-@dataclass(frozen=True, kw_only=True)
-class PoolReply:
-    results: list[ClientResult]
-    partials: list[LinearSum]
-    dropouts: list[tuple[int, str]]
-    broadcast_s: float
-    train_s: float
-    transfer_bytes_up: int
-    lost_clients: list[int] = field(default_factory=list)  # clients whose actor died for good
-    host_seconds: list[float] = field(default_factory=list)  # busy time of each actor that replied
-
-
-class Pool(Protocol):
-    def available(self) -> list[int]: ...
-    def run(
-        self,
-        round_idx: int,
-        tasks: Sequence[ClientTask],
-        models: Mapping[str, np.ndarray],
-        deadline_s: float | None,
-    ) -> PoolReply: ...
-    def evaluate(self, models: Mapping[str, np.ndarray]) -> list[dict[str, float]]: ...
-    def get_state(self) -> dict[int, dict[str, Any]]: ...
-    def set_state(self, states: Mapping[int, dict[str, Any]]) -> None: ...
-    def stats(self) -> list[dict[str, Any]]: ...
+class ClientCodeError(RuntimeError):
+    """Every client of a round failed with the same exception: a bug in client code, not a dropout."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +61,34 @@ class RoundReport:
     round: int
     metrics: dict[str, float]
     clients: list[dict[str, Any]]  # one row per client touched this round
+    stop: bool = False  # the algorithm has converged: no further rounds
+
+
+class ServerSplits:
+    """``ServerData`` for algorithms: fit and evaluate on the server's public and test splits."""
+
+    def __init__(self, spec: EvalSpec, trainer: Trainer, seed: int) -> None:
+        self._splits: dict[str, tuple[Any, np.ndarray]] = {"test": (spec.test_x, spec.test_y)}
+        if spec.public_x is not None and spec.public_y is not None and len(spec.public_y):
+            self._splits["public"] = (spec.public_x, spec.public_y)
+        self.trainer, self.seed = trainer, seed
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(sorted(self._splits))
+
+    def _get(self, split: str) -> tuple[Any, np.ndarray]:
+        if split not in self._splits:
+            raise KeyError(f"the server holds no {split!r} split (it has {list(self.splits())})")
+        return self._splits[split]
+
+    def evaluate(self, params: Params, split: str = "public") -> EvalResult:
+        x, y = self._get(split)
+        return self.trainer.evaluate(params, x, y)
+
+    def fit(self, params: Params, split: str = "public", **hp: Any) -> FitResult:
+        x, y = self._get(split)
+        hp.setdefault("seed", self.seed)
+        return self.trainer.fit(params, x, y, **hp)
 
 
 class Server:
@@ -83,6 +101,7 @@ class Server:
         seed: int,
         eval_spec: EvalSpec,
         deadline_s: float | None = None,
+        device: str = "cpu",
     ) -> None:
         torch.set_num_threads(eval_spec.torch_threads)
         self.algorithm = algorithm
@@ -90,32 +109,35 @@ class Server:
         self.seed = seed
         self.deadline_s = deadline_s
         self.eval = eval_spec
-        self.trainer = Trainer(**eval_spec.trainer_kwargs)
-        if eval_spec.public_x is not None and len(eval_spec.public_x):
-            ctx = replace(ctx, public_fit=self._public_fit)
-        self.state = algorithm.init(init_params, ctx)
-        self.last_models: Mapping[str, np.ndarray] = dict(algorithm.models(self.state))
+        self.cohort_size = ctx.clients_per_round
+        self.trainer = Trainer(**eval_spec.trainer_kwargs, device=device)
+        self.data = ServerSplits(eval_spec, self.trainer, seed)
+        self.state = algorithm.init(init_params, replace(ctx, data=self.data))
         self.lost: set[int] = set()
 
-    def _public_fit(self, params: Params, **hp: Any) -> Any:
-        hp.setdefault("seed", self.seed)
-        assert self.eval.public_y is not None
-        return self.trainer.fit(params, self.eval.public_x, self.eval.public_y, **hp)
-
     # -- one round -------------------------------------------------------------------------
-    def run_round(self, t: int) -> RoundReport:
+    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
+        """Round ``t`` with this round's client hyperparameters (local.* and any override)."""
         algo = self.algorithm
         m: dict[str, float] = {"round": float(t)}
         t0 = time.perf_counter()
         available = [c for c in self.pool.available() if c not in self.lost]
-        tasks = algo.configure_round(self.state, t, available, round_rng(self.seed, t))
-        models = algo.models(self.state)
-        needed = sorted({k for task in tasks for k in (task.model_key, *task.broadcast_keys)})
-        sent = {k: models[k] for k in needed}
+        rnd = RoundContext(
+            round_idx=t,
+            available=available,
+            cohort_size=self.cohort_size,
+            hparams=dict(hparams),
+            rng=round_rng(self.seed, t, SALT_CONFIGURE),
+        )
+        self.state, plan = algo.configure_round(self.state, rnd)
+        plan.check()
         m["configure_s"] = time.perf_counter() - t0
 
-        reply = self.pool.run(t, tasks, sent, self.deadline_s)
+        reply = self.pool.run(t, plan.tasks, plan.broadcast, self.deadline_s)
+        self._refuse_broken_client_code(t, plan, reply)
         self.lost.update(reply.lost_clients)
+        if algo.traits.client_state:
+            self.lost.update(self.pool.commit(t))
         m["broadcast_s"], m["train_s"] = reply.broadcast_s, reply.train_s
         if reply.host_seconds:  # train_s minus the slowest actor's busy time is the runtime's overhead
             m["actor_busy_max_s"] = max(reply.host_seconds)
@@ -123,72 +145,92 @@ class Server:
 
         t1 = time.perf_counter()
         payload: list[ClientResult | LinearSum]
-        if algo.linear:  # pre-summed partials plus any result that still carries its update
+        if algo.traits.linear:  # pre-summed partials plus any result that still carries its update
             payload = [*reply.partials, *(r for r in reply.results if r.delta is not None)]
         else:
             payload = list(reply.results)
-        self.state, agg_metrics = algo.aggregate(self.state, t, payload, round_rng(self.seed, t, 1))
+        server = ServerContext(
+            round_idx=t,
+            rng=round_rng(self.seed, t, SALT_AGGREGATE),
+            hparams=rnd.hparams,
+            data=self.data,
+            round_started=t0,
+        )
+        self.state, agg_metrics = algo.aggregate(self.state, payload, server)
         m["aggregate_s"] = time.perf_counter() - t1
         m.update({k: float(v) for k, v in agg_metrics.items()})
-        self.last_models = dict(algo.models(self.state))
 
-        by_task = {task.client_id: task for task in tasks}
-        m["cohort"] = float(len(tasks))
+        m["cohort"] = float(len(plan.tasks))
         m["completed"] = float(len(reply.results))
         m["dropouts"] = float(len(reply.dropouts))
         m["lost_clients"] = float(len(self.lost))
-        m["bytes_down"] = float(
-            sum(sum(sent[k].nbytes for k in (task.model_key, *task.broadcast_keys)) for task in tasks)
-        )
+        m["bytes_down"] = float(plan.bytes_down())
         m["bytes_up"] = float(sum(r.metrics.get("upload_bytes", 0.0) for r in reply.results))
         m["transfer_bytes_up"] = float(reply.transfer_bytes_up)
         losses = [r.metrics["train_loss"] for r in reply.results if "train_loss" in r.metrics]
         m["train_loss"] = float(np.mean(losses)) if losses else float("nan")
-
-        rows: list[dict[str, Any]] = [
-            {
-                "round": t,
-                "client_id": r.client_id,
-                "participated": True,
-                "dropped": False,
-                "reason": "",
-                "num_examples": r.num_examples,
-                "train_loss": float(r.metrics.get("train_loss", np.nan)),
-                "model_key": by_task[r.client_id].model_key if r.client_id in by_task else "",
-            }
-            for r in reply.results
-        ]
-        rows += [
-            {
-                "round": t,
-                "client_id": cid,
-                "participated": True,
-                "dropped": True,
-                "reason": reason,
-                "num_examples": 0,
-                "train_loss": float("nan"),
-                "model_key": by_task[cid].model_key if cid in by_task else "",
-            }
-            for cid, reason in reply.dropouts
-        ]
-
-        annotate = getattr(algo, "client_annotations", None)
-        if annotate is not None:  # e.g. cluster id and aggregation weight of every client this round
-            notes = annotate(self.state)
-            for row in rows:
-                row.update(notes.get(row["client_id"], {}))
+        rows = self._client_rows(t, plan, reply)
 
         t2 = time.perf_counter()
         if t % self.eval.every == 0 or t == self.eval.num_rounds:
             m.update(self.evaluate(rows, t))
         m["evaluate_s"] = time.perf_counter() - t2
         m["round_s"] = time.perf_counter() - t0
-        return RoundReport(round=t, metrics=m, clients=rows)
+        return RoundReport(round=t, metrics=m, clients=rows, stop=algo.converged(self.state))
+
+    def _refuse_broken_client_code(self, t: int, plan: RoundPlan, reply: PoolReply) -> None:
+        """The same exception from every client of the cohort is a bug, not a dropout: stop with it."""
+        errs = reply.errors
+        if not plan.tasks or reply.results or len(errs) != len(plan.tasks):
+            return
+        if len({e.signature for e in errs}) == 1:
+            raise ClientCodeError(
+                f"every client of round {t} ({len(errs)}) failed with the same exception "
+                f"({errs[0].signature}); this is a bug in client code, not a dropout. "
+                f"Client {errs[0].client_id}'s traceback:\n{errs[0].traceback}"
+            )
+
+    def _client_rows(self, t: int, plan: RoundPlan, reply: PoolReply) -> list[dict[str, Any]]:
+        by_task = {task.client_id: task for task in plan.tasks}
+
+        def row(cid: int, dropped: bool, reason: str, n: int, loss: float, key: str) -> dict[str, Any]:
+            return {
+                "round": t,
+                "client_id": cid,
+                "participated": True,
+                "dropped": dropped,
+                "reason": reason,
+                "num_examples": n,
+                "train_loss": loss,
+                "model_key": key,
+            }
+
+        rows = [
+            row(
+                r.client_id,
+                False,
+                "",
+                r.num_examples,
+                float(r.metrics.get("train_loss", np.nan)),
+                r.model_key,
+            )
+            for r in reply.results
+        ]
+        rows += [
+            row(cid, True, reason, 0, float("nan"), by_task[cid].model_key if cid in by_task else "")
+            for cid, reason in reply.dropouts
+        ]
+        notes = self.algorithm.client_annotations(self.state)  # e.g. cluster id and weight this round
+        if notes:
+            for r in rows:
+                r.update(notes.get(r["client_id"], {}))
+        return rows
 
     def evaluate(self, rows: list[dict[str, Any]], t: int) -> dict[str, float]:
         out: dict[str, float] = {}
-        if self.algorithm.global_model:  # type: ignore[attr-defined]
-            ev = self.trainer.evaluate(self.last_models["global"], self.eval.test_x, self.eval.test_y)
+        model = self.algorithm.server_model(self.state)
+        if model is not None:
+            ev = self.trainer.evaluate(model, self.eval.test_x, self.eval.test_y)
             out.update(
                 {f"test_{k}": v for k, v in classification_metrics(ev.labels, ev.preds, ev.loss).items()}
             )
@@ -197,7 +239,7 @@ class Server:
                 {"test_accuracy": float("nan"), "test_loss": float("nan"), "test_macro_f1": float("nan")}
             )
         if self.eval.personal:
-            per = self.pool.evaluate(self.last_models)
+            per = self.pool.evaluate(self.algorithm.eval_broadcast(self.state))
             n = sum(p["n"] for p in per)
             if n:
                 out["personal_accuracy"] = sum(p["correct"] for p in per) / n
@@ -224,16 +266,20 @@ class Server:
 
     # -- checkpoint ------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
+        """The whole FL state: the algorithm's, every client's (read from its host: an error if a
+        live host fails), and the clients lost so far."""
         return {"state": self.state, "client_states": self.pool.get_state(), "lost": sorted(self.lost)}
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         self.state = ckpt["state"]
         self.pool.set_state(ckpt["client_states"])
         self.lost = set(ckpt.get("lost", []))
-        self.last_models = dict(self.algorithm.models(self.state))
 
-    def models(self) -> dict[str, np.ndarray]:
-        return dict(self.last_models)
+    def eval_broadcast(self) -> dict[str, np.ndarray]:
+        return dict(self.algorithm.eval_broadcast(self.state))
+
+    def converged(self) -> bool:
+        return self.algorithm.converged(self.state)
 
     def system_stats(self) -> list[dict[str, Any]]:
         return self.pool.stats()

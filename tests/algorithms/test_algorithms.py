@@ -10,6 +10,7 @@ from raysim.algorithms import build_algorithm, hooks
 from raysim.algorithms.base import ClientTask, LinearSum, SetupContext
 from raysim.models import ParamLayout, build_model
 from raysim.runtime.trainer import FitResult
+from tests.algorithms.contract import aggregate, configure
 
 
 class FakeClient:
@@ -44,11 +45,11 @@ def ctx(n_params=3, clients=4, cohort=2):
 def test_fedavg_samples_the_cohort_and_averages():
     algo = build_algorithm("fedavg")
     state = algo.init(np.zeros(3, np.float32), ctx())
-    tasks = algo.configure_round(state, 1, [0, 1, 2, 3], np.random.default_rng(0))
+    tasks = configure(algo, state, 1, [0, 1, 2, 3], cohort=2)
     assert len(tasks) == 2 and len({t.client_id for t in tasks}) == 2
     r = algo.client_update(tasks[0], np.zeros(3, np.float32), FakeClient())
     np.testing.assert_allclose(r.delta, -0.4)
-    state, m = algo.aggregate(state, 1, [r], np.random.default_rng(0))
+    state, m = aggregate(algo, state, 1, [r])
     np.testing.assert_allclose(state.params, -0.4, rtol=1e-6)
     assert m["aggregated_clients"] == 1
 
@@ -80,7 +81,7 @@ def test_scaffold_option_ii_control_update_by_hand():
     client.hooks[0](torch.zeros(3), g)
     torch.testing.assert_close(g, torch.from_numpy(c_global))
     # server: c <- c + sum(delta c) / N with N = 4 clients
-    state2, _ = algo.aggregate(state, 1, [LinearSum.of([r])], np.random.default_rng(0))
+    state2, _ = aggregate(algo, state, 1, [LinearSum.of([r])])
     np.testing.assert_allclose(state2.control, (1.0 - c_global) / 4, rtol=1e-6)
 
 
@@ -92,7 +93,7 @@ def test_local_only_keeps_each_clients_model_to_itself():
     algo.client_update(task, np.zeros(2, np.float32), client)
     algo.client_update(task, np.zeros(2, np.float32), client)
     np.testing.assert_allclose(client.state["params"], -0.8)  # trained twice from its own model
-    new_state, _ = algo.aggregate(state, 1, [], np.random.default_rng(0))
+    new_state, _ = aggregate(algo, state, 1, [])
     np.testing.assert_array_equal(new_state.params, state.params)
     assert algo.personal_params({"global": np.zeros(2)}, client) is client.state["params"]
 

@@ -18,6 +18,7 @@ from raysim.algorithms.dsac import DSAC, DSACParams, DSACState
 from raysim.config import ConfigError
 from raysim.models import ParamLayout, build_model
 from raysim.runtime.experiment import Experiment
+from tests.algorithms.contract import aggregate, configure
 from tests.conftest import tiny_config
 
 
@@ -81,24 +82,24 @@ def test_k_is_clamped_to_layer_blocks_with_warning() -> None:
 
 def test_configure_round_trains_every_submodel() -> None:
     algo, state = make()
-    tasks = algo.configure_round(state, 1, [0, 1, 2, 3], rng())
+    tasks = configure(algo, state, 1, [0, 1, 2, 3], rng())
     assert all(int(t.extras["want_feature"]) == 1 for t in tasks)  # nobody has uploaded D_u yet
     seen = replace(state, grouped_round=1, has_feature=np.array([True, True, False, False]))
-    want = [int(t.extras["want_feature"]) for t in algo.configure_round(seen, 2, [0, 1, 2, 3], rng())]
+    want = [int(t.extras["want_feature"]) for t in configure(algo, seen, 2, [0, 1, 2, 3], rng())]
     assert want == [0, 0, 1, 1]
-    assert all(int(t.extras["want_feature"]) for t in algo.configure_round(seen, 5, [0, 1, 2, 3], rng()))
+    assert all(int(t.extras["want_feature"]) for t in configure(algo, seen, 5, [0, 1, 2, 3], rng()))
     covered = sorted({int(s) for t in tasks for s in t.extras["submodels"]})
     assert covered == [0, 1, 2]
     assert all(t.model_key == "global" and t.broadcast_keys == () for t in tasks)
     # two clients, three sub-models: each trains ceil(3/2) = 2 of them
-    tasks = algo.configure_round(state, 1, [0, 1], rng())
+    tasks = configure(algo, state, 1, [0, 1], rng())
     assert [len(t.extras["submodels"]) for t in tasks] == [2, 2]
 
 
 def test_identical_updates_are_merged_exactly() -> None:
     algo, state = make(decay=0.0)
     res = [result(state, c, {0: 0.5, 1: -1.0, 2: 2.0}) for c in range(3)]
-    new, m = algo.aggregate(state, 1, res, rng())
+    new, m = aggregate(algo, state, 1, res, rng())
     part = state.partition
     np.testing.assert_allclose(new.params[part.slice(0)], 0.5, rtol=1e-6)
     np.testing.assert_allclose(new.params[part.slice(1)], -1.0, rtol=1e-6)
@@ -115,7 +116,7 @@ def test_submodel_whose_clients_all_dropped_keeps_its_values() -> None:
     # nobody uploads sub-model 1; and client 3 (the only one with sub-model 2) is below the floor
     state = replace(state, last_round=np.array([9, 9, 9, 0]))  # client 3 last contributed at round 0
     res = [result(state, 0, {0: 1.0}), result(state, 1, {0: 1.0}), result(state, 3, {2: 5.0})]
-    new, m = algo.aggregate(state, 10, res, rng())
+    new, m = aggregate(algo, state, 10, res, rng())
     part = state.partition
     np.testing.assert_array_equal(new.params[part.slice(1)], start[part.slice(1)])
     np.testing.assert_array_equal(new.params[part.slice(2)], start[part.slice(2)])
@@ -129,7 +130,7 @@ def test_client_below_weight_floor_is_dropped_and_restarts_its_clock() -> None:
     algo, state = make(decay=0.1, weight_floor=0.5)
     state = replace(state, last_round=np.array([9, 9, 0, 9]))
     res = [result(state, 0, {0: 1.0}), result(state, 2, {0: -7.0})]
-    new, m = algo.aggregate(state, 10, res, rng())
+    new, m = aggregate(algo, state, 10, res, rng())
     # client 2 missed 9 rounds: exp(-0.9) = 0.41 < 0.5 -> dropped, its update ignored
     assert m["dropped_by_floor"] == 1 and m["dropout_rate"] == 0.5
     np.testing.assert_allclose(new.params[state.partition.slice(0)], 1.0, rtol=1e-6)
@@ -143,27 +144,27 @@ def test_decayed_weights_enter_the_merge() -> None:
     algo, state = make(decay=0.5, weight_floor=0.0, num_clusters=1, beta=0.0)
     state = replace(state, last_round=np.array([4, 2, 0, 0]))  # at round 5: missed 0 and 2 rounds
     res = [result(state, 0, {0: 1.0}), result(state, 1, {0: 3.0})]
-    new, _ = algo.aggregate(state, 5, res, rng())
+    new, _ = aggregate(algo, state, 5, res, rng())
     w0, w1 = 1.0, math.exp(-0.5 * 2)
     expected = (w0 * 1.0 + w1 * 3.0) / (w0 + w1)
     np.testing.assert_allclose(new.params[state.partition.slice(0)], expected, rtol=1e-5)
     # dynamic weights off: plain mean
     algo_off, state_off = make(dynamic_weights=False, num_clusters=1, beta=0.0)
     state_off = replace(state_off, last_round=np.array([4, 2, 0, 0]))
-    new_off, _ = algo_off.aggregate(state_off, 5, res, rng())
+    new_off, _ = aggregate(algo_off, state_off, 5, res, rng())
     np.testing.assert_allclose(new_off.params[state.partition.slice(0)], 2.0, rtol=1e-5)
 
 
 def test_every_client_dropped_leaves_the_model_unchanged() -> None:
     algo, state = make()
     state = replace(state, params=np.ones(state.params.size, np.float32))
-    new, m = algo.aggregate(state, 3, [], rng())
+    new, m = aggregate(algo, state, 3, [], rng())
     np.testing.assert_array_equal(new.params, state.params)
     assert m["aggregated_clients"] == 0 and m["dropout_rate"] == 0.0
     assert math.isnan(m["global_loss"])
     # all cohort members below the floor
     state = replace(state, last_round=np.zeros(4, np.int64))
-    new, m = algo.aggregate(state, 50, [result(state, 0, {0: 1.0}), result(state, 1, {1: 1.0})], rng())
+    new, m = aggregate(algo, state, 50, [result(state, 0, {0: 1.0}), result(state, 1, {1: 1.0})], rng())
     np.testing.assert_array_equal(new.params, state.params)
     assert m["dropped_by_floor"] == 2 and m["aggregated_clients"] == 0
 
@@ -177,7 +178,7 @@ def test_grouping_with_a_one_client_group_and_an_empty_cluster() -> None:
         result(state, 1, {0: 1.0, 2: 1.0}, feature=(2.0, 0.0)),
         result(state, 2, {0: 1.0, 2: 3.0}, feature=(0.0, 1.0)),
     ]
-    new, m = algo.aggregate(state, 1, res, rng())
+    new, m = aggregate(algo, state, 1, res, rng())
     assert list(new.assign) == [0, 0, 1, -1]  # client 3 never uploaded D_u: ungrouped
     assert m["num_groups"] == 2
     part = state.partition
@@ -188,7 +189,7 @@ def test_grouping_with_a_one_client_group_and_an_empty_cluster() -> None:
     g0 = new.group_models[0]
     np.testing.assert_allclose(g0[part.slice(2)], 1.0, rtol=1e-6)
     assert new.medoids.tolist()[1] == 2  # eq. (12): a one-member group is its own centre
-    models = algo.models(new)
+    models = algo.eval_broadcast(new)
     assert {"global", "assign", "group/0", "group/1"} <= set(models)
     notes = algo.client_annotations(new)
     assert notes[2]["group"] == 1.0 and notes[3]["group"] == -1.0
@@ -201,7 +202,7 @@ def test_flat_grouping_and_nmi() -> None:
     state = algo.init(np.zeros(ctx.layout.size, np.float32), ctx)
     feats = [(1.0, 0.0), (1.1, 0.0), (0.0, 1.0), (0.0, 1.2)]
     res = [result(state, c, {c % 3: 1.0}, feature=f) for c, f in enumerate(feats)]
-    new, m = algo.aggregate(state, 1, res, rng())
+    new, m = aggregate(algo, state, 1, res, rng())
     assert m["nmi"] == pytest.approx(1.0)
     assert len(set(new.assign.tolist())) == 2
 
@@ -209,10 +210,10 @@ def test_flat_grouping_and_nmi() -> None:
 def test_convergence_stop_archives_the_model() -> None:
     algo, state = make(converge_tol=10.0, converge_patience=2)
     for t in (1, 2, 3):
-        state, m = algo.aggregate(state, t, [result(state, 0, {0: 0.0, 1: 0.0, 2: 0.0})], rng())
+        state, m = aggregate(algo, state, t, [result(state, 0, {0: 0.0, 1: 0.0, 2: 0.0})], rng())
     assert state.converged_round == 3 and m["converged"] == 1.0
     assert [r for r, _ in state.archive] == [3]
-    assert algo.configure_round(state, 4, [0, 1, 2, 3], rng()) == []
+    assert configure(algo, state, 4, [0, 1, 2, 3], rng()) == []
 
 
 def test_masked_hook_zeroes_gradient_outside_the_mask() -> None:
@@ -276,11 +277,8 @@ def test_decomposition_switch_changes_upload_bytes(tmp_path):
 
 
 def test_pretraining_without_public_split_is_a_clear_error(tmp_path):
-    cfg = tiny_config(tmp_path, algorithm__name="dsac")
-    exp = Experiment(cfg, progress=False)
-    with pytest.raises((ValueError, ConfigError), match="public_fraction"):
-        exp.prepare()
-    exp.close()
+    with pytest.raises(ConfigError, match="public_fraction"):  # at config time, on every backend
+        tiny_config(tmp_path, algorithm__name="dsac")
 
 
 def test_switches_run_end_to_end(tmp_path):
@@ -366,4 +364,4 @@ def test_packing_does_not_change_results(tmp_path, feature_mapping):
         for cpa in (1, "auto")
     ]
     pd.testing.assert_frame_equal(frames[0], frames[1])
-    assert DSAC(DSACParams(feature_mapping=feature_mapping)).client_state is feature_mapping
+    assert DSAC(DSACParams(feature_mapping=feature_mapping)).traits.client_state is feature_mapping

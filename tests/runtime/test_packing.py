@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from raysim.runtime.experiment import pack_clients
+from raysim.runtime.packing import pack_clients
 
 
 def shard(cid, n):
@@ -30,7 +30,7 @@ def test_packing_covers_every_client_once_and_keeps_ids_sorted():
 
 def test_balance_tasks_spreads_one_rounds_work_longest_first():
     from raysim.algorithms.base import ClientTask
-    from raysim.runtime.serial import balance_tasks
+    from raysim.runtime.pool import balance_tasks
 
     sizes = {0: 50, 1: 40, 2: 30, 3: 20, 4: 10}
     tasks = [ClientTask(client_id=c, model_key="global") for c in (4, 3, 2, 1, 0, 99)]
@@ -39,11 +39,12 @@ def test_balance_tasks_spreads_one_rounds_work_longest_first():
     assert {h: [t.client_id for t in ts] for h, ts in out.items()} == {0: [0, 3, 4], 1: [1, 2], -1: [99]}
 
 
-def test_only_stateless_algorithms_roam_and_only_with_auto_packing(tmp_path):
-    from raysim.runtime.experiment import Experiment
-    from tests.conftest import tiny_config
+def test_only_stateless_algorithms_roam_and_only_with_auto_packing():
+    from raysim.algorithms import build_algorithm
+    from raysim.runtime.packing import roams
 
-    assert Experiment(tiny_config(tmp_path)).roams(2)
-    assert not Experiment(tiny_config(tmp_path)).roams(1)
-    assert not Experiment(tiny_config(tmp_path, algorithm__name="scaffold")).roams(2)
-    assert not Experiment(tiny_config(tmp_path, resources__clients_per_actor=3)).roams(2)
+    fedavg, scaffold = (build_algorithm(n).traits.client_state for n in ("fedavg", "scaffold"))
+    assert roams(fedavg, 2, "auto")
+    assert not roams(fedavg, 1, "auto")
+    assert not roams(scaffold, 2, "auto")
+    assert not roams(fedavg, 2, 3)

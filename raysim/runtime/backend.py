@@ -1,0 +1,74 @@
+"""The backend protocol both backends implement, and the rule that picks one.
+
+A backend starts the client hosts and the server somewhere (this process, or Ray actors) and
+relays the driver's calls to the server. The Ray backend lives beside the actor shells in
+``actors/`` (the core never imports Ray); it is imported here lazily, by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from raysim.algorithms.base import Algorithm
+from raysim.runtime.host import HostSpec
+from raysim.runtime.server import RoundReport
+
+
+@dataclass(frozen=True, kw_only=True)
+class Share:
+    """The resources a run may use: the whole cluster by default, a Tune trial's placement group
+    inside a sweep. Client actors are sized to it, never to the cluster beyond it."""
+
+    cpus: float
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class StartSpec:
+    """Everything a backend needs to start one experiment's hosts and server."""
+
+    algorithm: Algorithm
+    dataset: Any
+    host_shards: Sequence[Sequence[Any]]
+    host_spec: HostSpec
+    num_cpus: float  # per client actor
+    num_gpus: float
+    server_cpus: float
+    server_gpus: float
+    max_restarts: int
+    server_kwargs: Mapping[str, Any]
+    roam: bool  # clients without state train on any host (each cohort balanced over the hosts)
+
+
+class Backend(Protocol):
+    def share(self) -> Share:
+        """What this backend can use (the cluster, or the share it was given)."""
+        ...
+
+    def start(self, spec: StartSpec) -> None: ...
+    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport: ...
+    def checkpoint(self) -> dict[str, Any]: ...
+    def restore(self, ckpt: Mapping[str, Any]) -> None: ...
+    def converged(self) -> bool: ...
+    def system_stats(self) -> list[dict[str, Any]]: ...
+    def eval_broadcast(self) -> dict[str, np.ndarray]: ...
+    def shutdown(self) -> None: ...
+
+
+BACKENDS = ("serial", "ray")
+
+
+def make_backend(name: str, address: str | None = None, share: Share | None = None) -> Backend:
+    if name == "serial":
+        from raysim.runtime.serial import SerialBackend
+
+        return SerialBackend(share)
+    if name == "ray":
+        from actors.backend import RayBackend
+
+        return RayBackend(address, share)
+    raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")

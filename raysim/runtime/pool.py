@@ -1,0 +1,141 @@
+"""What both backends' pools share: the pool protocol, the task-assignment rule and the reply
+collector. A pool is the set of client hosts the server talks to (in-process or Ray actors)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from raysim.algorithms.base import ClientResult, ClientTask, LinearSum
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientError:
+    """A client whose code raised: enough to tell one bug from many different faults."""
+
+    client_id: int
+    signature: str  # exception type and the innermost frame (file:line): the same bug, the same signature
+    traceback: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostReply:
+    """What one host sends back for one round."""
+
+    results: list[ClientResult]  # per client; the update dropped when pre-summed
+    partials: list[LinearSum]  # pre-summed updates, one per model key (linear algorithms)
+    dropouts: list[tuple[int, str]]
+    errors: list[ClientError]
+    seconds: float
+    transfer_bytes: int  # what this reply carries back to the server
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolReply:
+    results: list[ClientResult]
+    partials: list[LinearSum]
+    dropouts: list[tuple[int, str]]
+    errors: list[ClientError]
+    broadcast_s: float
+    train_s: float
+    transfer_bytes_up: int
+    lost_clients: list[int] = field(default_factory=list)  # clients whose actor died for good
+    host_seconds: list[float] = field(default_factory=list)  # busy time of each actor that replied
+
+
+class Pool(Protocol):
+    def available(self) -> list[int]: ...
+    def run(
+        self,
+        round_idx: int,
+        tasks: Sequence[ClientTask],
+        broadcast: Mapping[str, np.ndarray],
+        deadline_s: float | None,
+    ) -> PoolReply: ...
+    def commit(self, round_idx: int) -> list[int]:
+        """Make the client state of this round's accepted updates permanent (hosts that replied in
+        time); returns clients lost because their host died meanwhile."""
+        ...
+
+    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]: ...
+    def get_state(self) -> dict[int, dict[str, Any]]: ...
+    def set_state(self, states: Mapping[int, dict[str, Any]]) -> None: ...
+    def stats(self) -> list[dict[str, Any]]: ...
+
+
+def group_tasks(tasks: Sequence[ClientTask], owner: Mapping[int, int]) -> dict[int, list[ClientTask]]:
+    """Tasks by the host that owns each client (unknown clients go to host -1)."""
+    out: dict[int, list[ClientTask]] = {}
+    for t in tasks:
+        out.setdefault(owner.get(t.client_id, -1), []).append(t)
+    return out
+
+
+def balance_tasks(
+    tasks: Sequence[ClientTask], sizes: Mapping[int, int], hosts: Sequence[int]
+) -> dict[int, list[ClientTask]]:
+    """This round's tasks spread over ``hosts`` by work (longest first onto the least-loaded
+    host; ties by id), for algorithms without client state whose clients may train anywhere.
+    Unknown clients go to host -1."""
+    out: dict[int, list[ClientTask]] = {}
+    load = {h: 0 for h in hosts}
+    for t in sorted(tasks, key=lambda t: (-sizes.get(t.client_id, 0), t.client_id)):
+        if t.client_id not in sizes or not load:
+            out.setdefault(-1, []).append(t)
+            continue
+        h = min(load, key=lambda i: (load[i], i))
+        load[h] += sizes[t.client_id]
+        out.setdefault(h, []).append(t)
+    return out
+
+
+def assign_tasks(
+    tasks: Sequence[ClientTask],
+    owner: Mapping[int, int],
+    roam_sizes: Mapping[int, int] | None,
+    live_hosts: Sequence[int],
+) -> dict[int, list[ClientTask]]:
+    """Home actors for clients with state; this round's lightest actor otherwise."""
+    if roam_sizes is not None:
+        return balance_tasks(tasks, roam_sizes, live_hosts)
+    return group_tasks(tasks, owner)
+
+
+class ReplyCollector:
+    """Gathers the host replies of one round, in host order, into a PoolReply."""
+
+    def __init__(self) -> None:
+        self.results: list[ClientResult] = []
+        self.partials: list[LinearSum] = []
+        self.dropouts: list[tuple[int, str]] = []
+        self.errors: list[ClientError] = []
+        self.nbytes = 0
+        self.busy: list[float] = []
+        self.lost: list[int] = []
+
+    def add(self, reply: HostReply) -> None:
+        self.results += reply.results
+        self.dropouts += reply.dropouts
+        self.errors += reply.errors
+        self.nbytes += reply.transfer_bytes
+        self.busy.append(reply.seconds)
+        self.partials += reply.partials
+
+    def drop(self, tasks: Sequence[ClientTask], reason: str) -> None:
+        self.dropouts += [(t.client_id, reason) for t in tasks]
+
+    def reply(self, broadcast_s: float, train_s: float) -> PoolReply:
+        return PoolReply(
+            results=self.results,
+            partials=self.partials,
+            dropouts=self.dropouts,
+            errors=self.errors,
+            broadcast_s=broadcast_s,
+            train_s=train_s,
+            transfer_bytes_up=self.nbytes,
+            host_seconds=self.busy,
+            lost_clients=self.lost,
+        )

@@ -1,0 +1,140 @@
+"""Small algorithms that exercise the contract (picklable by value for Ray actors)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from raysim.algorithms.aggregate import fedavg_step
+from raysim.algorithms.base import (
+    Algorithm,
+    ClientResult,
+    ClientTask,
+    LinearSum,
+    RoundContext,
+    RoundPlan,
+    ServerContext,
+    SetupContext,
+    Traits,
+    sample_cohort,
+    sum_by_key,
+)
+from raysim.algorithms.fedavg import FedAvg, GlobalState
+
+KEYS = ("cluster/0", "cluster/1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TwoState:
+    models: Mapping[str, np.ndarray]
+
+
+class TwoModels(Algorithm):
+    """IFCA in miniature: two cluster models; every client scores both on its validation split,
+    trains the better one and returns an update for THAT key. Linear: actors pre-sum per key."""
+
+    name: ClassVar[str] = "two-models"
+    traits = Traits(linear=True)
+
+    def init(self, params: np.ndarray, ctx: SetupContext) -> TwoState:
+        rng = np.random.default_rng(ctx.seed)
+        other = params + rng.normal(0, 0.05, params.shape).astype(np.float32)
+        return TwoState(models={KEYS[0]: params.astype(np.float32), KEYS[1]: other})
+
+    def configure_round(self, state: TwoState, rnd: RoundContext) -> tuple[TwoState, RoundPlan]:
+        cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
+        tasks = [
+            ClientTask(client_id=c, model_key=KEYS[0], hparams=rnd.hparams, broadcast_keys=(KEYS[1],))
+            for c in cohort
+        ]
+        return state, RoundPlan(tasks=tasks, broadcast=dict(state.models))
+
+    @staticmethod
+    def pick(broadcast: Mapping[str, np.ndarray], client) -> str:
+        losses = [client.evaluate(broadcast[k], "val").loss for k in KEYS]
+        return KEYS[int(np.argmin(losses))]
+
+    def client_update(self, task: ClientTask, params: np.ndarray, client) -> ClientResult:
+        key = self.pick(client.broadcast, client)
+        start = client.broadcast[key]
+        fit = client.fit(start, **task.hparams)
+        return ClientResult(
+            client_id=task.client_id,
+            num_examples=fit.num_examples,
+            delta=fit.params - start,
+            model_key=key,
+            metrics={"train_loss": fit.loss},
+        )
+
+    def aggregate(
+        self, state: TwoState, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> tuple[TwoState, dict[str, float]]:
+        sums = sum_by_key(results)
+        models = {k: fedavg_step(v, sums.get(k)) for k, v in state.models.items()}
+        return replace(state, models=models), {f"clients_{k}": float(s.num_clients) for k, s in sums.items()}
+
+    def server_model(self, state: TwoState) -> np.ndarray:
+        return state.models[KEYS[0]]
+
+    def eval_broadcast(self, state: TwoState) -> Mapping[str, np.ndarray]:
+        return dict(state.models)
+
+    def personal_params(self, broadcast: Mapping[str, np.ndarray], client) -> np.ndarray:
+        return broadcast[self.pick(broadcast, client)]
+
+
+class ProxyChecked(FedAvg):
+    """FedAvg that evaluates its candidate model on the server's public split inside aggregate
+    (AS-CFL's positive-incentive test in miniature) and keeps it only if the proxy loss drops."""
+
+    name: ClassVar[str] = "proxy-checked"
+
+    def aggregate(
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> tuple[GlobalState, dict[str, float]]:
+        candidate = fedavg_step(state.params, LinearSum.of(results))
+        now, cand = server.evaluate(state.params, "public"), server.evaluate(candidate, "public")
+        keep = cand.loss <= now.loss
+        return replace(state, params=candidate if keep else state.params), {
+            "proxy_loss_before": now.loss,
+            "proxy_loss_candidate": cand.loss,
+            "proxy_accepted": float(keep),
+            "proxy_n": float(cand.n),
+        }
+
+
+class TypeErrorEverywhere(FedAvg):
+    name: ClassVar[str] = "type-error"
+
+    def client_update(self, task, params, client):
+        return len(3)  # the same TypeError for every client
+
+
+class NaNForClient0(Algorithm):
+    """SCAFFOLD-like state writer whose client 0 returns a NaN update: its state must not change."""
+
+    name: ClassVar[str] = "nan-state"
+    traits = Traits(linear=True, client_state=True)
+
+    def init(self, params, ctx):
+        return GlobalState(params=params.astype(np.float32))
+
+    def configure_round(self, state, rnd):
+        tasks = [ClientTask(client_id=c, model_key="global", hparams=rnd.hparams) for c in rnd.available]
+        return state, RoundPlan(tasks=tasks, broadcast={"global": state.params})
+
+    def client_update(self, task, params, client):
+        client.state["rounds"] = client.state.get("rounds", 0) + 1
+        delta = np.zeros_like(params)
+        if task.client_id == 0:
+            delta[0] = np.nan
+        return ClientResult(client_id=task.client_id, num_examples=1, delta=delta)
+
+    def aggregate(self, state, results, server):
+        return state, {}
+
+    def server_model(self, state):
+        return state.params

@@ -18,13 +18,15 @@ from raysim.algorithms.base import (
     SetupContext,
     Traits,
 )
+from raysim.algorithms.cfl import CFL
 from raysim.algorithms.dsac import DSAC
 from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
+from raysim.algorithms.ifca import IFCA
 from raysim.algorithms.local import LocalOnly
 from raysim.algorithms.scaffold import Scaffold
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC)
+    cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC, IFCA, CFL)
 }
 
 DEFAULT_ALGORITHM = FedAvg.name
@@ -43,6 +45,8 @@ def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None)
 
 __all__ = [
     "ALGORITHMS",
+    "CFL",
+    "IFCA",
     "DEFAULT_ALGORITHM",
     "AlgoParams",
     "Algorithm",

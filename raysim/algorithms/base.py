@@ -164,9 +164,12 @@ class LinearSum:
 
     @staticmethod
     def of(results: Iterable[ClientResult | LinearSum]) -> LinearSum | None:
-        """The exact sum of results that all update the same model (None for no results)."""
+        """The exact sum of results that all update the same model (None for no results); results
+        whose update was already pre-summed (``delta`` None) are skipped."""
         total: LinearSum | None = None
         for r in results:
+            if isinstance(r, ClientResult) and r.delta is None:
+                continue
             part = r if isinstance(r, LinearSum) else LinearSum.single(r)
             total = part if total is None else total._add(part)
         return total
@@ -341,8 +344,9 @@ class Algorithm:
     def aggregate(
         self, state: Any, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[Any, Metrics]:
-        """``results``: for linear algorithms, pre-summed ``LinearSum``s (one per actor and model
-        key) plus any result that still carries its update; otherwise one result per client."""
+        """``results``: one ``ClientResult`` per accepted client (its metrics, model key and
+        extras); for linear algorithms also the pre-summed ``LinearSum``s (one per actor and model
+        key), and then a client's ``delta`` is None when its update is inside a sum."""
         raise NotImplementedError
 
     def server_model(self, state: Any) -> Params | None:

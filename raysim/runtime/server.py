@@ -144,11 +144,8 @@ class Server:
             m["actor_busy_mean_s"] = float(np.mean(reply.host_seconds))
 
         t1 = time.perf_counter()
-        payload: list[ClientResult | LinearSum]
-        if algo.traits.linear:  # pre-summed partials plus any result that still carries its update
-            payload = [*reply.partials, *(r for r in reply.results if r.delta is not None)]
-        else:
-            payload = list(reply.results)
+        # every accepted client's result (its update may be inside a pre-summed partial)
+        payload: list[ClientResult | LinearSum] = [*reply.partials, *reply.results]
         server = ServerContext(
             round_idx=t,
             rng=round_rng(self.seed, t, SALT_AGGREGATE),

@@ -1,0 +1,209 @@
+"""A Ray Tune function trainable that runs one raysim experiment round by round.
+
+``make_trainable(base)`` returns ``train(config)`` for ``tune.Tuner``. The trial's ``config`` maps
+dotted keys (``"local.lr"``, ``"algorithm.mu"``) to values; they are merged into the ``base``
+experiment dict and validated like any config. Each round is reported to Tune (``round`` is the
+time attribute) and the whole FL state is saved as a ``tune.Checkpoint`` every ``checkpoint_every``
+rounds and after the last round. A trial started from a checkpoint (Tune's restore, or a PBT
+exploit) continues from that FL state under the trial's *current* config: a mutated learning rate
+trains from the next round on.
+
+The per-trial loop is the plain function ``run_trial`` (no Tune in it), which ``train`` wraps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raysim.config import ConfigError, ExperimentConfig, config_from_dict
+from raysim.runtime.backend import Share
+from raysim.runtime.experiment import Experiment, driver_stats
+
+# report(metrics, checkpoint_dir): checkpoint_dir is a directory holding this round's FL state
+# (valid only during the call), or None on rounds without a checkpoint.
+Report = Callable[[dict[str, Any], str | None], None]
+
+RUN_NAME = "run"  # the experiment's run directory inside the trial directory: run, run-2, ...
+
+
+def merge_dotted(base: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with each dotted key of ``config`` set to its value (nested dicts merge too).
+
+    Values are set as they are. (``raysim.config.apply_overrides`` takes ``KEY=VALUE`` text and
+    reads the value back as YAML, where a sampled ``1e-05`` would come back as a string.)
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in config.items():
+        parts = [p for p in str(key).split(".") if p]
+        if not parts:
+            raise ConfigError(f"trial config: empty key {key!r}")
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            child = node.get(p)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"trial config key {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section"
+                )
+            node[p] = child = dict(child)
+            node = child
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = merge_dotted(node[leaf], value)
+        else:
+            node[leaf] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (Tune's samplers return them) as Python values, for pydantic and YAML."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def trial_config(
+    base: Mapping[str, Any], config: Mapping[str, Any], *, output_dir: Path | str | None = None
+) -> ExperimentConfig:
+    """The experiment a trial runs: ``base`` with the trial's dotted keys, no progress view, and
+    its output under ``output_dir`` (the trial directory). Raises ConfigError naming the key."""
+    raw = merge_dotted(base, config)
+    output = dict(raw.get("output") or {})
+    output["progress"] = False
+    if output_dir is not None:
+        output["dir"] = str(output_dir)
+        output["name"] = RUN_NAME
+    raw["output"] = output
+    shown = ", ".join(f"{k}={v!r}" for k, v in config.items()) or "no keys"
+    return config_from_dict(raw, f"(trial config: {shown})")
+
+
+def tune_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numeric, finite entries of a round's metrics (Tune cannot aggregate None or NaN:
+    a metric that a round did not measure, such as accuracy between evaluations, is left out)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int):
+            out[key] = value
+        elif isinstance(value, float) and math.isfinite(value):
+            out[key] = value
+    return out
+
+
+def run_trial(
+    config: Mapping[str, Any],
+    base: Mapping[str, Any],
+    checkpoint_dir: str | Path | None,
+    report: Report,
+    *,
+    checkpoint_every: int = 1,
+    output_dir: Path | str | None = None,
+    share: Share | None = None,
+    num_actors: int | None = None,
+) -> int:
+    """Run one trial: restore from ``checkpoint_dir`` when given, then round by round until the
+    experiment stops, calling ``report`` every round. Returns the last round run.
+
+    ``num_actors``: pin ``resources.num_actors`` (the trainable passes its placement group's
+    client-bundle count when the config leaves the actor count to ``auto``).
+    """
+    if checkpoint_every < 0:
+        raise ValueError(
+            f"checkpoint_every must be >= 0 (0: only after the last round), got {checkpoint_every}"
+        )
+    cfg = trial_config(base, config, output_dir=output_dir)
+    if (
+        num_actors is not None
+        and cfg.resources.clients_per_actor == "auto"
+        and cfg.resources.num_actors is None
+    ):
+        cfg = trial_config(base, {**config, "resources.num_actors": num_actors}, output_dir=output_dir)
+    exp = Experiment(cfg, progress=False, share=share)
+    last = 0
+    try:
+        exp.prepare()
+        if checkpoint_dir is not None:
+            last = exp.restore(checkpoint_dir)
+        while not exp.should_stop():
+            hparams = exp.hparams()
+            rep = exp.step()
+            last = rep.round
+            metrics = tune_metrics(rep.metrics)
+            metrics["round"] = int(rep.round)
+            metrics["driver_peak_rss_mb"] = float(driver_stats()["peak_rss_mb"])
+            metrics.update({f"hparams/{k}": v for k, v in tune_metrics(hparams).items()})
+            done = exp.should_stop()
+            if done or (checkpoint_every and rep.round % checkpoint_every == 0):
+                if exp.logger is not None:
+                    exp.logger.flush()
+                with tempfile.TemporaryDirectory(prefix="raysim-ckpt-") as tmp:
+                    exp.save(tmp)
+                    report(metrics, tmp)
+            else:
+                report(metrics, None)
+        if exp.logger is not None:
+            exp.logger.flush()
+    finally:
+        exp.close()
+    return last
+
+
+def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Callable[[dict[str, Any]], None]:
+    """A Tune function trainable running ``base`` with each trial's dotted keys merged in.
+
+    Use it with ``tune.with_resources(make_trainable(base), tuning.resources.trial_resources(...))``
+    so that the trial's placement group holds its actors; the run sizes itself to that group.
+    """
+    frozen: dict[str, Any] = copy.deepcopy(dict(base))
+    config_from_dict(
+        copy.deepcopy(frozen), "(the sweep's base config)"
+    )  # a bad base fails here, not in every trial
+    if checkpoint_every < 0:
+        raise ValueError(
+            f"checkpoint_every must be >= 0 (0: only after the last round), got {checkpoint_every}"
+        )
+
+    def raysim_trial(config: dict[str, Any]) -> None:
+        from ray import tune
+
+        from tuning.resources import client_bundle_count, trial_share
+
+        ctx = tune.get_context()
+        trial_dir = Path(ctx.get_trial_dir())
+        pgf = ctx.get_trial_resources()
+        cfg = trial_config(frozen, config, output_dir=trial_dir)
+        share = trial_share(pgf, cfg.resources.backend)
+        n_bundles = client_bundle_count(cfg, pgf)
+
+        def report(metrics: dict[str, Any], directory: str | None) -> None:
+            ckpt = tune.Checkpoint.from_directory(directory) if directory is not None else None
+            tune.report(metrics, checkpoint=ckpt)  # persists the checkpoint before returning
+
+        kwargs: dict[str, Any] = {
+            "checkpoint_every": checkpoint_every,
+            "output_dir": trial_dir,
+            "share": share,
+            "num_actors": n_bundles or None,
+        }
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            run_trial(config, frozen, None, report, **kwargs)
+        else:
+            with checkpoint.as_directory() as directory:
+                run_trial(config, frozen, directory, report, **kwargs)
+
+    return raysim_trial

@@ -35,6 +35,16 @@ def clustering_agreement(truth: np.ndarray, found: np.ndarray) -> dict[str, floa
     }
 
 
+def agreement_with_truth(truth: np.ndarray | None, found: np.ndarray) -> dict[str, float]:
+    """``clustering_agreement`` over the clients that have both a ground-truth group (>= 0) and a
+    discovered one (>= 0); empty when there is no truth or fewer than two such clients."""
+    if truth is None:
+        return {}
+    truth, found = np.asarray(truth), np.asarray(found)
+    ok = (truth >= 0) & (found >= 0)
+    return clustering_agreement(truth[ok], found[ok]) if ok.sum() >= 2 else {}
+
+
 def jain_index(x: np.ndarray) -> float:
     """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one takes all.
     All-zero input is perfectly equal: 1.0."""

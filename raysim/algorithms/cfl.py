@@ -61,7 +61,7 @@ from raysim.algorithms.base import (
     sample_cohort,
 )
 from raysim.clustering import cosine_similarity_matrix
-from raysim.metrics import clustering_agreement
+from raysim.metrics import agreement_with_truth
 from raysim.models.flat import Params
 
 ASSIGN = "assign"  # eval broadcast: each client's cluster id
@@ -261,10 +261,7 @@ class CFL(Algorithm):
         if mean_norms:
             metrics["mean_update_norm"] = float(max(mean_norms))
             metrics["max_update_norm"] = float(max(max_norms))
-        if state.truth is not None:
-            ok = state.truth >= 0
-            if ok.sum() >= 2:
-                metrics.update(clustering_agreement(state.truth[ok], assign[ok]))
+        metrics.update(agreement_with_truth(state.truth, assign))
         new_state = replace(state, models=models, age=age, assign=assign, next_id=next_id)
         return new_state, metrics
 

@@ -97,7 +97,7 @@ from raysim.algorithms.dsac_math import (
     submodel_data_weights,
     temporal_decay,
 )
-from raysim.metrics import clustering_agreement, jain_index
+from raysim.metrics import agreement_with_truth, jain_index
 from raysim.models.flat import Params
 
 
@@ -389,11 +389,9 @@ class DSAC(Algorithm):
             "intra_cluster": float(np.mean(merge.intra)) if merge.intra else math.nan,
             "converged": float(bool(converged)),
         }
-        truth = state.truth
-        if truth is not None:
-            ok = (truth >= 0) & (assign >= 0)
-            if ok.sum() >= 2:
-                m["nmi"] = clustering_agreement(truth[ok], assign[ok])["nmi"]
+        agree = agreement_with_truth(state.truth, assign)
+        if agree:
+            m["nmi"] = agree["nmi"]
         return state, m
 
     @staticmethod

@@ -51,7 +51,7 @@ from raysim.algorithms.base import (
     sample_cohort,
     sum_by_key,
 )
-from raysim.metrics import clustering_agreement
+from raysim.metrics import agreement_with_truth
 from raysim.models.flat import Params
 
 
@@ -135,17 +135,8 @@ class IFCA(Algorithm):
         metrics: Metrics = {f"clients_{cluster_key(j)}": float(c) for j, c in enumerate(counts)}
         metrics["nonempty_clusters"] = float((counts > 0).sum())
         metrics["aggregated_clients"] = float(counts.sum())
-        metrics.update(self._agreement(state.truth, choice))
+        metrics.update(agreement_with_truth(state.truth, choice))
         return replace(state, models=tuple(models), choice=choice), metrics
-
-    @staticmethod
-    def _agreement(truth: np.ndarray | None, choice: np.ndarray) -> Metrics:
-        if truth is None:
-            return {}
-        ok = (truth >= 0) & (choice >= 0)
-        if ok.sum() < 2:
-            return {}
-        return clustering_agreement(truth[ok], choice[ok])
 
     def largest_cluster(self, state: IFCAState) -> int:
         """The cluster most clients chose last (ties: lowest index; 0 before any choice)."""

@@ -99,9 +99,10 @@ class RayPool:
                     lost += self._hosted_by(h)
         return lost
 
-    def _all_live(self, method: str, *args: Any) -> list[Any]:
-        """Call every live actor; one that fails here is an error (client state would be lost
-        silently otherwise). Actors already known dead lost their clients, which is counted."""
+    def _all_live(self, method: str, *args: Any, strict: bool) -> list[Any]:
+        """Call every live actor. ``strict``: one that fails is an error (client state would be
+        lost silently otherwise; actors already known dead lost their clients, which is counted);
+        else its reply is skipped and it is found dead by its next round."""
         calls = [
             (h, getattr(self.handles[h], method).remote(*args))
             for h in range(len(self.handles))
@@ -112,39 +113,25 @@ class RayPool:
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayError as exc:
-                raise RuntimeError(
-                    f"client actor {h} failed during {method}: {type(exc).__name__}: {exc}"
-                ) from exc
+                if strict:
+                    raise RuntimeError(
+                        f"client actor {h} failed during {method}: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._check_alive(h)
         return out
 
     def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         refs = {k: ray.put(v) for k, v in broadcast.items()}
-        calls = [
-            (h, self.handles[h].evaluate.remote(refs)) for h in range(len(self.handles)) if h not in self.dead
-        ]
-        rows: list[dict[str, float]] = []
-        for h, ref in calls:
-            try:
-                rows += ray.get(ref)
-            except ray.exceptions.RayError:  # an actor that dies while scoring is found dead next round
-                self._check_alive(h)
-        return rows
+        return [row for rows in self._all_live("evaluate", refs, strict=False) for row in rows]
 
     def get_state(self) -> dict[int, dict[str, Any]]:
-        return {cid: st for part in self._all_live("get_state") for cid, st in part.items()}
+        return {cid: st for part in self._all_live("get_state", strict=True) for cid, st in part.items()}
 
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
-        self._all_live("set_state", dict(states))
+        self._all_live("set_state", dict(states), strict=True)
 
     def stats(self) -> list[dict[str, Any]]:
-        calls = [(h, self.handles[h].stats.remote()) for h in range(len(self.handles)) if h not in self.dead]
-        out = []
-        for h, ref in calls:
-            try:
-                out.append(ray.get(ref))
-            except ray.exceptions.RayError:
-                self._check_alive(h)
-        return out
+        return self._all_live("stats", strict=False)
 
 
 def _keys(tasks: Sequence[ClientTask]) -> list[str]:

@@ -24,6 +24,7 @@ under a changed learning rate trains with the new one.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -319,12 +320,13 @@ class ClientContext(Protocol):
     def embed(self, params: Params) -> np.ndarray: ...
 
 
-class Algorithm:
+class Algorithm(ABC):
     """Base of every algorithm: the declared contract, with defaults for the optional parts.
 
     Subclasses set ``name``, ``params_model`` and ``traits`` (an instance may set ``self.traits``
-    in ``__init__`` when a trait depends on its parameters) and implement ``init``,
-    ``configure_round``, ``client_update`` and ``aggregate``.
+    in ``__init__`` when a trait depends on its parameters) and implement the four abstract
+    methods ``init``, ``configure_round``, ``client_update`` and ``aggregate`` (a class missing one
+    cannot be instantiated, so the gap shows at start-up, not in round 1).
     """
 
     name: ClassVar[str] = ""
@@ -335,19 +337,21 @@ class Algorithm:
         self.p: Any = params if params is not None else self.params_model()
 
     # -- server ----------------------------------------------------------------------------
+    @abstractmethod
     def init(self, params: Params, ctx: SetupContext) -> Any:
-        raise NotImplementedError
+        """Implemented by every algorithm."""
 
+    @abstractmethod
     def configure_round(self, state: Any, rnd: RoundContext) -> tuple[Any, RoundPlan]:
-        raise NotImplementedError
+        """Implemented by every algorithm."""
 
+    @abstractmethod
     def aggregate(
         self, state: Any, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[Any, Metrics]:
         """``results``: one ``ClientResult`` per accepted client (its metrics, model key and
         extras); for linear algorithms also the pre-summed ``LinearSum``s (one per actor and model
         key), and then a client's ``delta`` is None when its update is inside a sum."""
-        raise NotImplementedError
 
     def server_model(self, state: Any) -> Params | None:
         """The model the server scores on its test set; None when there is no single global model
@@ -368,8 +372,9 @@ class Algorithm:
         return {}
 
     # -- client ----------------------------------------------------------------------------
+    @abstractmethod
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
-        raise NotImplementedError
+        """Implemented by every algorithm."""
 
     def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
         """The model a client is scored with on its local test split (on the hosting actor), from

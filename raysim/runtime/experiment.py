@@ -76,14 +76,6 @@ class Experiment:
         self.overrides: dict[str, float] = {}
         self.last: RoundReport | None = None
 
-    @property
-    def start_round(self) -> int:  # the name the CLI and older tests use
-        return self.next_round
-
-    @start_round.setter
-    def start_round(self, t: int) -> None:
-        self.next_round = t
-
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
         from raysim.data import build_federation, load_dataset, write_summary

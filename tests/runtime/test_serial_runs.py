@@ -132,7 +132,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, algo):
     first.run(until=3)  # checkpoint at round 2, then round 3 is lost with the "crash"
     first.close()
     resumed = Experiment.resume(first.run_dir, progress=False)
-    assert resumed.start_round == 3
+    assert resumed.next_round == 3
     resumed.run()
     resumed.close()
     after = pd.read_parquet(first.run_dir / "rounds.parquet")

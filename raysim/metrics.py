@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from sklearn.metrics import (
     adjusted_rand_score,
@@ -43,6 +45,59 @@ def agreement_with_truth(truth: np.ndarray | None, found: np.ndarray) -> dict[st
     truth, found = np.asarray(truth), np.asarray(found)
     ok = (truth >= 0) & (found >= 0)
     return clustering_agreement(truth[ok], found[ok]) if ok.sum() >= 2 else {}
+
+
+def cluster_stability(prev: Mapping[int, int], cur: Mapping[int, int]) -> float:
+    """How much the cluster memberships changed from one round to the next, in [0, 1].
+
+    ``prev`` and ``cur`` map client id -> cluster id (a negative id: not in any cluster). Let S be
+    the clients in a cluster in both rounds and, for i in S, C_t(i) = {j in S : c_t(j) = c_t(i)}
+    the clients of S sharing i's cluster in round t (i included). The stability is the mean over
+    i in S of the Jaccard similarity
+
+        |C_t(i) & C_{t-1}(i)| / |C_t(i) | C_{t-1}(i)|.
+
+    It only looks at who is grouped with whom, so relabelling the clusters changes nothing: 1
+    exactly when S is partitioned the same way in both rounds; splitting one cluster of 4 into
+    two of 2 gives 2/4 = 0.5. NaN when S is empty (e.g. no previous round).
+    """
+    common = sorted(c for c in cur if cur[c] >= 0 and prev.get(c, -1) >= 0)
+    if not common:
+        return float("nan")
+    a = np.array([prev[c] for c in common])
+    b = np.array([cur[c] for c in common])
+    same_a = a[:, None] == a[None, :]  # same_a[i, j]: i and j shared a cluster in the previous round
+    same_b = b[:, None] == b[None, :]
+    inter = (same_a & same_b).sum(axis=1)
+    union = (same_a | same_b).sum(axis=1)  # >= 1: i is in both of its own sets
+    return float((inter / union).mean())
+
+
+def cluster_tracking(
+    cur: Mapping[int, int], prev: Mapping[int, int] | None, truth: np.ndarray | None
+) -> dict[str, float]:
+    """The runtime's uniform per-round columns of a clustered algorithm (see ``cluster_stability``).
+
+    ``cur``/``prev``: client id -> cluster id this round and last round (None: no last round);
+    negative ids are unassigned clients and count nowhere. ``truth``: ground-truth group per
+    client id (-1: none), or None when the federation has none. Returns ``num_clusters`` (distinct
+    clusters with at least one client), ``cluster_stability`` and, with a truth,
+    ``cluster_ari``/``cluster_nmi`` over the clients that have both (NaN with fewer than two).
+    """
+    found = {c: k for c, k in cur.items() if k >= 0}
+    out = {
+        "num_clusters": float(len(set(found.values()))),
+        "cluster_stability": float("nan") if prev is None else cluster_stability(prev, cur),
+    }
+    if truth is not None:
+        ids = np.array(sorted(found), dtype=np.int64)
+        ids = ids[ids < len(truth)]
+        agree = agreement_with_truth(
+            np.asarray(truth)[ids], np.array([found[c] for c in ids], dtype=np.int64)
+        )
+        out["cluster_ari"] = agree.get("ari", float("nan"))
+        out["cluster_nmi"] = agree.get("nmi", float("nan"))
+    return out
 
 
 def jain_index(x: np.ndarray) -> float:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from raysim.config import ConfigError
@@ -15,7 +16,13 @@ CURVES = (
     ("test_loss", "test loss"),
     ("personal_accuracy", "personalised accuracy"),
     ("train_loss", "train loss"),
+    ("cluster_ari", "cluster ARI vs ground truth"),
+    ("cluster_nmi", "cluster NMI vs ground truth"),
+    ("cluster_stability", "cluster stability (Jaccard)"),
 )
+# the cluster-quality curves drawn under the membership heat-map, in [0, 1] (ARI may dip below 0)
+CLUSTER_CURVES = (("cluster_ari", "ARI"), ("cluster_nmi", "NMI"), ("cluster_stability", "stability"))
+MAX_TICK_LABELS = 40  # more clients (or cluster ids) than this: fewer, evenly spaced tick labels
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -25,6 +32,12 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return pd.read_parquet(rounds), summary
+
+
+def load_clusters(run_dir: Path) -> pd.DataFrame | None:
+    """The run's clusters.parquet (clustered algorithms only), or None."""
+    path = Path(run_dir) / "clusters.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -84,5 +97,149 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         fig.tight_layout()
         fig.savefig(out / f"{col}.png", dpi=120)
         plt.close(fig)
+    for d, (name, df, _) in zip(run_dirs, runs, strict=True):
+        clusters = load_clusters(Path(d))
+        if clusters is not None and len(clusters):
+            fname = "clusters.png" if len(runs) == 1 else f"clusters_{name}.png"
+            plot_clusters(clusters, df, name, out / fname)
     (out / "summary.md").write_text(markdown_table(runs))
     return out
+
+
+def _palette(n: int, names: tuple[str, ...] | None = None) -> list[Any]:
+    """``n`` qualitative colours from the colormaps ``names`` (cycled when there are more); the
+    default: tab10, tab20, then tab20+tab20b+tab20c."""
+    import matplotlib
+
+    if names is None:
+        names = ("tab10",) if n <= 10 else ("tab20",) if n <= 20 else ("tab20", "tab20b", "tab20c")
+    maps = [matplotlib.colormaps[nm] for nm in names]
+    colours = [cm(i) for cm in maps for i in range(cm.N)]
+    return [colours[i % len(colours)] for i in range(max(n, 1))]
+
+
+def _sparse_ticks(ax_set: Any, labels: list[Any]) -> None:
+    """Tick every label, or about MAX_TICK_LABELS evenly spaced ones."""
+    step = max(1, int(np.ceil(len(labels) / MAX_TICK_LABELS)))
+    pos = list(range(0, len(labels), step))
+    ax_set(pos, labels=[str(labels[i]) for i in pos])
+
+
+def plot_clusters(clusters: pd.DataFrame, rounds: pd.DataFrame, name: str, path: Path) -> Path:
+    """Cluster membership over rounds as a heat-map, with the cluster-quality curves under it.
+
+    Rows are clients sorted by ground-truth group, then final cluster, then id; columns are rounds;
+    the colour is the cluster id (a qualitative palette, grey where a client is in no cluster yet).
+    A thin strip on the left shows each client's ground-truth group when the federation has one.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    grid = clusters.pivot_table(index="client_id", columns="round", values="cluster", aggfunc="last")
+    r0, r1 = int(grid.columns.min()), int(grid.columns.max())
+    grid = grid.reindex(columns=range(r0, r1 + 1))  # a round without rows: blank column
+    has_truth = "true_group" in clusters and bool((clusters["true_group"] >= 0).any())
+    truth = (
+        clusters.groupby("client_id")["true_group"].last().reindex(grid.index)
+        if has_truth
+        else pd.Series(-1, index=grid.index)
+    )
+    final = grid.ffill(axis=1).iloc[:, -1].fillna(-1)  # the client's last cluster
+    unassigned = 1 << 62  # never-assigned clients sort after every real cluster
+    order = sorted(
+        grid.index,
+        key=lambda c: (int(truth[c]), int(final[c]) if final[c] >= 0 else unassigned, int(c)),
+    )
+    grid, truth = grid.loc[order], truth.loc[order]
+
+    ids = sorted(int(k) for k in pd.unique(grid.to_numpy().ravel()) if k == k and k >= 0)
+    index_of = {k: i for i, k in enumerate(ids)}
+    codes = np.full(grid.shape, np.nan)
+    for (i, j), k in np.ndenumerate(grid.to_numpy()):
+        if k == k and k >= 0:
+            codes[i, j] = index_of[int(k)]
+    # grey: in no cluster (e.g. IFCA: never sampled yet)
+    cmap = ListedColormap(_palette(len(ids))).with_extremes(bad="#d9d9d9")
+    norm = BoundaryNorm(np.arange(-0.5, max(len(ids), 1) + 0.5), cmap.N)
+
+    curves = [(c, lab) for c, lab in CLUSTER_CURVES if c in rounds and rounds[c].notna().any()]
+    n_clients, n_rounds = grid.shape
+    height = min(14.0, 2.5 + 0.12 * n_clients) + (2.2 if curves else 0.0)
+    fig = plt.figure(figsize=(min(16.0, 5.0 + 0.08 * n_rounds), height))
+    gs = fig.add_gridspec(
+        2 if curves else 1,
+        3,
+        width_ratios=[0.35 if has_truth else 0.001, 12, 0.3],
+        height_ratios=[min(14.0, 2.5 + 0.12 * n_clients), 2.0] if curves else [1],
+        wspace=0.04,
+        hspace=0.25,
+    )
+    ax = fig.add_subplot(gs[0, 1])
+    extent = (r0 - 0.5, r1 + 0.5, n_clients - 0.5, -0.5)
+    im = ax.imshow(
+        np.ma.masked_invalid(codes),
+        cmap=cmap,
+        norm=norm,
+        aspect="auto",
+        interpolation="nearest",
+        extent=extent,
+    )
+    ax.set_title(f"{name}: cluster membership over rounds")
+    ax.set_xlabel("round")
+    _sparse_ticks(ax.set_yticks, [int(c) for c in grid.index])
+    ax.tick_params(axis="y", labelsize=7 if n_clients > 20 else 9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    key: list[Patch] = []  # what the colours that are not cluster ids mean
+    if has_truth:
+        ax.tick_params(axis="y", labelleft=False, left=False)
+        strip = fig.add_subplot(gs[0, 0], sharey=ax)
+        groups = sorted(int(g) for g in truth.unique() if g >= 0)
+        gcmap = ListedColormap(_palette(len(groups), ("Pastel2", "Pastel1"))).with_extremes(bad="white")
+        gindex = {g: i for i, g in enumerate(groups)}
+        gcodes = np.array([[gindex[int(g)] if g >= 0 else np.nan] for g in truth], dtype=float)
+        strip.imshow(
+            np.ma.masked_invalid(gcodes),
+            cmap=gcmap,
+            norm=BoundaryNorm(np.arange(-0.5, max(len(groups), 1) + 0.5), gcmap.N),
+            aspect="auto",
+            interpolation="nearest",
+            extent=(0, 1, n_clients - 0.5, -0.5),
+        )
+        strip.set_xticks([0.5], labels=["true\ngroup"], fontsize=7)
+        strip.set_ylabel("client (sorted by true group, final cluster)")
+        _sparse_ticks(strip.set_yticks, [int(c) for c in grid.index])
+        strip.tick_params(axis="y", labelsize=7 if n_clients > 20 else 9)
+        for y in np.flatnonzero(np.diff(truth.to_numpy()) != 0):  # a line between true groups
+            ax.axhline(y + 0.5, color="black", linewidth=0.8)
+        key += [Patch(color=gcmap(gindex[g]), label=f"true group {g}") for g in groups]
+    else:
+        ax.set_ylabel("client (sorted by final cluster)")
+    if np.isnan(codes).any():
+        key.append(Patch(color="#d9d9d9", label="no cluster"))
+    if key:  # right of the colorbar and its label
+        ax.legend(handles=key, loc="upper left", bbox_to_anchor=(1.14, 1.0), fontsize=7, frameon=False)
+    cax = fig.add_subplot(gs[0, 2])
+    cbar = fig.colorbar(im, cax=cax)
+    cbar.set_label("cluster id")
+    _sparse_ticks(cbar.set_ticks, ids)
+    if curves:
+        cx = fig.add_subplot(gs[1, 1], sharex=ax)
+        for col, lab in curves:
+            sel = rounds[["round", col]].dropna()
+            cx.plot(sel["round"], sel[col], marker="." if len(sel) < 60 else None, label=lab)
+        cx.set_xlabel("round")
+        cx.set_ylabel("score")
+        low = float(np.nanmin(rounds[[c for c, _ in curves]].to_numpy()))
+        cx.set_ylim(min(-0.05, low - 0.05), 1.05)
+        cx.grid(alpha=0.3)
+        cx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelbottom=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -225,7 +225,7 @@ class Experiment:
         logger = self._logger()
         t = self.next_round
         report = self._backend().run_round(t, {**self.hparams(), **(hparams or {})})
-        logger.log_round(report.metrics, report.clients)
+        logger.log_round(report.metrics, report.clients, report.clusters)
         if "test_accuracy" in report.metrics or "personal_accuracy" in report.metrics:
             logger.log_system(t, [*self._backend().system_stats(), driver_stats()])
         self.next_round = t + 1

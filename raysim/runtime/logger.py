@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ import pandas as pd
 
 from raysim.atomic import atomic_write_bytes
 
-FILES = {"rounds": "rounds.parquet", "clients": "clients.parquet", "system": "system.parquet"}
+FILES = {
+    "rounds": "rounds.parquet",
+    "clients": "clients.parquet",
+    "system": "system.parquet",
+    "clusters": "clusters.parquet",  # clustered algorithms only (no rows: no file)
+}
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -30,10 +36,17 @@ class RunLogger:
         self.rounds: list[dict[str, Any]] = []
         self.clients: list[dict[str, Any]] = []
         self.system: list[dict[str, Any]] = []
+        self.clusters: list[dict[str, Any]] = []
 
-    def log_round(self, metrics: dict[str, float], client_rows: list[dict[str, Any]]) -> None:
+    def log_round(
+        self,
+        metrics: dict[str, float],
+        client_rows: list[dict[str, Any]],
+        cluster_rows: Sequence[dict[str, Any]] = (),
+    ) -> None:
         self.rounds.append(dict(metrics))
         self.clients.extend(client_rows)
+        self.clusters.extend(cluster_rows)
 
     def log_system(self, round_idx: int, rows: list[dict[str, Any]]) -> None:
         self.system.extend({"round": round_idx, **r} for r in rows)

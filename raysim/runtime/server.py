@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from raysim.algorithms.base import (
     ServerContext,
     SetupContext,
 )
-from raysim.metrics import classification_metrics
+from raysim.metrics import classification_metrics, cluster_tracking
 from raysim.models.flat import Params
 from raysim.runtime.pool import Pool, PoolReply
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer
@@ -62,6 +62,53 @@ class RoundReport:
     metrics: dict[str, float]
     clients: list[dict[str, Any]]  # one row per client touched this round
     stop: bool = False  # the algorithm has converged: no further rounds
+    # clustered algorithms: one row per client annotated with a "cluster" (``cluster_rows``)
+    clusters: list[dict[str, Any]] = field(default_factory=list)
+
+
+CLUSTER = "cluster"  # the client annotation that makes the runtime track clusters
+CLUSTER_MODEL_KEY = "cluster_model_key"  # optional annotation: the cluster's model key (a str)
+
+
+def cluster_key(cid: int) -> str:
+    """The model key of cluster ``cid`` by convention (``cluster/{id}``, IFCA's and CFL's)."""
+    return f"cluster/{cid}"
+
+
+def cluster_membership(notes: Mapping[int, Mapping[str, Any]]) -> dict[int, int]:
+    """Client id -> cluster id of every client annotated with a ``"cluster"`` (-1: unassigned,
+    also for a non-finite annotation), sorted by client id."""
+    out: dict[int, int] = {}
+    for cid in sorted(notes):
+        if CLUSTER in notes[cid]:
+            v = float(notes[cid][CLUSTER])
+            out[int(cid)] = int(v) if np.isfinite(v) and v >= 0 else -1
+    return out
+
+
+def cluster_rows(
+    t: int,
+    membership: Mapping[int, int],
+    notes: Mapping[int, Mapping[str, Any]],
+    truth: np.ndarray | None,
+) -> list[dict[str, Any]]:
+    """clusters.parquet rows of round ``t``: round, client_id, cluster (int, -1: unassigned),
+    model_key (the ``"cluster_model_key"`` annotation when the algorithm gives one, else
+    ``cluster/{id}``; "" when unassigned) and, when the federation has ground-truth groups,
+    true_group (-1: none)."""
+    rows = []
+    for cid, k in membership.items():
+        key = notes[cid].get(CLUSTER_MODEL_KEY)
+        row: dict[str, Any] = {
+            "round": t,
+            "client_id": cid,
+            "cluster": k,
+            "model_key": str(key) if key is not None else (cluster_key(k) if k >= 0 else ""),
+        }
+        if truth is not None:
+            row["true_group"] = int(truth[cid]) if 0 <= cid < len(truth) else -1
+        rows.append(row)
+    return rows
 
 
 class ServerSplits:
@@ -114,6 +161,11 @@ class Server:
         self.data = ServerSplits(eval_spec, self.trainer, seed)
         self.state = algorithm.init(init_params, replace(ctx, data=self.data))
         self.lost: set[int] = set()
+        groups = None if ctx.client_groups is None else np.asarray(ctx.client_groups, dtype=np.int64)
+        # ground-truth groups (rotation, label-permutation partitions); None when the federation has none
+        self.truth = groups if groups is not None and (groups >= 0).any() else None
+        # cluster membership after the last finished round (None: none yet); checkpointed
+        self.clusters: dict[int, int] | None = None
 
     # -- one round -------------------------------------------------------------------------
     def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
@@ -166,14 +218,31 @@ class Server:
         m["transfer_bytes_up"] = float(reply.transfer_bytes_up)
         losses = [r.metrics["train_loss"] for r in reply.results if "train_loss" in r.metrics]
         m["train_loss"] = float(np.mean(losses)) if losses else float("nan")
-        rows = self._client_rows(t, plan, reply)
+        notes = algo.client_annotations(self.state)  # e.g. cluster id and weight this round
+        rows = self._client_rows(t, plan, reply, notes)
+        clusters = self._track_clusters(t, notes, m)
 
         t2 = time.perf_counter()
         if t % self.eval.every == 0 or t == self.eval.num_rounds:
             m.update(self.evaluate(rows, t))
         m["evaluate_s"] = time.perf_counter() - t2
         m["round_s"] = time.perf_counter() - t0
-        return RoundReport(round=t, metrics=m, clients=rows, stop=algo.converged(self.state))
+        return RoundReport(
+            round=t, metrics=m, clients=rows, stop=algo.converged(self.state), clusters=clusters
+        )
+
+    def _track_clusters(
+        self, t: int, notes: Mapping[int, Mapping[str, Any]], m: dict[str, float]
+    ) -> list[dict[str, Any]]:
+        """clusters.parquet rows of this round, and the uniform columns of ``cluster_tracking`` into
+        ``m`` (an algorithm's own metric of the same name, e.g. CFL's num_clusters, is kept)."""
+        membership = cluster_membership(notes)
+        if not membership:
+            return []
+        for k, v in cluster_tracking(membership, self.clusters, self.truth).items():
+            m.setdefault(k, v)
+        self.clusters = membership
+        return cluster_rows(t, membership, notes, self.truth)
 
     def _refuse_broken_client_code(self, t: int, plan: RoundPlan, reply: PoolReply) -> None:
         """The same exception from every client of the cohort is a bug, not a dropout: stop with it."""
@@ -187,7 +256,9 @@ class Server:
                 f"Client {errs[0].client_id}'s traceback:\n{errs[0].traceback}"
             )
 
-    def _client_rows(self, t: int, plan: RoundPlan, reply: PoolReply) -> list[dict[str, Any]]:
+    def _client_rows(
+        self, t: int, plan: RoundPlan, reply: PoolReply, notes: Mapping[int, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
         by_task = {task.client_id: task for task in plan.tasks}
 
         def row(cid: int, dropped: bool, reason: str, n: int, loss: float, key: str) -> dict[str, Any]:
@@ -217,7 +288,6 @@ class Server:
             row(cid, True, reason, 0, float("nan"), by_task[cid].model_key if cid in by_task else "")
             for cid, reason in reply.dropouts
         ]
-        notes = self.algorithm.client_annotations(self.state)  # e.g. cluster id and weight this round
         if notes:
             for r in rows:
                 r.update(notes.get(r["client_id"], {}))
@@ -264,13 +334,19 @@ class Server:
     # -- checkpoint ------------------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         """The whole FL state: the algorithm's, every client's (read from its host: an error if a
-        live host fails), and the clients lost so far."""
-        return {"state": self.state, "client_states": self.pool.get_state(), "lost": sorted(self.lost)}
+        live host fails), the clients lost so far and the last round's cluster membership."""
+        return {
+            "state": self.state,
+            "client_states": self.pool.get_state(),
+            "lost": sorted(self.lost),
+            "clusters": self.clusters,  # the next round's cluster_stability compares with it
+        }
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         self.state = ckpt["state"]
         self.pool.set_state(ckpt["client_states"])
         self.lost = set(ckpt.get("lost", []))
+        self.clusters = ckpt.get("clusters")
 
     def eval_broadcast(self) -> dict[str, np.ndarray]:
         return dict(self.algorithm.eval_broadcast(self.state))

@@ -1,0 +1,166 @@
+"""Cluster tracking in the runtime: clusters.parquet, the uniform rounds.parquet columns, resume,
+and the membership heat-map of `raysim report` (serial backend, digits)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from raysim.cli import app
+from raysim.runtime.experiment import Experiment
+from raysim.runtime.server import cluster_membership, cluster_rows
+from tests.conftest import tiny_config
+
+NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi"]
+
+
+def ifca_config(tmp_path, **over):
+    base = {
+        "algorithm__name": "ifca",
+        "data__partition": "rotation",
+        "data__num_groups": 2,
+        "rounds__num_rounds": 3,
+    }
+    return tiny_config(tmp_path, **{**base, **over})
+
+
+def run(cfg):
+    exp = Experiment(cfg, progress=False)
+    try:
+        exp.run()
+    finally:
+        exp.close()
+    return exp.run_dir
+
+
+def deterministic(df: pd.DataFrame) -> pd.DataFrame:
+    """Everything but wall-clock timings, in a fixed column order."""
+    return df[sorted(c for c in df.columns if not c.endswith("_s"))]
+
+
+def test_cluster_rows_from_annotations():
+    notes = {
+        3: {"cluster": 2.0, "weight": 0.5},
+        0: {"cluster": float("nan")},  # no cluster (as -1)
+        1: {"weight": 1.0},  # not annotated with a cluster: no row
+        2: {"cluster": 4.0, "cluster_model_key": "group/4"},  # the algorithm names the model
+    }
+    membership = cluster_membership(notes)
+    assert membership == {0: -1, 2: 4, 3: 2} and list(membership) == [0, 2, 3]
+    rows = cluster_rows(5, membership, notes, np.array([1, 0, -1, 0]))
+    assert rows == [
+        {"round": 5, "client_id": 0, "cluster": -1, "model_key": "", "true_group": 1},
+        {"round": 5, "client_id": 2, "cluster": 4, "model_key": "group/4", "true_group": -1},
+        {"round": 5, "client_id": 3, "cluster": 2, "model_key": "cluster/2", "true_group": 0},
+    ]
+    assert "true_group" not in cluster_rows(5, membership, notes, None)[0]
+
+
+@pytest.fixture(scope="module")
+def ifca_run(tmp_path_factory):
+    return run(ifca_config(tmp_path_factory.mktemp("ifca")))
+
+
+def test_clusters_parquet_has_one_row_per_annotated_client_per_round(ifca_run):
+    clusters = pd.read_parquet(ifca_run / "clusters.parquet")
+    assert list(clusters.columns) == ["round", "client_id", "cluster", "model_key", "true_group"]
+    # IFCA annotates all 6 clients every round (-1 until a client first chooses a cluster)
+    assert clusters.groupby("round")["client_id"].apply(sorted).to_dict() == {
+        t: list(range(6)) for t in (1, 2, 3)
+    }
+    assert clusters["cluster"].dtype == np.int64 and clusters["cluster"].isin([-1, 0, 1]).all()
+    assert (clusters["cluster"] >= 0).sum() > 0
+    assigned = clusters[clusters["cluster"] >= 0]
+    assert (assigned["model_key"] == "cluster/" + assigned["cluster"].astype(str)).all()
+    assert (clusters[clusters["cluster"] < 0]["model_key"] == "").all()
+    # the ground truth is the partition's
+    part = pd.read_parquet(ifca_run / "partition.parquet").set_index("client_id")["group"]
+    np.testing.assert_array_equal(clusters["true_group"], part.loc[clusters["client_id"]].to_numpy())
+    assert set(part) == {0, 1}
+    # the same cluster as clients.parquet gives a client that trained that round
+    clients = pd.read_parquet(ifca_run / "clients.parquet")
+    trained = clients[clients["participated"] & ~clients["dropped"]]
+    merged = trained.merge(clusters, on=["round", "client_id"], suffixes=("", "_tracked"))
+    assert len(merged) == len(trained) == 9
+    np.testing.assert_array_equal(merged["cluster"].astype(np.int64), merged["cluster_tracked"])
+
+
+def test_rounds_parquet_gets_the_uniform_cluster_columns(ifca_run):
+    rounds = pd.read_parquet(ifca_run / "rounds.parquet")
+    clusters = pd.read_parquet(ifca_run / "clusters.parquet")
+    for col in NEW_COLS:
+        assert col in rounds, col
+    assert rounds["cluster_ari"].between(-1, 1).all() and rounds["cluster_nmi"].between(0, 1).all()
+    # the runtime's agreement is IFCA's own (same clients, same truth), which stays as it was
+    np.testing.assert_allclose(rounds["cluster_ari"], rounds["ari"])
+    np.testing.assert_allclose(rounds["cluster_nmi"], rounds["nmi"])
+    per_round = clusters[clusters["cluster"] >= 0].groupby("round")["cluster"].nunique()
+    np.testing.assert_array_equal(rounds["num_clusters"], per_round.loc[rounds["round"]].to_numpy())
+    stab = rounds["cluster_stability"]
+    assert np.isnan(stab.iloc[0]) and stab.iloc[1:].between(0, 1).all()
+
+
+def test_fedavg_writes_no_cluster_tracking(tmp_path):
+    run_dir = run(tiny_config(tmp_path, rounds__num_rounds=1, data__partition="rotation", data__num_groups=2))
+    assert (run_dir / "rounds.parquet").is_file() and (run_dir / "clients.parquet").is_file()
+    assert not (run_dir / "clusters.parquet").exists()
+    assert not set(NEW_COLS) & set(pd.read_parquet(run_dir / "rounds.parquet").columns)
+
+
+def test_resume_gives_the_uninterrupted_runs_files(tmp_path):
+    # forced CFL splits: memberships change between rounds, so a resumed run that lost the
+    # previous round's membership (or kept the crashed round's rows) differs
+    cfg = ifca_config(
+        tmp_path,
+        algorithm__name="cfl",
+        algorithm__eps1=1e6,
+        algorithm__eps2=0.0,
+        algorithm__min_rounds_before_split=0,
+        algorithm__separation_check=False,
+        rounds__num_rounds=4,
+        rounds__checkpoint_every=2,
+        rounds__clients_per_round=6,
+    )
+    full = run(cfg)
+
+    first = Experiment(cfg, progress=False)
+    first.run(until=3)  # checkpoint at round 2; round 3 is written, then lost with the "crash"
+    first.close()
+    assert len(pd.read_parquet(first.run_dir / "clusters.parquet").groupby("round")) == 3
+    resumed = Experiment.resume(first.run_dir, progress=False)
+    assert resumed.next_round == 3
+    resumed.run()
+    resumed.close()
+
+    want = pd.read_parquet(full / "rounds.parquet")
+    got = pd.read_parquet(first.run_dir / "rounds.parquet")
+    assert want["cluster_stability"].iloc[1:].notna().all()
+    assert (want["cluster_stability"].iloc[1:] < 1).any()  # memberships did change
+    pd.testing.assert_frame_equal(deterministic(want), deterministic(got))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(full / "clusters.parquet"), pd.read_parquet(first.run_dir / "clusters.parquet")
+    )
+
+
+def test_report_draws_the_membership_heat_map(ifca_run, tmp_path):
+    r = CliRunner().invoke(app, ["report", str(ifca_run)])
+    assert r.exit_code == 0, r.output
+    png = ifca_run / "plots" / "clusters.png"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    import matplotlib.pyplot as plt
+
+    img = plt.imread(png)
+    assert img.shape[0] > 300 and img.shape[1] > 300
+    colours = np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 20  # cells, strip, curves and text, not a blank canvas
+    for curve in ("cluster_ari", "cluster_nmi", "cluster_stability"):
+        assert (ifca_run / "plots" / f"{curve}.png").is_file(), curve
+
+    # a run without clusters gets no heat-map
+    plain = run(tiny_config(tmp_path, rounds__num_rounds=1))
+    assert CliRunner().invoke(app, ["report", str(plain)]).exit_code == 0
+    assert (plain / "plots" / "test_accuracy.png").is_file()
+    assert not (plain / "plots" / "clusters.png").exists()

@@ -130,9 +130,11 @@ def report(
 def _mount_subcommands() -> None:
     from raysim.k8s import k8s_app
     from raysim.reproduce import reproduce_app
+    from tuning.cli import tune
 
     app.add_typer(k8s_app, name="k8s")
     app.add_typer(reproduce_app, name="reproduce")
+    app.command("tune")(tune)
 
 
 _mount_subcommands()

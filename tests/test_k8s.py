@@ -22,6 +22,7 @@ from raysim.cli import app
 from raysim.config import ConfigError, ExperimentConfig, load_config
 from raysim.data.datasets import FASHION_MNIST_DEFAULT_DIR
 from tests.k8s_helpers import EntrypointError, parse_entrypoint
+from tuning.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -476,12 +477,12 @@ def test_run_job_entrypoint_parses_with_our_cli_and_names_a_baked_config():
 
 
 def test_tune_job_entrypoint_parses_with_our_cli():
-    if not _has_command("tune"):
-        pytest.skip("raysim tune is delivered by the sweeps issue")
+    assert _has_command("tune")
     job = load_docs(K8S / "ray-job.tune.yaml")[0]
     command, params = parse_entrypoint(job["spec"]["entrypoint"])
     assert command == "tune"
-    assert _in_repo(str(params["config"])).is_file()
+    loaded = load_spec(_in_repo(str(params["spec"])), params["set_"] or [])
+    assert loaded.spec.mode == "optuna" and str(params["storage_path"]).startswith("/mnt/results")
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ The per-trial loop is the plain function ``run_trial`` (no Tune in it), which ``
 from __future__ import annotations
 
 import copy
+import json
 import math
 import tempfile
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from raysim.runtime.experiment import Experiment, driver_stats
 # (valid only during the call), or None on rounds without a checkpoint.
 Report = Callable[[dict[str, Any], str | None], None]
 
+ORIGIN = "origin.json"  # in each checkpoint: the trial and round that wrote it
 RUN_NAME = "run"  # the experiment's run directory inside the trial directory: run, run-2, ...
 
 
@@ -189,8 +191,17 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
         share = trial_share(pgf, cfg.resources.backend)
         n_bundles = client_bundle_count(cfg, pgf)
 
+        trial_id = ctx.get_trial_id()
+        restored: dict[str, Any] = {}  # where this trial's FL state came from, on its first report
+
         def report(metrics: dict[str, Any], directory: str | None) -> None:
-            ckpt = tune.Checkpoint.from_directory(directory) if directory is not None else None
+            metrics = {**metrics, **restored}
+            restored.clear()
+            ckpt = None
+            if directory is not None:
+                origin = {"trial_id": trial_id, "round": metrics["round"]}
+                (Path(directory) / ORIGIN).write_text(json.dumps(origin))
+                ckpt = tune.Checkpoint.from_directory(directory)
             tune.report(metrics, checkpoint=ckpt)  # persists the checkpoint before returning
 
         kwargs: dict[str, Any] = {
@@ -204,6 +215,15 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
             run_trial(config, frozen, None, report, **kwargs)
         else:
             with checkpoint.as_directory() as directory:
+                origin_file = Path(directory) / ORIGIN
+                if origin_file.is_file():
+                    origin = json.loads(origin_file.read_text())
+                    # a PBT exploit restores another trial's state; a resume, this trial's own
+                    restored.update(
+                        restored_from_trial=str(origin["trial_id"]),
+                        restored_from_round=int(origin["round"]),
+                        exploited=int(origin["trial_id"] != trial_id),
+                    )
                 run_trial(config, frozen, directory, report, **kwargs)
 
     return raysim_trial

@@ -1,0 +1,130 @@
+"""Whole sweeps through ``tuning.sweep`` on the session's local Ray: grid + outputs + validation
+on fresh seeds, Optuna TPE with ASHA and its SQLite study, PBT exploits with the genetic lr."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from raysim.config import ConfigError, load_config
+from tests.conftest import tiny_config
+from tuning.spec import spec_from_dict
+from tuning.sweep import run_sweep, validate_best
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+
+def _loaded(tmp_path: Path, **over: Any):
+    raw: dict[str, Any] = {
+        "name": "s",
+        "base": tiny_config(tmp_path, rounds__num_rounds=3).to_dict(),
+        "storage_path": str(tmp_path / "sweeps"),
+        "space": {"local.lr": {"loguniform": [0.01, 0.2]}},
+    }
+    raw.update(over)
+    return spec_from_dict(raw, "(test spec)", tmp_path)
+
+
+def test_grid_sweep_writes_table_best_config_and_plots_then_validates_on_fresh_seeds(ray_cluster, tmp_path):
+    loaded = _loaded(
+        tmp_path, name="grid", mode="grid", seeds=[3, 4], space={"local.lr": {"grid": [0.02, 0.1]}}
+    )
+    out = run_sweep(loaded, echo=lambda s: None, verbose=0)
+    d = out.directory
+    assert out.trials == 4 and not out.errors
+    table = pd.read_parquet(d / "trials.parquet")
+    assert table.groupby("trial_id")["round"].apply(list).tolist() == [[1, 2, 3]] * 4
+    assert sorted(set(zip(table["config/local.lr"], table["config/seed"], strict=True))) == [
+        (0.02, 3),
+        (0.02, 4),
+        (0.1, 3),
+        (0.1, 4),
+    ]
+    assert (table["hparams/lr"] == table["config/local.lr"]).all()  # each round trained with its knob
+
+    info = json.loads((d / "sweep.json").read_text())
+    assert info["tuning_seeds"] == [3, 4]
+    finals = table.sort_values("round").groupby(["config/local.lr", "config/seed"])["test_accuracy"].last()
+    means = finals.groupby(level=0).mean()
+    best_lr = float(means.idxmax())
+    assert info["best"]["config"]["local.lr"] == best_lr
+    assert info["best"]["test_accuracy"] == pytest.approx(means.max())  # mean over the point's seeds
+    assert {p["n"] for p in info["points"]} == {2}
+    cfg = load_config(d / "best.yaml")  # a config `raysim run` accepts
+    assert cfg.local.lr == best_lr and cfg.seed == 3
+    assert "mean ± 95% CI" in (d / "summary.md").read_text()
+    for png in ("curves.png", "knobs.png"):
+        assert (d / "plots" / png).stat().st_size > 10_000
+    with pytest.raises(ConfigError, match="exists"):  # a second run never overwrites the first
+        run_sweep(loaded, echo=lambda s: None, verbose=0)
+
+    res = validate_best(d, seeds=2, echo=lambda s: None, verbose=0)
+    assert res["fresh_seeds"] == [5, 6] and not set(res["fresh_seeds"]) & {3, 4}
+    assert len(res["fresh_values"]) == 2 and all(0 <= v <= 1 for v in res["fresh_values"])
+    assert res["mean"] == pytest.approx(np.mean(res["fresh_values"]))
+    assert json.loads((d / "validation.json").read_text()) == res
+
+
+def test_optuna_tpe_with_asha_keeps_its_study_in_sqlite(ray_cluster, tmp_path):
+    import optuna
+
+    loaded = _loaded(
+        tmp_path,
+        name="opt",
+        mode="optuna",
+        num_samples=4,
+        max_concurrent_trials=2,
+        space={"local.lr": {"loguniform": [0.005, 0.3]}, "local.epochs": {"int": [1, 2]}},
+        optuna={"seed": 1, "asha": {"grace_period": 1, "reduction_factor": 2}},
+    )
+    out = run_sweep(loaded, echo=lambda s: None, verbose=0)
+    assert out.trials == 4 and not out.errors
+    table = pd.read_parquet(out.directory / "trials.parquet")
+    assert table["trial_id"].nunique() == 4
+    assert set(table["config/local.epochs"]) <= {1, 2}
+    assert table["config/local.lr"].between(0.005, 0.3).all()
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out.directory / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4  # every Tune trial told back to the study (optuna-dashboard reads it)
+    lrs = sorted(round(t.params["local.lr"], 12) for t in done)
+    assert lrs == sorted(round(x, 12) for x in table.groupby("trial_id")["config/local.lr"].first())
+
+
+def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_cluster, tmp_path):
+    loaded = _loaded(
+        tmp_path,
+        name="pbt",
+        mode="pbt",
+        num_samples=2,
+        checkpoint_every=1,
+        base=tiny_config(tmp_path, rounds__num_rounds=4).to_dict(),
+        space={"local.lr": {"choice": [0.002, 0.2]}},
+        pbt={"perturbation_interval": 1, "quantile_fraction": 0.5, "lr_scale": 0.1, "seed": 0},
+        metric="train_loss",
+        goal="min",
+    )
+    out = run_sweep(loaded, echo=lambda s: None, verbose=0)
+    assert not out.errors
+    table = pd.read_parquet(out.directory / "trials.parquet")
+    assert "exploited" in table, "no trial was ever restored from a checkpoint"
+    exploits = table[table["exploited"] == 1]
+    assert len(exploits) >= 1
+    for _, row in exploits.iterrows():
+        donor = table[
+            (table["trial_id"] == row["restored_from_trial"]) & (table["round"] == row["restored_from_round"])
+        ]
+        assert len(donor) == 1
+        # the restored round continues the donor's FL state ...
+        assert row["round"] == row["restored_from_round"] + 1
+        # ... with the donor's learning rate times one of the genetic factors
+        ratio = row["hparams/lr"] / float(donor["hparams/lr"].iloc[0])
+        assert min(abs(ratio - f) for f in (0.9, 1.0, 1.1)) < 1e-9, ratio
+    policy = list(out.directory.glob("pbt_policy_*.txt")) + list(out.directory.glob("pbt_global.txt"))
+    assert policy, "Tune's PBT log of exploits is missing"
+    assert yaml.safe_load((out.directory / "best.yaml").read_text())["local"]["lr"] > 0

@@ -1,0 +1,76 @@
+"""``raysim tune``: the sweeps command (mounted on the main CLI by ``raysim.cli``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from raysim.config import ConfigError
+
+
+def tune(
+    spec: Annotated[
+        Path | None, typer.Argument(help="Sweep spec YAML (see configs/tune/): base:, mode:, space:.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override a value of the base experiment: --set rounds.num_rounds=5."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address, e.g. auto (default: start Ray locally).")
+    ] = None,
+    num_samples: Annotated[
+        int | None, typer.Option(help="Override the spec's num_samples (optuna trials, PBT population).")
+    ] = None,
+    storage_path: Annotated[
+        Path | None, typer.Option(help="Where the sweep directory goes (default: the spec's storage_path).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the stopped sweep in SWEEP_DIR (its sweep.yaml).")
+    ] = None,
+    validate_best: Annotated[
+        Path | None,
+        typer.Option(help="Rerun SWEEP_DIR/best.yaml on fresh seeds and compare with the sweep's number."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="How many fresh seeds --validate-best runs.")] = 3,
+) -> None:
+    """Sweep an experiment's knobs with Ray Tune: Optuna TPE (+ASHA), PBT with genetic lr
+    mutation, or a grid over seeds. Writes SWEEP_DIR/{trials.parquet,best.yaml,summary.md,plots/}."""
+    from raysim.cli import fail
+    from tuning.spec import load_spec
+    from tuning.sweep import resume_sweep, run_sweep
+    from tuning.sweep import validate_best as validate
+
+    modes = [spec is not None, resume is not None, validate_best is not None]
+    if sum(modes) != 1:
+        fail("give exactly one of SPEC, --resume SWEEP_DIR or --validate-best SWEEP_DIR")
+    echo = typer.echo
+    try:
+        if validate_best is not None:
+            validate(validate_best, seeds=seeds, address=address, echo=echo)
+            return
+        if resume is not None:
+            if set_ or num_samples is not None or storage_path is not None:
+                fail(
+                    "--resume continues a sweep with its saved sweep.yaml; drop --set/--num-samples/--storage-path"
+                )
+            outcome = resume_sweep(resume, address=address, echo=echo)
+        else:
+            assert spec is not None
+            loaded = load_spec(spec, set_ or [])
+            if storage_path is not None:
+                loaded.spec = loaded.spec.model_copy(update={"storage_path": str(storage_path)})
+            outcome = run_sweep(loaded, address=address, num_samples=num_samples, echo=echo)
+    except ConfigError as err:
+        fail(str(err))
+        return
+    if outcome.errors:
+        for e in outcome.errors:
+            typer.echo(f"trial failed: {e}", err=True)
+        if len(outcome.errors) == outcome.trials:
+            typer.echo("error: every trial failed (tracebacks in each trial's error.txt)", err=True)
+            raise typer.Exit(1)

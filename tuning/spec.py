@@ -1,0 +1,284 @@
+"""Sweep specs: the YAML a user hands to ``raysim tune`` (no Ray here).
+
+A spec names a ``base`` experiment (a config path, relative to the spec file, or an inline
+mapping), the ``mode`` of the sweep, the metric(s) it optimises and a ``space`` of dotted config
+keys, each with exactly one distribution::
+
+    name: fedavg_lr
+    base: ../quickstart.yaml
+    mode: optuna            # optuna | pbt | grid
+    metric: test_accuracy   # reported every round; the sweep judges a trial by its last round
+    goal: max
+    num_samples: 8
+    fixed: {resources.backend: serial}   # dotted keys set on the base for every trial
+    space:
+      local.lr: {loguniform: [0.005, 0.3]}
+      local.epochs: {int: [1, 3]}
+      algorithm.central_lr: {uniform: [0.5, 1.5]}
+      local.batch_size: {choice: [16, 32, 64]}
+    optuna: {seed: 0, asha: {grace_period: 2}}
+
+Every value a distribution can produce is checked against the experiment schema before any trial
+starts (the ends of a range, every choice and grid point), so an unknown knob or an impossible
+value is one message naming ``space.<key>``, not a failed trial an hour later.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raysim.config import ConfigError, _format_validation_error, config_from_dict, dump_config
+
+KINDS = ("loguniform", "uniform", "int", "choice", "grid")
+RANDOM_KINDS = ("loguniform", "uniform", "int", "choice")
+FIXED_KEYS = ("name", "output", "resources.backend", "resources.address")  # the sweep sets these per trial
+
+
+def _fixed(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in FIXED_KEYS)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Dim(_Strict):
+    """One dimension of the space: exactly one of the five kinds."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None  # inclusive
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dim:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of {', '.join(KINDS)} (got {', '.join(given) or 'none'}), "
+                "e.g. {loguniform: [0.001, 0.1]}"
+            )
+        kind = given[0]
+        if kind in ("loguniform", "uniform", "int"):
+            lo, hi = getattr(self, kind)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"{kind} bounds must be finite, got [{lo}, {hi}]")
+            if kind == "int" and lo > hi:
+                raise ValueError(f"empty int range [{lo}, {hi}]: the low end must be <= the high end")
+            if kind != "int" and not lo < hi:
+                raise ValueError(f"empty {kind} range [{lo}, {hi}]: the low end must be < the high end")
+            if kind == "loguniform" and lo <= 0:
+                raise ValueError(f"loguniform needs 0 < low < high, got [{lo}, {hi}]")
+        elif not getattr(self, kind):
+            raise ValueError(f"{kind} needs a non-empty list of values")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def args(self) -> Any:
+        return getattr(self, self.kind)
+
+    def probes(self) -> list[Any]:
+        """Values to check against the experiment schema: both ends, or every listed value."""
+        a = self.args
+        return list(a) if self.kind in ("choice", "grid") else [a[0], a[1]]
+
+
+class Objective(_Strict):
+    metric: str
+    goal: Literal["max", "min"] = "max"
+
+
+class Asha(_Strict):
+    grace_period: Annotated[int, Field(ge=1)] = 1  # rounds a trial runs before it can be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class OptunaOptions(_Strict):
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0  # the sampler's seed: the same spec proposes the same trials
+    asha: Asha | None = None  # early stopping over rounds (single objective only)
+
+
+class PbtOptions(_Strict):
+    perturbation_interval: Annotated[int, Field(ge=1)] = 2  # rounds between exploit/explore steps
+    lr_key: str = "local.lr"  # mutated by paper 001's genetic rule
+    lr_scale: Annotated[float, Field(gt=0, lt=1)] = 0.1  # lr x (1 - s), x 1, or x (1 + s)
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
+    resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25  # for the other knobs
+    seed: int = 0  # the explore step's own random stream
+
+
+class SweepSpec(_Strict):
+    name: str
+    base: str | dict[str, Any]
+    fixed: dict[str, Any] = {}  # dotted keys set on the base for every trial (e.g. resources.backend)
+    mode: Literal["optuna", "pbt", "grid"]
+    metric: str = "test_accuracy"
+    goal: Literal["max", "min"] = "max"
+    objectives: list[Objective] | None = None  # multi-objective (optuna only)
+    space: dict[str, Dim]
+    num_samples: Annotated[int, Field(ge=1)] = 1  # optuna: trials; pbt: population; grid: must be 1
+    seeds: list[int] | None = None  # grid: every point on each seed; others: one seed
+    max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
+    checkpoint_every: Annotated[int, Field(ge=0)] = 0  # rounds; 0: only after the last round
+    storage_path: str | None = None  # where the sweep directory goes (default: base output.dir/tune)
+    optuna: OptunaOptions | None = None
+    pbt: PbtOptions | None = None
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> SweepSpec:
+        if not self.space:
+            raise ValueError("space: give at least one knob, e.g. local.lr: {loguniform: [0.001, 0.1]}")
+        kinds = {k: d.kind for k, d in self.space.items()}
+        if self.mode == "grid":
+            random = [k for k, v in kinds.items() if v in RANDOM_KINDS]
+            if random:
+                raise ValueError(
+                    f"space.{random[0]}: mode grid takes only `grid:` lists (got {kinds[random[0]]}); "
+                    "use mode optuna to sample ranges"
+                )
+            if self.num_samples != 1:
+                raise ValueError("num_samples: mode grid runs every point once per seed; use seeds:")
+        else:
+            grids = [k for k, v in kinds.items() if v == "grid"]
+            if grids:
+                raise ValueError(
+                    f"space.{grids[0]}: `grid:` is for mode grid; in mode {self.mode} use `choice:`"
+                )
+            if self.seeds is not None and len(self.seeds) != 1:
+                raise ValueError(
+                    f"seeds: mode {self.mode} trials run one seed each (got {len(self.seeds)}); "
+                    "check the best config on fresh seeds with `raysim tune --validate-best`"
+                )
+        if self.objectives is not None:
+            if self.mode != "optuna":
+                raise ValueError("objectives: multi-objective sweeps need mode optuna")
+            if len(self.objectives) < 2:
+                raise ValueError("objectives: give two or more, or use metric/goal for one")
+            if self.optuna is not None and self.optuna.asha is not None:
+                raise ValueError(
+                    "optuna.asha: Tune's schedulers stop trials on one metric; a multi-objective "
+                    "sweep runs every trial to the end (drop asha or the objectives)"
+                )
+        if self.mode != "optuna" and self.optuna is not None:
+            raise ValueError(f"optuna: options for mode optuna, but mode is {self.mode}")
+        if self.mode != "pbt" and self.pbt is not None:
+            raise ValueError(f"pbt: options for mode pbt, but mode is {self.mode}")
+        if self.mode == "pbt":
+            if self.pbt is None:
+                raise ValueError("pbt: mode pbt needs a pbt: section, e.g. pbt: {perturbation_interval: 2}")
+            if self.pbt.lr_key not in self.space:
+                raise ValueError(
+                    f"pbt.lr_key: {self.pbt.lr_key!r} is not in space; PBT mutates the learning rate "
+                    f"it starts from there (add space.{self.pbt.lr_key})"
+                )
+            k = self.pbt.perturbation_interval
+            if self.checkpoint_every == 0 or k % self.checkpoint_every:
+                raise ValueError(
+                    f"checkpoint_every: PBT exploits from FL checkpoints every {k} rounds, so "
+                    f"checkpoint_every must divide pbt.perturbation_interval (e.g. {k})"
+                )
+            if self.num_samples < 2:
+                raise ValueError("num_samples: a PBT population needs at least 2 trials")
+        return self
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        return self.objectives or [Objective(metric=self.metric, goal=self.goal)]
+
+
+def _base_dict(spec: SweepSpec, spec_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    from raysim.config import apply_overrides
+
+    if isinstance(spec.base, dict):
+        raw = dict(spec.base)
+    else:
+        path = Path(spec.base)
+        if not path.is_absolute():
+            path = spec_dir / path
+        if not path.is_file():
+            raise ConfigError(f"base: no experiment config at {path} (a path relative to the spec file)")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"base: {path} is not a YAML mapping")
+    from tuning.trainable import merge_dotted
+
+    raw = apply_overrides(merge_dotted(raw, spec.fixed), overrides)
+    return config_from_dict(raw, "base (with fixed: and --set)").to_dict()
+
+
+def check_space(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """Every value the space can produce is a valid experiment (one message naming the key)."""
+    from tuning.trainable import trial_config
+
+    for key, dim in spec.space.items():
+        if _fixed(key):
+            raise ConfigError(f"space.{key}: not a knob a sweep can vary (the sweep sets it per trial)")
+        if key == "seed" and spec.seeds is not None:
+            raise ConfigError("space.seed: give the seeds with seeds:, not as a knob")
+        for value in dim.probes():
+            try:
+                trial_config(base, {key: value})
+            except ConfigError as err:
+                lines = str(err).splitlines()
+                why = "; ".join(line.strip() for line in lines[1:]) if len(lines) > 1 else str(err)
+                raise ConfigError(f"space.{key}: value {value!r} is not a valid experiment: {why}") from None
+    every = int(base.get("rounds", {}).get("eval_every", 1))
+    for obj in spec.objective_list:
+        if not obj.metric:
+            raise ConfigError("metric: empty metric name")
+        if every != 1 and obj.metric.startswith(("test_", "personal_")):
+            raise ConfigError(
+                f"base rounds.eval_every is {every}, but the sweep judges trials on {obj.metric!r} "
+                "every round (schedulers compare trials round by round): set rounds.eval_every: 1"
+            )
+
+
+class LoadedSpec(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    spec: SweepSpec
+    base: dict[str, Any]  # the resolved experiment dict every trial starts from
+    path: Path | None = None
+
+
+def spec_from_dict(raw: Any, source: str, spec_dir: Path, overrides: list[str] | None = None) -> LoadedSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a sweep spec is a YAML mapping with base:, mode: and space:")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    base = _base_dict(spec, spec_dir, overrides or [])
+    check_space(spec, base)
+    return LoadedSpec(spec=spec, base=base)
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no sweep spec at {path} (see configs/tune/)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    loaded = spec_from_dict(raw, str(path), path.parent, overrides)
+    loaded.path = path
+    return loaded
+
+
+def resolved_spec_yaml(loaded: LoadedSpec) -> str:
+    """The spec with its base inlined: what ``--resume`` reads back from the sweep directory."""
+    raw = loaded.spec.model_dump(mode="json", exclude_none=True)
+    raw["base"] = yaml.safe_load(dump_config(config_from_dict(dict(loaded.base), "base")))
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -1,0 +1,555 @@
+"""``raysim tune``: run a sweep spec with Ray Tune (+ Optuna, ASHA, PBT), resume it, validate its best.
+
+A sweep directory (``<storage_path>/<name>/``) holds Tune's experiment state and trial directories
+(each trial's raysim run lives in ``<trial>/run/``), plus what this module writes:
+
+* ``sweep.yaml``: the spec with its base config inlined (what ``--resume`` reads back);
+* ``optuna.db``: the Optuna study (mode optuna), an SQLite RDB storage ``optuna-dashboard`` opens;
+* ``trials.parquet``: one row per trial and round: every reported metric, ``hparams/*`` (the
+  hyperparameters that round trained with) and ``config/*`` (the trial's knobs);
+* ``best.yaml``: the best trial's experiment as a config ``raysim run`` accepts;
+* ``sweep.json`` and ``summary.md``: the best trial, counts, the seeds used to tune;
+* ``plots/``: metric vs round per trial, each knob vs the final metric, the Pareto front
+  (multi-objective), parameter importance (fANOVA, from Optuna).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from raysim.atomic import atomic_write_text
+from raysim.config import ConfigError, check_data_available, config_from_dict, dump_config
+from raysim.runtime.logger import write_parquet
+from tuning.spec import LoadedSpec, OptunaOptions, SweepSpec, load_spec, resolved_spec_yaml, spec_from_dict
+
+Echo = Callable[[str], None]
+SPEC_FILE = "sweep.yaml"
+OPTUNA_DB = "optuna.db"
+
+
+def sweep_dir(loaded: LoadedSpec) -> Path:
+    spec = loaded.spec
+    root = spec.storage_path or str(Path(loaded.base["output"]["dir"]) / "tune")
+    return Path(root).expanduser().resolve() / spec.name
+
+
+def tuning_seeds(loaded: LoadedSpec) -> list[int]:
+    """The seeds trials run on (the seeds used to tune: never the ones to report)."""
+    spec = loaded.spec
+    if "seed" in spec.space:
+        return [int(s) for s in spec.space["seed"].probes()]
+    return list(spec.seeds) if spec.seeds else [int(loaded.base["seed"])]
+
+
+# -- the search space as Tune sees it ---------------------------------------------------------
+
+
+def tune_domain(dim: Any) -> Any:
+    from ray import tune
+
+    kind, a = dim.kind, dim.args
+    if kind == "loguniform":
+        return tune.loguniform(a[0], a[1])
+    if kind == "uniform":
+        return tune.uniform(a[0], a[1])
+    if kind == "int":
+        return tune.randint(a[0], a[1] + 1)  # Tune's upper bound is exclusive; ours is not
+    if kind == "choice":
+        return tune.choice(list(a))
+    return tune.grid_search(list(a))
+
+
+def param_space(loaded: LoadedSpec) -> dict[str, Any]:
+    from ray import tune
+
+    spec = loaded.spec
+    space: dict[str, Any] = {key: tune_domain(dim) for key, dim in spec.space.items()}
+    seeds = tuning_seeds(loaded)
+    if "seed" not in spec.space:
+        space["seed"] = tune.grid_search(seeds) if spec.mode == "grid" and len(seeds) > 1 else seeds[0]
+    return space
+
+
+def genetic_explore(key: str, scale: float, seed: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Paper 001's mutation as PBT's explore step: the learning rate times (1 - s), 1 or (1 + s),
+    each with probability 1/3, from the explore step's own seeded stream."""
+    rng = random.Random(seed)
+    factors = (1.0 - scale, 1.0, 1.0 + scale)
+
+    def explore(config: dict[str, Any]) -> dict[str, Any]:
+        config[key] = float(config[key]) * rng.choice(factors)
+        return config
+
+    return explore
+
+
+def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, Any]:
+    spec = loaded.spec
+    num_rounds = int(loaded.base["rounds"]["num_rounds"])
+    if spec.mode == "optuna":
+        import optuna
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        opts = spec.optuna or OptunaOptions()
+        sampler: optuna.samplers.BaseSampler
+        if opts.sampler == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=opts.seed, multivariate=spec.objectives is not None)
+        elif opts.sampler == "nsga2":
+            sampler = optuna.samplers.NSGAIISampler(seed=opts.seed)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=opts.seed)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{directory / OPTUNA_DB}")
+        multi = spec.objectives is not None
+        searcher = OptunaSearch(
+            sampler=sampler,
+            storage=storage,
+            study_name=spec.name,
+            metric=[o.metric for o in spec.objective_list] if multi else None,
+            mode=[o.goal for o in spec.objective_list] if multi else None,
+        )
+        scheduler = None
+        if opts.asha is not None:
+            scheduler = ASHAScheduler(
+                time_attr="round",
+                max_t=num_rounds,
+                grace_period=min(opts.asha.grace_period, num_rounds),
+                reduction_factor=opts.asha.reduction_factor,
+            )
+        return searcher, scheduler
+    if spec.mode == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        pbt = spec.pbt
+        assert pbt is not None  # the spec validator guarantees it
+        mutations = {k: tune_domain(d) for k, d in spec.space.items() if k != pbt.lr_key}
+        return None, PopulationBasedTraining(
+            time_attr="round",
+            perturbation_interval=pbt.perturbation_interval,
+            hyperparam_mutations=mutations,  # type: ignore[arg-type]
+            custom_explore_fn=genetic_explore(pbt.lr_key, pbt.lr_scale, pbt.seed),
+            quantile_fraction=pbt.quantile_fraction,
+            resample_probability=pbt.resample_probability,
+        )
+    return None, None
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Ray for the sweep: the one already initialised (tests), the cluster at ``address``, or a
+    local one started here (and stopped at the end)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def cluster_size(ray: Any) -> tuple[float, float]:
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))
+
+
+def _trainable(loaded: LoadedSpec, cpus: float, gpus: float) -> Any:
+    from ray import tune
+
+    from tuning.resources import check_fits, trial_resources
+    from tuning.trainable import make_trainable, trial_config
+
+    # the largest trial the space can produce decides whether the sweep can ever run
+    cfg = trial_config(loaded.base, {})
+    pgf = trial_resources(cfg, cpus, gpus)
+    check_fits(cfg, pgf, cpus, gpus)
+    return tune.with_resources(
+        make_trainable(loaded.base, checkpoint_every=loaded.spec.checkpoint_every), pgf
+    )
+
+
+def _tuner(loaded: LoadedSpec, directory: Path, cpus: float, gpus: float, verbose: int) -> Any:
+    from ray import tune
+
+    spec = loaded.spec
+    trainable = _trainable(loaded, cpus, gpus)  # refuses a sweep that can never fit, before any file
+    directory.mkdir(parents=True, exist_ok=True)
+    searcher, scheduler = _searcher_and_scheduler(loaded, directory)  # the study's SQLite file lives here
+    multi = spec.objectives is not None
+    obj = spec.objective_list[0]
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(loaded),
+        tune_config=tune.TuneConfig(
+            metric=None if multi else obj.metric,
+            mode=None if multi else obj.goal,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=directory.name,
+            storage_path=str(directory.parent),
+            verbose=verbose,
+            # PBT exploits any population member's latest checkpoint, so keep them all there
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if spec.mode == "pbt" else 2),
+        ),
+    )
+
+
+@dataclass
+class SweepOutcome:
+    directory: Path
+    trials: int
+    errors: list[str]
+    best: dict[str, Any] | None
+
+
+def run_sweep(
+    loaded: LoadedSpec,
+    *,
+    address: str | None = None,
+    num_samples: int | None = None,
+    echo: Echo = print,
+    verbose: int = 1,
+) -> SweepOutcome:
+    """Run the sweep to the end and write its outputs (see the module docstring)."""
+    if num_samples is not None:
+        if num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+        loaded = LoadedSpec(
+            spec=loaded.spec.model_copy(update={"num_samples": num_samples}),
+            base=loaded.base,
+            path=loaded.path,
+        )
+        SweepSpec.model_validate(loaded.spec.model_dump())  # e.g. grid refuses num_samples > 1
+    check_data_available(config_from_dict(dict(loaded.base), "base"))
+    directory = sweep_dir(loaded)
+    if directory.exists():
+        raise ConfigError(
+            f"sweep directory {directory} exists: continue it with `raysim tune --resume {directory}`, "
+            "or change name:/storage_path:"
+        )
+    with ray_session(address) as ray:
+        cpus, gpus = cluster_size(ray)
+        tuner = _tuner(loaded, directory, cpus, gpus, verbose)  # refuses a sweep that cannot fit
+        atomic_write_text(directory / SPEC_FILE, resolved_spec_yaml(loaded))
+        echo(f"sweep {loaded.spec.name}: {loaded.spec.mode}, writing {directory}")
+        results = tuner.fit()
+    return write_outputs(loaded, results, directory, echo)
+
+
+def load_sweep(directory: Path) -> LoadedSpec:
+    path = Path(directory) / SPEC_FILE
+    if not path.is_file():
+        raise ConfigError(f"{directory}: no {SPEC_FILE} here; pass a directory written by `raysim tune`")
+    return spec_from_dict(yaml.safe_load(path.read_text()), str(path), path.parent)
+
+
+def resume_sweep(
+    directory: Path, *, address: str | None = None, echo: Echo = print, verbose: int = 1
+) -> SweepOutcome:
+    """Continue a stopped sweep (trials restart from their newest FL checkpoint; the searcher's
+    state comes back with Tune's experiment state) and write its outputs."""
+    from ray import tune
+
+    directory = Path(directory).resolve()
+    loaded = load_sweep(directory)
+    if not tune.Tuner.can_restore(str(directory)):
+        raise ConfigError(f"{directory}: Tune left no experiment state to resume from")
+    with ray_session(address) as ray:
+        cpus, gpus = cluster_size(ray)
+        tuner = tune.Tuner.restore(
+            str(directory),
+            trainable=_trainable(loaded, cpus, gpus),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+        echo(f"resuming sweep {loaded.spec.name} in {directory}")
+        results = tuner.fit()
+    return write_outputs(loaded, results, directory, echo)
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def _final(df: pd.DataFrame | None, metric: str) -> float:
+    if df is None or metric not in df or df[metric].dropna().empty:
+        return float("nan")
+    return float(df[metric].dropna().iloc[-1])
+
+
+def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
+    frames = []
+    for r in results:
+        df = r.metrics_dataframe
+        trial_id = Path(r.path).name.removeprefix("trial_")
+        if df is None or df.empty:
+            df = pd.DataFrame({"round": pd.Series([], dtype="int64")})
+        df = df.copy()
+        df["trial_id"] = trial_id
+        df["status"] = "error" if r.error is not None else "done"
+        for key in [*loaded.spec.space, "seed"]:
+            df[f"config/{key}"] = r.config.get(key)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    keep = [c for c in table.columns if not c.startswith("config/") or c.count("/") == 1]
+    return table[keep]
+
+
+def grid_points(spec: SweepSpec, finals: list[tuple[Any, list[float]]]) -> list[dict[str, Any]]:
+    """Finished trials grouped by their knobs without the seed: a grid point's seeds are one point
+    (its mean and 95% CI over seeds); outside grid mode every trial is its own point."""
+    from raysim.metrics import mean_ci95
+
+    groups: dict[str, list[tuple[Any, list[float]]]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for r, v in finals:
+        knobs = {k: _py(r.config.get(k)) for k in spec.space if k != "seed"}
+        key = json.dumps(knobs, sort_keys=True, default=str) if spec.mode == "grid" else Path(r.path).name
+        groups.setdefault(key, []).append((r, v))
+        configs[key] = knobs
+    out = []
+    for key, trials in groups.items():
+        trials.sort(key=lambda rv: str(rv[0].config.get("seed")))
+        mean, half = mean_ci95(np.array([v[0] for _, v in trials]))
+        out.append({"config": configs[key], "trials": trials, "mean": mean, "half": half})
+    return out
+
+
+def pareto_mask(values: np.ndarray, goals: list[str]) -> np.ndarray:
+    """Non-dominated rows of ``values`` (trials x objectives) under the goals (max/min)."""
+    signed = np.where(np.array(goals) == "max", values, -values)  # every objective maximised
+    n = len(signed)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated = np.all(signed >= signed[i], axis=1) & np.any(signed > signed[i], axis=1)
+        mask[i] = not dominated.any()
+    return mask
+
+
+def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo) -> SweepOutcome:
+    from tuning.plots import write_plots
+    from tuning.trainable import trial_config
+
+    spec = loaded.spec
+    table = trials_table(loaded, results)
+    write_parquet(table, directory / "trials.parquet")
+    errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
+    objs = spec.objective_list
+    finals = []
+    for r in results:
+        if r.error is None:
+            finals.append((r, [_final(r.metrics_dataframe, o.metric) for o in objs]))
+    finals = [(r, v) for r, v in finals if all(math.isfinite(x) for x in v)]
+    best: dict[str, Any] | None = None
+    points = grid_points(spec, finals)
+    if points:
+        sign = 1.0 if objs[0].goal == "max" else -1.0
+        top = max(points, key=lambda p: sign * p["mean"])
+        r, values = top["trials"][0]
+        knobs = {k: r.config[k] for k in [*spec.space, "seed"] if k in r.config}
+        best = {
+            "trial_id": Path(r.path).name.removeprefix("trial_"),
+            "config": {k: _py(v) for k, v in knobs.items()},
+            objs[0].metric: top["mean"],  # over the point's seeds (one seed outside grid mode)
+            **{o.metric: v for o, v in zip(objs[1:], values[1:], strict=True)},
+            "seeds": [_py(t.config.get("seed")) for t, _ in top["trials"]],
+            "values": [v[0] for _, v in top["trials"]],
+            "rounds": int(r.metrics_dataframe["round"].max()),
+        }
+        cfg = trial_config(loaded.base, {**knobs, "name": f"{spec.name}-best"})
+        over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"seed {knobs.get('seed')}"
+        head = (
+            f"# best of sweep {spec.name} ({spec.mode}): {objs[0].metric} = {top['mean']:.4f} after round "
+            f"{best['rounds']} ({over}; trial {best['trial_id']})\n"
+            f"#   raysim run best.yaml                      # rerun it\n"
+            f"#   raysim tune --validate-best {directory}   # on fresh seeds\n"
+        )
+        if spec.mode == "pbt":
+            head += "# PBT: the learning rate was a schedule; this is its final value (see trials.parquet)\n"
+        raw = yaml.safe_load(dump_config(cfg))
+        raw["output"] = dict(loaded.base["output"])
+        atomic_write_text(directory / "best.yaml", head + yaml.safe_dump(raw, sort_keys=False))
+    front = None
+    if spec.objectives is not None and finals:
+        vals = np.array([v for _, v in finals])
+        mask = pareto_mask(vals, [o.goal for o in objs])
+        front = [
+            {
+                "trial_id": Path(r.path).name.removeprefix("trial_"),
+                **dict(zip([o.metric for o in objs], v, strict=True)),
+            }
+            for (r, v), m in zip(finals, mask, strict=True)
+            if m
+        ]
+    info = {
+        "name": spec.name,
+        "mode": spec.mode,
+        "objectives": [o.model_dump() for o in objs],
+        "trials": len(results),
+        "errors": len(errors),
+        "tuning_seeds": tuning_seeds(loaded),
+        "best": best,
+        "points": [
+            {"config": p["config"], "mean": p["mean"], "ci95_half_width": p["half"], "n": len(p["trials"])}
+            for p in points
+        ],
+        "pareto_front": front,
+    }
+    atomic_write_text(directory / "sweep.json", json.dumps(info, indent=2, default=_py) + "\n")
+    atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info))
+    write_plots(loaded, table, directory / "plots", info)
+    if best is not None:
+        echo(f"best: trial {best['trial_id']} {objs[0].metric}={best[objs[0].metric]:.4f} {best['config']}")
+    echo(f"wrote {directory}/trials.parquet, best.yaml, summary.md, plots/")
+    return SweepOutcome(directory=directory, trials=len(results), errors=errors, best=best)
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def summary_markdown(loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, Any]) -> str:
+    spec = loaded.spec
+    metric = spec.objective_list[0].metric
+    knobs = [*spec.space, "seed"]
+    lines = [
+        f"# Sweep {spec.name} ({spec.mode})",
+        "",
+        f"{info['trials']} trials, {info['errors']} failed; tuned on seeds {info['tuning_seeds']}.",
+        "",
+        "| trial | " + " | ".join(knobs) + f" | rounds | final {metric} | status |",
+        "|" + "---|" * (len(knobs) + 4),
+    ]
+    points = info.get("points") or []
+    if spec.mode == "grid" and any(p["n"] > 1 for p in points):
+        names = [k for k in spec.space if k != "seed"]
+        sign = -1.0 if spec.objective_list[0].goal == "max" else 1.0
+        lines[4:4] = [
+            f"Each grid point over its seeds: final {metric}, mean ± 95% CI (t-interval).",
+            "",
+            "| " + " | ".join(names) + f" | seeds | final {metric} |",
+            "|" + "---|" * (len(names) + 2),
+            *[
+                "| "
+                + " | ".join(_fmt(p["config"].get(k)) for k in names)
+                + f" | {p['n']} | {p['mean']:.4f} ± {p['ci95_half_width']:.4f} |"
+                for p in sorted(points, key=lambda p: sign * p["mean"])
+            ],
+            "",
+            "Every trial:",
+            "",
+        ]
+    rows = []
+    for trial_id, df in table.groupby("trial_id", sort=False) if not table.empty else []:
+        last = df.iloc[-1]
+        final = _final(df, metric)
+        cells = [f"{_fmt(last.get(f'config/{k}'))}" for k in knobs]
+        rounds = int(df["round"].max()) if df["round"].notna().any() else 0
+        rows.append(
+            (
+                final,
+                f"| {trial_id} | " + " | ".join(cells) + f" | {rounds} | {_fmt(final)} | {last['status']} |",
+            )
+        )
+    sign = -1.0 if spec.objective_list[0].goal == "max" else 1.0
+    rows.sort(key=lambda fr: (math.isnan(fr[0]), sign * fr[0] if not math.isnan(fr[0]) else 0.0))
+    lines += [row for _, row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+# -- validation of the best config on fresh seeds ---------------------------------------------
+
+
+def validate_best(
+    directory: Path, *, seeds: int = 3, address: str | None = None, echo: Echo = print, verbose: int = 1
+) -> dict[str, Any]:
+    """Rerun ``best.yaml`` on ``seeds`` fresh seeds (never the tuning seeds) as a grid sweep and
+    compare the mean and 95% CI of the final metric with the sweep's own number."""
+    from raysim.metrics import mean_ci95
+
+    directory = Path(directory).resolve()
+    info_path, best_path = directory / "sweep.json", directory / "best.yaml"
+    if not info_path.is_file() or not best_path.is_file():
+        raise ConfigError(
+            f"{directory}: no sweep.json/best.yaml here; run `raysim tune SPEC` to the end first"
+        )
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    info = json.loads(info_path.read_text())
+    obj = info["objectives"][0]
+    used = [int(s) for s in info["tuning_seeds"]]
+    fresh = [max(used) + 1 + i for i in range(seeds)]
+    best_raw = yaml.safe_load(best_path.read_text())
+    raw = {
+        "name": "validate",
+        "base": best_raw,
+        "mode": "grid",
+        "metric": obj["metric"],
+        "goal": obj["goal"],
+        "space": {"seed": {"grid": fresh}},
+        "storage_path": str(directory),
+    }
+    loaded = spec_from_dict(raw, "(validate-best)", directory)
+    out = run_sweep(loaded, address=address, echo=echo, verbose=verbose)
+    table = pd.read_parquet(out.directory / "trials.parquet")
+    finals = [_final(df, obj["metric"]) for _, df in table.groupby("trial_id")]
+    mean, half = mean_ci95(np.array(finals))
+    swept = float(info["best"][obj["metric"]])
+    result = {
+        "metric": obj["metric"],
+        "sweep_best": swept,
+        "tuning_seeds": used,
+        "fresh_seeds": fresh,
+        "fresh_values": finals,
+        "mean": mean,
+        "ci95_half_width": half,
+        "sweep_best_within_ci": bool(abs(swept - mean) <= half),
+    }
+    atomic_write_text(directory / "validation.json", json.dumps(result, indent=2) + "\n")
+    echo(
+        f"{obj['metric']}: sweep best {swept:.4f} (seeds {used}); fresh seeds {fresh}: "
+        f"{mean:.4f} ± {half:.4f} (95% CI); "
+        + (
+            "the sweep's number is inside the interval"
+            if result["sweep_best_within_ci"]
+            else "the sweep's number is OUTSIDE the interval (it overfit its seed)"
+        )
+    )
+    return result
+
+
+__all__ = ["load_spec", "resume_sweep", "run_sweep", "validate_best"]

@@ -57,7 +57,9 @@ class ClientActorImpl:
 
     def stats(self) -> dict[str, Any]:
         out = self.host.stats()
-        out["node_id"] = ray.get_runtime_context().get_node_id()
+        ctx = ray.get_runtime_context()
+        out["node_id"] = ctx.get_node_id()
+        out["placement_group_id"] = ctx.get_placement_group_id() or ""  # a Tune trial's group
         return out
 
 

@@ -79,6 +79,15 @@ class LocalConfig(_Section):
     lr: Annotated[float, Field(gt=0)] = 0.05
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    # "adam": torch.optim.Adam at lr (fresh per local training; momentum must be 0), e.g. the
+    # genetic-CFL notebook's FedAvg baseline (Adam, lr 1e-4, batch 32)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+    @model_validator(mode="after")
+    def _adam_has_no_momentum(self) -> LocalConfig:
+        if self.optimizer == "adam" and self.momentum > 0:
+            raise ValueError("local.momentum is an SGD knob: set it to 0 with local.optimizer 'adam'")
+        return self
 
 
 class RoundsConfig(_Section):

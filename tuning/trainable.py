@@ -192,10 +192,13 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
         n_bundles = client_bundle_count(cfg, pgf)
 
         trial_id = ctx.get_trial_id()
+        import ray
+
+        group = ray.get_runtime_context().get_placement_group_id() or ""  # the trial's own group
         restored: dict[str, Any] = {}  # where this trial's FL state came from, on its first report
 
         def report(metrics: dict[str, Any], directory: str | None) -> None:
-            metrics = {**metrics, **restored}
+            metrics = {**metrics, **restored, "placement_group_id": group}
             restored.clear()
             ckpt = None
             if directory is not None:

@@ -21,12 +21,14 @@ from raysim.algorithms.base import (
 from raysim.algorithms.cfl import CFL
 from raysim.algorithms.dsac import DSAC
 from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
+from raysim.algorithms.genetic_cfl import GeneticCFL
 from raysim.algorithms.ifca import IFCA
 from raysim.algorithms.local import LocalOnly
 from raysim.algorithms.scaffold import Scaffold
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC, IFCA, CFL)
+    cls.name: cls
+    for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC, IFCA, CFL, GeneticCFL)
 }
 
 DEFAULT_ALGORITHM = FedAvg.name
@@ -48,6 +50,7 @@ __all__ = [
     "CFL",
     "IFCA",
     "DEFAULT_ALGORITHM",
+    "GeneticCFL",
     "AlgoParams",
     "Algorithm",
     "ClientResult",

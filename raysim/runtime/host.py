@@ -101,6 +101,7 @@ class _Context:
             lr=float(hp["lr"]),
             momentum=float(hp.get("momentum", 0.0)),
             weight_decay=float(hp.get("weight_decay", 0.0)),
+            optimizer=str(hp.get("optimizer", "sgd")),
             seed=self.seed(),
             grad_hook=grad_hook,
             rotation=c.rotation,

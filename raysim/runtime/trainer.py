@@ -4,6 +4,8 @@ A ``Trainer`` owns one ``FlatModel`` and reads examples from the shared dataset 
 (zero-copy views of the object store under Ray) by index. SGD runs on the flat buffers: a
 step is ``w -= lr * (g + wd * w)`` (with optional momentum) as single tensor ops, after the
 algorithm's gradient hook (FedProx's proximal term, SCAFFOLD's correction, ...) edits ``g``.
+``optimizer="adam"`` instead hands the same ``g + wd * w`` to ``torch.optim.Adam`` (default
+betas and eps), created fresh for every ``fit`` over one parameter that aliases the flat buffer.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def pick_device(gpu_ids: list | None = None) -> torch.device:
     if gpu_ids and torch.cuda.is_available():
         return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned id(s)
     return torch.device("cpu")
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def flat_parameter(fm: FlatModel) -> torch.nn.Parameter:
+    """The flat parameter buffer as ONE ``nn.Parameter`` sharing its storage (no copy), so that a
+    ``torch.optim`` optimizer stepping it updates the module's parameters in place."""
+    p = torch.nn.Parameter(fm.flat)
+    if p.data_ptr() != fm.flat.data_ptr():  # nn.Parameter(t) aliases t; never train a copy
+        raise RuntimeError("the flat parameter does not alias the model's buffer")
+    return p
 
 
 class Trainer:
@@ -114,15 +128,25 @@ class Trainer:
         rotation: int = 0,
         idx: np.ndarray | None = None,
         adapter: tuple[np.ndarray, np.ndarray] | None = None,
+        optimizer: str = "sgd",
     ) -> FitResult:
-        """SGD over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
+        """SGD (or Adam) over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
 
         The client's examples are ``x[idx]`` (``idx`` None: all of ``x``), read batch by batch
         so the shared array is never copied whole; ``y`` is aligned with them and already in
         the client's label space. Returns the new parameters as a fresh numpy vector.
         ``adapter`` (scale, shift), shaped like one input, is applied to every batch as
         scale * x + shift and trained jointly by plain SGD at ``lr``; the result carries it back.
+
+        ``optimizer``: ``"sgd"`` (the flat step above, with ``momentum``) or ``"adam"``
+        (``torch.optim.Adam(lr=lr)``, a fresh one per call: no optimizer state survives between
+        fits; ``momentum`` must then be 0, weight decay is added to the gradient as Adam's own
+        ``weight_decay`` does).
         """
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
+        if optimizer == "adam" and momentum:
+            raise ValueError(f"momentum={momentum} is an SGD knob; Adam has its own (set momentum to 0)")
         fm = self.fm
         fm.load(params)
         fm.module.train()
@@ -136,6 +160,8 @@ class Trainer:
         steps, loss_sum, seen = 0, 0.0, 0
         bs = max(1, min(int(batch_size), n))
         ad = self._adapter(adapter, True) if adapter is not None else None
+        flat_p = flat_parameter(fm) if optimizer == "adam" else None
+        adam = torch.optim.Adam([flat_p], lr=lr) if flat_p is not None else None
         for _ in range(int(epochs)):
             order = rng.permutation(n)
             for start in range(0, n, bs):
@@ -158,10 +184,14 @@ class Trainer:
                         grad_hook(fm.flat, g)
                     if weight_decay:
                         g.add_(fm.flat, alpha=weight_decay)
-                    if buf is not None:
-                        buf.mul_(momentum).add_(g)
-                        g = buf
-                    fm.flat.add_(g, alpha=-lr)
+                    if adam is not None and flat_p is not None:
+                        flat_p.grad = g
+                        adam.step()
+                    else:
+                        if buf is not None:
+                            buf.mul_(momentum).add_(g)
+                            g = buf
+                        fm.flat.add_(g, alpha=-lr)
                 steps += 1
                 loss_sum += float(loss.detach()) * len(b)
                 seen += len(b)

@@ -22,7 +22,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -193,7 +192,7 @@ def run_key(raw: dict[str, Any]) -> str:
 
 
 def _execute(raw: dict[str, Any], runs_dir: str, key: str) -> str:
-    """Run one experiment into runs_dir/key (top-level so worker processes can pickle it)."""
+    """Run one experiment into runs_dir/key in this process."""
     from raysim.config import config_from_dict
     from raysim.runtime.experiment import Experiment
 
@@ -260,8 +259,9 @@ class Runner:
         )
 
     def run(self, raws: Sequence[dict[str, Any]], label: str, fresh_process: bool = False) -> list[Run]:
-        """Run (or reuse) every config; ``fresh_process`` runs each in its own process, so its peak
-        memory is its own."""
+        """Run (or reuse) every config: with ``--jobs`` > 1 as Ray Tune trials (``tuning.batch``,
+        the runner ``raysim tune`` uses), else one after another in this process. ``fresh_process``
+        makes each run a Tune trial in its own worker process, so its peak memory is its own."""
         keys = [run_key(r) for r in raws]
         todo: list[tuple[str, dict[str, Any]]] = []
         for k, r in zip(keys, raws, strict=True):
@@ -269,25 +269,22 @@ class Runner:
                 if (self.runs_dir / k).exists():  # a half-written run from an interrupted reproduction
                     shutil.rmtree(self.runs_dir / k)
                 todo.append((k, r))
-        t0 = time.perf_counter()
         if todo:
             self.echo(f"[{label}] {len(todo)} run(s) to do, {len(raws) - len(todo)} reused")
-        if todo and (self.jobs > 1 or fresh_process):
-            import multiprocessing as mp
+            if self.jobs > 1 or fresh_process:
+                from tuning.batch import run_experiments
 
-            ctx = mp.get_context("spawn")
-            with ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=ctx, max_tasks_per_child=1 if fresh_process else None
-            ) as pool:
-                futures = [pool.submit(_execute, r, str(self.runs_dir), k) for k, r in todo]
-                for i, f in enumerate(futures, 1):
-                    f.result()
-                    self.echo(f"[{label}] {i}/{len(todo)} done ({time.perf_counter() - t0:.0f}s)")
-        else:
-            for i, (k, r) in enumerate(todo, 1):
-                _execute(r, str(self.runs_dir), k)
-                a = r["algorithm"]["name"]
-                self.echo(f"[{label}] {i}/{len(todo)} {a} seed {r['seed']} ({time.perf_counter() - t0:.0f}s)")
+                # Ray Tune trials, as `raysim tune` runs them: each in a fresh worker process (its
+                # peak memory is its own), each with a placement group sized from its config
+                run_experiments(todo, self.runs_dir, jobs=self.jobs, label=label, echo=self.echo)
+            else:  # one at a time in this process: no per-trial start-up (~2-3 s) for tiny runs
+                t0 = time.perf_counter()
+                for i, (k, r) in enumerate(todo, 1):
+                    _execute(r, str(self.runs_dir), k)
+                    a = r["algorithm"]["name"]
+                    self.echo(
+                        f"[{label}] {i}/{len(todo)} {a} seed {r['seed']} ({time.perf_counter() - t0:.0f}s)"
+                    )
         self.executed += len(todo)
         out = []
         for k, r in zip(keys, raws, strict=True):
@@ -851,7 +848,12 @@ def reproduce_dsac(
         str, typer.Option(help="comma-separated experiment numbers, e.g. 1,3,5 (default: all 7)")
     ] = "",
     backend: Annotated[str, typer.Option(help="serial (fastest at this scale on 2 cores) | ray")] = "serial",
-    jobs: Annotated[int, typer.Option(min=1, help="runs in parallel worker processes")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
+        ),
+    ] = 1,
 ) -> None:
     """Regenerate the DSAC paper's experiments (Tables 2-3, 5-7, Figures 6-11) into OUT."""
     if scale not in SCALES:

@@ -128,3 +128,21 @@ def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_clu
     policy = list(out.directory.glob("pbt_policy_*.txt")) + list(out.directory.glob("pbt_global.txt"))
     assert policy, "Tune's PBT log of exploits is missing"
     assert yaml.safe_load((out.directory / "best.yaml").read_text())["local"]["lr"] > 0
+
+
+def test_batch_runner_runs_fixed_configs_as_trials_and_names_a_failed_one(ray_cluster, tmp_path):
+    from tuning.batch import run_experiments
+
+    good = {k: tiny_config(tmp_path, seed=s, rounds__num_rounds=2).to_dict() for k, s in (("a", 1), ("b", 2))}
+    run_experiments(list(good.items()), tmp_path / "runs", jobs=2, label="t", echo=lambda s: None)
+    for k in good:
+        summary = json.loads((tmp_path / "runs" / k / "summary.json").read_text())
+        assert summary["rounds"] == 2
+    a = pd.read_parquet(tmp_path / "runs" / "a" / "rounds.parquet")
+    b = pd.read_parquet(tmp_path / "runs" / "b" / "rounds.parquet")
+    assert not a["test_loss"].equals(b["test_loss"])  # two seeds, two runs
+
+    bad = tiny_config(tmp_path).to_dict()
+    bad["data"] = {**bad["data"], "dataset": "fashion-mnist", "data_dir": str(tmp_path / "nowhere")}
+    with pytest.raises(RuntimeError, match=r"\[t\] 1 run\(s\) failed:\nc: "):
+        run_experiments([("c", bad)], tmp_path / "runs", label="t", echo=lambda s: None)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from raysim.algorithms.ascfl import ASCFL
 from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
@@ -28,7 +29,7 @@ from raysim.algorithms.scaffold import Scaffold
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC, IFCA, CFL, GeneticCFL)
+    for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC, IFCA, CFL, GeneticCFL, ASCFL)
 }
 
 DEFAULT_ALGORITHM = FedAvg.name
@@ -47,6 +48,7 @@ def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None)
 
 __all__ = [
     "ALGORITHMS",
+    "ASCFL",
     "CFL",
     "IFCA",
     "DEFAULT_ALGORITHM",

@@ -32,8 +32,16 @@ def finals(table: pd.DataFrame, metric: str) -> pd.DataFrame:
         row.update(
             trial_id=trial_id, value=float(df[metric].dropna().iloc[-1]), rounds=int(df["round"].max())
         )
+        row["by_round"] = dict(zip(df["round"].astype(int), df[metric], strict=True))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def at_common_round(done: pd.DataFrame) -> tuple[int, pd.Series]:
+    """The last round every finished trial reached (ASHA stops some early) and each trial's metric
+    there: trials compared at the same round, not a stopped trial's round 2 against round 10."""
+    common = int(done["rounds"].min())
+    return common, done["by_round"].map(lambda d: float(d.get(common, math.nan)))
 
 
 def importance(loaded: LoadedSpec, done: pd.DataFrame) -> dict[str, float]:
@@ -125,15 +133,26 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
         return written
     # 2. each knob against the final metric
     fig, axes = plt.subplots(1, len(knobs), figsize=(3.6 * len(knobs), 3.4), squeeze=False)
+    full = done["rounds"] == done["rounds"].max()
     for ax, key in zip(axes[0], knobs, strict=True):
         x = done[f"config/{key}"]
-        numeric = pd.api.types.is_numeric_dtype(x)
-        ax.scatter(x if numeric else x.astype(str), done["value"], s=22, alpha=0.8)
+        x = x if pd.api.types.is_numeric_dtype(x) else x.astype(str)
+        ax.scatter(x[full], done["value"][full], s=24, alpha=0.85, label="ran every round")
+        if (~full).any():
+            ax.scatter(
+                x[~full],
+                done["value"][~full],
+                s=24,
+                facecolors="none",
+                edgecolors="C1",
+                label="stopped early (its last round)",
+            )
         if spec.space[key].kind == "loguniform":
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{spec.name}: each knob vs final {metric}")
     fig.tight_layout()
     written.append(out / "knobs.png")
@@ -161,11 +180,12 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
     # 4. parameter importance (needs >= 2 varied knobs and a few finished trials)
     varied = [k for k in knobs if done[f"config/{k}"].nunique() > 1]
     if spec.mode != "pbt" and len(varied) >= 2 and len(done) >= 4:
-        imp = importance(loaded, done)
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * len(imp)))
+        common, values = at_common_round(done)
+        imp = importance(loaded, done.assign(value=values))
+        fig, ax = plt.subplots(figsize=(6, 0.9 + 0.5 * len(imp)))
         names = list(imp)[::-1]
         ax.barh(names, [imp[n] for n in names])
-        ax.set_xlabel(f"fANOVA importance for final {metric}")
+        ax.set_xlabel(f"fANOVA importance for {metric} at round {common} (reached by every trial)")
         ax.set_title(f"{spec.name}: parameter importance ({len(done)} trials)")
         fig.tight_layout()
         written.append(out / "importance.png")

@@ -367,7 +367,7 @@ class Algorithm(ABC):
         """True once the algorithm wants no more rounds (the run stops early)."""
         return False
 
-    def client_annotations(self, state: Any) -> Mapping[int, Mapping[str, float]]:
+    def client_annotations(self, state: Any) -> Mapping[int, Mapping[str, Any]]:
         """Per-client columns for clients.parquet this round (e.g. cluster id, weight)."""
         return {}
 

@@ -552,9 +552,16 @@ class DSAC(Algorithm):
         """The client's eq. (10) input map for its personalised evaluation (None when off)."""
         return client.state.get("adapter") if self.p.feature_mapping else None
 
-    def client_annotations(self, state: DSACState) -> Mapping[int, Mapping[str, float]]:
-        """Per-client columns for clients.parquet: group id and the last aggregation weight."""
+    def client_annotations(self, state: DSACState) -> Mapping[int, Mapping[str, Any]]:
+        """Per-client columns for clients.parquet: group id and the last aggregation weight. The
+        group is also the runtime's ``cluster`` (clusters.parquet, ARI/NMI, stability); every
+        client trains the one global model, its group only picks its personalised model M_g."""
         return {
-            int(c): {"group": float(state.assign[c]), "weight": float(state.weight_now[c])}
+            int(c): {
+                "group": float(state.assign[c]),
+                "cluster": float(state.assign[c]),
+                "cluster_model_key": GLOBAL,
+                "weight": float(state.weight_now[c]),
+            }
             for c in range(len(state.assign))
         }

@@ -164,3 +164,24 @@ def test_report_draws_the_membership_heat_map(ifca_run, tmp_path):
     assert CliRunner().invoke(app, ["report", str(plain)]).exit_code == 0
     assert (plain / "plots" / "test_accuracy.png").is_file()
     assert not (plain / "plots" / "clusters.png").exists()
+
+
+def test_dsac_groups_are_tracked_as_clusters_of_one_global_model(tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        algorithm__name="dsac",
+        algorithm__cluster_every=1,
+        algorithm__max_groups=2,
+        algorithm__pretraining=False,
+        data__partition="rotation",
+        data__num_groups=2,
+        rounds__num_rounds=2,
+        rounds__personal_eval=False,
+    )
+    d = run(cfg)
+    clusters = pd.read_parquet(d / "clusters.parquet")
+    assert sorted(set(clusters["round"])) == [1, 2]
+    grouped = clusters[clusters["cluster"] >= 0]
+    assert len(grouped) > 0 and set(grouped["model_key"]) == {"global"}
+    rounds = pd.read_parquet(d / "rounds.parquet")
+    assert rounds["cluster_nmi"].between(0, 1).any()

@@ -423,7 +423,9 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
     atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info))
     write_plots(loaded, table, directory / "plots", info)
     if best is not None:
-        echo(f"best: trial {best['trial_id']} {objs[0].metric}={best[objs[0].metric]:.4f} {best['config']}")
+        over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"trial {best['trial_id']}"
+        knobs_shown = {k: v for k, v in best["config"].items() if k != "seed" or len(best["seeds"]) == 1}
+        echo(f"best: {objs[0].metric}={best[objs[0].metric]:.4f} ({over}) {knobs_shown}")
     echo(f"wrote {directory}/trials.parquet, best.yaml, summary.md, plots/")
     return SweepOutcome(directory=directory, trials=len(results), errors=errors, best=best)
 

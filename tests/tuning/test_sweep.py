@@ -146,3 +146,51 @@ def test_batch_runner_runs_fixed_configs_as_trials_and_names_a_failed_one(ray_cl
     bad["data"] = {**bad["data"], "dataset": "fashion-mnist", "data_dir": str(tmp_path / "nowhere")}
     with pytest.raises(RuntimeError, match=r"\[t\] 1 run\(s\) failed:\nc: "):
         run_experiments([("c", bad)], tmp_path / "runs", label="t", echo=lambda s: None)
+
+
+def test_multi_objective_sweep_writes_its_pareto_front(ray_cluster, tmp_path):
+    loaded = _loaded(
+        tmp_path,
+        name="mo",
+        mode="optuna",
+        num_samples=3,
+        base=tiny_config(tmp_path, rounds__num_rounds=2).to_dict(),
+        space={"local.lr": {"loguniform": [0.01, 0.2]}, "local.epochs": {"int": [1, 3]}},
+        objectives=[{"metric": "test_accuracy", "goal": "max"}, {"metric": "train_s", "goal": "min"}],
+        optuna={"sampler": "nsga2", "seed": 0},
+    )
+    out = run_sweep(loaded, echo=lambda s: None, verbose=0)
+    assert out.trials == 3 and not out.errors
+    info = json.loads((out.directory / "sweep.json").read_text())
+    front = info["pareto_front"]
+    assert 1 <= len(front) <= 3
+    table = pd.read_parquet(out.directory / "trials.parquet")
+    last = table.sort_values("round").groupby("trial_id")[["test_accuracy", "train_s"]].last()
+    for p in front:  # nobody beats a front member on both objectives
+        mine = last.loc[p["trial_id"]]
+        assert not (
+            (last["test_accuracy"] > mine["test_accuracy"]) & (last["train_s"] < mine["train_s"])
+        ).any()
+    assert (out.directory / "plots" / "pareto.png").stat().st_size > 10_000
+
+
+def test_cli_refuses_a_sweep_that_can_never_fit_with_the_arithmetic(ray_cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from raysim.cli import app
+
+    base = tiny_config(
+        tmp_path, resources__backend="ray", resources__num_cpus=2.0, resources__clients_per_actor=1
+    ).to_dict()
+    raw = {
+        "name": "big",
+        "base": base,
+        "mode": "optuna",
+        "storage_path": str(tmp_path / "sweeps"),
+        "space": {"local.lr": {"loguniform": [0.01, 0.1]}},
+    }
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["tune", str(tmp_path / "big.yaml")])
+    assert res.exit_code == 2, res.output
+    assert "needs 12 CPUs" in res.output and "6 client actors x 2" in res.output
+    assert not (tmp_path / "sweeps").exists()  # nothing half-written

@@ -12,7 +12,7 @@ import ray
 
 from raysim.algorithms.base import ClientTask
 from raysim.config import ConfigError
-from raysim.runtime.backend import Share, StartSpec
+from raysim.runtime.backend import ServerLost, Share, StartSpec
 from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
 from raysim.runtime.server import RoundReport
 
@@ -191,7 +191,6 @@ class RayBackend:
 
     def start(self, spec: StartSpec) -> None:
         from actors.client import ClientActor
-        from actors.server import start_server
 
         ensure_ray(self.address)
         check_resources(
@@ -223,16 +222,29 @@ class RayBackend:
             if spec.roam
             else None
         )
-        self.server = start_server(
-            num_cpus=spec.server_cpus,
-            num_gpus=spec.server_gpus,
-            pool=RayPool(self.clients, owner, roam_sizes=sizes),
+        self._server_args = {
+            "num_cpus": spec.server_cpus,
+            "num_gpus": spec.server_gpus,
+            "pool": RayPool(self.clients, owner, roam_sizes=sizes),
             **spec.server_kwargs,
-        )
+        }
+        self.restart_server()
+
+    def restart_server(self) -> None:
+        """A fresh server actor over the same client actors (its initial state: the caller
+        restores a checkpoint next). Also how ``start`` makes the first one."""
+        from actors.server import start_server
+
+        if self.server is not None:
+            ray.kill(self.server)
+        self.server = start_server(**self._server_args)
         ray.get(self.server.eval_broadcast.remote())  # the server is up (its init ran)
 
     def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
-        return ray.get(self.server.run_round.remote(t, dict(hparams)))
+        try:
+            return ray.get(self.server.run_round.remote(t, dict(hparams)))
+        except ray.exceptions.ActorDiedError as err:
+            raise ServerLost(f"the server actor died during round {t}: {err}") from err
 
     def checkpoint(self) -> dict[str, Any]:
         return ray.get(self.server.checkpoint.remote())

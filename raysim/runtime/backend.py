@@ -44,6 +44,11 @@ class StartSpec:
     roam: bool  # clients without state train on any host (each cohort balanced over the hosts)
 
 
+class ServerLost(RuntimeError):
+    """The server actor died (its node went away, it was killed): the run can continue only from a
+    checkpoint, with a fresh server (``Backend.restart_server``)."""
+
+
 class Backend(Protocol):
     def share(self) -> Share:
         """What this backend can use (the cluster, or the share it was given)."""
@@ -56,6 +61,10 @@ class Backend(Protocol):
     def converged(self) -> bool: ...
     def system_stats(self) -> list[dict[str, Any]]: ...
     def eval_broadcast(self) -> dict[str, np.ndarray]: ...
+    def restart_server(self) -> None:
+        """Replace a lost server by a fresh one (its initial state; restore a checkpoint next)."""
+        ...
+
     def shutdown(self) -> None: ...
 
 

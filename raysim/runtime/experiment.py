@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from raysim.config import (
 )
 from raysim.models.flat import init_params
 from raysim.runtime import rundir
-from raysim.runtime.backend import Backend, Share, StartSpec, make_backend
+from raysim.runtime.backend import Backend, ServerLost, Share, StartSpec, make_backend
 from raysim.runtime.host import HostSpec
 from raysim.runtime.logger import RunLogger
 from raysim.runtime.packing import pack_clients, pick_noisy, pooled_shard, roams
@@ -74,6 +75,7 @@ class Experiment:
         self.num_hosts = 0
         self.t_setup = 0.0
         self.overrides: dict[str, float] = {}
+        self.server_restarts = 0  # server actors lost and replaced from a checkpoint
         self.last: RoundReport | None = None
 
     # -- set-up: everything that can fail on user input happens here ----------------------
@@ -224,13 +226,41 @@ class Experiment:
         """Run round ``next_round`` (with ``hparams`` overriding this round only) and log it."""
         logger = self._logger()
         t = self.next_round
-        report = self._backend().run_round(t, {**self.hparams(), **(hparams or {})})
+        try:
+            report = self._backend().run_round(t, {**self.hparams(), **(hparams or {})})
+        except ServerLost as lost:
+            self._recover_server(t, lost)  # back to the newest checkpoint, rounds replayed up to t - 1
+            return self.step(hparams)
         logger.log_round(report.metrics, report.clients, report.clusters)
         if "test_accuracy" in report.metrics or "personal_accuracy" in report.metrics:
             logger.log_system(t, [*self._backend().system_stats(), driver_stats()])
         self.next_round = t + 1
         self.last = report
         return report
+
+    def _recover_server(self, t: int, lost: ServerLost) -> None:
+        """The server actor died in round ``t``: start a fresh one, restore the newest periodic
+        checkpoint (model, server state and every client's state) and replay the rounds after it
+        up to ``t - 1``, so that round ``t`` runs as in an uninterrupted run (the rounds are
+        deterministic given the state). Without a checkpoint the run cannot continue."""
+        ckpts = rundir.periodic_checkpoints(self.run_dir) if self.run_dir is not None else []
+        if not ckpts:
+            raise ServerLost(
+                f"{lost}; no checkpoint to restart it from: set rounds.checkpoint_every "
+                "(e.g. 5) so a lost server costs at most that many rounds"
+            ) from lost
+        self.server_restarts += 1
+        self._backend().restart_server()
+        done = self.restore(ckpts[-1])
+        self._logger().reload(upto_round=done)
+        warnings.warn(
+            f"the server actor died in round {t}; restarted it from the checkpoint of round {done} "
+            f"(restart {self.server_restarts}), replaying rounds {done + 1}..{t - 1}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        while self.next_round < t:
+            self.step()
 
     def run_round(self, t: int) -> RoundReport:
         """Round ``t`` (must be the next one), with the periodic checkpoint ``run()`` writes."""
@@ -312,6 +342,7 @@ class Experiment:
                 for a in {r["actor"] for r in logger.system}
             ),
             "dropouts": int(sum(r.get("dropouts", 0) for r in rounds)),
+            "server_restarts": self.server_restarts,
             "lost_clients": int(rounds[-1].get("lost_clients", 0)) if rounds else 0,
             "bytes_up": float(sum(r.get("bytes_up", 0) for r in rounds)),
             "bytes_down": float(sum(r.get("bytes_down", 0) for r in rounds)),

@@ -319,9 +319,12 @@ class ClientHost:
         return {cid: dict(self.clients[cid].state) for cid in self.home if self.clients[cid].state}
 
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
-        for cid, st in states.items():
-            if cid in self.home:
-                self.clients[cid].state = dict(st)
+        """Every home client's state becomes its entry in ``states`` (a checkpoint's client states),
+        and empty when it has none: a client that had no state at the checkpoint must not keep
+        what it gained later (a restore into live actors, e.g. after a lost server)."""
+        for cid in self.home:
+            self.clients[cid].state = dict(states.get(cid, {}))
+        self.staged, self.staged_round = {}, -1
 
     def stats(self) -> dict[str, Any]:
         rss = self._proc.memory_info().rss

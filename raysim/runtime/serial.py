@@ -86,6 +86,9 @@ class SerialBackend:
             raise RuntimeError("backend not started")
         return self.server
 
+    def restart_server(self) -> None:
+        raise RuntimeError("the serial backend's server lives in this process: it cannot be lost")
+
     def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
         return self._srv().run_round(t, hparams)
 

@@ -25,11 +25,27 @@ from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
 from raysim.algorithms.genetic_cfl import GeneticCFL
 from raysim.algorithms.ifca import IFCA
 from raysim.algorithms.local import LocalOnly
+from raysim.algorithms.personal import FedPer
+from raysim.algorithms.pfedht import PFedHN, PFedHT
 from raysim.algorithms.scaffold import Scaffold
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, Scaffold, LocalOnly, Centralised, DSAC, IFCA, CFL, GeneticCFL, ASCFL)
+    for cls in (
+        FedAvg,
+        FedProx,
+        Scaffold,
+        LocalOnly,
+        Centralised,
+        DSAC,
+        IFCA,
+        CFL,
+        GeneticCFL,
+        ASCFL,
+        PFedHT,
+        PFedHN,
+        FedPer,
+    )
 }
 
 DEFAULT_ALGORITHM = FedAvg.name
@@ -53,6 +69,9 @@ __all__ = [
     "IFCA",
     "DEFAULT_ALGORITHM",
     "GeneticCFL",
+    "FedPer",
+    "PFedHN",
+    "PFedHT",
     "AlgoParams",
     "Algorithm",
     "ClientResult",

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from raysim.models.vit import vit_tiny
+
 
 def _require_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(input_shape) != 3:
@@ -100,6 +102,7 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "cnn-small": cnn_small,
     "cnn-mcmahan": cnn_mcmahan,
     "cnn-cifar": cnn_cifar,
+    "vit-tiny": vit_tiny,  # raysim/models/vit.py: explicit Q/K/V projections (pFedHT, paper 003)
 }
 
 

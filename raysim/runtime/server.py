@@ -23,7 +23,7 @@ from raysim.algorithms.base import (
     ServerContext,
     SetupContext,
 )
-from raysim.metrics import classification_metrics, cluster_tracking
+from raysim.metrics import classification_metrics, cluster_tracking, worst_fraction_mean
 from raysim.models.flat import Params
 from raysim.runtime.pool import Pool, PoolReply
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer
@@ -306,7 +306,10 @@ class Server:
                 {"test_accuracy": float("nan"), "test_loss": float("nan"), "test_macro_f1": float("nan")}
             )
         if self.eval.personal:
-            per = self.pool.evaluate(self.algorithm.eval_broadcast(self.state))
+            # client order, not actor order: the float sums below must not depend on the packing
+            per = sorted(
+                self.pool.evaluate(self.algorithm.eval_broadcast(self.state)), key=lambda p: p["client_id"]
+            )
             n = sum(p["n"] for p in per)
             if n:
                 out["personal_accuracy"] = sum(p["correct"] for p in per) / n
@@ -314,6 +317,7 @@ class Server:
                 accs = np.array([p["correct"] / p["n"] for p in per])
                 out["personal_accuracy_mean"] = float(accs.mean())
                 out["personal_accuracy_p10"] = float(np.percentile(accs, 10))
+                out["personal_accuracy_worst10"] = worst_fraction_mean(accs, 0.1)  # mean of the worst 10%
             for p in per:
                 rows.append(
                     {

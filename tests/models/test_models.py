@@ -66,4 +66,4 @@ def test_flops_counter_counts_the_small_cnn():
     # conv1: 2*9*1*16*28*28, conv2: 2*9*16*32*14*14, fc: 2*1568*10
     expected = 2 * 9 * 16 * 784 + 2 * 9 * 16 * 32 * 196 + 2 * 1568 * 10
     assert count_flops(build_model("cnn-small", (1, 28, 28), 10), (1, 28, 28)) == expected
-    assert set(MODELS) == {"mlp", "cnn-small", "cnn-mcmahan", "cnn-cifar"}
+    assert set(MODELS) == {"mlp", "cnn-small", "cnn-mcmahan", "cnn-cifar", "vit-tiny"}

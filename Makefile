@@ -32,8 +32,11 @@ run: install data  ## set everything up and run the quick-start experiment (conf
 test: install data  ## set everything up and run the default test suite (no slow tier)
 	$(BIN)/pytest -m "not slow" -q
 
-test-slow: install data  ## the slow tier: real Fashion-MNIST runs (minutes)
+test-slow: install data  ## the slow tier: real Fashion-MNIST runs, the bigger Ray runs (minutes)
 	$(BIN)/pytest -m slow -q
+
+test-all: install data  ## both tiers, the default suite and the slow one
+	$(BIN)/pytest -q
 
 lint: install  ## ruff and mypy on the packages
 	$(BIN)/ruff check raysim actors tuning tests benchmarks

@@ -53,7 +53,9 @@ class DataConfig(_Section):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     test_per_client: Annotated[int, Field(ge=1)] | None = None
     public_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.0
-    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # fraction of clients whose labels are shuffled
+    # fraction of clients (drawn once per seed) whose training and validation labels are replaced by
+    # uniform random labels; their local test labels stay clean
+    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0
     synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
     synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
 
@@ -221,13 +223,45 @@ class ExperimentConfig(_Section):
         return max(1, min(n, *fits)) if fits else max(1, min(n, 2))
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _valid_keys(model: type[BaseModel], loc: tuple[str, ...], raw: Any) -> tuple[str, list[str]] | None:
+    """Where an unknown key ``loc`` was found and the keys allowed there (None when that place is
+    not a section of ``model``). The ``algorithm`` section's keys are ``name`` and the parameters
+    of the algorithm it names."""
+    node = raw
+    for depth, part in enumerate(loc[:-1]):
+        node = node.get(part) if isinstance(node, dict) else None
+        if model is ExperimentConfig and part == "algorithm" and depth == len(loc) - 2:
+            from raysim.algorithms import ALGORITHMS
+
+            name = node.get("name", DEFAULT_ALGORITHM) if isinstance(node, dict) else DEFAULT_ALGORITHM
+            if name not in ALGORITHMS:
+                return None
+            keys = {"name", *ALGORITHMS[name].params_model.model_fields}
+            return f"of algorithm {name!r}", sorted(keys)
+        field = model.model_fields.get(part)
+        sub = field.annotation if field is not None else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    where = f"of {'.'.join(loc[:-1])}" if len(loc) > 1 else "at the top level"
+    return where, sorted(model.model_fields)
+
+
+def _format_validation_error(
+    err: ValidationError, source: str, raw: Any = None, model: type[BaseModel] | None = None
+) -> str:
+    """One line per problem. With the ``model`` that was validated (and its ``raw`` input), an
+    unknown key's line lists the keys valid in its section."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        parts = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `raysim validate` lists the valid sections)"
+            msg = "unknown key (check the spelling)"
+            valid = _valid_keys(model, parts, raw) if model is not None else None
+            if valid is not None:
+                msg += f"; valid keys {valid[0]}: {', '.join(valid[1])}"
         elif e["type"] == "finite_number":
             msg = "must be a finite number: .inf and .nan are not allowed"
         where = f"{loc}: " if loc else ""
@@ -274,7 +308,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentC
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, raw, ExperimentConfig)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -110,8 +110,13 @@ def test_non_finite_numbers_exit_2(tmp_path):
     ("override", "message"),
     [
         ("rounds.num_rounds", "--set 'rounds.num_rounds': expected KEY=VALUE"),
-        ("rounds.bogus=1", "rounds.bogus: unknown key"),
+        (
+            "rounds.bogus=1",
+            "rounds.bogus: unknown key (check the spelling); valid keys of rounds: checkpoint_every,",
+        ),
         ("seed.x=1", "'seed' is a value, not a section"),
+        ("local.lr=fast", "local.lr: Input should be a valid number"),
+        ("rounds.num_rounds=0", "rounds.num_rounds: Input should be greater than or equal to 1"),
     ],
 )
 def test_a_bad_set_exits_2_with_one_message_and_no_run_dir(tmp_path, override, message):
@@ -138,3 +143,28 @@ def test_an_output_dir_that_cannot_be_made_exits_2_and_writes_nothing(tmp_path):
         r = runner.invoke(app, ["run", str(cfg), "--set", f"output.dir={target}", "--no-progress"])
         assert_one_error(r, f"output.dir={str(target)!r}", why, "set output.dir to a directory")
     assert sorted(tmp_path.iterdir()) == before and a_file.read_text() == "keep me"
+
+
+def test_run_with_report_writes_the_plots_into_the_run_dir(tmp_path):
+    r = runner.invoke(app, ["run", str(write_cfg(tmp_path)), "--report", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    plots = tmp_path / "runs" / "cli" / "plots"
+    assert f"plots and table: {plots}" in r.output
+    assert "| cli | fedavg | 2 |" in (plots / "summary.md").read_text()
+    assert (plots / "test_accuracy.png").stat().st_size > 1000
+    # without --report, no plots
+    r = runner.invoke(app, ["run", str(write_cfg(tmp_path)), "--no-progress"])
+    assert r.exit_code == 0 and not (tmp_path / "runs" / "cli-2" / "plots").exists()
+
+
+@pytest.mark.ray
+def test_an_impossible_gpu_request_exits_2_before_the_run_dir(ray_cluster, tmp_path):
+    """The session's Ray has 2 (logical) GPUs; 4 actors x 1 GPU cannot be placed."""
+    cfg = write_cfg(
+        tmp_path, resources={"backend": "ray", "clients_per_actor": 1, "num_gpus": 1, "num_cpus": 0.25}
+    )
+    r = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    assert_one_error(
+        r, "resources.num_gpus=1.0 x 4 client actors needs 4 GPUs, the Ray cluster has 2", "lower num_gpus"
+    )
+    assert not (tmp_path / "runs").exists()

@@ -4,13 +4,14 @@ entrypoints our own CLI accepts, and size the worker groups to the experiment.""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
 import tomllib
 from pathlib import Path
 from subprocess import list2cmdline
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import typer.main
@@ -184,18 +185,34 @@ def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-@pytest.fixture(scope="module")
-def crd() -> dict[str, Any]:
-    """kind -> a jsonschema validator for KubeRay's v1 CRD (skips without the schema copies)."""
-    folder = _schemas_dir()
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip a check whose inputs this machine lacks; on CI (CI=true) that is a failure instead."""
+    if on_ci():
+        pytest.fail(f"{reason} [CI=true: the schema checks must run on CI, not skip]")
+    pytest.skip(reason)
+
+
+def need(module: str, reason: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(f"{module} is not installed: {reason}")
+
+
+def crd_validators(folder: Path) -> dict[str, Any]:
+    """kind -> a jsonschema validator for KubeRay's v1 CRD in ``folder``."""
     files = {"RayCluster": folder / "ray.io_rayclusters.yaml", "RayJob": folder / "ray.io_rayjobs.yaml"}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        pytest.skip(
-            f"KubeRay CRD schemas not found ({', '.join(missing)}): put ray.io_rayclusters.yaml and "
+    absent = [str(p) for p in files.values() if not p.is_file()]
+    if absent:
+        missing(
+            f"KubeRay CRD schemas not found ({', '.join(absent)}): put ray.io_rayclusters.yaml and "
             "ray.io_rayjobs.yaml there or point RAYSIM_K8S_SCHEMAS at a folder that has them"
         )
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (dev extra) validates the CRDs")
+    jsonschema = need("jsonschema", "the dev extra validates the CRDs with it")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     out = {}
     for kind, path in files.items():
@@ -207,17 +224,32 @@ def crd() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    """KubeRay's CRDs from ../shared/k8s-schemas or $RAYSIM_K8S_SCHEMAS (skip without them, fail on CI)."""
+    return crd_validators(_schemas_dir())
+
+
+@pytest.fixture(scope="module")
 def core():
     """Validate a core object (or a pod template) offline against the Kubernetes schemas."""
-    kv = pytest.importorskip(
-        "kubernetes_validate", reason="pip install kubernetes-validate (dev extra) for the core schemas"
-    )
+    kv = need("kubernetes_validate", "pip install kubernetes-validate (dev extra) for the core schemas")
 
     def validate(obj: dict[str, Any]) -> None:
         for version in K8S_VERSIONS:
             kv.validate(obj, kv.latest_version() if version == "latest" else version, strict=True)
 
     return validate
+
+
+def test_missing_schemas_skip_on_a_laptop_and_fail_on_ci(tmp_path, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="KubeRay CRD schemas not found"):
+        crd_validators(tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="KubeRay CRD schemas not found.*CI=true"):
+        crd_validators(tmp_path)
+    with pytest.raises(pytest.fail.Exception, match="no_such_module_xyz is not installed"):
+        need("no_such_module_xyz", "test")
 
 
 def crd_errors(validator, doc: dict[str, Any]) -> list[str]:
@@ -281,7 +313,7 @@ def test_core_objects_and_every_pod_template_validate_against_kubernetes_schemas
 
 
 def test_the_core_check_is_strict(core):
-    kv = pytest.importorskip("kubernetes_validate")
+    kv = need("kubernetes_validate", "the core schema check")
     pvc = load_docs(K8S / "pvc.yaml")[0]
     pvc["spec"]["accesModes"] = pvc["spec"].pop("accessModes")
     with pytest.raises(kv.ValidationError):

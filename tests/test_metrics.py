@@ -67,3 +67,66 @@ def test_tracking_against_truth() -> None:
     # fewer than two clients with both a truth and a cluster: NaN, not a missing column
     few = cluster_tracking(members(0, -1, -1, -1, 1), None, truth)
     assert math.isnan(few["cluster_ari"]) and math.isnan(few["cluster_nmi"])
+
+
+# -- classification_metrics, clustering_agreement, mean_ci95 on hand-computed values -------------
+
+
+def test_classification_metrics_by_hand() -> None:
+    from raysim.metrics import classification_metrics
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    preds = np.array([0, 1, 1, 1, 2, 0])
+    got = classification_metrics(labels, preds, loss=0.5)
+    # class 0: TP 1, FP 1 (the last example), FN 1 -> P 1/2, R 1/2, F1 1/2
+    # class 1: TP 2, FP 1 (the second example), FN 0 -> P 2/3, R 1, F1 4/5
+    # class 2: TP 1, FP 0, FN 1 -> P 1, R 1/2, F1 2/3
+    assert got["accuracy"] == pytest.approx(4 / 6)
+    assert got["loss"] == 0.5
+    assert got["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert got["macro_recall"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert got["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+
+
+def test_classification_metrics_undefined_ratios_count_zero_and_no_examples_is_nan() -> None:
+    from raysim.metrics import classification_metrics
+
+    # class 1 is predicted but never true: precision 0/1 = 0, recall 0/0 -> 0, F1 0;
+    # class 0: P 1, R 1/2, F1 2/3. A class in neither array (2, 3, ...) is not averaged at all.
+    got = classification_metrics(np.array([0, 0]), np.array([0, 1]), loss=1.0)
+    assert got["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+    assert got["macro_precision"] == pytest.approx((1 + 0) / 2)
+    assert got["macro_recall"] == pytest.approx((1 / 2 + 0) / 2)
+    empty = classification_metrics(np.array([], dtype=int), np.array([], dtype=int), loss=0.0)
+    assert all(math.isnan(empty[k]) for k in ("accuracy", "loss", "macro_f1"))
+
+
+def test_clustering_agreement_by_hand() -> None:
+    from raysim.metrics import clustering_agreement
+
+    same = clustering_agreement(np.array([0, 0, 1, 1]), np.array([5, 5, 2, 2]))  # a relabelling
+    assert same["ari"] == pytest.approx(1.0) and same["nmi"] == pytest.approx(1.0)
+    # truth {0,1,2}{3,4,5}, found {0,1}{2,3,4,5}; contingency [[2, 1], [0, 3]], n = 6
+    got = clustering_agreement(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 1, 1, 1]))
+    # ARI: sum C(n_ij, 2) = 1 + 0 + 0 + 3 = 4; rows 2 x C(3,2) = 6; columns C(2,2) + C(4,2) = 7;
+    # expected 6 * 7 / C(6,2) = 2.8; max (6 + 7) / 2 = 6.5 -> (4 - 2.8) / (6.5 - 2.8) = 12/37
+    assert got["ari"] == pytest.approx(12 / 37)
+    # NMI (arithmetic mean of the entropies): MI = 1/3 ln 2 - 1/6 ln 2 + 1/2 ln(3/2),
+    # H(truth) = ln 2, H(found) = 1/3 ln 3 + 2/3 ln(3/2)
+    mi = math.log(2) / 6 + math.log(1.5) / 2
+    h_truth, h_found = math.log(2), math.log(3) / 3 + 2 * math.log(1.5) / 3
+    assert got["nmi"] == pytest.approx(mi / ((h_truth + h_found) / 2))
+
+
+def test_mean_ci95_by_hand() -> None:
+    from raysim.metrics import mean_ci95
+
+    # mean 2.5, sample sd sqrt(5/3), t(0.975, 3 dof) = 3.182446305284263 -> half = t * sd / 2
+    mean, half = mean_ci95(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446305284263 * math.sqrt(5 / 3) / 2)
+    # NaN seeds are left out: [1, 3] -> mean 2, sd sqrt(2), t(0.975, 1) = 12.706204736174696
+    mean, half = mean_ci95(np.array([1.0, np.nan, 3.0]))
+    assert mean == 2.0 and half == pytest.approx(12.706204736174696 * math.sqrt(2) / math.sqrt(2))
+    assert mean_ci95(np.array([0.7])) == (0.7, 0.0)  # one seed: no interval
+    assert all(math.isnan(v) for v in mean_ci95(np.array([np.nan])))

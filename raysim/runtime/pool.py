@@ -128,10 +128,12 @@ class ReplyCollector:
         self.dropouts += [(t.client_id, reason) for t in tasks]
 
     def reply(self, broadcast_s: float, train_s: float) -> PoolReply:
+        # Results and dropouts in client order, whichever actor trained whom: float reductions over
+        # them (the mean train loss, a non-linear aggregate) then do not depend on the packing.
         return PoolReply(
-            results=self.results,
+            results=sorted(self.results, key=lambda r: r.client_id),
             partials=self.partials,
-            dropouts=self.dropouts,
+            dropouts=sorted(self.dropouts),
             errors=self.errors,
             broadcast_s=broadcast_s,
             train_s=train_s,

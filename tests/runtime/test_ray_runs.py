@@ -1,4 +1,4 @@
-"""The Ray backend on a real local Ray: placement, packing invariance, a killed actor."""
+"""The Ray backend on a real local Ray: placement, packing invariance, dead and restarted actors."""
 
 from __future__ import annotations
 
@@ -9,32 +9,81 @@ import pytest
 
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.runtime.test_serial_runs import METRIC_COLS
+from tests.runtime.exact import assert_same_learning, client_actors
 
 pytestmark = pytest.mark.ray
 
 
-def run(cfg):
+def run(cfg, algorithm=None):
     exp = Experiment(cfg, progress=False)
+    if algorithm is not None:
+        exp.algorithm = algorithm
     try:
-        exp.run()
+        summary = exp.run()
     finally:
         exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet")[METRIC_COLS]
+    return summary, pd.read_parquet(exp.run_dir / "rounds.parquet"), exp
 
 
-def test_ray_matches_serial_for_any_packing(ray_cluster, tmp_path):
-    serial = run(tiny_config(tmp_path, algorithm__name="scaffold"))
-    for cpa in (1, 5, "auto"):
-        got = run(
-            tiny_config(
-                tmp_path,
-                algorithm__name="scaffold",
-                resources__backend="ray",
-                resources__clients_per_actor=cpa,
-            )
+# Three distinct layouts of the 6 tiny clients on the session's 4-CPU Ray: one actor each, 5 a
+# actor (2 actors) and `auto` at one CPU an actor (4 actors). At the same num_cpus, `auto` would
+# give one actor per client whenever `1` fits, i.e. the same layout as `1`.
+RAY_LAYOUTS = {
+    "1": ({"resources__clients_per_actor": 1}, 6),
+    "5": ({"resources__clients_per_actor": 5}, 2),
+    "auto": ({"resources__clients_per_actor": "auto", "resources__num_cpus": 1.0}, 4),
+}
+
+
+@pytest.mark.slow  # 12 client actors + 3 server actors: minutes on 2 shared cores
+@pytest.mark.parametrize("algo", ["fedavg", "scaffold"])
+def test_packing_gives_bit_identical_rounds_on_ray(ray_cluster, tmp_path, algo):
+    """FedAvg's clients roam under `auto` (each cohort balanced over the actors) and are pinned
+    otherwise; SCAFFOLD's are always pinned (control variates). Every learning column equal to the
+    last bit across the three layouts and with the serial backend."""
+    from raysim.runtime.packing import roams
+
+    traits = tiny_config(tmp_path, algorithm__name=algo).algorithm.traits
+    _, serial, _ = run(tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=4))
+    for name, (over, actors) in RAY_LAYOUTS.items():
+        cfg = tiny_config(
+            tmp_path, algorithm__name=algo, rounds__num_rounds=4, resources__backend="ray", **over
         )
-        pd.testing.assert_frame_equal(serial, got)
+        summary, got, exp = run(cfg)
+        assert summary["client_actors"] == actors == client_actors(exp.run_dir), name
+        assert roams(traits.client_state, actors, cfg.resources.clients_per_actor) is (
+            algo == "fedavg" and name == "auto"
+        )
+        assert_same_learning(serial, got, f"{algo}: serial vs ray clients_per_actor={name}")
+
+
+def test_roaming_fedavg_on_ray_matches_serial(ray_cluster, tmp_path):
+    """The default-tier check of the roaming path: two actors the cohorts are balanced over."""
+    _, serial, _ = run(tiny_config(tmp_path))
+    summary, got, exp = run(tiny_config(tmp_path, resources__backend="ray", resources__num_cpus=2.0))
+    assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
+    assert_same_learning(serial, got, "fedavg: serial vs ray auto (2 actors, roaming)")
+
+
+def test_num_actors_and_torch_threads_take_effect_in_the_actors(ray_cluster, tmp_path):
+    import cloudpickle
+
+    from tests.runtime import probe_algos
+
+    cloudpickle.register_pickle_by_value(probe_algos)  # actors cannot import the tests package
+    cfg = tiny_config(
+        tmp_path,
+        resources__backend="ray",
+        resources__num_actors=2,  # `auto` alone would start one actor per client (6)
+        resources__torch_threads=2,
+        rounds__num_rounds=1,
+        rounds__clients_per_round=6,
+    )
+    summary, rounds, exp = run(cfg, probe_algos.ReportsTorchThreads())
+    assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
+    # a Ray worker starts with one torch thread (OMP_NUM_THREADS=1); the setting raised it
+    assert rounds["client_torch_threads_min"].iloc[0] == rounds["client_torch_threads_max"].iloc[0] == 2
+    assert rounds["server_torch_threads"].iloc[0] == 2
 
 
 def test_fractional_gpus_place_eight_actors_on_two_gpus(ray_cluster, tmp_path):
@@ -114,6 +163,87 @@ def test_killed_client_actor_is_counted_and_the_run_completes(ray_cluster, tmp_p
     dropped = clients[clients.dropped]
     assert set(dropped.client_id) == hosted
     assert dropped.reason.str.contains("actor 1 failed").all()
+
+
+def test_roaming_clients_of_a_killed_actor_train_elsewhere_and_are_not_lost(ray_cluster, tmp_path):
+    """FedAvg under `auto` with two actors: clients roam, so a dead actor loses nobody."""
+    cfg = tiny_config(
+        tmp_path,
+        data__num_clients=4,
+        resources__backend="ray",
+        resources__num_actors=2,
+        rounds__clients_per_round=4,
+        rounds__num_rounds=4,
+    )
+    exp = Experiment(cfg, progress=False)
+    try:
+        exp.prepare()
+        exp.run_round(1)
+        ray_cluster.kill(exp.backend.clients[1])
+        time.sleep(0.5)
+        summary = exp.run()
+    finally:
+        exp.close()
+    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
+    assert list(rounds["lost_clients"]) == [0, 0, 0, 0]
+    assert rounds["dropouts"].iloc[1] == 2  # the tasks sent to the dead actor in round 2
+    assert list(rounds["completed"]) == [4, 2, 4, 4]  # then every client trains on actor 0
+    assert summary["lost_clients"] == 0
+    clients = pd.read_parquet(exp.run_dir / "clients.parquet")
+    dropped = clients[clients.dropped]
+    assert set(dropped["round"]) == {2} and dropped.reason.str.contains("actor 1 failed").all()
+
+
+def wait_restarted(ray, actor, old_pid: int, timeout_s: float = 120.0) -> None:
+    """Until ``actor`` answers from a process other than ``old_pid`` (ray.kill is asynchronous;
+    calls meanwhile may fail with "the actor was restarted")."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        try:
+            if ray.get(actor.stats.remote(), timeout=30)["pid"] != old_pid:
+                return
+        except ray.exceptions.RayError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the actor was not restarted within {timeout_s} s")
+
+
+def test_with_max_restarts_a_killed_actor_comes_back_and_its_clients_restart_empty(ray_cluster, tmp_path):
+    """SCAFFOLD (pinned clients with control variates), max_restarts 1: nobody is lost; the
+    restarted actor's clients start again without their state."""
+    cfg = tiny_config(
+        tmp_path,
+        algorithm__name="scaffold",
+        data__num_clients=4,
+        resources__backend="ray",
+        resources__clients_per_actor=2,
+        resources__max_restarts=1,
+        rounds__clients_per_round=4,
+        rounds__num_rounds=4,
+    )
+    exp = Experiment(cfg, progress=False)
+    try:
+        exp.prepare()
+        exp.run_round(1)
+        survivor, victim = exp.backend.clients
+        assert set(ray_cluster.get(victim.get_state.remote())) == set(
+            ray_cluster.get(victim.client_ids.remote())
+        )
+        old_pid = ray_cluster.get(victim.stats.remote())["pid"]
+        ray_cluster.kill(victim, no_restart=False)
+        wait_restarted(ray_cluster, victim, old_pid)  # a fresh process, a fresh ClientHost
+        assert ray_cluster.get(victim.get_state.remote()) == {}  # its clients' control variates are gone
+        assert len(ray_cluster.get(survivor.get_state.remote())) == 2  # the other actor's are kept
+        summary = exp.run()
+    finally:
+        exp.close()
+    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
+    assert list(rounds["lost_clients"]) == [0, 0, 0, 0] and summary["lost_clients"] == 0
+    # the server's first call to the restarted actor may fail once ("the actor was restarted")
+    assert rounds["completed"].iloc[1] in (2, 4)
+    assert list(rounds["completed"].iloc[2:]) == [4, 4]  # then it trains its clients again
+    clients = pd.read_parquet(exp.run_dir / "clients.parquet")
+    assert clients[clients.dropped].reason.str.contains("actor 1 failed").all()
 
 
 def test_a_client_past_the_deadline_is_a_dropout(ray_cluster, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -9,20 +10,10 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms.fedavg import FedAvg
+from raysim.runtime.backend import Share
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-
-METRIC_COLS = [
-    "round",
-    "test_accuracy",
-    "test_loss",
-    "train_loss",
-    "personal_accuracy",
-    "bytes_up",
-    "bytes_down",
-    "dropouts",
-    "completed",
-]
+from tests.runtime.exact import assert_same_learning, client_actors
 
 
 def run(cfg, **kw):
@@ -48,8 +39,6 @@ def test_run_writes_every_file_and_learns(tmp_path):
     assert len(rounds) == 4
     assert rounds["test_accuracy"].iloc[-1] > rounds["test_accuracy"].iloc[0]
     assert summary["final_test_accuracy"] == pytest.approx(rounds["test_accuracy"].iloc[-1])
-    for phase in ("configure_s", "broadcast_s", "train_s", "aggregate_s", "evaluate_s"):
-        assert (rounds[phase] >= 0).all()
     # every cohort member downloads the 20k-float model once and uploads one update
     n_params = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32) + (32 * 2 * 2 * 10 + 10)  # cnn-small on 8x8 digits
     assert rounds["bytes_down"].iloc[0] == 3 * 4 * n_params
@@ -61,19 +50,30 @@ def test_run_writes_every_file_and_learns(tmp_path):
 def test_same_seed_gives_identical_metrics(tmp_path):
     _, a, _ = run(tiny_config(tmp_path))
     _, b, _ = run(tiny_config(tmp_path))
-    pd.testing.assert_frame_equal(a[METRIC_COLS], b[METRIC_COLS])
+    assert_same_learning(a, b, "seed 3 twice")
     _, c, _ = run(tiny_config(tmp_path, seed=4))
     assert not np.allclose(a["test_loss"], c["test_loss"])
 
 
+# Three distinct layouts of the 6 tiny clients: one actor each, 4 a actor (2 actors), and `auto`
+# on a 3-CPU share at one CPU an actor (3 actors; FedAvg and FedProx clients then roam). With
+# the same num_cpus, `auto` would give one actor per client whenever `1` fits: the same layout.
+LAYOUTS = {
+    "1": ({"resources__clients_per_actor": 1}, None, 6),
+    "4": ({"resources__clients_per_actor": 4}, None, 2),
+    "auto": ({"resources__clients_per_actor": "auto", "resources__num_cpus": 1.0}, Share(cpus=3.0), 3),
+}
+
+
 @pytest.mark.parametrize("algo", ["fedavg", "scaffold", "fedprox"])
 def test_packing_does_not_change_results(tmp_path, algo):
-    frames = [
-        run(tiny_config(tmp_path, algorithm__name=algo, resources__clients_per_actor=cpa))[1][METRIC_COLS]
-        for cpa in (1, 4, "auto")
-    ]
-    for f in frames[1:]:
-        pd.testing.assert_frame_equal(frames[0], f)
+    frames = {}
+    for name, (over, share, actors) in LAYOUTS.items():
+        summary, rounds, exp = run(tiny_config(tmp_path, algorithm__name=algo, **over), share=share)
+        assert summary["client_actors"] == actors == client_actors(exp.run_dir), name
+        frames[name] = rounds
+    for name in ("4", "auto"):
+        assert_same_learning(frames["1"], frames[name], f"{algo}: clients_per_actor 1 vs {name}")
 
 
 class NaNForClient0(FedAvg):
@@ -136,4 +136,176 @@ def test_resume_matches_uninterrupted_run(tmp_path, algo):
     resumed.run()
     resumed.close()
     after = pd.read_parquet(first.run_dir / "rounds.parquet")
-    pd.testing.assert_frame_equal(full[METRIC_COLS], after[METRIC_COLS])
+    assert_same_learning(full, after, f"{algo}: resumed from round 2")
+
+
+class SleepsInTraining(FedAvg):
+    name = "sleep-in-training"
+
+    def client_update(self, task, params, client):
+        time.sleep(0.2)
+        return super().client_update(task, params, client)
+
+
+def test_phase_times_measure_their_own_phase(tmp_path):
+    cfg = tiny_config(tmp_path, rounds__num_rounds=2)
+    exp = Experiment(cfg, progress=False)
+    exp.algorithm = SleepsInTraining()
+    exp.run()
+    exp.close()
+    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
+    # three clients sleep 0.2 s each inside training: train_s holds that, no other phase does
+    assert (rounds["train_s"] >= 0.6).all(), rounds["train_s"]
+    for other in ("configure_s", "broadcast_s", "aggregate_s"):
+        assert (rounds[other] < 0.6).all(), (other, rounds[other])
+    assert (rounds["evaluate_s"] > 0).all()  # a test-set pass ran every round
+    # the phases are disjoint parts of the round
+    phases = rounds[["configure_s", "broadcast_s", "train_s", "aggregate_s", "evaluate_s"]].sum(axis=1)
+    assert (phases <= rounds["round_s"]).all()
+
+
+class DivergesForClient2(FedAvg):
+    name = "diverge-test"
+
+    def client_update(self, task, params, client):
+        r = super().client_update(task, params, client)
+        if task.client_id == 2:
+            return replace(r, delta=np.full_like(r.delta, 1e9))  # finite, but far off the fixed-point grid
+        return r
+
+
+def test_a_divergent_update_is_a_counted_dropout(tmp_path):
+    cfg = tiny_config(tmp_path, rounds__clients_per_round=6, rounds__num_rounds=2)
+    exp = Experiment(cfg, progress=False)
+    exp.algorithm = DivergesForClient2()
+    exp.run()
+    exp.close()
+    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
+    assert list(rounds["dropouts"]) == [1.0, 1.0] and list(rounds["completed"]) == [5.0, 5.0]
+    assert list(rounds["aggregated_clients"]) == [5.0, 5.0]
+    assert np.isfinite(rounds["test_loss"]).all() and rounds["test_accuracy"].iloc[-1] > 0.3
+    clients = pd.read_parquet(exp.run_dir / "clients.parquet")
+    bad = clients[clients.dropped]
+    assert set(bad.client_id) == {2}
+    assert bad.reason.str.contains(r"client 2: \|examples x update\| reaches .* \(diverged\?\)").all()
+
+
+def test_personal_eval_false_skips_the_client_side_evaluation(tmp_path):
+    _, on, exp_on = run(tiny_config(tmp_path, rounds__num_rounds=2))
+    _, off, exp_off = run(tiny_config(tmp_path, rounds__num_rounds=2, rounds__personal_eval=False))
+    assert on["personal_accuracy"].notna().all()
+    assert "personal_accuracy" not in off.columns and "personal_loss" not in off.columns
+    assert np.isfinite(off["test_accuracy"]).all()  # the server still evaluates
+    # clients.parquet: one evaluation row per client and round only with personal_eval
+    evals_on = pd.read_parquet(exp_on.run_dir / "clients.parquet").query("not participated")
+    evals_off = pd.read_parquet(exp_off.run_dir / "clients.parquet").query("not participated")
+    assert len(evals_on) == 2 * 6 and len(evals_off) == 0
+    # and nothing learned changes
+    pd.testing.assert_series_equal(on["test_loss"], off["test_loss"], check_exact=True)
+
+
+def test_label_noise_replaces_training_labels_with_uniform_random_ones(tmp_path):
+    cfg = tiny_config(tmp_path, data__label_noise=0.5, rounds__num_rounds=1)
+    exp = Experiment(cfg, progress=False)
+    exp.prepare()
+    try:
+        ds = exp.dataset
+        hosted = {cid: c for host in exp.backend.hosts for cid, c in host.clients.items()}
+        noisy = []
+        for cid, c in sorted(hosted.items()):
+            clean = ds.y_train[c.train_idx]
+            if not np.array_equal(c.y_train, clean):
+                noisy.append(cid)
+                # random draws, not a shuffle: a shuffle would keep the label histogram
+                assert not np.array_equal(
+                    np.bincount(c.y_train, minlength=10), np.bincount(clean, minlength=10)
+                )
+                assert c.y_train.min() >= 0 and c.y_train.max() < ds.num_classes
+                assert not np.array_equal(c.y_val, ds.y_train[c.val_idx])
+            np.testing.assert_array_equal(c.y_test, ds.y_test[c.test_idx])  # scored on clean labels
+        assert len(noisy) == 3  # round(0.5 x 6) clients
+    finally:
+        exp.close()
+    # every client noisy: nothing to learn; the same run without noise learns
+    _, all_noisy, _ = run(tiny_config(tmp_path, data__label_noise=1.0, rounds__clients_per_round=6))
+    _, clean, _ = run(tiny_config(tmp_path, rounds__clients_per_round=6))
+    assert clean["test_accuracy"].iloc[-1] > 0.35  # 0.40 after 3 rounds
+    assert all_noisy["test_accuracy"].iloc[-1] < 0.2  # chance is 0.1
+
+
+def test_centralised_trains_one_pooled_client_exactly_like_plain_sgd(tmp_path):
+    from raysim.models.flat import init_params
+    from raysim.runtime.host import client_seed
+    from raysim.runtime.trainer import Trainer
+
+    cfg = tiny_config(tmp_path, algorithm__name="centralised", rounds__num_rounds=2)
+    exp = Experiment(cfg, progress=False)
+    exp.prepare()
+    try:
+        assert exp.num_hosts == 1 and exp.backend.hosts[0].client_ids() == [0]
+        exp.run(until=1)
+        after_one = exp.backend.eval_broadcast()["global"]
+    finally:
+        exp.close()
+    ds, clients = exp.dataset, exp.federation.clients
+    pooled = np.concatenate([c.train_idx for c in clients])
+    assert len(pooled) == sum(len(c.train_idx) for c in clients) and len(np.unique(pooled)) == len(pooled)
+    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
+    assert list(rounds["completed"]) == [1.0] and list(rounds["cohort"]) == [1.0]
+    trained = pd.read_parquet(exp.run_dir / "clients.parquet").query("participated")
+    assert list(trained["num_examples"]) == [len(pooled)]
+    # round 1 = one epoch of SGD over the pooled examples from the seeded start (central_lr 1)
+    trainer = Trainer(
+        model=cfg.model.name,
+        input_shape=tuple(ds.input_shape),
+        num_classes=ds.num_classes,
+        mean=tuple(ds.mean),
+        std=tuple(ds.std),
+    )
+    start = init_params(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed)
+    fit = trainer.fit(
+        start,
+        ds.x_train,
+        ds.y_train[pooled],
+        idx=pooled,
+        epochs=cfg.local.epochs,
+        batch_size=cfg.local.batch_size,
+        lr=cfg.local.lr,
+        seed=client_seed(cfg.seed, 1, 0),
+    )
+    assert not np.allclose(fit.params, start)
+    # equal up to the 2^-32 fixed-point grid the update is summed on
+    np.testing.assert_allclose(after_one, fit.params, rtol=0, atol=1e-7)
+
+
+def test_num_actors_sets_the_number_of_hosts(tmp_path):
+    summary, _, exp = run(tiny_config(tmp_path, resources__num_actors=4, rounds__num_rounds=1))
+    assert summary["client_actors"] == 4 == client_actors(exp.run_dir)
+    summary, _, exp = run(tiny_config(tmp_path, resources__num_actors=2, rounds__num_rounds=1))
+    assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
+
+
+@pytest.mark.parametrize("feature_mapping", [False, True])
+def test_dsac_packing_does_not_change_results(tmp_path, feature_mapping):
+    """DSAC is not linear (no pre-summing): its aggregate sees every client's result, in client
+    order whichever actor trained it. With feature mapping its clients keep state (pinned)."""
+    import warnings
+
+    frames = {}
+    for name, (over, share, actors) in LAYOUTS.items():
+        cfg = tiny_config(
+            tmp_path,
+            algorithm__name="dsac",
+            algorithm__feature_mapping=feature_mapping,
+            algorithm__cluster_every=2,
+            data__public_fraction=0.1,
+            **over,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # K clamped to cnn-small's 3 blocks
+            summary, rounds, exp = run(cfg, share=share)
+        assert summary["client_actors"] == actors == client_actors(exp.run_dir), name
+        frames[name] = rounds
+    assert frames["1"]["num_groups"].notna().any()  # the clients were grouped at round 2
+    for name in ("4", "auto"):
+        assert_same_learning(frames["1"], frames[name], f"dsac fm={feature_mapping}: 1 vs {name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import raysim.reproduce.clustered  # noqa: F401  (registers `raysim reproduce clustered`)
 from raysim.reproduce.dsac import reproduce_app
 
 __all__ = ["reproduce_app"]

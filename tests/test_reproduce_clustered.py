@@ -1,0 +1,119 @@
+"""`raysim reproduce clustered` (raysim.reproduce.clustered) at the quick scale: digits, 1 seed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from raysim.reproduce import reproduce_app
+from raysim.reproduce.clustered import (
+    CLUSTERED,
+    EXPERIMENTS,
+    SCALES,
+    config,
+    methods,
+    paired,
+    parse_only,
+    rounds_to_frac_of_peak,
+)
+from raysim.reproduce.dsac import Run, run_key
+
+METHODS = list(methods(4))
+
+
+def main_table(md: str) -> dict[str, list[str]]:
+    """method -> the cells of its row in the first table of a table.md (the per-method table)."""
+    rows: dict[str, list[str]] = {}
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| setting | method |"))
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[1]] = cells
+    return rows
+
+
+def number(cell: str) -> float:
+    """The mean of a "m ± h" cell (raises on "-", "n/a", ...)."""
+    return float(cell.split("±")[0])
+
+
+def test_quick_reproduction_writes_every_table_and_reuses_runs(tmp_path):
+    out = tmp_path / "results"
+    args = ["clustered", "--quick", "--seeds", "1", "--out", str(out)]
+    res = CliRunner().invoke(reproduce_app, args)
+    assert res.exit_code == 0, res.output
+    for name, _ in EXPERIMENTS.values():
+        md = (out / name / "table.md").read_text()
+        assert md.startswith("## ") and "|---|" in md
+        assert (out / name / "accuracy.png").is_file(), name
+        assert list((out / name).glob("clusters_*.png")), name  # the membership heat-maps
+        rows = main_table(md)
+        assert sorted(rows) == sorted(METHODS), name
+        for m, cells in rows.items():
+            acc, r90, up = number(cells[2]), number(cells[4]), number(cells[10])
+            assert 0 < acc <= 100 and 1 <= r90 <= SCALES["quick"].rounds and up > 0, (name, m, cells)
+            if m in CLUSTERED:  # the runtime's clustering columns reach the table
+                assert math.isfinite(number(cells[6])) and math.isfinite(number(cells[7])), (name, m)
+                assert 0 <= number(cells[9]) <= 1, (name, m)
+            else:
+                assert cells[6].startswith("n/a"), cells
+    md1 = (out / "1_rotation" / "table.md").read_text()
+    dp = md1.split("### Differential privacy")[1]
+    dp_rows = [line.split("|") for line in dp.splitlines() if line.startswith("| AS-CFL + DP (C = ")]
+    assert len(dp_rows) == 2
+    assert all(number(row[3]) > 0 for row in dp_rows)  # the accountant's epsilon over the rounds
+    drop = md1.split("### 10% random dropout")[1].split("###")[0]
+    assert sum(line.startswith("| ") and "±" in line for line in drop.splitlines()) == len(METHODS)
+
+    index = (out / "README.md").read_text()
+    assert "Command: `raysim reproduce clustered --seeds 1" in index and "--quick" in index
+    assert "Wall time" in index and "1_rotation/table.md" in index
+    # reported seeds are 1..N, never seed 0 (on which the settings were chosen)
+    seeds = {yaml.safe_load((d / "config.yaml").read_text())["seed"] for d in (out / "runs").iterdir()}
+    assert seeds == {1}
+    n_runs = len(list((out / "runs").iterdir()))
+    # a second invocation reuses every run
+    res = CliRunner().invoke(reproduce_app, [*args, "--only", "1,3"])
+    assert res.exit_code == 0, res.output
+    assert "0 new runs" in res.output
+    assert len(list((out / "runs").iterdir())) == n_runs
+
+
+def test_every_method_of_a_setting_shares_data_model_rounds_and_budget():
+    sc = SCALES["full"]
+    data = {"partition": "rotation", "num_clients": 20, "num_groups": 4, "alpha": 0.6}
+    raws = [config(sc, 1, a, data) for a in methods(4).values()]
+    for key in ("data", "model", "local", "rounds", "seed"):
+        assert all(r[key] == raws[0][key] for r in raws), key
+    assert raws[0]["rounds"]["personal_eval"] is True
+    assert len({run_key(r) for r in raws}) == len(raws)
+    assert methods(3)["IFCA"]["num_clusters"] == 3
+
+
+def _run(curve: list[float]) -> Run:
+    rounds = pd.DataFrame({"round": range(1, len(curve) + 1), "personal_accuracy": curve})
+    return Run(raw={}, rounds=rounds, summary={}, path=Path("."))
+
+
+def test_rounds_to_90_percent_of_peak():
+    assert rounds_to_frac_of_peak(_run([0.1, 0.5, 0.89, 0.95, 1.0, 0.9])) == 4.0  # 0.9 * 1.0
+    assert rounds_to_frac_of_peak(_run([0.5, 0.4, 0.5])) == 1.0
+    assert math.isnan(rounds_to_frac_of_peak(_run([])))
+
+
+def test_paired_t_test_and_options():
+    assert paired([1.0], [2.0]).startswith("n/a")
+    assert paired([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == "1"
+    # a constant shift on the same seeds is significant for the paired test ...
+    assert paired([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80]) != "1"
+    assert float(paired([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80])) < 0.05
+    assert parse_only("") == [1, 2, 3] and parse_only("3, 1") == [1, 3]
+    with pytest.raises(Exception, match="no experiment"):
+        parse_only("7")

@@ -4,14 +4,16 @@ Paper: J. Wang et al., "Dynamic Sub-Model Aggregation and Clustering for Intelli
 Hierarchical Federated Learning with Pre-Training" (``shared/papers/000_c9e0d5e7274c04a0.txt``),
 Algorithm 1. The pure math lives in ``raysim.algorithms.dsac_math`` and ``raysim.clustering``; this
 module wires it into the round loop. Every mechanism has a switch (``DSACParams``), so the ablation of
-Table 6 is a config change.
+Table 6 is a config change. docs/dsac.md explains each reading of the paper and why.
 
 One round t (Algorithm 1, lines 3-21):
 
-* **Pre-training (eq. 9)**, before round 1: the initial model is trained for ``pretrain_epochs`` on the
-  public ("historical") split no client holds (``data.public_fraction`` > 0) and kept as M_base; local
-  objectives then carry λ‖M − M_base‖², i.e. the gradient hook adds 2λ(M − M_base)
-  (``hooks.proximal(base, 2λ)``). M_base is broadcast as its own key ``"base"``.
+* **Pre-training (eq. 9)**, before round 1 (line 1): the initial model is trained for
+  ``pretrain_epochs`` on the public ("historical") split no client holds (``data.public_fraction`` >
+  0; ``raysim.algorithms.pretrain``, the helper the baselines' ``init_from: pretrained`` shares) and
+  kept as M_base; its test accuracy is logged as ``base_test_accuracy``. Local objectives then carry
+  λ‖M − M_base‖², i.e. the gradient hook adds 2λ(M − M_base) (``hooks.proximal(base, 2λ)``). M_base
+  is broadcast as its own key ``"base"``.
 * **Decomposition (eq. 1)**: ``SubModelPartition.from_layout`` splits the flat vector into K contiguous
   runs of whole layers (fixed, structured; neither learned nor random). K is clamped to the model's
   layer blocks with a warning: cnn-small has 3 (conv1, conv2, fc), mlp 3 (three Linear layers),
@@ -19,44 +21,65 @@ One round t (Algorithm 1, lines 3-21):
 * **Assignment rule** (``dsac_math.assign_submodels``): the sorted cohort c_0 < ... < c_{n-1}; client
   c_j trains the p = max(``submodels_per_client``, ceil(K/n)) consecutive sub-models starting at
   (t + floor(j·K/n)) mod K. Every sub-model goes to at least one client every round, and the starts
-  rotate by one each round. Training is masked (``hooks.masked``); a client uploads only its assigned
-  sub-vectors (``extras["sub/k"]``, no full delta), so ``upload_bytes`` counts sub-model bytes. It
-  downloads the full global model (the forward pass needs every layer).
+  rotate by one each round. Training is masked (the gradient, weight decay included, is zeroed outside
+  the assigned sub-models: the decay is applied in the hook before the mask, so ``local.weight_decay``
+  never moves a layer the client was not assigned); a client uploads only its assigned sub-vectors
+  (``extras["sub/k"]``, no full delta), so ``upload_bytes`` counts sub-model bytes. It downloads the
+  full model (the forward pass needs every layer).
+* **Which model a client trains from** (``staleness``): ``sync`` (default): the current global model,
+  every round. ``last_model``: the model it last received: a participating client receives the
+  aggregated model at the end of its round and, when next selected, trains from that version however
+  many rounds old (never-selected clients hold the initial model). The update is applied to the current
+  model, so it is Δt versions stale, Δt the rounds the client missed: an asynchronous, stale-client
+  setting in which eq. (14)'s decay discounts real staleness. The server keeps every version some
+  client still holds: at most min(N, rounds) + 1 models (``DSACState.versions``).
 * **Feature vector D_u** (Algorithm 1 line 9, eq. 11): the mean penultimate-layer activation of the
-  client's training data under the global model it received (before local training and without its
-  input adapter): it describes the client's data as the shared model sees it (labels never leave).
-  A forward pass over the local data costs about half a local epoch on CPU, so the server asks for D_u
-  only in rounds that regroup and from clients it has none of yet (``extras["want_feature"]``); the
-  server keeps each client's latest D_u.
+  client's training data under the model it trains from (before local training and without its input
+  adapter): it describes the client's data as the shared model sees it (labels never leave). A forward
+  pass over the local data costs about half a local epoch on CPU, so the server asks for D_u only in
+  rounds that regroup and from clients it has none of yet (``extras["want_feature"]``); the server
+  keeps each client's latest D_u.
 * **Feature mapping (eq. 10)**, ``feature_mapping: true``: a per-client input adapter z = W⊙x + b with a
   diagonal W (one scale and one shift per input value), kept in ``client.state``, trained jointly with
   the sub-models at the local learning rate and used for the client's personalised evaluation. It
   never leaves the client. The server's global test set has no adapter. Off by default (see docs/dsac.md).
-* **Client grouping (eq. 11-12)**, every ``cluster_every`` = E_c rounds (and in every round until a
-  first grouping exists): cosine similarity of the D_u, an average-linkage dendrogram suggests the
-  number of groups (largest merge-height gap, at most ``max_groups``), spherical K-means forms the
+* **Client grouping (eq. 11-12)**, lines 13-16, every ``cluster_every`` = E_c rounds (and in every round
+  until a first grouping exists): cosine similarity of the D_u, an average-linkage dendrogram suggests
+  the number of groups (largest merge-height gap, at most ``max_groups``), spherical K-means forms the
   groups and eq. (12) names each group's central client. ``hierarchical_clustering: false`` is flat
-  (Euclidean) K-means on the D_u with k = ``max_groups``.
-* **Merge and clustering of updates (eq. 3-6)**: per sub-model, the kept clients' updates are clustered
-  by K-means (C = ``num_clusters``), each cluster centre is the decayed-weight mean of its members and
-  the centres are combined with α_c ∝ |S_c| exp(−β Var(S_c)) (renormalised; ``dsac_math.cluster_weights``).
-  Var(S_c) is measured on updates divided by their RMS norm, so β is dimensionless (a cluster of
-  updates as spread as the updates themselves has Var ≈ 1). m_k ← m_k + η_g Σ_c α_c Δm_k^c (eq. 5).
-  A sub-model whose every client dropped keeps its previous values.
+  (Euclidean) K-means on the D_u with k = ``max_groups``. Between regroupings a client that uploads its
+  first D_u joins the group whose mean D_u is most similar (cosine).
 * **Temporal decay (eq. 14)**, ``dynamic_weights: true``: client u's weight is
-  w_u(t) = w_u · exp(−γ Δt), w_u its data size over the mean data size, Δt the rounds it missed since it
-  last contributed (0 when it also contributed the previous round; round 0 = the shared start). A client
-  whose decay factor exp(−γ Δt) falls below ``weight_floor`` counts as dropped: its update is excluded
-  this round (it re-synchronised with the current model, so its clock restarts). Off: w_u(t) = w_u.
+  w_u(t) = w_u · exp(−γ Δt) (``dsac_math.temporal_decay``), w_u its data size over the mean data
+  size, Δt the rounds it missed since it last contributed (0 when it also contributed the previous
+  round; round 0 = the shared start). A client whose decay factor exp(−γ Δt) falls below
+  ``weight_floor`` counts as dropped: its update is excluded this round (it then receives the current
+  model, so its clock restarts). Off: w_u(t) = w_u.
+* **Update clustering and combination (eq. 3-6, lines 17-19)**, per sub-model: K-means of the kept
+  clients' updates (C = ``num_clusters``), the clusters' plain centres (eq. 4) combined with
+  α_c ∝ |S_c| exp(−β Var(S_c)) (eq. 6, renormalised; ``dsac_math.cluster_weights``), then the decayed
+  weights w_u(t) applied to each client's share of that combination and renormalised
+  (``dsac_math.clustered_merge``: decay after combining, line 19). Var(S_c) is measured on updates
+  divided by their RMS norm, so β is dimensionless. ``variance_prior`` = n0 > 0 shrinks each cluster's
+  variance toward the spread of all updates (``dsac_math.shrunk_variances``; our variant: eq. 6 as
+  written gives a one-member cluster variance 0 and the largest trust per client).
+* **Hierarchy (lines 13-20, eq. 13)**, ``hierarchical_clustering: true``: the combination above runs
+  *within each client group*, giving the group's update Δ_g (its model M_g = m + η_g Δ_g, eq. 13);
+  the global update is Σ_g ω_g Δ_g with ω_g the group's share of decayed client weight
+  (``dsac_math.two_level_merge``). So eq. (6)'s variance trust moves weight only between clients of
+  similar data and every group keeps its data share. ``false``: one level, the combination runs over
+  the whole cohort (groups still give the personalised M_g). m_k ← m_k + η_g Δ_k (eq. 5); a
+  sub-model whose every client dropped keeps its previous values; recombination (eq. 7) is a scatter.
 * **Sub-model weights (eq. 15)**: β_k = data size behind sub-model k / total. Sub-models are disjoint
   slices, so recombination (eq. 7) is a plain scatter and β_k cannot weight it; it weights the global
   loss of eq. (8): L_global = Σ_k β_k L_k, L_k the data-weighted training loss of sub-model k's clients
-  (β_k = 1/K reproduces the paper's plain mean). Logged every round.
-* **Group models and personalisation (eq. 13)**: M_g takes, per sub-model, the previous global
-  sub-model plus the decayed-weight mean of the group's updates (the weighted mean of the group's local
-  models), and the new global sub-model where the group trained none. A client is scored with its
-  group's model after one full-batch gradient step of size ε on its local training data
-  (m_u = M_g − ε∇L_u(M_g); the paper's "+" is a sign slip for a loss).
+  (β_k = 1/K reproduces the paper's plain mean). Logged every round. L_k is the clients' loss during
+  local training, i.e. before the merge (the merged model is not re-scored on client data).
+* **Personalisation (eq. 13)**: a client is scored with its group's model M_g after one full-batch
+  gradient step of size ε on its local training data (m_u = M_g − ε∇L_u(M_g); the paper's "+" is a
+  sign slip for a loss); the global model while it is ungrouped.
+* **Loss (eq. 2)**: local training uses cross-entropy, as every raysim algorithm; the paper writes a
+  squared error ‖y − m_k(x)‖² (the trainer has no squared-error option yet; docs/dsac.md).
 * **Convergence stop**: with ``converge_tol`` > 0 training stops (empty cohorts) once |ΔL_global| <
   tol for ``converge_patience`` consecutive rounds. The global model is archived into the state at
   that round and at the last round (``DSACState.archive``).
@@ -67,7 +90,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -81,6 +104,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    GradHook,
     LinearSum,
     Metrics,
     RoundContext,
@@ -91,12 +115,15 @@ from raysim.algorithms.base import (
     sample_cohort,
 )
 from raysim.algorithms.dsac_math import (
+    MergeInfo,
     SubModelPartition,
     assign_submodels,
     clustered_merge,
     submodel_data_weights,
     temporal_decay,
+    two_level_merge,
 )
+from raysim.algorithms.pretrain import base_metrics, pretrain
 from raysim.metrics import agreement_with_truth, jain_index
 from raysim.models.flat import Params
 
@@ -114,10 +141,17 @@ class DSACParams(AlgoParams):
     num_clusters: Annotated[int, Field(ge=1)] = 3
     # β of eq. (6): variance penalty; Var is relative to the updates' mean squared norm (dimensionless)
     beta: Annotated[float, Field(ge=0)] = 1.0
+    # n0 of the variance prior (our variant of eq. 6): each cluster's variance is shrunk toward the
+    # spread of all updates as if it had n0 more members; 0 = eq. (6) as the paper writes it
+    variance_prior: Annotated[float, Field(ge=0)] = 0.0
     # γ of eq. (14): temporal decay per missed round (Table 4: 0.05)
     decay: Annotated[float, Field(ge=0)] = 0.05
     # a client whose decay factor exp(-γ Δt) is below this is dropped for the round (0: never)
     weight_floor: Annotated[float, Field(ge=0, lt=1)] = 0.6
+    # "sync": clients train from the current global model (the decay is a participation-recency
+    # weight); "last_model": from the model they last received (stale updates: the decay discounts
+    # real staleness; the server keeps the versions clients hold)
+    staleness: Literal["sync", "last_model"] = "sync"
     # E_c of Algorithm 1: re-group clients every E_c rounds
     cluster_every: Annotated[int, Field(ge=1)] = 5
     # upper bound on client groups (the dendrogram's suggestion is capped; flat k-means uses it as k)
@@ -140,7 +174,10 @@ class DSACParams(AlgoParams):
     # the switches of the ablation (Table 6)
     pretraining: bool = True  # eq. (9); needs data.public_fraction > 0
     decomposition: bool = True  # eq. (1)/(7); false: K = 1
-    hierarchical_clustering: bool = True  # eq. (11)-(12); false: flat k-means on D_u
+    # eq. (11)-(13): true: dendrogram + spherical k-means groups, and the update combination runs
+    # within each group, then across groups; false: flat k-means groups (personalisation only) and
+    # one combination over the whole cohort
+    hierarchical_clustering: bool = True
     dynamic_weights: bool = True  # eq. (14); false: data-size weights, nobody dropped
     # η_g: server step on the merged update (1 = eq. 5 as written)
     central_lr: Annotated[float, Field(gt=0)] = 1.0
@@ -165,6 +202,11 @@ class DSACState:
     cum_weight: np.ndarray  # (N,) cumulative share of aggregation weight (Jain's index of Table 2)
     truth: np.ndarray | None  # ground-truth groups for NMI (-1: none)
     num_rounds: int
+    base_accuracy: float = math.nan  # M_base on the test set (round 0), NaN without pre-training
+    base_loss: float = math.nan
+    # staleness "last_model": global model v (the model at the start of round v) for every v that
+    # some client still holds, except the current one (``params``); client c holds last_round[c] + 1
+    versions: Mapping[int, np.ndarray] = field(default_factory=dict)
     loss_history: tuple[float, ...] = ()
     converged_round: int = 0
     grouped_round: int = 0
@@ -179,6 +221,20 @@ def _identity_adapter() -> tuple[np.ndarray, np.ndarray]:
 BASE = "base"  # broadcast key of M_base (eq. 9)
 
 
+def version_key(v: int) -> str:
+    """Broadcast key of global model version v (the model at the start of round v)."""
+    return f"version/{v}"
+
+
+def _decay_hook(weight_decay: float) -> GradHook:
+    """grad += wd * w, as the trainer's own weight decay, but placed before the sub-model mask."""
+
+    def hook(w: Any, g: Any) -> None:
+        g.add_(w, alpha=weight_decay)
+
+    return hook
+
+
 @dataclass(kw_only=True)
 class _Merge:
     """What one round's sub-model merge produced (eq. 3-7), for eq. (8), (13) and the metrics."""
@@ -190,11 +246,19 @@ class _Merge:
     intra: list[float] = field(default_factory=list)
     loss_k: np.ndarray = field(init=False)
     data_k: np.ndarray = field(init=False)
-    group_sums: dict[int, dict[int, tuple[np.ndarray, float]]] = field(default_factory=dict)
+    # group -> sub-model -> the group's combined update Δ_g (unscaled), for M_g of eq. (13)
+    group_deltas: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.loss_k = np.full(self.k, np.nan)
         self.data_k = np.zeros(self.k)
+
+    def record(self, info: MergeInfo) -> None:
+        """Clustering-quality metrics of Table 3 for one K-means of updates (computed on the updates'
+        span coordinates, which keep every distance)."""
+        if info.k > 1:
+            self.silhouettes.append(cl.silhouette(info.points, info.labels))
+            self.intra.append(cl.intra_cluster_distance(info.points, info.labels, int(np.argmax(info.sizes))))
 
 
 class DSAC(Algorithm):
@@ -215,21 +279,18 @@ class DSAC(Algorithm):
         partition = SubModelPartition.from_layout(ctx.layout, k)
         params = params.astype(np.float32)
         base = None
+        base_acc = base_loss = math.nan
         if p.pretraining:
-            if ctx.data is None or "public" not in ctx.data.splits():
-                raise ValueError(
-                    "algorithm.pretraining needs a public split to pre-train on (DSAC eq. 9): set "
-                    "data.public_fraction > 0 (e.g. 0.05), or set algorithm.pretraining: false"
-                )
-            fit = ctx.data.fit(
+            pre = pretrain(
                 params,
-                "public",
+                ctx,
                 epochs=p.pretrain_epochs,
-                batch_size=int(ctx.local.get("batch_size", 32)),
-                lr=float(p.pretrain_lr or ctx.local.get("lr", 0.05)),
-                momentum=float(ctx.local.get("momentum", 0.0)),
+                lr=p.pretrain_lr,
+                who="algorithm.pretraining",
+                switch="set algorithm.pretraining: false",
             )
-            params = base = np.asarray(fit.params, dtype=np.float32)
+            params = base = pre.params
+            base_acc, base_loss = pre.test_accuracy, pre.test_loss
         n = ctx.num_clients
         sizes = np.asarray(ctx.client_sizes, dtype=np.float64)
         base_weight = sizes / sizes.mean() if sizes.size and sizes.mean() > 0 else np.ones(n)
@@ -249,11 +310,24 @@ class DSAC(Algorithm):
             cum_weight=np.zeros(n),
             truth=truth,
             num_rounds=ctx.num_rounds,
+            base_accuracy=base_acc,
+            base_loss=base_loss,
         )
 
     # -- server: step 1 --------------------------------------------------------------------
+    def start_key(self, state: DSACState, client_id: int, t: int) -> str:
+        """The broadcast key of the model a client trains from in round t: the current global model
+        (``sync``), or the version it last received (``last_model``: held version last_round + 1;
+        a version the server no longer holds falls back to the current model)."""
+        if self.p.staleness == "sync":
+            return GLOBAL
+        v = int(state.last_round[client_id]) + 1
+        return version_key(v) if v != t and v in state.versions else GLOBAL
+
     def configure_round(self, state: DSACState, rnd: RoundContext) -> tuple[DSACState, RoundPlan]:
-        broadcast = {GLOBAL: state.params, **({BASE: state.base} if state.base is not None else {})}
+        broadcast: dict[str, np.ndarray] = {GLOBAL: state.params}
+        if state.base is not None:
+            broadcast[BASE] = state.base
         if state.converged_round:
             return state, RoundPlan(tasks=[], broadcast=broadcast)
         cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
@@ -262,21 +336,25 @@ class DSAC(Algorithm):
         bounds = np.asarray(state.partition.bounds, np.int64)
         keys = (BASE,) if state.base is not None else ()
         regroup = rnd.round_idx % self.p.cluster_every == 0 or not state.grouped_round
-        tasks = [
-            ClientTask(
-                client_id=c,
-                model_key=GLOBAL,
-                hparams=rnd.hparams,
-                extras={
-                    "submodels": np.asarray(subs[c], np.int64),
-                    "bounds": bounds,
-                    # D_u is needed where this round regroups, and from clients the server has none of
-                    "want_feature": np.asarray(int(regroup or not state.has_feature[c])),
-                },
-                broadcast_keys=keys,
+        tasks = []
+        for c in cohort:
+            key = self.start_key(state, c, rnd.round_idx)
+            if key != GLOBAL:
+                broadcast[key] = state.versions[int(key.split("/")[1])]
+            tasks.append(
+                ClientTask(
+                    client_id=c,
+                    model_key=key,
+                    hparams=rnd.hparams,
+                    extras={
+                        "submodels": np.asarray(subs[c], np.int64),
+                        "bounds": bounds,
+                        # D_u is needed where this round regroups, and from clients the server has none of
+                        "want_feature": np.asarray(int(regroup or not state.has_feature[c])),
+                    },
+                    broadcast_keys=keys,
+                )
             )
-            for c in cohort
-        ]
         return state, RoundPlan(tasks=tasks, broadcast=broadcast)
 
     # -- client ----------------------------------------------------------------------------
@@ -289,19 +367,23 @@ class DSAC(Algorithm):
         prox = None
         if BASE in client.broadcast and self.p.lambda_pretrain > 0:  # eq. (9)
             prox = hooks.proximal(client.broadcast[BASE], 2.0 * self.p.lambda_pretrain)
-        mask_hook = None
+        hparams = dict(task.hparams)
+        decay_hook = mask_hook = None
         if len(subs) < k:  # eq. (1): train only the assigned sub-models
             mask = np.zeros(int(bounds[-1]), bool)
             for s in subs:
                 mask[bounds[s] : bounds[s + 1]] = True
             mask_hook = hooks.masked(mask)
-        hook = hooks.chain(prox, mask_hook)
+            wd = float(hparams.get("weight_decay", 0.0))
+            if wd:  # the trainer adds weight decay after the hook: move it before the mask
+                decay_hook, hparams["weight_decay"] = _decay_hook(wd), 0.0
+        hook = hooks.chain(prox, decay_hook, mask_hook)
         if self.p.feature_mapping:  # eq. (10)
             adapter = client.state.get("adapter") or _identity_adapter()
-            fit = client.fit(params, grad_hook=hook, adapter=adapter, **task.hparams)
+            fit = client.fit(params, grad_hook=hook, adapter=adapter, **hparams)
             client.state["adapter"] = fit.adapter
         else:
-            fit = client.fit(params, grad_hook=hook, **task.hparams)
+            fit = client.fit(params, grad_hook=hook, **hparams)
         delta = (fit.params - params).astype(np.float32)
         extras = {f"sub/{s}": delta[bounds[s] : bounds[s + 1]].copy() for s in subs}
         if feature is not None:
@@ -310,6 +392,7 @@ class DSAC(Algorithm):
             client_id=task.client_id,
             num_examples=fit.num_examples,
             delta=None,
+            model_key=task.model_key,
             metrics={"train_loss": fit.loss},
             extras=extras,
         )
@@ -336,6 +419,23 @@ class DSAC(Algorithm):
         assign[idx] = labels
         return assign, medoids
 
+    @staticmethod
+    def _join_groups(state: DSACState, assign: np.ndarray, res: Sequence[ClientResult]) -> np.ndarray:
+        """Between regroupings: a client of this round with a D_u but no group joins the group whose
+        mean D_u has the highest cosine similarity with its own (no groups yet: unchanged)."""
+        new = [r.client_id for r in res if assign[r.client_id] < 0 and state.has_feature[r.client_id]]
+        groups = sorted(int(g) for g in np.unique(assign) if g >= 0)
+        if not new or not groups or state.features is None:
+            return assign
+        F = state.features.astype(np.float64)
+        centres = np.stack([F[assign == g].mean(axis=0) for g in groups])
+        centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+        out = assign.copy()
+        for c in new:
+            f = F[c] / max(float(np.linalg.norm(F[c])), 1e-12)
+            out[c] = groups[int(np.argmax(centres @ f))]
+        return out
+
     def aggregate(
         self, state: DSACState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[DSACState, Metrics]:
@@ -344,16 +444,18 @@ class DSAC(Algorithm):
         res = [r for r in results if isinstance(r, ClientResult)]
         state = self._store_features(state, res)  # line 9
         assign, medoids, grouped = state.assign, state.medoids, state.grouped_round
-        if res and (t % self.p.cluster_every == 0 or not grouped):  # eq. (11)-(12)
+        if res and (t % self.p.cluster_every == 0 or not grouped):  # lines 13-16, eq. (11)-(12)
             assign, medoids = self._regroup(state, rng)
             grouped = t
-        kept, last, weight_now, dropped = self._decayed_weights(state, t, res)  # eq. (14)
+        else:
+            assign = self._join_groups(state, assign, res)
+        kept, last, weight_now, dropped, missed = self._decayed_weights(state, t, res)  # eq. (14)
         cum = state.cum_weight.copy()
         wsum = sum(w for _, w in kept)
         if wsum > 0:
             for r, w in kept:
                 cum[r.client_id] += w / wsum
-        merge = self._merge_submodels(state, kept, assign, rng)  # eq. (3)-(7)
+        merge = self._merge_submodels(state, kept, assign, rng)  # lines 17-20, eq. (3)-(7)
         group_models = self._group_models(state, merge, assign)  # eq. (13)
         global_loss = self._global_loss(merge)  # eq. (15) + (8)
         history = state.loss_history + (global_loss,)
@@ -371,6 +473,7 @@ class DSAC(Algorithm):
             last_round=last,
             weight_now=weight_now,
             cum_weight=cum,
+            versions=self._held_versions(state, last, t),
             loss_history=history,
             converged_round=converged,
             grouped_round=grouped,
@@ -388,11 +491,27 @@ class DSAC(Algorithm):
             "silhouette": float(np.mean(merge.silhouettes)) if merge.silhouettes else math.nan,
             "intra_cluster": float(np.mean(merge.intra)) if merge.intra else math.nan,
             "converged": float(bool(converged)),
+            **base_metrics(state.base_accuracy, state.base_loss),
         }
+        if res:  # in the last_model mode: how many versions stale the updates were
+            m["rounds_missed_mean"] = float(np.mean(missed))
+        if self.p.staleness == "last_model":
+            m["versions_held"] = float(len(state.versions) + 1)
         agree = agreement_with_truth(state.truth, assign)
         if agree:
             m["nmi"] = agree["nmi"]
         return state, m
+
+    def _held_versions(self, state: DSACState, last: np.ndarray, t: int) -> dict[int, np.ndarray]:
+        """Staleness ``last_model``: the model versions some client still holds after round t (client
+        c holds version last[c] + 1; version t + 1 is the new global model, kept as ``params``)."""
+        if self.p.staleness == "sync":
+            return {}
+        held = {int(v) for v in np.unique(last + 1)} - {t + 1}
+        out = {v: a for v, a in state.versions.items() if v in held}
+        if t in held and t not in out:  # the model this round started from
+            out[t] = state.params
+        return out
 
     @staticmethod
     def _store_features(state: DSACState, res: Sequence[ClientResult]) -> DSACState:
@@ -411,30 +530,41 @@ class DSAC(Algorithm):
             has_feature[r.client_id] = True
         return replace(state, features=features, has_feature=has_feature)
 
+    def decayed_weights(
+        self, state: DSACState, t: int, client_ids: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. (14) before normalisation: (w_u(t) = w_u exp(-γ Δt), Δt) for the given clients, Δt the
+        rounds each missed since it last contributed; in the ``last_model`` mode Δt is also how many
+        versions behind the current model its update was computed (the staleness)."""
+        cids = np.asarray(client_ids, np.int64)
+        missed = np.maximum(t - state.last_round[cids] - 1, 0) if cids.size else np.zeros(0, np.int64)
+        base = state.base_weight[cids] if cids.size else np.zeros(0)
+        if not self.p.dynamic_weights:
+            return np.asarray(base, np.float64), missed
+        return temporal_decay(base, missed, self.p.decay), missed
+
     def _decayed_weights(
         self, state: DSACState, t: int, res: Sequence[ClientResult]
-    ) -> tuple[list[tuple[ClientResult, float]], np.ndarray, np.ndarray, int]:
-        """Eq. (14): w_u(t) = w_u exp(-γ Δt), Δt the rounds u missed; below the floor it is dropped.
-        Returns the kept (result, weight) pairs, last-contribution rounds, weights now, drops."""
+    ) -> tuple[list[tuple[ClientResult, float]], np.ndarray, np.ndarray, int, np.ndarray]:
+        """Eq. (14) for this round's results; a client whose decay factor is below the floor is
+        dropped. Returns the kept (result, weight) pairs, last-contribution rounds, weights now, drops
+        and each result's Δt."""
         p = self.p
         last = state.last_round.copy()
         weight_now = state.weight_now.copy()
-        cids = np.array([r.client_id for r in res], np.int64)
-        missed = np.maximum(t - last[cids] - 1, 0) if cids.size else np.zeros(0)
-        factor = temporal_decay(1.0, missed, p.decay) if p.dynamic_weights else np.ones(cids.size)
+        weights, missed = self.decayed_weights(state, t, [r.client_id for r in res])
         kept: list[tuple[ClientResult, float]] = []
         dropped = 0
-        for r, f in zip(res, factor, strict=True):
+        for r, w, dt in zip(res, weights, missed, strict=True):
             cid = r.client_id
             last[cid] = t
-            if p.dynamic_weights and f < p.weight_floor:
+            if p.dynamic_weights and math.exp(-p.decay * float(dt)) < p.weight_floor:
                 dropped += 1
                 weight_now[cid] = 0.0
                 continue
-            w = float(state.base_weight[cid]) * float(f)
-            weight_now[cid] = w
-            kept.append((r, w))
-        return kept, last, weight_now, dropped
+            weight_now[cid] = float(w)
+            kept.append((r, float(w)))
+        return kept, last, weight_now, dropped, missed
 
     def _merge_submodels(
         self,
@@ -443,10 +573,12 @@ class DSAC(Algorithm):
         assign: np.ndarray,
         rng: np.random.Generator,
     ) -> _Merge:
-        """Eq. (3)-(6) per sub-model (K-means of the updates, size/variance-weighted centres), then
-        eq. (7) recombination; also the per-group weighted update sums that eq. (13) needs."""
+        """Lines 17-20 per sub-model: eq. (3)-(6) and the decay, within groups then across them
+        (hierarchical) or over the whole cohort (flat); then eq. (7) recombination. Also each group's
+        combined update, for M_g of eq. (13)."""
         p, part, old = self.p, state.partition, state.params
         merge = _Merge(k=part.k)
+        kw: dict[str, Any] = {"variance_prior": p.variance_prior}
         parts: list[np.ndarray | None] = []
         for j in range(part.k):
             rows = [(r, w) for r, w in kept if f"sub/{j}" in r.extras]
@@ -457,15 +589,24 @@ class DSAC(Algorithm):
             U = np.stack([r.extras[f"sub/{j}"] for r, _ in rows]).astype(np.float64)
             W = np.array([w for _, w in rows])
             scale = math.sqrt(float(np.mean(np.einsum("ij,ij->i", U, U))))
+            groups = np.array([int(assign[r.client_id]) for r, _ in rows], np.int64)
             if scale > 0:
-                merged, info = clustered_merge(U / scale, W, p.num_clusters, p.beta, rng)
-                assert merged is not None
+                X = U / scale
+                # ungrouped clients (no D_u yet) are groups of their own
+                gid = np.where(groups >= 0, groups, -1 - np.array([r.client_id for r, _ in rows]))
+                merged, deltas, infos = two_level_merge(X, W, gid, p.num_clusters, p.beta, rng, **kw)
+                if not p.hierarchical_clustering:  # one level over the whole cohort
+                    flat, info = clustered_merge(X, W, p.num_clusters, p.beta, rng, **kw)
+                    assert flat is not None
+                    merge.record(info)
+                    merged = flat
+                else:
+                    for info in infos.values():
+                        merge.record(info)
+                for g, d in deltas.items():
+                    if g >= 0:
+                        merge.group_deltas.setdefault(g, {})[j] = d * scale
                 merged = merged * scale
-                if info.k > 1:
-                    merge.silhouettes.append(cl.silhouette(U / scale, info.labels))
-                    merge.intra.append(
-                        cl.intra_cluster_distance(U / scale, info.labels, int(np.argmax(info.sizes)))
-                    )
             else:
                 merged = np.zeros(U.shape[1])
             parts.append(old[part.slice(j)] + p.central_lr * merged.astype(np.float32))
@@ -475,27 +616,20 @@ class DSAC(Algorithm):
                 merge.loss_k[j] = float(
                     np.dot(n_ex, [r.metrics.get("train_loss", np.nan) for r, _ in rows]) / n_ex.sum()
                 )
-            for (r, w), u in zip(rows, U, strict=True):
-                g = int(assign[r.client_id])
-                if g < 0:
-                    continue
-                acc = merge.group_sums.setdefault(g, {})
-                s, ws = acc.get(j, (np.zeros(U.shape[1]), 0.0))
-                acc[j] = (s + w * u, ws + w)
         merge.params = part.recombine(parts, base=old).astype(np.float32)
         return merge
 
     def _group_models(self, state: DSACState, merge: _Merge, assign: np.ndarray) -> dict[int, np.ndarray]:
-        """Eq. (13): M_g = the previous global sub-model plus the group's decayed-weight mean update,
-        and the new global sub-model where the group trained none."""
+        """Eq. (13): M_g = the previous global sub-model plus the group's combined update Δ_g (eq. 4-6
+        and the decayed weights within the group), and the new global sub-model where the group
+        trained none."""
         part, old = state.partition, state.params
         out: dict[int, np.ndarray] = {}
         for g in sorted(int(x) for x in np.unique(assign) if x >= 0):
             mg = merge.params.copy()
-            for j, (s, ws) in merge.group_sums.get(g, {}).items():
-                if ws > 0:
-                    sl = part.slice(j)
-                    mg[sl] = old[sl] + self.p.central_lr * (s / ws).astype(np.float32)
+            for j, d in merge.group_deltas.get(g, {}).items():
+                sl = part.slice(j)
+                mg[sl] = old[sl] + self.p.central_lr * d.astype(np.float32)
             out[g] = mg
         return out
 

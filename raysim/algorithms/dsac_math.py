@@ -8,7 +8,10 @@ for Intelligence Data via Hierarchical Federated Learning with Pre-Training"
   (``SubModelPartition.split`` / ``recombine``) and the rotation that hands them to clients
   (``assign_submodels``);
 * eq. (3)-(6): K-means clustering of one sub-model's client updates and the size/variance-weighted
-  combination of the cluster centres (``clustered_merge``, ``cluster_weights``);
+  combination of the cluster centres (``cluster_shares``, ``cluster_weights``), followed by the
+  temporal decay in Algorithm 1's order (``clustered_merge``); a variance prior for small clusters
+  (``shrunk_variances``, our variant); the hierarchical two-level merge, within client groups then
+  across them (``two_level_merge``);
 * eq. (14): temporal decay of client weights (``temporal_decay``);
 * eq. (15): sub-model weights by data size (``submodel_data_weights``);
 * the fairness index of Table 2 (``jain_fairness``, a re-export of ``raysim.metrics.jain_index``;
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -33,10 +36,13 @@ __all__ = [
     "SubModelPartition",
     "assign_submodels",
     "cluster_weights",
+    "cluster_shares",
     "clustered_merge",
     "jain_fairness",
+    "shrunk_variances",
     "submodel_data_weights",
     "temporal_decay",
+    "two_level_merge",
 ]
 
 
@@ -94,12 +100,45 @@ def cluster_weights(
 # ------------------------------------------------------------------- eq. (3)-(6): one sub-model's merge
 
 
+def shrunk_variances(
+    sizes: Sequence[int] | np.ndarray,
+    variances: Sequence[float] | np.ndarray,
+    prior_variance: float,
+    strength: float,
+) -> np.ndarray:
+    """Var(S_c) with a variance prior for small clusters (our variant of DSAC eq. 6, not the paper's):
+
+        Var'(S_c) = (|S_c| · Var(S_c) + n0 · V0) / (|S_c| + n0),
+
+    the posterior mean of a cluster's spread after ``strength`` = n0 pseudo-members at the prior
+    ``prior_variance`` = V0 (the caller passes the spread of all the updates being merged). Eq. (6)
+    as written gives a one-member cluster Var = 0, hence the largest trust per client, so an
+    outlier that K-means isolates is *rewarded*; with the prior a singleton's variance is
+    n0·V0/(1 + n0) and a large, tight cluster keeps the smallest. n0 = 0 returns ``variances``
+    unchanged (eq. 6 as written); empty clusters keep 0 (they get weight 0 anyway).
+    """
+    n = np.asarray(sizes, dtype=np.float64)
+    v = np.asarray(variances, dtype=np.float64)
+    if n.shape != v.shape:
+        raise ValueError(f"sizes and variances must have equal shapes, got {n.shape} and {v.shape}")
+    if not math.isfinite(strength) or strength < 0:
+        raise ValueError(f"the prior strength must be a finite number >= 0, got {strength}")
+    if not math.isfinite(prior_variance) or prior_variance < 0:
+        raise ValueError(f"the prior variance must be a finite number >= 0, got {prior_variance}")
+    if strength == 0:
+        return v.copy()
+    out = (n * v + strength * prior_variance) / (n + strength)
+    return np.where(n > 0, out, 0.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class MergeInfo:
     """What ``clustered_merge`` decided, for logging: the explicit clustering state of one sub-model.
 
     ``labels``: (n,) cluster of each client (row order of the updates). ``sizes`` |S_c|,
-    ``variances`` Var(S_c) and ``alphas`` α_c: (k,) each, for the k clusters actually used.
+    ``variances`` Var(S_c) (after the prior, when one is used) and ``alphas`` α_c: (k,) each, for the
+    k clusters actually used. ``coef``: (n,) each client's final coefficient in the merged update
+    (sums to 1).
     """
 
     k: int
@@ -107,11 +146,85 @@ class MergeInfo:
     sizes: np.ndarray
     variances: np.ndarray
     alphas: np.ndarray
+    coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # the updates in an isometric (n, <= n) coordinate system (``span_coordinates``): every distance,
+    # variance and clustering score of the updates can be computed on it
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @classmethod
     def empty(cls) -> MergeInfo:
         z = np.zeros(0)
         return cls(k=0, labels=np.zeros(0, np.int64), sizes=np.zeros(0, np.int64), variances=z, alphas=z)
+
+
+def span_coordinates(X: np.ndarray) -> np.ndarray:
+    """The rows of X (n, d) in orthonormal coordinates of their own affine span: an (n, r) array,
+    r <= min(n, d), with exactly the same pairwise distances (up to round-off). K-means centres and
+    cluster variances live in that span, so clustering n updates of d >> n values on these
+    coordinates gives the same result at a fraction of the cost (one n x n Gram matrix).
+    Returns the centred X itself when d <= n."""
+    A = np.asarray(X, dtype=np.float64)
+    C = A - A.mean(axis=0)
+    if A.shape[1] <= A.shape[0]:
+        return C
+    # Gram matrix G = C C^T = V Λ V^T (n x n, one matrix product), so C = (V Λ^½) Q^T with Q
+    # orthonormal: the rows of V Λ^½ have C's inner products, hence its distances
+    lam, V = np.linalg.eigh(C @ C.T)
+    return np.ascontiguousarray(V * np.sqrt(np.maximum(lam, 0.0)))
+
+
+def cluster_shares(
+    updates: np.ndarray,
+    k: int,
+    beta: float,
+    rng: np.random.Generator,
+    *,
+    variance_prior: float = 0.0,
+    n_init: int = 3,
+    max_iter: int = 50,
+    per_coordinate_variance: bool = False,
+    renormalise: bool = True,
+) -> tuple[np.ndarray, MergeInfo]:
+    """DSAC eq. (4)-(6) for ONE sub-model's updates (rows of ``updates``, n >= 1): K-means into
+    min(k, n) clusters, the plain eq. (4) centres and the eq. (6) weights α_c; returns each client's
+    share s_i = α_{c(i)} / |S_{c(i)}|, so that Σ_i s_i Δ_i = Σ_c α_c Δm^c is eq. (5)'s combination.
+
+    ``variance_prior`` = n0 > 0 replaces Var(S_c) by ``shrunk_variances`` with V0 the mean squared
+    distance of all the updates to their mean (the spread of the whole set). Var(S_c) is the
+    unweighted mean squared distance to the centre (``per_coordinate_variance`` divides it by the
+    sub-model size). One client: share 1.
+    """
+    X = np.asarray(updates, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"updates must be 2-D with at least one row, got shape {X.shape}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    n, d = X.shape
+    if n == 1:
+        one = np.ones(1)
+        info = MergeInfo(
+            k=1,
+            labels=np.zeros(1, np.int64),
+            sizes=np.ones(1, np.int64),
+            variances=np.zeros(1),
+            alphas=one,
+            points=np.zeros((1, 1)),
+        )
+        return one.copy(), info
+    P = span_coordinates(X)  # same distances, n columns instead of d
+    k_used = min(int(k), n)
+    labels = kmeans(P, k_used, rng, n_init=n_init, max_iter=max_iter).labels
+    sizes, variances = cluster_sizes_and_variances(P, labels, k_used)
+    if variance_prior > 0:
+        v0 = float(np.einsum("ij,ij->", P, P)) / n  # P is centred: the spread of all updates
+        variances = shrunk_variances(sizes, variances, v0, variance_prior)
+    if per_coordinate_variance and d > 0:
+        variances = variances / d
+    alphas = cluster_weights(sizes, variances, beta, renormalise=renormalise)
+    safe = np.where(sizes > 0, sizes, 1).astype(np.float64)
+    shares = alphas[labels] / safe[labels]
+    info = MergeInfo(k=k_used, labels=labels, sizes=sizes, variances=variances, alphas=alphas, points=P)
+    return shares, info
 
 
 def clustered_merge(
@@ -121,27 +234,27 @@ def clustered_merge(
     beta: float,
     rng: np.random.Generator,
     *,
+    variance_prior: float = 0.0,
     n_init: int = 3,
     max_iter: int = 50,
     per_coordinate_variance: bool = False,
     renormalise: bool = True,
 ) -> tuple[np.ndarray | None, MergeInfo]:
-    """The server-side merge of ONE sub-model, DSAC eq. (3)-(6); returns Σ_c α_c Δm_k^c, the term that
-    eq. (5) adds to the current sub-model (the caller applies m_k^new = m_k + merged).
+    """The server-side merge of ONE sub-model in Algorithm 1's order; returns the update that eq. (5)
+    adds to the current sub-model (the caller applies m_k^new = m_k + merged).
 
-    1. K-means (``raysim.clustering.kmeans``) on the client updates Δm_k^i (rows), eq. (4);
-    2. inside each cluster, the centre Δm_k^c is the average of its members weighted by
-       ``weights_per_client`` (eq. 4 is the uniform case; these weights carry e.g. the temporal decay
-       of eq. 14 or data sizes; ``None`` means uniform);
-    3. the centres are combined with ``cluster_weights`` (eq. 6): |S_c| counts clients (as in the
-       paper), Var(S_c) is the unweighted mean squared distance to the eq. (4) centroid
-       (``per_coordinate_variance`` divides it by the sub-model size, making ``beta`` independent of
-       it).
+    1. line 17, eq. (4): K-means (``raysim.clustering.kmeans``) of the client updates Δm_k^i;
+    2. line 18, eq. (5)-(6): the clusters' plain centres combined with α_c ∝ |S_c|·exp(−β Var(S_c)),
+       i.e. client i's share s_i = α_{c(i)} / |S_{c(i)}| (``cluster_shares``);
+    3. line 19, eq. (14): the temporal decay (and data size) ``weights_per_client`` w_i(t) applied to
+       those shares, c_i ∝ s_i · w_i(t), renormalised to sum 1: merged = Σ_i c_i Δ_i.
 
-    Edge cases: fewer clients than ``k`` → k = number of clients; one client → its update unchanged;
-    zero clients → ``None`` (the caller keeps the previous sub-model); a cluster whose members all
-    have weight 0 gets α_c = 0 like an empty one. Weights must be >= 0 with a positive sum.
-    The result has the updates' floating dtype (float64 accumulation).
+    Uniform weights (``None``) give eq. (5) exactly. Because the weights act after the combination,
+    they discount a stale client even when K-means puts it in a cluster of its own (applied inside
+    each cluster's centre, as before, a singleton's weight cancelled). One client → its update
+    unchanged; zero clients → ``None`` (the caller keeps the previous sub-model). Weights must be
+    >= 0 with a positive sum; a client of weight 0 contributes nothing. The result has the updates'
+    floating dtype (float64 accumulation); ``info.coef`` holds the c_i.
     """
     U = np.asarray(updates)
     if U.size == 0 and (U.ndim < 2 or U.shape[0] == 0):
@@ -157,26 +270,68 @@ def clustered_merge(
         raise ValueError(f"client weights must be finite, >= 0 and sum to > 0, got {w.tolist()}")
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if n == 1:
-        one = np.ones(1)
-        info = MergeInfo(
-            k=1, labels=np.zeros(1, np.int64), sizes=np.ones(1, np.int64), variances=np.zeros(1), alphas=one
-        )
-        return U[0].astype(out_dtype, copy=True), info
-
     X = U.astype(np.float64)
-    k_used = min(int(k), n)
-    labels = kmeans(X, k_used, rng, n_init=n_init, max_iter=max_iter).labels
-    sizes, variances = cluster_sizes_and_variances(X, labels, k_used, per_coordinate=per_coordinate_variance)
-    wsum = np.bincount(labels, weights=w, minlength=k_used)
-    live_sizes = np.where(wsum > 0, sizes, 0)
-    alphas = cluster_weights(live_sizes, variances, beta, renormalise=renormalise)
-    # merged = Σ_c α_c Σ_{i∈c} (w_i / W_c) Δ_i  — one coefficient per client, one mat-vec.
-    safe = np.where(wsum > 0, wsum, 1.0)
-    coef = alphas[labels] * w / safe[labels]
+    shares, info = cluster_shares(
+        X,
+        k,
+        beta,
+        rng,
+        variance_prior=variance_prior,
+        n_init=n_init,
+        max_iter=max_iter,
+        per_coordinate_variance=per_coordinate_variance,
+        renormalise=renormalise,
+    )
+    coef = shares * w
+    if coef.sum() <= 0:  # every positive-weight client sits in a zero-α cluster: fall back to w alone
+        coef = w.copy()
+    coef = coef / coef.sum()
     merged = coef @ X
-    info = MergeInfo(k=k_used, labels=labels, sizes=sizes, variances=variances, alphas=alphas)
-    return merged.astype(out_dtype), info
+    return merged.astype(out_dtype), replace(info, coef=coef)
+
+
+def two_level_merge(
+    updates: np.ndarray,
+    weights_per_client: Sequence[float] | np.ndarray,
+    groups: Sequence[int] | np.ndarray,
+    k: int,
+    beta: float,
+    rng: np.random.Generator,
+    **kw: Any,
+) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, MergeInfo]]:
+    """The hierarchical merge of ONE sub-model (our reading of Algorithm 1, lines 13-20, with eq. 13):
+    ``clustered_merge`` inside each client group g (eq. 4-6 and the decay, among clients of similar
+    data) gives Δ_g, the group model's update (M_g of eq. 13); the global update is
+    Σ_g ω_g Δ_g with ω_g = Σ_{i∈g} w_i(t) / Σ_i w_i(t), the group's share of decayed weight.
+
+    So the variance-based trust of eq. (6) only moves weight between clients of the same group: a
+    group whose clients disagree with the others (different data, not noise) keeps its data share,
+    which a flat merge over all clients would shrink. Returns (global update, {g: Δ_g}, {g: info}).
+    ``groups`` holds one group id per row; any integers (the caller gives ungrouped clients ids of
+    their own). ``kw`` goes to ``clustered_merge``.
+    """
+    U = np.asarray(updates, dtype=np.float64)
+    w = np.asarray(weights_per_client, dtype=np.float64)
+    g = np.asarray(groups, dtype=np.int64)
+    if U.ndim != 2 or U.shape[0] == 0 or w.shape != (U.shape[0],) or g.shape != (U.shape[0],):
+        raise ValueError(
+            f"need n >= 1 updates with one weight and one group each, got {U.shape}, {w.shape}, {g.shape}"
+        )
+    if np.any(w < 0) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise ValueError(f"client weights must be finite, >= 0 and sum to > 0, got {w.tolist()}")
+    total = np.zeros(U.shape[1])
+    deltas: dict[int, np.ndarray] = {}
+    infos: dict[int, MergeInfo] = {}
+    for gid in np.unique(g):
+        rows = np.flatnonzero(g == gid)
+        wg = w[rows]
+        if wg.sum() <= 0:
+            continue
+        merged, info = clustered_merge(U[rows], wg, k, beta, rng, **kw)
+        assert merged is not None
+        deltas[int(gid)], infos[int(gid)] = merged, info
+        total += (wg.sum() / w.sum()) * merged
+    return total, deltas, infos
 
 
 # ------------------------------------------------------------------------ eq. (14), (15): client weights
@@ -189,9 +344,13 @@ def temporal_decay(
 ) -> np.ndarray:
     """DSAC eq. (14): w_u(t) = w_u · exp(-γ t), elementwise (numpy broadcasting).
 
-    The paper's "time variable" t is read as Δt = rounds since client u last delivered an update (0
-    for a fresh update), following its rationale: "gradually reduce the influence of clients that
-    have not provided recent updates". ``gamma`` (Table 4 default 0.05) and Δt must be >= 0.
+    The paper's "time variable" t is read as Δt = the rounds client u missed since it last delivered
+    an update (0 when it also delivered the previous round), following its rationale: "gradually
+    reduce the influence of clients that have not provided recent updates". In DSAC's stale-client
+    mode (``staleness: last_model``) the same Δt is the number of global model versions between the
+    model the update was computed from and the current one, so the decay discounts real staleness;
+    in the synchronous mode every update is computed from the current model and the decay is a
+    participation-recency weight. ``gamma`` (Table 4 default 0.05) and Δt must be >= 0.
     """
     w = np.asarray(base_weights, dtype=np.float64)
     dt = np.asarray(rounds_since_last, dtype=np.float64)

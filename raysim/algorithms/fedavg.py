@@ -4,10 +4,16 @@ F_k(w) + mu/2 ||w - w^t||^2) and the Centralised reference point.
 
 Server update: x <- x + eta_g * sum_k n_k (w_k - x) / sum_k n_k (eta_g = central_lr = 1 is
 plain FedAvg). The update is linear in the client deltas, so client actors pre-sum them.
+
+``init_from: pretrained`` starts from the model pre-trained on the server's public split exactly as
+DSAC's M_base (``raysim.algorithms.pretrain``), so a comparison with DSAC measures the federated
+algorithm rather than the extra public data; the base model's test accuracy is logged every round
+as ``base_test_accuracy``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar
@@ -33,10 +39,11 @@ from raysim.algorithms.base import (
     Traits,
     sample_cohort,
 )
+from raysim.algorithms.pretrain import PretrainParams, base_metrics, pretrain
 from raysim.models.flat import Params
 
 
-class FedAvgParams(AlgoParams):
+class FedAvgParams(PretrainParams):
     central_lr: Annotated[float, Field(gt=0)] = 1.0
 
 
@@ -47,6 +54,34 @@ class FedProxParams(FedAvgParams):
 @dataclass(frozen=True, kw_only=True)
 class GlobalState:
     params: np.ndarray
+    base_accuracy: float = math.nan  # the pre-trained start's test accuracy (NaN: random start)
+    base_loss: float = math.nan
+
+
+def initial_params(algo: Algorithm, params: Params, ctx: SetupContext) -> tuple[np.ndarray, float, float]:
+    """The start of a baseline: the seeded random weights, or those pre-trained on the public split
+    (``init_from: pretrained``, the same M_base as DSAC's). Returns (params, base acc, base loss)."""
+    p = algo.p
+    if not _pretrained(algo):
+        return params.astype(np.float32), math.nan, math.nan
+    base = pretrain(
+        params,
+        ctx,
+        epochs=p.pretrain_epochs,
+        lr=p.pretrain_lr,
+        who=f"algorithm.init_from: pretrained ({algo.name})",
+        switch="set algorithm.init_from: random",
+    )
+    return base.params, base.test_accuracy, base.test_loss
+
+
+def _pretrained(algo: Algorithm) -> bool:
+    return isinstance(algo.p, PretrainParams) and algo.p.init_from == "pretrained"
+
+
+def with_public_split(algo: Algorithm) -> Traits:
+    """The class's traits, plus the public split when the algorithm pre-trains on it."""
+    return replace(type(algo).traits, public_split=_pretrained(algo))
 
 
 class FedAvg(Algorithm):
@@ -55,8 +90,13 @@ class FedAvg(Algorithm):
     # no client state: a client may train on any actor (the pool balances each cohort)
     traits = Traits(linear=True)
 
+    def __init__(self, params: AlgoParams | None = None) -> None:
+        super().__init__(params)
+        self.traits = with_public_split(self)
+
     def init(self, params: Params, ctx: SetupContext) -> GlobalState:
-        return GlobalState(params=params.astype(np.float32))
+        start, acc, loss = initial_params(self, params, ctx)
+        return GlobalState(params=start, base_accuracy=acc, base_loss=loss)
 
     def configure_round(self, state: GlobalState, rnd: RoundContext) -> tuple[GlobalState, RoundPlan]:
         cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
@@ -80,7 +120,8 @@ class FedAvg(Algorithm):
     ) -> tuple[GlobalState, Metrics]:
         total = LinearSum.of(results)
         new = fedavg_step(state.params, total, self.p.central_lr)
-        return replace(state, params=new), {"aggregated_clients": float(total.num_clients if total else 0)}
+        m = {"aggregated_clients": float(total.num_clients if total else 0)}
+        return replace(state, params=new), {**m, **base_metrics(state.base_accuracy, state.base_loss)}
 
     def server_model(self, state: GlobalState) -> Params | None:
         return state.params

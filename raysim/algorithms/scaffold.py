@@ -5,10 +5,12 @@ Client i keeps its control variate c_i as client state on the hosting actor. Loc
 g + c - c_i; afterwards c_i+ = c_i - c + (x - y_i) / (K * eta_l), K the number of local steps.
 Server: x <- x + eta_g * mean_i(y_i - x) (weighted by examples here), c <- c + (1/N) sum_i (c_i+ - c_i).
 Both updates are sums, so the algorithm is linear and actors pre-sum.
+``init_from: pretrained`` starts from DSAC's pre-trained base model (see ``fedavg.py``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -33,7 +35,8 @@ from raysim.algorithms.base import (
     Traits,
     sample_cohort,
 )
-from raysim.algorithms.fedavg import FedAvgParams
+from raysim.algorithms.fedavg import FedAvgParams, initial_params, with_public_split
+from raysim.algorithms.pretrain import base_metrics
 from raysim.models.flat import Params
 
 CONTROL = "control"  # broadcast key of the server control variate c
@@ -44,6 +47,8 @@ class ScaffoldState:
     params: np.ndarray
     control: np.ndarray
     num_clients: int
+    base_accuracy: float = math.nan  # the pre-trained start's test accuracy (NaN: random start)
+    base_loss: float = math.nan
 
 
 class Scaffold(Algorithm):
@@ -51,11 +56,18 @@ class Scaffold(Algorithm):
     params_model: ClassVar[type[AlgoParams]] = FedAvgParams
     traits = Traits(linear=True, client_state=True)  # c_i lives on the client's home actor
 
+    def __init__(self, params: AlgoParams | None = None) -> None:
+        super().__init__(params)
+        self.traits = with_public_split(self)
+
     def init(self, params: Params, ctx: SetupContext) -> ScaffoldState:
+        start, acc, loss = initial_params(self, params, ctx)
         return ScaffoldState(
-            params=params.astype(np.float32),
+            params=start,
             control=np.zeros_like(params, dtype=np.float32),
             num_clients=ctx.num_clients,
+            base_accuracy=acc,
+            base_loss=loss,
         )
 
     def configure_round(self, state: ScaffoldState, rnd: RoundContext) -> tuple[ScaffoldState, RoundPlan]:
@@ -87,12 +99,14 @@ class Scaffold(Algorithm):
         self, state: ScaffoldState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[ScaffoldState, Metrics]:
         total = LinearSum.of(results)
+        base = base_metrics(state.base_accuracy, state.base_loss)
         if total is None:
-            return state, {"aggregated_clients": 0.0}
+            return state, {"aggregated_clients": 0.0, **base}
         params = fedavg_step(state.params, total, self.p.central_lr)
         control = scaffold_control_step(state.control, total.extras["delta_control"], state.num_clients)
         return replace(state, params=params, control=control), {
-            "aggregated_clients": float(total.num_clients)
+            "aggregated_clients": float(total.num_clients),
+            **base,
         }
 
     def server_model(self, state: ScaffoldState) -> Params:

@@ -130,3 +130,94 @@ def test_flat_sgd_matches_torch_sgd():
             torch.nn.functional.cross_entropy(ref.module(xt[b]), torch.from_numpy(y[b])).backward()
             opt.step()
     np.testing.assert_allclose(out.params, ref.read(), rtol=1e-4, atol=1e-5)
+
+
+# -------------------------------------------- the baselines' pre-trained start (DSAC's M_base, eq. 9)
+
+
+class FakeServerData:
+    """fit() adds 1 per epoch (and records its arguments); evaluate() reports a fixed score."""
+
+    def __init__(self, splits=("public", "test")):
+        self._splits, self.fits = tuple(splits), []
+
+    def splits(self):
+        return self._splits
+
+    def fit(self, params, split="public", **hp):
+        self.fits.append((split, hp))
+        return FitResult(params=params + hp["epochs"], loss=0.5, steps=1, num_examples=10)
+
+    def evaluate(self, params, split="public"):
+        class Ev:
+            accuracy, loss = 0.75, 0.8
+
+        return Ev()
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "scaffold"])
+def test_pretrained_start_is_dsacs_base_model(name):
+    from dataclasses import replace
+
+    data = FakeServerData()
+    setup = replace(ctx(), data=data)
+    algo = build_algorithm(name, {"init_from": "pretrained", "pretrain_epochs": 3, "pretrain_lr": 0.02})
+    assert algo.traits.public_split and algo.traits.linear
+    state = algo.init(np.zeros(3, np.float32), setup)
+    np.testing.assert_array_equal(state.params, 3.0)
+    dsac = build_algorithm("dsac", {"pretrain_epochs": 3, "pretrain_lr": 0.02, "num_submodels": 1})
+    dstate = dsac.init(np.zeros(3, np.float32), setup)
+    np.testing.assert_array_equal(state.params, dstate.params)  # the same M_base, by the same helper
+    assert (
+        data.fits[0]
+        == data.fits[1]
+        == (
+            "public",
+            {"epochs": 3, "batch_size": 4, "lr": 0.02, "momentum": 0.0},
+        )
+    )
+    _, m = aggregate(algo, state, 1, [])
+    assert m["base_test_accuracy"] == 0.75 and m["base_test_loss"] == 0.8  # round 0, every round
+    random = build_algorithm(name)
+    assert not random.traits.public_split
+    rstate = random.init(np.zeros(3, np.float32), setup)
+    np.testing.assert_array_equal(rstate.params, 0.0)
+    assert "base_test_accuracy" not in aggregate(random, rstate, 1, [])[1]
+
+
+def test_pretrained_start_without_a_public_split_is_a_clear_error(tmp_path):
+    from dataclasses import replace
+
+    from raysim.config import ConfigError
+    from tests.conftest import tiny_config
+
+    with pytest.raises(ConfigError, match="public_fraction"):
+        tiny_config(tmp_path, algorithm__name="fedavg", algorithm__init_from="pretrained")
+    algo = build_algorithm("scaffold", {"init_from": "pretrained"})
+    with pytest.raises(ValueError, match=r"public_fraction.*init_from: random"):
+        algo.init(np.zeros(3, np.float32), replace(ctx(), data=FakeServerData(("test",))))
+    with pytest.raises(ValueError, match="init_from"):
+        build_algorithm("fedavg", {"init_from": "imagenet"})
+
+
+def test_pretrained_fedavg_and_dsac_start_from_the_same_model_end_to_end(tmp_path):
+    import pandas as pd
+
+    from raysim.runtime.experiment import Experiment
+    from tests.conftest import tiny_config
+
+    scores = {}
+    for name in ("fedavg", "scaffold", "dsac"):
+        over = {"algorithm__init_from": "pretrained"} if name != "dsac" else {"algorithm__num_submodels": 3}
+        cfg = tiny_config(
+            tmp_path, algorithm__name=name, data__public_fraction=0.1, rounds__num_rounds=1, **over
+        )
+        exp = Experiment(cfg, progress=False)
+        try:
+            exp.run()
+        finally:
+            exp.close()
+        r = pd.read_parquet(exp.run_dir / "rounds.parquet")
+        scores[name] = (float(r["base_test_accuracy"].iloc[0]), float(r["base_test_loss"].iloc[0]))
+    assert scores["fedavg"] == scores["scaffold"] == scores["dsac"]
+    assert 0.0 < scores["dsac"][0] <= 1.0

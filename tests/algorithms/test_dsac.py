@@ -365,3 +365,166 @@ def test_packing_does_not_change_results(tmp_path, feature_mapping):
     ]
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert DSAC(DSACParams(feature_mapping=feature_mapping)).traits.client_state is feature_mapping
+
+
+# ------------------------------------------------------------- the switches change what they should
+
+
+def two_group_results(state: DSACState) -> list[ClientResult]:
+    """Clients 0, 1 (data direction (1, 0)) push every sub-model up by +1 and +3; clients 2, 3
+    (direction (0, 1)) push it down by -1 each: two groups with opposite updates."""
+    ups = {0: 1.0, 1: 3.0, 2: -1.0, 3: -1.0}
+    feats = {0: (1.0, 0.0), 1: (1.1, 0.0), 2: (0.0, 1.0), 3: (0.0, 1.2)}
+    return [result(state, c, {0: u, 1: u, 2: u}, feature=feats[c]) for c, u in ups.items()]
+
+
+def test_groups_with_opposite_updates_change_the_global_model() -> None:
+    """Algorithm 1, lines 13-20: with the hierarchy on, update clustering and combination run within
+    each client group and the groups are then combined by their weight; off, over the whole cohort."""
+    kw = {"num_clusters": 2, "beta": 1.0, "max_groups": 2, "decay": 0.0}
+    hier, hstate = make(**kw)
+    flat, fstate = make(hierarchical_clustering=False, **kw)
+    h, hm = aggregate(hier, hstate, 1, two_group_results(hstate), rng())
+    f, fm = aggregate(flat, fstate, 1, two_group_results(fstate), rng())
+    assert list(h.assign) == list(f.assign) == [0, 0, 1, 1]  # the same two groups either way
+    sl = hstate.partition.slice(0)
+    # hierarchical: group 0 = two singleton clusters -> mean +2; group 1 -> -1; equal weights -> 0.5
+    np.testing.assert_allclose(h.params[sl], 0.5, rtol=1e-5)
+    np.testing.assert_allclose(h.group_models[0][sl], 2.0, rtol=1e-5)  # M_g of eq. (13)
+    np.testing.assert_allclose(h.group_models[1][sl], -1.0, rtol=1e-5)
+    # flat: K-means over all four puts {+1, +3} (spread) against {-1, -1} (tight): eq. (6)'s variance
+    # penalty moves weight to the tight cluster, so the global model moves less (here: negative)
+    assert not np.allclose(f.params[sl], h.params[sl])
+    assert float(f.params[sl][0]) < 0.5
+    np.testing.assert_array_equal(f.group_models[0], h.group_models[0])  # personal models agree
+
+
+def test_stale_clients_train_from_the_model_they_last_received() -> None:
+    """staleness: last_model. Client 0 trained in round 9 and then received version 10; at round 30
+    it trains from version 10, 20 versions behind: its weight before normalisation is e^{-20γ} of a
+    fresh client's (client 1 trained in round 29 and holds version 30, the current model)."""
+    gamma = 0.03
+    algo, state = make(staleness="last_model", decay=gamma, weight_floor=0.0)
+    v10 = np.full(state.params.size, 7.0, np.float32)
+    state = replace(state, last_round=np.array([9, 29, 29, 29]), versions={10: v10})
+    plan_tasks = configure(algo, state, 30, [0, 1], rng())
+    assert [t.model_key for t in plan_tasks] == ["version/10", "global"]
+    _, plan = algo.configure_round(state, _round(30, [0, 1]))
+    np.testing.assert_array_equal(plan.broadcast["version/10"], v10)
+    w, dt = algo.decayed_weights(state, 30, [0, 1])
+    assert list(dt) == [20, 0]
+    assert w[0] / w[1] == pytest.approx(math.exp(-20 * gamma), rel=1e-12)
+    # through the round: the weights recorded, then both hold the new model (version 31)
+    new, m = aggregate(algo, state, 30, [result(state, 0, {0: 1.0}), result(state, 1, {0: 1.0})], rng())
+    assert new.weight_now[0] / new.weight_now[1] == pytest.approx(math.exp(-20 * gamma))
+    assert m["rounds_missed_mean"] == 10.0
+    assert list(new.last_round[:2]) == [30, 30]
+    # version 10 is no longer held by anyone; version 30 (this round's start) is, by clients 2 and 3
+    assert set(new.versions) == {30} and np.array_equal(new.versions[30], state.params)
+    # synchronous mode: everybody trains from the current model, the same weights
+    sync, sstate = make(decay=gamma, weight_floor=0.0)
+    sstate = replace(sstate, last_round=np.array([9, 29, 29, 29]))
+    assert [t.model_key for t in configure(sync, sstate, 30, [0, 1], rng())] == ["global", "global"]
+    np.testing.assert_allclose(sync.decayed_weights(sstate, 30, [0, 1])[0], w)
+
+
+def _round(t: int, available: list[int]):
+    from raysim.algorithms.base import RoundContext
+
+    return RoundContext(round_idx=t, available=available, cohort_size=len(available), hparams={}, rng=rng())
+
+
+class StepClient:
+    """fit() takes one SGD step exactly as the trainer does: grad = 1, the hook, then
+    ``weight_decay`` * w added, then w -= lr * grad (raysim.runtime.trainer.Trainer.fit)."""
+
+    def __init__(self) -> None:
+        self.client_id, self.num_examples, self.state, self.broadcast = 0, 10, {}, {}
+        self.hparams: dict = {}
+        self.trained = np.zeros(0, np.float32)
+
+    def embed(self, params):
+        return np.ones(2, np.float32)
+
+    def fit(self, params, *, grad_hook=None, **hp):
+        from raysim.runtime.trainer import FitResult
+
+        self.hparams = hp
+        w = torch.tensor(params)
+        g = torch.ones_like(w)
+        if grad_hook is not None:
+            grad_hook(w, g)
+        g.add_(w, alpha=float(hp.get("weight_decay", 0.0)))
+        self.trained = (w - float(hp["lr"]) * g).numpy()
+        return FitResult(params=self.trained, loss=1.0, steps=1, num_examples=10)
+
+
+def test_weight_decay_never_moves_a_layer_the_client_was_not_assigned() -> None:
+    """local.weight_decay > 0: the decay is applied in the gradient hook before the sub-model mask
+    (the trainer would add it after the hook, moving every layer)."""
+    from raysim.algorithms.base import ClientTask
+
+    algo, state = make()
+    part = state.partition
+    params = np.ones(state.params.size, np.float32)
+    task = ClientTask(
+        client_id=0,
+        model_key="global",
+        hparams={"lr": 0.1, "weight_decay": 0.5},
+        extras={"submodels": np.array([1]), "bounds": np.asarray(part.bounds), "want_feature": np.asarray(0)},
+    )
+    client = StepClient()
+    res = algo.client_update(task, params, client)
+    assert client.hparams["weight_decay"] == 0.0  # moved into the hook
+    # assigned sub-model 1: w - lr (1 + wd w) = 1 - 0.1 * 1.5 -> delta -0.15
+    np.testing.assert_allclose(res.extras["sub/1"], -0.15, rtol=1e-6)
+    # sub-models 0 and 2 did not move during local training (the forward pass used them unchanged)
+    for j in (0, 2):
+        np.testing.assert_array_equal(client.trained[part.slice(j)], params[part.slice(j)])
+    # the old order (decay after the mask) would have moved them by -lr * wd * w = -0.05
+    old = StepClient()
+    old.fit(params, grad_hook=hooks.masked(part.masks()[1]), lr=0.1, weight_decay=0.5)
+    np.testing.assert_allclose(old.trained[part.slice(0)], 0.95, rtol=1e-6)
+
+
+SWITCH_RUN = {
+    "data__num_clients": 8,
+    "rounds__clients_per_round": 5,
+    "rounds__num_rounds": 4,
+    "algorithm__num_submodels": 3,
+    "algorithm__cluster_every": 2,
+    "algorithm__decay": 0.3,
+}
+
+
+@pytest.fixture(scope="module")
+def complete_run(tmp_path_factory):
+    return run(dsac_config(tmp_path_factory.mktemp("complete"), **SWITCH_RUN))[1]
+
+
+@pytest.mark.parametrize(
+    "switch,value",
+    [
+        ("decomposition", False),
+        ("pretraining", False),
+        ("hierarchical_clustering", False),
+        ("dynamic_weights", False),
+        ("variance_prior", 1.0),
+        ("staleness", "last_model"),
+    ],
+)
+def test_each_switch_changes_the_run(tmp_path, complete_run, switch, value):
+    """Digits, 8 clients, 5 a round, 4 rounds: every switch changes the trajectory, through the
+    mechanism it names."""
+    full = complete_run
+    _, alt, clients = run(dsac_config(tmp_path, **SWITCH_RUN, **{f"algorithm__{switch}": value}))
+    assert not np.allclose(full["test_loss"], alt["test_loss"]), switch
+    if switch == "decomposition":
+        assert (alt["num_submodels"] == 1).all() and (full["num_submodels"] == 3).all()
+    elif switch == "pretraining":
+        assert "base_test_accuracy" not in alt and full["base_test_accuracy"].notna().all()
+    elif switch == "dynamic_weights":
+        assert (full["rounds_missed_mean"] > 0).any()  # somebody missed rounds: weights differ
+    elif switch == "staleness":
+        assert (alt["versions_held"] > 1).any()
+        assert clients["model_key"].str.startswith("version/").any()

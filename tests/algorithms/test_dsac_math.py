@@ -63,26 +63,34 @@ def test_clustered_merge_by_hand() -> None:
     # Clients: (0,0) w=1, (0,2) w=3 | (10,10) w=1. K-means, k=2 -> clusters {0,1}, {2}.
     # sizes [2,1]; Var: centroid (0,1), squared distances 1,1 -> 1; singleton 0.
     # β = ln 2: raw α = [2/3 · 1/2, 1/3 · 1] = [1/3, 1/3] -> normalised [1/2, 1/2].
-    # Weighted centres: (1·(0,0) + 3·(0,2))/4 = (0, 1.5); (10, 10).
-    # merged = 0.5·(0,1.5) + 0.5·(10,10) = (5, 5.75).
+    # Shares s_i = α_c / |S_c| = [1/4, 1/4, 1/2] (eq. 5 with plain eq. 4 centres); then the client
+    # weights (line 19: decay after combining): c ∝ [1/4, 3/4, 1/2] -> [1/6, 1/2, 1/3].
+    # merged = 1/6·(0,0) + 1/2·(0,2) + 1/3·(10,10) = (10/3, 1 + 10/3) = (3.3333333, 4.3333333).
     U = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 10.0]], dtype=np.float32)
     merged, info = dm.clustered_merge(U, [1.0, 3.0, 1.0], k=2, beta=math.log(2.0), rng=rng())
     assert merged is not None
-    np.testing.assert_allclose(merged, [5.0, 5.75], rtol=1e-6)
+    np.testing.assert_allclose(merged, [10 / 3, 13 / 3], rtol=1e-6)
     assert merged.dtype == np.float32
     np.testing.assert_array_equal(info.labels, [0, 0, 1])
     np.testing.assert_array_equal(info.sizes, [2, 1])
-    np.testing.assert_allclose(info.variances, [1.0, 0.0])
+    np.testing.assert_allclose(info.variances, [1.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(info.alphas, [0.5, 0.5])
+    np.testing.assert_allclose(info.coef, [1 / 6, 1 / 2, 1 / 3])
     assert info.k == 2
+    # uniform weights: eq. (5) exactly, 1/2·(0,1) + 1/2·(10,10) = (5, 5.5)
+    plain, _ = dm.clustered_merge(U, None, k=2, beta=math.log(2.0), rng=rng())
+    np.testing.assert_allclose(plain, [5.0, 5.5], rtol=1e-6)
 
 
-def test_clustered_merge_fewer_clients_than_k_counts_clients_not_weights() -> None:
-    # k=5 with 2 clients -> k=2, each a singleton: sizes [1,1], Var 0 -> α [1/2, 1/2]; in a singleton
-    # the client weight cancels, so merged = ((1,2) + (3,6))/2 = (2, 4) despite weights 1 and 100.
+def test_clustered_merge_decay_discounts_a_client_alone_in_its_cluster() -> None:
+    # k=5 with 2 clients -> k=2, each a singleton: sizes [1,1], Var 0 -> α [1/2, 1/2], shares 1/2 each.
+    # The weights act after the combination (Algorithm 1 line 19), so a stale client (weight e^-1)
+    # is discounted although it is alone in its cluster: merged = ((1,2) + e^-1 (3,6)) / (1 + e^-1).
     U = np.array([[1.0, 2.0], [3.0, 6.0]])
-    merged, info = dm.clustered_merge(U, [1.0, 100.0], k=5, beta=0.5, rng=rng())
-    np.testing.assert_allclose(merged, [2.0, 4.0])
+    w = [1.0, math.exp(-1.0)]
+    merged, info = dm.clustered_merge(U, w, k=5, beta=0.5, rng=rng())
+    expected = (U[0] + math.exp(-1.0) * U[1]) / (1 + math.exp(-1.0))
+    np.testing.assert_allclose(merged, expected)
     assert info.k == 2
 
 
@@ -108,14 +116,75 @@ def test_clustered_merge_identical_updates_leave_an_empty_cluster() -> None:
     np.testing.assert_array_equal(info.alphas, [1.0, 0.0])
 
 
-def test_clustered_merge_zero_weight_cluster_is_ignored() -> None:
-    # (0,0) alone with weight 0 -> its α is 0; the other cluster's mean ((10,10)+(10,12))/2 = (10, 11).
+def test_clustered_merge_zero_weight_client_is_ignored() -> None:
+    # (0,0) alone with weight 0 -> its coefficient is 0; the rest: ((10,10)+(10,12))/2 = (10, 11).
     U = np.array([[0.0, 0.0], [10.0, 10.0], [10.0, 12.0]])
     merged, info = dm.clustered_merge(U, [0.0, 1.0, 1.0], k=2, beta=0.1, rng=rng())
     np.testing.assert_allclose(merged, [10.0, 11.0])
-    np.testing.assert_allclose(info.alphas, [0.0, 1.0])
+    np.testing.assert_allclose(info.coef, [0.0, 0.5, 0.5])
     with pytest.raises(ValueError, match="sum to > 0"):
         dm.clustered_merge(U, [0.0, 0.0, 0.0], k=2, beta=0.1, rng=rng())
+
+
+def test_span_coordinates_keep_every_distance() -> None:
+    X = rng(3).normal(size=(6, 500))
+    P = dm.span_coordinates(X)
+    assert P.shape == (6, 6)
+
+    def dists(A: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(A[:, None, :] - A[None, :, :], axis=2)
+
+    np.testing.assert_allclose(dists(P), dists(X), atol=1e-9)
+    small = rng(4).normal(size=(5, 3))  # d <= n: just centred
+    np.testing.assert_allclose(dm.span_coordinates(small), small - small.mean(axis=0))
+
+
+# ------------------------------------------------------------------ variance prior (our eq. 6 variant)
+
+
+def test_shrunk_variances_by_hand() -> None:
+    # n0 = 1, V0 = 2: singleton (1·0 + 2)/2 = 1; a tight pair (2·0.1 + 2)/3 = 0.7333; empty stays 0
+    v = dm.shrunk_variances([1, 2, 0], [0.0, 0.1, 0.0], prior_variance=2.0, strength=1.0)
+    np.testing.assert_allclose(v, [1.0, 2.2 / 3, 0.0])
+    np.testing.assert_array_equal(dm.shrunk_variances([1, 2], [0.0, 0.1], 2.0, 0.0), [0.0, 0.1])
+    with pytest.raises(ValueError, match="strength"):
+        dm.shrunk_variances([1], [0.0], 1.0, -1.0)
+
+
+def test_variance_prior_stops_rewarding_a_one_member_cluster() -> None:
+    # four agreeing updates (spread 0.1 around (1, 0)) and one outlier at (-3, 0); k = 2.
+    U = np.array([[1.1, 0.0], [0.9, 0.0], [1.0, 0.1], [1.0, -0.1], [-3.0, 0.0]])
+    shares, info = dm.cluster_shares(U, 2, beta=1.0, rng=rng())
+    out = info.labels[4]
+    assert info.sizes[out] == 1 and info.variances[out] == 0.0
+    # eq. (6) as written: the outlier has variance 0, so its per-client share is the largest
+    assert shares[4] > shares[:4].max()
+    prior, pinfo = dm.cluster_shares(U, 2, beta=1.0, rng=rng(), variance_prior=1.0)
+    # with the prior (V0 = spread of all five = 2.564): the singleton's variance is V0/2 = 1.28 and
+    # the tight cluster's (4·0.01 + 2.564)/5 = 0.52, so the agreeing clients now get more each
+    v0 = float(np.sum((U - U.mean(axis=0)) ** 2)) / 5
+    np.testing.assert_allclose(pinfo.variances[out], v0 / 2, rtol=1e-9)
+    assert prior[4] < prior[:4].min()
+
+
+def test_two_level_merge_combines_within_groups_then_across() -> None:
+    # group 0: updates +1 and +3 (they disagree); group 1: two identical updates -1. k = 2, β = 1.
+    U = np.array([[1.0], [3.0], [-1.0], [-1.0]])
+    w = np.ones(4)
+    total, deltas, _ = dm.two_level_merge(U, w, [0, 0, 1, 1], 2, 1.0, rng())
+    # within group 0: two singletons (Var 0) -> plain mean 2; group 1 -> -1; equal group weights
+    np.testing.assert_allclose(deltas[0], [2.0])
+    np.testing.assert_allclose(deltas[1], [-1.0])
+    np.testing.assert_allclose(total, [0.5])
+    # one level over all four: K-means puts {1, 3} together (Var 1) against {-1, -1} (Var 0), and the
+    # variance penalty moves weight from the +group to the -group: a different global update
+    flat, _ = dm.clustered_merge(U, w, 2, 1.0, rng())
+    e = math.exp(-1.0)
+    np.testing.assert_allclose(flat, [(e * 4 - 2) / (2 * e + 2)])
+    assert not np.allclose(flat, total)
+    # a group's share is its decayed weight: halving group 1's weights moves the total toward group 0
+    total2, _, _ = dm.two_level_merge(U, [1.0, 1.0, 0.5, 0.5], [0, 0, 1, 1], 2, 1.0, rng())
+    np.testing.assert_allclose(total2, [(2 * 2 - 1) / 3])
 
 
 # ---------------------------------------------------------------------------- eq. (14), (15), fairness

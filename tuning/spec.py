@@ -117,6 +117,11 @@ class PbtOptions(_Strict):
     quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
     resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25  # for the other knobs
     seed: int = 0  # the explore step's own random stream
+    # synchronous: every member reaches the perturbation round before anyone exploits. FL rounds
+    # cost about the same for every trial, so waiting is cheap, and the population is compared at
+    # the same round whatever order the cluster happens to run the trials in (asynchronous PBT
+    # never exploits when the cluster fits one trial at a time: a finished trial is no donor).
+    synch: bool = True
 
 
 class SweepSpec(_Strict):

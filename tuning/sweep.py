@@ -130,17 +130,20 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
         return searcher, scheduler
     if spec.mode == "pbt":
         from ray.tune.schedulers import PopulationBasedTraining
+        from ray.tune.search.basic_variant import BasicVariantGenerator
 
         pbt = spec.pbt
         assert pbt is not None  # the spec validator guarantees it
         mutations = {k: tune_domain(d) for k, d in spec.space.items() if k != pbt.lr_key}
-        return None, PopulationBasedTraining(
+        # the initial population is drawn from pbt.seed too, so a PBT sweep starts the same way twice
+        return BasicVariantGenerator(random_state=pbt.seed), PopulationBasedTraining(
             time_attr="round",
             perturbation_interval=pbt.perturbation_interval,
             hyperparam_mutations=mutations,  # type: ignore[arg-type]
             custom_explore_fn=genetic_explore(pbt.lr_key, pbt.lr_scale, pbt.seed),
             quantile_fraction=pbt.quantile_fraction,
             resample_probability=pbt.resample_probability,
+            synch=pbt.synch,
         )
     return None, None
 
@@ -299,10 +302,31 @@ def _final(df: pd.DataFrame | None, metric: str) -> float:
     return float(df[metric].dropna().iloc[-1])
 
 
+def reported_rounds(trial_dir: Path) -> pd.DataFrame | None:
+    """Every round a trial reported, from the trainable's own record (``reported.jsonl``). A round
+    reported twice (run again after resuming from an earlier checkpoint) keeps its last report."""
+    from tuning.trainable import REPORTED
+
+    path = trial_dir / REPORTED
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).drop(columns=["trial_id"], errors="ignore")
+    return df.drop_duplicates(subset="round", keep="last").sort_values("round").reset_index(drop=True)
+
+
+def history(result: Any) -> pd.DataFrame | None:
+    """A Tune result's rounds: the trainable's record, else Tune's (a trial that never reported)."""
+    df = reported_rounds(Path(result.path))
+    return result.metrics_dataframe if df is None else df
+
+
 def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
     frames = []
     for r in results:
-        df = r.metrics_dataframe
+        df = history(r)
         trial_id = Path(r.path).name.removeprefix("trial_")
         if df is None or df.empty:
             df = pd.DataFrame({"round": pd.Series([], dtype="int64")})
@@ -362,7 +386,7 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
     finals = []
     for r in results:
         if r.error is None:
-            finals.append((r, [_final(r.metrics_dataframe, o.metric) for o in objs]))
+            finals.append((r, [_final(history(r), o.metric) for o in objs]))
     finals = [(r, v) for r, v in finals if all(math.isfinite(x) for x in v)]
     best: dict[str, Any] | None = None
     points = grid_points(spec, finals)
@@ -378,7 +402,7 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
             **{o.metric: v for o, v in zip(objs[1:], values[1:], strict=True)},
             "seeds": [_py(t.config.get("seed")) for t, _ in top["trials"]],
             "values": [v[0] for _, v in top["trials"]],
-            "rounds": int(r.metrics_dataframe["round"].max()),
+            "rounds": int(history(r)["round"].max()),
         }
         cfg = trial_config(loaded.base, {**knobs, "name": f"{spec.name}-best"})
         over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"seed {knobs.get('seed')}"

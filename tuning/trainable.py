@@ -32,6 +32,11 @@ from raysim.runtime.experiment import Experiment, driver_stats
 Report = Callable[[dict[str, Any], str | None], None]
 
 ORIGIN = "origin.json"  # in each checkpoint: the trial and round that wrote it
+# in each trial directory: every report, one JSON line each, appended as it happens. Tune's own
+# result.json loses rows when a trial is paused and resumed often (synchronous PBT pauses every
+# member at every perturbation; on resume Tune copies the not-yet-synced storage copy over the
+# driver's file), so trials.parquet is built from this record instead.
+REPORTED = "reported.jsonl"
 RUN_NAME = "run"  # the experiment's run directory inside the trial directory: run, run-2, ...
 
 
@@ -205,6 +210,8 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
                 origin = {"trial_id": trial_id, "round": metrics["round"]}
                 (Path(directory) / ORIGIN).write_text(json.dumps(origin))
                 ckpt = tune.Checkpoint.from_directory(directory)
+            with (trial_dir / REPORTED).open("a") as f:  # before Tune may pause us at this report
+                f.write(json.dumps({**metrics, "trial_id": trial_id}) + "\n")
             tune.report(metrics, checkpoint=ckpt)  # persists the checkpoint before returning
 
         kwargs: dict[str, Any] = {

@@ -102,6 +102,9 @@ def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_clu
         name="pbt",
         mode="pbt",
         num_samples=2,
+        # one trial at a time: the order in which CI's 2 cores ran the trials used to decide
+        # whether any exploit happened (asynchronous PBT); synchronous PBT must exploit anyway
+        max_concurrent_trials=1,
         checkpoint_every=1,
         base=tiny_config(tmp_path, rounds__num_rounds=4).to_dict(),
         space={"local.lr": {"choice": [0.002, 0.2]}},

@@ -405,7 +405,10 @@ class ASCFL(Algorithm):
             delta, clipped = am.privatize(delta, p.clip_norm, self.sigma, seed)
             metrics["dp_clipped"] = float(clipped)
         out = am.OutputLayer.from_array(task.extras[OUT_LAYER]) if OUT_LAYER in task.extras else None
-        if out is not None and out.weight is not None and out.shape is not None:
+        # a diverged client (NaN/inf update) uploads it as is: the runtime counts it as a non-finite
+        # dropout, while the SVD of the factorisation would raise on it and stop the run
+        finite = bool(np.isfinite(delta).all())
+        if finite and out is not None and out.weight is not None and out.shape is not None:
             W = delta[out.weight].reshape(out.shape)
             W_r, rank = am.compress_matrix(W, p.variance_kept)
             metrics["output_rank"] = float(rank)

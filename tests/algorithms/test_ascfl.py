@@ -445,6 +445,21 @@ def test_client_noise_is_deterministic_given_its_seed_and_off_without_dp():
     assert r.metrics["output_rank"] == 1.0
 
 
+class DivergedClient(FakeClient):
+    def fit(self, params, *, grad_hook=None, **hp):
+        return FitResult(params=np.full_like(params, np.nan), loss=float("nan"), steps=1, num_examples=10)
+
+
+def test_a_diverged_client_uploads_its_non_finite_update_instead_of_crashing_the_svd():
+    # DP-noised models at C = 1 diverged to NaN and the randomized SVD raised "Input contains NaN"
+    # in every client, stopping the run; the runtime must see the update and count a dropout
+    algo = build_algorithm("ascfl", {"dp": False})
+    (task,) = configure(algo, algo.init(np.zeros(8, np.float32), ctx()), 1, [0])
+    assert "out_layer" in task.extras  # the factorisation would have run
+    r = algo.client_update(task, np.zeros(8, np.float32), DivergedClient({"global": np.zeros(8, np.float32)}))
+    assert r.delta is not None and np.isnan(r.delta).all() and "output_rank" not in r.metrics
+
+
 # ------------------------------------------------------------------------------- end to end
 
 

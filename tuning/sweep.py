@@ -402,7 +402,9 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
             **{o.metric: v for o, v in zip(objs[1:], values[1:], strict=True)},
             "seeds": [_py(t.config.get("seed")) for t, _ in top["trials"]],
             "values": [v[0] for _, v in top["trials"]],
-            "rounds": int(history(r)["round"].max()),
+            "rounds": int(
+                table.loc[table["trial_id"] == Path(r.path).name.removeprefix("trial_"), "round"].max()
+            ),
         }
         cfg = trial_config(loaded.base, {**knobs, "name": f"{spec.name}-best"})
         over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"seed {knobs.get('seed')}"

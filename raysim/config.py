@@ -84,6 +84,10 @@ class LocalConfig(_Section):
     # "adam": torch.optim.Adam at lr (fresh per local training; momentum must be 0), e.g. the
     # genetic-CFL notebook's FedAvg baseline (Adam, lr 1e-4, batch 32)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    # the local training loss. "squared_error" is DSAC's eq. 2, ||y - m(x)||^2 with y one-hot and
+    # m(x) the softmax output, summed over classes and averaged over examples. Evaluation losses
+    # (test_loss, val_loss) stay cross-entropy so that runs with either loss are comparable.
+    loss: Literal["cross_entropy", "squared_error"] = "cross_entropy"
 
     @model_validator(mode="after")
     def _adam_has_no_momentum(self) -> LocalConfig:
@@ -190,11 +194,16 @@ class ExperimentConfig(_Section):
             raise ValueError("data.dataset 'synthetic' is vector data: set model.name to 'mlp'")
         if self.resources.clients_per_actor != "auto" and self.resources.num_actors is not None:
             raise ValueError("set either resources.clients_per_actor or resources.num_actors, not both")
-        if self.algorithm.traits.public_split and d.public_fraction <= 0:
+        traits = self.algorithm.traits
+        if traits.public_split and d.public_fraction <= 0:
+            off = (
+                f"set {traits.public_split_off}"
+                if traits.public_split_off
+                else "switch off the option that needs it"
+            )
             raise ValueError(
                 f"algorithm {self.algorithm.name!r} as configured trains or evaluates on the server's "
-                "public split, which no client holds: set data.public_fraction > 0 (e.g. 0.05), or "
-                "switch off the algorithm option that needs it (e.g. DSAC's pretraining)"
+                f"public split, which no client holds: set data.public_fraction > 0 (e.g. 0.05), or {off}"
             )
         return self
 

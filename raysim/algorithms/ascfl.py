@@ -169,7 +169,11 @@ class ASCFL(Algorithm):
     def __init__(self, params: AlgoParams | None = None) -> None:
         super().__init__(params)
         # the positive incentive is what evaluates on the public split
-        self.traits = Traits(linear=False, public_split=bool(self.p.positive_incentive))
+        self.traits = Traits(
+            linear=False,
+            public_split=bool(self.p.positive_incentive),
+            public_split_off="algorithm.positive_incentive: false",
+        )
 
     @property
     def sigma(self) -> float:

@@ -58,6 +58,8 @@ class Traits:
     pooled: bool = False
     # the algorithm fits or evaluates on the server's public split: data.public_fraction must be > 0
     public_split: bool = False
+    # the option that makes it need the public split, for the config error (e.g. "algorithm.init_from: random")
+    public_split_off: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -270,7 +270,11 @@ class DSAC(Algorithm):
         super().__init__(params)
         # only the eq. (10) input map lives on the client: without it any actor may train a client;
         # pre-training (eq. 9) fits on the server's public split
-        self.traits = Traits(client_state=self.p.feature_mapping, public_split=self.p.pretraining)
+        self.traits = Traits(
+            client_state=self.p.feature_mapping,
+            public_split=self.p.pretraining,
+            public_split_off="algorithm.pretraining: false",
+        )
 
     # -- server: set-up --------------------------------------------------------------------
     def init(self, params: Params, ctx: SetupContext) -> DSACState:

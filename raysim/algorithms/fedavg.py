@@ -81,7 +81,9 @@ def _pretrained(algo: Algorithm) -> bool:
 
 def with_public_split(algo: Algorithm) -> Traits:
     """The class's traits, plus the public split when the algorithm pre-trains on it."""
-    return replace(type(algo).traits, public_split=_pretrained(algo))
+    return replace(
+        type(algo).traits, public_split=_pretrained(algo), public_split_off="algorithm.init_from: random"
+    )
 
 
 class FedAvg(Algorithm):

@@ -102,6 +102,7 @@ class _Context:
             momentum=float(hp.get("momentum", 0.0)),
             weight_decay=float(hp.get("weight_decay", 0.0)),
             optimizer=str(hp.get("optimizer", "sgd")),
+            loss=str(hp.get("loss", "cross_entropy")),
             seed=self.seed(),
             grad_hook=grad_hook,
             rotation=c.rotation,

@@ -51,6 +51,16 @@ def pick_device(gpu_ids: list | None = None) -> torch.device:
 
 
 OPTIMIZERS = ("sgd", "adam")
+LOSSES = ("cross_entropy", "squared_error")
+
+
+def training_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """The mean training loss of a batch: cross-entropy, or DSAC's eq. 2 squared error
+    ||onehot(y) - softmax(logits)||^2 (summed over classes, averaged over the batch)."""
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits, y)
+    onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return F.mse_loss(logits.softmax(dim=1), onehot, reduction="sum") / logits.shape[0]
 
 
 def flat_parameter(fm: FlatModel) -> torch.nn.Parameter:
@@ -129,6 +139,7 @@ class Trainer:
         idx: np.ndarray | None = None,
         adapter: tuple[np.ndarray, np.ndarray] | None = None,
         optimizer: str = "sgd",
+        loss: str = "cross_entropy",
     ) -> FitResult:
         """SGD (or Adam) over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
 
@@ -142,7 +153,11 @@ class Trainer:
         (``torch.optim.Adam(lr=lr)``, a fresh one per call: no optimizer state survives between
         fits; ``momentum`` must then be 0, weight decay is added to the gradient as Adam's own
         ``weight_decay`` does).
+        ``loss``: ``"cross_entropy"`` or ``"squared_error"`` (``training_loss``); the returned
+        ``loss`` is the mean of that loss.
         """
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
         if optimizer == "adam" and momentum:
@@ -171,8 +186,8 @@ class Trainer:
                 fm.zero_grad()
                 if ad is not None:
                     xb = xb * ad[0] + ad[1]
-                loss = F.cross_entropy(fm.module(xb), yb)
-                loss.backward()
+                batch_loss = training_loss(fm.module(xb), yb, loss)
+                batch_loss.backward()
                 with torch.no_grad():
                     if ad is not None:
                         for a in ad:
@@ -193,7 +208,7 @@ class Trainer:
                             g = buf
                         fm.flat.add_(g, alpha=-lr)
                 steps += 1
-                loss_sum += float(loss.detach()) * len(b)
+                loss_sum += float(batch_loss.detach()) * len(b)
                 seen += len(b)
         return FitResult(
             params=fm.read(),

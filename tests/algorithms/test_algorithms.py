@@ -191,8 +191,15 @@ def test_pretrained_start_without_a_public_split_is_a_clear_error(tmp_path):
     from raysim.config import ConfigError
     from tests.conftest import tiny_config
 
-    with pytest.raises(ConfigError, match="public_fraction"):
-        tiny_config(tmp_path, algorithm__name="fedavg", algorithm__init_from="pretrained")
+    # the config error names the option that asked for the public split, for every algorithm that can
+    for name, over, off in [
+        ("fedavg", {"algorithm__init_from": "pretrained"}, "algorithm.init_from: random"),
+        ("scaffold", {"algorithm__init_from": "pretrained"}, "algorithm.init_from: random"),
+        ("dsac", {}, "algorithm.pretraining: false"),
+        ("ascfl", {}, "algorithm.positive_incentive: false"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"data.public_fraction > 0 \(e.g. 0.05\), or set {off}"):
+            tiny_config(tmp_path, algorithm__name=name, **over)
     algo = build_algorithm("scaffold", {"init_from": "pretrained"})
     with pytest.raises(ValueError, match=r"public_fraction.*init_from: random"):
         algo.init(np.zeros(3, np.float32), replace(ctx(), data=FakeServerData(("test",))))

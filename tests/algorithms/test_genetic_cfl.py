@@ -571,8 +571,8 @@ def test_save_restore_continues_identically(tmp_path):
     full, full_rows = _steps(cfg, 5, save_at=3, directory=tmp_path / "ckpt")
     after, after_rows = _steps(cfg, 5, restore=tmp_path / "ckpt")
     cols = ["round", "test_accuracy", "test_loss", "train_loss", "val_loss", "log10_lr_mean", "elites"]
-    pd.testing.assert_frame_equal(full[cols].iloc[3:].reset_index(drop=True), after[cols])
+    pd.testing.assert_frame_equal(full[cols].iloc[3:].reset_index(drop=True), after[cols], check_exact=True)
     keep = ["round", "client_id", "lr", "batch_size", "val_loss", "elite"]
     tail = full_rows[full_rows["round"] > 3][keep].reset_index(drop=True)
-    pd.testing.assert_frame_equal(tail, after_rows[keep].reset_index(drop=True))
+    pd.testing.assert_frame_equal(tail, after_rows[keep].reset_index(drop=True), check_exact=True)
     assert (after["redrawn"] > 0).any()  # the restored rounds did evolve

@@ -138,9 +138,11 @@ def test_resume_gives_the_uninterrupted_runs_files(tmp_path):
     got = pd.read_parquet(first.run_dir / "rounds.parquet")
     assert want["cluster_stability"].iloc[1:].notna().all()
     assert (want["cluster_stability"].iloc[1:] < 1).any()  # memberships did change
-    pd.testing.assert_frame_equal(deterministic(want), deterministic(got))
+    pd.testing.assert_frame_equal(deterministic(want), deterministic(got), check_exact=True)
     pd.testing.assert_frame_equal(
-        pd.read_parquet(full / "clusters.parquet"), pd.read_parquet(first.run_dir / "clusters.parquet")
+        pd.read_parquet(full / "clusters.parquet"),
+        pd.read_parquet(first.run_dir / "clusters.parquet"),
+        check_exact=True,
     )
 
 

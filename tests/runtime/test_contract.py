@@ -60,7 +60,7 @@ def test_two_cluster_models_presum_per_key_identically_for_any_packing(tmp_path)
     assert (frames[0]["clients_cluster/0"].fillna(0) + frames[0]["clients_cluster/1"].fillna(0) == 6).all()
     assert frames[0][["clients_cluster/0", "clients_cluster/1"]].notna().any().all()  # both keys used
     for f in frames[1:]:
-        pd.testing.assert_frame_equal(frames[0][COLS], f[COLS])
+        pd.testing.assert_frame_equal(frames[0][COLS], f[COLS], check_exact=True)
 
 
 @pytest.mark.ray
@@ -71,7 +71,7 @@ def test_two_cluster_models_on_ray_match_serial(ray_cluster, tmp_path):
     serial = _two_models(tmp_path, "serial", 1, clients=6, rounds=2)
     for cpa in (1, 3, "auto"):  # 6 pinned actors, 2 pinned actors, 6 actors the cohort roams over
         got = _two_models(tmp_path, "ray", cpa, clients=6, rounds=2)
-        pd.testing.assert_frame_equal(serial[COLS], got[COLS])
+        pd.testing.assert_frame_equal(serial[COLS], got[COLS], check_exact=True)
 
 
 def test_aggregate_evaluates_a_candidate_on_the_servers_public_split(tmp_path):
@@ -132,7 +132,7 @@ def test_save_at_round_3_restore_fresh_and_continue_is_identical(request, tmp_pa
     full = _steps(cfg, 6, save_at=3, directory=tmp_path / "ckpt")
     after = _restored(cfg, tmp_path / "ckpt")
     cols = [c for c in COLS if c in after]
-    pd.testing.assert_frame_equal(full[cols].iloc[3:].reset_index(drop=True), after[cols])
+    pd.testing.assert_frame_equal(full[cols].iloc[3:].reset_index(drop=True), after[cols], check_exact=True)
 
     if backend == "ray":
         return  # hyperparameters reach the server the same way on both backends: checked serially
@@ -148,7 +148,9 @@ def test_save_at_round_3_restore_fresh_and_continue_is_identical(request, tmp_pa
     )
     switched = _steps(cfg, 6, lr_from=(4, 0.2))
     after_lr = _restored(new_lr, tmp_path / "ckpt")
-    pd.testing.assert_frame_equal(switched[cols].iloc[3:].reset_index(drop=True), after_lr[cols])
+    pd.testing.assert_frame_equal(
+        switched[cols].iloc[3:].reset_index(drop=True), after_lr[cols], check_exact=True
+    )
     assert not np.allclose(after_lr["train_loss"], after["train_loss"])
 
 

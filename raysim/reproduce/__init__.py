@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import raysim.reproduce.clustered  # noqa: F401  (registers `raysim reproduce clustered`)
+import raysim.reproduce.pfedht  # noqa: F401  (registers `raysim reproduce pfedht`)
 from raysim.reproduce.dsac import reproduce_app
 
 __all__ = ["reproduce_app"]

@@ -1,0 +1,100 @@
+"""`raysim reproduce pfedht` (raysim.reproduce.pfedht): the metrics on hand-made runs, and the quick
+scale end to end, its numbers checked against the runs it made."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from raysim.reproduce import reproduce_app
+from raysim.reproduce.dsac import Run, run_key
+from raysim.reproduce.pfedht import (
+    FEDAVG,
+    LOCAL,
+    PFEDHT,
+    SCALES,
+    config,
+    data_section,
+    methods,
+    new_client_accuracy,
+    rta,
+)
+
+
+def fake_run(path: Path, personal: list[float]) -> Run:
+    rounds = pd.DataFrame({"round": np.arange(1, len(personal) + 1), "personal_accuracy": personal})
+    return Run(raw={}, rounds=rounds, summary={}, path=path)
+
+
+def test_rta_is_eq_24_per_seed(tmp_path):
+    runs = [fake_run(tmp_path, [0.1, 0.6]), fake_run(tmp_path, [0.2, 0.9])]
+    local = [fake_run(tmp_path, [0.5, 0.5]), fake_run(tmp_path, [0.3, 0.6])]
+    assert rta(runs, local) == pytest.approx([1.2, 1.5])
+
+
+def test_new_client_accuracy_reads_the_annotated_clients_from_the_evaluation_rows(tmp_path):
+    # clients 1 and 3 are held out: annotated on their training rows only (round 3), scored in
+    # every evaluation round like everyone else
+    rows = [
+        {"round": 2, "client_id": c, "personal_accuracy": a, "new_client": np.nan}
+        for c, a in [(0, 0.8), (1, 0.1), (2, 0.6), (3, 0.3)]
+    ]
+    rows += [{"round": 3, "client_id": c, "personal_accuracy": np.nan, "new_client": 1.0} for c in (1, 3)]
+    rows += [
+        {"round": 4, "client_id": c, "personal_accuracy": a, "new_client": np.nan}
+        for c, a in [(0, 0.9), (1, 0.5), (2, 0.7), (3, 0.7)]
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "clients.parquet")
+    before, after, train = new_client_accuracy(fake_run(tmp_path, [0.5]), before=3)
+    assert (before, after, train) == pytest.approx((0.2, 0.6, 0.8))
+
+
+def test_every_method_of_a_setting_shares_data_seed_and_budget():
+    sc = SCALES["full"]
+    data = data_section(sc, "pathological", sc.clients)
+    raws = [config(sc, 1, m, data) for m in methods().values()]
+    for r in raws:
+        assert r["data"] == raws[0]["data"] and r["seed"] == 1
+        assert r["local"] == raws[0]["local"] and r["rounds"] == raws[0]["rounds"]
+    assert len({run_key(r) for r in raws}) == len(raws)
+    assert {PFEDHT, FEDAVG, LOCAL} <= set(methods())
+
+
+def test_quick_reproduction_tables_come_from_the_runs(tmp_path):
+    out = tmp_path / "res"
+    res = CliRunner().invoke(
+        reproduce_app, ["pfedht", "--quick", "--seeds", "2", "--only", "3,4", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    md = (out / "3_hypernetwork" / "table.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| pathological, 8 clients"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # the pFedHT cell is the mean over seeds of that run's last personal accuracy
+    sc = SCALES["quick"]
+    data = data_section(sc, "pathological", sc.clients)
+    finals = []
+    for seed in (1, 2):
+        key = run_key(config(sc, seed, methods()[PFEDHT], data))
+        r = pd.read_parquet(out / "runs" / key / "rounds.parquet")
+        finals.append(float(r["personal_accuracy"].dropna().iloc[-1]))
+    assert float(cells[1].split("±")[0]) == pytest.approx(100 * np.mean(finals), abs=0.006)
+    new = (out / "4_new_clients" / "table.md").read_text()
+    row = next(x for x in new.splitlines() if x.startswith("| pathological, 8 clients"))
+    assert all(math.isfinite(float(c.split("±")[0])) for c in row.strip("|").split("|")[1:4])
+    again = CliRunner().invoke(
+        reproduce_app, ["pfedht", "--quick", "--seeds", "2", "--only", "3", "--out", str(out)]
+    )
+    assert again.exit_code == 0 and "0 new runs" in again.output
+
+
+def test_an_unknown_experiment_number_exits_2(tmp_path):
+    res = CliRunner().invoke(
+        reproduce_app, ["pfedht", "--quick", "--only", "9", "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "not an experiment number" in res.output
+    assert not (tmp_path / "x").exists()

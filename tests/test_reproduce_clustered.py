@@ -14,8 +14,10 @@ from raysim.reproduce import reproduce_app
 from raysim.reproduce.clustered import (
     CLUSTERED,
     EXPERIMENTS,
+    GENETIC_NOTEBOOK,
     SCALES,
     config,
+    genetic_config,
     methods,
     paired,
     parse_only,
@@ -49,7 +51,7 @@ def test_quick_reproduction_writes_every_table_and_reuses_runs(tmp_path):
     args = ["clustered", "--quick", "--seeds", "1", "--out", str(out)]
     res = CliRunner().invoke(reproduce_app, args)
     assert res.exit_code == 0, res.output
-    for name, _ in EXPERIMENTS.values():
+    for name, _ in [EXPERIMENTS[i] for i in (1, 2, 3)]:  # the clustered settings
         md = (out / name / "table.md").read_text()
         assert md.startswith("## ") and "|---|" in md
         assert (out / name / "accuracy.png").is_file(), name
@@ -72,6 +74,13 @@ def test_quick_reproduction_writes_every_table_and_reuses_runs(tmp_path):
     drop = md1.split("### 10% random dropout")[1].split("###")[0]
     assert sum(line.startswith("| ") and "±" in line for line in drop.splitlines()) == len(METHODS)
 
+    # experiment 4: the notebook's FedAvg (Adam, fixed lr 1e-4) against genetic CFL, test accuracy
+    md4 = (out / "4_genetic_notebook" / "table.md").read_text()
+    rows4 = {line.split("|")[1].strip(): line.split("|") for line in md4.splitlines() if "±" in line}
+    assert set(rows4) == {"FedAvg", "Genetic CFL"}
+    assert all(0 < number(r[2]) <= 100 for r in rows4.values())
+    assert rows4["FedAvg"][5].strip() == "-4 (fixed)" and number(rows4["Genetic CFL"][5]) < -2
+
     index = (out / "README.md").read_text()
     assert "Command: `raysim reproduce clustered --seeds 1" in index and "--quick" in index
     assert "Wall time" in index and "1_rotation/table.md" in index
@@ -92,6 +101,11 @@ def test_every_method_of_a_setting_shares_data_model_rounds_and_budget():
     raws = [config(sc, 1, a, data) for a in methods(4).values()]
     for key in ("data", "model", "local", "rounds", "seed"):
         assert all(r[key] == raws[0][key] for r in raws), key
+    gen = [genetic_config(sc, 1, m) for m in GENETIC_NOTEBOOK.values()]
+    for key in ("data", "model", "rounds", "seed"):
+        assert gen[0][key] == gen[1][key], key
+    assert gen[0]["local"] == {"epochs": 2, "batch_size": 32, "lr": 1e-4, "optimizer": "adam"}
+    assert gen[0]["rounds"]["clients_per_round"] == 30 and gen[0]["data"]["num_clients"] == 100
     assert raws[0]["rounds"]["personal_eval"] is True
     assert len({run_key(r) for r in raws}) == len(raws)
     assert methods(3)["IFCA"]["num_clusters"] == 3
@@ -114,6 +128,6 @@ def test_paired_t_test_and_options():
     # a constant shift on the same seeds is significant for the paired test ...
     assert paired([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80]) != "1"
     assert float(paired([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80])) < 0.05
-    assert parse_only("") == [1, 2, 3] and parse_only("3, 1") == [1, 3]
+    assert parse_only("") == [1, 2, 3, 4] and parse_only("3, 1") == [1, 3]
     with pytest.raises(Exception, match="no experiment"):
         parse_only("7")

@@ -194,7 +194,24 @@ class ExperimentConfig(_Section):
             raise ValueError("data.dataset 'synthetic' is vector data: set model.name to 'mlp'")
         if self.resources.clients_per_actor != "auto" and self.resources.num_actors is not None:
             raise ValueError("set either resources.clients_per_actor or resources.num_actors, not both")
-        traits = self.algorithm.traits
+        from raysim.algorithms import build_algorithm
+        from raysim.models.registry import model_structure
+
+        algo = build_algorithm(self.algorithm.name, self.algorithm.params)
+        layout, has_buffers = model_structure(self.model.name)
+        try:
+            algo.check_model(layout)
+        except ValueError as exc:
+            raise ValueError(
+                f"model.name {self.model.name!r} cannot serve algorithm {self.algorithm.name!r}: {exc}"
+            ) from None
+        if has_buffers and not algo.traits.client_buffers:
+            raise ValueError(
+                f"model.name {self.model.name!r} has BatchNorm running statistics, which algorithm "
+                f"{self.algorithm.name!r} does not keep per client (they would be shared by the clients an "
+                "actor hosts): use algorithm 'fedbn', or a model without BatchNorm (e.g. cnn-small)"
+            )
+        traits = algo.traits
         if traits.public_split and d.public_fraction <= 0:
             off = (
                 f"set {traits.public_split_off}"

@@ -13,6 +13,7 @@ from raysim.config import (
     config_from_dict,
     load_config,
 )
+from tests.conftest import tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # configs/*.yaml that README.md names (sweep specs live in configs/tune/); others may be added
@@ -237,3 +238,36 @@ def test_check_output_dir_refuses_a_really_read_only_parent(tmp_path):
             check_output_dir(_out(ro / "runs"))
     finally:
         ro.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "model", "message"),
+    [
+        (
+            {"name": "pfedht"},
+            "mlp",
+            r"model.name 'mlp' cannot serve algorithm 'pfedht': .*use model 'vit-tiny'",
+        ),
+        ({"name": "fedper", "personal": "qkv"}, "cnn-small", r"cannot serve algorithm 'fedper': .*Q/K/V"),
+        ({"name": "fedbn"}, "cnn-small", r"cannot serve algorithm 'fedbn': .*model.name: cnn-bn"),
+        ({"name": "fedavg"}, "cnn-bn", r"'cnn-bn' has BatchNorm running statistics.*use algorithm 'fedbn'"),
+        ({"name": "pfedht"}, "cnn-bn", r"cannot serve algorithm 'pfedht'"),
+    ],
+)
+def test_a_model_the_algorithm_cannot_use_is_a_config_error(tmp_path, algorithm, model, message):
+    raw = tiny_config(tmp_path).to_dict()
+    raw["algorithm"], raw["model"]["name"] = algorithm, model
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_models_the_algorithms_need_are_accepted(tmp_path):
+    for algorithm, model in [
+        ("pfedht", "vit-tiny"),
+        ("fedbn", "cnn-bn"),
+        ("fedper", "mlp"),
+        ("pfedhn", "cnn-small"),
+    ]:
+        raw = tiny_config(tmp_path).to_dict()
+        raw["algorithm"], raw["model"]["name"] = {"name": algorithm}, model
+        assert config_from_dict(raw).model.name == model

@@ -22,11 +22,14 @@ from raysim.algorithms.base import (
 from raysim.algorithms.cfl import CFL
 from raysim.algorithms.dsac import DSAC
 from raysim.algorithms.fedavg import Centralised, FedAvg, FedProx
+from raysim.algorithms.fedbn import FedBN
+from raysim.algorithms.fedrod import FedRoD
 from raysim.algorithms.genetic_cfl import GeneticCFL
 from raysim.algorithms.ifca import IFCA
 from raysim.algorithms.local import LocalOnly
 from raysim.algorithms.personal import FedPer
 from raysim.algorithms.pfedht import PFedHN, PFedHT
+from raysim.algorithms.pfedme import PFedMe
 from raysim.algorithms.scaffold import Scaffold
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -45,6 +48,9 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
         PFedHT,
         PFedHN,
         FedPer,
+        PFedMe,
+        FedRoD,
+        FedBN,
     )
 }
 
@@ -69,7 +75,10 @@ __all__ = [
     "IFCA",
     "DEFAULT_ALGORITHM",
     "GeneticCFL",
+    "FedBN",
     "FedPer",
+    "FedRoD",
+    "PFedMe",
     "PFedHN",
     "PFedHT",
     "AlgoParams",

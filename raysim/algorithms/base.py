@@ -60,6 +60,10 @@ class Traits:
     public_split: bool = False
     # the option that makes it need the public split, for the config error (e.g. "algorithm.init_from: random")
     public_split_off: str = ""
+    # the algorithm keeps each client's module buffers (BatchNorm running statistics) and loads
+    # them for every fit and score (``personal_buffers``); a model with buffers needs it, or the
+    # statistics would be shared by whichever clients an actor hosts
+    client_buffers: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,8 +321,20 @@ class ClientContext(Protocol):
     state: dict[str, Any]  # persists across rounds on the home actor (checkpointed); Traits.client_state
     broadcast: Mapping[str, np.ndarray]  # every array broadcast this round, by key
 
-    def fit(self, params: Params, *, grad_hook: GradHook | None = None, **hparams: Any) -> Any: ...
-    def evaluate(self, params: Params, split: str = "val") -> Any: ...
+    # ``buffers``: the client's own module buffers (BatchNorm running statistics; {}: the model's
+    # initial ones) loaded before training/scoring, and returned on the FitResult; None: the host's
+    # reused module keeps whatever buffers it has
+    def fit(
+        self,
+        params: Params,
+        *,
+        grad_hook: GradHook | None = None,
+        buffers: Any = None,  # Mapping[str, np.ndarray] | None (Any: callers spread **hparams)
+        **hparams: Any,
+    ) -> Any: ...
+    def evaluate(
+        self, params: Params, split: str = "val", *, buffers: Mapping[str, np.ndarray] | None = None
+    ) -> Any: ...
     def embed(self, params: Params) -> np.ndarray: ...
 
 
@@ -385,6 +401,17 @@ class Algorithm(ABC):
 
     def personal_adapter(self, client: ClientContext) -> Any:
         """A per-client input map applied when the client is scored (DSAC eq. 10); None: none."""
+        return None
+
+    def check_model(self, layout: ParamLayout) -> None:
+        """Raise ValueError (naming what the model lacks and which model to use) when this
+        algorithm, as configured, cannot run on a model with ``layout``. Called at config time
+        (``raysim validate`` included), before anything starts. Default: any model serves."""
+        return None
+
+    def personal_buffers(self, client: ClientContext) -> Mapping[str, np.ndarray] | None:
+        """The client's own module buffers (FedBN's local BatchNorm statistics) loaded when it is
+        scored; {}: the model's initial buffers; None: the host's module keeps its own."""
         return None
 
 

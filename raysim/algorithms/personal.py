@@ -108,10 +108,17 @@ class FedPer(Algorithm):
     traits = Traits(linear=True, client_state=True)
 
     # -- server ----------------------------------------------------------------------------
-    def init(self, params: Params, ctx: SetupContext) -> SplitState:
-        mask = PARTS[self.p.personal](ctx.layout)
+    def check_model(self, layout: ParamLayout) -> None:
+        self._mask(layout)
+
+    def _mask(self, layout: ParamLayout) -> np.ndarray:
+        mask = PARTS[self.p.personal](layout)  # ValueError for qkv on a model without Q/K/V
         if mask.all():
             raise ValueError("fedper: every parameter would be personal; nothing is left to share")
+        return mask
+
+    def init(self, params: Params, ctx: SetupContext) -> SplitState:
+        mask = self._mask(ctx.layout)
         return SplitState(params=params.astype(np.float32), ranges=mask_to_ranges(mask))
 
     def configure_round(self, state: SplitState, rnd: RoundContext) -> tuple[SplitState, RoundPlan]:

@@ -239,6 +239,9 @@ class PFedHT(Algorithm):
         return full
 
     # -- server ------------------------------------------------------------------------------
+    def check_model(self, layout: ParamLayout) -> None:
+        self.personal_part(layout)
+
     def personal_part(self, layout: ParamLayout) -> np.ndarray:
         """The entries the hypernetwork generates: the Q/K/V projections (eq. 11)."""
         return personal_mask(layout)  # ValueError for a model without Q/K/V projections

@@ -8,6 +8,7 @@ single tensor operation, never a Python loop over parameters.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,17 @@ class ParamLayout:
     shapes: tuple[tuple[int, ...], ...]
     offsets: tuple[int, ...]  # start of each parameter; offsets[i] + numel(shapes[i]) = end
     size: int
+    # class name of each parameter's owning module ("Conv2d", "BatchNorm2d", ...); () when the
+    # layout was written by hand rather than read from a module
+    kinds: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, module: nn.Module) -> ParamLayout:
+        owner = {
+            f"{mname}.{pname}" if mname else pname: type(m).__name__
+            for mname, m in module.named_modules()
+            for pname, _ in m.named_parameters(recurse=False)
+        }
         names, shapes, offsets = [], [], []
         off = 0
         for name, p in module.named_parameters():
@@ -35,7 +44,25 @@ class ParamLayout:
             shapes.append(tuple(p.shape))
             offsets.append(off)
             off += p.numel()
-        return cls(names=tuple(names), shapes=tuple(shapes), offsets=tuple(offsets), size=off)
+        return cls(
+            names=tuple(names),
+            shapes=tuple(shapes),
+            offsets=tuple(offsets),
+            size=off,
+            kinds=tuple(owner[n] for n in names),
+        )
+
+    def kind_mask(self, kinds: tuple[type[nn.Module], ...]) -> np.ndarray:
+        """True on the parameters owned by a module of one of ``kinds`` (e.g. BatchNorm layers).
+        A hand-written layout without ``kinds`` cannot answer: that is an error, not "none"."""
+        if len(self.kinds) != len(self.names):
+            raise ValueError("this layout records no module kinds; build it with ParamLayout.of(module)")
+        wanted = {k.__name__ for k in kinds}
+        mask = np.zeros(self.size, dtype=bool)
+        for i, kind in enumerate(self.kinds):
+            if kind in wanted:
+                mask[self.slice(i)] = True
+        return mask
 
     def slice(self, i: int) -> builtins.slice:
         n = int(np.prod(self.shapes[i], dtype=np.int64))
@@ -69,6 +96,11 @@ class FlatModel:
                 self.flat[s].copy_(p.detach().reshape(-1))
                 p.data = self.flat[s].view(self.layout.shapes[i])
                 p.grad = self.grad[s].view(self.layout.shapes[i])
+        # the module's buffers (BatchNorm running statistics) as built: what a client that has
+        # never trained starts from. Buffers are NOT in the flat vector and persist in the module
+        # across ``load`` calls, so a host that reuses one module for many clients must load each
+        # client's buffers explicitly (``load_buffers``) when they matter.
+        self.initial_buffers = self.read_buffers()
 
     def load(self, params: Params | torch.Tensor) -> None:
         src = (
@@ -84,6 +116,29 @@ class FlatModel:
     def read(self) -> Params:
         """A copy of the current parameters as a float32 numpy vector."""
         return self.flat.detach().to("cpu", copy=True).numpy()
+
+    def read_buffers(self) -> dict[str, np.ndarray]:
+        """A copy of every buffer of the module (e.g. BatchNorm running mean/var), by name."""
+        return {n: b.detach().to("cpu", copy=True).numpy() for n, b in self.module.named_buffers()}
+
+    def load_buffers(self, buffers: Mapping[str, np.ndarray]) -> None:
+        """Copy ``buffers`` into the module's buffers: exactly the module's names and shapes
+        (a missing one would silently keep another client's statistics)."""
+        own = dict(self.module.named_buffers())
+        if set(buffers) != set(own):
+            raise ValueError(f"buffers {sorted(buffers)} do not match the model's buffers {sorted(own)}")
+        with torch.no_grad():
+            for name, b in own.items():
+                src = np.asarray(buffers[name])
+                if tuple(src.shape) != tuple(b.shape):
+                    raise ValueError(
+                        f"buffer {name!r} has shape {src.shape}, the model needs {tuple(b.shape)}"
+                    )
+                b.copy_(torch.as_tensor(src, dtype=b.dtype))
+
+    def reset_buffers(self) -> None:
+        """Every buffer back to its value when the module was built."""
+        self.load_buffers(self.initial_buffers)
 
     def zero_grad(self) -> None:
         self.grad.zero_()

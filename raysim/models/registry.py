@@ -8,11 +8,13 @@ torch's defaults under whatever generator state the caller set (see
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from raysim.models.flat import ParamLayout
 from raysim.models.vit import vit_tiny
 
 
@@ -49,6 +51,26 @@ def cnn_small(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * (h // 4) * (w // 4), num_classes),
+    )
+
+
+def cnn_bn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """cnn-small with BatchNorm: conv16 - BN - ReLU - pool - conv32 - BN - ReLU - pool - fc (FedBN,
+    Li et al. 2021, puts a BN layer after each convolution). The BN running statistics are module
+    buffers, not parameters: only an algorithm that keeps them per client (``fedbn``) scores a
+    client with its own statistics; others score with whatever the host's reused module holds."""
+    c, h, w = _require_image("cnn-bn", input_shape)
+    return nn.Sequential(
+        nn.Conv2d(c, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
@@ -100,6 +122,7 @@ def cnn_cifar(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "mlp": mlp,
     "cnn-small": cnn_small,
+    "cnn-bn": cnn_bn,  # cnn-small with BatchNorm after each conv (FedBN)
     "cnn-mcmahan": cnn_mcmahan,
     "cnn-cifar": cnn_cifar,
     "vit-tiny": vit_tiny,  # raysim/models/vit.py: explicit Q/K/V projections (pFedHT, paper 003)
@@ -112,6 +135,20 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}") from None
     return builder(tuple(input_shape), int(num_classes))
+
+
+@functools.cache
+def model_structure(name: str) -> tuple[ParamLayout, bool]:
+    """A model's parameter layout (names, shapes, module kinds) and whether it has buffers (e.g.
+    BatchNorm running statistics), for config-time checks. Names and module kinds do not depend on
+    the input shape: an image model is built for 1x28x28, a vector model for 60 features."""
+    try:
+        module = build_model(name, (1, 28, 28), 10)
+    except ValueError as exc:
+        if "unknown model" in str(exc):
+            raise
+        module = build_model(name, (60,), 10)
+    return ParamLayout.of(module), any(True for _ in module.buffers())
 
 
 def count_params(module: nn.Module) -> int:

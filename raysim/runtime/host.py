@@ -88,7 +88,13 @@ class _Context:
         return client_seed(self._host.spec.seed, self._round % 2**32, self.client_id, purpose)
 
     def fit(
-        self, params: Params, *, grad_hook: GradHook | None = None, adapter: Any = None, **hp: float
+        self,
+        params: Params,
+        *,
+        grad_hook: GradHook | None = None,
+        adapter: Any = None,
+        buffers: Mapping[str, np.ndarray] | None = None,
+        **hp: float,
     ) -> FitResult:
         c = self._c
         return self._host.trainer.fit(
@@ -107,9 +113,17 @@ class _Context:
             grad_hook=grad_hook,
             rotation=c.rotation,
             adapter=adapter,
+            buffers=buffers,
         )
 
-    def evaluate(self, params: Params, split: str = "val", adapter: Any = None) -> EvalResult:
+    def evaluate(
+        self,
+        params: Params,
+        split: str = "val",
+        adapter: Any = None,
+        *,
+        buffers: Mapping[str, np.ndarray] | None = None,
+    ) -> EvalResult:
         c, h = self._c, self._host
         if split == "val":
             x, idx, y = h.x_train, c.val_idx, c.y_val
@@ -119,7 +133,9 @@ class _Context:
             x, idx, y = h.x_train, c.train_idx, c.y_train
         else:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        return h.trainer.evaluate(params, x, y, idx=idx, rotation=c.rotation, adapter=adapter)
+        return h.trainer.evaluate(
+            params, x, y, idx=idx, rotation=c.rotation, adapter=adapter, buffers=buffers
+        )
 
     def embed(self, params: Params, adapter: Any = None) -> np.ndarray:
         c = self._c
@@ -309,8 +325,15 @@ class ClientHost:
             ctx = _Context(self, c, -1, broadcast)
             params = self.algorithm.personal_params(broadcast, ctx)
             adapter = self.algorithm.personal_adapter(ctx)  # e.g. DSAC's eq. (10) input map
+            buffers = self.algorithm.personal_buffers(ctx)  # e.g. FedBN's local BatchNorm statistics
             ev = self.trainer.evaluate(
-                params, self.x_test, c.y_test, idx=c.test_idx, rotation=c.rotation, adapter=adapter
+                params,
+                self.x_test,
+                c.y_test,
+                idx=c.test_idx,
+                rotation=c.rotation,
+                adapter=adapter,
+                buffers=buffers,
             )
             rows.append({"client_id": cid, "n": ev.n, "correct": ev.correct, "loss": ev.loss})
         self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)

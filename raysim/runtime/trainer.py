@@ -10,6 +10,7 @@ betas and eps), created fresh for every ``fit`` over one parameter that aliases 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ class FitResult:
     steps: int  # optimizer steps taken
     num_examples: int
     adapter: tuple[np.ndarray, np.ndarray] | None = None  # the trained input adapter, when one was given
+    buffers: dict[str, np.ndarray] | None = None  # the module's buffers after training, when given some
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +142,7 @@ class Trainer:
         adapter: tuple[np.ndarray, np.ndarray] | None = None,
         optimizer: str = "sgd",
         loss: str = "cross_entropy",
+        buffers: Mapping[str, np.ndarray] | None = None,
     ) -> FitResult:
         """SGD (or Adam) over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
 
@@ -155,6 +158,9 @@ class Trainer:
         ``weight_decay`` does).
         ``loss``: ``"cross_entropy"`` or ``"squared_error"`` (``training_loss``); the returned
         ``loss`` is the mean of that loss.
+        ``buffers`` (``use_buffers``): the module's buffers (BatchNorm running statistics) to train
+        from; the result then carries them back as they are after training. None: the module's
+        buffers are left as the previous call left them (shared by every client of this host).
         """
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}")
@@ -164,6 +170,7 @@ class Trainer:
             raise ValueError(f"momentum={momentum} is an SGD knob; Adam has its own (set momentum to 0)")
         fm = self.fm
         fm.load(params)
+        self.use_buffers(buffers)
         fm.module.train()
         rng = np.random.default_rng(seed)
         torch.random.default_generator.manual_seed(
@@ -216,7 +223,19 @@ class Trainer:
             steps=steps,
             num_examples=n,
             adapter=None if ad is None else (ad[0].detach().cpu().numpy(), ad[1].detach().cpu().numpy()),
+            buffers=None if buffers is None else fm.read_buffers(),
         )
+
+    def use_buffers(self, buffers: Mapping[str, np.ndarray] | None) -> None:
+        """Load a client's own buffers into the reused module: a mapping of every buffer, or an
+        empty mapping for the model's initial buffers (a client that never trained). None: leave
+        them as they are."""
+        if buffers is None:
+            return
+        if buffers:
+            self.fm.load_buffers(buffers)
+        else:
+            self.fm.reset_buffers()
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -230,10 +249,13 @@ class Trainer:
         batch_size: int = 1000,
         idx: np.ndarray | None = None,
         adapter: tuple[np.ndarray, np.ndarray] | None = None,
+        buffers: Mapping[str, np.ndarray] | None = None,
     ) -> EvalResult:
+        """Loss and predictions of ``params`` (with ``buffers``, as in ``fit``) on (x, y)."""
         fm = self.fm
         ad = self._adapter(adapter, False) if adapter is not None else None
         fm.load(params)
+        self.use_buffers(buffers)
         fm.module.eval()
         n = len(y)
         preds = np.empty(n, dtype=np.int64)

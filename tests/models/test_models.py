@@ -19,7 +19,7 @@ def test_parameter_counts(name, shape, expected):
 
 
 def test_unknown_model_and_wrong_input_are_clear():
-    with pytest.raises(ValueError, match="valid names: cnn-cifar, cnn-mcmahan, cnn-small, mlp"):
+    with pytest.raises(ValueError, match="valid names: cnn-bn, cnn-cifar, cnn-mcmahan, cnn-small, mlp"):
         build_model("resnet", (1, 28, 28), 10)
     with pytest.raises(ValueError, match="use model 'mlp'"):
         build_model("cnn-small", (60,), 10)
@@ -66,4 +66,17 @@ def test_flops_counter_counts_the_small_cnn():
     # conv1: 2*9*1*16*28*28, conv2: 2*9*16*32*14*14, fc: 2*1568*10
     expected = 2 * 9 * 16 * 784 + 2 * 9 * 16 * 32 * 196 + 2 * 1568 * 10
     assert count_flops(build_model("cnn-small", (1, 28, 28), 10), (1, 28, 28)) == expected
-    assert set(MODELS) == {"mlp", "cnn-small", "cnn-mcmahan", "cnn-cifar", "vit-tiny"}
+    assert set(MODELS) == {"mlp", "cnn-small", "cnn-bn", "cnn-mcmahan", "cnn-cifar", "vit-tiny"}
+
+
+def test_model_structure_reports_buffers_and_names_for_config_checks():
+    from torch import nn
+
+    from raysim.models.registry import model_structure
+
+    for name in MODELS:
+        layout, has_buffers = model_structure(name)
+        module = build_model(name, (1, 28, 28), 10) if name != "mlp" else build_model(name, (60,), 10)
+        assert layout.names == tuple(n for n, _ in module.named_parameters())
+        assert has_buffers == any(isinstance(m, nn.BatchNorm2d) for m in module.modules()), name
+    assert model_structure("cnn-bn")[1] and not model_structure("vit-tiny")[1]

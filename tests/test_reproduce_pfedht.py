@@ -96,5 +96,5 @@ def test_an_unknown_experiment_number_exits_2(tmp_path):
     res = CliRunner().invoke(
         reproduce_app, ["pfedht", "--quick", "--only", "9", "--out", str(tmp_path / "x")]
     )
-    assert res.exit_code == 2 and "not an experiment number" in res.output
+    assert res.exit_code == 2 and "--only: no experiment [9]" in res.output
     assert not (tmp_path / "x").exists()

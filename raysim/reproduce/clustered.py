@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,10 +52,15 @@ import typer
 from raysim.reproduce.dsac import (
     Run,
     Runner,
+    _load,
     ci,
+    index_sections,
+    load_note,
+    parse_experiments,
     plot_bars,
     plot_curves,
     reproduce_app,
+    run_picked,
     table,
 )
 
@@ -664,16 +668,7 @@ EXPERIMENTS: dict[int, tuple[str, Callable[[Ctx], str]]] = {
 
 
 def parse_only(only: str) -> list[int]:
-    if not only.strip():
-        return sorted(EXPERIMENTS)
-    try:
-        picked = sorted({int(x) for x in only.replace(" ", "").split(",") if x})
-    except ValueError:
-        raise typer.BadParameter(f"--only takes experiment numbers like 1,3, got {only!r}") from None
-    bad = [x for x in picked if x not in EXPERIMENTS]
-    if bad:
-        raise typer.BadParameter(f"--only: no experiment {bad}; valid: {', '.join(map(str, EXPERIMENTS))}")
-    return picked
+    return parse_experiments(only, EXPERIMENTS)
 
 
 DEFAULT_OUT = Path("results/clustered")
@@ -708,17 +703,9 @@ def reproduce_clustered(
 
     runner = Runner(out, jobs, echo)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
-    times: dict[int, float] = {}
-    t_all = time.perf_counter()
-    for i in picked:
-        name, fn = EXPERIMENTS[i]
-        echo(f"== experiment {i}: {name}")
-        t0 = time.perf_counter()
-        fn(ctx)
-        times[i] = time.perf_counter() - t0
-        echo(f"== experiment {i} done in {times[i]:.0f}s")
-    total = time.perf_counter() - t_all
-    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick)
+    load_before = _load()
+    times, total = run_picked(picked, EXPERIMENTS, ctx, echo)
+    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, (load_before, _load()))
     echo(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
 
@@ -732,6 +719,7 @@ def write_index(
     runner: Runner,
     jobs: int,
     quick: bool,
+    load: tuple[float, float],
 ) -> None:
     cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}" + (
         " --quick" if quick else ""
@@ -750,21 +738,13 @@ def write_index(
         f"seeds 1..{seeds}. The paper: MNIST / EMNIST, 20 clients, 100 rounds, lr 0.1 decayed 0.99, ~10 "
         "local epochs, CNN.",
         "",
-        f"Wall time of this invocation: {total:.0f} s ({runner.executed} runs executed, the others reused "
-        f"from {out}/runs; --jobs {jobs}). The {len(runner.used)} distinct runs behind these tables took "
+        load_note(out, runner.executed, total, load)
+        + f" --jobs {jobs}. The {len(runner.used)} distinct runs behind these tables took "
         f"{sum(runner.used.values()):.0f} s in total (sum of each run's setup + rounds from its "
         f"summary.json). Python {sys.version.split()[0]}.",
         "",
-        "| experiment | table | wall time (s) |",
-        "|---|---|---|",
     ]
-    for i in picked:
-        name = EXPERIMENTS[i][0]
-        lines.append(f"| {i} | [{name}/table.md]({name}/table.md) | {times[i]:.0f} |")
-    lines.append("")
-    for i in picked:
-        name = EXPERIMENTS[i][0]
-        lines += [(out / name / "table.md").read_text().rstrip().replace("](", f"]({name}/"), ""]
+    lines += index_sections(out, picked, EXPERIMENTS, times)
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -1180,17 +1180,57 @@ EXPERIMENTS: dict[int, tuple[str, Callable[[Ctx], str]]] = {
 }
 
 
-def parse_only(only: str) -> list[int]:
+def parse_experiments(only: str, experiments: Mapping[int, Any]) -> list[int]:
+    """``--only`` of every `raysim reproduce` command: comma-separated experiment numbers (empty: all)."""
     if not only.strip():
-        return sorted(EXPERIMENTS)
+        return sorted(experiments)
     try:
         picked = sorted({int(x) for x in only.replace(" ", "").split(",") if x})
     except ValueError:
-        raise typer.BadParameter(f"--only takes experiment numbers like 1,3,5, got {only!r}") from None
-    bad = [x for x in picked if x not in EXPERIMENTS]
+        raise typer.BadParameter(f"--only takes experiment numbers like 1,3, got {only!r}") from None
+    bad = [x for x in picked if x not in experiments]
     if bad:
-        raise typer.BadParameter(f"--only: no experiment {bad}; valid: {', '.join(map(str, EXPERIMENTS))}")
+        raise typer.BadParameter(f"--only: no experiment {bad}; valid: {', '.join(map(str, experiments))}")
     return picked
+
+
+def parse_only(only: str) -> list[int]:
+    return parse_experiments(only, EXPERIMENTS)
+
+
+def run_picked(
+    picked: Sequence[int],
+    experiments: Mapping[int, tuple[str, Callable[[Any], str]]],
+    ctx: Any,
+    echo: Callable[[str], None],
+) -> tuple[dict[int, float], float]:
+    """Run the picked experiments in order, echoing progress; their wall times and the total."""
+    times: dict[int, float] = {}
+    t_all = time.perf_counter()
+    for i in picked:
+        name, fn = experiments[i]
+        echo(f"== experiment {i}: {name}")
+        t0 = time.perf_counter()
+        fn(ctx)
+        times[i] = time.perf_counter() - t0
+        echo(f"== experiment {i} done in {times[i]:.0f}s")
+    return times, time.perf_counter() - t_all
+
+
+def index_sections(
+    out: Path, picked: Sequence[int], experiments: Mapping[int, tuple[str, Any]], times: Mapping[int, float]
+) -> list[str]:
+    """The tail of a reproduction's README.md: the experiment index with wall times, then every
+    experiment's table.md with its image links made relative to ``out``."""
+    lines = ["| experiment | table | wall time (s) |", "|---|---|---|"]
+    for i in picked:
+        name = experiments[i][0]
+        lines.append(f"| {i} | [{name}/table.md]({name}/table.md) | {times[i]:.0f} |")
+    lines.append("")
+    for i in picked:
+        name = experiments[i][0]
+        lines += [(out / name / "table.md").read_text().rstrip().replace("](", f"]({name}/"), ""]
+    return lines
 
 
 DEFAULT_OUT = Path("results/dsac")
@@ -1239,18 +1279,8 @@ def reproduce_dsac(
 
     runner = Runner(out, jobs, echo)
     ctx = Ctx(scale=sc, seeds=eval_seeds(seeds), out=out, runner=runner, backend=backend)
-    times: dict[int, float] = {}
-    sections: dict[int, str] = {}
     load_before = _load()
-    t_all = time.perf_counter()
-    for i in picked:
-        name, fn = EXPERIMENTS[i]
-        echo(f"== experiment {i}: {name}")
-        t0 = time.perf_counter()
-        sections[i] = fn(ctx)
-        times[i] = time.perf_counter() - t0
-        echo(f"== experiment {i} done in {times[i]:.0f}s")
-    total = time.perf_counter() - t_all
+    times, total = run_picked(picked, EXPERIMENTS, ctx, echo)
     write_index(out, sc, seeds, picked, times, total, runner, backend, jobs, load=(load_before, _load()))
     echo(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
@@ -1260,6 +1290,15 @@ def eval_seeds(n: int) -> list[int]:
     seeds = list(range(TUNING_SEED + 1, TUNING_SEED + 1 + n))
     assert TUNING_SEED not in seeds
     return seeds
+
+
+def load_note(out: Path, executed: int, total: float, load: tuple[float, float]) -> str:
+    """How long an invocation took, and on how busy a machine (a shared one inflates wall times)."""
+    return (
+        f"Wall time of this invocation: {total:.0f} s ({executed} runs executed; runs already under "
+        f"{out}/runs were reused) on {os.cpu_count()} CPU(s), 1-minute load average {load[0]:.1f} at the "
+        f"start and {load[1]:.1f} at the end (a shared machine inflates the wall time)."
+    )
 
 
 def _load() -> float:
@@ -1298,19 +1337,9 @@ def write_index(
         "",
         f"The {len(runner.used)} distinct runs behind these tables took {sum(runner.used.values()):.0f} s "
         "in total (sum of each run's setup + rounds, as its summary.json records; no plotting). "
-        f"Wall time of this invocation: {total:.0f} s ({runner.executed} runs executed; runs already under "
-        f"{out}/runs were reused) on {os.cpu_count()} CPU(s), 1-minute load average {load[0]:.1f} at the "
-        f"start and {load[1]:.1f} at the end (a shared machine inflates the wall time). "
-        f"Python {sys.version.split()[0]}.",
+        + load_note(out, runner.executed, total, load)
+        + f" Python {sys.version.split()[0]}.",
         "",
-        "| experiment | table | wall time (s) |",
-        "|---|---|---|",
     ]
-    for i in picked:
-        name = EXPERIMENTS[i][0]
-        lines.append(f"| {i} | [{name}/table.md]({name}/table.md) | {times[i]:.0f} |")
-    lines.append("")
-    for i in picked:
-        name = EXPERIMENTS[i][0]
-        lines += [(out / name / "table.md").read_text().rstrip().replace("](", f"]({name}/"), ""]
+    lines += index_sections(out, picked, EXPERIMENTS, times)
     (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,21 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from raysim.reproduce.dsac import Run, Runner, ci, paired_p, plot_curves, plot_points, reproduce_app, table
+from raysim.reproduce.dsac import (
+    Run,
+    Runner,
+    _load,
+    ci,
+    index_sections,
+    load_note,
+    paired_p,
+    parse_experiments,
+    plot_curves,
+    plot_points,
+    reproduce_app,
+    run_picked,
+    table,
+)
 
 # --------------------------------------------------------------------------------------------- scales
 
@@ -438,17 +451,7 @@ EXPERIMENTS: dict[int, tuple[str, Callable[[Ctx], str]]] = {
 
 
 def parse_only(only: str) -> list[int]:
-    if not only.strip():
-        return sorted(EXPERIMENTS)
-    picked = []
-    for part in only.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) not in EXPERIMENTS:
-            raise typer.BadParameter(
-                f"--only: {part!r} is not an experiment number; valid: {', '.join(map(str, sorted(EXPERIMENTS)))}"
-            )
-        picked.append(int(part))
-    return sorted(set(picked))
+    return parse_experiments(only, EXPERIMENTS)
 
 
 DEFAULT_OUT = Path("results/pfedht")
@@ -481,16 +484,9 @@ def reproduce_pfedht(
 
     runner = Runner(out, jobs, echo)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
-    times: dict[int, float] = {}
-    t_all = time.perf_counter()
-    for i in picked:
-        name, fn = EXPERIMENTS[i]
-        echo(f"== experiment {i}: {name}")
-        t0 = time.perf_counter()
-        fn(ctx)
-        times[i] = time.perf_counter() - t0
-        echo(f"== experiment {i} done in {times[i]:.0f}s")
-    total = time.perf_counter() - t_all
+    load_before = _load()
+    times, total = run_picked(picked, EXPERIMENTS, ctx, echo)
+    load = (load_before, _load())
     cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + (" --quick" if quick else "")
     if len(picked) < len(EXPERIMENTS):
         cmd += f" --only {','.join(map(str, picked))}"
@@ -503,21 +499,13 @@ def reproduce_pfedht(
         f"{sc.rounds} rounds (personalised evaluation every {sc.eval_every}), {sc.epochs} local epoch(s), "
         f"lr {sc.lr}, batch {sc.batch}, seeds 1..{seeds}. The paper: CIFAR-10/100, hundreds of rounds.",
         "",
-        f"Wall time of this invocation: {total:.0f} s ({runner.executed} runs executed, the others reused "
-        f"from {out}/runs; --jobs {jobs}). The {len(runner.used)} distinct runs behind these tables took "
+        load_note(out, runner.executed, total, load)
+        + f" --jobs {jobs}. The {len(runner.used)} distinct runs behind these tables took "
         f"{sum(runner.used.values()):.0f} s in total (sum of each run's setup + rounds). "
         f"Python {sys.version.split()[0]}.",
         "",
-        "| experiment | table | wall time (s) |",
-        "|---|---|---|",
     ]
-    for i in picked:
-        name = EXPERIMENTS[i][0]
-        lines.append(f"| {i} | [{name}/table.md]({name}/table.md) | {times[i]:.0f} |")
-    lines.append("")
-    for i in picked:
-        name = EXPERIMENTS[i][0]
-        lines += [(out / name / "table.md").read_text().rstrip().replace("](", f"]({name}/"), ""]
+    lines += index_sections(out, picked, EXPERIMENTS, times)
     (out / "README.md").write_text("\n".join(lines) + "\n")
     echo(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 

@@ -206,10 +206,14 @@ class ExperimentConfig(_Section):
                 f"model.name {self.model.name!r} cannot serve algorithm {self.algorithm.name!r}: {exc}"
             ) from None
         if has_buffers and not algo.traits.client_buffers:
+            from raysim.algorithms import ALGORITHMS
+
+            keepers = sorted(n for n, cls in ALGORITHMS.items() if cls.traits.client_buffers)
             raise ValueError(
                 f"model.name {self.model.name!r} has BatchNorm running statistics, which algorithm "
                 f"{self.algorithm.name!r} does not keep per client (they would be shared by the clients an "
-                "actor hosts): use algorithm 'fedbn', or a model without BatchNorm (e.g. cnn-small)"
+                f"actor hosts): use an algorithm that keeps them ({', '.join(keepers)}), or a model "
+                "without BatchNorm (e.g. cnn-small)"
             )
         traits = algo.traits
         if traits.public_split and d.public_fraction <= 0:

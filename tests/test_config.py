@@ -250,7 +250,7 @@ def test_check_output_dir_refuses_a_really_read_only_parent(tmp_path):
         ),
         ({"name": "fedper", "personal": "qkv"}, "cnn-small", r"cannot serve algorithm 'fedper': .*Q/K/V"),
         ({"name": "fedbn"}, "cnn-small", r"cannot serve algorithm 'fedbn': .*model.name: cnn-bn"),
-        ({"name": "fedavg"}, "cnn-bn", r"'cnn-bn' has BatchNorm running statistics.*use algorithm 'fedbn'"),
+        ({"name": "fedavg"}, "cnn-bn", r"'cnn-bn' has BatchNorm running statistics.*keeps them \(fedbn\)"),
         ({"name": "pfedht"}, "cnn-bn", r"cannot serve algorithm 'pfedht'"),
     ],
 )

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysim.algorithms.base import ClientTask
+from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.config import ConfigError
 from raysim.runtime.backend import ServerLost, Share, StartSpec
 from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
@@ -76,7 +76,7 @@ class RayPool:
         for ref in sorted(ready, key=lambda r: calls[r]):  # host order, not completion order
             h = calls[ref]
             try:
-                out.add(ray.get(ref))
+                out.add(ray.get(ref), host=h)
                 self.replied.append(h)
             except ray.exceptions.RayError as exc:
                 out.drop(grouped[h], f"actor {h} failed: {type(exc).__name__}")
@@ -98,6 +98,20 @@ class RayPool:
                 if self.roam_sizes is None:
                     lost += self._hosted_by(h)
         return lost
+
+    def withdraw(
+        self, round_idx: int, client_ids: Sequence[int]
+    ) -> tuple[dict[int, list[LinearSum]], list[int]]:
+        calls = {self.handles[h].withdraw.remote(round_idx, list(client_ids)): h for h in self.replied}
+        got: dict[int, list[LinearSum]] = {}
+        failed: list[int] = []
+        for ref, h in calls.items():
+            try:
+                got[h] = ray.get(ref)
+            except ray.exceptions.RayError:  # died since it replied: the server drops its partials
+                failed.append(h)
+                self._check_alive(h)
+        return got, failed
 
     def _all_live(self, method: str, *args: Any, strict: bool) -> list[Any]:
         """Call every live actor. ``strict``: one that fails is an error (client state would be

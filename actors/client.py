@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from raysim.algorithms.base import ClientTask
+from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.runtime.host import ClientHost, HostSpec
 from raysim.runtime.pool import HostReply
 
@@ -43,6 +43,9 @@ class ClientActorImpl:
 
     def commit(self, round_idx: int) -> int:
         return self.host.commit(round_idx)
+
+    def withdraw(self, round_idx: int, client_ids: Sequence[int]) -> list[LinearSum]:
+        return self.host.withdraw(round_idx, client_ids)
 
     def evaluate(self, refs: Mapping[str, Any]) -> list[dict[str, float]]:
         keys = list(refs)

@@ -102,6 +102,11 @@ class RoundsConfig(_Section):
     eval_every: Annotated[int, Field(ge=1)] = 1
     personal_eval: bool = True  # also evaluate every client's model on its local test split
     deadline_s: Annotated[float, Field(gt=0)] | None = None
+    # a client whose update norm is >= this many times the round's median update norm is
+    # quarantined for that round: left out of the aggregate (exactly, pre-summed or not), its state
+    # not committed, counted in rounds.parquet's `quarantined` and as a dropout with the reason.
+    # 0 switches it off. (NaN/Inf updates are always dropped.)
+    quarantine_factor: Annotated[float, Field(ge=0)] = 1000.0
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # 0: no checkpoints
 
 

@@ -227,6 +227,25 @@ class LinearSum:
             bound=bound,
         )
 
+    def minus(self, part: LinearSum) -> LinearSum:
+        """This sum without ``part`` (one of the results summed into it): exact, because the sums
+        are integers, so the result equals a sum that never included ``part`` (a quarantined
+        client's update is withdrawn this way after its host pre-summed it)."""
+        if part.model_key != self.model_key or set(part.fixed_extras) != set(self.fixed_extras):
+            raise ValueError(
+                f"cannot withdraw an update of {part.model_key!r} from a sum of {self.model_key!r}"
+            )
+        if part.num_clients > self.num_clients:
+            raise ValueError(f"cannot withdraw {part.num_clients} clients from a sum of {self.num_clients}")
+        return LinearSum(
+            num_clients=self.num_clients - part.num_clients,
+            num_examples=self.num_examples - part.num_examples,
+            fixed_delta=self.fixed_delta - part.fixed_delta,
+            model_key=self.model_key,
+            fixed_extras={k: v - part.fixed_extras[k] for k, v in self.fixed_extras.items()},
+            bound=self.bound,
+        )
+
     def upload_bytes(self) -> int:
         return int(self.fixed_delta.nbytes) + sum(int(v.nbytes) for v in self.fixed_extras.values())
 

@@ -184,6 +184,7 @@ class Experiment:
                     "seed": cfg.seed,
                     "eval_spec": eval_spec,
                     "deadline_s": cfg.rounds.deadline_s,
+                    "quarantine_factor": cfg.rounds.quarantine_factor,
                 },
                 roam=roams(self.algorithm.traits.client_state, len(host_shards), res.clients_per_actor),
             )

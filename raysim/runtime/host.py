@@ -69,6 +69,13 @@ class HostedClient:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def update_norm(delta: np.ndarray | None) -> float:
+    """L2 norm of a client's update (NaN without one), in float64."""
+    if delta is None:
+        return float("nan")
+    return float(np.linalg.norm(np.asarray(delta, dtype=np.float64)))
+
+
 class _Context:
     """``ClientContext`` for one hosted client in one round."""
 
@@ -223,6 +230,9 @@ class ClientHost:
             )
         self.staged: dict[int, dict[str, Any]] = {}  # accepted clients' new state, until commit
         self.staged_round = -1
+        # each accepted client's own fixed-point update this round (linear algorithms): what
+        # ``withdraw`` subtracts from the pre-summed partial when the server quarantines the client
+        self.staged_singles: dict[int, LinearSum] = {}
         self._proc = psutil.Process(os.getpid())
         self._peak_rss = self._proc.memory_info().rss
 
@@ -243,6 +253,7 @@ class ClientHost:
         deadline passed) stops the loop between clients."""
         t0 = time.perf_counter()
         self.staged = {}
+        self.staged_singles = {}
         self.staged_round = round_idx
         linear = self.algorithm.traits.linear
         results: list[ClientResult] = []
@@ -277,6 +288,7 @@ class ClientHost:
                 except UpdateTooLarge as exc:
                     dropouts.append((task.client_id, str(exc)))
                     continue
+                self.staged_singles[task.client_id] = singles[-1]
             self.staged[task.client_id] = ctx.state
             results.append(
                 ClientResult(
@@ -284,7 +296,12 @@ class ClientHost:
                     num_examples=r.num_examples,
                     delta=r.delta,
                     model_key=r.model_key,
-                    metrics={**r.metrics, "upload_bytes": float(r.upload_bytes())},
+                    metrics={
+                        **r.metrics,
+                        "upload_bytes": float(r.upload_bytes()),
+                        # the server's quarantine compares it with the cohort median
+                        "update_norm": update_norm(r.delta),
+                    },
                     extras=r.extras,
                 )
             )
@@ -304,6 +321,20 @@ class ClientHost:
             seconds=time.perf_counter() - t0,
             transfer_bytes=nbytes,
         )
+
+    def withdraw(self, round_idx: int, client_ids: Sequence[int]) -> list[LinearSum]:
+        """Take back clients of ``round_idx`` the server quarantined: their staged state is never
+        committed, and their fixed-point updates (linear algorithms) are returned, for the server
+        to subtract from this host's pre-summed partials exactly."""
+        if self.staged_round != round_idx:
+            return []
+        out = []
+        for cid in client_ids:
+            self.staged.pop(cid, None)
+            single = self.staged_singles.pop(cid, None)
+            if single is not None:
+                out.append(single)
+        return out
 
     def commit(self, round_idx: int) -> int:
         """Make the staged state of ``round_idx``'s accepted clients permanent; returns how many."""
@@ -348,7 +379,7 @@ class ClientHost:
         what it gained later (a restore into live actors, e.g. after a lost server)."""
         for cid in self.home:
             self.clients[cid].state = dict(states.get(cid, {}))
-        self.staged, self.staged_round = {}, -1
+        self.staged, self.staged_round, self.staged_singles = {}, -1, {}
 
     def stats(self) -> dict[str, Any]:
         rss = self._proc.memory_info().rss

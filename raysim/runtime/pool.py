@@ -44,6 +44,8 @@ class PoolReply:
     transfer_bytes_up: int
     lost_clients: list[int] = field(default_factory=list)  # clients whose actor died for good
     host_seconds: list[float] = field(default_factory=list)  # busy time of each actor that replied
+    partial_hosts: list[int] = field(default_factory=list)  # the host of each entry of ``partials``
+    host_clients: dict[int, list[int]] = field(default_factory=dict)  # accepted clients by host
 
 
 class Pool(Protocol):
@@ -58,6 +60,14 @@ class Pool(Protocol):
     def commit(self, round_idx: int) -> list[int]:
         """Make the client state of this round's accepted updates permanent (hosts that replied in
         time); returns clients lost because their host died meanwhile."""
+        ...
+
+    def withdraw(
+        self, round_idx: int, client_ids: Sequence[int]
+    ) -> tuple[dict[int, list[LinearSum]], list[int]]:
+        """Take back quarantined clients of this round from the hosts that replied: their state is
+        never committed; returns each host's fixed-point updates of them (to subtract from its
+        partials) and the hosts that could not answer (died since they replied)."""
         ...
 
     def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]: ...
@@ -115,8 +125,12 @@ class ReplyCollector:
         self.nbytes = 0
         self.busy: list[float] = []
         self.lost: list[int] = []
+        self.partial_hosts: list[int] = []
+        self.host_clients: dict[int, list[int]] = {}
 
-    def add(self, reply: HostReply) -> None:
+    def add(self, reply: HostReply, host: int = -1) -> None:
+        self.partial_hosts += [host] * len(reply.partials)
+        self.host_clients[host] = [r.client_id for r in reply.results]
         self.results += reply.results
         self.dropouts += reply.dropouts
         self.errors += reply.errors
@@ -140,4 +154,6 @@ class ReplyCollector:
             transfer_bytes_up=self.nbytes,
             host_seconds=self.busy,
             lost_clients=self.lost,
+            partial_hosts=self.partial_hosts,
+            host_clients=self.host_clients,
         )

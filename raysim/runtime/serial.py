@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from raysim.algorithms.base import ClientTask
+from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.runtime.backend import Share, StartSpec
 from raysim.runtime.host import ClientHost
 from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
@@ -39,13 +39,18 @@ class SerialPool:
             if h < 0:
                 out.drop(host_tasks, "unknown client")
             else:
-                out.add(self.hosts[h].run(round_idx, host_tasks, broadcast))
+                out.add(self.hosts[h].run(round_idx, host_tasks, broadcast), host=h)
         return out.reply(broadcast_s=0.0, train_s=time.perf_counter() - t0)
 
     def commit(self, round_idx: int) -> list[int]:
         for host in self.hosts:
             host.commit(round_idx)
         return []
+
+    def withdraw(
+        self, round_idx: int, client_ids: Sequence[int]
+    ) -> tuple[dict[int, list[LinearSum]], list[int]]:
+        return {h: host.withdraw(round_idx, client_ids) for h, host in enumerate(self.hosts)}, []
 
     def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         return [row for host in self.hosts for row in host.evaluate(broadcast)]

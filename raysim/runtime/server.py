@@ -6,6 +6,7 @@ only the ``pool`` it talks to differs (in-process hosts or client actors).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -148,6 +149,7 @@ class Server:
         seed: int,
         eval_spec: EvalSpec,
         deadline_s: float | None = None,
+        quarantine_factor: float = 0.0,
         device: str = "cpu",
     ) -> None:
         torch.set_num_threads(eval_spec.torch_threads)
@@ -155,6 +157,7 @@ class Server:
         self.pool = pool
         self.seed = seed
         self.deadline_s = deadline_s
+        self.quarantine_factor = quarantine_factor
         self.eval = eval_spec
         self.cohort_size = ctx.clients_per_round
         self.trainer = Trainer(**eval_spec.trainer_kwargs, device=device)
@@ -188,6 +191,7 @@ class Server:
         reply = self.pool.run(t, plan.tasks, plan.broadcast, self.deadline_s)
         self._refuse_broken_client_code(t, plan, reply)
         self.lost.update(reply.lost_clients)
+        reply, m["quarantined"] = self._quarantine(t, reply)
         if algo.traits.client_state:
             self.lost.update(self.pool.commit(t))
         m["broadcast_s"], m["train_s"] = reply.broadcast_s, reply.train_s
@@ -229,6 +233,49 @@ class Server:
         m["round_s"] = time.perf_counter() - t0
         return RoundReport(
             round=t, metrics=m, clients=rows, stop=algo.converged(self.state), clusters=clusters
+        )
+
+    def _quarantine(self, t: int, reply: PoolReply) -> tuple[PoolReply, float]:
+        """Leave out of round ``t`` every client whose update norm is >= ``quarantine_factor``
+        times the round's median: exactly, since a pre-summed client's fixed-point update is taken
+        back from its host and subtracted from the host's integer partial (the aggregate equals one
+        that never saw it). A host that died before it could give the update back loses its whole
+        partial, and its clients become dropouts too."""
+        f = self.quarantine_factor
+        norms = {r.client_id: float(r.metrics.get("update_norm", math.nan)) for r in reply.results}
+        finite = [n for n in norms.values() if math.isfinite(n)]
+        if f <= 0 or len(finite) < 2:
+            return reply, 0.0
+        med = float(np.median(finite))
+        bad = sorted(c for c, n in norms.items() if med > 0 and math.isfinite(n) and n >= f * med)
+        if not bad:
+            return reply, 0.0
+        withdrawn, failed = self.pool.withdraw(t, bad)
+        pairs = list(zip(reply.partials, reply.partial_hosts, strict=True))
+        dropouts = [
+            (c, f"quarantined: update norm {norms[c]:.3g} >= {f:g} x the round's median {med:.3g}")
+            for c in bad
+        ]
+        gone = set(bad)
+        for h in failed:
+            pairs = [(p, ph) for p, ph in pairs if ph != h]
+            lost = [c for c in reply.host_clients.get(h, []) if c not in gone]
+            dropouts += [(c, f"actor {h} died before the round's quarantine") for c in lost]
+            gone.update(lost)
+        for h, singles in withdrawn.items():
+            for single in singles:
+                i = next(i for i, (p, ph) in enumerate(pairs) if ph == h and p.model_key == single.model_key)
+                pairs[i] = (pairs[i][0].minus(single), h)
+        pairs = [(p, h) for p, h in pairs if p.num_clients > 0]
+        return (
+            replace(
+                reply,
+                results=[r for r in reply.results if r.client_id not in gone],
+                partials=[p for p, _ in pairs],
+                partial_hosts=[h for _, h in pairs],
+                dropouts=sorted(reply.dropouts + dropouts),
+            ),
+            float(len(bad)),
         )
 
     def _track_clusters(

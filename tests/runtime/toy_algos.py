@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -138,3 +138,28 @@ class NaNForClient0(Algorithm):
 
     def server_model(self, state):
         return state.params
+
+
+class Diverging(FedAvg):
+    """FedAvg whose client ``victim`` misbehaves: ``mode`` "scale" multiplies its update by
+    ``factor`` (a diverged client the quarantine must catch), "raise" makes it fail (a dropout the
+    runtime already handles): both must leave the same aggregate."""
+
+    name: ClassVar[str] = "diverging"
+
+    def __init__(self, victim: int, mode: str, factor: float = 1e5, stateful: bool = False) -> None:
+        super().__init__()
+        self.victim, self.mode, self.factor = victim, mode, factor
+        if stateful:  # client state committed only for accepted updates
+            self.traits = replace(self.traits, client_state=True)
+
+    def client_update(self, task: ClientTask, params: np.ndarray, client: Any) -> ClientResult:
+        r = super().client_update(task, params, client)
+        if self.traits.client_state:
+            client.state["trained"] = client.state.get("trained", 0) + 1
+        if task.client_id != self.victim:
+            return r
+        if self.mode == "raise":
+            raise RuntimeError("this client diverged")
+        assert r.delta is not None
+        return replace(r, delta=(r.delta * self.factor).astype(np.float32))

@@ -29,6 +29,11 @@ NAMED_IN_README = {
     "genetic_cfl_fmnist.yaml",
     "fedavg_genetic_baseline_fmnist.yaml",
     "ascfl_rotated_fmnist.yaml",
+    "pfedht_fmnist.yaml",
+    "pfedht_fedavg_fmnist.yaml",
+    "pfedme_fmnist.yaml",
+    "fedrod_fmnist.yaml",
+    "fedbn_fmnist.yaml",
 }
 
 

@@ -183,6 +183,11 @@ def test_helpers() -> None:
     b_cfg = raw_config(SCALES["micro"], 1, {"name": "dsac"}, "pathological")
     assert a_cfg["data"] == b_cfg["data"]  # every method sees the same shards
     assert a_cfg["rounds"]["personal_eval"] is True
-    assert run_key(a_cfg) != run_key(b_cfg) and run_key(a_cfg) == run_key(dict(a_cfg))
+    assert run_key(a_cfg) != run_key(b_cfg)
+    # the cache key ignores where a run is written and the order of keys, and nothing else
+    moved = {**{k: a_cfg[k] for k in reversed(list(a_cfg))}, "output": {"dir": "/elsewhere"}}
+    assert run_key(moved) == run_key(a_cfg)
+    nested = {**a_cfg, "local": {**a_cfg["local"], "lr": a_cfg["local"]["lr"] * 2}}
+    assert run_key(nested) != run_key(a_cfg)
     assert pretrained({"name": "scaffold"})["init_from"] == "pretrained"
     assert pretrained({"name": "fedavg"})["pretrain_epochs"] == DSAC_DEFAULT["pretrain_epochs"]

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ray
+import torch
 
 from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.runtime.host import ClientHost, HostSpec
 from raysim.runtime.pool import HostReply
+
+
+def gpu_memory_cap(gpu_share: float, cuda_available: bool) -> float | None:
+    """The fraction of its GPU's memory a client actor may allocate: its Ray GPU share when that
+    is a fraction of one device and CUDA is there (Ray only schedules fractions; it does not stop an
+    actor from filling the device), None otherwise (a whole GPU, no GPU, or no CUDA)."""
+    if not cuda_available or not 0 < gpu_share < 1:
+        return None
+    return float(gpu_share)
 
 
 def _cancelled() -> bool:
@@ -27,8 +38,14 @@ class ClientActorImpl:
         spec: HostSpec,
         visitors: Sequence[Any] = (),
     ) -> None:
-        gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        ctx = ray.get_runtime_context()
+        gpu_ids = ctx.get_accelerator_ids().get("GPU", [])
         self.host = ClientHost(host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids, visitors=visitors)
+        self.gpu_share = float(ctx.get_assigned_resources().get("GPU", 0.0))
+        self.cuda = self.host.device.type == "cuda"
+        self.gpu_cap = gpu_memory_cap(self.gpu_share, self.cuda)
+        if self.gpu_cap is not None:  # allocations beyond the share raise CUDA OOM in this actor only
+            torch.cuda.set_per_process_memory_fraction(self.gpu_cap, self.host.device)
 
     def ping(self) -> int:
         return self.host.host_id
@@ -63,6 +80,11 @@ class ClientActorImpl:
         ctx = ray.get_runtime_context()
         out["node_id"] = ctx.get_node_id()
         out["placement_group_id"] = ctx.get_placement_group_id() or ""  # a Tune trial's group
+        out["gpu_share"] = self.gpu_share
+        out["gpu_memory_cap"] = math.nan if self.gpu_cap is None else self.gpu_cap
+        out["peak_gpu_mb"] = (
+            torch.cuda.max_memory_allocated(self.host.device) / 2**20 if self.cuda else math.nan
+        )
         return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -107,6 +108,18 @@ def test_fractional_gpus_place_eight_actors_on_two_gpus(ray_cluster, tmp_path):
     assert all(g != "" for g in gpu_ids), gpu_ids
     # 4 actors x 0.25 per GPU: both GPUs used, each by exactly four actors
     assert sorted(pd.Series(gpu_ids).value_counts().tolist()) == [4, 4]
+    # each actor knows its share; no CUDA on this machine, so no memory cap and no GPU peak
+    assert all(s["gpu_share"] == 0.25 for s in stats), [s["gpu_share"] for s in stats]
+    assert all(np.isnan(s["gpu_memory_cap"]) and np.isnan(s["peak_gpu_mb"]) for s in stats)
+
+
+def test_a_gpu_fraction_caps_the_actors_cuda_memory_only_when_it_is_a_fraction():
+    from actors.client import gpu_memory_cap
+
+    assert gpu_memory_cap(0.25, cuda_available=True) == 0.25
+    assert gpu_memory_cap(1.0, cuda_available=True) is None  # a whole device: nothing to share
+    assert gpu_memory_cap(0.0, cuda_available=True) is None  # no GPU asked for
+    assert gpu_memory_cap(0.25, cuda_available=False) is None  # Ray's logical GPUs on a CPU machine
 
 
 def test_impossible_gpu_request_is_refused_before_the_run_dir(ray_cluster, tmp_path):

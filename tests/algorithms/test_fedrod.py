@@ -16,7 +16,7 @@ from raysim.algorithms.fedrod import HEAD, FedRoD, head_slices, log_prior
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
 from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import Trainer
-from tests.algorithms.contract import aggregate, configure
+from tests.algorithms.contract import aggregate, configure, steps_with_checkpoint
 from tests.conftest import tiny_config
 
 # mlp on 4 inputs with hidden 200 would be large; a hand-sized head on 3 features instead
@@ -199,25 +199,9 @@ def test_end_to_end_on_digits(tmp_path):
     assert (rounds["bytes_up"] == 6 * 4 * 6090).all()  # body + generic head of cnn-small
 
 
-def steps(cfg, restore_from=None, save_to=None):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    try:
-        if restore_from is not None:
-            assert exp.restore(restore_from) == 2
-        out = []
-        while not exp.should_stop():
-            out.append(exp.step().metrics)
-            if save_to is not None and exp.next_round - 1 == 2:
-                exp.save(save_to)
-    finally:
-        exp.close()
-    return pd.DataFrame(out)
-
-
 def test_save_restore_through_the_runtime_is_identical(tmp_path):
     cfg = tiny_config(tmp_path, algorithm__name="fedrod", rounds__num_rounds=4)
     cols = ["test_loss", "train_loss", "personal_accuracy", "personal_loss"]
-    full = steps(cfg, save_to=tmp_path / "ckpt")
-    after = steps(cfg, restore_from=tmp_path / "ckpt")
+    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
+    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
     pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

@@ -18,6 +18,7 @@ from raysim.algorithms.pfedht import ALL_PERSONAL, PFedHN, PFedHT, build_hyperne
 from raysim.models import ParamLayout, build_model, init_params
 from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult
+from tests.algorithms.contract import steps_with_checkpoint
 from tests.conftest import tiny_config
 
 HP = {"lr": 0.1, "epochs": 1, "batch_size": 4}
@@ -318,23 +319,8 @@ def test_save_restore_through_the_runtime_is_identical(tmp_path):
     cfg = tiny_config(tmp_path, model__name="vit-tiny", algorithm__name="pfedht", rounds__num_rounds=4)
     cols = ["test_loss", "train_loss", "personal_accuracy", "personal_loss"]
 
-    def steps(restore_from=None, save_to=None):
-        exp = Experiment(cfg, progress=False)
-        exp.prepare()
-        try:
-            if restore_from is not None:
-                assert exp.restore(restore_from) == 2
-            out = []
-            while not exp.should_stop():
-                out.append(exp.step().metrics)
-                if save_to is not None and exp.next_round - 1 == 2:
-                    exp.save(save_to)
-        finally:
-            exp.close()
-        return pd.DataFrame(out)
-
-    full = steps(save_to=tmp_path / "ckpt")
-    after = steps(restore_from=tmp_path / "ckpt")
+    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
+    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
     pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)
 
 

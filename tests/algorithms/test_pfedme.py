@@ -15,7 +15,7 @@ from raysim.algorithms.pfedme import MoreauSteps, PFedMe
 from raysim.models import ParamLayout
 from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import aggregate, configure
+from tests.algorithms.contract import aggregate, configure, steps_with_checkpoint
 from tests.conftest import tiny_config
 
 LAYOUT = ParamLayout(names=("w",), shapes=((1,),), offsets=(0,), size=1)
@@ -142,25 +142,9 @@ def test_end_to_end_on_digits(tmp_path):
     assert rounds["personal_accuracy"].iloc[-1] > 0.2  # 10 classes: chance is 0.1
 
 
-def steps(cfg, restore_from=None, save_to=None):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    try:
-        if restore_from is not None:
-            assert exp.restore(restore_from) == 2
-        out = []
-        while not exp.should_stop():
-            out.append(exp.step().metrics)
-            if save_to is not None and exp.next_round - 1 == 2:
-                exp.save(save_to)
-    finally:
-        exp.close()
-    return pd.DataFrame(out)
-
-
 def test_save_restore_through_the_runtime_is_identical(tmp_path):
     cfg = tiny_config(tmp_path, algorithm__name="pfedme", rounds__num_rounds=4)
     cols = ["test_loss", "train_loss", "personal_accuracy", "personal_loss"]
-    full = steps(cfg, save_to=tmp_path / "ckpt")
-    after = steps(cfg, restore_from=tmp_path / "ckpt")
+    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
+    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
     pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

@@ -312,6 +312,8 @@ class ClientHost:
             results = [r.without_payload() if r.delta is not None else r for r in results]
             nbytes = sum(p.upload_bytes() for p in partials) + sum(r.upload_bytes() for r in results)
         else:
+            # the updates travel whole: the server drops a quarantined one itself, nothing to hand back
+            self.staged_singles = {}
             nbytes = sum(r.upload_bytes() for r in results)
         return HostReply(
             results=results,

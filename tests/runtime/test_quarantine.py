@@ -101,3 +101,24 @@ def test_quarantine_on_ray_matches_serial_for_pinned_and_roaming_clients(ray_clu
         )
         pd.testing.assert_frame_equal(serial[COLS], got[COLS], check_exact=True)
         assert (got["quarantined"] == 1).all()
+
+
+def test_without_presumming_the_quarantined_update_is_dropped_whole(tmp_path):
+    # hosts that do not pre-sum send every update itself; the server removes the quarantined
+    # client's result and must not look for a partial to subtract it from
+    from dataclasses import replace
+
+    cfg = config(tmp_path)
+    rounds = []
+    for algo_mode in ("scale", "raise"):
+        exp = Experiment(cfg, progress=False)
+        exp.algorithm = toy_algos.Diverging(VICTIM, algo_mode)
+        exp.prepare()
+        try:
+            for host in exp.backend.hosts:
+                host.spec = replace(host.spec, presum=False)
+            rounds.append(pd.DataFrame([exp.step().metrics for _ in range(3)]))
+        finally:
+            exp.close()
+    pd.testing.assert_frame_equal(rounds[0][COLS], rounds[1][COLS], check_exact=True)
+    assert (rounds[0]["quarantined"] == 1).all()

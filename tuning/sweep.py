@@ -317,6 +317,11 @@ def reported_rounds(trial_dir: Path) -> pd.DataFrame | None:
     return df.drop_duplicates(subset="round", keep="last").sort_values("round").reset_index(drop=True)
 
 
+def trial_id_of(result: Any) -> str:
+    """A Tune result's trial id, from its directory (``trial_<id>``)."""
+    return Path(result.path).name.removeprefix("trial_")
+
+
 def history(result: Any) -> pd.DataFrame | None:
     """A Tune result's rounds: the trainable's record, else Tune's (a trial that never reported)."""
     df = reported_rounds(Path(result.path))
@@ -327,7 +332,7 @@ def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
     frames = []
     for r in results:
         df = history(r)
-        trial_id = Path(r.path).name.removeprefix("trial_")
+        trial_id = trial_id_of(r)
         if df is None or df.empty:
             df = pd.DataFrame({"round": pd.Series([], dtype="int64")})
         df = df.copy()
@@ -383,10 +388,12 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
     write_parquet(table, directory / "trials.parquet")
     errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
     objs = spec.objective_list
+    by_trial = dict(iter(table.groupby("trial_id"))) if "trial_id" in table else {}
     finals = []
     for r in results:
         if r.error is None:
-            finals.append((r, [_final(history(r), o.metric) for o in objs]))
+            rows = by_trial.get(trial_id_of(r))
+            finals.append((r, [_final(rows, o.metric) for o in objs]))
     finals = [(r, v) for r, v in finals if all(math.isfinite(x) for x in v)]
     best: dict[str, Any] | None = None
     points = grid_points(spec, finals)
@@ -396,15 +403,13 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         r, values = top["trials"][0]
         knobs = {k: r.config[k] for k in [*spec.space, "seed"] if k in r.config}
         best = {
-            "trial_id": Path(r.path).name.removeprefix("trial_"),
+            "trial_id": trial_id_of(r),
             "config": {k: _py(v) for k, v in knobs.items()},
             objs[0].metric: top["mean"],  # over the point's seeds (one seed outside grid mode)
             **{o.metric: v for o, v in zip(objs[1:], values[1:], strict=True)},
             "seeds": [_py(t.config.get("seed")) for t, _ in top["trials"]],
             "values": [v[0] for _, v in top["trials"]],
-            "rounds": int(
-                table.loc[table["trial_id"] == Path(r.path).name.removeprefix("trial_"), "round"].max()
-            ),
+            "rounds": int(by_trial[trial_id_of(r)]["round"].max()),
         }
         cfg = trial_config(loaded.base, {**knobs, "name": f"{spec.name}-best"})
         over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"seed {knobs.get('seed')}"
@@ -425,7 +430,7 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         mask = pareto_mask(vals, [o.goal for o in objs])
         front = [
             {
-                "trial_id": Path(r.path).name.removeprefix("trial_"),
+                "trial_id": trial_id_of(r),
                 **dict(zip([o.metric for o in objs], v, strict=True)),
             }
             for (r, v), m in zip(finals, mask, strict=True)

@@ -16,25 +16,47 @@ from raysim.runtime.backend import ServerLost, Share, StartSpec
 from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
 from raysim.runtime.server import RoundReport
 
+# The environment of every raysim actor process. glibc hands freed blocks above its (dynamic) mmap
+# threshold straight back to the OS and trims the heap top beyond 128 KiB, so a trainer that frees
+# and re-allocates its batch buffers pays the page faults for them again every batch (measured on
+# W1: 6,000 to 127,000 minor faults a round per actor, depending on what the process allocated
+# before). Fixed thresholds keep those blocks in the heap; the cost is that an actor's RSS stays at
+# its high-water mark. benchmarks/fedavg_w1.py prints the faults per round.
+ACTOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
 
 class RayPool:
     """Client actors seen from the server: one ``ray.put`` per broadcast array per round, one call
     per actor, ``ray.wait`` with the round deadline; a failed or late actor's clients are dropouts
-    and calls still running at the deadline are cancelled."""
+    and calls still running at the deadline are cancelled.
+
+    Actors come back: Ray restarts one whose process or node died (``resources.max_restarts``),
+    and the pool restarts one still stuck in a call that missed an earlier deadline. Each reply
+    names the incarnation (process) that computed it; for algorithms with client state, a new
+    incarnation has lost its clients' state, so its results of that round are dropped and its
+    clients are reported (``take_restarted``) for the driver to restore from a checkpoint."""
 
     def __init__(
         self,
         handles: Sequence[Any],
         owner: Mapping[int, int],
+        incarnations: Sequence[str],
         ping_timeout_s: float = 60.0,
         roam_sizes: Mapping[int, int] | None = None,
+        client_state: bool = False,
+        can_restart: bool = False,
     ) -> None:
         self.handles = list(handles)
         self.owner = dict(owner)
+        self.incarnation = list(incarnations)
         self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
+        self.client_state = client_state
+        self.can_restart = can_restart
         self.dead: set[int] = set()
         self.ping_timeout_s = ping_timeout_s
         self.replied: list[int] = []  # hosts whose reply of the last round arrived in time
+        self.restarted: set[int] = set()  # clients whose state went back to initial, not yet restored
+        self.late: dict[int, Any] = {}  # host -> its call cancelled at a deadline (it may still run)
 
     def available(self) -> list[int]:
         if self.roam_sizes is not None:  # clients without state train on any live actor
@@ -44,13 +66,78 @@ class RayPool:
     def _hosted_by(self, h: int) -> list[int]:
         return [c for c, o in self.owner.items() if o == h]
 
-    def _check_alive(self, h: int) -> bool:
-        try:
-            ray.get(self.handles[h].ping.remote(), timeout=self.ping_timeout_s)
-            return True
-        except ray.exceptions.RayError:
-            self.dead.add(h)
+    def _answered_by(self, h: int, incarnation: str) -> bool:
+        """Record which process answers for host ``h``; True when it is a new one whose clients
+        lost their state (Ray restarted it)."""
+        if incarnation == self.incarnation[h]:
             return False
+        self.incarnation[h] = incarnation
+        if self.client_state:
+            self.restarted.update(self._hosted_by(h))
+        return self.client_state
+
+    def _check_alive(self, h: int) -> bool:
+        """Whether actor ``h`` answers within the ping timeout; an actor that is unavailable for
+        now (Ray is restarting it: its process or its node went away) is waited for."""
+        t_end = time.monotonic() + self.ping_timeout_s
+        while True:
+            try:
+                incarnation = ray.get(
+                    self.handles[h].ping.remote(), timeout=max(t_end - time.monotonic(), 0.1)
+                )
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() < t_end:
+                    time.sleep(0.2)
+                    continue
+                self.dead.add(h)
+                return False
+            except ray.exceptions.RayError:  # died for good (no restarts left), or no answer in time
+                self.dead.add(h)
+                return False
+            self._answered_by(h, incarnation)
+            return True
+
+    def _restart(self, h: int) -> bool:
+        """Kill actor ``h`` and let Ray start it again (it is stuck in a call that missed a
+        deadline: calls queue behind a running one). True when a new incarnation answers."""
+        old = self.incarnation[h]
+        ray.kill(self.handles[h], no_restart=False)
+        t_end = time.monotonic() + self.ping_timeout_s
+        while time.monotonic() < t_end:
+            try:  # calls right after the kill may still reach the old process or fail once
+                incarnation = ray.get(self.handles[h].ping.remote(), timeout=self.ping_timeout_s)
+            except ray.exceptions.RayError:
+                incarnation = old
+            if incarnation != old:
+                self._answered_by(h, incarnation)
+                return True
+            time.sleep(0.05)
+        self.dead.add(h)
+        return False
+
+    def _settle_late(self, grace_s: float) -> set[int]:
+        """Hosts whose call was cancelled at a deadline: free again once they answer a ping within
+        ``grace_s`` (a call stops at its next client); otherwise stuck (a client hangs inside its
+        update, and every later call would queue behind it): restarted when Ray may restart
+        them, else returned (left out until they answer)."""
+        for h in sorted(self.late):
+            if h in self.dead:
+                del self.late[h]
+                continue
+            try:
+                incarnation = ray.get(self.handles[h].ping.remote(), timeout=grace_s)
+            except ray.exceptions.GetTimeoutError:
+                if self.can_restart:
+                    del self.late[h]
+                    self._restart(h)
+                continue
+            except ray.exceptions.RayError:
+                del self.late[h]
+                self._check_alive(h)
+                continue
+            del self.late[h]
+            self._answered_by(h, incarnation)
+        return set(self.late)
 
     def run(
         self,
@@ -60,32 +147,47 @@ class RayPool:
         deadline_s: float | None,
     ) -> PoolReply:
         t0 = time.perf_counter()
+        out = ReplyCollector()
+        stuck = self._settle_late(grace_s=0.1)  # they had their grace at the end of their round
+        if self.restarted:  # found restarted between rounds: their state is restored after this one
+            out.drop([t for t in tasks if t.client_id in self.restarted], RESTARTED)
+            tasks = [t for t in tasks if t.client_id not in self.restarted]
         refs = {k: ray.put(v) for k, v in broadcast.items()}
         t1 = time.perf_counter()
-        live = [h for h in range(len(self.handles)) if h not in self.dead]
+        live = [h for h in range(len(self.handles)) if h not in self.dead and h not in stuck]
         grouped = assign_tasks(tasks, self.owner, self.roam_sizes, live)
+        for h in sorted(set(grouped) & stuck):
+            out.drop(grouped.pop(h), f"actor {h} is still stuck in a call that missed an earlier deadline")
         calls = {
             self.handles[h].run.remote(round_idx, ht, {k: refs[k] for k in _keys(ht)}): h
             for h, ht in grouped.items()
             if h >= 0
         }
         ready, pending = ray.wait(list(calls), num_returns=len(calls), timeout=deadline_s)
-        out = ReplyCollector()
         out.drop(grouped.get(-1, []), "unknown client")
         self.replied = []
         for ref in sorted(ready, key=lambda r: calls[r]):  # host order, not completion order
             h = calls[ref]
             try:
-                out.add(ray.get(ref), host=h)
-                self.replied.append(h)
+                reply = ray.get(ref)
             except ray.exceptions.RayError as exc:
                 out.drop(grouped[h], f"actor {h} failed: {type(exc).__name__}")
                 if not self._check_alive(h) and self.roam_sizes is None:  # roaming clients live on
                     out.lost += self._hosted_by(h)
+                continue
+            if self._answered_by(h, reply.incarnation):  # trained from lost (initial) client state
+                out.drop(grouped[h], RESTARTED)
+                continue
+            out.add(reply, host=h)
+            self.replied.append(h)
         for ref in pending:
-            ray.cancel(ref)  # the actor stops between clients and is free for the next round
+            ray.cancel(ref)  # the actor stops at its next client (it checks between clients)
+            self.late[calls[ref]] = ref
             out.drop(grouped[calls[ref]], f"missed the {deadline_s}s round deadline")
-        return out.reply(broadcast_s=t1 - t0, train_s=time.perf_counter() - t1)
+        train_s = time.perf_counter() - t1
+        if pending:  # one more deadline to stop; a call still running after that is stuck
+            self._settle_late(grace_s=deadline_s or self.ping_timeout_s)
+        return out.reply(broadcast_s=t1 - t0, train_s=train_s)
 
     def commit(self, round_idx: int) -> list[int]:
         calls = {self.handles[h].commit.remote(round_idx): h for h in self.replied}
@@ -94,10 +196,24 @@ class RayPool:
             try:
                 ray.get(ref)
             except ray.exceptions.RayError:  # died since it replied: its clients are lost from now on
-                self.dead.add(h)
-                if self.roam_sizes is None:
+                if not self._check_alive(h) and self.roam_sizes is None:  # (or restarted: restored)
                     lost += self._hosted_by(h)
         return lost
+
+    def take_restarted(self) -> list[int]:
+        out, self.restarted = sorted(self.restarted), set()
+        return out
+
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        hosts = sorted({self.owner[c] for c in states} - self.dead)
+        calls = {h: self.handles[h].set_state.remote(dict(states)) for h in hosts}
+        for h, ref in calls.items():
+            try:
+                self.incarnation[h] = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                raise RuntimeError(
+                    f"client actor {h} failed while its clients' state was restored: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def withdraw(
         self, round_idx: int, client_ids: Sequence[int]
@@ -117,10 +233,18 @@ class RayPool:
         """Call every live actor. ``strict``: one that fails is an error (client state would be
         lost silently otherwise; actors already known dead lost their clients, which is counted);
         else its reply is skipped and it is found dead by its next round."""
+        if strict and self.late:  # every client's state is needed: give stuck actors time
+            stuck = self._settle_late(grace_s=self.ping_timeout_s)
+            if stuck:
+                raise RuntimeError(
+                    f"client actors {sorted(stuck)} are stuck in calls that missed the round deadline "
+                    f"(a client hangs inside its update) and cannot {method}: set "
+                    "resources.max_restarts >= 1 so that raysim restarts stuck actors"
+                )
         calls = [
             (h, getattr(self.handles[h], method).remote(*args))
             for h in range(len(self.handles))
-            if h not in self.dead
+            if h not in self.dead and h not in self.late  # stuck ones would block the caller
         ]
         out = []
         for h, ref in calls:
@@ -142,10 +266,17 @@ class RayPool:
         return {cid: st for part in self._all_live("get_state", strict=True) for cid, st in part.items()}
 
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
-        self._all_live("set_state", dict(states), strict=True)
+        got = self._all_live("set_state", dict(states), strict=True)
+        live = [h for h in range(len(self.handles)) if h not in self.dead and h not in self.late]
+        for h, incarnation in zip(live, got, strict=True):
+            self.incarnation[h] = incarnation  # every client's state is the checkpoint's now
+        self.restarted = set()
 
     def stats(self) -> list[dict[str, Any]]:
         return self._all_live("stats", strict=False)
+
+
+RESTARTED = "its actor restarted: the client's state goes back to the newest checkpoint"
 
 
 def _keys(tasks: Sequence[ClientTask]) -> list[str]:
@@ -166,7 +297,13 @@ def ensure_ray(address: str | None, **init_kwargs: Any) -> None:
 
 
 def check_resources(
-    share: Share, num_actors: int, num_cpus: float, num_gpus: float, server_cpus: float, server_gpus: float
+    share: Share,
+    num_actors: int,
+    num_cpus: float,
+    num_gpus: float,
+    server_cpus: float,
+    server_gpus: float,
+    actor_memory_mb: float = 0.0,
 ) -> None:
     """Refuse (ConfigError) placements the share can never satisfy, before anything starts."""
     need_gpus = num_actors * num_gpus + server_gpus
@@ -185,6 +322,16 @@ def check_resources(
             + f" needs {need_cpus:g} CPUs, the Ray cluster has {share.cpus:g}: use clients_per_actor: auto, "
             "a smaller num_cpus (e.g. 0.25), or a bigger cluster"
         )
+    need_mb = (num_actors + 1) * actor_memory_mb  # the server actor is a torch worker too
+    if actor_memory_mb > 0 and share.memory_mb is not None and need_mb > share.memory_mb:
+        fits = max(int(share.memory_mb // actor_memory_mb) - 1, 0)
+        raise ConfigError(
+            f"{num_actors} client actors + the server x resources.actor_memory_mb={actor_memory_mb:g} MB "
+            f"= {need_mb / 1024:.1f} GB, but Ray offers {share.memory_mb / 1024:.1f} GB of memory for "
+            f"actors: at most {fits} client actors fit. Raise resources.clients_per_actor (or use "
+            "clients_per_actor: auto, or fewer num_actors), add nodes, or, if you measured a smaller "
+            "per-actor cost on your machines, lower resources.actor_memory_mb (0 skips this check)"
+        )
 
 
 class RayBackend:
@@ -201,7 +348,12 @@ class RayBackend:
             return self._share
         ensure_ray(self.address)
         res = ray.cluster_resources()
-        return Share(cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)))
+        memory = res.get("memory")  # bytes Ray offers for tasks and actors (not the object store)
+        return Share(
+            cpus=float(res.get("CPU", 0)),
+            gpus=float(res.get("GPU", 0)),
+            memory_mb=None if memory is None else float(memory) / 2**20,
+        )
 
     def start(self, spec: StartSpec) -> None:
         from actors.client import ClientActor
@@ -214,23 +366,26 @@ class RayBackend:
             spec.num_gpus,
             spec.server_cpus,
             spec.server_gpus,
+            spec.actor_memory_mb,
         )
         self.ds_ref = ds_ref = ray.put(spec.dataset)  # once; actors on a node share zero-copy arrays.
         # Kept referenced for as long as the backend lives, so that a restarted actor can read it again.
         # Without client state every actor can train every client (index arrays only), and the
         # server balances each round's cohort over the actors.
         visitors = ray.put([s for shards in spec.host_shards for s in shards]) if spec.roam else ()
+        self.visitors_ref = visitors  # as ds_ref: what a restarted actor's constructor reads again
         self.clients = [
             ClientActor.options(
                 num_cpus=spec.num_cpus,
                 num_gpus=spec.num_gpus,
                 max_restarts=spec.max_restarts,
                 max_task_retries=0,
+                runtime_env={"env_vars": ACTOR_ENV},
             ).remote(h, spec.algorithm, ds_ref, shards, spec.host_spec, visitors)
             for h, shards in enumerate(spec.host_shards)
         ]
         owner = {s.client_id: h for h, shards in enumerate(spec.host_shards) for s in shards}
-        ray.get([c.ping.remote() for c in self.clients])
+        incarnations = ray.get([c.ping.remote() for c in self.clients])
         sizes = (
             {s.client_id: len(s.train_idx) for shards in spec.host_shards for s in shards}
             if spec.roam
@@ -239,7 +394,14 @@ class RayBackend:
         self._server_args = {
             "num_cpus": spec.server_cpus,
             "num_gpus": spec.server_gpus,
-            "pool": RayPool(self.clients, owner, roam_sizes=sizes),
+            "pool": RayPool(
+                self.clients,
+                owner,
+                incarnations,
+                roam_sizes=sizes,
+                client_state=spec.algorithm.traits.client_state,
+                can_restart=spec.max_restarts != 0,
+            ),
             **spec.server_kwargs,
         }
         self.restart_server()
@@ -265,6 +427,9 @@ class RayBackend:
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         ray.get(self.server.restore.remote(ckpt))
+
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        ray.get(self.server.restore_clients.remote(dict(states)))
 
     def converged(self) -> bool:
         return bool(ray.get(self.server.converged.remote()))

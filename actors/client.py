@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +41,8 @@ class ClientActorImpl:
         visitors: Sequence[Any] = (),
     ) -> None:
         ctx = ray.get_runtime_context()
+        # a new one every time Ray (re)creates this actor: a restarted actor has lost its clients' state
+        self.incarnation = uuid.uuid4().hex
         gpu_ids = ctx.get_accelerator_ids().get("GPU", [])
         self.host = ClientHost(host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids, visitors=visitors)
         self.gpu_share = float(ctx.get_assigned_resources().get("GPU", 0.0))
@@ -47,8 +51,9 @@ class ClientActorImpl:
         if self.gpu_cap is not None:  # allocations beyond the share raise CUDA OOM in this actor only
             torch.cuda.set_per_process_memory_fraction(self.gpu_cap, self.host.device)
 
-    def ping(self) -> int:
-        return self.host.host_id
+    def ping(self) -> str:
+        """Alive: which incarnation of the actor answers."""
+        return self.incarnation
 
     def client_ids(self) -> list[int]:
         return self.host.client_ids()
@@ -56,7 +61,8 @@ class ClientActorImpl:
     def run(self, round_idx: int, tasks: Sequence[ClientTask], refs: Mapping[str, Any]) -> HostReply:
         keys = list(refs)
         values = ray.get([refs[k] for k in keys])  # zero-copy numpy views from the object store
-        return self.host.run(round_idx, tasks, dict(zip(keys, values, strict=True)), cancelled=_cancelled)
+        reply = self.host.run(round_idx, tasks, dict(zip(keys, values, strict=True)), cancelled=_cancelled)
+        return dataclasses.replace(reply, incarnation=self.incarnation)
 
     def commit(self, round_idx: int) -> int:
         return self.host.commit(round_idx)
@@ -72,8 +78,10 @@ class ClientActorImpl:
     def get_state(self) -> dict[int, dict[str, Any]]:
         return self.host.get_state()
 
-    def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
+    def set_state(self, states: Mapping[int, dict[str, Any]]) -> str:
+        """Returns the incarnation that now holds the states."""
         self.host.set_state(states)
+        return self.incarnation
 
     def stats(self) -> dict[str, Any]:
         out = self.host.stats()

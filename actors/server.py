@@ -25,4 +25,8 @@ def start_server(num_cpus: float = 0.0, num_gpus: float = 0.0, **server_kwargs: 
     """By default the server actor asks for no CPU so that client actors get every core (it is
     idle while they train); ``resources.server_cpus``/``server_gpus`` give it its own share
     (a hypernetwork trains there)."""
-    return ServerActor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0).remote(**server_kwargs)
+    from actors.backend import ACTOR_ENV
+
+    return ServerActor.options(
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, runtime_env={"env_vars": ACTOR_ENV}
+    ).remote(**server_kwargs)

@@ -118,8 +118,15 @@ class ResourcesConfig(_Section):
     num_cpus: Annotated[float, Field(ge=0)] = 1.0  # per client actor
     num_gpus: Annotated[float, Field(ge=0)] = 0.0  # per client actor; fractions share a GPU
     torch_threads: Annotated[int, Field(ge=1)] = 1
-    # > 0: Ray restarts a dead client actor (its clients start again with empty state)
+    # > 0: a client actor that dies (its process, its node) or stays stuck in a call past the round
+    # deadline is started again (by Ray, on any node with room); with client state, its clients'
+    # results of that round are dropped and their state comes back from the newest checkpoint
+    # (rounds.checkpoint_every), else from the start. 0: its clients are lost for the run.
     max_restarts: Annotated[int, Field(ge=0)] = 0
+    # what one client actor costs in private memory (a worker that imported torch, its trainer and
+    # its clients' index arrays; the dataset is shared per node): before any actor starts, the run
+    # is refused when actors x this (+ the server) exceeds the memory Ray offers. 0: no check.
+    actor_memory_mb: Annotated[float, Field(ge=0)] = 450.0
     server_cpus: Annotated[float, Field(ge=0)] = 0.0  # the server actor: a hypernetwork trains there
     server_gpus: Annotated[float, Field(ge=0)] = 0.0  # the server actor: a hypernetwork trains there
 

@@ -168,3 +168,39 @@ def test_an_impossible_gpu_request_exits_2_before_the_run_dir(ray_cluster, tmp_p
         r, "resources.num_gpus=1.0 x 4 client actors needs 4 GPUs, the Ray cluster has 2", "lower num_gpus"
     )
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.ray
+def test_a_run_whose_actors_cannot_fit_in_memory_exits_2_before_any_actor_starts(ray_cluster, tmp_path):
+    """4 client actors + the server at a (pretended) 100 GB each exceed the memory the session's
+    Ray offers: refused with the arithmetic and the fixes, before the run dir exists."""
+    import ray
+
+    offered_gb = ray.cluster_resources()["memory"] / 2**30
+    cfg = write_cfg(
+        tmp_path,
+        resources={"backend": "ray", "clients_per_actor": 1, "num_cpus": 0.25, "actor_memory_mb": 102400},
+    )
+    r = runner.invoke(app, ["run", str(cfg), "--no-progress"])
+    assert_one_error(
+        r,
+        "4 client actors + the server x resources.actor_memory_mb=102400 MB = 500.0 GB",
+        f"Ray offers {offered_gb:.1f} GB",
+        "at most 0 client actors fit",
+        "Raise resources.clients_per_actor",
+        "lower resources.actor_memory_mb",
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_memory_check_counts_the_server_and_says_how_many_actors_fit():
+    from actors.backend import check_resources
+    from raysim.config import ConfigError
+    from raysim.runtime.backend import Share
+
+    share = Share(cpus=64.0, memory_mb=2000.0)
+    check_resources(share, 3, 1.0, 0.0, 0.0, 0.0, actor_memory_mb=450.0)  # 4 x 450 = 1800 MB: fits
+    with pytest.raises(ConfigError, match=r"4 client actors \+ the server .* at most 3 client actors fit"):
+        check_resources(share, 4, 1.0, 0.0, 0.0, 0.0, actor_memory_mb=450.0)  # 2250 MB
+    check_resources(share, 400, 0.1, 0.0, 0.0, 0.0, actor_memory_mb=0.0)  # 0: not checked
+    check_resources(Share(cpus=64.0), 400, 0.1, 0.0, 0.0, 0.0, actor_memory_mb=450.0)  # memory unknown

@@ -25,6 +25,7 @@ class Share:
 
     cpus: float
     gpus: float = 0.0
+    memory_mb: float | None = None  # for actors' private memory (Ray's "memory" resource); None: unknown
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,7 @@ class StartSpec:
     server_cpus: float
     server_gpus: float
     max_restarts: int
+    actor_memory_mb: float  # private memory of one client actor (the server costs as much); 0: unchecked
     server_kwargs: Mapping[str, Any]
     roam: bool  # clients without state train on any host (each cohort balanced over the hosts)
 
@@ -58,6 +60,10 @@ class Backend(Protocol):
     def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport: ...
     def checkpoint(self) -> dict[str, Any]: ...
     def restore(self, ckpt: Mapping[str, Any]) -> None: ...
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        """Give these clients (those of restarted hosts) their state from a checkpoint."""
+        ...
+
     def converged(self) -> bool: ...
     def system_stats(self) -> list[dict[str, Any]]: ...
     def eval_broadcast(self) -> dict[str, np.ndarray]: ...

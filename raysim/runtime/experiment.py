@@ -177,6 +177,7 @@ class Experiment:
                 server_cpus=res.server_cpus,
                 server_gpus=res.server_gpus,
                 max_restarts=res.max_restarts,
+                actor_memory_mb=res.actor_memory_mb,
                 server_kwargs={
                     "algorithm": self.algorithm,
                     "init_params": params0,
@@ -233,11 +234,37 @@ class Experiment:
             self._recover_server(t, lost)  # back to the newest checkpoint, rounds replayed up to t - 1
             return self.step(hparams)
         logger.log_round(report.metrics, report.clients, report.clusters)
+        if report.restarted:
+            self._restore_restarted(t, report.restarted)
         if "test_accuracy" in report.metrics or "personal_accuracy" in report.metrics:
             logger.log_system(t, [*self._backend().system_stats(), driver_stats()])
         self.next_round = t + 1
         self.last = report
         return report
+
+    def _restore_restarted(self, t: int, clients: list[int]) -> None:
+        """Client actors restarted in round ``t`` (a lost node, a stuck call): their clients' state
+        went back to the initial one. Give them their state from the newest periodic checkpoint
+        (their results of round ``t`` were dropped); without one they keep the initial state."""
+        ckpts = rundir.periodic_checkpoints(self.run_dir) if self.run_dir is not None else []
+        if not ckpts:
+            warnings.warn(
+                f"round {t}: the actors of {len(clients)} clients restarted and there is no checkpoint "
+                "to restore their state from: they start again from their initial state "
+                "(set rounds.checkpoint_every to keep the loss to a few rounds)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        blob = rundir.read_checkpoint(ckpts[-1])
+        saved = blob["server"]["client_states"]
+        self._backend().restore_clients({c: saved.get(c, {}) for c in clients})
+        warnings.warn(
+            f"round {t}: the actors of {len(clients)} clients restarted; their state is restored "
+            f"from the checkpoint of round {blob['round']}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _recover_server(self, t: int, lost: ServerLost) -> None:
         """The server actor died in round ``t``: start a fresh one, restore the newest periodic

@@ -10,6 +10,7 @@ updates into counted dropouts, and pre-sums results when the algorithm is linear
 from __future__ import annotations
 
 import os
+import resource
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -393,6 +394,9 @@ class ClientHost:
             "rss_mb": rss / 2**20,
             "peak_rss_mb": self._peak_rss / 2**20,
             "cpu_percent": self._proc.cpu_percent(None),
+            # page faults served without I/O since the process started: the cost of memory the
+            # allocator gave back to the OS and took again (see actors.backend.ACTOR_ENV)
+            "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
             "device": str(self.device),
             "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
         }

@@ -31,6 +31,9 @@ class HostReply:
     errors: list[ClientError]
     seconds: float
     transfer_bytes: int  # what this reply carries back to the server
+    # which process of the host answered (a Ray actor restarted by Ray or by the pool answers with
+    # a new one and has lost its clients' state); empty for in-process hosts
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,16 @@ class Pool(Protocol):
         """Take back quarantined clients of this round from the hosts that replied: their state is
         never committed; returns each host's fixed-point updates of them (to subtract from its
         partials) and the hosts that could not answer (died since they replied)."""
+        ...
+
+    def take_restarted(self) -> list[int]:
+        """Clients whose host restarted (a new process: its clients' state is back to the initial
+        one) since the last call; their results of the round in which it was found were dropped.
+        The driver restores their state from the newest checkpoint (``restore_clients``)."""
+        ...
+
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        """Set the state of these clients (all clients of the hosts that own them) only."""
         ...
 
     def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]: ...

@@ -52,6 +52,13 @@ class SerialPool:
     ) -> tuple[dict[int, list[LinearSum]], list[int]]:
         return {h: host.withdraw(round_idx, client_ids) for h, host in enumerate(self.hosts)}, []
 
+    def take_restarted(self) -> list[int]:
+        return []  # hosts in this process never restart
+
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        for h in sorted({self.owner[c] for c in states}):
+            self.hosts[h].set_state(states)
+
     def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         return [row for host in self.hosts for row in host.evaluate(broadcast)]
 
@@ -102,6 +109,9 @@ class SerialBackend:
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         self._srv().restore(ckpt)
+
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        self._srv().restore_clients(states)
 
     def converged(self) -> bool:
         return self._srv().converged()

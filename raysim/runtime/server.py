@@ -65,6 +65,8 @@ class RoundReport:
     stop: bool = False  # the algorithm has converged: no further rounds
     # clustered algorithms: one row per client annotated with a "cluster" (``cluster_rows``)
     clusters: list[dict[str, Any]] = field(default_factory=list)
+    # clients whose actor restarted (state back to initial): the driver restores them from a checkpoint
+    restarted: list[int] = field(default_factory=list)
 
 
 CLUSTER = "cluster"  # the client annotation that makes the runtime track clusters
@@ -230,9 +232,16 @@ class Server:
         if t % self.eval.every == 0 or t == self.eval.num_rounds:
             m.update(self.evaluate(rows, t))
         m["evaluate_s"] = time.perf_counter() - t2
+        restarted = sorted(self.pool.take_restarted())
+        m["restarted_clients"] = float(len(restarted))
         m["round_s"] = time.perf_counter() - t0
         return RoundReport(
-            round=t, metrics=m, clients=rows, stop=algo.converged(self.state), clusters=clusters
+            round=t,
+            metrics=m,
+            clients=rows,
+            stop=algo.converged(self.state),
+            clusters=clusters,
+            restarted=restarted,
         )
 
     def _quarantine(self, t: int, reply: PoolReply) -> tuple[PoolReply, float]:
@@ -398,6 +407,10 @@ class Server:
         self.pool.set_state(ckpt["client_states"])
         self.lost = set(ckpt.get("lost", []))
         self.clusters = ckpt.get("clusters")
+
+    def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
+        """The state of the clients of restarted hosts, from a checkpoint (the rest is untouched)."""
+        self.pool.restore_clients(states)
 
     def eval_broadcast(self) -> dict[str, np.ndarray]:
         return dict(self.algorithm.eval_broadcast(self.state))

@@ -76,3 +76,91 @@ def test_results_are_identical_on_one_two_and_three_nodes(tmp_path, algorithm):
     assert spans[1] == 1 and spans[2] == 2 and spans[3] >= 2, spans  # the actors really spread out
     for nodes in (2, 3):
         pd.testing.assert_frame_equal(frames[1], frames[nodes], check_exact=True)
+
+
+NODE_LOSS = """
+import json, sys, warnings
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from raysim.config import config_from_dict
+from raysim.runtime.experiment import Experiment
+
+raw, out = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2]
+raw["output"] = {"dir": out, "name": "node-loss", "progress": False}
+# the head's one CPU fits the server (1 CPU) but no client actor (2 CPUs): both go to `doomed`,
+# which they fill, so the server can only be on the head
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+doomed = cluster.add_node(num_cpus=4)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+
+def client_nodes(exp):
+    return sorted({s["node_id"] for s in exp.backend.system_stats() if s.get("actor", -1) >= 0})
+
+exp = Experiment(config_from_dict(raw, "node-loss test"), progress=False)
+try:
+    exp.prepare()
+    for t in (1, 2, 3):
+        exp.run_round(t)
+    nodes_before = client_nodes(exp)
+    survivor = cluster.add_node(num_cpus=4)  # room for the actors of the node about to go
+    cluster.wait_for_nodes()
+    cluster.remove_node(doomed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = exp.run()
+    nodes_after = client_nodes(exp)
+finally:
+    exp.close()
+json.dump(
+    {
+        "run_dir": str(exp.run_dir),
+        "doomed": doomed.node_id,
+        "survivor": survivor.node_id,
+        "before": nodes_before,
+        "after": nodes_after,
+        "warnings": [str(w.message) for w in caught],
+        "summary": summary,
+    },
+    open(Path(out) / "node-loss.json", "w"),
+)
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_lost_worker_node_s_actors_restart_on_the_survivor_with_their_clients_state(tmp_path):
+    """SCAFFOLD (control variates on the client actors), both actors on one worker node, a
+    checkpoint every 2 rounds. After round 3 a second node joins and the first is removed: Ray
+    restarts the actors on the survivor, round 4 counts the six clients as dropouts (their state
+    went with the node), their state comes back from the round-2 checkpoint, and round 5 trains
+    all six again. The server (on the head, which cannot hold a client actor) is not lost."""
+    raw = tiny_config(
+        tmp_path,
+        algorithm__name="scaffold",
+        data__num_clients=6,
+        rounds__clients_per_round=6,
+        rounds__num_rounds=5,
+        rounds__checkpoint_every=2,
+        resources__backend="ray",
+        resources__clients_per_actor=3,
+        resources__num_cpus=2.0,
+        resources__server_cpus=1.0,
+        resources__max_restarts=2,
+    ).to_dict()
+    cfg_path = tmp_path / "raw.json"
+    cfg_path.write_text(json.dumps(raw))
+    subprocess.run(
+        [sys.executable, "-c", NODE_LOSS, str(cfg_path), str(tmp_path)], cwd=REPO, check=True, timeout=500
+    )
+    info = json.loads((tmp_path / "node-loss.json").read_text())
+    assert info["before"] == [info["doomed"]] and info["after"] == [info["survivor"]]
+    assert info["summary"]["rounds"] == 5 and info["summary"]["server_restarts"] == 0
+    assert info["summary"]["lost_clients"] == 0
+    assert any("restored from the checkpoint of round 2" in w for w in info["warnings"]), info["warnings"]
+    rounds = pd.read_parquet(Path(info["run_dir"]) / "rounds.parquet")
+    assert list(rounds["completed"]) == [6, 6, 6, 0, 6]
+    assert list(rounds["restarted_clients"]) == [0, 0, 0, 6, 0] and rounds["dropouts"].iloc[3] == 6

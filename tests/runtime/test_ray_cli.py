@@ -111,3 +111,50 @@ def test_address_joins_a_running_cluster(ray_cluster, tmp_path):
     system = pd.read_parquet(tmp_path / "runs" / "joined" / "system.parquet")
     actors = system[system["actor"] >= 0]
     assert len(actors) == 1 and set(actors["node_id"]) == {ctx.get_node_id()}
+
+
+@pytest.mark.slow  # two runs of 6 rounds and a resume: about a minute on 2 shared cores
+@pytest.mark.timeout(600)
+def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(ray_cluster, tmp_path):
+    """`raysim run` (SCAFFOLD, client state on the actors) is SIGKILLed as soon as its round-4
+    checkpoint exists; `raysim run --resume` in a new process finishes it with the same numbers as
+    a run that was never interrupted."""
+    import os
+    import signal
+    import time
+
+    gcs = ray_cluster.get_runtime_context().gcs_address
+    repo = Path(__file__).resolve().parents[2]
+    sections = {
+        "algorithm": {"name": "scaffold"},
+        "rounds": {"num_rounds": 8, "clients_per_round": 4, "checkpoint_every": 2},
+        "resources": {"num_actors": 2, "clients_per_actor": "auto"},
+    }
+    full = cli_run(str(write_cfg(tmp_path, "whole", **sections)))
+    cfg = write_cfg(tmp_path, "killed", **sections)
+
+    def raysim(*args: str) -> list[str]:
+        return [sys.executable, "-m", "raysim.cli", "run", *args, "--address", gcs, "--no-progress"]
+
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen(raysim(str(cfg)), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t_end = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "round_00004" / "state.pkl").is_file():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+        assert time.monotonic() < t_end, "no round-4 checkpoint within 300 s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists()  # it really died mid-run
+
+    done = subprocess.run(
+        raysim("--resume", str(run_dir)), cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads(done.stdout[done.stdout.index("{") :])
+    assert resumed["rounds"] == 8 and resumed["run_dir"] == str(run_dir)
+    a, b = (pd.read_parquet(Path(d) / "rounds.parquet") for d in (full["run_dir"], run_dir))
+    assert_same_learning(a, b, "uninterrupted vs SIGKILLed and resumed")
+    pd.testing.assert_frame_equal(
+        clients_table(Path(full["run_dir"])), clients_table(run_dir), check_exact=True
+    )

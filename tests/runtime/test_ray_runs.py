@@ -85,6 +85,10 @@ def test_num_actors_and_torch_threads_take_effect_in_the_actors(ray_cluster, tmp
     # a Ray worker starts with one torch thread (OMP_NUM_THREADS=1); the setting raised it
     assert rounds["client_torch_threads_min"].iloc[0] == rounds["client_torch_threads_max"].iloc[0] == 2
     assert rounds["server_torch_threads"].iloc[0] == 2
+    # every actor process starts with raysim's allocator settings (actors.backend.ACTOR_ENV)
+    assert rounds["client_malloc_env_min"].iloc[0] == 1 and rounds["server_malloc_env"].iloc[0] == 1
+    system = pd.read_parquet(exp.run_dir / "system.parquet")
+    assert (system.loc[system.actor >= 0, "minor_faults"] > 0).all()  # reported per actor
 
 
 def test_fractional_gpus_place_eight_actors_on_two_gpus(ray_cluster, tmp_path):
@@ -247,16 +251,114 @@ def test_with_max_restarts_a_killed_actor_comes_back_and_its_clients_restart_emp
         wait_restarted(ray_cluster, victim, old_pid)  # a fresh process, a fresh ClientHost
         assert ray_cluster.get(victim.get_state.remote()) == {}  # its clients' control variates are gone
         assert len(ray_cluster.get(survivor.get_state.remote())) == 2  # the other actor's are kept
-        summary = exp.run()
+        with pytest.warns(RuntimeWarning, match="no checkpoint to restore their state from"):
+            summary = exp.run()
     finally:
         exp.close()
     rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
     assert list(rounds["lost_clients"]) == [0, 0, 0, 0] and summary["lost_clients"] == 0
-    # the server's first call to the restarted actor may fail once ("the actor was restarted")
-    assert rounds["completed"].iloc[1] in (2, 4)
-    assert list(rounds["completed"].iloc[2:]) == [4, 4]  # then it trains its clients again
+    # round 2 reaches the restarted actor (or fails once, "the actor was restarted"): either way its
+    # results would come from lost state, so its clients are dropouts and reported as restarted
+    assert list(rounds["completed"]) == [4, 2, 4, 4]
+    assert list(rounds["restarted_clients"]) == [0, 2, 0, 0]
     clients = pd.read_parquet(exp.run_dir / "clients.parquet")
-    assert clients[clients.dropped].reason.str.contains("actor 1 failed").all()
+    reasons = clients[clients.dropped].reason
+    assert reasons.str.contains("actor 1 failed|its actor restarted").all() and len(reasons) == 2
+
+
+def test_a_restarted_actors_clients_get_their_state_back_from_the_newest_checkpoint(ray_cluster, tmp_path):
+    """SCAFFOLD, max_restarts 1, a checkpoint every 2 rounds: an actor killed after round 3 comes
+    back empty; round 4 drops its clients (their updates would start from lost control variates)
+    and then gives them exactly their state of the round-2 checkpoint; the other actor's clients
+    train on and keep theirs."""
+    from raysim.runtime import rundir
+
+    cfg = tiny_config(
+        tmp_path,
+        algorithm__name="scaffold",
+        data__num_clients=4,
+        resources__backend="ray",
+        resources__clients_per_actor=2,
+        resources__max_restarts=1,
+        rounds__clients_per_round=4,
+        rounds__num_rounds=5,
+        rounds__checkpoint_every=2,
+    )
+    exp = Experiment(cfg, progress=False)
+    try:
+        exp.prepare()
+        for t in (1, 2, 3):
+            exp.run_round(t)
+        saved = rundir.read_checkpoint(rundir.periodic_dir(exp.run_dir, 2))["server"]["client_states"]
+        survivor, victim = exp.backend.clients
+        mine = sorted(ray_cluster.get(victim.client_ids.remote()))
+        before = ray_cluster.get(survivor.get_state.remote())
+        old_pid = ray_cluster.get(victim.stats.remote())["pid"]
+        ray_cluster.kill(victim, no_restart=False)
+        wait_restarted(ray_cluster, victim, old_pid)
+        with pytest.warns(RuntimeWarning, match="restored from the checkpoint of round 2"):
+            report = exp.run_round(4)
+        assert report.restarted == mine and report.metrics["completed"] == 2
+        assert {r["client_id"] for r in report.clients if r["dropped"]} == set(mine)
+        back = ray_cluster.get(victim.get_state.remote())
+        assert sorted(back) == mine
+        for c in mine:
+            assert sorted(back[c]) == sorted(saved[c])
+            for k in saved[c]:
+                np.testing.assert_array_equal(back[c][k], saved[c][k])
+        after = ray_cluster.get(survivor.get_state.remote())
+        assert sorted(after) == sorted(before)  # trained in round 4: state moved on, not reset
+        assert any(not np.array_equal(after[c][k], before[c][k]) for c in after for k in after[c])
+        exp.run()  # round 5: the run goes on with all four (and writes its log)
+    finally:
+        exp.close()
+    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
+    assert list(rounds["completed"]) == [4, 4, 4, 2, 4] and rounds["lost_clients"].max() == 0
+
+
+@pytest.mark.parametrize("max_restarts", [1, 0])
+def test_a_client_stuck_past_the_deadline_does_not_stall_the_next_round(ray_cluster, tmp_path, max_restarts):
+    """Client 0 hangs for 60 s inside its update in round 1 (deadline 3 s). Its actor never sees
+    the cancellation, so a call of round 2 would queue behind the hang. With restarts allowed the
+    pool restarts that actor and round 2 trains all four clients; without, it leaves the actor out
+    (its two clients are dropouts). Either way neither round 1's evaluation nor round 2 waits for
+    the hang."""
+    import cloudpickle
+
+    from tests.runtime import slow_algo
+
+    cloudpickle.register_pickle_by_value(slow_algo)  # actors cannot import the tests package
+    flag = tmp_path / "hang-now"
+    flag.touch()
+    cfg = tiny_config(
+        tmp_path,
+        data__num_clients=4,
+        resources__backend="ray",
+        resources__clients_per_actor=2,
+        resources__max_restarts=max_restarts,
+        rounds__clients_per_round=4,
+        rounds__num_rounds=2,
+        rounds__deadline_s=3.0,
+    )
+    exp = Experiment(cfg, progress=False)
+    exp.algorithm = slow_algo.HangsOnce(str(flag), hang_s=60.0)
+    try:
+        exp.prepare()
+        t0 = time.monotonic()
+        first = exp.run_round(1)  # evaluates too (tiny_config: every round), on every free actor
+        t1 = time.monotonic()
+        second = exp.run_round(2)
+        took = (t1 - t0, time.monotonic() - t1)
+    finally:
+        exp.close()
+    assert not flag.exists() and first.metrics["completed"] == 2  # client 0's actor hung
+    assert max(took) < 30, f"rounds took {took} s: a call queued behind the hung one"
+    if max_restarts:
+        assert second.metrics["completed"] == 4
+    else:
+        assert second.metrics["completed"] == 2
+        stuck = [r for r in second.clients if r["dropped"]]
+        assert len(stuck) == 2 and all("still stuck" in r["reason"] for r in stuck)
 
 
 def test_a_client_past_the_deadline_is_a_dropout(ray_cluster, tmp_path):

@@ -128,12 +128,14 @@ def report(
 
 
 def _mount_subcommands() -> None:
+    from raysim.bench.cli import bench_app
     from raysim.k8s import k8s_app
     from raysim.privacy.cli import privacy_eval
     from raysim.reproduce import reproduce_app
     from tuning.cli import tune
 
     app.add_typer(k8s_app, name="k8s")
+    app.add_typer(bench_app, name="bench")
     app.add_typer(reproduce_app, name="reproduce")
     app.command("tune")(tune)
     app.command("privacy-eval")(privacy_eval)

@@ -34,6 +34,10 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    that asks for resources (a hypernetwork trains there) cannot be placed on the head, so it gets
    a worker group of its own, ``server``: one pod of ``max(1, ceil(server_cpus))`` CPUs and
    ``ceil(server_gpus)`` GPUs (memory as above), on top of the client pods.
+6. The rendered file's header (and ``render``'s stderr) also gives the cost model's estimate for
+   the sized experiment (:func:`cost_estimate`, ``raysim.bench.model``, docs/scaling.md): round
+   time, time to the first round, memory per worker pod and in all; fitted on a 2-core machine,
+   it ignores the network between pods and GPU speed.
 
 How the experiment reaches the cluster
 --------------------------------------
@@ -586,12 +590,31 @@ def dump_rayjob(doc: dict[str, Any], header: str = "") -> str:
     return header + text
 
 
+def cost_estimate(sizing: Sizing, cfg: ExperimentConfig) -> list[str]:
+    """The cost model's estimate (raysim.bench.model, docs/scaling.md) for the sized experiment:
+    round time, time to the first round, memory per worker pod and in all."""
+    from raysim.bench import model
+
+    try:
+        est = model.estimate(
+            cfg,
+            actors=sizing.actors,
+            nodes=sizing.sized.replicas,
+            cpus_per_node=float(sizing.sized.shape.cpus),
+            gpus=float(sizing.total_gpus),
+        )
+    except model.FitError as exc:
+        return [f"Estimate: none ({exc})."]
+    return model.describe(est, sizing.sized.replicas)
+
+
 def _header(sizing: Sizing, cfg: ExperimentConfig, name: str, out: str, argv: list[str]) -> str:
     lines = [
         f"RayJob for experiment {cfg.name!r}, written by: raysim k8s {' '.join(argv)}",
         "Do not edit: change the experiment and render again.",
         "",
         f"Sizing: {sizing.describe()}.",
+        *cost_estimate(sizing, cfg),
         "",
         "  kubectl apply -f k8s/pvc.yaml            # once: the shared results volume",
         f"  kubectl apply -f {out}",
@@ -707,4 +730,6 @@ def render(
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(target), text)
     typer.echo(f"wrote {target}: {sizing.describe()}", err=True)
+    for line in cost_estimate(sizing, cfg):
+        typer.echo(line, err=True)
     typer.echo(f"next: kubectl apply -f {target} && kubectl get rayjob {job} -w", err=True)

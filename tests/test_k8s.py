@@ -734,6 +734,33 @@ def test_render_default_output_file_is_named_after_the_job(tmp_path, monkeypatch
     assert (tmp_path / "raysim-my-exp.rayjob.yaml").is_file()
 
 
+def test_render_prints_the_cost_models_estimate(tmp_path, monkeypatch):
+    """The header (and stderr) carry raysim.bench.model's estimate for the sized experiment."""
+    from raysim.bench import coefficients, model
+
+    coef = model.Coefficients(task_s=0.01, example_s=1e-4, overhead_s=0.05, overhead_per_client_s=1e-6,
+                              import_s=4, setup_s=6, setup_per_client_s=1e-4, actor_start_s=2, driver_mb=700,
+                              server_mb=650, actor_mb=720, actor_per_hosted_mb=0.001, ray_mb=480, store_mb=60,
+                              store_per_client_mb=0.001, cores=2)  # fmt: skip
+    monkeypatch.setattr(coefficients, "DEFAULT", coef.to_dict())
+    out = tmp_path / "job.yaml"
+    r = runner.invoke(app, ["k8s", "render", str(QUICKSTART), "--clients", "1000", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    header = " ".join(ln[2:] for ln in out.read_text().splitlines() if ln.startswith("# "))
+    _, sizing, cfg = k8s.render_rayjob(QUICKSTART, clients=1000)
+    assert (sizing.actors, sizing.cpu.replicas, sizing.cpu.shape.cpus) == (20, 3, 7)
+    # 7 actors on the fullest pod, each holding all 1000 clients (FedAvg's clients roam), + Ray + store
+    worker_mb = 7 * (720 + 0.001 * 1000) + 480 + (60 + 0.001 * 1000)
+    assert f"memory {worker_mb / 1024:.2f} GB per worker pod (3 pods; 721 MB per client actor)" in header
+    expected = k8s.cost_estimate(sizing, cfg)
+    assert expected[0].startswith("Estimate (raysim.bench.model")
+    for line in expected:
+        assert " ".join(line.splitlines()) in header
+        assert line in r.stderr
+    monkeypatch.setattr(coefficients, "DEFAULT", {})
+    assert k8s.cost_estimate(sizing, cfg)[0].startswith("Estimate: none (no fitted coefficients")
+
+
 # ------------------------------------------------------------------------------------- docs
 
 

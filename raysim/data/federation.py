@@ -221,18 +221,49 @@ def _sample_test(
     Within a class, sampling is without replacement unless the class has too few test examples.
     Classes absent from the test set are dropped from the proportions.
     """
-    num_classes = len(test_by_class)
-    hist = np.bincount(train_labels, minlength=num_classes).astype(np.float64)
-    hist[[len(t) == 0 for t in test_by_class]] = 0
-    if hist.sum() == 0:  # none of the client's classes exist in the test set: fall back to all classes
-        hist = np.array([float(len(t) > 0) for t in test_by_class])
-    want = P.apportion(size, hist)
+    hist = np.bincount(train_labels, minlength=len(test_by_class))[None, :]
+    want = _test_counts(hist, np.array([size]), test_by_class)[0]
+    return _draw_test(want, test_by_class, rng)
+
+
+def _test_counts(hists: np.ndarray, sizes: np.ndarray, test_by_class: list[np.ndarray]) -> np.ndarray:
+    """``(K, C)`` test examples per class for K clients at once: each row is
+    ``partition.apportion(sizes[k], hists[k])`` with the classes absent from the test set dropped
+    (and, for a client none of whose classes is in the test set, every present class weighted 1).
+    Vectorised; the same numbers as apportioning client by client (the weights are integer counts,
+    so their sums are exact in any order)."""
+    present = np.array([len(t) > 0 for t in test_by_class])
+    w = hists.astype(np.float64) * present
+    empty = w.sum(axis=1) == 0
+    w[empty] = present.astype(np.float64)  # none of its classes is in the test set: all classes
+    exact = sizes.astype(np.int64)[:, None] * w / w.sum(axis=1)[:, None]
+    counts = np.floor(exact).astype(np.int64)
+    short = sizes.astype(np.int64) - counts.sum(axis=1)
+    order = np.argsort(-(exact - counts), axis=1, kind="stable")
+    bump = np.arange(w.shape[1])[None, :] < short[:, None]  # the first `short` of each row's order
+    np.put_along_axis(counts, order, np.take_along_axis(counts, order, axis=1) + bump, axis=1)
+    return counts
+
+
+def _draw_test(want: np.ndarray, test_by_class: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     out = []
-    for c, m in enumerate(want):
+    for c, m in enumerate(want.tolist()):
         if m > 0:
             cand = test_by_class[c]
             out.append(rng.choice(cand, size=int(m), replace=bool(m > len(cand))))
     return np.sort(np.concatenate(out)).astype(np.int64)
+
+
+def _label_hists(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """``(K, num_classes)`` label counts of ``y[parts[k]]`` for every k, in one bincount."""
+    lens = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    if lens.sum() == 0:
+        return np.zeros((len(parts), num_classes), dtype=np.int64)
+    owner = np.repeat(np.arange(len(parts), dtype=np.int64), lens)
+    labels = y[np.concatenate(parts)].astype(np.int64)
+    return np.bincount(owner * num_classes + labels, minlength=len(parts) * num_classes).reshape(
+        len(parts), num_classes
+    )
 
 
 def build_federation(
@@ -317,17 +348,29 @@ def build_federation(
 
     test_by_class = [np.flatnonzero(ds.y_test == c) for c in range(ds.num_classes)]
     pool_size = max(len(pool), 1)
+    # the validation split of every client first (its own random stream), then the test draws: the
+    # label histograms and per-class test counts of all clients at once, the draws client by client
+    splits = [_split_val(shard, val_fraction, rng_val) for shard in shards]
+    want = None
+    if scheme != "natural" and len(ds.y_test) > 0:
+        sizes = np.array(
+            [
+                test_per_client or max(10, int(round(len(ds.y_test) * len(train_idx) / pool_size)))
+                for train_idx, _ in splits
+            ],
+            dtype=np.int64,
+        )
+        hists = _label_hists(y, [train_idx for train_idx, _ in splits], ds.num_classes)
+        want = _test_counts(hists, sizes, test_by_class)
     clients = []
-    for k, shard in enumerate(shards):
-        train_idx, val_idx = _split_val(shard, val_fraction, rng_val)
+    for k, (train_idx, val_idx) in enumerate(splits):
         if scheme == "natural":
             assert ds.natural_test is not None
             test_idx = np.sort(np.asarray(ds.natural_test[k], dtype=np.int64))
-        elif len(ds.y_test) == 0:
+        elif want is None:
             test_idx = np.empty(0, dtype=np.int64)
         else:
-            size = test_per_client or max(10, int(round(len(ds.y_test) * len(train_idx) / pool_size)))
-            test_idx = _sample_test(y[train_idx], size, test_by_class, rng_test)
+            test_idx = _draw_test(want[k], test_by_class, rng_test)
         clients.append(
             ClientShard(
                 client_id=k,
@@ -351,7 +394,7 @@ def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
     ``label_hist`` counts the client's train labels in the dataset's original label space (length
     ``num_classes``). The table's schema metadata records the scheme, dataset and group count.
     """
-    hists = [np.bincount(ds.y_train[c.train_idx], minlength=ds.num_classes).tolist() for c in fed.clients]
+    hists = _label_hists(ds.y_train, [c.train_idx for c in fed.clients], ds.num_classes).tolist()
     schema = pa.schema(
         [
             ("client_id", pa.int64()),

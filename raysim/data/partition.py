@@ -17,6 +17,7 @@ position; ``pathological`` uses every position whenever it gives each class at l
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 
@@ -121,19 +122,47 @@ def _top_up(counts: np.ndarray, weights: np.ndarray, min_size: int) -> np.ndarra
 
     A short client takes examples of its own most-weighted class first (so it stays dominated by
     the class its draw favoured), each time from the client with the most of that class to spare
-    (a donor never drops below ``min_size``). Always succeeds when ``total >= K * min_size``.
+    (a donor never drops below ``min_size``; ties go to the lowest client id). Always succeeds when
+    ``total >= K * min_size``.
+
+    The donor is found in a per-class max-heap of spare examples rather than by scanning all K
+    clients for every move (K short clients made that quadratic). A client's spare only ever
+    shrinks (donors lose examples; a short client never has any to spare), so stale heap entries
+    are corrected lazily when they reach the top.
     """
     counts = counts.copy()
     sizes = counts.sum(axis=1)
-    for k in np.flatnonzero(sizes < min_size):
-        for c in np.argsort(-weights[:, k], kind="stable"):
+    heaps: dict[int, list[tuple[int, int]]] = {}
+
+    def spare(i: int, c: int) -> int:
+        return min(int(counts[i, c]), int(sizes[i]) - min_size)
+
+    def heap(c: int) -> list[tuple[int, int]]:
+        h = heaps.get(c)
+        if h is None:
+            s = np.minimum(counts[:, c], sizes - min_size)
+            idx = np.flatnonzero(s > 0)
+            h = heaps[c] = list(zip((-s[idx]).tolist(), idx.tolist(), strict=True))
+            heapq.heapify(h)
+        return h
+
+    for k in np.flatnonzero(sizes < min_size).tolist():
+        for c in np.argsort(-weights[:, k], kind="stable").tolist():
+            h = heap(c)
             while sizes[k] < min_size:
-                spare = np.minimum(counts[:, c], sizes - min_size)
-                spare[k] = 0
-                j = int(np.argmax(spare))
-                if spare[j] <= 0:
+                while h:  # the top entry, once it is up to date, is the donor
+                    neg, j = h[0]
+                    cur = spare(j, c)
+                    if cur == -neg:
+                        break
+                    if cur > 0:
+                        heapq.heapreplace(h, (-cur, j))
+                    else:
+                        heapq.heappop(h)
+                if not h:
                     break
-                move = min(int(spare[j]), int(min_size - sizes[k]))
+                j = h[0][1]
+                move = min(-h[0][0], int(min_size - sizes[k]))
                 counts[j, c] -= move
                 counts[k, c] += move
                 sizes[j] -= move
@@ -175,13 +204,20 @@ def _label_weighted(
     shortfall, counts, weights = best
     if shortfall:
         counts = _top_up(counts, weights, min_size)
-    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-    for c, label in enumerate(classes):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        for k, piece in enumerate(np.split(idx, np.cumsum(counts[:, c])[:-1])):
-            if len(piece):
-                parts[k].append(piece)
-    return _shuffled([np.concatenate(ps) for ps in parts], rng)
+    return _shuffled(_deal(y, classes, counts, rng), rng)
+
+
+def _deal(
+    y: np.ndarray, classes: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Client ``k`` gets ``counts[k, c]`` positions of class ``classes[c]``: each class's positions
+    are shuffled once and cut in client order; a client's pieces follow each other in class order.
+    Done with one stable sort by client instead of a Python loop over (class, client) pairs."""
+    num_clients = counts.shape[0]
+    perms = [rng.permutation(np.flatnonzero(y == label)) for label in classes]
+    owner = np.concatenate([np.repeat(np.arange(num_clients), counts[:, c]) for c in range(len(classes))])
+    dealt = np.concatenate(perms)[np.argsort(owner, kind="stable")]
+    return list(np.split(dealt, np.cumsum(counts.sum(axis=1))[:-1]))
 
 
 def _check_alpha(alpha: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 from typing import Any
 
@@ -20,14 +21,18 @@ def pack_clients(shards: list[Any], num_hosts: int) -> list[list[Any]]:
     """
     num_hosts = max(1, min(num_hosts, len(shards)))
     cap = math.ceil(len(shards) / num_hosts)
-    loads = [0] * num_hosts
-    counts = [0] * num_hosts
     hosts: list[list[Any]] = [[] for _ in range(num_hosts)]
+    # the actors that still have room, lightest first: (load, clients, index); an actor leaves for
+    # good once full, so the heap's top is always the (load, count, index)-smallest actor with room.
+    # O(C log A) instead of scanning every actor for every client.
+    room = [(0, 0, i) for i in range(num_hosts)]
     for s in sorted(shards, key=lambda s: (-len(s.train_idx), s.client_id)):
-        h = min((i for i in range(num_hosts) if counts[i] < cap), key=lambda i: (loads[i], counts[i], i))
+        load, count, h = room[0]
         hosts[h].append(s)
-        loads[h] += len(s.train_idx)
-        counts[h] += 1
+        if count + 1 < cap:
+            heapq.heapreplace(room, (load + len(s.train_idx), count + 1, h))
+        else:
+            heapq.heappop(room)
     return [sorted(h, key=lambda s: s.client_id) for h in hosts]
 
 

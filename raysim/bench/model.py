@@ -1,0 +1,551 @@
+"""A cost model of a raysim run: round time, time to the first round and memory, for N clients,
+a cohort of C, A client actors on K nodes. Fitted by least squares to ``raysim bench scale``'s
+measurements (docs/scaling.md has the fit, its validation and worked examples).
+
+Round time (per round, no evaluation)::
+
+    round  = overhead + busy
+    busy   = (task_s * C + example_s * E * X) / P        the busiest actor: C clients, X examples
+    overhead = overhead_s + overhead_per_client_s * N + overhead_per_actor_s * A
+
+where X = C * n_bar is the examples the cohort holds (n_bar = training examples per client), E the
+local epochs and P = min(A, CPUs for the actors, C) the actors that really work at once.
+
+Time to the first round::
+
+    first = import_s + setup_s + setup_per_client_s * N + roam_setup_s * N^2 / min(A, P)
+            + actor_start_s * A / (K * cpus_per_node) + round + warmup_s
+
+(actors start in parallel, one per CPU of each node; ``warmup_s``: what round 1 costs above the
+others). The N^2 term is a measured defect, not a law: a roaming actor builds its N visiting
+clients while checking each against its N / A own ones in a set it rebuilds every time
+(``raysim/runtime/host.py``, ``ClientHost.__init__``): N^2 / A seconds of work per actor, A of them
+on P cores. It is fitted on ``ClientHost`` built in-process at a few sizes (the bench's
+``host.parquet``: the end-to-end set-up times are too noisy on a shared machine to resolve it), and
+it disappears when the defect is fixed (``raysim bench estimate --without-host-defect``).
+
+Memory (peak RSS, MB)::
+
+    driver = driver_mb + driver_per_client_mb * N
+    server = server_mb + server_per_client_mb * N
+    actor  = actor_mb + actor_per_hosted_mb * H       H: clients an actor holds (N when clients roam,
+                                                      every actor then knows them all; else N / A)
+    ray    = ray_mb                                   Ray's own processes on a node
+    store  = store_mb + store_per_client_mb * N       object store per node: dataset + client list
+
+On a cluster: a worker pod holds A / K actors, Ray's processes and the object store; the head holds
+the driver, the server, Ray's processes and the store. RSS counts shared pages (torch's libraries,
+the dataset read zero-copy from the object store) in every process that touches them, so sums of
+RSS overstate what a node needs; the USS figures (memory only that process holds) bound it below.
+
+What it ignores: the network between nodes (broadcast and reply transfers; on one machine they are
+shared memory), GPU speed (fitted on CPUs only; a GPU actor is modelled as a CPU actor), other models
+than the one fitted (the compute terms are cnn-small's on 28x28 images), and noise from other jobs
+on the machine it was fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+# training examples and bytes in the object store (x and y, train and test) of each dataset
+TRAIN_EXAMPLES = {
+    "fashion-mnist": 60_000,
+    "mnist": 60_000,
+    "emnist": 112_800,
+    "cifar10": 50_000,
+    "digits": 1_438,
+}
+DATASET_MB = {
+    "fashion-mnist": 55_440_000 / 2**20,
+    "mnist": 55_440_000 / 2**20,
+    "emnist": (131_600 * 785 + 131_600 * 7) / 2**20,
+    "cifar10": (60_000 * 3073 + 60_000 * 7) / 2**20,
+    "digits": 129_384 / 2**20,
+}
+MIN_EXAMPLES = 2  # raysim.data.partition.DEFAULT_MIN_SIZE: every client holds at least this many
+
+
+class FitError(ValueError):
+    """Not enough measurements to fit the model."""
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    # time, seconds
+    overhead_s: float = 0.0
+    overhead_per_client_s: float = 0.0
+    overhead_per_actor_s: float = 0.0
+    task_s: float = 0.0
+    example_s: float = 0.0
+    warmup_s: float = 0.0
+    import_s: float = 0.0
+    setup_s: float = 0.0
+    setup_per_client_s: float = 0.0
+    roam_setup_s: float = 0.0  # per N^2 / A, roaming clients only (see the module docstring)
+    actor_start_s: float = 0.0
+    # memory, MB
+    driver_mb: float = 0.0
+    driver_per_client_mb: float = 0.0
+    server_mb: float = 0.0
+    server_per_client_mb: float = 0.0
+    actor_mb: float = 0.0
+    actor_per_hosted_mb: float = 0.0
+    actor_uss_mb: float = math.nan
+    ray_mb: float = 0.0
+    store_mb: float = 0.0
+    store_per_client_mb: float = 0.0
+    # what it was fitted on
+    cores: int = 2
+    dataset: str = "fashion-mnist"
+    model: str = "cnn-small"
+    fitted_on: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Coefficients:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the model needs to know about an experiment."""
+
+    n_clients: int
+    cohort: int
+    epochs: int = 1
+    examples_per_client: float = 540.0  # training examples a client holds (mean)
+    actors: int = 2
+    roam: bool = True  # clients train on any actor (every actor holds all N clients' index arrays)
+    dataset: str = "fashion-mnist"
+    model: str = "cnn-small"
+
+    @property
+    def hosted(self) -> float:
+        """Clients one actor holds."""
+        return float(self.n_clients) if self.roam else math.ceil(self.n_clients / max(1, self.actors))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where the actors run: K nodes (pods) with this many CPUs for actors each; GPUs are counted
+    but not modelled (no GPU speed was measured)."""
+
+    nodes: int = 1
+    cpus_per_node: float = 2.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    round_s: float
+    busy_s: float
+    overhead_s: float
+    first_round_s: float  # from the command to the end of round 1
+    setup_s: float
+    driver_mb: float
+    server_mb: float
+    actor_mb: float  # one client actor
+    ray_mb: float  # Ray's own processes, one node
+    store_mb: float  # object store, one node
+    head_mb: float  # driver + server + Ray + store (a cluster's head pod)
+    worker_mb: float  # actors of one worker pod + Ray + store
+    total_mb: float  # head + every worker pod
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ------------------------------------------------------------------------------------------ prediction
+
+
+def predict(coef: Coefficients, w: Workload, cluster: Cluster | None = None) -> Estimate:
+    """The model's figures for workload ``w`` on ``cluster`` (default: one node with the fitted
+    machine's cores, where the head and the worker are the same node)."""
+    local = cluster is None
+    cl = cluster or Cluster(nodes=1, cpus_per_node=float(coef.cores))
+    n, c, a = w.n_clients, min(w.cohort, w.n_clients), max(1, w.actors)
+    parallel = max(1.0, min(float(a), cl.nodes * cl.cpus_per_node))
+    examples = c * w.examples_per_client
+    # a round's C clients spread over the actors: no more than C of them (or the CPUs) work at once
+    busy = (coef.task_s * c + coef.example_s * w.epochs * examples) / max(1.0, min(parallel, float(c)))
+    overhead = coef.overhead_s + coef.overhead_per_client_s * n + coef.overhead_per_actor_s * a
+    rnd = busy + overhead
+    waves = a / (cl.nodes * max(cl.cpus_per_node, 1.0))
+    quad = n * n / parallel if w.roam else 0.0  # one actor per core builds at once
+    setup = coef.setup_s + coef.setup_per_client_s * n + coef.roam_setup_s * quad + coef.actor_start_s * waves
+    first = coef.import_s + setup + rnd + coef.warmup_s
+    driver = coef.driver_mb + coef.driver_per_client_mb * n
+    server = coef.server_mb + coef.server_per_client_mb * n
+    actor = coef.actor_mb + coef.actor_per_hosted_mb * w.hosted
+    ds_mb = DATASET_MB.get(w.dataset, DATASET_MB.get(coef.dataset, 0.0))
+    store = coef.store_mb - DATASET_MB.get(coef.dataset, 0.0) + ds_mb + coef.store_per_client_mb * n
+    head = driver + server + coef.ray_mb + store
+    per_node = math.ceil(a / cl.nodes)
+    worker = per_node * actor + coef.ray_mb + store
+    total = head + worker - coef.ray_mb - store if local else head + cl.nodes * worker
+    notes = []
+    if w.model != coef.model or w.dataset != coef.dataset:
+        notes.append(
+            f"compute fitted on {coef.model}/{coef.dataset}, not {w.model}/{w.dataset}: the round time is "
+            "only indicative"
+        )
+    if cl.gpus > 0:
+        notes.append("GPU speed is not modelled (fitted on CPUs): GPU actors are timed as CPU actors")
+    if cl.nodes > 1:
+        notes.append("network transfers between nodes are not modelled")
+    return Estimate(
+        round_s=rnd,
+        busy_s=busy,
+        overhead_s=overhead,
+        first_round_s=first,
+        setup_s=setup,
+        driver_mb=driver,
+        server_mb=server,
+        actor_mb=actor,
+        ray_mb=coef.ray_mb,
+        store_mb=store,
+        head_mb=head,
+        worker_mb=worker,
+        total_mb=total,
+        notes=tuple(notes),
+    )
+
+
+def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None) -> dict[str, Any]:
+    """The :class:`Workload` of an ``ExperimentConfig`` (or of the bench's config dict), as a dict."""
+    if isinstance(cfg, dict):
+        from raysim.config import config_from_dict
+
+        cfg = config_from_dict(cfg)
+    d, res = cfg.data, cfg.resources
+    n = d.num_clients
+    train = TRAIN_EXAMPLES.get(d.dataset, TRAIN_EXAMPLES["fashion-mnist"])
+    per_client = train * (1 - d.public_fraction) * (1 - d.val_fraction) / n
+    a = actors if actors is not None else cfg.num_client_actors(cores if cores is not None else 2.0)
+    traits = cfg.algorithm.traits
+    roam = (not traits.client_state) and res.clients_per_actor == "auto" and a > 1
+    return asdict(
+        Workload(
+            n_clients=n,
+            cohort=min(cfg.rounds.clients_per_round, n),
+            epochs=cfg.local.epochs,
+            examples_per_client=per_client,
+            actors=a,
+            roam=roam,
+            dataset=d.dataset,
+            model=cfg.model.name,
+        )
+    )
+
+
+def estimate(
+    cfg: Any,
+    *,
+    actors: int,
+    nodes: int,
+    cpus_per_node: float,
+    gpus: float = 0.0,
+    coef: Coefficients | None = None,
+) -> Estimate:
+    """The model's estimate for experiment ``cfg`` on ``nodes`` worker nodes (what ``raysim k8s
+    render`` prints), with the default coefficients (:mod:`raysim.bench.coefficients`)."""
+    if coef is None:
+        from raysim.bench.coefficients import DEFAULT
+
+        if not DEFAULT:
+            raise FitError("no fitted coefficients: run `raysim bench scale --write-coefficients`")
+        coef = Coefficients.from_dict(DEFAULT)
+    w = Workload(**workload_of(cfg, actors=actors))
+    e = predict(coef, w, Cluster(nodes=max(1, nodes), cpus_per_node=cpus_per_node, gpus=gpus))
+    d = cfg.data
+    pool = TRAIN_EXAMPLES.get(d.dataset)
+    if pool is not None and d.partition != "natural":
+        pool -= int(round(d.public_fraction * pool))
+        if w.n_clients * MIN_EXAMPLES > pool:
+            e = replace(
+                e,
+                notes=(
+                    *e.notes,
+                    f"{d.dataset} has {pool:,} training examples for the clients: {w.n_clients:,} clients of "
+                    f"at least {MIN_EXAMPLES} each do not fit, and `raysim run` will refuse the job (at most "
+                    f"{pool // MIN_EXAMPLES:,} clients)",
+                ),
+            )
+    return e
+
+
+def describe(e: Estimate, nodes: int) -> list[str]:
+    """Lines for a header: the estimate, its parts and its caveats."""
+    gb = 1024.0
+    lines = [
+        f"Estimate (raysim.bench.model, fitted on a 2-core machine; docs/scaling.md): round "
+        f"{e.round_s:.2f} s ({e.busy_s:.2f} s training + {e.overhead_s:.2f} s runtime), first round "
+        f"{e.first_round_s:.0f} s after the start;",
+        f"memory {e.worker_mb / gb:.2f} GB per worker pod ({nodes} pods; {e.actor_mb:.0f} MB per client actor), "
+        f"{e.head_mb / gb:.2f} GB on the head (driver {e.driver_mb:.0f} MB, server {e.server_mb:.0f} MB), "
+        f"{e.total_mb / gb:.1f} GB in all (peak RSS sums: an upper bound).",
+    ]
+    lines += [f"Caveat: {n}." for n in e.notes]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ fitting
+
+
+@dataclass
+class BenchData:
+    """The bench's tables as lists of rows (scale.parquet, actors.parquet, rounds.parquet)."""
+
+    scale: Sequence[dict[str, Any]]
+    actors: Sequence[dict[str, Any]] = ()
+    rounds: Sequence[dict[str, Any]] = ()
+    host: Sequence[dict[str, Any]] = ()  # host.parquet: ClientHost() seconds with every client visiting
+    cores: int = 2
+    dataset: str = "fashion-mnist"
+    model: str = "cnn-small"
+    fitted_on: str = ""
+
+    def without(self, n_clients: int) -> BenchData:
+        """The data with the scale run of ``n_clients`` (and its rounds) held back."""
+        return BenchData(
+            scale=[r for r in self.scale if r["n_clients"] != n_clients],
+            actors=self.actors,
+            rounds=[r for r in self.rounds if not (r["kind"] == "scale" and r["n_clients"] == n_clients)],
+            host=self.host,
+            cores=self.cores,
+            dataset=self.dataset,
+            model=self.model,
+            fitted_on=self.fitted_on,
+        )
+
+
+def _ok(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("status", "ok") == "ok"]
+
+
+def nonneg_lstsq(x: Any, y: Any) -> np.ndarray:
+    """Least squares with every coefficient >= 0 (a cost cannot be negative): scipy's NNLS, with
+    the columns scaled to unit norm first so that tiny per-client slopes are not lost."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise FitError(f"bad least-squares shapes {x.shape} and {y.shape}")
+    from scipy.optimize import nnls
+
+    scale = np.linalg.norm(x, axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(x / scale, y)
+    return np.asarray(coef / scale)
+
+
+def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Intercept and slope (both >= 0) of ys against xs; a constant when xs do not vary."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(y) == 0:
+        raise FitError("no finite measurement to fit")
+    if np.ptp(x) == 0:
+        return float(np.mean(y)), 0.0
+    a, b = nonneg_lstsq(np.column_stack([np.ones_like(x), x]), y)
+    return float(a), float(b)
+
+
+def _roams(row: dict[str, Any]) -> bool:
+    """The bench's scale runs roam (FedAvg, clients_per_actor: auto, 2+ actors); its actor runs pin."""
+    return row.get("kind", "scale") == "scale" and float(row.get("actors") or 1) > 1
+
+
+def _hosted(row: dict[str, Any]) -> float:
+    """Clients one actor of this run held: all of them for the scale runs (FedAvg under
+    ``clients_per_actor: auto`` roams), one for the actor-per-client runs."""
+    n, a = float(row["n_clients"]), max(1.0, float(row.get("actors") or 1))
+    return n if _roams(row) else math.ceil(n / a)
+
+
+def fit(data: BenchData) -> Coefficients:
+    """Least-squares fit of every coefficient to the bench's measurements (see the module docstring)."""
+    scale = _ok(data.scale)
+    every = scale + _ok(data.actors)
+    if len(scale) < 2:
+        raise FitError(f"need at least 2 federation sizes that ran, got {len(scale)}")
+    cores = float(data.cores)
+    rounds = [r for r in data.rounds if r["round"] >= 2 and math.isfinite(r["busy_s"])]
+    if len(rounds) < 3:
+        raise FitError(f"need at least 3 timed rounds (round 2 on), got {len(rounds)}")
+    par = np.array([max(1.0, min(r["actors"], cores)) for r in rounds])
+    epochs = np.array([float(r.get("epochs", 1)) for r in rounds])
+    busy = np.array([r["busy_s"] for r in rounds])
+    xb = np.column_stack(
+        [[r["cohort"] for r in rounds] / par, epochs * [r["examples"] for r in rounds] / par]
+    )
+    # relative least squares: a 0.2 s round counts as much as a 20 s one
+    task_s, example_s = nonneg_lstsq(xb / busy[:, None], np.ones(len(busy)))
+    over = [r["round_s"] - r["evaluate_s"] - r["busy_s"] for r in rounds]
+    xo = np.column_stack(
+        [np.ones(len(rounds)), [r["n_clients"] for r in rounds], [r["actors"] for r in rounds]]
+    )
+    o0, o1, o2 = nonneg_lstsq(xo, over)
+    warm = [
+        r["first_round_s"] - r["median_round_s"]
+        for r in every
+        if math.isfinite(r.get("first_round_s", math.nan))
+    ]
+    # the N^2 set-up term of roaming actors, from ClientHost built in-process (host.parquet):
+    # seconds = linear * N + roam_setup_s * N^2 / A for one actor of A
+    s_quad = 0.0
+    host = [r for r in data.host if math.isfinite(r.get("host_s", math.nan))]
+    if len(host) >= 2:
+        xh = np.column_stack(
+            [[r["n_clients"] for r in host], [r["n_clients"] ** 2 / r["actors"] for r in host]]
+        )
+        s_quad = float(nonneg_lstsq(xh, [r["host_s"] for r in host])[1])
+
+    def quad(r: dict[str, Any]) -> float:
+        n, a = float(r["n_clients"]), max(1.0, float(r["actors"]))
+        return n * n / min(a, cores) if _roams(r) else 0.0
+
+    rest = [r["setup_s"] - s_quad * quad(r) for r in every]
+    cols: list[Any] = [np.ones(len(every)), [float(r["n_clients"]) for r in every]]
+    if len({r["actors"] for r in every}) > 1:  # the actors' start needs runs with different counts
+        cols.append([r["actors"] / cores for r in every])
+    sol = list(nonneg_lstsq(np.column_stack(cols), rest))
+    s0, s1 = sol[0], sol[1]
+    s_actor = sol[2] if len(sol) > 2 else 0.0
+    d0, d1 = _line([r["n_clients"] for r in every], [r["driver_rss_mb"] for r in every])
+    v0, v1 = _line([r["n_clients"] for r in every], [r["server_rss_mb"] for r in every])
+    a0, a1 = _line([_hosted(r) for r in every], [r["client_rss_mb_mean"] for r in every])
+    uss = [r.get("client_uss_mb_mean", math.nan) for r in _ok(data.actors)]
+    uss = [u for u in uss if math.isfinite(u)] or [
+        u for u in (r.get("client_uss_mb_mean", math.nan) for r in scale) if math.isfinite(u)
+    ]
+    st0, st1 = _line([r["n_clients"] for r in scale], [r.get("object_store_mb", math.nan) for r in scale])
+    return Coefficients(
+        overhead_s=float(o0),
+        overhead_per_client_s=float(o1),
+        overhead_per_actor_s=float(o2),
+        task_s=float(task_s),
+        example_s=float(example_s),
+        warmup_s=float(max(0.0, np.median(warm))) if warm else 0.0,
+        import_s=float(np.median([r["import_s"] for r in every])),
+        setup_s=float(s0),
+        setup_per_client_s=float(s1),
+        roam_setup_s=float(s_quad),
+        actor_start_s=float(s_actor),
+        driver_mb=d0,
+        driver_per_client_mb=d1,
+        server_mb=v0,
+        server_per_client_mb=v1,
+        actor_mb=a0,
+        actor_per_hosted_mb=a1,
+        actor_uss_mb=float(np.median(uss)) if uss else math.nan,
+        ray_mb=float(np.median([r["ray_system_rss_mb"] for r in every])),
+        store_mb=st0,
+        store_per_client_mb=st1,
+        cores=int(data.cores),
+        dataset=data.dataset,
+        model=data.model,
+        fitted_on=data.fitted_on,
+    )
+
+
+def bench_workload(row: dict[str, Any], coef: Coefficients, train_examples: float | None = None) -> Workload:
+    """The workload of one bench run (its measured examples per round when it has them)."""
+    n = int(row["n_clients"])
+    cohort = int(row.get("cohort") or min(100, n))
+    per_client = (
+        row["examples_per_round"] / cohort
+        if math.isfinite(row.get("examples_per_round", math.nan))
+        else (train_examples or TRAIN_EXAMPLES[coef.dataset] * 0.9) / n
+    )
+    return Workload(
+        n_clients=n,
+        cohort=cohort,
+        epochs=int(row.get("epochs", 1)),
+        examples_per_client=per_client,
+        actors=int(row.get("actors") or coef.cores),
+        roam=row.get("kind", "scale") == "scale",
+        dataset=coef.dataset,
+        model=coef.model,
+    )
+
+
+def total_rss(e: Estimate, actors: int) -> float:
+    """The bench's ``total_rss_mb`` as the model sees it on one machine: driver + server + every
+    actor + Ray's processes."""
+    return e.driver_mb + e.server_mb + actors * e.actor_mb + e.ray_mb
+
+
+VALIDATED = {
+    "time_to_first_round_s": lambda e, w: e.first_round_s,
+    "median_round_s": lambda e, w: e.round_s,
+    "total_rss_mb": lambda e, w: total_rss(e, w.actors),
+}
+
+
+def validate(data: BenchData, hold_out: int | None = None) -> dict[str, Any]:
+    """Fit without one federation size (default: the largest that ran) and predict it: the model's
+    figures against the measured ones, with the relative error (predicted / measured - 1)."""
+    ok = sorted(_ok(data.scale), key=lambda r: r["n_clients"])
+    if hold_out is None:
+        if len(ok) < 3:
+            return {"held_out": None, "note": f"needs 3 sizes that ran (fit on 2, predict 1), got {len(ok)}"}
+        hold_out = int(ok[-1]["n_clients"])
+    row = next((r for r in ok if r["n_clients"] == hold_out), None)
+    if row is None:
+        raise FitError(f"N={hold_out} did not run: nothing to validate against")
+    coef = fit(data.without(hold_out))
+    w = bench_workload(row, coef)
+    e = predict(coef, w)
+    figures = {}
+    for key, get in VALIDATED.items():
+        p, m = float(get(e, w)), float(row[key])
+        figures[key] = {"predicted": p, "measured": m, "error": p / m - 1 if m else math.nan}
+    return {
+        "held_out": hold_out,
+        "fitted_on": [r["n_clients"] for r in ok if r["n_clients"] != hold_out],
+        "figures": figures,
+    }
+
+
+def validate_each(data: BenchData) -> list[dict[str, Any]]:
+    """:func:`validate` holding back each size in turn that leaves two others to fit on
+    (leave-one-out: the smallest and largest sizes are extrapolations, the others interpolations)."""
+    ok = sorted(_ok(data.scale), key=lambda r: r["n_clients"])
+    if len(ok) < 3:
+        return []
+    return [validate(data, int(r["n_clients"])) for r in ok]
+
+
+def scale_curves(
+    coef: Coefficients, scale: Sequence[dict[str, Any]]
+) -> dict[str, tuple[list[float], list[float]]]:
+    """The model's lines for the scale figure's panels (keyed by panel title), over the sizes that ran."""
+    ok = sorted(_ok(scale), key=lambda r: r["n_clients"])
+    if not ok:
+        return {}
+    ns = [float(x) for x in np.geomspace(ok[0]["n_clients"], ok[-1]["n_clients"], 30)]
+    ref = ok[-1]
+    per_round = ref["examples_per_round"] * ref["n_clients"]  # examples per round scale as 1 / N here
+    out_t, out_r, out_m = [], [], []
+    for n in ns:
+        row = {**ref, "n_clients": n, "examples_per_round": per_round / n}
+        w = bench_workload(row, coef)
+        w = Workload(**{**asdict(w), "n_clients": int(round(n))})
+        e = predict(coef, w)
+        out_t.append(e.first_round_s)
+        out_r.append(e.round_s)
+        out_m.append(total_rss(e, w.actors))
+    return {
+        "Time to first round": (ns, out_t),
+        "Median round time": (ns, out_r),
+        "Total peak RSS (sum of every process)": (ns, out_m),
+    }

@@ -1,0 +1,478 @@
+"""raysim.bench: the cost model's fit and prediction, the bench's tables, goals and plots on synthetic
+measurements, the process probe, and the scaling fixes in the data path and the packing (each
+checked against the straightforward implementation it replaced). The `--quick` bench end to end is
+in the slow tier."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raysim.bench import model as M
+from raysim.bench import scale as S
+from raysim.bench.probe import (
+    CLIENT,
+    DRIVER,
+    GCS,
+    IDLE,
+    RAY_OTHER,
+    RAYLET,
+    SERVER,
+    ProcStats,
+    TreeProbe,
+    classify,
+)
+from raysim.bench.profile import old_deal, old_pack, old_sample_test, old_top_up
+from raysim.data import partition as P
+from raysim.data.federation import _draw_test, _test_counts
+from raysim.runtime.packing import pack_clients
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRUE = M.Coefficients(
+    overhead_s=0.02,
+    overhead_per_client_s=2e-6,
+    overhead_per_actor_s=0.004,
+    task_s=0.003,
+    example_s=1.5e-4,
+    warmup_s=0.8,
+    import_s=4.0,
+    setup_s=6.0,
+    setup_per_client_s=3e-4,
+    roam_setup_s=4e-8,
+    actor_start_s=1.7,
+    driver_mb=700.0,
+    driver_per_client_mb=0.004,
+    server_mb=650.0,
+    server_per_client_mb=0.001,
+    actor_mb=720.0,
+    actor_per_hosted_mb=0.0009,
+    actor_uss_mb=390.0,
+    ray_mb=480.0,
+    store_mb=53.0,
+    store_per_client_mb=0.0007,
+    cores=2,
+)
+
+
+def synthetic(coef: M.Coefficients, sizes=(100, 1000, 10_000), actor_counts=(4, 8, 16)) -> M.BenchData:
+    """Bench tables as a machine that follows ``coef`` exactly would measure them."""
+    scale, actors, rounds = [], [], []
+    rng = np.random.default_rng(0)
+    for kind, runs in (
+        ("scale", [(n, 2, 100) for n in sizes]),
+        ("actors", [(a, a, a) for a in actor_counts]),
+    ):
+        for n, a, cohort in runs:
+            cohort = min(cohort, n)
+            roam = kind == "scale"
+            per_client = 54_000 / n
+            for t in range(1, 6):
+                x = cohort * per_client * float(rng.uniform(0.7, 1.3))  # cohorts differ round to round
+                w = M.Workload(
+                    n_clients=n, cohort=cohort, examples_per_client=x / cohort, actors=a, roam=roam
+                )
+                e = M.predict(coef, w)
+                rounds.append({"kind": kind, "n_clients": n, "actors": a, "round": t, "cohort": float(cohort),
+                               "examples": x, "round_s": e.round_s + 0.5, "evaluate_s": 0.5, "busy_s": e.busy_s,
+                               "train_s": e.busy_s, "epochs": 1})  # fmt: skip
+            w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=per_client, actors=a, roam=roam)
+            e = M.predict(coef, w)
+            med = e.round_s  # the round of the run's median cohort (examples_per_round below)
+            row = {
+                "kind": kind, "n_clients": n, "status": "ok", "reason": "", "actors": a, "cohort": float(cohort),
+                "import_s": coef.import_s, "setup_s": e.setup_s, "first_round_s": med + coef.warmup_s,
+                "time_to_first_round_s": coef.import_s + e.setup_s + med + coef.warmup_s,
+                "median_round_s": med, "examples_per_round": cohort * per_client, "epochs": 1,
+                "driver_rss_mb": e.driver_mb, "server_rss_mb": e.server_mb, "client_rss_mb_mean": e.actor_mb,
+                "client_rss_mb_max": e.actor_mb, "client_uss_mb_mean": coef.actor_uss_mb,
+                "ray_system_rss_mb": coef.ray_mb, "object_store_mb": e.store_mb,
+                "total_rss_mb": e.driver_mb + e.server_mb + a * e.actor_mb + coef.ray_mb,
+            }  # fmt: skip
+            (scale if kind == "scale" else actors).append(row)
+    # ClientHost built in-process: a linear part and the N^2 / A defect
+    host = [
+        {"n_clients": n, "actors": 2, "host_s": 2e-5 * n + coef.roam_setup_s * n * n / 2}
+        for n in (2000, 4000, 8000)
+    ]
+    return M.BenchData(scale=scale, actors=actors, rounds=rounds, host=host, cores=2)
+
+
+# ------------------------------------------------------------------------------------ the model
+
+
+def test_nonneg_lstsq_recovers_a_line_and_keeps_costs_non_negative():
+    x = np.column_stack([np.ones(4), [1.0, 10.0, 100.0, 1000.0]])
+    assert M.nonneg_lstsq(x, 3.0 + 0.25 * x[:, 1]) == pytest.approx([3.0, 0.25])
+    # a falling series would need a negative slope: the fit clamps it to 0 and takes the mean
+    a, b = M.nonneg_lstsq(x, np.array([4.0, 3.0, 2.0, 1.0]))
+    assert b == 0.0 and a == pytest.approx(2.5)
+
+
+def test_predict_by_hand():
+    c = M.Coefficients(overhead_s=0.1, overhead_per_client_s=1e-5, overhead_per_actor_s=0.01, task_s=0.02,
+                       example_s=1e-3, warmup_s=1.0, import_s=2.0, setup_s=3.0, setup_per_client_s=1e-4,
+                       actor_start_s=2.0, driver_mb=100, driver_per_client_mb=0.01, server_mb=200,
+                       server_per_client_mb=0.02, actor_mb=300, actor_per_hosted_mb=0.1, ray_mb=50,
+                       store_mb=60, store_per_client_mb=0.001, cores=2)  # fmt: skip
+    w = M.Workload(n_clients=1000, cohort=10, epochs=2, examples_per_client=50, actors=4, roam=False)
+    e = M.predict(c, w)
+    assert e.busy_s == pytest.approx((0.02 * 10 + 1e-3 * 2 * 500) / 2)  # 4 actors, 2 cores: 2 at once
+    assert e.overhead_s == pytest.approx(0.1 + 0.01 + 0.04)
+    assert e.setup_s == pytest.approx(3.0 + 0.1 + 2.0 * 4 / 2)
+    assert e.first_round_s == pytest.approx(2.0 + e.setup_s + e.round_s + 1.0)
+    assert e.actor_mb == pytest.approx(300 + 0.1 * 250)  # pinned: 1000 / 4 clients an actor
+    assert e.driver_mb == pytest.approx(110) and e.server_mb == pytest.approx(220)
+    # one machine: the head and the worker are the same node, Ray and the store counted once
+    assert e.total_mb == pytest.approx(110 + 220 + 50 + 61 + 4 * 325)
+    # on 4 nodes of 1 CPU: every actor runs at once, one start wave, and each pod has its own Ray and store
+    k = M.predict(c, w, M.Cluster(nodes=4, cpus_per_node=1))
+    assert k.busy_s == pytest.approx(e.busy_s / 2)
+    assert k.setup_s == pytest.approx(3.0 + 0.1 + 2.0)
+    assert k.worker_mb == pytest.approx(325 + 50 + 61) and k.total_mb == pytest.approx(
+        k.head_mb + 4 * k.worker_mb
+    )
+    assert any("network" in n for n in k.notes)
+    assert M.predict(c, replace(w, roam=True)).actor_mb == pytest.approx(300 + 0.1 * 1000)
+    # more actors and CPUs than the cohort: only its 10 clients' actors work
+    wide = M.predict(c, replace(w, actors=100), M.Cluster(nodes=25, cpus_per_node=4))
+    assert wide.busy_s == pytest.approx((0.02 * 10 + 1e-3 * 2 * 500) / 10)
+    # roaming actors pay the N^2 set-up defect, spread over the actors that build at once
+    q = replace(c, roam_setup_s=1e-8)
+    assert M.predict(q, replace(w, roam=True)).setup_s - M.predict(q, w).setup_s == pytest.approx(
+        1e-8 * 1000**2 / 2
+    )
+
+
+def test_fit_recovers_the_coefficients_of_synthetic_measurements():
+    got = M.fit(synthetic(TRUE))
+    for name in ("overhead_s", "overhead_per_client_s", "overhead_per_actor_s", "task_s", "example_s",
+                 "warmup_s", "import_s", "setup_s", "setup_per_client_s", "roam_setup_s", "actor_start_s", "driver_mb",
+                 "driver_per_client_mb", "server_mb", "server_per_client_mb", "actor_mb",
+                 "actor_per_hosted_mb", "ray_mb", "store_mb", "store_per_client_mb"):  # fmt: skip
+        assert getattr(got, name) == pytest.approx(getattr(TRUE, name), rel=1e-6, abs=1e-9), name
+
+
+def test_validate_holds_back_the_largest_size_and_reports_the_error():
+    data = synthetic(TRUE, sizes=(100, 1000, 3000, 10_000))
+    v = M.validate(data)
+    assert v["held_out"] == 10_000 and v["fitted_on"] == [100, 1000, 3000]
+    for fig in v["figures"].values():  # exact synthetic data: the prediction is the measurement
+        assert fig["error"] == pytest.approx(0.0, abs=1e-6)
+    # the measured total RSS of the held-out size 10% higher: the error says -9.1%
+    rows = [dict(r) for r in data.scale]
+    rows[-1]["total_rss_mb"] *= 1.1
+    v = M.validate(replace(data, scale=rows))
+    assert v["figures"]["total_rss_mb"]["error"] == pytest.approx(1 / 1.1 - 1, rel=1e-6)
+
+
+def test_fit_needs_two_sizes_and_validate_needs_three():
+    data = synthetic(TRUE, sizes=(100, 1000))
+    assert M.validate(data)["held_out"] is None
+    with pytest.raises(M.FitError):
+        M.fit(synthetic(TRUE, sizes=(100,), actor_counts=()))
+    failed = [{**r, "status": "refused"} if r["n_clients"] == 1000 else r for r in data.scale]
+    with pytest.raises(M.FitError):
+        M.fit(replace(data, scale=failed, actors=[]))
+
+
+def test_estimate_of_a_config_uses_its_workload(tmp_path):
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, data__dataset="fashion-mnist", data__num_clients=1000,
+                      rounds__clients_per_round=100, local__epochs=2)  # fmt: skip
+    w = M.Workload(**M.workload_of(cfg, actors=20))
+    assert (w.n_clients, w.cohort, w.epochs, w.actors, w.roam) == (1000, 100, 2, 20, True)
+    assert w.examples_per_client == pytest.approx(60_000 * 0.9 / 1000)
+    e = M.estimate(cfg, actors=20, nodes=3, cpus_per_node=7, coef=TRUE)
+    assert e == M.predict(TRUE, w, M.Cluster(nodes=3, cpus_per_node=7))
+    text = "\n".join(M.describe(e, 3))
+    assert f"{e.round_s:.2f} s" in text and f"{e.worker_mb / 1024:.2f} GB per worker pod" in text
+    scaffold = M.Workload(**M.workload_of(tiny_config(tmp_path, algorithm__name="scaffold"), actors=2))
+    assert not scaffold.roam  # client state pins clients: each actor holds its own only
+    assert not any("refuse" in n for n in e.notes)
+    big = tiny_config(tmp_path, data__dataset="fashion-mnist", data__num_clients=100_000)
+    notes = M.estimate(big, actors=2000, nodes=250, cpus_per_node=8, coef=TRUE).notes
+    assert any("will refuse the job (at most 30,000 clients)" in n for n in notes)
+    assert M.MIN_EXAMPLES == P.DEFAULT_MIN_SIZE
+
+
+def test_default_coefficients_load_and_predict_finite_figures():
+    from raysim.bench.coefficients import DEFAULT
+
+    if not DEFAULT:
+        pytest.skip("no fitted coefficients yet")
+    c = M.Coefficients.from_dict(DEFAULT)
+    e = M.predict(c, M.Workload(n_clients=10_000, cohort=100, examples_per_client=5.4, actors=2))
+    assert all(math.isfinite(v) and v > 0 for v in (e.round_s, e.first_round_s, e.total_mb))
+
+
+# ------------------------------------------------------------------------------ tables and plots
+
+
+def bench_rows() -> list[dict[str, Any]]:
+    rows = [dict(r) for r in synthetic(TRUE).scale]
+    for r in rows:
+        r.update(median_busy_s=r["median_round_s"] * 0.9, median_overhead_s=r["median_round_s"] * 0.1,
+                 peak_simultaneous_rss_mb=r["total_rss_mb"], processes=11, total_uss_mb=r["total_rss_mb"] / 2)  # fmt: skip
+    rows.append({"kind": "scale", "n_clients": 100_000, "status": "refused", "actors": 0,
+                 "reason": "data: num_clients=100000 needs at least 200000 training examples"})  # fmt: skip
+    return rows
+
+
+def test_goals_verdicts():
+    rows = bench_rows()
+    by = {r["n_clients"]: r for r in rows}
+    by[10_000].update(median_round_s=by[100]["median_round_s"] * 1.2, total_rss_mb=by[100]["total_rss_mb"] * 1.5,
+                      time_to_first_round_s=25.0)  # fmt: skip
+    verdicts = [v for _, _, v in S.goals(rows)]
+    assert verdicts == ["met", "MISSED", "MISSED"]
+    by[10_000]["time_to_first_round_s"] = 19.9
+    assert S.goals(rows)[2][2] == "met"
+    assert [v for _, _, v in S.goals(rows[:2])] == ["not measured"] * 3
+
+
+def test_tables_and_plots_are_written(tmp_path):
+    rows = bench_rows()
+    S.write_table(rows, tmp_path / "scale.parquet")
+    back = pd.read_parquet(tmp_path / "scale.parquet")
+    assert list(back["n_clients"]) == [100, 1000, 10_000, 100_000]
+    assert list(back["status"]) == ["ok", "ok", "ok", "refused"]
+    md = S.markdown_table(rows, S.SCALE_COLUMNS)
+    assert md.count("\n| ") == 4 and "N=100,000: stops because data: num_clients=100000" in md
+    coef = M.fit(synthetic(TRUE))
+    png = S.plot_scale(rows, tmp_path / "scale.png", M.scale_curves(coef, rows))
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 500 and img.shape[1] > 1000
+    actors = [dict(r, total_uss_mb=r["total_rss_mb"] / 2) for r in synthetic(TRUE).actors]
+    png = S.plot_actors(actors, tmp_path / "actors.png", {"intercept": 6.0, "slope": 1.7})
+    assert matplotlib.image.imread(png).shape[1] > 1000
+    data = synthetic(TRUE)
+    fit = {
+        "coefficients": coef.to_dict(),
+        "validation": M.validate(data),
+        "leave_one_out": M.validate_each(data),
+    }
+    report = S.render_report(rows, actors, fit, quick=False, costs=S.actor_costs(actors, 20_000))
+    assert "Goals (issue 13)" in report and "validation: fitted without N=10,000" in report
+    assert "| 1,000 | " in report.split("Leave-one-out")[1]  # each size held out in turn
+    assert "one client actor (runs with 4, 8, 16 actors)" in report
+
+
+def test_actor_costs_from_the_actor_runs():
+    rows = [
+        {"n_clients": a, "status": "ok", "setup_s": 10 + 2.0 * a, "total_uss_mb": 1500 + 400.0 * a,
+         "client_rss_mb_mean": 800.0 + a, "client_uss_mb_mean": 400.0 + a}
+        for a in (4, 8, 16)
+    ] + [{"n_clients": 32, "status": "memory"}]  # fmt: skip
+    c = S.actor_costs(rows, available_mb=20_000)
+    assert c["runs"] == [4, 8, 16]
+    assert c["start_s"] == pytest.approx(2.0) and c["start_intercept_s"] == pytest.approx(10.0)
+    assert c["uss_per_actor_mb"] == pytest.approx(400.0) and c["fixed_uss_mb"] == pytest.approx(1500.0)
+    assert c["max_actors"] == (20_000 - 1500) // 400
+    assert c["rss_mb"] == 808.0 and c["uss_mb"] == 408.0  # the median run's
+
+
+def test_model_curves_pass_through_the_fitted_sizes():
+    data = synthetic(TRUE)
+    curves = M.scale_curves(TRUE, data.scale)
+    xs, ys = curves["Total peak RSS (sum of every process)"]
+    assert xs[0] == pytest.approx(100) and xs[-1] == pytest.approx(10_000)
+    assert ys[0] == pytest.approx(data.scale[0]["total_rss_mb"]) and ys[-1] == pytest.approx(
+        data.scale[-1]["total_rss_mb"]
+    )
+
+
+def fake_run(tmp_path: Path, launch: float) -> S.RunResult:
+    """A finished run directory as raysim writes it, and a probe that saw its processes."""
+    run = tmp_path / "runs" / "scale-1000"
+    run.mkdir(parents=True)
+    pd.DataFrame([{"round": t, "round_s": s, "evaluate_s": e, "actor_busy_max_s": b, "cohort": 100.0}
+                  for t, s, e, b in [(1, 2.0, 0.0, 1.5), (2, 1.0, 0.0, 0.8), (3, 1.2, 0.0, 1.0), (4, 3.1, 2.0, 0.9)]]
+                 ).to_parquet(run / "rounds.parquet")  # fmt: skip
+    pd.DataFrame([{"round": t, "client_id": c, "participated": True, "dropped": c == 2, "num_examples": 10}
+                  for t in (1, 2, 3, 4) for c in range(3)]).to_parquet(run / "clients.parquet")  # fmt: skip
+    pd.DataFrame([{"round": 4, "actor": -1, "pid": 1, "peak_rss_mb": 900.0},
+                  {"round": 4, "actor": 0, "pid": 11, "peak_rss_mb": 850.0},
+                  {"round": 4, "actor": 1, "pid": 12, "peak_rss_mb": 700.0}]).to_parquet(run / "system.parquet")  # fmt: skip
+    (run / "summary.json").write_text(json.dumps({"setup_seconds": 6.0, "client_actors": 2}))
+    (run / "partition.parquet").write_bytes(b"")
+    os.utime(run / "partition.parquet", (launch + 10.0, launch + 10.0))
+    probe = TreeProbe(root_pid=1)
+    for pid, role, rss, uss in [(1, DRIVER, 800.0, 500.0), (11, CLIENT, 800.0, 400.0), (12, CLIENT, 760.0, 390.0),
+                                (13, SERVER, 780.0, 450.0), (14, RAYLET, 30.0, 10.0), (15, GCS, 50.0, 20.0)]:  # fmt: skip
+        probe.procs[pid] = ProcStats(pid=pid, role=role, name="x", create_time=0.0, first_seen=launch,
+                                     peak_rss_mb=rss, peak_uss_mb=uss, role_since=launch + 5)  # fmt: skip
+    probe.store_peak_bytes, probe.store_samples = 60 * 2**20, 3
+    spec = S.scale_specs([1000], 100)[0]
+    return S.RunResult(
+        spec, "ok", "", 30.0, launch, run, probe, summary={"setup_seconds": 6.0, "client_actors": 2}
+    )
+
+
+def test_summarize_a_run(tmp_path):
+    launch = time.time() - 100
+    row = S.summarize(fake_run(tmp_path, launch))
+    assert row["time_to_first_round_s"] == pytest.approx(
+        12.0, abs=1e-3
+    )  # 10 s to the end of set-up + round 1
+    assert row["import_s"] == pytest.approx(4.0, abs=1e-3) and row["setup_s"] == 6.0
+    assert row["median_round_s"] == pytest.approx(1.1)  # rounds 2..4, the last one's evaluation left out
+    assert row["median_busy_s"] == pytest.approx(0.9) and row["median_overhead_s"] == pytest.approx(0.2)
+    assert row["examples_per_round"] == 20  # two clients trained, one dropped
+    assert row["driver_rss_mb"] == 900.0  # the driver's own ru_maxrss beats the sampled 800
+    assert row["client_rss_mb_max"] == 850.0 and row["client_rss_mb_sum"] == 850.0 + 760.0
+    assert row["ray_system_rss_mb"] == 80.0 and row["object_store_mb"] == 60.0
+    assert row["total_rss_mb"] == 900.0 + 780.0 + 1610.0 + 80.0
+    assert row["total_uss_mb"] == 500.0 + 400 + 390 + 450 + 10 + 20
+    assert row["actors"] == 2 and row["actor_processes"] == 3
+
+
+# ------------------------------------------------------------------------------------- the probe
+
+
+def test_classify_ray_processes():
+    assert classify(["ray::ClientActorImpl.run()"]) == CLIENT
+    assert classify(["ray::ServerActorImpl"]) == SERVER
+    assert classify(["ray::IDLE"]) == IDLE
+    assert classify(["/x/ray/core/src/ray/raylet/raylet", "--gcs-address=1.2.3.4:5"]) == RAYLET
+    assert classify(["/x/ray/core/src/ray/gcs/gcs_server", "--port=1"]) == GCS
+    assert classify(["python", "-u", "dashboard/agent.py"]) == RAY_OTHER
+
+
+def test_probe_sees_a_process_tree(tmp_path):
+    code = "import subprocess, time; p = subprocess.Popen(['sleep', '30']); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        probe = TreeProbe(proc.pid, object_store=False)
+        deadline = time.time() + 10
+        while len(probe.procs) < 2 and time.time() < deadline:
+            probe.sample(with_uss=True)
+            time.sleep(0.1)
+        roles = {s.role for s in probe.procs.values()}
+        assert roles == {DRIVER, RAY_OTHER}
+        root = probe.procs[proc.pid]
+        assert root.peak_rss_mb > 1 and 0 < root.peak_uss_mb <= root.peak_rss_mb
+        assert probe.peak_total_rss_mb >= root.peak_rss_mb
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_error_line_is_raysims_one_line_message():
+    text = "some warning\nerror: data: num_clients=100000 needs at least 200000 training examples\n"
+    assert S._error_line(text).startswith("data: num_clients=100000")
+    assert S._error_line("Traceback...\nValueError: boom\n") == "ValueError: boom"
+
+
+# --------------------------------------------- the scaling fixes, against what they replaced
+
+
+def test_top_up_heap_moves_exactly_what_the_scan_moved():
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        k, c, m = int(rng.integers(1, 30)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        counts = rng.integers(0, 4, size=(k, c)) * (rng.random((k, c)) < 0.5)
+        if counts.sum() < k * m:
+            counts[rng.integers(k), rng.integers(c)] += k * m - counts.sum()
+        weights = rng.integers(0, 3, size=(c, k)).astype(float)  # many ties
+        assert np.array_equal(P._top_up(counts, weights, m), old_top_up(counts, weights, m))
+
+
+def test_pack_clients_heap_packs_exactly_as_the_scan():
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        shards = [SimpleNamespace(client_id=i, train_idx=np.zeros(int(rng.integers(1, 6)))) for i in range(n)]
+        for hosts in (1, 2, 3, int(rng.integers(1, 70))):
+            got = [[s.client_id for s in h] for h in pack_clients(shards, hosts)]
+            assert got == [[s.client_id for s in h] for h in old_pack(shards, hosts)]
+
+
+def test_dealing_and_test_counts_match_the_per_client_loops():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 6, size=500)
+    classes = np.unique(y)
+    counts = P._class_counts(np.stack([rng.dirichlet(np.full(40, 0.3)) for _ in classes]), np.bincount(y))
+    new = P._deal(y, classes, counts, np.random.default_rng(1))
+    old = old_deal(y, classes, counts, np.random.default_rng(1))
+    assert all(np.array_equal(x, z) for x, z in zip(new, old, strict=True))
+    test_by_class = [
+        np.arange(5),
+        np.empty(0, dtype=np.int64),
+        np.arange(3),
+        np.arange(9),
+        np.arange(1),
+        np.arange(4),
+    ]
+    hists = rng.integers(0, 5, size=(50, 6))
+    hists[0] = [0, 3, 0, 0, 0, 0]  # only a class the test set lacks: falls back to every present class
+    sizes = rng.integers(1, 30, size=50)
+    want = _test_counts(hists, sizes, test_by_class)
+    present = np.array([len(t) > 0 for t in test_by_class], dtype=float)
+    for h, s, row in zip(hists, sizes, want, strict=True):
+        w = h * present
+        assert row.tolist() == P.apportion(int(s), w if w.sum() else present).tolist()
+    # and the draws: one client's test positions, as the replaced per-client code drew them
+    labels = np.repeat(np.arange(6), hists[3])
+    got = _draw_test(
+        _test_counts(hists[3:4], sizes[3:4], test_by_class)[0], test_by_class, np.random.default_rng(9)
+    )
+    assert np.array_equal(
+        got, old_sample_test(labels, int(sizes[3]), test_by_class, np.random.default_rng(9))
+    )
+
+
+# ------------------------------------------------------------------------------------ slow tier
+
+
+@pytest.mark.slow
+def test_quick_bench_end_to_end(tmp_path):
+    """`raysim bench scale --quick`: three digits sizes and a size digits cannot hold (refused, in the
+    table with raysim's message), two actor-per-client runs, the fit and its validation, the plots."""
+    out = tmp_path / "bench"
+    r = subprocess.run(
+        [sys.executable, "-m", "raysim.cli", "bench", "scale", "--quick", "--rounds", "2",
+         "--clients", "20,100,400,1000", "--out", str(out)],  # fmt: skip
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[bench] [1/6] scale N=20: starting raysim run" in r.stderr
+    scale = pd.read_parquet(out / "scale.parquet").set_index("n_clients")
+    assert list(scale["status"]) == ["ok", "ok", "ok", "refused"]
+    assert "use at most" in scale.loc[1000, "reason"]
+    ok = scale[scale["status"] == "ok"]
+    assert (ok["actors"] == 2).all() and (ok["time_to_first_round_s"] > ok["setup_s"]).all()
+    assert (ok["total_rss_mb"] > ok["driver_rss_mb"] + ok["server_rss_mb"]).all()
+    assert (ok["object_store_mb"] > 0).all()
+    actors = pd.read_parquet(out / "actors.parquet")
+    assert list(actors["n_clients"]) == [2, 4] and list(actors["actors"]) == [2, 4]
+    assert (actors["client_uss_mb_mean"] < actors["client_rss_mb_mean"]).all()
+    fit = json.loads((out / "model.json").read_text())
+    assert fit["validation"]["held_out"] == 400 and set(fit["validation"]["figures"]) == set(M.VALIDATED)
+    assert (out / "scale.png").stat().st_size > 10_000 and (out / "actors.png").stat().st_size > 10_000
+    assert "N=1,000: stops because" in r.stdout and "Goals (issue 13)" in r.stdout
+    host = pd.read_parquet(out / "host.parquet")
+    assert list(host["n_clients"]) == list(S.QUICK_HOST_SIZES) and (host["host_s"] > 0).all()
+    # the fit again from the tables alone: the same coefficients
+    (out / "model.json").rename(out / "first.json")
+    r = subprocess.run([sys.executable, "-m", "raysim.cli", "bench", "fit", str(out)], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((out / "model.json").read_text())
+    assert again["coefficients"] == json.loads((out / "first.json").read_text())["coefficients"]

@@ -3,6 +3,7 @@ actors the server talks to. The only place, with the actor shells, that imports 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -285,15 +286,14 @@ def _keys(tasks: Sequence[ClientTask]) -> list[str]:
 
 
 def ensure_ray(address: str | None, **init_kwargs: Any) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS) or start a local Ray in-process."""
+    """Connect to ``address`` (or RAY_ADDRESS, as a RayJob's entrypoint has it) or start a new local
+    Ray in-process: never silently join some other Ray that happens to run on this machine (plain
+    ``ray.init()`` would; ``--address auto`` asks for that explicitly)."""
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     kwargs.update(init_kwargs)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **kwargs)
 
 
 def check_resources(

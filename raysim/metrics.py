@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.metrics import (
-    adjusted_rand_score,
-    f1_score,
-    normalized_mutual_info_score,
-    precision_score,
-    recall_score,
-)
+
+# scikit-learn is imported inside the functions that use it: importing it costs every process that
+# imports this module (each client actor among them) ~1.3 s and ~137 MB (measured by raysim bench).
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, loss: float) -> dict[str, float]:
     """accuracy, mean loss, macro precision/recall/F1 (classes absent from both count 0)."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
     labels = np.asarray(labels)
     preds = np.asarray(preds)
     if len(labels) == 0:
@@ -31,6 +29,8 @@ def classification_metrics(labels: np.ndarray, preds: np.ndarray, loss: float) -
 
 def clustering_agreement(truth: np.ndarray, found: np.ndarray) -> dict[str, float]:
     """NMI and ARI of discovered client groups against ground-truth groups."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     return {
         "nmi": float(normalized_mutual_info_score(truth, found)),
         "ari": float(adjusted_rand_score(truth, found)),

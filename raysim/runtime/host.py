@@ -209,7 +209,8 @@ class ClientHost:
         )
         self.clients: dict[int, HostedClient] = {}
         self.home = sorted(int(s.client_id) for s in shards)
-        for s in [*shards, *(v for v in visitors if v.client_id not in set(self.home))]:
+        home = set(self.home)  # once: rebuilt per visitor it was O(N^2 / actors) (raysim bench)
+        for s in [*shards, *(v for v in visitors if v.client_id not in home)]:
             ytr, yva, yte = make_client_labels(
                 s,
                 dataset.y_train,

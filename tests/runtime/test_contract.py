@@ -35,7 +35,9 @@ def run(cfg, algorithm=None, **kw):
 
 @pytest.mark.parametrize("name", sorted(PINS))
 def test_ported_algorithms_reproduce_the_pinned_numbers(tmp_path, name):
-    """Numbers recorded with the pre-contract runtime (3 rounds on digits): bit-identical."""
+    """Numbers recorded with the pre-contract runtime (3 rounds on digits): bit-identical. Re-recorded
+    once, deliberately, when every image batch became channels-last (``trainer.channels_last``,
+    issue 13): accuracies, bytes and counts unchanged, losses within 1.7e-7 relative."""
     pin = PINS[name]
     over = {"algorithm__name": name, "rounds__num_rounds": 3, **pin["overrides"]}
     rounds = run(tiny_config(tmp_path, **over))
@@ -223,6 +225,7 @@ def test_no_getattr_probing_and_no_algorithm_named_in_runtime_or_config():
     for name in ALGORITHMS:
         assert not re.search(rf"""["']{re.escape(name)}["']""", config), name
     for path in runtime:
-        text = path.read_text()
+        # Ray's own address keyword for a new local instance is not the "local" algorithm
+        text = "\n".join(ln for ln in path.read_text().splitlines() if not ln.startswith("NEW_LOCAL_RAY ="))
         for name in ALGORITHMS:
             assert not re.search(rf"""["']{re.escape(name)}["']""", text), (path, name)

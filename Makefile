@@ -43,7 +43,7 @@ lint: install  ## ruff and mypy on the packages
 	$(BIN)/ruff format --check raysim actors tuning tests benchmarks
 	$(BIN)/mypy raysim actors tuning
 
-bench: install data  ## workload W1: raysim vs a pure PyTorch loop (prints the ratio)
+bench: install data  ## workload W1: raysim vs plain processes and a pure PyTorch loop (prints the ratios)
 	$(BIN)/python benchmarks/fedavg_w1.py
 
 clean:  ## remove runs and caches (not the venv)

@@ -3,12 +3,15 @@ epoch, batch 32, SGD lr 0.05, cnn-small.
 
 Measures, in one run on this machine:
   * raysim: median seconds per round on the Ray backend (client actors packed automatically,
-    one per CPU, one torch thread each; evaluation switched off so only the round is timed);
+    one per CPU, one torch thread each; evaluation switched off so only the round is timed), and
+    each actor's minor page faults per round;
+  * plain processes: raysim's own trainer (ClientHost) in as many plain Python processes as raysim
+    has actors (multiprocessing, each loading Fashion-MNIST itself, no Ray), each given exactly the
+    clients raysim's server gives that actor this round, from the same global model: what the
+    actors would cost without Ray. Target: raysim <= 1.1 x this (issue 13);
   * reference: a plain PyTorch loop (torch.optim.SGD, float tensors prepared in advance, one
     thread) over exactly the same cohorts, training the clients one after the other.
-
-Target: raysim round <= 1.25 x (reference / number of cores), i.e. the ratio on the last line
-<= 0.625 on 2 cores.
+    Target: raysim round <= 1.25 x (reference / number of cores).
 
     python benchmarks/fedavg_w1.py [--rounds 8]
 
@@ -24,6 +27,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +39,8 @@ from raysim.data import build_federation, load_dataset
 from raysim.models import build_model
 from raysim.models.flat import init_params
 from raysim.runtime.experiment import Experiment
-from raysim.runtime.server import round_rng
+from raysim.runtime.pool import balance_tasks
+from raysim.runtime.server import SALT_CONFIGURE, round_rng
 
 W1 = {
     "name": "bench-w1",
@@ -65,39 +71,27 @@ class ReferenceLoop:
     def raysim_trainer_round(self, t: int) -> float:
         """The same cohort through raysim's ClientHost in this process (no Ray): the trainer's
         own speed, one thread."""
-        from raysim.algorithms import build_algorithm
-        from raysim.algorithms.base import ClientTask
-        from raysim.runtime.host import ClientHost, HostSpec
-
         if not hasattr(self, "host"):
-            ds = load_dataset("fashion-mnist")
-            spec = HostSpec(
-                model="cnn-small",
-                input_shape=ds.input_shape,
-                num_classes=10,
-                mean=ds.mean,
-                std=ds.std,
-                seed=0,
-                torch_threads=1,
-            )
-            self.host = ClientHost(0, build_algorithm("fedavg"), ds, list(self.fed.clients), spec)
+            self.host = w1_host(0, load_dataset("fashion-mnist"), home=list(self.fed.clients))
         threads = torch.get_num_threads()
-        cohort = sample_cohort(range(1000), 100, round_rng(0, t))
-        hp = {"epochs": 1, "batch_size": 32, "lr": 0.05}
-        tasks = [ClientTask(client_id=c, model_key="global", hparams=hp) for c in cohort]
-        seconds = self.host.run(t, tasks, {"global": self.params.numpy().astype(np.float32)}).seconds
+        params = self.params.numpy().astype(np.float32)
+        seconds = self.host.run(t, w1_tasks(t), {"global": params}).seconds
         torch.set_num_threads(threads)
         return seconds
 
     def round(self, t: int) -> float:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        cohort = sample_cohort(range(1000), 100, round_rng(0, t))  # raysim's cohort of round t
+        cohort = sample_cohort(
+            range(1000), 100, round_rng(0, t, SALT_CONFIGURE)
+        )  # raysim's cohort of round t
         t0 = time.perf_counter()
         acc, total = torch.zeros_like(self.params), 0
         for cid in cohort:
             idx = torch.from_numpy(np.array(self.fed.clients[cid].train_idx))
-            torch.nn.utils.vector_to_parameters(self.params, self.model.parameters())
+            # a copy: vector_to_parameters makes the parameters views of its vector, and every
+            # client must start from the round's global model, not from the previous client
+            torch.nn.utils.vector_to_parameters(self.params.clone(), self.model.parameters())
             opt = torch.optim.SGD(self.model.parameters(), lr=0.05)
             order = idx[torch.randperm(len(idx))]
             for s in range(0, len(order), 32):
@@ -113,6 +107,97 @@ class ReferenceLoop:
         return elapsed
 
 
+def w1_host(host_id: int, ds: Any, home: Sequence[Any] = (), visitors: Sequence[Any] = ()) -> Any:
+    """raysim's ClientHost as W1's client actors have it: FedAvg, cnn-small, one torch thread."""
+    from raysim.algorithms import build_algorithm
+    from raysim.runtime.host import ClientHost, HostSpec
+
+    spec = HostSpec(
+        model="cnn-small",
+        input_shape=ds.input_shape,
+        num_classes=10,
+        mean=ds.mean,
+        std=ds.std,
+        seed=0,
+        torch_threads=1,
+    )
+    return ClientHost(host_id, build_algorithm("fedavg"), ds, list(home), spec, visitors=list(visitors))
+
+
+def w1_tasks(t: int) -> list[Any]:
+    """Round t's tasks: raysim's cohort of round t (its FedAvg server's draw) with W1's settings."""
+    from raysim.algorithms.base import ClientTask
+
+    cohort = sample_cohort(range(1000), 100, round_rng(0, t, SALT_CONFIGURE))
+    hp = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+    return [ClientTask(client_id=c, model_key="global", hparams=hp) for c in cohort]
+
+
+def _plain_worker(conn: Any, host_id: int) -> None:
+    """One plain process: raysim's ClientHost over every W1 client (as a roaming actor has them),
+    trains the tasks it is sent and answers with its busy seconds."""
+    torch.set_num_threads(1)
+    ds = load_dataset("fashion-mnist")
+    fed = build_federation(ds, scheme="dirichlet", num_clients=1000, seed=0, alpha=0.5)
+    host = w1_host(host_id, ds, visitors=list(fed.clients))
+    conn.send("ready")
+    while (msg := conn.recv()) is not None:
+        t, tasks, params = msg
+        conn.send(host.run(t, tasks, {"global": params}).seconds)
+
+
+class PlainProcesses:
+    """As many plain processes as raysim has client actors, each running raysim's trainer on the
+    clients raysim's server assigns that actor (``balance_tasks``, the roaming rule)."""
+
+    def __init__(self, n: int, env: dict[str, str] | None = None) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.n = n
+        self.pipes, self.procs = [], []
+        saved = dict(os.environ)
+        # a spawned child starts with this environment (glibc and OpenMP read it then). One OpenMP
+        # thread, as Ray gives its workers: with the default (one per core) each process keeps an
+        # idle OpenMP thread spinning on the other core, and two processes slow each other down.
+        os.environ.update({"OMP_NUM_THREADS": "1", **(env or {})})
+        try:
+            for h in range(n):
+                a, b = ctx.Pipe()
+                proc = ctx.Process(target=_plain_worker, args=(b, h), daemon=True)
+                proc.start()
+                self.pipes.append(a)
+                self.procs.append(proc)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        for a in self.pipes:
+            assert a.recv() == "ready"
+        fed = build_federation(
+            load_dataset("fashion-mnist"), scheme="dirichlet", num_clients=1000, seed=0, alpha=0.5
+        )
+        self.sizes = {c.client_id: len(c.train_idx) for c in fed.clients}
+
+    def round(self, t: int, params: np.ndarray) -> float:
+        groups = balance_tasks(w1_tasks(t), self.sizes, range(self.n))
+        t0 = time.perf_counter()
+        for h, ts in groups.items():
+            self.pipes[h].send((t, ts, params))
+        for h in groups:
+            self.pipes[h].recv()
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        for a in self.pipes:
+            a.send(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
+
+
+def _faults(exp: Experiment) -> dict[int, int]:
+    return {s["actor"]: int(s["minor_faults"]) for s in exp.backend.system_stats() if s["actor"] >= 0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -120,6 +205,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    load0 = tuple(round(x, 2) for x in os.getloadavg())
     ref = ReferenceLoop()
     with tempfile.TemporaryDirectory() as d:
         cfg = config_from_dict(
@@ -130,20 +216,36 @@ def main() -> int:
             }
         )
         exp = Experiment(cfg, progress=False)
+        plain = tuned = None
         try:
             exp.prepare()
-            ours, theirs, busy, inproc = [], [], [], []
-            # interleaved, round by round: both sides see the same machine at the same time
+            from actors.backend import ACTOR_ENV
+
+            plain = PlainProcesses(exp.num_hosts)
+            tuned = PlainProcesses(exp.num_hosts, env=ACTOR_ENV)
+            ours, theirs, busy, inproc, procs, tprocs, faults = [], [], [], [], [], [], []
+            # interleaved, round by round: every side sees the same machine at the same time
             for t in range(1, args.rounds + 1):
+                params = exp.backend.eval_broadcast()["global"]  # raysim's global model before round t
+                f0 = _faults(exp)
                 m = exp.run_round(t).metrics
+                f1 = _faults(exp)
+                p = plain.round(t, params)
+                q = tuned.round(t, params)
                 r = ref.round(t)
                 solo = ref.raysim_trainer_round(t)
                 if t > 1:
                     inproc.append(solo)
                     ours.append(m["round_s"] - m["evaluate_s"])
                     theirs.append(r)
+                    procs.append(p)
+                    tprocs.append(q)
                     busy.append((m["actor_busy_max_s"], m["actor_busy_mean_s"]))
+                    faults.append([f1[a] - f0[a] for a in sorted(f1)])
         finally:
+            for pp in (plain, tuned):
+                if pp is not None:
+                    pp.close()
             exp.close()
     ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
     ours_med, ref_med, ratio_med = (
@@ -153,7 +255,8 @@ def main() -> int:
     )
     target = 1.25 / cores
     print(
-        f"machine: {cores} cores, torch {torch.__version__}; raysim: {exp.num_hosts} client actors, 1 thread each"
+        f"machine: {cores} cores, torch {torch.__version__}; raysim: {exp.num_hosts} client actors, 1 thread each; "
+        f"load average before/after {load0} / {tuple(round(x, 2) for x in os.getloadavg())}"
     )
     print(f"raysim s/round:             median {ours_med:.3f}  {[round(x, 3) for x in ours]}")
     print(f"  busiest / mean actor busy: {[f'{a:.2f}/{b:.2f}' for a, b in busy]}")
@@ -161,6 +264,23 @@ def main() -> int:
     print(
         f"raysim trainer, 1 process:  median {statistics.median(inproc):.3f}  {[round(x, 3) for x in inproc]}"
         f"  (same cohorts through ClientHost without Ray: the trainer's speed on one core)"
+    )
+    print(f"  minor page faults per actor per round: {faults}")
+    vs_procs = [a / b for a, b in zip(ours, procs, strict=True)]
+    print(
+        f"{exp.num_hosts} plain processes s/round:  median {statistics.median(procs):.3f}  "
+        f"{[round(x, 3) for x in procs]}  (raysim's trainer, same clients per process, no Ray)"
+    )
+    print(
+        f"raysim / plain processes (median of per-round ratios): {statistics.median(vs_procs):.3f}  "
+        f"{[round(x, 3) for x in vs_procs]} -> target <= 1.1: "
+        f"{'MET' if statistics.median(vs_procs) <= 1.1 else 'MISSED'}"
+    )
+    vs_tuned = [a / b for a, b in zip(ours, tprocs, strict=True)]
+    print(
+        f"{exp.num_hosts} plain processes with raysim's allocator settings (ACTOR_ENV) s/round: median "
+        f"{statistics.median(tprocs):.3f}  {[round(x, 3) for x in tprocs]}; raysim / these: "
+        f"{statistics.median(vs_tuned):.3f} -> {'MET' if statistics.median(vs_tuned) <= 1.1 else 'MISSED'}"
     )
     print(f"per-round ratios:           {[round(x, 3) for x in ratios]}")
     print(

@@ -90,7 +90,9 @@ def test_the_same_images_train_to_the_same_bits_whatever_strides_their_array_has
     import pickle
 
     x, y = digits_batch(96)
-    own = np.lib.stride_tricks.as_strided(x, x.shape, (x.strides[0], 0, *x.strides[2:]))  # like numpy's loaders
+    own = np.lib.stride_tricks.as_strided(
+        x, x.shape, (x.strides[0], 0, *x.strides[2:])
+    )  # like numpy's loaders
     shipped = pickle.loads(pickle.dumps(np.ascontiguousarray(x), protocol=5))
     assert own.strides != shipped.strides and np.array_equal(own, shipped)
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)

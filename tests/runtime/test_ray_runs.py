@@ -225,10 +225,9 @@ def wait_restarted(ray, actor, old_pid: int, timeout_s: float = 120.0) -> None:
     raise AssertionError(f"the actor was not restarted within {timeout_s} s")
 
 
-def test_with_max_restarts_a_killed_actor_comes_back_and_its_clients_restart_empty(ray_cluster, tmp_path):
-    """SCAFFOLD (pinned clients with control variates), max_restarts 1: nobody is lost; the
-    restarted actor's clients start again without their state."""
-    cfg = tiny_config(
+def scaffold_two_actors(tmp_path, **over):
+    """SCAFFOLD's 4 clients pinned 2 to an actor, every client every round, actors restartable once."""
+    return tiny_config(
         tmp_path,
         algorithm__name="scaffold",
         data__num_clients=4,
@@ -236,8 +235,14 @@ def test_with_max_restarts_a_killed_actor_comes_back_and_its_clients_restart_emp
         resources__clients_per_actor=2,
         resources__max_restarts=1,
         rounds__clients_per_round=4,
-        rounds__num_rounds=4,
+        **over,
     )
+
+
+def test_with_max_restarts_a_killed_actor_comes_back_and_its_clients_restart_empty(ray_cluster, tmp_path):
+    """SCAFFOLD (pinned clients with control variates), max_restarts 1: nobody is lost; the
+    restarted actor's clients start again without their state."""
+    cfg = scaffold_two_actors(tmp_path, rounds__num_rounds=4)
     exp = Experiment(cfg, progress=False)
     try:
         exp.prepare()
@@ -273,17 +278,7 @@ def test_a_restarted_actors_clients_get_their_state_back_from_the_newest_checkpo
     train on and keep theirs."""
     from raysim.runtime import rundir
 
-    cfg = tiny_config(
-        tmp_path,
-        algorithm__name="scaffold",
-        data__num_clients=4,
-        resources__backend="ray",
-        resources__clients_per_actor=2,
-        resources__max_restarts=1,
-        rounds__clients_per_round=4,
-        rounds__num_rounds=5,
-        rounds__checkpoint_every=2,
-    )
+    cfg = scaffold_two_actors(tmp_path, rounds__num_rounds=5, rounds__checkpoint_every=2)
     exp = Experiment(cfg, progress=False)
     try:
         exp.prepare()

@@ -49,8 +49,9 @@ class RayPool:
     ) -> None:
         self.handles = list(handles)
         self.owner = dict(owner)
-        # which process answers for each actor; None until it first answers (its clients have no
-        # state before their first round, so the first answer is never a restart)
+        # which process answers for each actor; None until it first answers. A fresh pool's first
+        # answer is never a restart: at a run's start the clients have no state yet, and after a
+        # lost server the restore sets every actor's state and records who answered
         self.incarnation: list[str | None] = (
             list(incarnations) if incarnations is not None else [None] * len(self.handles)
         )

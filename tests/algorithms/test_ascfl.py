@@ -18,9 +18,8 @@ from raysim.algorithms.ascfl import ASCFL
 from raysim.algorithms.base import ClientResult, ClientTask, ServerContext, SetupContext
 from raysim.clustering import cosine_similarity_matrix
 from raysim.models import ParamLayout, build_model
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import configure
+from tests.algorithms.contract import configure, steps_with_checkpoint
 from tests.conftest import tiny_config
 
 # ----------------------------------------------------------------------------- registration
@@ -463,33 +462,6 @@ def test_a_diverged_client_uploads_its_non_finite_update_instead_of_crashing_the
 # ------------------------------------------------------------------------------- end to end
 
 
-def _run_steps(cfg, rounds, save_at=None, directory=None):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    out = []
-    try:
-        while not exp.should_stop() and exp.next_round <= rounds:
-            out.append(exp.step().metrics)
-            if save_at is not None and exp.next_round - 1 == save_at:
-                exp.save(directory)
-    finally:
-        exp.close()
-    return pd.DataFrame(out)
-
-
-def _run_restored(cfg, directory, at):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    out = []
-    try:
-        assert exp.restore(directory) == at
-        while not exp.should_stop():
-            out.append(exp.step().metrics)
-    finally:
-        exp.close()
-    return pd.DataFrame(out)
-
-
 def test_end_to_end_on_rotated_digits_and_save_restore_is_identical(tmp_path):
     cfg = tiny_config(
         tmp_path,
@@ -503,7 +475,7 @@ def test_end_to_end_on_rotated_digits_and_save_restore_is_identical(tmp_path):
         rounds__num_rounds=4,
         rounds__clients_per_round=6,
     )
-    full = _run_steps(cfg, 4, save_at=2, directory=tmp_path / "ckpt")
+    full = steps_with_checkpoint(cfg, at=2, save_to=tmp_path / "ckpt")
     cols = [
         "test_accuracy",
         "personal_accuracy",
@@ -523,5 +495,5 @@ def test_end_to_end_on_rotated_digits_and_save_restore_is_identical(tmp_path):
         assert np.isfinite(full[col]).all(), col
     assert (full["uplink_bytes_lowrank"] < full["uplink_bytes_full"]).all()
     assert full["epsilon_spent"].is_monotonic_increasing and full["num_clusters"].min() >= 1
-    after = _run_restored(cfg, tmp_path / "ckpt", 2)
+    after = steps_with_checkpoint(cfg, at=2, restore_from=tmp_path / "ckpt")
     pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

@@ -41,7 +41,6 @@ class RayPool:
         self,
         handles: Sequence[Any],
         owner: Mapping[int, int],
-        incarnations: Sequence[str | None] | None = None,
         ping_timeout_s: float = 60.0,
         roam_sizes: Mapping[int, int] | None = None,
         client_state: bool = False,
@@ -52,9 +51,7 @@ class RayPool:
         # which process answers for each actor; None until it first answers. A fresh pool's first
         # answer is never a restart: at a run's start the clients have no state yet, and after a
         # lost server the restore sets every actor's state and records who answered
-        self.incarnation: list[str | None] = (
-            list(incarnations) if incarnations is not None else [None] * len(self.handles)
-        )
+        self.incarnation: list[str | None] = [None] * len(self.handles)
         self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
         self.client_state = client_state
         self.can_restart = can_restart
@@ -62,12 +59,16 @@ class RayPool:
         self.ping_timeout_s = ping_timeout_s
         self.replied: list[int] = []  # hosts whose reply of the last round arrived in time
         self.restarted: set[int] = set()  # clients whose state went back to initial, not yet restored
-        self.late: dict[int, Any] = {}  # host -> its call cancelled at a deadline (it may still run)
+        self.late: set[int] = set()  # hosts whose call was cancelled at a deadline (it may still run)
 
     def available(self) -> list[int]:
         if self.roam_sizes is not None:  # clients without state train on any live actor
             return sorted(self.owner) if len(self.dead) < len(self.handles) else []
         return sorted(c for c, h in self.owner.items() if h not in self.dead)
+
+    def _live_hosts(self) -> list[int]:
+        """Hosts that can take a call now: not dead, not stuck in a call cancelled at a deadline."""
+        return [h for h in range(len(self.handles)) if h not in self.dead and h not in self.late]
 
     def _hosted_by(self, h: int) -> list[int]:
         return [c for c, o in self.owner.items() if o == h]
@@ -75,15 +76,11 @@ class RayPool:
     def _answered_by(self, h: int, incarnation: str) -> bool:
         """Record which process answers for host ``h``; True when it is a new one whose clients
         lost their state (Ray restarted it)."""
-        if incarnation == self.incarnation[h]:
-            return False
-        first = self.incarnation[h] is None
-        self.incarnation[h] = incarnation
-        if first:
-            return False
-        if self.client_state:
+        old, self.incarnation[h] = self.incarnation[h], incarnation
+        lost_state = self.client_state and old is not None and old != incarnation
+        if lost_state:
             self.restarted.update(self._hosted_by(h))
-        return self.client_state
+        return lost_state
 
     def _check_alive(self, h: int) -> bool:
         """Whether actor ``h`` answers within the ping timeout; an actor that is unavailable for
@@ -131,20 +128,20 @@ class RayPool:
         them, else returned (left out until they answer)."""
         for h in sorted(self.late):
             if h in self.dead:
-                del self.late[h]
+                self.late.discard(h)
                 continue
             try:
                 incarnation = ray.get(self.handles[h].ping.remote(), timeout=grace_s)
             except ray.exceptions.GetTimeoutError:
                 if self.can_restart:
-                    del self.late[h]
+                    self.late.discard(h)
                     self._restart(h)
                 continue
             except ray.exceptions.RayError:
-                del self.late[h]
+                self.late.discard(h)
                 self._check_alive(h)
                 continue
-            del self.late[h]
+            self.late.discard(h)
             self._answered_by(h, incarnation)
         return set(self.late)
 
@@ -163,8 +160,7 @@ class RayPool:
             tasks = [t for t in tasks if t.client_id not in self.restarted]
         refs = {k: ray.put(v) for k, v in broadcast.items()}
         t1 = time.perf_counter()
-        live = [h for h in range(len(self.handles)) if h not in self.dead and h not in stuck]
-        grouped = assign_tasks(tasks, self.owner, self.roam_sizes, live)
+        grouped = assign_tasks(tasks, self.owner, self.roam_sizes, self._live_hosts())
         for h in sorted(set(grouped) & stuck):
             out.drop(grouped.pop(h), f"actor {h} is still stuck in a call that missed an earlier deadline")
         calls = {
@@ -191,7 +187,7 @@ class RayPool:
             self.replied.append(h)
         for ref in pending:
             ray.cancel(ref)  # the actor stops at its next client (it checks between clients)
-            self.late[calls[ref]] = ref
+            self.late.add(calls[ref])
             out.drop(grouped[calls[ref]], f"missed the {deadline_s}s round deadline")
         train_s = time.perf_counter() - t1
         if pending:  # one more deadline to stop; a call still running after that is stuck
@@ -238,8 +234,8 @@ class RayPool:
                 self._check_alive(h)
         return got, failed
 
-    def _all_live(self, method: str, *args: Any, strict: bool) -> list[Any]:
-        """Call every live actor. ``strict``: one that fails is an error (client state would be
+    def _all_live(self, method: str, *args: Any, strict: bool) -> list[tuple[int, Any]]:
+        """Call every live actor; (host, reply) pairs. ``strict``: one that fails is an error (client state would be
         lost silently otherwise; actors already known dead lost their clients, which is counted);
         else its reply is skipped and it is found dead by its next round."""
         if strict and self.late:  # every client's state is needed: give stuck actors time
@@ -250,15 +246,12 @@ class RayPool:
                     f"(a client hangs inside its update) and cannot {method}: set "
                     "resources.max_restarts >= 1 so that raysim restarts stuck actors"
                 )
-        calls = [
-            (h, getattr(self.handles[h], method).remote(*args))
-            for h in range(len(self.handles))
-            if h not in self.dead and h not in self.late  # stuck ones would block the caller
-        ]
+        # (stuck hosts are left out: a call to one would block the caller)
+        calls = [(h, getattr(self.handles[h], method).remote(*args)) for h in self._live_hosts()]
         out = []
         for h, ref in calls:
             try:
-                out.append(ray.get(ref))
+                out.append((h, ray.get(ref)))
             except ray.exceptions.RayError as exc:
                 if strict:
                     raise RuntimeError(
@@ -269,20 +262,19 @@ class RayPool:
 
     def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
         refs = {k: ray.put(v) for k, v in broadcast.items()}
-        return [row for rows in self._all_live("evaluate", refs, strict=False) for row in rows]
+        return [row for _, rows in self._all_live("evaluate", refs, strict=False) for row in rows]
 
     def get_state(self) -> dict[int, dict[str, Any]]:
-        return {cid: st for part in self._all_live("get_state", strict=True) for cid, st in part.items()}
+        parts = self._all_live("get_state", strict=True)
+        return {cid: st for _, part in parts for cid, st in part.items()}
 
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
-        got = self._all_live("set_state", dict(states), strict=True)
-        live = [h for h in range(len(self.handles)) if h not in self.dead and h not in self.late]
-        for h, incarnation in zip(live, got, strict=True):
+        for h, incarnation in self._all_live("set_state", dict(states), strict=True):
             self.incarnation[h] = incarnation  # every client's state is the checkpoint's now
         self.restarted = set()
 
     def stats(self) -> list[dict[str, Any]]:
-        return self._all_live("stats", strict=False)
+        return [row for _, row in self._all_live("stats", strict=False)]
 
 
 RESTARTED = "its actor restarted: the client's state goes back to the newest checkpoint"

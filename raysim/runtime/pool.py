@@ -74,8 +74,8 @@ class Pool(Protocol):
         ...
 
     def take_restarted(self) -> list[int]:
-        """Clients whose host restarted (a new process: its clients' state is back to the initial
-        one) since the last call; their results of the round in which it was found were dropped.
+        """Clients (sorted) whose host restarted (a new process: its clients' state is back to the
+        initial one) since the last call; their results of the round in which it was found were dropped.
         The driver restores their state from the newest checkpoint (``restore_clients``)."""
         ...
 

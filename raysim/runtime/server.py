@@ -232,7 +232,7 @@ class Server:
         if t % self.eval.every == 0 or t == self.eval.num_rounds:
             m.update(self.evaluate(rows, t))
         m["evaluate_s"] = time.perf_counter() - t2
-        restarted = sorted(self.pool.take_restarted())
+        restarted = self.pool.take_restarted()
         m["restarted_clients"] = float(len(restarted))
         m["round_s"] = time.perf_counter() - t0
         return RoundReport(

@@ -13,8 +13,9 @@ import ray
 
 from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.config import ConfigError
+from raysim.data.federation import ShardTable
 from raysim.runtime.backend import ServerLost, Share, StartSpec
-from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
+from raysim.runtime.pool import ClientIndex, PoolReply, ReplyCollector, assign_tasks
 from raysim.runtime.server import RoundReport
 
 # The environment of every raysim actor process. glibc hands freed blocks above its (dynamic) mmap
@@ -48,6 +49,7 @@ class RayPool:
     ) -> None:
         self.handles = list(handles)
         self.owner = dict(owner)
+        self.index = ClientIndex(self.owner)
         # which process answers for each actor; None until it first answers. A fresh pool's first
         # answer is never a restart: at a run's start the clients have no state yet, and after a
         # lost server the restore sets every actor's state and records who answered
@@ -61,10 +63,10 @@ class RayPool:
         self.restarted: set[int] = set()  # clients whose state went back to initial, not yet restored
         self.late: set[int] = set()  # hosts whose call was cancelled at a deadline (it may still run)
 
-    def available(self) -> list[int]:
+    def available(self) -> np.ndarray:
         if self.roam_sizes is not None:  # clients without state train on any live actor
-            return sorted(self.owner) if len(self.dead) < len(self.handles) else []
-        return sorted(c for c, h in self.owner.items() if h not in self.dead)
+            return self.index.ids if len(self.dead) < len(self.handles) else self.index.ids[:0]
+        return self.index.on_hosts_except(self.dead)
 
     def _live_hosts(self) -> list[int]:
         """Hosts that can take a call now: not dead, not stuck in a call cancelled at a deadline."""
@@ -375,7 +377,8 @@ class RayBackend:
         # Kept referenced for as long as the backend lives, so that a restarted actor can read it again.
         # Without client state every actor can train every client (index arrays only), and the
         # server balances each round's cohort over the actors.
-        visitors = ray.put([s for shards in spec.host_shards for s in shards]) if spec.roam else ()
+        table = ShardTable([s for shards in spec.host_shards for s in shards]) if spec.roam else None
+        visitors = ray.put(table) if table is not None else None  # flat arrays: zero-copy per node
         self.visitors_ref = visitors  # as ds_ref: what a restarted actor's constructor reads again
         self.clients = [
             ClientActor.options(
@@ -388,11 +391,7 @@ class RayBackend:
             for h, shards in enumerate(spec.host_shards)
         ]
         owner = {s.client_id: h for h, shards in enumerate(spec.host_shards) for s in shards}
-        sizes = (
-            {s.client_id: len(s.train_idx) for shards in spec.host_shards for s in shards}
-            if spec.roam
-            else None
-        )
+        sizes = table.sizes() if table is not None else None
         self._server_args = {
             "num_cpus": spec.server_cpus,
             "num_gpus": spec.server_gpus,

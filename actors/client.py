@@ -12,6 +12,7 @@ import ray
 import torch
 
 from raysim.algorithms.base import ClientTask, LinearSum
+from raysim.data.federation import ShardTable
 from raysim.runtime.host import ClientHost, HostSpec
 from raysim.runtime.pool import HostReply
 
@@ -38,7 +39,7 @@ class ClientActorImpl:
         dataset: Any,
         shards: Sequence[Any],
         spec: HostSpec,
-        visitors: Sequence[Any] = (),
+        visitors: ShardTable | None = None,
     ) -> None:
         ctx = ray.get_runtime_context()
         # a new one every time Ray (re)creates this actor: a restarted actor has lost its clients' state

@@ -35,7 +35,7 @@ import torch
 
 from raysim.algorithms.base import sample_cohort
 from raysim.config import config_from_dict
-from raysim.data import build_federation, load_dataset
+from raysim.data import ShardTable, build_federation, load_dataset
 from raysim.models import build_model
 from raysim.models.flat import init_params
 from raysim.runtime.experiment import Experiment
@@ -121,7 +121,14 @@ def w1_host(host_id: int, ds: Any, home: Sequence[Any] = (), visitors: Sequence[
         seed=0,
         torch_threads=1,
     )
-    return ClientHost(host_id, build_algorithm("fedavg"), ds, list(home), spec, visitors=list(visitors))
+    return ClientHost(
+        host_id,
+        build_algorithm("fedavg"),
+        ds,
+        list(home),
+        spec,
+        visitors=ShardTable(list(visitors)) if visitors else None,
+    )
 
 
 def w1_tasks(t: int) -> list[Any]:

@@ -301,10 +301,13 @@ class RoundContext:
     """What ``configure_round`` gets: who may train and with which hyperparameters."""
 
     round_idx: int
-    available: Sequence[int]  # clients that can train this round (lost clients excluded)
+    available: np.ndarray  # sorted int64 ids of the clients that can train (lost ones excluded)
     cohort_size: int  # rounds.clients_per_round (capped at the federation)
     hparams: Mapping[str, float]  # this round's client hyperparameters (local.* and any override)
     rng: np.random.Generator  # a function of (seed, round) only
+
+    def __post_init__(self) -> None:  # any sequence of ids (tests, hand-made contexts) as an array
+        object.__setattr__(self, "available", np.asarray(self.available, dtype=np.int64).reshape(-1))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -434,9 +437,11 @@ class Algorithm(ABC):
         return None
 
 
-def sample_cohort(available: Sequence[int], k: int, rng: np.random.Generator) -> list[int]:
-    """Uniformly sample min(k, |available|) distinct clients, returned sorted."""
-    avail = np.asarray(sorted(available), dtype=np.int64)
+def sample_cohort(available: Sequence[int] | np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """Uniformly sample min(k, |available|) distinct clients, returned sorted (as Python ints)."""
+    avail = np.asarray(available, dtype=np.int64)
+    if len(avail) > 1 and not bool((avail[1:] > avail[:-1]).all()):  # the runtime's are sorted already
+        avail = np.sort(avail)
     if len(avail) == 0:
         return []
     pick = rng.choice(len(avail), size=min(k, len(avail)), replace=False)

@@ -276,8 +276,7 @@ class PFedHT(Algorithm):
     def configure_round(self, state: PFedHTState, rnd: RoundContext) -> tuple[PFedHTState, RoundPlan]:
         t0 = time.perf_counter()
         phase_new = self.new_client_phase(rnd.round_idx)
-        held = set(state.new.tolist())
-        pool = [c for c in rnd.available if (c in held) == phase_new]
+        pool = rnd.available[np.isin(rnd.available, state.new) == phase_new]
         cohort = sample_cohort(pool, rnd.cohort_size, rnd.rng)
         w = self.generate(state, cohort)  # the cohort only, one batched pass (eq. 11)
         broadcast: dict[str, np.ndarray] = {

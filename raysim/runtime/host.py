@@ -30,6 +30,7 @@ from raysim.algorithms.base import (
     UpdateTooLarge,
     sum_by_key,
 )
+from raysim.data.federation import ShardTable
 from raysim.models.flat import Params
 from raysim.runtime.pool import ClientError, HostReply
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer, pick_device
@@ -187,16 +188,18 @@ class ClientHost:
         shards: Sequence[Any],
         spec: HostSpec,
         gpu_ids: list | None = None,
-        visitors: Sequence[Any] = (),
+        visitors: ShardTable | None = None,
     ) -> None:
         """``shards`` are this host's own clients (their state, their personalised evaluation);
         ``visitors`` are further clients it may be asked to train when the algorithm keeps no
-        client state (index arrays only: the data stays in the shared dataset)."""
+        client state: flat index arrays (the data stays in the shared dataset), a client built
+        only for the round that trains it, so a host holds O(own + cohort) client objects."""
         torch.set_num_threads(spec.torch_threads)
         self.host_id = host_id
         self.algorithm = algorithm
         self.spec = spec
         self.x_train, self.x_test = dataset.x_train, dataset.x_test
+        self.y_train_all, self.y_test_all = dataset.y_train, dataset.y_test
         self.device = pick_device(gpu_ids)
         self.gpu_ids = list(gpu_ids or [])
         self.trainer = Trainer(
@@ -207,29 +210,9 @@ class ClientHost:
             std=spec.std,
             device=self.device,
         )
-        self.clients: dict[int, HostedClient] = {}
-        self.home = sorted(int(s.client_id) for s in shards)
-        home = set(self.home)  # once: rebuilt per visitor it was O(N^2 / actors) (raysim bench)
-        for s in [*shards, *(v for v in visitors if v.client_id not in home)]:
-            ytr, yva, yte = make_client_labels(
-                s,
-                dataset.y_train,
-                dataset.y_test,
-                spec.num_classes,
-                s.client_id in spec.noisy_clients,
-                spec.seed,
-            )
-            self.clients[s.client_id] = HostedClient(
-                client_id=s.client_id,
-                train_idx=np.asarray(s.train_idx, dtype=np.int64),
-                val_idx=np.asarray(s.val_idx, dtype=np.int64),
-                test_idx=np.asarray(s.test_idx, dtype=np.int64),
-                y_train=ytr,
-                y_val=yva,
-                y_test=yte,
-                rotation=int(s.rotation),
-                group=int(s.group),
-            )
+        self.visitors = visitors
+        self.clients: dict[int, HostedClient] = {s.client_id: self._hosted(s) for s in shards}
+        self.home = sorted(self.clients)
         self.staged: dict[int, dict[str, Any]] = {}  # accepted clients' new state, until commit
         self.staged_round = -1
         # each accepted client's own fixed-point update this round (linear algorithms): what
@@ -237,6 +220,35 @@ class ClientHost:
         self.staged_singles: dict[int, LinearSum] = {}
         self._proc = psutil.Process(os.getpid())
         self._peak_rss = self._proc.memory_info().rss
+
+    def _hosted(self, s: Any) -> HostedClient:
+        ytr, yva, yte = make_client_labels(
+            s,
+            self.y_train_all,
+            self.y_test_all,
+            self.spec.num_classes,
+            s.client_id in self.spec.noisy_clients,
+            self.spec.seed,
+        )
+        return HostedClient(
+            client_id=s.client_id,
+            train_idx=np.asarray(s.train_idx, dtype=np.int64),
+            val_idx=np.asarray(s.val_idx, dtype=np.int64),
+            test_idx=np.asarray(s.test_idx, dtype=np.int64),
+            y_train=ytr,
+            y_val=yva,
+            y_test=yte,
+            rotation=int(s.rotation),
+            group=int(s.group),
+        )
+
+    def _client(self, client_id: int) -> HostedClient | None:
+        """A client this host owns, or a visitor built for this call (no state: visitors roam only
+        when the algorithm keeps none); None when this host cannot train it."""
+        c = self.clients.get(client_id)
+        if c is None and self.visitors is not None and client_id in self.visitors:
+            c = self._hosted(self.visitors.shard(client_id))
+        return c
 
     def client_ids(self) -> list[int]:
         """The clients this host owns (visitors excluded)."""
@@ -266,7 +278,7 @@ class ClientHost:
             if cancelled is not None and cancelled():
                 dropouts.append((task.client_id, "cancelled: the round deadline passed"))
                 continue
-            client = self.clients.get(task.client_id)
+            client = self._client(task.client_id)
             if client is None:
                 dropouts.append((task.client_id, f"not hosted on actor {self.host_id}"))
                 continue
@@ -345,7 +357,15 @@ class ClientHost:
         if self.staged_round != round_idx:
             return 0
         for cid, st in self.staged.items():
-            self.clients[cid].state = st
+            c = self.clients.get(cid)
+            if c is not None:
+                c.state = st
+            elif st:  # a visitor: built for one call, its state would be lost (and differ by host)
+                raise RuntimeError(
+                    f"{type(self.algorithm).__name__} wrote client state for client {cid} but its "
+                    "traits say client_state=False: declare client_state=True so its clients stay "
+                    "on one actor"
+                )
         n = len(self.staged)
         self.staged = {}
         return n

@@ -3,7 +3,7 @@ collector. A pool is the set of client hosts the server talks to (in-process or 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,7 +52,7 @@ class PoolReply:
 
 
 class Pool(Protocol):
-    def available(self) -> list[int]: ...
+    def available(self) -> np.ndarray: ...
     def run(
         self,
         round_idx: int,
@@ -95,6 +95,24 @@ def group_tasks(tasks: Sequence[ClientTask], owner: Mapping[int, int]) -> dict[i
     for t in tasks:
         out.setdefault(owner.get(t.client_id, -1), []).append(t)
     return out
+
+
+class ClientIndex:
+    """Every client id, sorted, with its home host: the pool's per-round ``available()`` as one
+    vectorised mask (it was a sort of all N ids a round: 0.7 s at 10^6 clients, issue 13)."""
+
+    def __init__(self, owner: Mapping[int, int]) -> None:
+        ids = np.fromiter(owner.keys(), dtype=np.int64, count=len(owner))
+        hosts = np.fromiter(owner.values(), dtype=np.int64, count=len(owner))
+        order = np.argsort(ids, kind="stable")
+        self.ids, self.hosts = ids[order], hosts[order]
+        self.ids.setflags(write=False)
+
+    def on_hosts_except(self, dead: Collection[int]) -> np.ndarray:
+        """The sorted ids of clients whose home host is not in ``dead``."""
+        if not dead:
+            return self.ids
+        return self.ids[~np.isin(self.hosts, np.fromiter(dead, dtype=np.int64, count=len(dead)))]
 
 
 def balance_tasks(

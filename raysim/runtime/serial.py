@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 
 from raysim.algorithms.base import ClientTask, LinearSum
+from raysim.data.federation import ShardTable
 from raysim.runtime.backend import Share, StartSpec
 from raysim.runtime.host import ClientHost
-from raysim.runtime.pool import PoolReply, ReplyCollector, assign_tasks
+from raysim.runtime.pool import ClientIndex, PoolReply, ReplyCollector, assign_tasks
 from raysim.runtime.server import RoundReport, Server
 
 
@@ -21,9 +22,10 @@ class SerialPool:
         self.hosts = list(hosts)
         self.owner = {cid: h for h, host in enumerate(self.hosts) for cid in host.client_ids()}
         self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
+        self.index = ClientIndex(self.owner)
 
-    def available(self) -> list[int]:
-        return sorted(self.owner)
+    def available(self) -> np.ndarray:
+        return self.index.ids
 
     def run(
         self,
@@ -85,12 +87,12 @@ class SerialBackend:
         return self._share or Share(cpus=float(os.cpu_count() or 1))
 
     def start(self, spec: StartSpec) -> None:
-        everyone = [s for shards in spec.host_shards for s in shards] if spec.roam else []
+        everyone = ShardTable([s for shards in spec.host_shards for s in shards]) if spec.roam else None
         self.hosts = [
             ClientHost(h, spec.algorithm, spec.dataset, shards, spec.host_spec, visitors=everyone)
             for h, shards in enumerate(spec.host_shards)
         ]
-        sizes = {s.client_id: len(s.train_idx) for s in everyone} if spec.roam else None
+        sizes = everyone.sizes() if everyone is not None else None
         self.server = Server(pool=SerialPool(self.hosts, roam_sizes=sizes), **spec.server_kwargs)
 
     def _srv(self) -> Server:

@@ -292,3 +292,33 @@ def test_federation_and_dataset_survive_pickling(ds: Dataset) -> None:
         assert a.label_perm is not None and b.label_perm is not None
         assert np.array_equal(a.label_perm, b.label_perm)
     assert np.array_equal(ds2.x_train, ds.x_train) and ds2.input_shape == ds.input_shape
+
+
+@pytest.mark.parametrize("scheme", ["dirichlet", "rotation", "label-permutation"])
+def test_shard_table_gives_back_every_shard_exactly(ds: Dataset, scheme: str) -> None:
+    """What a roaming actor trains from: each client rebuilt from the flat arrays equals its shard."""
+    from raysim.data import ShardTable
+
+    kw: dict[str, Any] = {"alpha": 0.5} if scheme == "dirichlet" else {"num_groups": 3}
+    fed = build_federation(ds, scheme=scheme, num_clients=20, seed=3, **kw)
+    shuffled = [fed.clients[i] for i in np.random.default_rng(0).permutation(20)]
+    table = pickle.loads(pickle.dumps(ShardTable(shuffled)))  # as the actors receive it
+    assert len(table) == 20
+    assert table.sizes() == {s.client_id: len(s.train_idx) for s in fed.clients}
+    for s in fed.clients:
+        got = table.shard(s.client_id)
+        for name in ("train_idx", "val_idx", "test_idx"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(s, name))
+            assert not getattr(got, name).flags.writeable
+        assert (got.group, got.rotation) == (s.group, s.rotation)
+        if s.label_perm is None:
+            assert got.label_perm is None
+        else:
+            np.testing.assert_array_equal(got.label_perm, s.label_perm)
+    if scheme == "label-permutation":
+        assert table.perms.shape == (3, ds.num_classes)  # one label map per group, not per client
+    assert 5 in table and 20 not in table and "5" not in table
+    with pytest.raises(KeyError, match="client 20"):
+        table.shard(20)
+    with pytest.raises(ValueError, match="same client id"):
+        ShardTable([fed.clients[0], fed.clients[0]])

@@ -1,6 +1,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from raysim.runtime.packing import pack_clients
 
@@ -48,3 +49,64 @@ def test_only_stateless_algorithms_roam_and_only_with_auto_packing():
     assert not roams(fedavg, 1, "auto")
     assert not roams(scaffold, 2, "auto")
     assert not roams(fedavg, 2, 3)
+
+
+def _digits_host(home, visitors, algorithm=None):
+    from raysim.algorithms import build_algorithm
+    from raysim.data import load_dataset
+    from raysim.runtime.host import ClientHost, HostSpec
+
+    ds = load_dataset("digits")
+    spec = HostSpec(
+        model="mlp", input_shape=ds.input_shape, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, seed=0
+    )
+    return ClientHost(0, algorithm or build_algorithm("fedavg"), ds, home, spec, visitors=visitors)
+
+
+def test_a_roaming_host_builds_visitors_per_call_and_trains_them_as_their_owner_would():
+    """Visitors arrive as one ShardTable: the host keeps client objects for its own clients only
+    (O(N) objects per actor before: issue 13), and a visitor trains to the same bits as on the host
+    that owns it."""
+    from raysim.algorithms.base import ClientTask
+    from raysim.data import ShardTable, build_federation, load_dataset
+    from raysim.models.flat import init_params
+
+    ds = load_dataset("digits")
+    fed = build_federation(ds, scheme="dirichlet", num_clients=12, seed=0, alpha=0.5)
+    table = ShardTable(list(fed.clients))
+    roaming = _digits_host(list(fed.clients[:3]), table)
+    owner = _digits_host([fed.clients[7]], None)
+    assert sorted(roaming.clients) == [0, 1, 2] and roaming.client_ids() == [0, 1, 2]
+    params = init_params("mlp", ds.input_shape, ds.num_classes, 0)
+    task = [ClientTask(client_id=7, model_key="global", hparams={"lr": 0.1, "batch_size": 16})]
+    a = roaming.run(1, task, {"global": params})
+    b = owner.run(1, task, {"global": params})
+    assert not a.dropouts and [r.client_id for r in a.results] == [7]
+    np.testing.assert_array_equal(a.partials[0].fixed_delta, b.partials[0].fixed_delta)
+    assert sorted(roaming.clients) == [0, 1, 2]  # the visitor was not kept
+    assert roaming.commit(1) == 1
+    # a client outside the table is still a counted dropout, not an error
+    c = roaming.run(
+        2, [ClientTask(client_id=99, model_key="global", hparams={"lr": 0.1})], {"global": params}
+    )
+    assert c.dropouts == [(99, "not hosted on actor 0")]
+
+
+def test_an_algorithm_that_keeps_state_it_did_not_declare_fails_loudly_on_a_visitor():
+    from raysim.algorithms.base import ClientTask
+    from raysim.algorithms.fedavg import FedAvg
+    from raysim.data import ShardTable, build_federation, load_dataset
+    from raysim.models.flat import init_params
+
+    class Sneaky(FedAvg):
+        def client_update(self, task, params, client):
+            client.state["seen"] = np.ones(1)
+            return super().client_update(task, params, client)
+
+    ds = load_dataset("digits")
+    fed = build_federation(ds, scheme="iid", num_clients=4, seed=0)
+    host = _digits_host([fed.clients[0]], ShardTable(list(fed.clients)), Sneaky())
+    params = init_params("mlp", ds.input_shape, ds.num_classes, 0)
+    host.run(1, [ClientTask(client_id=3, model_key="global", hparams={"lr": 0.1})], {"global": params})
+    with pytest.raises(RuntimeError, match="client_state=True"):
+        host.commit(1)

@@ -123,7 +123,9 @@ class NaNForClient0(Algorithm):
         return GlobalState(params=params.astype(np.float32))
 
     def configure_round(self, state, rnd):
-        tasks = [ClientTask(client_id=c, model_key="global", hparams=rnd.hparams) for c in rnd.available]
+        tasks = [
+            ClientTask(client_id=c, model_key="global", hparams=rnd.hparams) for c in rnd.available.tolist()
+        ]
         return state, RoundPlan(tasks=tasks, broadcast={"global": state.params})
 
     def client_update(self, task, params, client):

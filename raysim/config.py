@@ -53,6 +53,8 @@ class DataConfig(_Section):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     test_per_client: Annotated[int, Field(ge=1)] | None = None
     public_fraction: Annotated[float, Field(ge=0, lt=0.9)] = 0.0
+    # partition "sampled" only: examples each client draws (clients overlap; any num_clients fits)
+    examples_per_client: Annotated[int, Field(ge=2)] = 50
     # fraction of clients (drawn once per seed) whose training and validation labels are replaced by
     # uniform random labels; their local test labels stay clean
     label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0

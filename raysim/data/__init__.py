@@ -30,6 +30,7 @@ from raysim.data.partition import (
     label_permutations,
     pathological,
     quantity_skew,
+    sampled,
     stratified_split,
 )
 
@@ -56,6 +57,7 @@ __all__ = [
     "pathological",
     "quantity_skew",
     "read_idx",
+    "sampled",
     "stratified_split",
     "summary_table",
     "transform_images",

@@ -28,6 +28,7 @@ SCHEMES: tuple[str, ...] = (
     "label-permutation",
     "contiguous",
     "natural",
+    "sampled",
 )
 GROUP_SCHEMES = ("rotation", "label-permutation")
 MAX_ROTATION_GROUPS = 4
@@ -191,6 +192,7 @@ def _validate(
     test_per_client: int | None,
     public_fraction: float,
     min_size: int,
+    examples_per_client: int = 50,
 ) -> None:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown partition scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
@@ -245,11 +247,18 @@ def _validate(
                 "natural client); set public_fraction to 0"
             )
     pool = len(ds.y_train) - int(round(public_fraction * len(ds.y_train)))
-    if scheme != "natural" and num_clients * min_size > pool:
+    if scheme == "sampled":
+        if not min_size <= examples_per_client <= pool:
+            raise ValueError(
+                f"examples_per_client must be between {min_size} and the {pool} examples {ds.name!r} "
+                f"leaves after the public split, got {examples_per_client}"
+            )
+    elif scheme != "natural" and num_clients * min_size > pool:
         raise ValueError(
             f"num_clients={num_clients} needs at least {num_clients * min_size} training examples "
             f"({min_size} per client) but {ds.name!r} leaves {pool} after the public split; "
-            f"use at most {pool // min_size} clients"
+            f"use at most {pool // min_size} clients, or partition 'sampled' (clients draw "
+            "overlapping samples: any number of clients, for runtime measurements)"
         )
 
 
@@ -352,6 +361,7 @@ def build_federation(
     test_per_client: int | None = None,
     public_fraction: float = 0.0,
     min_size: int = P.DEFAULT_MIN_SIZE,
+    examples_per_client: int = 50,
 ) -> Federation:
     """Partition ``ds`` into ``num_clients`` clients with scheme ``scheme`` (one of :data:`SCHEMES`).
 
@@ -364,14 +374,15 @@ def build_federation(
        (:func:`~raysim.data.partition.assign_groups`), the pool split among groups, Dirichlet(alpha)
        within each group; group ``g`` rotates by ``g`` quarter turns or permutes labels by row ``g`` of
        :func:`~raysim.data.partition.label_permutations` (group 0 unchanged). ``natural`` uses the
-       dataset's own clients;
+       dataset's own clients; ``sampled``: each client draws ``examples_per_client`` examples of the
+       pool independently (clients overlap: any N fits);
     3. ``val_fraction`` of each shard is held out as validation (at least 1 when the shard has >= 2);
     4. test: ``test_per_client`` test examples per client (default proportional to its train size,
        at least 10) with the client's train label proportions; ``natural`` uses its own test split.
     """
     _validate(
         ds, scheme, num_clients, alpha, classes_per_client, sigma, num_groups, val_fraction,
-        test_per_client, public_fraction, min_size,
+        test_per_client, public_fraction, min_size, examples_per_client,
     )  # fmt: skip
     rng_public, rng_part, rng_val, rng_test = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
@@ -414,6 +425,8 @@ def build_federation(
             local = P.quantity_skew(y_pool, num_clients, rng_part, sigma, min_size=min_size)
         elif scheme == "dirichlet-quantity":
             local = P.dirichlet_quantity(y_pool, num_clients, alpha, rng_part, sigma, min_size=min_size)
+        elif scheme == "sampled":
+            local = P.sampled(len(pool), num_clients, examples_per_client, rng_part)
         else:  # contiguous
             local = P.contiguous(len(pool), num_clients, rng_part, min_size=min_size)
         shards = [pool[p] for p in local]

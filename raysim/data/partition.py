@@ -10,6 +10,9 @@ label array it was given. Guarantees, checked by the tests:
 - each client's indices come in random order. Trainers must still shuffle every epoch (DESIGN.md,
   section 3): a client's data is often dominated by a few classes.
 
+The exception is ``sampled`` (scale runs beyond the dataset's size): its clients draw their
+examples independently, so they overlap and the number of clients is not bounded by the data.
+
 ``iid``, ``dirichlet``, ``quantity_skew``, ``dirichlet_quantity`` and ``contiguous`` use every
 position; ``pathological`` uses every position whenever it gives each class at least one shard
 (``num_clients * classes_per_client >= number of classes``).
@@ -368,6 +371,24 @@ def contiguous(
     extra = np.diff(np.concatenate([[-1], bars, [free + num_clients - 1]])) - 1
     sizes = min_size + extra
     return list(np.split(order, np.cumsum(sizes)[:-1]))
+
+
+def sampled(n: int, num_clients: int, examples_per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Every client draws ``examples_per_client`` distinct positions of ``0..n-1`` uniformly, independently
+    of the other clients: clients overlap (the one scheme that breaks disjointness), labels are iid,
+    and any number of clients fits. For runtime and memory measurements at N beyond the dataset
+    (``raysim bench scale`` at 100,000 clients of Fashion-MNIST), not for accuracy claims."""
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+    if not 1 <= examples_per_client <= n:
+        raise ValueError(
+            f"examples_per_client must be between 1 and the {n} examples, got {examples_per_client}"
+        )
+    draws = rng.integers(0, n, size=(num_clients, examples_per_client), dtype=np.int64)
+    s = np.sort(draws, axis=1)
+    for i in np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)):  # a repeat within a client: draw again
+        draws[i] = rng.choice(n, size=examples_per_client, replace=False)
+    return list(draws)
 
 
 def assign_groups(num_clients: int, num_groups: int, rng: np.random.Generator) -> np.ndarray:

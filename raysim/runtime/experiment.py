@@ -108,6 +108,7 @@ class Experiment:
                 val_fraction=d.val_fraction,
                 test_per_client=d.test_per_client,
                 public_fraction=d.public_fraction,
+                examples_per_client=d.examples_per_client,
             )
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"data: {exc}") from None

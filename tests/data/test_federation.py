@@ -58,13 +58,18 @@ def test_shards_disjoint_and_public_held_out(ds: Dataset, scheme: str) -> None:
 
     assert len(fed.clients) == 10 and [c.client_id for c in fed.clients] == list(range(10))
     held = np.concatenate([np.concatenate([c.train_idx, c.val_idx]) for c in fed.clients])
-    assert len(held) == len(np.unique(held)), "a training example belongs to two clients (or train and val)"
+    if scheme == "sampled":  # clients draw independently (overlap by design), never twice within one
+        assert all(len(np.unique(np.concatenate([c.train_idx, c.val_idx]))) == 50 for c in fed.clients)
+    else:
+        assert len(held) == len(np.unique(held)), (
+            "a training example belongs to two clients (or train and val)"
+        )
     assert len(np.intersect1d(held, fed.public_idx)) == 0
     # stratified public split: 10% of each balanced class = 10 per class
     assert np.bincount(ds.y_train[fed.public_idx], minlength=10).tolist() == [10] * 10
     assert all(len(c.train_idx) >= 1 and len(c.val_idx) >= 1 for c in fed.clients)
     assert all(c.test_idx.max() < len(ds.y_test) for c in fed.clients)
-    if scheme != "pathological":  # every partitioner but pathological uses the whole pool here
+    if scheme not in ("pathological", "sampled"):  # the others use the whole pool here
         assert len(held) + len(fed.public_idx) == len(ds.y_train)
 
 
@@ -322,3 +327,19 @@ def test_shard_table_gives_back_every_shard_exactly(ds: Dataset, scheme: str) ->
         table.shard(20)
     with pytest.raises(ValueError, match="same client id"):
         ShardTable([fed.clients[0], fed.clients[0]])
+
+
+def test_sampled_partition_holds_more_clients_than_the_dataset_and_says_so_when_others_cannot(
+    ds: Dataset,
+) -> None:
+    """1,000 examples: 'dirichlet' refuses 2,000 clients (and names the way out), 'sampled' builds them."""
+    with pytest.raises(ValueError, match="partition 'sampled'"):
+        build_federation(ds, scheme="dirichlet", num_clients=2000, seed=0)
+    fed = build_federation(ds, scheme="sampled", num_clients=2000, seed=0, examples_per_client=10)
+    assert len(fed.clients) == 2000
+    for c in fed.clients[:50]:
+        assert len(c.train_idx) + len(c.val_idx) == 10 and len(c.val_idx) == 1
+        assert not set(c.train_idx.tolist()) & set(c.val_idx.tolist())
+        assert len(c.test_idx) >= 10
+    with pytest.raises(ValueError, match="examples_per_client must be between 2 and the 1000"):
+        build_federation(ds, scheme="sampled", num_clients=10, seed=0, examples_per_client=1001)

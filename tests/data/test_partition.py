@@ -246,3 +246,24 @@ def test_labels_must_be_1d_integers() -> None:
         P.iid(np.zeros((4, 2), dtype=np.int64), 2, _rng())
     with pytest.raises(ValueError, match="integers"):
         P.dirichlet(np.zeros(10, dtype=np.float32), 2, 1.0, _rng())
+
+
+def test_sampled_fits_more_clients_than_examples_each_without_repeats() -> None:
+    rng = np.random.default_rng(0)
+    parts = P.sampled(100, 500, 30, rng)  # 15,000 draws from 100 positions
+    assert len(parts) == 500
+    for p in parts:
+        assert p.dtype == np.int64 and len(p) == 30 and len(np.unique(p)) == 30
+        assert p.min() >= 0 and p.max() < 100
+    # clients overlap, and every position is drawn about equally often (uniform): 150 expected each
+    counts = np.bincount(np.concatenate(parts), minlength=100)
+    assert 100 < counts.min() and counts.max() < 200
+    again = P.sampled(100, 500, 30, np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_sampled_rejects_impossible_sizes() -> None:
+    with pytest.raises(ValueError, match="between 1 and the 10 examples"):
+        P.sampled(10, 5, 11, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="num_clients must be >= 1"):
+        P.sampled(10, 0, 2, np.random.default_rng(0))

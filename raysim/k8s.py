@@ -13,8 +13,16 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    ``clients_per_actor: auto`` with ``num_actors: A``.
 2. The actor count A must not depend on the cluster (the cluster is sized from it), so
    ``clients_per_actor: auto`` without ``num_actors`` is pinned to ``num_actors =
-   ceil(clients / 50)`` (:data:`K8S_CLIENTS_PER_ACTOR`). Then A = ``cfg.num_client_actors()``,
-   the runtime's own rule: ``ceil(clients / clients_per_actor)``, or ``num_actors``.
+   min(ceil(clients / 50), C)`` (:func:`default_actors`; 50 is :data:`K8S_CLIENTS_PER_ACTOR`;
+   C = ``rounds.clients_per_round``), or to 1 for an algorithm that pools every client into one:
+   one actor per 50 clients, but never more actors than a round trains clients. A round of C
+   clients keeps at most C actors busy and every actor costs ~800 MB RSS for the whole run,
+   while an actor holds only its own N / A clients (roaming or not: ``raysim.bench.model``), so
+   the cap costs memory per actor only as N / C grows. A value the experiment sets wins:
+   ``num_actors`` (or ``--actors``), ``clients_per_actor: k`` (or ``--gpus-per-client``). Then
+   A = ``cfg.num_client_actors()``, the runtime's own rule: ``ceil(clients / clients_per_actor)``,
+   ``min(clients, num_actors)``, or 1 when the algorithm pools. The rendered header's
+   ``Actors:`` line says which rule picked A and why (:attr:`Sizing.rule`).
 3. Each actor asks Ray for c = ``resources.num_cpus`` CPUs and g = ``resources.num_gpus`` GPUs.
    GPU experiments (g > 0) run on the GPU group only: a pod with P = ``--gpus-per-pod`` GPUs
    holds ``P * floor(1 / g)`` actors (g <= 1; fractions share a GPU) or ``floor(P / g)``
@@ -27,8 +35,9 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    the other group has none; autoscaling is off (the run checks the cluster's resources when it
    starts and never grows, and KubeRay submits the job once every pod is ready).
    Example: 10 clients x 0.25 GPU (c = 1) -> 10 actors, 4 per 1-GPU pod -> 3 pods of
-   1 GPU + 4 CPUs: 3 GPUs for the 2.5 asked. 1000 clients on CPU (auto, c = 1) -> 20 actors,
-   8 per 8-CPU pod -> 3 pods of 7 CPUs: 21 CPUs for the 20 asked.
+   1 GPU + 4 CPUs: 3 GPUs for the 2.5 asked. 1000 clients on CPU, 100 a round (auto, c = 1) ->
+   min(20, 100) = 20 actors, 8 per 8-CPU pod -> 3 pods of 7 CPUs: 21 CPUs for the 20 asked.
+   10^6 clients, 100 a round -> min(20000, 100) = 100 actors -> 13 pods of 8 CPUs.
 5. The head schedules no client actors (``num-cpus: "0"``); the driver and a server actor that
    asks for nothing (``resources.server_cpus`` = ``server_gpus`` = 0) use its real CPUs. A server
    that asks for resources (a hypernetwork trains there) cannot be placed on the head, so it gets
@@ -78,7 +87,7 @@ INLINE_CONFIG = f"{IMAGE_WORKDIR}/k8s/inline-config.yaml"
 RESULTS_MOUNT = "/mnt/results"  # the shared PVC (k8s/pvc.yaml) on every Ray pod
 RESULTS_CLAIM = "raysim-results"
 RUNS_DIR = f"{RESULTS_MOUNT}/runs"
-K8S_CLIENTS_PER_ACTOR = 50  # clients_per_actor: auto on Kubernetes without num_actors
+K8S_CLIENTS_PER_ACTOR = 50  # clients_per_actor: auto on Kubernetes without num_actors (capped at the cohort)
 RAY_UID, RAY_GID = 1000, 100  # the `ray` user of rayproject/ray images
 MEMORY_MI_PER_CPU = 2048
 MEMORY_MI_PER_GPU = 16384
@@ -127,6 +136,7 @@ class Sizing:
     server: GroupSize | None = None  # a pod of its own for a server actor that asks for resources
     server_cpus: float = 0.0
     server_gpus: float = 0.0
+    rule: str = ""  # which rule picked the actor count, and why (the header's "Actors:" line)
 
     @property
     def sized(self) -> GroupSize:
@@ -158,6 +168,39 @@ class Sizing:
             f"{self.actors * self.cpus_per_actor + self.server_cpus:g} CPUs and "
             f"{self.actors * self.gpus_per_actor + self.server_gpus:g} GPUs {who} ask for"
         )
+
+
+def default_actors(clients: int, cohort: int) -> tuple[int, str]:
+    """The actor count ``render`` gives ``clients_per_actor: auto`` without ``num_actors``, and why:
+    ``min(ceil(clients / 50), cohort)``. One actor per :data:`K8S_CLIENTS_PER_ACTOR` clients, but no
+    more actors than clients a round trains: a round of C clients keeps at most C actors busy, and
+    every actor costs its RSS (~800 MB) for the whole run."""
+    per = math.ceil(clients / K8S_CLIENTS_PER_ACTOR)
+    c = max(1, min(cohort, clients))
+    if per <= c:
+        return per, (
+            f"A = ceil({clients} / {K8S_CLIENTS_PER_ACTOR}) = {per} (clients_per_actor: auto without "
+            f"num_actors: one actor per {K8S_CLIENTS_PER_ACTOR} clients, no more than the {c} a round trains)"
+        )
+    return c, (
+        f"A = {c}, the clients a round trains (rounds.clients_per_round), not ceil({clients} / "
+        f"{K8S_CLIENTS_PER_ACTOR}) = {per} (clients_per_actor: auto without num_actors): more actors "
+        f"than the cohort would idle every round; each holds its own ~{math.ceil(clients / c)} clients"
+    )
+
+
+def actor_rule(cfg: ExperimentConfig, why: str) -> str:
+    """Why A = ``cfg.num_client_actors()`` when the experiment fixes the actor count (or the
+    algorithm pools every client into one), for the header's ``Actors:`` line; ``why`` says where
+    the ``resources`` value came from (a flag of ``render``, or the experiment)."""
+    res, n, a = cfg.resources, cfg.data.num_clients, cfg.num_client_actors()
+    if cfg.algorithm.traits.pooled:
+        return f"A = 1: {cfg.algorithm.name} pools every client's data into one client"
+    if res.clients_per_actor != "auto":
+        k = res.clients_per_actor
+        return f"A = ceil({n} / {k}) = {a} ({why}: resources.clients_per_actor = {k})"
+    capped = f", at most the {n} clients" if res.num_actors is not None and res.num_actors > n else ""
+    return f"A = {a} ({why}: resources.num_actors = {res.num_actors}{capped})"
 
 
 STATIC_CPU_GROUP = GroupSize("cpu", PodShape(cpus=8), replicas=1, min_replicas=1, max_replicas=10)
@@ -531,10 +574,22 @@ def render_rayjob(
     fixed = ["resources.backend=ray", "resources.address=null", f"output.dir={RUNS_DIR}"]
     cfg = load_config(config, [*(overrides or []), *flags, *fixed])
     res = cfg.resources
-    if res.clients_per_actor == "auto" and res.num_actors is None:
+    if gpus_per_client is not None:
+        why = "--gpus-per-client: one client per actor"
+    elif actors is not None:
+        why = "--actors"
+    else:
+        why = "set by the experiment"
+    if res.clients_per_actor == "auto" and res.num_actors is None:  # pinned here: see the docstring
+        if cfg.algorithm.traits.pooled:
+            picked, rule = 1, actor_rule(cfg, why)
+        else:
+            picked, rule = default_actors(cfg.data.num_clients, cfg.rounds.clients_per_round)
         raw = cfg.to_dict()
-        raw["resources"]["num_actors"] = math.ceil(cfg.data.num_clients / K8S_CLIENTS_PER_ACTOR)
+        raw["resources"]["num_actors"] = picked
         cfg = config_from_dict(raw, str(config))
+    else:
+        rule = actor_rule(cfg, why)
     n_actors = cfg.num_client_actors()
     cpu, gpu, per_pod = size_workers(
         n_actors, res.num_cpus, res.num_gpus, cpus_per_pod=cpus_per_pod, gpus_per_pod=gpus_per_pod
@@ -553,6 +608,7 @@ def render_rayjob(
         server,
         res.server_cpus,
         res.server_gpus,
+        rule,
     )
     job_name = name or job_name_for(cfg)
     if len(job_name) > MAX_JOB_NAME or not _DNS1035.match(job_name):
@@ -614,6 +670,7 @@ def _header(sizing: Sizing, cfg: ExperimentConfig, name: str, out: str, argv: li
         "Do not edit: change the experiment and render again.",
         "",
         f"Sizing: {sizing.describe()}.",
+        f"Actors: {sizing.rule}.",
         *cost_estimate(sizing, cfg),
         "",
         "  kubectl apply -f k8s/pvc.yaml            # once: the shared results volume",
@@ -659,7 +716,7 @@ def render(
         int | None,
         typer.Option(
             help=f"Client actors (default with clients_per_actor: auto: "
-            f"ceil(clients / {K8S_CLIENTS_PER_ACTOR}))."
+            f"min(ceil(clients / {K8S_CLIENTS_PER_ACTOR}), rounds.clients_per_round))."
         ),
     ] = None,
     image: Annotated[str, typer.Option(help="Image built from k8s/Dockerfile and pushed.")] = DEFAULT_IMAGE,
@@ -677,7 +734,8 @@ def render(
     Sizing rule (details and examples: docs/kubernetes.md):
 
     - actors A = ceil(clients / clients_per_actor), or num_actors;
-      clients_per_actor: auto becomes num_actors = ceil(clients / 50)
+      clients_per_actor: auto becomes num_actors = min(ceil(clients / 50), clients a round):
+      no more actors than a round trains clients; the header says which rule picked A
     - --gpus-per-client F: one client per actor with F GPUs (0.25: four share a GPU)
     - GPU actors fill pods of --gpus-per-pod GPUs, floor(1/F) actors a GPU;
       CPU actors fill pods of --cpus-per-pod CPUs, floor(cpus_per_pod / num_cpus) a pod
@@ -730,6 +788,7 @@ def render(
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(target), text)
     typer.echo(f"wrote {target}: {sizing.describe()}", err=True)
+    typer.echo(f"Actors: {sizing.rule}.", err=True)
     for line in cost_estimate(sizing, cfg):
         typer.echo(line, err=True)
     typer.echo(f"next: kubectl apply -f {target} && kubectl get rayjob {job} -w", err=True)

@@ -36,7 +36,7 @@ from raysim.bench.probe import (
 from raysim.bench.profile import old_deal, old_pack, old_sample_test, old_top_up
 from raysim.data import partition as P
 from raysim.data.federation import _draw_test, _test_counts
-from raysim.runtime.packing import pack_clients
+from raysim.runtime.packing import pack_clients, roams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,6 @@ TRUE = M.Coefficients(
     import_s=4.0,
     setup_s=6.0,
     setup_per_client_s=3e-4,
-    roam_setup_s=4e-8,
     actor_start_s=1.7,
     driver_mb=700.0,
     driver_per_client_mb=0.004,
@@ -76,18 +75,15 @@ def synthetic(coef: M.Coefficients, sizes=(100, 1000, 10_000), actor_counts=(4, 
     ):
         for n, a, cohort in runs:
             cohort = min(cohort, n)
-            roam = kind == "scale"
             per_client = 54_000 / n
             for t in range(1, 6):
                 x = cohort * per_client * float(rng.uniform(0.7, 1.3))  # cohorts differ round to round
-                w = M.Workload(
-                    n_clients=n, cohort=cohort, examples_per_client=x / cohort, actors=a, roam=roam
-                )
+                w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=x / cohort, actors=a)
                 e = M.predict(coef, w)
                 rounds.append({"kind": kind, "n_clients": n, "actors": a, "round": t, "cohort": float(cohort),
                                "examples": x, "round_s": e.round_s + 0.5, "evaluate_s": 0.5, "busy_s": e.busy_s,
                                "train_s": e.busy_s, "epochs": 1})  # fmt: skip
-            w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=per_client, actors=a, roam=roam)
+            w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=per_client, actors=a)
             e = M.predict(coef, w)
             med = e.round_s  # the round of the run's median cohort (examples_per_round below)
             row = {
@@ -101,11 +97,8 @@ def synthetic(coef: M.Coefficients, sizes=(100, 1000, 10_000), actor_counts=(4, 
                 "total_rss_mb": e.driver_mb + e.server_mb + a * e.actor_mb + coef.ray_mb,
             }  # fmt: skip
             (scale if kind == "scale" else actors).append(row)
-    # ClientHost built in-process: a linear part and the N^2 / A defect
-    host = [
-        {"n_clients": n, "actors": 2, "host_s": 2e-5 * n + coef.roam_setup_s * n * n / 2}
-        for n in (2000, 4000, 8000)
-    ]
+    # host.parquet as the bench still writes it (ClientHost timed in-process): the fit ignores it
+    host = [{"n_clients": n, "actors": 2, "host_s": 5.0 + n} for n in (2000, 4000, 8000)]
     return M.BenchData(scale=scale, actors=actors, rounds=rounds, host=host, cores=2)
 
 
@@ -126,13 +119,13 @@ def test_predict_by_hand():
                        actor_start_s=2.0, driver_mb=100, driver_per_client_mb=0.01, server_mb=200,
                        server_per_client_mb=0.02, actor_mb=300, actor_per_hosted_mb=0.1, ray_mb=50,
                        store_mb=60, store_per_client_mb=0.001, cores=2)  # fmt: skip
-    w = M.Workload(n_clients=1000, cohort=10, epochs=2, examples_per_client=50, actors=4, roam=False)
+    w = M.Workload(n_clients=1000, cohort=10, epochs=2, examples_per_client=50, actors=4)
     e = M.predict(c, w)
     assert e.busy_s == pytest.approx((0.02 * 10 + 1e-3 * 2 * 500) / 2)  # 4 actors, 2 cores: 2 at once
     assert e.overhead_s == pytest.approx(0.1 + 0.01 + 0.04)
     assert e.setup_s == pytest.approx(3.0 + 0.1 + 2.0 * 4 / 2)
     assert e.first_round_s == pytest.approx(2.0 + e.setup_s + e.round_s + 1.0)
-    assert e.actor_mb == pytest.approx(300 + 0.1 * 250)  # pinned: 1000 / 4 clients an actor
+    assert e.actor_mb == pytest.approx(300 + 0.1 * 250)  # 1000 / 4 clients an actor
     assert e.driver_mb == pytest.approx(110) and e.server_mb == pytest.approx(220)
     # one machine: the head and the worker are the same node, Ray and the store counted once
     assert e.total_mb == pytest.approx(110 + 220 + 50 + 61 + 4 * 325)
@@ -144,24 +137,86 @@ def test_predict_by_hand():
         k.head_mb + 4 * k.worker_mb
     )
     assert any("network" in n for n in k.notes)
-    assert M.predict(c, replace(w, roam=True)).actor_mb == pytest.approx(300 + 0.1 * 1000)
     # more actors and CPUs than the cohort: only its 10 clients' actors work
     wide = M.predict(c, replace(w, actors=100), M.Cluster(nodes=25, cpus_per_node=4))
     assert wide.busy_s == pytest.approx((0.02 * 10 + 1e-3 * 2 * 500) / 10)
-    # roaming actors pay the N^2 set-up defect, spread over the actors that build at once
-    q = replace(c, roam_setup_s=1e-8)
-    assert M.predict(q, replace(w, roam=True)).setup_s - M.predict(q, w).setup_s == pytest.approx(
-        1e-8 * 1000**2 / 2
-    )
+    assert "90 of the 100 client actors idle in every round (a round trains 10 clients)" in wide.notes
+    assert not any("idle" in n for n in e.notes)
+    # the retired N^2 / A set-up term (a fixed defect) no longer counts, even where a file still has it
+    assert M.predict(replace(c, roam_setup_s=1e-8), w) == e
+
+
+def test_roaming_actors_hold_their_own_clients_and_shrink_as_actors_grow(tmp_path):
+    """Since the partition travels as a ShardTable, a roaming actor builds its own N / A clients (and
+    a visitor for the call that trains it), not all N: its memory is a pinned actor's and falls as A
+    grows at fixed N. The old model (H = N when clients roam) gave every A the same 800 + 0.004 N MB."""
+    from tests.conftest import tiny_config
+
+    c = M.Coefficients(actor_mb=800.0, actor_per_hosted_mb=0.004, store_mb=60.0, store_per_client_mb=2.5e-4)
+    n = 1_000_000
+    mb = {a: M.predict(c, M.Workload(n_clients=n, cohort=100, actors=a)).actor_mb for a in (10, 100, 1000)}
+    assert mb == {a: pytest.approx(800.0 + 0.004 * math.ceil(n / a)) for a in (10, 100, 1000)}
+    assert mb[10] > mb[100] > mb[1000] and mb[10] < 800.0 + 0.004 * n
+    # FedAvg (no client state: clients roam) and SCAFFOLD (client state pins them), 20 actors
+    base = {"data__dataset": "fashion-mnist", "data__num_clients": 30_000, "rounds__clients_per_round": 100}
+    fedavg, scaffold = (tiny_config(tmp_path, algorithm__name=a, **base) for a in ("fedavg", "scaffold"))
+    assert roams(fedavg.algorithm.traits.client_state, 20, fedavg.resources.clients_per_actor)
+    assert not roams(scaffold.algorithm.traits.client_state, 20, scaffold.resources.clients_per_actor)
+    roaming, pinned = (M.estimate(x, actors=20, nodes=3, cpus_per_node=7, coef=c) for x in (fedavg, scaffold))
+    assert roaming.actor_mb == pinned.actor_mb == pytest.approx(800.0 + 0.004 * 1500)  # 30,000 / 20
+    assert roaming.worker_mb == pinned.worker_mb == pytest.approx(7 * roaming.actor_mb + roaming.store_mb)
+    # the object store keeps its per-client term (the ShardTable, once per node)
+    assert roaming.store_mb == pinned.store_mb == pytest.approx(60.0 + 2.5e-4 * 30_000)
 
 
 def test_fit_recovers_the_coefficients_of_synthetic_measurements():
     got = M.fit(synthetic(TRUE))
     for name in ("overhead_s", "overhead_per_client_s", "overhead_per_actor_s", "task_s", "example_s",
-                 "warmup_s", "import_s", "setup_s", "setup_per_client_s", "roam_setup_s", "actor_start_s", "driver_mb",
+                 "warmup_s", "import_s", "setup_s", "setup_per_client_s", "actor_start_s", "driver_mb",
                  "driver_per_client_mb", "server_mb", "server_per_client_mb", "actor_mb",
                  "actor_per_hosted_mb", "ray_mb", "store_mb", "store_per_client_mb"):  # fmt: skip
         assert getattr(got, name) == pytest.approx(getattr(TRUE, name), rel=1e-6, abs=1e-9), name
+
+
+def test_fit_takes_a_rows_hosted_clients_and_ignores_host_timings():
+    """Tables from before roaming actors held only their own clients: a ``hosted`` column (N, as the
+    actors then held) recovers the per-client slope; without it the fit reads ceil(N / A)."""
+    data = synthetic(TRUE)
+    old = [dict(r) for r in data.scale]
+    for r in old:  # what a roaming actor of 2 measured when it built all N clients
+        r["client_rss_mb_mean"] = TRUE.actor_mb + TRUE.actor_per_hosted_mb * r["n_clients"]
+    assert M.fit(replace(data, scale=old)).actor_per_hosted_mb == pytest.approx(
+        2 * TRUE.actor_per_hosted_mb,
+        rel=1e-3,  # about A = 2 times too steep
+    )
+    marked = [{**r, "hosted": float(r["n_clients"])} for r in old]
+    assert M.fit(replace(data, scale=marked)).actor_per_hosted_mb == pytest.approx(
+        TRUE.actor_per_hosted_mb, rel=1e-6
+    )
+    assert M.fit(replace(data, host=[])) == M.fit(data)
+
+
+def test_old_coefficient_files_still_load_and_estimate(tmp_path):
+    """A model.json written before the N^2 / A term was retired (or with keys this version does not
+    know) loads; the retired term changes nothing; the retired options are gone."""
+    from typer.testing import CliRunner
+
+    from raysim.cli import app
+
+    old = {**TRUE.to_dict(), "roam_setup_s": 4e-8, "a_key_from_the_future": 1.0}
+    assert M.Coefficients.from_dict(old) == replace(TRUE, roam_setup_s=4e-8)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"coefficients": old}))
+    runner = CliRunner()
+    args = ["bench", "estimate", "--clients", "10000,1000000", "--actors", "20", "--fit", str(path)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    w = M.Workload(n_clients=1_000_000, cohort=100, examples_per_client=50.0, actors=20)
+    e = M.predict(TRUE, w, M.Cluster(nodes=3, cpus_per_node=7.0))
+    assert f"| 1,000,000 | 100 | 20 | 3 | {e.round_s:.2f} | " in r.output
+    assert f"| {e.first_round_s:.0f} | {e.actor_mb:,.0f} | " in r.output
+    for gone in ("--pinned", "--without-host-defect"):
+        assert runner.invoke(app, [*args, gone]).exit_code == 2
 
 
 def test_validate_holds_back_the_largest_size_and_reports_the_error():
@@ -193,14 +248,12 @@ def test_estimate_of_a_config_uses_its_workload(tmp_path):
     cfg = tiny_config(tmp_path, data__dataset="fashion-mnist", data__num_clients=1000,
                       rounds__clients_per_round=100, local__epochs=2)  # fmt: skip
     w = M.Workload(**M.workload_of(cfg, actors=20))
-    assert (w.n_clients, w.cohort, w.epochs, w.actors, w.roam) == (1000, 100, 2, 20, True)
+    assert (w.n_clients, w.cohort, w.epochs, w.actors, w.hosted) == (1000, 100, 2, 20, 50)
     assert w.examples_per_client == pytest.approx(60_000 * 0.9 / 1000)
     e = M.estimate(cfg, actors=20, nodes=3, cpus_per_node=7, coef=TRUE)
     assert e == M.predict(TRUE, w, M.Cluster(nodes=3, cpus_per_node=7))
     text = "\n".join(M.describe(e, 3))
     assert f"{e.round_s:.2f} s" in text and f"{e.worker_mb / 1024:.2f} GB per worker pod" in text
-    scaffold = M.Workload(**M.workload_of(tiny_config(tmp_path, algorithm__name="scaffold"), actors=2))
-    assert not scaffold.roam  # client state pins clients: each actor holds its own only
     assert not any("refuse" in n for n in e.notes)
     big = tiny_config(tmp_path, data__dataset="fashion-mnist", data__num_clients=100_000)
     notes = M.estimate(big, actors=2000, nodes=250, cpus_per_node=8, coef=TRUE).notes

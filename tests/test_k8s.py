@@ -5,6 +5,7 @@ entrypoints our own CLI accepts, and size the worker groups to the experiment.""
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import shlex
@@ -48,17 +49,25 @@ def render(tmp_path: Path, *args: str) -> tuple[dict[str, Any], Path]:
     return yaml.safe_load(out.read_text()), out
 
 
+RENDERED = {  # the jobs the issue asks about, and a federation of 10^6 clients
+    "gpu10": ("--clients", "10", "--gpus-per-client", "0.25"),
+    "gpu10-server": ("--clients", "10", "--gpus-per-client", "0.25", "--set", "resources.server_gpus=1"),
+    "cpu1000": ("--clients", "1000", "--set", "rounds.clients_per_round=100"),
+    "cpu1m": ("--clients", "1000000", "--set", "rounds.clients_per_round=100"),
+    "default": (),
+}
+
+
+def sets_of(args: tuple[str, ...]) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> dict[str, dict[str, Any]]:
-    """The jobs the issue asks about, rendered once for the module."""
+    """The jobs of RENDERED, rendered once for the module."""
     tmp = tmp_path_factory.mktemp("render")
     jobs = {}
-    for key, args in {
-        "gpu10": ("--clients", "10", "--gpus-per-client", "0.25"),
-        "gpu10-server": ("--clients", "10", "--gpus-per-client", "0.25", "--set", "resources.server_gpus=1"),
-        "cpu1000": ("--clients", "1000"),
-        "default": (),
-    }.items():
+    for key, args in RENDERED.items():
         (tmp / key).mkdir()
         jobs[key], _ = render(tmp / key, *args)
     return jobs
@@ -550,7 +559,9 @@ def test_rendered_entrypoint_reruns_exactly_the_sized_experiment(rendered):
             and cfg.resources.backend == "ray"
             and cfg.resources.address is None
         )
-        expected = load_config(QUICKSTART).to_dict()
+        # the quick start with the job's own --set (and its client count: the cohort must fit)
+        sets = [*sets_of(RENDERED[key]), f"data.num_clients={cfg.data.num_clients}"]
+        expected = load_config(QUICKSTART, sets).to_dict()
         got = cfg.to_dict()
         for section in ("data", "resources", "output"):  # what render may change
             expected.pop(section), got.pop(section)
@@ -589,8 +600,8 @@ def test_render_10_clients_a_quarter_gpu_each(rendered):
 
 def test_render_1000_clients_on_cpu(rendered):
     job = rendered["cpu1000"]
-    # clients_per_actor: auto -> ceil(1000 / 50) = 20 actors of 1 CPU; 8-CPU pods hold 8 ->
-    # ceil(20 / 8) = 3 pods, each sized for ceil(20 / 3) = 7 actors: 7 CPUs, 14 GiB
+    # clients_per_actor: auto, 100 a round -> min(ceil(1000 / 50), 100) = 20 actors of 1 CPU; 8-CPU
+    # pods hold 8 -> ceil(20 / 8) = 3 pods, each sized for ceil(20 / 3) = 7 actors: 7 CPUs, 14 GiB
     cpu, gpu = group(job, "cpu"), group(job, "gpu")
     assert (cpu["replicas"], cpu["minReplicas"], cpu["maxReplicas"]) == (3, 3, 3)
     assert gpu["replicas"] == gpu["maxReplicas"] == 0
@@ -603,9 +614,81 @@ def test_render_1000_clients_on_cpu(rendered):
     assert sets["resources.clients_per_actor"] == "auto" and sets["resources.num_gpus"] == "0.0"
 
 
+def test_render_a_million_clients_asks_for_one_actor_per_client_of_a_round(rendered):
+    job = rendered["cpu1m"]
+    # auto, 100 a round -> min(ceil(10^6 / 50), 100) = min(20,000, 100) = 100 actors of 1 CPU, not
+    # 20,000 mostly idle ones; 8-CPU pods hold 8 -> ceil(100 / 8) = 13 pods, each sized for
+    # ceil(100 / 13) = 8 actors: 8 CPUs, 16 GiB
+    assert min(math.ceil(1_000_000 / k8s.K8S_CLIENTS_PER_ACTOR), 100) == 100
+    cpu = group(job, "cpu")
+    assert (cpu["replicas"], cpu["minReplicas"], cpu["maxReplicas"]) == (13, 13, 13)
+    assert cpu["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "16Gi"}
+    assert worker_totals(job) == (104, 0) and actor_capacity(job, 1.0, 0.0) >= 100
+    sets = entrypoint_sets(job)
+    assert sets["data.num_clients"] == "1000000" and sets["resources.num_actors"] == "100"
+    assert job["metadata"]["annotations"]["raysim.io/actors"] == "100"
+
+
+@pytest.mark.parametrize(
+    ("clients", "cohort", "actors"),
+    [
+        (20, 5, 1),  # ceil(20 / 50) = 1
+        (120, 5, 3),  # ceil(120 / 50) = 3 <= 5
+        (1000, 100, 20),  # ceil(1000 / 50) = 20 <= 100
+        (1000, 5, 5),  # ceil(1000 / 50) = 20 > 5: the cohort
+        (10_000, 100, 100),  # 200 > 100
+        (1_000_000, 100, 100),  # 20,000 > 100
+        (1_000_000, 1, 1),
+    ],
+)
+def test_default_actors_one_per_50_clients_never_more_than_the_cohort(clients, cohort, actors):
+    got, why = k8s.default_actors(clients, cohort)
+    assert got == actors == min(math.ceil(clients / 50), cohort)
+    per = math.ceil(clients / 50)
+    if per <= cohort:
+        assert why.startswith(f"A = ceil({clients} / 50) = {per} ")
+    else:
+        assert why.startswith(
+            f"A = {cohort}, the clients a round trains (rounds.clients_per_round), not ceil("
+        )
+        assert f"= {per} " in why
+
+
+MILLION = ("--clients", "1000000", "--set", "rounds.clients_per_round=100")
+
+
+@pytest.mark.parametrize(
+    ("args", "actors", "rule"),
+    [
+        (MILLION, 100, "A = 100, the clients a round trains (rounds.clients_per_round), not ceil(1000000 / 50) = 20000"),
+        (("--clients", "120"), 3, "A = ceil(120 / 50) = 3 (clients_per_actor: auto without num_actors"),
+        ((*MILLION, "--actors", "250"), 250, "A = 250 (--actors: resources.num_actors = 250)"),
+        ((*MILLION, "--set", "resources.num_actors=300"), 300,
+         "A = 300 (set by the experiment: resources.num_actors = 300)"),
+        ((*MILLION, "--set", "resources.clients_per_actor=2000"), 500,
+         "A = ceil(1000000 / 2000) = 500 (set by the experiment: resources.clients_per_actor = 2000)"),
+        (("--set", "resources.num_actors=50"), 20, "A = 20 (set by the experiment: resources.num_actors = 50, at most the 20 clients)"),
+        (("--clients", "10", "--gpus-per-client", "0.25"), 10,
+         "A = ceil(10 / 1) = 10 (--gpus-per-client: one client per actor: resources.clients_per_actor = 1)"),
+        (("--set", "algorithm.name=centralised"), 1, "A = 1: centralised pools every client's data into one client"),
+    ],
+)  # fmt: skip
+def test_render_says_which_rule_picked_the_actors_and_a_value_the_experiment_sets_wins(
+    tmp_path, crd, args, actors, rule
+):
+    job, out = render(tmp_path, *args)
+    assert job["metadata"]["annotations"]["raysim.io/actors"] == str(actors)
+    header = [ln[2:] for ln in out.read_text().splitlines() if ln.startswith("# ")]
+    line = next(ln for ln in header if ln.startswith("Actors: "))
+    assert line.startswith(f"Actors: {rule}"), line
+    assert actor_capacity(job, 1.0, 0.25 if "--gpus-per-client" in args else 0.0) >= actors
+    assert crd_errors(crd["RayJob"], job) == []
+    kuberay_admission(job)
+
+
 def test_render_default_quickstart_is_one_small_pod(rendered):
     job = rendered["default"]
-    # 20 clients, auto -> ceil(20 / 50) = 1 actor of 1 CPU -> one 1-CPU pod
+    # 20 clients, auto, 5 a round -> min(ceil(20 / 50), 5) = 1 actor of 1 CPU -> one 1-CPU pod
     assert worker_totals(job) == (1, 0)
     assert job["metadata"]["name"] == "raysim-quickstart"
 
@@ -744,14 +827,19 @@ def test_render_prints_the_cost_models_estimate(tmp_path, monkeypatch):
                               store_per_client_mb=0.001, cores=2)  # fmt: skip
     monkeypatch.setattr(coefficients, "DEFAULT", coef.to_dict())
     out = tmp_path / "job.yaml"
-    r = runner.invoke(app, ["k8s", "render", str(QUICKSTART), "--clients", "1000", "--out", str(out)])
+    cohort = ["--set", "rounds.clients_per_round=100"]
+    r = runner.invoke(
+        app, ["k8s", "render", str(QUICKSTART), "--clients", "1000", *cohort, "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     header = " ".join(ln[2:] for ln in out.read_text().splitlines() if ln.startswith("# "))
-    _, sizing, cfg = k8s.render_rayjob(QUICKSTART, clients=1000)
+    _, sizing, cfg = k8s.render_rayjob(QUICKSTART, cohort[1:], clients=1000)
     assert (sizing.actors, sizing.cpu.replicas, sizing.cpu.shape.cpus) == (20, 3, 7)
-    # 7 actors on the fullest pod, each holding all 1000 clients (FedAvg's clients roam), + Ray + store
-    worker_mb = 7 * (720 + 0.001 * 1000) + 480 + (60 + 0.001 * 1000)
-    assert f"memory {worker_mb / 1024:.2f} GB per worker pod (3 pods; 721 MB per client actor)" in header
+    # 7 actors on the fullest pod, each holding its own 1000 / 20 clients (FedAvg's roam: the same),
+    # + Ray + the store (its per-client term: the partition)
+    worker_mb = 7 * (720 + 0.001 * 50) + 480 + (60 + 0.001 * 1000)
+    assert f"memory {worker_mb / 1024:.2f} GB per worker pod (3 pods; 720 MB per client actor)" in header
+    assert f"Actors: {sizing.rule}." in header and f"Actors: {sizing.rule}." in r.stderr
     expected = k8s.cost_estimate(sizing, cfg)
     assert expected[0].startswith("Estimate (raysim.bench.model")
     for line in expected:

@@ -112,10 +112,6 @@ def scale(
 @bench_app.command("fit")
 def fit_cmd(
     out: Annotated[Path, typer.Argument(help="A finished bench's folder.")] = Path("results/bench-scale"),
-    measure_host: Annotated[
-        bool,
-        typer.Option("--measure-host", help="Time ClientHost in-process again (else reuse host.parquet)."),
-    ] = False,
     write_coefficients: Annotated[
         bool,
         typer.Option(
@@ -123,15 +119,17 @@ def fit_cmd(
         ),
     ] = False,
 ) -> None:
-    """Fit the cost model again from a bench's tables (scale.parquet, actors.parquet, rounds.parquet,
-    host.parquet) without running anything but the in-process ClientHost timing; rewrites
-    model.json, the plots and README.md."""
+    """Fit the cost model again from a bench's tables (scale.parquet, actors.parquet, rounds.parquet)
+    without new runs; rewrites model.json, the plots and README.md. Tables measured before roaming
+    actors stopped holding every client (commit 487d6f5) need a ``hosted`` column of N on their
+    scale rows (raysim.bench.model._hosted), or the per-client actor memory comes out A times too
+    steep."""
     from raysim.bench import scale as S
 
     if not (out / "scale.parquet").is_file() or not (out / "config.yaml").is_file():
         typer.echo(f"error: {out} holds no bench results (scale.parquet, config.yaml)", err=True)
         raise typer.Exit(2)
-    result = S.refit(out, measure=measure_host)
+    result = S.refit(out)
     typer.echo(result["report"], nl=False)
     if write_coefficients:
         if not result["fit"]:
@@ -154,21 +152,14 @@ def estimate(
     actors: Annotated[str, typer.Option(help="Client actors A, one per N or one for all.")] = "20",
     nodes: Annotated[str, typer.Option(help="Worker nodes (pods) K, one per N or one for all.")] = "3",
     cpus_per_node: Annotated[float, typer.Option(help="CPUs of a worker node for client actors.")] = 7.0,
-    pinned: Annotated[
-        bool, typer.Option("--pinned", help="Clients live on one actor (client state; default: they roam).")
-    ] = False,
     fit: Annotated[
         Path | None, typer.Option(help="A bench's model.json (default: raysim.bench.coefficients).")
     ] = None,
-    without_host_defect: Annotated[
-        bool,
-        typer.Option(
-            "--without-host-defect",
-            help="Drop the N^2/A set-up term (ClientHost's per-visitor set rebuild), as if it were fixed.",
-        ),
-    ] = False,
 ) -> None:
-    """The cost model's figures for N clients, cohort C, A actors on K nodes (docs/scaling.md)."""
+    """The cost model's figures for N clients, cohort C, A actors on K nodes (docs/scaling.md).
+
+    Clients that roam (no client state, clients_per_actor: auto) and clients pinned to an actor
+    get the same figures: either way an actor holds its own ceil(N / A) clients."""
     import json
 
     from raysim.bench import model as M
@@ -182,10 +173,6 @@ def estimate(
             typer.echo("error: no fitted coefficients: give --fit results/bench-scale/model.json", err=True)
             raise typer.Exit(2)
         coef = M.Coefficients.from_dict(DEFAULT)
-    if without_host_defect:
-        from dataclasses import replace
-
-        coef = replace(coef, roam_setup_s=0.0)
     ns = _ints(clients, "--clients")
     a_list, k_list = _ints(actors, "--actors"), _ints(nodes, "--nodes")
     if len(a_list) not in (1, len(ns)) or len(k_list) not in (1, len(ns)):
@@ -197,9 +184,12 @@ def estimate(
         a = a_list[i] if len(a_list) > 1 else a_list[0]
         k = k_list[i] if len(k_list) > 1 else k_list[0]
         w = M.Workload(
-            n_clients=n, cohort=min(cohort, n), epochs=epochs, examples_per_client=examples_per_client,
-            actors=a, roam=not pinned and a > 1,
-        )  # fmt: skip
+            n_clients=n,
+            cohort=min(cohort, n),
+            epochs=epochs,
+            examples_per_client=examples_per_client,
+            actors=a,
+        )
         e = M.predict(coef, w, M.Cluster(nodes=k, cpus_per_node=cpus_per_node))
         rows.append(
             f"| {n:,} | {w.cohort:,} | {a:,} | {k:,} | {e.round_s:.2f} | {e.busy_s:.2f} | {e.overhead_s:.3f} | "

@@ -13,25 +13,36 @@ local epochs and P = min(A, CPUs for the actors, C) the actors that really work 
 
 Time to the first round::
 
-    first = import_s + setup_s + setup_per_client_s * N + roam_setup_s * N^2 / min(A, P)
-            + actor_start_s * A / (K * cpus_per_node) + round + warmup_s
+    first = import_s + setup_s + setup_per_client_s * N + actor_start_s * A / (K * cpus_per_node)
+            + round + warmup_s
 
 (actors start in parallel, one per CPU of each node; ``warmup_s``: what round 1 costs above the
-others). The N^2 term is a measured defect, not a law: a roaming actor builds its N visiting
-clients while checking each against its N / A own ones in a set it rebuilds every time
-(``raysim/runtime/host.py``, ``ClientHost.__init__``): N^2 / A seconds of work per actor, A of them
-on P cores. It is fitted on ``ClientHost`` built in-process at a few sizes (the bench's
-``host.parquet``: the end-to-end set-up times are too noisy on a shared machine to resolve it), and
-it disappears when the defect is fixed (``raysim bench estimate --without-host-defect``).
+others). An earlier model had a ``roam_setup_s * N^2 / A`` term here for a defect of
+``ClientHost.__init__`` (a set rebuilt for every visiting client); the defect is fixed, the term was
+fitted to 0 after the fix, and it is gone (``Coefficients.roam_setup_s`` is kept, unused, so that
+older readers of the coefficients still find the key).
 
 Memory (peak RSS, MB)::
 
     driver = driver_mb + driver_per_client_mb * N
     server = server_mb + server_per_client_mb * N
-    actor  = actor_mb + actor_per_hosted_mb * H       H: clients an actor holds (N when clients roam,
-                                                      every actor then knows them all; else N / A)
+    actor  = actor_mb + actor_per_hosted_mb * H       H = ceil(N / A): the clients an actor owns
     ray    = ray_mb                                   Ray's own processes on a node
-    store  = store_mb + store_per_client_mb * N       object store per node: dataset + client list
+    store  = store_mb + store_per_client_mb * N       object store per node: dataset + partition
+
+H is the same whether clients roam (an algorithm without client state under ``clients_per_actor:
+auto``: any actor trains any client) or stay on their actor. Roaming clients' partition travels as
+one ``raysim.data.federation.ShardTable`` (flat index arrays in the object store, read zero-copy by
+every actor of a node): an actor builds client objects for its own N / A clients only, and a
+visitor's for the one call that trains it. Roaming changes which actor trains a client, not what
+an actor holds (before commit 487d6f5 every roaming actor built all N clients: H = N).
+
+The table lives in the store once per node: 8 bytes per training, validation and test index plus
+56 per client. ``store_per_client_mb`` (fitted when the partition travelled as pickled
+``ClientShard`` objects: 268 bytes a client at the defaults) bounds the per-client part from
+above; the indices of the fitted Fashion-MNIST (about 0.5 MB) are in ``store_mb`` and are not
+rescaled for other datasets. An actor's RSS also counts the table's pages it has read (shared
+pages: its USS excludes them).
 
 On a cluster: a worker pod holds A / K actors, Ray's processes and the object store; the head holds
 the driver, the server, Ray's processes and the store. RSS counts shared pages (torch's libraries,
@@ -40,8 +51,9 @@ RSS overstate what a node needs; the USS figures (memory only that process holds
 
 What it ignores: the network between nodes (broadcast and reply transfers; on one machine they are
 shared memory), GPU speed (fitted on CPUs only; a GPU actor is modelled as a CPU actor), other models
-than the one fitted (the compute terms are cnn-small's on 28x28 images), and noise from other jobs
-on the machine it was fitted on.
+than the one fitted (the compute terms are cnn-small's on 28x28 images), how unevenly a cohort falls
+on the actors when clients cannot roam (the busiest actor is modelled as C / P clients either way),
+and noise from other jobs on the machine it was fitted on.
 """
 
 from __future__ import annotations
@@ -87,7 +99,6 @@ class Coefficients:
     import_s: float = 0.0
     setup_s: float = 0.0
     setup_per_client_s: float = 0.0
-    roam_setup_s: float = 0.0  # per N^2 / A, roaming clients only (see the module docstring)
     actor_start_s: float = 0.0
     # memory, MB
     driver_mb: float = 0.0
@@ -100,6 +111,9 @@ class Coefficients:
     ray_mb: float = 0.0
     store_mb: float = 0.0
     store_per_client_mb: float = 0.0
+    # retired: the N^2 / A set-up term of a fixed defect (module docstring). Neither predict nor fit
+    # uses it; kept because raysim/bench/scale.py's report still prints it (drop both together)
+    roam_setup_s: float = 0.0
     # what it was fitted on
     cores: int = 2
     dataset: str = "fashion-mnist"
@@ -124,14 +138,13 @@ class Workload:
     epochs: int = 1
     examples_per_client: float = 540.0  # training examples a client holds (mean)
     actors: int = 2
-    roam: bool = True  # clients train on any actor (every actor holds all N clients' index arrays)
     dataset: str = "fashion-mnist"
     model: str = "cnn-small"
 
     @property
     def hosted(self) -> float:
-        """Clients one actor holds."""
-        return float(self.n_clients) if self.roam else math.ceil(self.n_clients / max(1, self.actors))
+        """Clients one actor holds: its own ceil(N / A), whether clients roam or not (module docstring)."""
+        return float(math.ceil(self.n_clients / max(1, self.actors)))
 
 
 @dataclass(frozen=True)
@@ -178,8 +191,7 @@ def predict(coef: Coefficients, w: Workload, cluster: Cluster | None = None) -> 
     overhead = coef.overhead_s + coef.overhead_per_client_s * n + coef.overhead_per_actor_s * a
     rnd = busy + overhead
     waves = a / (cl.nodes * max(cl.cpus_per_node, 1.0))
-    quad = n * n / parallel if w.roam else 0.0  # one actor per core builds at once
-    setup = coef.setup_s + coef.setup_per_client_s * n + coef.roam_setup_s * quad + coef.actor_start_s * waves
+    setup = coef.setup_s + coef.setup_per_client_s * n + coef.actor_start_s * waves
     first = coef.import_s + setup + rnd + coef.warmup_s
     driver = coef.driver_mb + coef.driver_per_client_mb * n
     server = coef.server_mb + coef.server_per_client_mb * n
@@ -195,6 +207,10 @@ def predict(coef: Coefficients, w: Workload, cluster: Cluster | None = None) -> 
         notes.append(
             f"compute fitted on {coef.model}/{coef.dataset}, not {w.model}/{w.dataset}: the round time is "
             "only indicative"
+        )
+    if a > c:
+        notes.append(
+            f"{a - c:,} of the {a:,} client actors idle in every round (a round trains {c:,} clients)"
         )
     if cl.gpus > 0:
         notes.append("GPU speed is not modelled (fitted on CPUs): GPU actors are timed as CPU actors")
@@ -224,13 +240,11 @@ def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None)
         from raysim.config import config_from_dict
 
         cfg = config_from_dict(cfg)
-    d, res = cfg.data, cfg.resources
+    d = cfg.data
     n = d.num_clients
     train = TRAIN_EXAMPLES.get(d.dataset, TRAIN_EXAMPLES["fashion-mnist"])
     per_client = train * (1 - d.public_fraction) * (1 - d.val_fraction) / n
     a = actors if actors is not None else cfg.num_client_actors(cores if cores is not None else 2.0)
-    traits = cfg.algorithm.traits
-    roam = (not traits.client_state) and res.clients_per_actor == "auto" and a > 1
     return asdict(
         Workload(
             n_clients=n,
@@ -238,7 +252,6 @@ def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None)
             epochs=cfg.local.epochs,
             examples_per_client=per_client,
             actors=a,
-            roam=roam,
             dataset=d.dataset,
             model=cfg.model.name,
         )
@@ -306,7 +319,7 @@ class BenchData:
     scale: Sequence[dict[str, Any]]
     actors: Sequence[dict[str, Any]] = ()
     rounds: Sequence[dict[str, Any]] = ()
-    host: Sequence[dict[str, Any]] = ()  # host.parquet: ClientHost() seconds with every client visiting
+    host: Sequence[dict[str, Any]] = ()  # host.parquet (ClientHost() timed in-process): not used by the fit
     cores: int = 2
     dataset: str = "fashion-mnist"
     model: str = "cnn-small"
@@ -359,16 +372,16 @@ def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def _roams(row: dict[str, Any]) -> bool:
-    """The bench's scale runs roam (FedAvg, clients_per_actor: auto, 2+ actors); its actor runs pin."""
-    return row.get("kind", "scale") == "scale" and float(row.get("actors") or 1) > 1
-
-
 def _hosted(row: dict[str, Any]) -> float:
-    """Clients one actor of this run held: all of them for the scale runs (FedAvg under
-    ``clients_per_actor: auto`` roams), one for the actor-per-client runs."""
+    """Clients one actor of this run held: the row's ``hosted`` when it has one, else ceil(N / A)
+    (its own clients, roaming or not; the actor-per-client runs: 1). Scale runs measured before
+    commit 487d6f5 held all N clients per roaming actor: without ``hosted = N`` on those rows the
+    fitted ``actor_per_hosted_mb`` comes out A times too steep."""
+    held = row.get("hosted")
+    if held is not None and math.isfinite(float(held)):
+        return float(held)
     n, a = float(row["n_clients"]), max(1.0, float(row.get("actors") or 1))
-    return n if _roams(row) else math.ceil(n / a)
+    return float(math.ceil(n / a))
 
 
 def fit(data: BenchData) -> Coefficients:
@@ -399,25 +412,10 @@ def fit(data: BenchData) -> Coefficients:
         for r in every
         if math.isfinite(r.get("first_round_s", math.nan))
     ]
-    # the N^2 set-up term of roaming actors, from ClientHost built in-process (host.parquet):
-    # seconds = linear * N + roam_setup_s * N^2 / A for one actor of A
-    s_quad = 0.0
-    host = [r for r in data.host if math.isfinite(r.get("host_s", math.nan))]
-    if len(host) >= 2:
-        xh = np.column_stack(
-            [[r["n_clients"] for r in host], [r["n_clients"] ** 2 / r["actors"] for r in host]]
-        )
-        s_quad = float(nonneg_lstsq(xh, [r["host_s"] for r in host])[1])
-
-    def quad(r: dict[str, Any]) -> float:
-        n, a = float(r["n_clients"]), max(1.0, float(r["actors"]))
-        return n * n / min(a, cores) if _roams(r) else 0.0
-
-    rest = [r["setup_s"] - s_quad * quad(r) for r in every]
     cols: list[Any] = [np.ones(len(every)), [float(r["n_clients"]) for r in every]]
     if len({r["actors"] for r in every}) > 1:  # the actors' start needs runs with different counts
         cols.append([r["actors"] / cores for r in every])
-    sol = list(nonneg_lstsq(np.column_stack(cols), rest))
+    sol = list(nonneg_lstsq(np.column_stack(cols), [r["setup_s"] for r in every]))
     s0, s1 = sol[0], sol[1]
     s_actor = sol[2] if len(sol) > 2 else 0.0
     d0, d1 = _line([r["n_clients"] for r in every], [r["driver_rss_mb"] for r in every])
@@ -438,7 +436,6 @@ def fit(data: BenchData) -> Coefficients:
         import_s=float(np.median([r["import_s"] for r in every])),
         setup_s=float(s0),
         setup_per_client_s=float(s1),
-        roam_setup_s=float(s_quad),
         actor_start_s=float(s_actor),
         driver_mb=d0,
         driver_per_client_mb=d1,
@@ -472,7 +469,6 @@ def bench_workload(row: dict[str, Any], coef: Coefficients, train_examples: floa
         epochs=int(row.get("epochs", 1)),
         examples_per_client=per_client,
         actors=int(row.get("actors") or coef.cores),
-        roam=row.get("kind", "scale") == "scale",
         dataset=coef.dataset,
         model=coef.model,
     )

@@ -97,9 +97,7 @@ def synthetic(coef: M.Coefficients, sizes=(100, 1000, 10_000), actor_counts=(4, 
                 "total_rss_mb": e.driver_mb + e.server_mb + a * e.actor_mb + coef.ray_mb,
             }  # fmt: skip
             (scale if kind == "scale" else actors).append(row)
-    # host.parquet as the bench still writes it (ClientHost timed in-process): the fit ignores it
-    host = [{"n_clients": n, "actors": 2, "host_s": 5.0 + n} for n in (2000, 4000, 8000)]
-    return M.BenchData(scale=scale, actors=actors, rounds=rounds, host=host, cores=2)
+    return M.BenchData(scale=scale, actors=actors, rounds=rounds, cores=2)
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -142,8 +140,6 @@ def test_predict_by_hand():
     assert wide.busy_s == pytest.approx((0.02 * 10 + 1e-3 * 2 * 500) / 10)
     assert "90 of the 100 client actors idle in every round (a round trains 10 clients)" in wide.notes
     assert not any("idle" in n for n in e.notes)
-    # the retired N^2 / A set-up term (a fixed defect) no longer counts, even where a file still has it
-    assert M.predict(replace(c, roam_setup_s=1e-8), w) == e
 
 
 def test_roaming_actors_hold_their_own_clients_and_shrink_as_actors_grow(tmp_path):
@@ -178,7 +174,7 @@ def test_fit_recovers_the_coefficients_of_synthetic_measurements():
         assert getattr(got, name) == pytest.approx(getattr(TRUE, name), rel=1e-6, abs=1e-9), name
 
 
-def test_fit_takes_a_rows_hosted_clients_and_ignores_host_timings():
+def test_fit_takes_a_rows_hosted_clients():
     """Tables from before roaming actors held only their own clients: a ``hosted`` column (N, as the
     actors then held) recovers the per-client slope; without it the fit reads ceil(N / A)."""
     data = synthetic(TRUE)
@@ -193,7 +189,6 @@ def test_fit_takes_a_rows_hosted_clients_and_ignores_host_timings():
     assert M.fit(replace(data, scale=marked)).actor_per_hosted_mb == pytest.approx(
         TRUE.actor_per_hosted_mb, rel=1e-6
     )
-    assert M.fit(replace(data, host=[])) == M.fit(data)
 
 
 def test_old_coefficient_files_still_load_and_estimate(tmp_path):
@@ -204,7 +199,7 @@ def test_old_coefficient_files_still_load_and_estimate(tmp_path):
     from raysim.cli import app
 
     old = {**TRUE.to_dict(), "roam_setup_s": 4e-8, "a_key_from_the_future": 1.0}
-    assert M.Coefficients.from_dict(old) == replace(TRUE, roam_setup_s=4e-8)
+    assert M.Coefficients.from_dict(old) == TRUE
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"coefficients": old}))
     runner = CliRunner()
@@ -258,6 +253,13 @@ def test_estimate_of_a_config_uses_its_workload(tmp_path):
     big = tiny_config(tmp_path, data__dataset="fashion-mnist", data__num_clients=100_000)
     notes = M.estimate(big, actors=2000, nodes=250, cpus_per_node=8, coef=TRUE).notes
     assert any("will refuse the job (at most 30,000 clients)" in n for n in notes)
+    # partition 'sampled': clients draw their examples (any N fits), examples per client do not fall with N
+    sampled = tiny_config(tmp_path, data__dataset="fashion-mnist", data__num_clients=100_000,
+                          data__partition="sampled", data__examples_per_client=60)  # fmt: skip
+    assert M.Workload(**M.workload_of(sampled, actors=20)).examples_per_client == pytest.approx(54.0)
+    assert not any(
+        "refuse" in n for n in M.estimate(sampled, actors=20, nodes=3, cpus_per_node=7, coef=TRUE).notes
+    )
     assert M.MIN_EXAMPLES == P.DEFAULT_MIN_SIZE
 
 
@@ -520,8 +522,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert fit["validation"]["held_out"] == 400 and set(fit["validation"]["figures"]) == set(M.VALIDATED)
     assert (out / "scale.png").stat().st_size > 10_000 and (out / "actors.png").stat().st_size > 10_000
     assert "N=1,000: stops because" in r.stdout and "Goals (issue 13)" in r.stdout
-    host = pd.read_parquet(out / "host.parquet")
-    assert list(host["n_clients"]) == list(S.QUICK_HOST_SIZES) and (host["host_s"] > 0).all()
+    assert not (out / "host.parquet").exists()  # the retired N^2 / A term's in-process timing
     # the fit again from the tables alone: the same coefficients
     (out / "model.json").rename(out / "first.json")
     r = subprocess.run([sys.executable, "-m", "raysim.cli", "bench", "fit", str(out)], capture_output=True,

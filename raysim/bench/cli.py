@@ -60,6 +60,15 @@ def scale(
             help="Make this run's fit the default of the estimate (raysim k8s render).",
         ),
     ] = False,
+    examples_per_client: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Partition 'sampled': every client draws this many examples (clients overlap), so a "
+            "round's work is the same at every N and N may exceed the dataset (100,000 clients). "
+            "Default: Dirichlet(0.5) over the dataset, clients hold fewer examples as N grows.",
+        ),
+    ] = None,
 ) -> None:
     """FedAvg on Fashion-MNIST at growing N (cohort fixed at 100): time to the first round, round time,
     peak RSS of every process, object store, actors; then the actor-per-client mode; then a fitted
@@ -88,9 +97,10 @@ def scale(
         quick=quick,
         timeout_s=timeout_min * 60,
         max_memory_gb=max_memory_gb,
+        examples_per_client=examples_per_client,
     )
     typer.echo(result["report"], nl=False)
-    names = ("scale.parquet", "actors.parquet", "processes.parquet", "rounds.parquet", "host.parquet", "model.json",
+    names = ("scale.parquet", "actors.parquet", "processes.parquet", "rounds.parquet", "model.json",
              "scale.png", "actors.png", "README.md")  # fmt: skip
     typer.echo(
         f"\nwrote {out}/: {', '.join(n for n in names if (out / n).is_file())} in {time.perf_counter() - t0:.0f} s "

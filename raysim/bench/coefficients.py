@@ -29,7 +29,6 @@ DEFAULT: dict[str, Any] = json.loads(
     "overhead_per_client_s": 0.0,
     "overhead_s": 0.019977799723997904,
     "ray_mb": 649.966796875,
-    "roam_setup_s": 4.085135028620212e-14,
     "server_mb": 877.2392578125002,
     "server_per_client_mb": 0.0,
     "setup_per_client_s": 0.0007728672131123798,

@@ -19,8 +19,8 @@ Time to the first round::
 (actors start in parallel, one per CPU of each node; ``warmup_s``: what round 1 costs above the
 others). An earlier model had a ``roam_setup_s * N^2 / A`` term here for a defect of
 ``ClientHost.__init__`` (a set rebuilt for every visiting client); the defect is fixed, the term was
-fitted to 0 after the fix, and it is gone (``Coefficients.roam_setup_s`` is kept, unused, so that
-older readers of the coefficients still find the key).
+fitted to 0 after the fix, and it is gone (coefficient files that still have the key load: unknown
+keys are ignored).
 
 Memory (peak RSS, MB)::
 
@@ -111,9 +111,6 @@ class Coefficients:
     ray_mb: float = 0.0
     store_mb: float = 0.0
     store_per_client_mb: float = 0.0
-    # retired: the N^2 / A set-up term of a fixed defect (module docstring). Neither predict nor fit
-    # uses it; kept because raysim/bench/scale.py's report still prints it (drop both together)
-    roam_setup_s: float = 0.0
     # what it was fitted on
     cores: int = 2
     dataset: str = "fashion-mnist"
@@ -243,7 +240,10 @@ def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None)
     d = cfg.data
     n = d.num_clients
     train = TRAIN_EXAMPLES.get(d.dataset, TRAIN_EXAMPLES["fashion-mnist"])
-    per_client = train * (1 - d.public_fraction) * (1 - d.val_fraction) / n
+    if d.partition == "sampled":  # clients draw their examples independently: N does not divide them
+        per_client = d.examples_per_client * (1 - d.val_fraction)
+    else:
+        per_client = train * (1 - d.public_fraction) * (1 - d.val_fraction) / n
     a = actors if actors is not None else cfg.num_client_actors(cores if cores is not None else 2.0)
     return asdict(
         Workload(
@@ -279,7 +279,7 @@ def estimate(
     e = predict(coef, w, Cluster(nodes=max(1, nodes), cpus_per_node=cpus_per_node, gpus=gpus))
     d = cfg.data
     pool = TRAIN_EXAMPLES.get(d.dataset)
-    if pool is not None and d.partition != "natural":
+    if pool is not None and d.partition not in ("natural", "sampled"):
         pool -= int(round(d.public_fraction * pool))
         if w.n_clients * MIN_EXAMPLES > pool:
             e = replace(
@@ -319,7 +319,6 @@ class BenchData:
     scale: Sequence[dict[str, Any]]
     actors: Sequence[dict[str, Any]] = ()
     rounds: Sequence[dict[str, Any]] = ()
-    host: Sequence[dict[str, Any]] = ()  # host.parquet (ClientHost() timed in-process): not used by the fit
     cores: int = 2
     dataset: str = "fashion-mnist"
     model: str = "cnn-small"
@@ -331,7 +330,6 @@ class BenchData:
             scale=[r for r in self.scale if r["n_clients"] != n_clients],
             actors=self.actors,
             rounds=[r for r in self.rounds if not (r["kind"] == "scale" and r["n_clients"] == n_clients)],
-            host=self.host,
             cores=self.cores,
             dataset=self.dataset,
             model=self.model,

@@ -3,8 +3,10 @@
     raysim bench scale                                   # N = 100, 1,000, 10,000, 100,000 on Fashion-MNIST
     raysim bench scale --clients 100,1000,3000,10000     # other sizes
     raysim bench scale --quick                           # digits, tiny sizes: the test suite's end-to-end check
+    raysim bench scale --examples-per-client 60          # the same work a round at every N, up to 100,000
 
-The workload: FedAvg, cnn-small, Dirichlet(0.5) label skew, a fixed cohort (100 clients a round),
+The workload: FedAvg, cnn-small, Dirichlet(0.5) label skew (or, with ``--examples-per-client``, partition
+``sampled``: every client draws that many examples, clients overlap), a fixed cohort (100 clients a round),
 1 local epoch of batch 32 at lr 0.05, one torch thread per actor, ``clients_per_actor: auto`` (one
 client actor per CPU), no personalised evaluation and no evaluation before the last round (the
 runtime always evaluates the last round; ``system.parquet`` is written then). Each N runs as a fresh
@@ -63,8 +65,6 @@ DEFAULT_CLIENTS = (100, 1_000, 10_000, 100_000)
 DEFAULT_ACTOR_COUNTS = (4, 8, 16)
 QUICK_CLIENTS = (20, 100, 400)
 QUICK_ACTOR_COUNTS = (2, 4)
-HOST_SIZES = (2_000, 4_000, 8_000)  # ClientHost built in-process (the N^2 set-up term)
-QUICK_HOST_SIZES = (200, 400, 700)
 COHORT = 100
 QUICK_COHORT = 10
 
@@ -83,17 +83,22 @@ def _stderr(msg: str) -> None:
 # ------------------------------------------------------------------------------------------ configs
 
 
-def base_config(*, quick: bool, rounds: int, cohort: int | None = None) -> dict[str, Any]:
-    """The bench's experiment (sizes and packing are set per run with --set)."""
+def base_config(
+    *, quick: bool, rounds: int, cohort: int | None = None, examples_per_client: int | None = None
+) -> dict[str, Any]:
+    """The bench's experiment (sizes and packing are set per run with --set). ``examples_per_client``:
+    partition ``sampled`` (every client draws that many examples, clients overlap), so the work of a
+    round stays the same at every N and N may exceed the dataset; None: Dirichlet(0.5) over the
+    dataset (clients hold fewer examples as N grows)."""
+    data: dict[str, Any] = {"dataset": "digits" if quick else "fashion-mnist", "num_clients": 100}
+    if examples_per_client is None:
+        data.update(partition="dirichlet", alpha=0.5)
+    else:
+        data.update(partition="sampled", examples_per_client=examples_per_client)
     return {
         "name": "bench-scale",
         "seed": 0,
-        "data": {
-            "dataset": "digits" if quick else "fashion-mnist",
-            "partition": "dirichlet",
-            "alpha": 0.5,
-            "num_clients": 100,
-        },
+        "data": data,
         "model": {"name": "cnn-small"},
         "algorithm": {"name": "fedavg"},
         "local": {"epochs": 1, "batch_size": 32, "lr": 0.05},
@@ -667,15 +672,17 @@ def run_bench(
     quick: bool,
     timeout_s: float = 1800.0,
     max_memory_gb: float | None = None,
+    examples_per_client: int | None = None,
     log: Log = _stderr,
 ) -> dict[str, Any]:
-    """Run every size and actor count, write the tables, the fit and the plots into ``out``."""
+    """Run every size and actor count, write the tables, the fit and the plots into ``out``
+    (``examples_per_client``: see :func:`base_config`)."""
     import psutil
 
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
-    cfg = base_config(quick=quick, rounds=rounds)
+    cfg = base_config(quick=quick, rounds=rounds, examples_per_client=examples_per_client)
     config_path = out / "config.yaml"
     config_path.write_text(
         "# the bench's experiment; sizes are set per run with --set (see scale.parquet)\n"
@@ -712,26 +719,7 @@ def run_bench(
     if rounds_rows:
         write_table(rounds_rows, out / "rounds.parquet")
     write_table(proc_rows, out / "processes.parquet")
-    host_rows = measure_host(QUICK_HOST_SIZES if quick else HOST_SIZES, quick=quick, log=log)
-    write_table(host_rows, out / "host.parquet")
-    return finish(
-        out, scale_rows, actor_rows, rounds_rows, host_rows, cfg, available_mb, quick=quick, log=log
-    )
-
-
-def measure_host(sizes: Sequence[int], *, quick: bool, log: Log = _stderr) -> list[dict[str, Any]]:
-    """ClientHost built in this process as a roaming actor of two builds it (its half of N clients,
-    every other client visiting): seconds and bytes per client at a few N (the cost model's N^2 term)."""
-    from raysim.bench.profile import host_seconds
-
-    rows = []
-    for n in sizes:
-        t, per = host_seconds(n, "digits" if quick else "fashion-mnist", actors=2)
-        rows.append({"n_clients": n, "actors": 2, "host_s": t, "bytes_per_client": per})
-        log(
-            f"ClientHost with {n:,} clients (2 actors, all visiting), in-process: {t:.2f} s, {per:.0f} B/client"
-        )
-    return rows
+    return finish(out, scale_rows, actor_rows, rounds_rows, cfg, available_mb, quick=quick, log=log)
 
 
 def finish(
@@ -739,7 +727,6 @@ def finish(
     scale_rows: list[dict[str, Any]],
     actor_rows: list[dict[str, Any]],
     rounds_rows: list[dict[str, Any]],
-    host_rows: list[dict[str, Any]],
     cfg: dict[str, Any],
     available_mb: float,
     *,
@@ -753,7 +740,7 @@ def finish(
     fit_info: dict[str, Any] = {}
     try:
         data = M.BenchData(
-            scale=scale_rows, actors=actor_rows, rounds=rounds_rows, host=host_rows, cores=cpu_count(),
+            scale=scale_rows, actors=actor_rows, rounds=rounds_rows, cores=cpu_count(),
             dataset=cfg["data"]["dataset"], model=cfg["model"]["name"],
             fitted_on=f"{out}: N = {', '.join(str(r['n_clients']) for r in scale_rows if r.get('status') == 'ok')}; "
             f"actor runs {', '.join(str(r['n_clients']) for r in actor_rows if r.get('status') == 'ok') or 'none'}; "
@@ -786,9 +773,8 @@ def finish(
     return {"scale": scale_rows, "actors": actor_rows, "fit": fit_info, "costs": costs, "report": report}
 
 
-def refit(out: Path, *, measure: bool = False, log: Log = _stderr) -> dict[str, Any]:
-    """Fit again from a finished bench's tables (``raysim bench fit OUT``); ``measure``: time
-    ClientHost again (else host.parquet is reused when there)."""
+def refit(out: Path, *, log: Log = _stderr) -> dict[str, Any]:
+    """Fit again from a finished bench's tables (``raysim bench fit OUT``)."""
     import pandas as pd
 
     def rows(name: str) -> list[dict[str, Any]]:
@@ -797,10 +783,6 @@ def refit(out: Path, *, measure: bool = False, log: Log = _stderr) -> dict[str, 
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     quick = cfg["data"]["dataset"] == "digits"
-    host = rows("host.parquet")
-    if measure or not host:
-        host = measure_host(QUICK_HOST_SIZES if quick else HOST_SIZES, quick=quick, log=log)
-        write_table(host, out / "host.parquet")
     scale = rows("scale.parquet")
     available = float(next((r["available_mb"] for r in scale if r.get("available_mb")), math.nan))
     if not math.isfinite(available) and (out / "model.json").is_file():  # an older bench's
@@ -808,7 +790,7 @@ def refit(out: Path, *, measure: bool = False, log: Log = _stderr) -> dict[str, 
             json.loads((out / "model.json").read_text()).get("actor_costs", {}).get("available_mb", math.nan)
         )
     return finish(
-        out, scale, rows("actors.parquet"), rows("rounds.parquet"), host, cfg, available, quick=quick, log=log
+        out, scale, rows("actors.parquet"), rows("rounds.parquet"), cfg, available, quick=quick, log=log
     )
 
 
@@ -882,7 +864,7 @@ def render_report(
         parts += [
             f"- cost model, client actor: {c['actor_mb']:.0f} MB RSS + {c['actor_per_hosted_mb'] * 1000:.2f} MB "
             f"per 1000 clients it holds; set-up {c['setup_s']:.1f} s + {c['setup_per_client_s'] * 1000:.2f} s per "
-            f"1000 clients + {c['roam_setup_s'] * 1e9:.1f} s per 10^9 N^2/A (roaming) + {c['actor_start_s']:.1f} s "
+            f"1000 clients + {c['actor_start_s']:.1f} s "
             f"per actor per core"
         ]
         if v.get("held_out") is not None:

@@ -234,7 +234,7 @@ class Experiment:
         except ServerLost as lost:
             self._recover_server(t, lost)  # back to the newest checkpoint, rounds replayed up to t - 1
             return self.step(hparams)
-        logger.log_round(report.metrics, report.clients, report.clusters)
+        logger.log_round(report.metrics, report.clients, report.clusters, personal=report.personal)
         if report.restarted:
             self._restore_restarted(t, report.restarted)
         if "test_accuracy" in report.metrics or "personal_accuracy" in report.metrics:

@@ -126,7 +126,7 @@ def test_client_exception_is_a_counted_dropout(tmp_path):
 @pytest.mark.parametrize("algo", ["scaffold", "local"])
 def test_resume_matches_uninterrupted_run(tmp_path, algo):
     cfg = tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=4, rounds__checkpoint_every=2)
-    _, full, _ = run(cfg)
+    _, full, full_exp = run(cfg)
 
     first = Experiment(cfg, progress=False)
     first.run(until=3)  # checkpoint at round 2, then round 3 is lost with the "crash"
@@ -137,6 +137,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, algo):
     resumed.close()
     after = pd.read_parquet(first.run_dir / "rounds.parquet")
     assert_same_learning(full, after, f"{algo}: resumed from round 2")
+    # every client row too, the personal-evaluation rows of the reloaded rounds included
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(first.run_dir / "clients.parquet"),
+        pd.read_parquet(full_exp.run_dir / "clients.parquet"),
+        check_dtype=True,
+        check_exact=True,
+    )
 
 
 class SleepsInTraining(FedAvg):
@@ -309,3 +316,66 @@ def test_dsac_packing_does_not_change_results(tmp_path, feature_mapping):
     assert frames["1"]["num_groups"].notna().any()  # the clients were grouped at round 2
     for name in ("4", "auto"):
         assert_same_learning(frames["1"], frames[name], f"dsac fm={feature_mapping}: 1 vs {name}")
+
+
+def test_a_round_hands_back_cohort_rows_and_the_personal_figures_as_columns(tmp_path):
+    """Personal evaluation scores every client of the federation (issue 13): its N figures travel
+    as three arrays, not as N row dicts; ``report.clients`` holds the cohort's rows only."""
+    exp = Experiment(tiny_config(tmp_path, rounds__num_rounds=2, rounds__eval_every=2), progress=False)
+    exp.prepare()
+    try:
+        first, second = exp.step(), exp.step()
+    finally:
+        exp.close()
+    assert first.personal is None and len(first.clients) == 3  # round 1 is not evaluated
+    assert len(second.clients) == 3 and all(r["participated"] for r in second.clients)
+    p = second.personal
+    assert p.round == 2 and len(p) == 6 and p.client_id.tolist() == list(range(6))
+    assert p.client_id.dtype == np.int64
+    assert p.personal_accuracy.dtype == np.float64 and p.personal_loss.dtype == np.float64
+    assert second.metrics["personal_accuracy_mean"] == float(p.personal_accuracy.mean())
+    # the round's figures are the sums over the clients in id order, as with one dict a client
+    n = [len(exp.federation.clients[c].test_idx) for c in p.client_id.tolist()]
+    correct = [round(a * k) for a, k in zip(p.personal_accuracy.tolist(), n, strict=True)]
+    assert second.metrics["personal_accuracy"] == sum(correct) / sum(n)
+    assert second.metrics["personal_loss"] == sum(
+        x * k for x, k in zip(p.personal_loss.tolist(), n, strict=True)
+    ) / sum(n)
+
+
+# clients.parquet as it was written when every row was one dict: dropouts in some rounds, rounds
+# without personal evaluation (eval_every 2), algorithm annotations of every kind (float, str,
+# and pFedHT's sparse new_client, whose column first appears after the personal ones)
+ROW_CASES = {
+    "dropouts, evaluated every 2nd round": {"rounds__num_rounds": 3, "rounds__eval_every": 2},
+    "dsac annotations": {"algorithm__name": "dsac", "data__public_fraction": 0.1, "rounds__num_rounds": 2},
+    "pfedht new clients": {
+        "model__name": "vit-tiny",
+        "algorithm__name": "pfedht",
+        "algorithm__new_client_fraction": 0.2,
+        "algorithm__new_client_round": 3,
+        "rounds__num_rounds": 3,
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(ROW_CASES))
+def test_clients_parquet_is_the_frame_of_one_dict_per_row(tmp_path, case):
+    from raysim.runtime.logger import write_parquet
+
+    exp = Experiment(tiny_config(tmp_path, **ROW_CASES[case]), progress=False)
+    if case.startswith("dropouts"):
+        exp.algorithm = NaNForClient0()
+    exp.prepare()
+    rows = []
+    try:
+        while not exp.should_stop():
+            rep = exp.run_round(exp.next_round)
+            rows += rep.clients + (rep.personal.rows() if rep.personal is not None else [])
+        exp.run()  # nothing left to run: writes the files
+    finally:
+        exp.close()
+    write_parquet(pd.DataFrame(rows), tmp_path / "reference.parquet")
+    want = pd.read_parquet(tmp_path / "reference.parquet")
+    got = pd.read_parquet(exp.run_dir / "clients.parquet")
+    pd.testing.assert_frame_equal(got, want, check_dtype=True, check_exact=True)

@@ -8,35 +8,35 @@ import json
 from pathlib import Path
 from typing import Any
 
-COMMAND = "raysim bench fit results/bench-scale --write-coefficients"
-WHEN = "2026-11-24 03:15"
+COMMAND = "raysim bench scale --clients 100,1000,3000,10000,30000 --write-coefficients"
+WHEN = "2026-11-24 05:36"
 DEFAULT: dict[str, Any] = json.loads(
     """
 {
-    "actor_mb": 805.452523234456,
-    "actor_per_hosted_mb": 0.0037821991201557356,
-    "actor_start_s": 3.5583909540895844,
-    "actor_uss_mb": 410.38671875,
+    "actor_mb": 694.8600173406801,
+    "actor_per_hosted_mb": 0.0018389419782540058,
+    "actor_start_s": 3.237983169627704,
+    "actor_uss_mb": 334.2353515625,
     "cores": 2,
     "dataset": "fashion-mnist",
-    "driver_mb": 1086.6240234375002,
-    "driver_per_client_mb": 0.0,
-    "example_s": 0.0005595038620351376,
+    "driver_mb": 1008.5054264743669,
+    "driver_per_client_mb": 6.451985248928274e-06,
+    "example_s": 0.00020654840909343778,
     "fitted_on": "results/bench-scale: N = 100, 1000, 3000, 10000, 30000; actor runs 4, 8, 16; 2 CPUs",
-    "import_s": 4.4855027933244855,
+    "import_s": 2.220360332277778,
     "model": "cnn-small",
-    "overhead_per_actor_s": 0.00046917457872382634,
+    "overhead_per_actor_s": 0.0008512041328559317,
     "overhead_per_client_s": 0.0,
-    "overhead_s": 0.019977799723997904,
-    "ray_mb": 649.966796875,
-    "server_mb": 877.2392578125002,
+    "overhead_s": 0.008546913127656661,
+    "ray_mb": 644.783203125,
+    "server_mb": 796.6972656250001,
     "server_per_client_mb": 0.0,
-    "setup_per_client_s": 0.0007728672131123798,
-    "setup_s": 22.136946779992098,
-    "store_mb": 60.85833459769841,
-    "store_per_client_mb": 0.0002552863898335446,
-    "task_s": 0.0017008227850092768,
-    "warmup_s": 0.17425664824895648
+    "setup_per_client_s": 4.247727351022074e-05,
+    "setup_s": 5.940579743701899,
+    "store_mb": 61.34136712359015,
+    "store_per_client_mb": 0.00039928244106508267,
+    "task_s": 0.0012137065627058382,
+    "warmup_s": 0.08648837700093281
 }
 """
 )
@@ -45,19 +45,19 @@ VALIDATION: dict[str, Any] = json.loads(
 {
     "figures": {
         "median_round_s": {
-            "error": 3.4062841093075047,
-            "measured": 0.11400472700188402,
-            "predicted": 0.5023372169743417
+            "error": -0.003062850821317742,
+            "measured": 0.08189267449415638,
+            "predicted": 0.08164184944882205
         },
         "time_to_first_round_s": {
-            "error": 0.23167593751557014,
-            "measured": 52.633507855731295,
-            "predicted": 64.82742513294097
+            "error": 0.22233339680392206,
+            "measured": 12.502573793193733,
+            "predicted": 15.282313493426193
         },
         "total_rss_mb": {
-            "error": 0.022471327182473688,
-            "measured": 4426.3828125,
-            "predicted": 4525.849508914565
+            "error": 0.03506751369498118,
+            "measured": 3864.8515625,
+            "predicted": 4000.382297597038
         }
     },
     "fitted_on": [

@@ -387,7 +387,7 @@ class RayBackend:
                 max_restarts=spec.max_restarts,
                 max_task_retries=0,
                 runtime_env={"env_vars": ACTOR_ENV},
-            ).remote(h, spec.algorithm, ds_ref, shards, spec.host_spec, visitors)
+            ).remote(h, spec.algorithm, ds_ref, ShardTable(shards), spec.host_spec, visitors)
             for h, shards in enumerate(spec.host_shards)
         ]
         owner = {s.client_id: h for h, shards in enumerate(spec.host_shards) for s in shards}

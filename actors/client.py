@@ -37,7 +37,7 @@ class ClientActorImpl:
         host_id: int,
         algorithm: Any,
         dataset: Any,
-        shards: Sequence[Any],
+        shards: Sequence[Any] | ShardTable,
         spec: HostSpec,
         visitors: ShardTable | None = None,
     ) -> None:

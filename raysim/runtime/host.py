@@ -185,15 +185,16 @@ class ClientHost:
         host_id: int,
         algorithm: Algorithm,
         dataset: Any,
-        shards: Sequence[Any],
+        shards: Sequence[Any] | ShardTable,
         spec: HostSpec,
         gpu_ids: list | None = None,
         visitors: ShardTable | None = None,
     ) -> None:
         """``shards`` are this host's own clients (their state, their personalised evaluation);
         ``visitors`` are further clients it may be asked to train when the algorithm keeps no
-        client state: flat index arrays (the data stays in the shared dataset), a client built
-        only for the round that trains it, so a host holds O(own + cohort) client objects."""
+        client state. Both are kept as flat index arrays (``ShardTable``: the data stays in the
+        shared dataset) and a client object is built only for the call that trains or evaluates
+        it, so a host keeps no Python object per client but its clients' state."""
         torch.set_num_threads(spec.torch_threads)
         self.host_id = host_id
         self.algorithm = algorithm
@@ -211,8 +212,9 @@ class ClientHost:
             device=self.device,
         )
         self.visitors = visitors
-        self.clients: dict[int, HostedClient] = {s.client_id: self._hosted(s) for s in shards}
-        self.home = sorted(self.clients)
+        self.own = shards if isinstance(shards, ShardTable) else ShardTable(list(shards))
+        self.home: list[int] = self.own.client_ids.tolist()  # sorted
+        self.state: dict[int, dict[str, Any]] = {}  # own clients' persistent state (non-empty only)
         self.staged: dict[int, dict[str, Any]] = {}  # accepted clients' new state, until commit
         self.staged_round = -1
         # each accepted client's own fixed-point update this round (linear algorithms): what
@@ -221,7 +223,7 @@ class ClientHost:
         self._proc = psutil.Process(os.getpid())
         self._peak_rss = self._proc.memory_info().rss
 
-    def _hosted(self, s: Any) -> HostedClient:
+    def _hosted(self, s: Any, state: dict[str, Any] | None = None) -> HostedClient:
         ytr, yva, yte = make_client_labels(
             s,
             self.y_train_all,
@@ -240,15 +242,17 @@ class ClientHost:
             y_test=yte,
             rotation=int(s.rotation),
             group=int(s.group),
+            state=state if state is not None else {},
         )
 
-    def _client(self, client_id: int) -> HostedClient | None:
-        """A client this host owns, or a visitor built for this call (no state: visitors roam only
-        when the algorithm keeps none); None when this host cannot train it."""
-        c = self.clients.get(client_id)
-        if c is None and self.visitors is not None and client_id in self.visitors:
-            c = self._hosted(self.visitors.shard(client_id))
-        return c
+    def client(self, client_id: int) -> HostedClient | None:
+        """One of this host's clients with its state, or a visitor (no state: visitors roam only
+        when the algorithm keeps none), built for this call; None when this host cannot train it."""
+        if client_id in self.own:
+            return self._hosted(self.own.shard(client_id), self.state.get(client_id, {}))
+        if self.visitors is not None and client_id in self.visitors:
+            return self._hosted(self.visitors.shard(client_id))
+        return None
 
     def client_ids(self) -> list[int]:
         """The clients this host owns (visitors excluded)."""
@@ -278,7 +282,7 @@ class ClientHost:
             if cancelled is not None and cancelled():
                 dropouts.append((task.client_id, "cancelled: the round deadline passed"))
                 continue
-            client = self._client(task.client_id)
+            client = self.client(task.client_id)
             if client is None:
                 dropouts.append((task.client_id, f"not hosted on actor {self.host_id}"))
                 continue
@@ -357,9 +361,11 @@ class ClientHost:
         if self.staged_round != round_idx:
             return 0
         for cid, st in self.staged.items():
-            c = self.clients.get(cid)
-            if c is not None:
-                c.state = st
+            if cid in self.own:
+                if st:
+                    self.state[cid] = st
+                else:
+                    self.state.pop(cid, None)
             elif st:  # a visitor: built for one call, its state would be lost (and differ by host)
                 raise RuntimeError(
                     f"{type(self.algorithm).__name__} wrote client state for client {cid} but its "
@@ -374,7 +380,8 @@ class ClientHost:
         """Every hosted client's personalised model on its local test split."""
         rows = []
         for cid in self.home:
-            c = self.clients[cid]
+            c = self.client(cid)
+            assert c is not None  # one of this host's own
             if len(c.test_idx) == 0:
                 continue
             ctx = _Context(self, c, -1, broadcast)
@@ -395,14 +402,13 @@ class ClientHost:
         return rows
 
     def get_state(self) -> dict[int, dict[str, Any]]:
-        return {cid: dict(self.clients[cid].state) for cid in self.home if self.clients[cid].state}
+        return {cid: dict(st) for cid, st in sorted(self.state.items()) if st}
 
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None:
         """Every home client's state becomes its entry in ``states`` (a checkpoint's client states),
         and empty when it has none: a client that had no state at the checkpoint must not keep
         what it gained later (a restore into live actors, e.g. after a lost server)."""
-        for cid in self.home:
-            self.clients[cid].state = dict(states.get(cid, {}))
+        self.state = {cid: dict(st) for cid in self.home if (st := states.get(cid))}
         self.staged, self.staged_round, self.staged_singles = {}, -1, {}
 
     def stats(self) -> dict[str, Any]:

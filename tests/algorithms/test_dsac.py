@@ -312,7 +312,7 @@ def test_pretraining_broadcasts_the_base_model_and_feature_mapping_keeps_an_adap
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         exp.run()
-    states = [c.state for h in exp.backend.hosts for c in h.clients.values() if c.state]
+    states = [st for h in exp.backend.hosts for _, st in sorted(h.state.items()) if st]
     exp.close()
     assert len(states) == 3  # the round's cohort
     scale, shift = states[0]["adapter"]

@@ -217,7 +217,7 @@ def test_label_noise_replaces_training_labels_with_uniform_random_ones(tmp_path)
     exp.prepare()
     try:
         ds = exp.dataset
-        hosted = {cid: c for host in exp.backend.hosts for cid, c in host.clients.items()}
+        hosted = {cid: host.client(cid) for host in exp.backend.hosts for cid in host.client_ids()}
         noisy = []
         for cid, c in sorted(hosted.items()):
             clean = ds.y_train[c.train_idx]

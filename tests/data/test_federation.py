@@ -341,5 +341,15 @@ def test_sampled_partition_holds_more_clients_than_the_dataset_and_says_so_when_
         assert len(c.train_idx) + len(c.val_idx) == 10 and len(c.val_idx) == 1
         assert not set(c.train_idx.tolist()) & set(c.val_idx.tolist())
         assert len(c.test_idx) >= 10
+    # test splits follow each client's train label proportions, drawn for all clients at once
+    from raysim.data.federation import _label_hists, _test_counts
+
+    test_by_class = [np.flatnonzero(ds.y_test == c) for c in range(ds.num_classes)]
+    some = fed.clients[:50]
+    hists = _label_hists(ds.y_train, [c.train_idx for c in some], ds.num_classes)
+    want = _test_counts(hists, np.array([len(c.test_idx) for c in some]), test_by_class)
+    for c, w in zip(some, want, strict=True):
+        assert np.array_equal(np.bincount(ds.y_test[c.test_idx], minlength=ds.num_classes), w)
+        assert np.all(np.diff(c.test_idx) >= 0)
     with pytest.raises(ValueError, match="examples_per_client must be between 2 and the 1000"):
         build_federation(ds, scheme="sampled", num_clients=10, seed=0, examples_per_client=1001)

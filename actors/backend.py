@@ -202,6 +202,8 @@ class RayPool:
         for ref, h in calls.items():
             try:
                 ray.get(ref)
+            except ray.exceptions.RayTaskError:  # our code failed in the actor: a bug, not a lost actor
+                raise
             except ray.exceptions.RayError:  # died since it replied: its clients are lost from now on
                 if not self._check_alive(h) and self.roam_sizes is None:  # (or restarted: restored)
                     lost += self._hosted_by(h)

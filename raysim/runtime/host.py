@@ -1,8 +1,10 @@
 """ClientHost: the plain class inside every client actor (and the serial backend).
 
-A host keeps n clients: their index arrays into the shared dataset, their labels (in the
-client's label space: permuted groups, noisy labels), their persistent state (control
-variates, personal weights, ...) and ONE reusable torch model for all of them. It runs the
+A host keeps n clients as flat index arrays into the shared dataset (a ``ShardTable``; another
+for the clients it may train as visitors), their persistent state (control variates, personal
+weights, ...) and ONE reusable torch model for all of them. A client's object (its indices, its
+labels in its own label space: permuted groups, noisy labels) is built for the call that trains or
+evaluates it, so nothing else is kept per client (issue 13). It runs the
 algorithm's ``client_update`` for the tasks it is given, turns failures and non-finite
 updates into counted dropouts, and pre-sums results when the algorithm is linear.
 """

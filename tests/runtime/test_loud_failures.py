@@ -88,15 +88,14 @@ SITES: dict[str, tuple[Callable[[], Any], str | None, Callable[[Experiment, Path
 def _cfg(tmp_path: Path, backend: str, **over: Any):
     """4 clients on 2 actors, every client every round (client 0 is the one a Sabotaged run
     quarantines, so its withdraw runs)."""
-    return tiny_config(
-        tmp_path,
-        data__num_clients=4,
-        rounds__clients_per_round=4,
-        rounds__num_rounds=2,
-        resources__backend=backend,
-        resources__clients_per_actor=2,
-        **over,
-    )
+    base = {
+        "data__num_clients": 4,
+        "rounds__clients_per_round": 4,
+        "rounds__num_rounds": 2,
+        "resources__backend": backend,
+        "resources__clients_per_actor": 2,
+    }
+    return tiny_config(tmp_path, **{**base, **over})
 
 
 def _raised(site: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BaseException:
@@ -246,7 +245,7 @@ def test_the_ray_backend_knows_each_node(ray_cluster):
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("who", ["client", "server"])
+@pytest.mark.parametrize("who", [pytest.param("client", marks=pytest.mark.slow), "server"])  # client: 20 s
 def test_actors_that_cannot_start_stop_prepare_with_a_message(ray_cluster, tmp_path, monkeypatch, who):
     """A share that promises more than the cluster has (nodes unknown, as a Tune trial's): the
     actors Ray cannot place would be waited for forever; now prepare stops at START_TIMEOUT_S."""

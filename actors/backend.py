@@ -365,7 +365,7 @@ def check_reachable(address: str, timeout_s: float | None = None) -> None:
     port = port.split("/", 1)[0]
     if not sep or not host or not port.isdigit():
         raise ConfigError(
-            f"Ray address {address!r} is not host:port, ray://host:port, 'auto' or 'local' "
+            f"Ray address {address!r} is not host:port, ray://host:port, auto or local "
             "(--address, resources.address or RAY_ADDRESS)"
         )
     wait = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s

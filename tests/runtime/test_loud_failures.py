@@ -139,6 +139,33 @@ def test_the_same_bug_raises_the_same_exception_on_serial_and_on_ray(
         assert "broken" in _text(on_ray)  # the frame of the bug itself
 
 
+@pytest.mark.ray
+def test_one_client_s_exception_is_the_same_counted_dropout_on_both_backends(ray_cluster, tmp_path):
+    """The other side of the rule (DESIGN section 4): ONE client failing (its data, say) is a
+    dropout with its reason, not a bug, and Ray counts it exactly as serial does."""
+    import cloudpickle
+    import pandas as pd
+
+    cloudpickle.register_pickle_by_value(toy_algos)
+    out = {}
+    for backend in ("serial", "ray"):
+        exp = Experiment(_cfg(tmp_path / backend, backend), progress=False)
+        exp.algorithm = toy_algos.Diverging(victim=1, mode="raise", stateful=True)
+        try:
+            exp.run()
+        finally:
+            exp.close()
+        out[backend] = [pd.read_parquet(exp.run_dir / f) for f in ("rounds.parquet", "clients.parquet")]
+    cols = ["round", "completed", "dropouts", "test_accuracy", "train_loss"]
+    pd.testing.assert_frame_equal(out["serial"][0][cols], out["ray"][0][cols], check_exact=True)
+    assert list(out["ray"][0]["dropouts"]) == [1, 1]
+    serial, on_ray = (
+        c[c.dropped][["round", "client_id", "reason"]] for c in (out["serial"][1], out["ray"][1])
+    )
+    pd.testing.assert_frame_equal(serial.reset_index(drop=True), on_ray.reset_index(drop=True))
+    assert list(on_ray["reason"]) == ["error: RuntimeError: this client diverged"] * 2
+
+
 @pytest.mark.parametrize("backend", ["serial", pytest.param("ray", marks=pytest.mark.ray)])
 def test_cli_exits_1_with_the_same_error_on_both_backends(request, tmp_path, monkeypatch, backend):
     """`raysim run` with a client_update that returns None: exit 1 with the error and its

@@ -239,9 +239,9 @@ class RayPool:
         self.replied = []
         for ref in sorted(ready, key=lambda r: calls[r]):  # host order, not completion order
             h = calls[ref]
-            try:
-                reply = get(ref)  # an error of our code in the actor (not a client's: those are in
-            except ray.exceptions.RayError as exc:  # the reply) is raised; the actor or its node died:
+            try:  # an error of our code in the actor is raised (a client's own is in the reply)
+                reply = get(ref)
+            except ray.exceptions.RayError as exc:  # the actor or its node died
                 out.drop(grouped[h], f"actor {h} failed: {type(exc).__name__}")
                 if not self._check_alive(h) and self.roam_sizes is None:  # roaming clients live on
                     out.lost += self._hosted_by(h)

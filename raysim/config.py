@@ -125,6 +125,10 @@ class ResourcesConfig(_Section):
     # results of that round are dropped and their state comes back from the newest checkpoint
     # (rounds.checkpoint_every), else from the start. 0: its clients are lost for the run.
     max_restarts: Annotated[int, Field(ge=0)] = 0
+    # a lost server actor (its node went away, it was killed or ran out of memory) is replaced from
+    # the newest checkpoint (rounds.checkpoint_every) at most this many times in a run; one that
+    # dies every time (say, out of memory in aggregate) then stops the run with an error. 0: never.
+    max_server_restarts: Annotated[int, Field(ge=0)] = 3
     # what one client actor costs in private memory (a worker that imported torch, its trainer and
     # its clients' index arrays; the dataset is shared per node): before any actor starts, the run
     # is refused when actors x this (+ the server) exceeds the memory Ray offers. 0: no check.

@@ -37,7 +37,7 @@ def _ours(text: str) -> bool:
     return bool(WARNING_LINE.search(text) and OURS.search(text))
 
 
-# 9 min on 2 cores shared with four other test runs (load ~15): 14 configs, 22-77 s each
+# 6 min 12 s here (2 cores shared with other test runs, load ~10; 9 min at load ~15): 14 configs
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1800)]
 
 

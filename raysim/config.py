@@ -253,8 +253,10 @@ class ExperimentConfig(_Section):
         """How many client actors the run starts (the packing rule, documented in README).
 
         ``clients_per_actor: N`` gives ceil(clients / N). ``auto`` gives ``num_actors`` when set,
-        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold, never more
-        than there are clients.
+        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold once the server
+        actor has its ``server_cpus``/``server_gpus`` (Ray backend), never more than there are
+        clients and at least one (if even one does not fit, the backend's resource check says so).
+        ``cluster_cpus``/``cluster_gpus`` are what the whole run may use, the server's share included.
         """
         res, n = self.resources, self.data.num_clients
         if self.algorithm.traits.pooled:  # one client holding every shard
@@ -263,11 +265,13 @@ class ExperimentConfig(_Section):
             return math.ceil(n / res.clients_per_actor)
         if res.num_actors is not None:
             return min(n, res.num_actors)
+        # on the serial backend the server is no actor: it holds nothing back
+        server_cpus, server_gpus = (res.server_cpus, res.server_gpus) if res.backend == "ray" else (0.0, 0.0)
         fits = []
         if res.num_gpus > 0 and cluster_gpus is not None:
-            fits.append(int(cluster_gpus / res.num_gpus + 1e-9))
+            fits.append(int(max(0.0, cluster_gpus - server_gpus) / res.num_gpus + 1e-9))
         if res.num_cpus > 0 and cluster_cpus is not None:
-            fits.append(int(cluster_cpus / res.num_cpus + 1e-9))
+            fits.append(int(max(0.0, cluster_cpus - server_cpus) / res.num_cpus + 1e-9))
         return max(1, min(n, *fits)) if fits else max(1, min(n, 2))
 
 

@@ -16,7 +16,7 @@ keys, each with exactly one distribution::
       local.epochs: {int: [1, 3]}
       algorithm.central_lr: {uniform: [0.5, 1.5]}
       local.batch_size: {choice: [16, 32, 64]}
-    optuna: {seed: 0, asha: {grace_period: 2}}
+    optuna: {seed: 0, n_startup_trials: 4, asha: {grace_period: 2}}
 
 Every value a distribution can produce is checked against the experiment schema before any trial
 starts (the ends of a range, every choice and grid point), so an unknown knob or an impossible
@@ -104,9 +104,15 @@ class Asha(_Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
 
 
+TPE_DEFAULT_STARTUP = 10  # Optuna's TPESampler(n_startup_trials=10)
+
+
 class OptunaOptions(_Strict):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0  # the sampler's seed: the same spec proposes the same trials
+    # TPE only: the first n trials are drawn at random, TPE models the finished ones after that.
+    # Unset: Optuna's 10, so a sweep of 10 trials or fewer is random search (the sweep says so).
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
     asha: Asha | None = None  # early stopping over rounds (single objective only)
 
 
@@ -176,6 +182,19 @@ class SweepSpec(_Strict):
                     "optuna.asha: Tune's schedulers stop trials on one metric; a multi-objective "
                     "sweep runs every trial to the end (drop asha or the objectives)"
                 )
+        k = self.optuna.n_startup_trials if self.optuna is not None else None
+        if k is not None and self.optuna is not None:
+            if self.optuna.sampler != "tpe":
+                raise ValueError(
+                    f"optuna.n_startup_trials: TPE's random start-up trials, but sampler is "
+                    f"{self.optuna.sampler}; drop it or use sampler: tpe"
+                )
+            if k >= self.num_samples:
+                raise ValueError(
+                    f"optuna.n_startup_trials: TPE draws its first {k} trials at random and the sweep "
+                    f"runs {self.num_samples} (num_samples): no trial would be TPE's. Set it below "
+                    f"num_samples (e.g. {max(1, self.num_samples // 2)}), or use sampler: random"
+                )
         if self.mode != "optuna" and self.optuna is not None:
             raise ValueError(f"optuna: options for mode optuna, but mode is {self.mode}")
         if self.mode != "pbt" and self.pbt is not None:
@@ -201,6 +220,21 @@ class SweepSpec(_Strict):
     @property
     def objective_list(self) -> list[Objective]:
         return self.objectives or [Objective(metric=self.metric, goal=self.goal)]
+
+    def random_search_note(self) -> str | None:
+        """What to tell the user when a TPE sweep never gets past TPE's random start-up trials."""
+        if self.mode != "optuna":
+            return None
+        opts = self.optuna or OptunaOptions()
+        if opts.sampler != "tpe" or opts.n_startup_trials is not None:
+            return None  # an explicit start-up count is checked to be below num_samples
+        if self.num_samples > TPE_DEFAULT_STARTUP:
+            return None
+        return (
+            f"note: TPE draws its first {TPE_DEFAULT_STARTUP} trials at random (Optuna's default) and "
+            f"this sweep runs {self.num_samples}: it is random search. Set optuna.n_startup_trials "
+            "below num_samples to let TPE propose the rest"
+        )
 
 
 def _base_dict(spec: SweepSpec, spec_dir: Path, overrides: list[str]) -> dict[str, Any]:

@@ -105,7 +105,10 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
         opts = spec.optuna or OptunaOptions()
         sampler: optuna.samplers.BaseSampler
         if opts.sampler == "tpe":
-            sampler = optuna.samplers.TPESampler(seed=opts.seed, multivariate=spec.objectives is not None)
+            startup = {} if opts.n_startup_trials is None else {"n_startup_trials": opts.n_startup_trials}
+            sampler = optuna.samplers.TPESampler(
+                seed=opts.seed, multivariate=spec.objectives is not None, **startup
+            )
         elif opts.sampler == "nsga2":
             sampler = optuna.samplers.NSGAIISampler(seed=opts.seed)
         else:
@@ -240,12 +243,15 @@ def run_sweep(
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
-        loaded = LoadedSpec(
-            spec=loaded.spec.model_copy(update={"num_samples": num_samples}),
-            base=loaded.base,
-            path=loaded.path,
-        )
-        SweepSpec.model_validate(loaded.spec.model_dump())  # e.g. grid refuses num_samples > 1
+        from pydantic import ValidationError
+
+        from raysim.config import _format_validation_error
+
+        try:  # e.g. grid refuses num_samples > 1, TPE's start-up trials must stay below it
+            spec = SweepSpec.model_validate({**loaded.spec.model_dump(), "num_samples": num_samples})
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"--num-samples {num_samples}")) from None
+        loaded = LoadedSpec(spec=spec, base=loaded.base, path=loaded.path)
     check_data_available(config_from_dict(dict(loaded.base), "base"))
     directory = sweep_dir(loaded)
     if directory.exists():
@@ -258,6 +264,9 @@ def run_sweep(
         tuner = _tuner(loaded, directory, cpus, gpus, verbose)  # refuses a sweep that cannot fit
         atomic_write_text(directory / SPEC_FILE, resolved_spec_yaml(loaded))
         echo(f"sweep {loaded.spec.name}: {loaded.spec.mode}, writing {directory}")
+        note = loaded.spec.random_search_note()
+        if note:
+            echo(note)
         results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 

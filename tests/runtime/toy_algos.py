@@ -96,7 +96,7 @@ class ProxyChecked(FedAvg):
     def aggregate(
         self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[GlobalState, dict[str, float]]:
-        candidate = fedavg_step(state.params, LinearSum.of(results))
+        candidate = self.candidate(state, results, server)
         now, cand = server.evaluate(state.params, "public"), server.evaluate(candidate, "public")
         keep = cand.loss <= now.loss
         return replace(state, params=candidate if keep else state.params), {
@@ -105,6 +105,28 @@ class ProxyChecked(FedAvg):
             "proxy_accepted": float(keep),
             "proxy_n": float(cand.n),
         }
+
+    def candidate(
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> np.ndarray:
+        return fedavg_step(state.params, LinearSum.of(results))
+
+
+class ProxySpoiled(ProxyChecked):
+    """ProxyChecked whose candidate in ``rounds`` is the round's update blown up 1000-fold: a model
+    far worse on the public split, which the proxy check must refuse."""
+
+    def __init__(self, rounds: Sequence[int]) -> None:
+        super().__init__()
+        self.rounds = frozenset(rounds)
+
+    def candidate(
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> np.ndarray:
+        good = super().candidate(state, results, server)
+        if server.round_idx not in self.rounds:
+            return good
+        return state.params + 1000.0 * (good - state.params)
 
 
 class TypeErrorEverywhere(FedAvg):

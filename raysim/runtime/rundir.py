@@ -410,10 +410,8 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
-def read_checkpoint(directory: Path) -> dict[str, Any]:
-    """``{"format", "round", "server"}`` of the checkpoint in ``directory``. Anything that is not a
-    complete checkpoint of this format is a ConfigError naming the file; nothing in it is run."""
-    directory = Path(directory)
+def _header(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint's state.json, checked for kind and format (ConfigError naming the file)."""
     path = directory / STATE_FILE
     if not path.is_file():
         legacy = directory / LEGACY_STATE_FILE
@@ -437,6 +435,34 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
             f"{path}: checkpoint format {header.get('format')!r}, this raysim reads format {FORMAT}; "
             "use the raysim that wrote it"
         )
+    return path, header
+
+
+def check_checkpoint(directory: Path) -> int:
+    """The round of the checkpoint in ``directory`` after the cheap checks (its state.json, the
+    size of its arrays), so that a resume refuses a damaged one before starting anything; the
+    SHA-256 and the state itself are checked when it is read."""
+    directory = Path(directory)
+    path, header = _header(directory)
+    try:
+        size, rnd = int(header["arrays"]["bytes"]), header["round"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a raysim checkpoint (missing or malformed {exc})") from None
+    arrays = directory / ARRAYS_FILE
+    if not arrays.is_file():
+        raise ConfigError(f"{arrays}: missing (the arrays of checkpoint {path})")
+    if arrays.stat().st_size != size:
+        raise ConfigError(
+            f"{arrays}: {arrays.stat().st_size} bytes, {path} says {size}: truncated or from another checkpoint"
+        )
+    return int(rnd)
+
+
+def read_checkpoint(directory: Path) -> dict[str, Any]:
+    """``{"format", "round", "server"}`` of the checkpoint in ``directory``. Anything that is not a
+    complete checkpoint of this format is a ConfigError naming the file; nothing in it is run."""
+    directory = Path(directory)
+    path, header = _header(directory)
     try:
         meta = header["arrays"]
         size, sha = int(meta["bytes"]), str(meta["sha256"])
@@ -525,7 +551,7 @@ def read_table(path: Path, required: tuple[str, ...] = ("round",)) -> Any:
         df = pd.read_parquet(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing") from None
-    except Exception as exc:  # pyarrow raises several types for a damaged file; all mean the same
+    except Exception as exc:  # noqa: BLE001 - pyarrow's several error types all mean a damaged file
         raise ConfigError(
             f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); truncated or not raysim's"
         ) from None
@@ -533,6 +559,46 @@ def read_table(path: Path, required: tuple[str, ...] = ("round",)) -> Any:
     if missing:
         raise ConfigError(f"{path}: no column {', '.join(missing)}: not a table written by raysim")
     return df
+
+
+RUN_TABLES = ("rounds.parquet", "clients.parquet", "system.parquet", "clusters.parquet")
+
+
+def check_table(path: Path, required: tuple[str, ...] = ("round",)) -> None:
+    """A run's Parquet file is readable and has the columns (its footer only: cheap), or a
+    ConfigError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow's several error types all mean a damaged file
+        raise ConfigError(
+            f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); truncated or not raysim's"
+        ) from None
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ConfigError(f"{path}: no column {', '.join(missing)}: not a table written by raysim")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory ``--resume`` can continue: its config.yaml, its tables and its newest
+    checkpoint pass the cheap checks (ConfigError naming the file), before anything starts."""
+    from raysim.config import load_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    load_config(run_dir / "config.yaml")
+    for name in RUN_TABLES:
+        if (run_dir / name).is_file():
+            check_table(run_dir / name)
+    ckpts = periodic_checkpoints(run_dir)
+    if ckpts:
+        check_checkpoint(ckpts[-1])
 
 
 def read_json(path: Path) -> Any:
@@ -568,6 +634,9 @@ def prune_checkpoints(run_dir: Path, keep: int = KEEP) -> None:
 __all__ = [
     "FORMAT",
     "STATE_FILE",
+    "check_checkpoint",
+    "check_run_dir",
+    "check_table",
     "decode_state",
     "encode_state",
     "periodic_checkpoints",

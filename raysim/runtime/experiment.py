@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import yaml
 
 from raysim.algorithms import build_algorithm
 from raysim.algorithms.base import SetupContext
@@ -34,8 +33,8 @@ from raysim.config import (
     ExperimentConfig,
     check_data_available,
     check_output_dir,
-    config_from_dict,
     dump_config,
+    load_config,
 )
 from raysim.models.flat import init_params
 from raysim.runtime import rundir
@@ -81,6 +80,7 @@ class Experiment:
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
         from raysim.data import build_federation, load_dataset, write_summary
+        from raysim.data.federation import check_dataset_fits
 
         cfg, d = self.cfg, self.cfg.data
         t0 = time.perf_counter()
@@ -88,6 +88,7 @@ class Experiment:
         if self.run_dir is None:
             check_output_dir(cfg)
         try:
+            check_dataset_fits(d.dataset, d.num_clients)  # before generating one (ValueError: refused)
             ds = load_dataset(
                 d.dataset,
                 data_dir=d.data_dir,
@@ -432,16 +433,14 @@ class Experiment:
     def resume(cls, run_dir: Path, *, address: str | None = None, progress: bool | None = None) -> Experiment:
         """An interrupted run, restored from its newest periodic checkpoint."""
         run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        rundir.check_run_dir(run_dir)  # config, tables, newest checkpoint: refused before Ray starts
         ckpts = rundir.periodic_checkpoints(run_dir)
         if not ckpts:
             raise ConfigError(
                 f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} "
                 "(set rounds.checkpoint_every > 0 to write them)"
             )
-        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+        cfg = load_config(run_dir / "config.yaml")
         exp = cls(cfg, address=address, progress=progress, run_dir=run_dir)
         exp.prepare()
         t = exp.restore(ckpts[-1])

@@ -104,8 +104,8 @@ class PicklableLock:
     def __enter__(self) -> bool:
         return self._lock.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        self._lock.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
 
     def __getattr__(self, name: str) -> Any:  # acquire, release, locked
         if name == "_lock":  # not set yet (while unpickling)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import random
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,45 @@ def genetic_explore(key: str, scale: float, seed: int) -> Callable[[dict[str, An
     return GeneticExplore(key, scale, seed)
 
 
+class PicklableLock:
+    """A ``threading.Lock`` that pickles, as a fresh unlocked one (a lock holds no state to keep)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+    def __getattr__(self, name: str) -> Any:  # acquire, release, locked
+        if name == "_lock":  # not set yet (while unpickling)
+            raise AttributeError(name)
+        return getattr(self._lock, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+
+
+def nsga2_sampler(seed: int) -> Any:
+    """Optuna's NSGA-II, made picklable. Tune pickles the searcher with its sampler (the Tuner's
+    state when it is built, the searcher checkpoints ``--resume`` reads), and from Optuna 5 the
+    genetic samplers keep a ``threading.Lock`` (``BaseGASampler._thread_lock``) that pickle refuses:
+    each lock attribute becomes a :class:`PicklableLock`. The sampler stays Optuna's own class, so
+    the study records its generations under the keys Optuna's NSGA-II reads."""
+    import optuna
+
+    sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    for key, value in list(vars(sampler).items()):
+        if isinstance(value, type(threading.Lock())):
+            setattr(sampler, key, PicklableLock())
+    return sampler
+
+
 def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, Any]:
     spec = loaded.spec
     num_rounds = int(loaded.base["rounds"]["num_rounds"])
@@ -118,7 +158,7 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
                 seed=opts.seed, multivariate=spec.objectives is not None, **startup
             )
         elif opts.sampler == "nsga2":
-            sampler = optuna.samplers.NSGAIISampler(seed=opts.seed)
+            sampler = nsga2_sampler(opts.seed)
         else:
             sampler = optuna.samplers.RandomSampler(seed=opts.seed)
         storage = optuna.storages.RDBStorage(f"sqlite:///{directory / OPTUNA_DB}")

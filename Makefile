@@ -11,10 +11,10 @@ PIP_TOOLS := pip-tools==7.7.0
 COMPILE := pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links -o $(LOCK) pyproject.toml
 
-.PHONY: help install lock lock-upgrade test-latest data run test test-slow test-all lint bench clean
+.PHONY: help install lock lock-upgrade test-latest data run test test-runtime-slow test-slow test-all lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 # The lock, then raysim itself without its dependencies (they are all in the lock); pip check fails
 # when the lock no longer satisfies pyproject.toml (a range changed without `make lock`). Packages
@@ -67,6 +67,13 @@ run: install data  ## set everything up and run the quick-start experiment (conf
 
 test: install data  ## set everything up and run the default test suite (no slow tier)
 	$(BIN)/pytest -m "not slow" -q
+
+# What CI runs after `make test`: the slow tests of the runtime, the sweeps and the shipped configs
+# (node loss, resume through the CLI on Ray, multi-node equality, sweep placement, every config in
+# configs/ starting on this machine, the remaining pinned runs). The paper reproductions stay out.
+SLOW_RUNTIME := tests/runtime tests/tuning tests/test_shipped_configs.py tests/test_reproducible.py
+test-runtime-slow: install data  ## the runtime's slow tests (CI runs them after `make test`; ~15 min on 2 cores)
+	$(BIN)/pytest -m slow -q $(SLOW_RUNTIME)
 
 test-slow: install data  ## the slow tier: real Fashion-MNIST runs, the bigger Ray runs (minutes)
 	$(BIN)/pytest -m slow -q

@@ -8,6 +8,7 @@ LOCK   := requirements.lock
 TOOLS  := .venv-tools
 LATEST := .venv-latest
 PIP_TOOLS := pip-tools==7.7.0
+LATEST_ARGS ?= -m "not slow" -q
 COMPILE := pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links -o $(LOCK) pyproject.toml
 
@@ -51,7 +52,7 @@ test-latest: data  ## the default tests on the newest releases pyproject.toml al
 	@$(LATEST)/bin/pip freeze --exclude-editable | grep -v '^#' | tr 'A-Z_.' 'a-z--' | sort > $(LATEST)/.have
 	@sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) | tr 'A-Z_.' 'a-z--' | sort > $(LATEST)/.locked
 	@echo "newer than (or missing from) $(LOCK):"; comm -23 $(LATEST)/.have $(LATEST)/.locked | sed 's/^/  /'
-	$(LATEST)/bin/pytest -m "not slow" -q
+	$(LATEST)/bin/pytest $(LATEST_ARGS)
 
 data:  ## install Fashion-MNIST from Debian (dataset-fashion-mnist) when it is missing
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: present"; \

@@ -53,7 +53,7 @@ test-latest: data  ## the default tests on the newest releases pyproject.toml al
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
 	@$(LATEST)/bin/pip freeze --exclude-editable | grep -v '^#' | $(NORMALIZE) > $(LATEST)/.have
 	@sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) | $(NORMALIZE) > $(LATEST)/.locked
-	@echo "newer than (or missing from) $(LOCK):"; comm -23 $(LATEST)/.have $(LATEST)/.locked | sed 's/^/  /'
+	@echo "newer than (or missing from) $(LOCK):"; comm -23 $(LATEST)/.have $(LATEST)/.locked | sed 's/^/  /' | grep . || echo '  (none)'
 	$(LATEST)/bin/pytest $(LATEST_ARGS)
 
 data:  ## install Fashion-MNIST from Debian (dataset-fashion-mnist) when it is missing

@@ -17,7 +17,7 @@ COMPILE := pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --st
 .PHONY: help install lock lock-upgrade test-latest data run test test-slow test-all lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 # The lock, then raysim itself without its dependencies (they are all in the lock); pip check fails
 # when the lock no longer satisfies pyproject.toml (a range changed without `make lock`). Packages

@@ -8,6 +8,9 @@ LOCK   := requirements.lock
 TOOLS  := .venv-tools
 LATEST := .venv-latest
 PIP_TOOLS := pip-tools==7.7.0
+LATEST_ARGS ?= -m "not slow" -q
+# name==version lines with the name as PEP 503 spells it (lower case, - for _ and .), sorted
+NORMALIZE := awk -F'==' '{ n = tolower($$1); gsub(/[_.]+/, "-", n); print n "==" $$2 }' | sort
 COMPILE := pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links -o $(LOCK) pyproject.toml
 
@@ -48,10 +51,10 @@ test-latest: data  ## the default tests on the newest releases pyproject.toml al
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
 	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
-	@$(LATEST)/bin/pip freeze --exclude-editable | grep -v '^#' | tr 'A-Z_.' 'a-z--' | sort > $(LATEST)/.have
-	@sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) | tr 'A-Z_.' 'a-z--' | sort > $(LATEST)/.locked
-	@echo "newer than (or missing from) $(LOCK):"; comm -23 $(LATEST)/.have $(LATEST)/.locked | sed 's/^/  /'
-	$(LATEST)/bin/pytest -m "not slow" -q
+	@$(LATEST)/bin/pip freeze --exclude-editable | grep -v '^#' | $(NORMALIZE) > $(LATEST)/.have
+	@sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) | $(NORMALIZE) > $(LATEST)/.locked
+	@echo "newer than (or missing from) $(LOCK):"; comm -23 $(LATEST)/.have $(LATEST)/.locked | sed 's/^/  /' | grep . || echo '  (none)'
+	$(LATEST)/bin/pytest $(LATEST_ARGS)
 
 data:  ## install Fashion-MNIST from Debian (dataset-fashion-mnist) when it is missing
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: present"; \

@@ -14,13 +14,13 @@ import os
 from raysim import reproducible  # imports neither torch nor numpy
 
 AS_IS = os.environ.get("RAYSIM_TEST_ENV") == "as-is"
-if (
-    not AS_IS and reproducible.apply_env() and reproducible.loaded_before_env()
-):  # pragma: no cover - a plugin loaded them first
-    raise RuntimeError(
-        f"{reproducible.loaded_before_env()} loaded before tests/conftest.py could set reproducible mode's variables; "
-        f"run pytest with them exported: eval $(python -m raysim.reproducible)"
-    )
+if not AS_IS:
+    reproducible.apply_env()
+    if reproducible.loaded_before_env():  # pragma: no cover - a plugin imported them first
+        raise RuntimeError(
+            f"{reproducible.loaded_before_env()} loaded before tests/conftest.py set reproducible mode's "
+            "variables: run pytest with them exported, eval $(python -m raysim.reproducible)"
+        )
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402

@@ -16,11 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pandas as pd  # noqa: E402
+# isort: off
+from tests.conftest import tiny_config  # first: sets reproducible mode's variables before torch loads
 
-from raysim import reproducible  # noqa: E402
-from raysim.runtime.experiment import Experiment  # noqa: E402
-from tests.conftest import tiny_config  # first: sets reproducible mode's variables
+import pandas as pd
+
+from raysim import reproducible
+from raysim.runtime.experiment import Experiment
+
+# isort: on
 
 PINS_PATH = Path(__file__).with_name("pins_digits.json")
 

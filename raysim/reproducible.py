@@ -133,7 +133,7 @@ def apply_in_process() -> bool:
         return False
     import torch
 
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.set_flags(False)
     torch.backends.nnpack.set_flags(False)
     torch.use_deterministic_algorithms(True, warn_only=True)
     # that switch also fills every new tensor with NaN, a debugging aid that made up 22 % of a
@@ -148,7 +148,7 @@ def apply_in_process() -> bool:
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
     """The CPU's model name and its ISA flags (empty where /proc/cpuinfo is missing)."""
-    model, flags = "unknown", set()
+    model, flags = "unknown", set[str]()
     try:
         text = cpuinfo.read_text()
     except OSError:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from importlib import metadata
@@ -170,3 +171,30 @@ def test_report_of_runs_that_agree_has_no_warning(tmp_path, capsys):
     b = _fake_run(tmp_path, "b", _env(cpu__model="Other CPU", host="elsewhere"))
     out = write_report([a, b], tmp_path / "report")
     assert "Warning" not in (out / "summary.md").read_text() and capsys.readouterr().err == ""
+
+
+def test_a_sweep_directory_gets_environment_json(tmp_path):
+    """Written by run_sweep where it creates the sweep directory (tuning/sweep.py). In a fresh
+    process: under pytest, ``tuning`` may resolve to the installed checkout rather than this one
+    (tests/tuning/ is a namespace-package candidate); the Ray nodes are stubbed (no cluster needed)."""
+    import subprocess
+
+    code = (
+        "import sys, actors.backend as b\n"
+        f"b.cluster_nodes = lambda: {NODES!r}\n"
+        "from types import SimpleNamespace\n"
+        "from tuning.sweep import _write_environment\n"
+        "_write_environment(__import__('pathlib').Path(sys.argv[1]), "
+        "SimpleNamespace(base={'resources': {'reproducible': True}}))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+        timeout=120,
+    )
+    env = provenance.read(tmp_path)
+    assert env["cluster"]["backend"] == "ray" and env["cluster"]["nodes"] == 2
+    assert env["reproducible"]["requested"] is True and env["packages"]["ray"] == metadata.version("ray")

@@ -3,19 +3,55 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# every dependency's exact version and hashes: `make lock` writes it from pyproject.toml's ranges
+LOCK   := requirements.lock
+TOOLS  := .venv-tools
+LATEST := .venv-latest
+PIP_TOOLS := pip-tools==7.7.0
+COMPILE := pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links -o $(LOCK) pyproject.toml
 
-.PHONY: help install data run test test-slow test-all lint bench clean
+.PHONY: help install lock lock-upgrade test-latest data run test test-slow test-all lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+# The lock, then raysim itself without its dependencies (they are all in the lock); pip check fails
+# when the lock no longer satisfies pyproject.toml (a range changed without `make lock`). Packages
+# the lock no longer lists are removed, so .venv is the lock and nothing else.
+$(BIN)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade --quiet pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/pip freeze --exclude-editable | grep -v '^#' | sed 's/[ =@].*//' | tr 'A-Z_.' 'a-z--' | sort > $(VENV)/.have
+	@sed -n 's/^\([A-Za-z0-9._-]*\)==.*/\1/p' $(LOCK) | tr 'A-Z_.' 'a-z--' | sort > $(VENV)/.want
+	@stale=$$(comm -23 $(VENV)/.have $(VENV)/.want); if [ -n "$$stale" ]; then \
+	  echo "removing what the lock no longer lists: $$stale"; $(BIN)/pip uninstall --quiet -y $$stale; fi
+	$(BIN)/pip check
 	touch $@
 
-install: $(BIN)/.installed  ## create .venv and install raysim with its pinned dependencies
+install: $(BIN)/.installed  ## create .venv from requirements.lock (exact versions, hashes checked) and raysim
+
+$(TOOLS)/bin/pip-compile:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet $(PIP_TOOLS)
+
+lock: $(TOOLS)/bin/pip-compile  ## rewrite requirements.lock after a pyproject.toml change (keeps the pins still allowed)
+	CUSTOM_COMPILE_COMMAND="make lock  (= $(COMPILE), $(PIP_TOOLS))" $(TOOLS)/bin/$(COMPILE)
+
+lock-upgrade: $(TOOLS)/bin/pip-compile  ## rewrite requirements.lock with the newest releases pyproject.toml allows
+	CUSTOM_COMPILE_COMMAND="make lock  (= $(COMPILE), $(PIP_TOOLS))" $(TOOLS)/bin/$(COMPILE) --upgrade
+
+# A venv of its own, upgraded eagerly each time to the newest releases the ranges allow (torch,
+# torchvision and ray stay pinned): an upstream release that breaks raysim shows up here first.
+test-latest: data  ## the default tests on the newest releases pyproject.toml allows, in .venv-latest
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	@$(LATEST)/bin/pip freeze --exclude-editable | grep -v '^#' | tr 'A-Z_.' 'a-z--' | sort > $(LATEST)/.have
+	@sed -n 's/^\([A-Za-z0-9._-]*==[^ ]*\).*/\1/p' $(LOCK) | tr 'A-Z_.' 'a-z--' | sort > $(LATEST)/.locked
+	@echo "newer than (or missing from) $(LOCK):"; comm -23 $(LATEST)/.have $(LATEST)/.locked | sed 's/^/  /'
+	$(LATEST)/bin/pytest -m "not slow" -q
 
 data:  ## install Fashion-MNIST from Debian (dataset-fashion-mnist) when it is missing
 	@if [ -f $(FMNIST) ]; then echo "Fashion-MNIST: present"; \

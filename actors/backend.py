@@ -4,6 +4,8 @@ actors the server talks to. The only place, with the actor shells, that imports 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +17,7 @@ from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.config import ConfigError
 from raysim.data.federation import ShardTable
 from raysim.reproducible import environment as reproducible_env
-from raysim.runtime.backend import ServerLost, Share, StartSpec
+from raysim.runtime.backend import NodeShare, ServerLost, Share, StartSpec
 from raysim.runtime.pool import ClientIndex, PoolReply, ReplyCollector, assign_tasks
 from raysim.runtime.server import RoundReport
 
@@ -26,6 +28,66 @@ from raysim.runtime.server import RoundReport
 # before). Fixed thresholds keep those blocks in the heap; the cost is that an actor's RSS stays at
 # its high-water mark. benchmarks/fedavg_w1.py prints the faults per round.
 ACTOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+# How long the driver waits for the actors of a run to answer their first ping (Ray must place
+# them, and each imports torch: ~1.5 s on a 2-core machine, far more under load) and for the
+# server's calls other than a round (checkpoint, restore, statistics ...). Past them a run stops
+# with a message instead of hanging: an actor Ray cannot place waits forever otherwise.
+START_TIMEOUT_S = 300.0
+CALL_TIMEOUT_S = 900.0
+CONNECT_TIMEOUT_S = 5.0  # reaching a cluster's address (Ray's own retries take minutes)
+
+# Errors that Ray raises inside an actor's call for a fault of the cluster (an object lost with its
+# node, a dead actor called from the actor): a fault there too, not an exception from code.
+_FAULT_CAUSES = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.OutOfMemoryError,
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.RaySystemError,
+)
+
+
+def is_fault(exc: BaseException) -> bool:
+    """Whether a Ray error means that an actor or its node went away (or did not answer in time):
+    a fault the runtime survives. An exception raised by code inside an actor's call (ours or an
+    algorithm's: a ``RayTaskError``) is not: it is raised again, as itself, as on serial."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return isinstance(exc.cause, _FAULT_CAUSES)
+    if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
+        return False  # its constructor raised (the actor shells catch that: not expected)
+    return isinstance(exc, ray.exceptions.RayError)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def code_error(err: ray.exceptions.RayError) -> BaseException:
+    """The exception that code raised inside an actor, to raise again where the call was made: the
+    same type and message as the serial backend raises, with the actor's traceback as a note (the
+    note travels with the exception through the server actor to the driver)."""
+    text = _ANSI.sub("", str(err))
+    cause = getattr(err, "cause", None)
+    if not isinstance(cause, Exception) or isinstance(cause, ray.exceptions.RayError):
+        return RuntimeError(text)  # no usable original (it could not be pickled): Ray's text of it
+    for note in getattr(cause, "__notes__", []):  # an inner actor's traceback is a note already
+        text = text.split(note, 1)[0]
+    cause.add_note(f"(raised in a Ray actor; its traceback there)\n{text.rstrip()}")
+    return cause
+
+
+def get(refs: Any, timeout: float | None = None) -> Any:
+    """``ray.get`` for calls to our actors: an exception from code in the actor is raised as itself
+    (``code_error``), as on the serial backend; a fault (the actor or its node died, no answer in
+    time) is raised as Ray's error, for the caller to survive."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayError as err:
+        if is_fault(err):
+            raise
+        raise code_error(err) from None
 
 
 def actor_runtime_env(reproducible: bool) -> dict[str, Any]:
@@ -47,6 +109,10 @@ class RayPool:
     """Client actors seen from the server: one ``ray.put`` per broadcast array per round, one call
     per actor, ``ray.wait`` with the round deadline; a failed or late actor's clients are dropouts
     and calls still running at the deadline are cancelled.
+
+    Only the death of an actor or its node (or no answer in time) is a fault here; an exception
+    from code in an actor (ours, or an algorithm's outside a client's update) is raised as itself,
+    with the actor's traceback, as on the serial backend (``get``).
 
     Actors come back: Ray restarts one whose process or node died (``resources.max_restarts``),
     and the pool restarts one still stuck in a call that missed an earlier deadline. Each reply
@@ -106,9 +172,7 @@ class RayPool:
         t_end = time.monotonic() + self.ping_timeout_s
         while True:
             try:
-                incarnation = ray.get(
-                    self.handles[h].ping.remote(), timeout=max(t_end - time.monotonic(), 0.1)
-                )
+                incarnation = get(self.handles[h].ping.remote(), timeout=max(t_end - time.monotonic(), 0.1))
             except ray.exceptions.ActorUnavailableError:
                 if time.monotonic() < t_end:
                     time.sleep(0.2)
@@ -129,8 +193,8 @@ class RayPool:
         t_end = time.monotonic() + self.ping_timeout_s
         while time.monotonic() < t_end:
             try:  # calls right after the kill may still reach the old process or fail once
-                incarnation = ray.get(self.handles[h].ping.remote(), timeout=self.ping_timeout_s)
-            except ray.exceptions.RayError:
+                incarnation = get(self.handles[h].ping.remote(), timeout=self.ping_timeout_s)
+            except ray.exceptions.RayError:  # a fault (an error from code is raised by ``get``)
                 incarnation = old
             if incarnation != old:
                 self._answered_by(h, incarnation)
@@ -149,7 +213,7 @@ class RayPool:
                 self.late.discard(h)
                 continue
             try:
-                incarnation = ray.get(self.handles[h].ping.remote(), timeout=grace_s)
+                incarnation = get(self.handles[h].ping.remote(), timeout=grace_s)
             except ray.exceptions.GetTimeoutError:
                 if self.can_restart:
                     self.late.discard(h)
@@ -191,9 +255,9 @@ class RayPool:
         self.replied = []
         for ref in sorted(ready, key=lambda r: calls[r]):  # host order, not completion order
             h = calls[ref]
-            try:
-                reply = ray.get(ref)
-            except ray.exceptions.RayError as exc:
+            try:  # an error of our code in the actor is raised (a client's own is in the reply)
+                reply = get(ref)
+            except ray.exceptions.RayError as exc:  # the actor or its node died
                 out.drop(grouped[h], f"actor {h} failed: {type(exc).__name__}")
                 if not self._check_alive(h) and self.roam_sizes is None:  # roaming clients live on
                     out.lost += self._hosted_by(h)
@@ -217,9 +281,7 @@ class RayPool:
         lost: list[int] = []
         for ref, h in calls.items():
             try:
-                ray.get(ref)
-            except ray.exceptions.RayTaskError:  # our code failed in the actor: a bug, not a lost actor
-                raise
+                get(ref)  # our code failed in the actor: raised, a bug, not a lost actor
             except ray.exceptions.RayError:  # died since it replied: its clients are lost from now on
                 if not self._check_alive(h) and self.roam_sizes is None:  # (or restarted: restored)
                     lost += self._hosted_by(h)
@@ -234,8 +296,8 @@ class RayPool:
         calls = {h: self.handles[h].set_state.remote(dict(states)) for h in hosts}
         for h, ref in calls.items():
             try:
-                self.incarnation[h] = ray.get(ref)
-            except ray.exceptions.RayError as exc:
+                self.incarnation[h] = get(ref)
+            except ray.exceptions.RayError as exc:  # died again (an error from code is raised as itself)
                 raise RuntimeError(
                     f"client actor {h} failed while its clients' state was restored: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -248,14 +310,15 @@ class RayPool:
         failed: list[int] = []
         for ref, h in calls.items():
             try:
-                got[h] = ray.get(ref)
+                got[h] = get(ref)
             except ray.exceptions.RayError:  # died since it replied: the server drops its partials
                 failed.append(h)
                 self._check_alive(h)
         return got, failed
 
     def _all_live(self, method: str, *args: Any, strict: bool) -> list[tuple[int, Any]]:
-        """Call every live actor; (host, reply) pairs. ``strict``: one that fails is an error (client state would be
+        """Call every live actor; (host, reply) pairs. An exception from code in an actor is raised as
+        itself, as on serial. ``strict``: an actor that died is an error too (client state would be
         lost silently otherwise; actors already known dead lost their clients, which is counted);
         else its reply is skipped and it is found dead by its next round."""
         if strict and self.late:  # every client's state is needed: give stuck actors time
@@ -271,8 +334,8 @@ class RayPool:
         out = []
         for h, ref in calls:
             try:
-                out.append((h, ray.get(ref)))
-            except ray.exceptions.RayError as exc:
+                out.append((h, get(ref)))  # an error from code in the actor is raised, as on serial
+            except ray.exceptions.RayError as exc:  # the actor or its node died
                 if strict:
                     raise RuntimeError(
                         f"client actor {h} failed during {method}: {type(exc).__name__}: {exc}"
@@ -308,15 +371,131 @@ def _keys(tasks: Sequence[ClientTask]) -> list[str]:
 NEW_LOCAL_RAY = "local"  # Ray's address for "start a new local instance" (not the algorithm)
 
 
+def check_reachable(address: str, timeout_s: float | None = None) -> None:
+    """Refuse (ConfigError) a cluster address that nothing answers at, within seconds: Ray's own
+    connection retries take minutes, with no message. ``local`` and ``auto`` are Ray's words, not
+    addresses; ``host:port`` (the GCS) and ``ray://host:port`` (Ray Client) get a TCP connect."""
+    if address in (NEW_LOCAL_RAY, "auto"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    port = port.split("/", 1)[0]
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"Ray address {address!r} is not host:port, ray://host:port, auto or local "
+            "(--address, resources.address or RAY_ADDRESS)"
+        )
+    wait = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=wait):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address!r} (--address, resources.address or RAY_ADDRESS): "
+            f"{exc or type(exc).__name__} within {wait:g} s. Start it (ray start --head), fix the "
+            "address, or leave it out to start a local Ray"
+        ) from None
+
+
 def ensure_ray(address: str | None, **init_kwargs: Any) -> None:
     """Connect to ``address`` (or RAY_ADDRESS, as a RayJob's entrypoint has it) or start a new local
     Ray in-process: never silently join some other Ray that happens to run on this machine (plain
-    ``ray.init()`` would; ``--address auto`` asks for that explicitly)."""
+    ``ray.init()`` would; ``--address auto`` asks for that explicitly). An address nothing answers
+    at is refused within seconds (``check_reachable``)."""
     if ray.is_initialized():
         return
+    target = address or os.environ.get("RAY_ADDRESS") or NEW_LOCAL_RAY
+    check_reachable(target)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
     kwargs.update(init_kwargs)
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or NEW_LOCAL_RAY, **kwargs)
+    try:
+        ray.init(address=target, **kwargs)
+    except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
+        raise ConfigError(f"cannot connect to Ray at {target!r}: {exc}") from None
+
+
+# -- placement: does every actor fit on some node? -----------------------------------------------
+UNBOUNDED = 10**9  # actors that ask for nothing a node could run out of
+EPS = 1e-9
+
+
+def _gb(mb: float) -> str:
+    return f"{mb / 1024:.1f} GB"
+
+
+def gpu_devices(total: float) -> list[float]:
+    """A node's GPUs one by one: Ray hands out a fraction of ONE device (two 0.6 never share two)."""
+    whole = int(total + EPS)
+    rest = total - whole
+    return [1.0] * whole + ([rest] if rest > EPS else [])
+
+
+def actors_per_node(
+    cpus: float, devices: Sequence[float], memory_mb: float | None, ask: tuple[float, float, float]
+) -> tuple[int, list[str]]:
+    """How many actors asking for ``ask`` = (CPUs, GPUs, MB) fit on a node with that much free, and
+    the arithmetic of each limit."""
+    c, g, m = ask
+    fits, why = [], []
+    if c > 0:
+        fits.append(int(cpus / c + EPS))
+        why.append(f"CPU {cpus:g} / {c:g} = {fits[-1]}")
+    if 0 < g < 1:
+        fits.append(sum(int(d / g + EPS) for d in devices))
+        why.append(f"GPU {len(devices)} x floor(1 / {g:g}) = {fits[-1]}")
+    elif g >= 1:
+        fits.append(int(sum(1 for d in devices if d > 1 - EPS) / g + EPS))
+        why.append(f"GPU {len(devices)} / {g:g} = {fits[-1]}")
+    if m > 0 and memory_mb is not None:
+        fits.append(int(memory_mb / m + EPS))
+        why.append(f"memory {_gb(memory_mb)} / {m:g} MB = {fits[-1]}")
+    return (min(fits) if fits else UNBOUNDED), why
+
+
+def _take(
+    cpus: float, devices: list[float], memory_mb: float | None, ask: tuple[float, float, float]
+) -> tuple[float, list[float], float | None] | None:
+    """The node's free resources once one actor asking for ``ask`` is on it (None: it does not fit).
+    A GPU fraction goes to the fullest device it fits on."""
+    c, g, m = ask
+    if cpus + EPS < c or (memory_mb is not None and m > 0 and memory_mb + EPS < m):
+        return None
+    devs = sorted(devices)
+    if 0 < g < 1:
+        i = next((i for i, d in enumerate(devs) if d + EPS >= g), None)
+        if i is None:
+            return None
+        devs[i] -= g
+    elif g >= 1:
+        full = [i for i, d in enumerate(devs) if d > 1 - EPS]
+        if len(full) + EPS < g:
+            return None
+        for i in full[: int(g)]:
+            devs[i] = 0.0
+    return cpus - c, devs, None if memory_mb is None else memory_mb - m
+
+
+def place_on_nodes(
+    nodes: Sequence[NodeShare], client: tuple[float, float, float], server: tuple[float, float, float]
+) -> tuple[int, int | None, list[tuple[int, list[str]]]]:
+    """The most client actors that fit beside the server, each actor on one node: (how many, the
+    server's node or None when it fits on none, each node's count and arithmetic). Client actors
+    are alike, so a node's count does not depend on the others': trying the server on each node
+    gives the best placement exactly."""
+    best: tuple[int, int | None, list[tuple[int, list[str]]]] = (0, None, [])
+    for s, node in enumerate(nodes):
+        left = _take(node.cpus, gpu_devices(node.gpus), node.memory_mb, server)
+        if left is None:
+            continue
+        counts = [
+            actors_per_node(*left, client)
+            if i == s
+            else actors_per_node(n.cpus, gpu_devices(n.gpus), n.memory_mb, client)
+            for i, n in enumerate(nodes)
+        ]
+        total = min(sum(k for k, _ in counts), UNBOUNDED)
+        if best[1] is None or total > best[0]:
+            best = (total, s, counts)
+    return best
 
 
 def check_resources(
@@ -328,7 +507,9 @@ def check_resources(
     server_gpus: float,
     actor_memory_mb: float = 0.0,
 ) -> None:
-    """Refuse (ConfigError) placements the share can never satisfy, before anything starts."""
+    """Refuse (ConfigError) placements the share can never satisfy, before anything starts: the
+    totals first, then, where the nodes are known, each actor on one node (Ray never splits an
+    actor, nor a GPU fraction, over two), with the arithmetic in the message."""
     need_gpus = num_actors * num_gpus + server_gpus
     need_cpus = num_actors * num_cpus + server_cpus
     if need_gpus > share.gpus + 1e-9:
@@ -355,10 +536,73 @@ def check_resources(
             "clients_per_actor: auto, or fewer num_actors), add nodes, or, if you measured a smaller "
             "per-actor cost on your machines, lower resources.actor_memory_mb (0 skips this check)"
         )
+    if share.nodes:
+        check_nodes(share.nodes, num_actors, num_cpus, num_gpus, server_cpus, server_gpus, actor_memory_mb)
+
+
+def check_nodes(
+    nodes: Sequence[NodeShare],
+    num_actors: int,
+    num_cpus: float,
+    num_gpus: float,
+    server_cpus: float,
+    server_gpus: float,
+    actor_memory_mb: float = 0.0,
+) -> None:
+    """Refuse (ConfigError) a placement that fits the cluster's totals but not its nodes: ``prepare``
+    would otherwise wait for an actor Ray can never place."""
+    client = (num_cpus, num_gpus, actor_memory_mb)
+    server = (server_cpus, server_gpus, actor_memory_mb)
+    fit, at, counts = place_on_nodes(nodes, client, server)
+    if at is not None and fit >= num_actors:
+        return
+    asks = (
+        f"{num_actors} client actors of resources.num_cpus={num_cpus:g}, num_gpus={num_gpus:g}"
+        + (f", actor_memory_mb={actor_memory_mb:g}" if actor_memory_mb > 0 else "")
+        + f" and the server (server_cpus={server_cpus:g}, server_gpus={server_gpus:g})"
+    )
+
+    def node_line(i: int, n: NodeShare) -> str:
+        mem = "" if n.memory_mb is None else f", {_gb(n.memory_mb)}"
+        head = f"  node {n.name}: {n.cpus:g} CPUs, {n.gpus:g} GPUs{mem}"
+        if not counts:
+            return head
+        k, why = counts[i]
+        where = " (less the server's share)" if i == at else ""
+        holds = "any number" if k >= UNBOUNDED else str(k)
+        return f"{head}{where}: {', '.join(why) or 'nothing asked'} -> {holds}"
+
+    lines = "\n".join(node_line(i, n) for i, n in enumerate(nodes))
+    if at is None:
+        raise ConfigError(
+            f"resources: {asks} fit the Ray cluster's totals, but no node can hold the server "
+            f"(each actor runs on one node, a GPU fraction on one GPU):\n{lines}\n"
+            "lower resources.server_cpus / server_gpus, or add a node that holds them"
+        )
+    hint = ""
+    if 0 < num_gpus < 1:
+        hint = f" (a GPU fraction never spans two GPUs: num_gpus=1/k puts k actors on a GPU, {num_gpus:g} puts {int(1 / num_gpus + EPS)})"
+    raise ConfigError(
+        f"resources: {asks} fit the Ray cluster's totals but not its nodes (each actor runs on one "
+        f"node){hint}:\n{lines}\n"
+        f"at most {fit} client actors fit, {num_actors} asked: lower resources.num_cpus / num_gpus"
+        + (" / actor_memory_mb" if actor_memory_mb > 0 else "")
+        + ", raise resources.clients_per_actor (fewer actors), or add nodes"
+    )
+
+
+def _free_now() -> str:
+    free = ray.available_resources()
+    return ", ".join(f"{k} {free[k]:g}" for k in ("CPU", "GPU") if k in free) or "nothing"
 
 
 class RayBackend:
-    """Starts the client actors and the server actor; the driver only calls the server."""
+    """Starts the client actors and the server actor; the driver only calls the server.
+
+    Every wait has a deadline: the actors' start (``START_TIMEOUT_S``), the server's calls other
+    than a round (``CALL_TIMEOUT_S``). A server actor that dies or whose node vanishes (Ray says
+    ``ActorDiedError``, or ``ActorUnavailableError`` first) is ``ServerLost``: the driver replaces
+    it from a checkpoint. An exception from code in the server is raised as itself (``get``)."""
 
     def __init__(self, address: str | None = None, share: Share | None = None) -> None:
         self.address = address
@@ -372,10 +616,24 @@ class RayBackend:
         ensure_ray(self.address)
         res = ray.cluster_resources()
         memory = res.get("memory")  # bytes Ray offers for tasks and actors (not the object store)
+        nodes = []
+        for n in ray.nodes():
+            if not n.get("Alive"):
+                continue
+            r = n.get("Resources", {})
+            nodes.append(
+                NodeShare(
+                    name=f"{n.get('NodeManagerAddress', '?')} ({str(n.get('NodeID', ''))[:8]})",
+                    cpus=float(r.get("CPU", 0)),
+                    gpus=float(r.get("GPU", 0)),
+                    memory_mb=float(r["memory"]) / 2**20 if "memory" in r else None,
+                )
+            )
         return Share(
             cpus=float(res.get("CPU", 0)),
             gpus=float(res.get("GPU", 0)),
             memory_mb=None if memory is None else float(memory) / 2**20,
+            nodes=tuple(nodes),
         )
 
     def start(self, spec: StartSpec) -> None:
@@ -425,9 +683,19 @@ class RayBackend:
         }
         # the server starts while the client actors do (not after: 4.2 s of the first round at
         # 10,000 clients, raysim bench); both are up before the first round
+        t_end = time.monotonic() + START_TIMEOUT_S
         pings = [c.ping.remote() for c in self.clients]
         self.restart_server()
-        ray.get(pings)
+        ready, pending = ray.wait(pings, num_returns=len(pings), timeout=max(t_end - time.monotonic(), 0.0))
+        get(ready)  # a constructor that raised: its exception, as on serial
+        if pending:
+            late = sorted(pings.index(p) for p in pending)
+            raise ConfigError(
+                f"client actors {late} (of {len(pings)}) did not start within {START_TIMEOUT_S:g} s: Ray "
+                f"cannot place them or the cluster is too busy. Each asks for resources.num_cpus="
+                f"{spec.num_cpus:g}, num_gpus={spec.num_gpus:g}; free now: {_free_now()}. Lower them, "
+                "raise resources.clients_per_actor (fewer actors), or add nodes"
+            )
 
     def restart_server(self) -> None:
         """A fresh server actor over the same client actors (its initial state: the caller
@@ -437,31 +705,54 @@ class RayBackend:
         if self.server is not None:
             ray.kill(self.server)
         self.server = start_server(**self._server_args)
-        ray.get(self.server.eval_broadcast.remote())  # the server is up (its init ran)
+        ref = self.server.ping.remote()
+        ready, _ = ray.wait([ref], timeout=START_TIMEOUT_S)
+        if not ready:
+            raise ConfigError(
+                f"the server actor did not start within {START_TIMEOUT_S:g} s: Ray cannot place it or "
+                f"the cluster is too busy. It asks for resources.server_cpus={self._server_args['num_cpus']:g}, "
+                f"server_gpus={self._server_args['num_gpus']:g}; free now: {_free_now()}"
+            )
+        self._call("its start", ref)  # its constructor raised (algorithm.init ...): that exception
+
+    def _call(self, what: str, ref: Any, deadline: bool = True) -> Any:
+        """The server's answer to one call: an exception from code there raised as itself, its
+        death (or its node's) as ``ServerLost``, no answer within ``CALL_TIMEOUT_S`` (with
+        ``deadline``) as TimeoutError."""
+        wait = CALL_TIMEOUT_S if deadline else None
+        try:
+            return get(ref, timeout=wait)
+        except ray.exceptions.RayTaskError:
+            raise  # a fault inside the server's call (an object lost with its node): not the server's death
+        except ray.exceptions.RayActorError as err:  # it died, or its node vanished (unavailable first)
+            raise ServerLost(f"the server actor was lost during {what}: {type(err).__name__}: {err}") from err
+        except ray.exceptions.GetTimeoutError as err:
+            raise TimeoutError(
+                f"the server actor did not answer {what} within {wait:g} s (actors/backend.py "
+                "CALL_TIMEOUT_S): a client actor it waits for may hang"
+            ) from err
 
     def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
-        try:
-            return ray.get(self.server.run_round.remote(t, dict(hparams)))
-        except ray.exceptions.ActorDiedError as err:
-            raise ServerLost(f"the server actor died during round {t}: {err}") from err
+        # no deadline of its own: rounds.deadline_s bounds the clients' work, aggregate takes what it takes
+        return self._call(f"round {t}", self.server.run_round.remote(t, dict(hparams)), deadline=False)
 
     def checkpoint(self) -> dict[str, Any]:
-        return ray.get(self.server.checkpoint.remote())
+        return self._call("a checkpoint", self.server.checkpoint.remote())
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
-        ray.get(self.server.restore.remote(ckpt))
+        self._call("a restore", self.server.restore.remote(ckpt))
 
     def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
-        ray.get(self.server.restore_clients.remote(dict(states)))
+        self._call("the restore of restarted clients", self.server.restore_clients.remote(dict(states)))
 
     def converged(self) -> bool:
-        return bool(ray.get(self.server.converged.remote()))
+        return bool(self._call("converged", self.server.converged.remote()))
 
     def system_stats(self) -> list[dict[str, Any]]:
-        return ray.get(self.server.system_stats.remote())
+        return self._call("system_stats", self.server.system_stats.remote())
 
     def eval_broadcast(self) -> dict[str, np.ndarray]:
-        return ray.get(self.server.eval_broadcast.remote())
+        return self._call("eval_broadcast", self.server.eval_broadcast.remote())
 
     def shutdown(self) -> None:
         for a in [*self.clients, self.server]:

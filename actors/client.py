@@ -41,19 +41,37 @@ class ClientActorImpl:
         spec: HostSpec,
         visitors: ShardTable | None = None,
     ) -> None:
-        ctx = ray.get_runtime_context()
         # a new one every time Ray (re)creates this actor: a restarted actor has lost its clients' state
         self.incarnation = uuid.uuid4().hex
-        gpu_ids = ctx.get_accelerator_ids().get("GPU", [])
-        self.host = ClientHost(host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids, visitors=visitors)
-        self.gpu_share = float(ctx.get_assigned_resources().get("GPU", 0.0))
-        self.cuda = self.host.device.type == "cuda"
-        self.gpu_cap = gpu_memory_cap(self.gpu_share, self.cuda)
-        if self.gpu_cap is not None:  # allocations beyond the share raise CUDA OOM in this actor only
-            torch.cuda.set_per_process_memory_fraction(self.gpu_cap, self.host.device)
+        self._host: ClientHost | None = None
+        # An exception of the constructor is kept and raised by the first call (``ping``), as itself:
+        # Ray would turn it into an ActorDiedError, where the serial backend raises the exception.
+        self.init_error: Exception | None = None
+        try:
+            ctx = ray.get_runtime_context()
+            gpu_ids = ctx.get_accelerator_ids().get("GPU", [])
+            self._host = ClientHost(
+                host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids, visitors=visitors
+            )
+            self.gpu_share = float(ctx.get_assigned_resources().get("GPU", 0.0))
+            self.cuda = self._host.device.type == "cuda"
+            self.gpu_cap = gpu_memory_cap(self.gpu_share, self.cuda)
+            if self.gpu_cap is not None:  # allocations beyond the share raise CUDA OOM in this actor only
+                torch.cuda.set_per_process_memory_fraction(self.gpu_cap, self._host.device)
+        except Exception as exc:
+            self.init_error = exc
+
+    @property
+    def host(self) -> ClientHost:
+        """The host; every call of an actor whose constructor failed raises that exception."""
+        if self.init_error is not None:
+            raise self.init_error
+        assert self._host is not None
+        return self._host
 
     def ping(self) -> str:
-        """Alive: which incarnation of the actor answers."""
+        """Alive (and constructed): which incarnation of the actor answers."""
+        _ = self.host  # raises the constructor's exception, if it had one
         return self.incarnation
 
     def client_ids(self) -> list[int]:

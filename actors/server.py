@@ -14,8 +14,20 @@ class ServerActorImpl(Server):
     """The server on the GPU Ray assigned to it (``resources.server_gpus``), else the CPU."""
 
     def __init__(self, **server_kwargs: Any) -> None:
-        gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        super().__init__(device=str(pick_device(gpu_ids)), **server_kwargs)
+        # An exception of the constructor (the algorithm's init ...) is kept and raised by ``ping``,
+        # the first call, as itself: Ray would turn it into an ActorDiedError, serial raises it.
+        self.init_error: Exception | None = None
+        try:
+            gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+            super().__init__(device=str(pick_device(gpu_ids)), **server_kwargs)
+        except Exception as exc:
+            self.init_error = exc
+
+    def ping(self) -> bool:
+        """Up: its constructor ran (else its exception is raised here)."""
+        if self.init_error is not None:
+            raise self.init_error
+        return True
 
 
 ServerActor = ray.remote(ServerActorImpl)

@@ -32,6 +32,104 @@ class ConfigError(ValueError):
     """A user-fixable problem with an experiment config (the CLI exits with status 2)."""
 
 
+MAX_NAME = 200  # bytes: a name plus raysim's "-NN" suffix stays below the file systems' 255
+
+
+def path_component_problem(name: object) -> str | None:
+    """Why ``name`` cannot be one directory name inside a folder raysim writes to (None: it can).
+
+    Names from configs and specs become directories (``output.dir/<name>``, ``storage_path/<name>``);
+    a ``/``, a ``..`` or an absolute path would put them anywhere on the disk."""
+    if not isinstance(name, str):
+        return f"a name must be a string, got {type(name).__name__}"
+    if not name.strip():
+        return "a name must not be empty"
+    if name in (".", ".."):
+        return f"{name!r} is not a name but a reference to a folder"
+    bad = sorted({c for c in name if c in "/\\\0" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        return f"a name is one directory name: no path separators or control characters (found {shown})"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
+        return f"a name is at most {MAX_NAME} bytes"
+    return None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a mapping with the same key twice is an error: plain YAML
+    keeps the last value silently, so a key pasted twice (an edited lr further down) would change a
+    run without a word. Merge keys (``<<: *base``) still override as YAML says."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class says so
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    f"while reading the mapping that starts on line {node.start_mark.line + 1}",
+                    node.start_mark,
+                    f"key {key!r} appears twice (lines {first.line + 1} and {key_node.start_mark.line + 1}); "
+                    "YAML would keep the last one silently: delete one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_loads(text: str, source: str) -> Any:
+    """``text`` as YAML (duplicate keys refused), or a ConfigError naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
+
+
+def load_yaml_file(path: str | Path, what: str = "config", *, mapping: bool = True) -> Any:
+    """A YAML file raysim reads (a config, a sweep spec, a saved sweep.yaml): missing, unreadable,
+    invalid, empty or (with ``mapping``) not a mapping, or holding a key twice, is one ConfigError
+    naming the file. An empty file (or comments only) is refused rather than read as "all
+    defaults"; a file meant to take every default says so with ``{}``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file {str(p)!r} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {p} cannot be read as UTF-8 text: {err}") from None
+    raw = yaml_loads(text, f"{what} {p}")
+    if raw is None:
+        raise ConfigError(
+            f"{what} {p} is empty (no settings, only blank lines or comments): refusing to run every "
+            "default; write its settings (see configs/), or `{}` to take every default on purpose"
+        )
+    if mapping and not isinstance(raw, dict):
+        raise ConfigError(
+            f"{what} {p} must be a mapping of keys (data:, model:, ...), got {type(raw).__name__}"
+        )
+    return raw
+
+
+def _check_name(value: str | None, field: str) -> str | None:
+    if value is None:
+        return value
+    problem = path_component_problem(value)
+    if problem is not None:
+        raise ValueError(
+            f"{field} {value!r} names a directory raysim creates: {problem} (e.g. {field}: my_run)"
+        )
+    return value
+
+
 class _Section(BaseModel):
     # allow_inf_nan=False: YAML reads .inf/.nan as floats, and no knob has a meaning at infinity
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -130,6 +228,10 @@ class ResourcesConfig(_Section):
     # results of that round are dropped and their state comes back from the newest checkpoint
     # (rounds.checkpoint_every), else from the start. 0: its clients are lost for the run.
     max_restarts: Annotated[int, Field(ge=0)] = 0
+    # a lost server actor (its node went away, it was killed or ran out of memory) is replaced from
+    # the newest checkpoint (rounds.checkpoint_every) at most this many times in a run; one that
+    # dies every time (say, out of memory in aggregate) then stops the run with an error. 0: never.
+    max_server_restarts: Annotated[int, Field(ge=0)] = 3
     # what one client actor costs in private memory (a worker that imported torch, its trainer and
     # its clients' index arrays; the dataset is shared per node): before any actor starts, the run
     # is refused when actors x this (+ the server) exceeds the memory Ray offers. 0: no check.
@@ -151,8 +253,20 @@ class ResourcesConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = "runs"
-    name: str | None = None  # default: the experiment name
+    name: str | None = None  # default: the experiment name; one directory name under dir
     progress: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _one_name(cls, v: str | None) -> str | None:
+        return _check_name(v, "output.name")
+
+    @field_validator("dir")
+    @classmethod
+    def _some_dir(cls, v: str) -> str:
+        if not v.strip() or "\0" in v:
+            raise ValueError("output.dir must be a folder's path (e.g. runs)")
+        return v
 
 
 class AlgorithmConfig(BaseModel):
@@ -194,6 +308,11 @@ class ExperimentConfig(_Section):
     rounds: RoundsConfig = RoundsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _one_name(cls, v: str) -> str:  # the run directory's name unless output.name is set
+        return _check_name(v, "name") or v
 
     @model_validator(mode="after")
     def _cross(self) -> ExperimentConfig:
@@ -254,8 +373,10 @@ class ExperimentConfig(_Section):
         """How many client actors the run starts (the packing rule, documented in README).
 
         ``clients_per_actor: N`` gives ceil(clients / N). ``auto`` gives ``num_actors`` when set,
-        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold, never more
-        than there are clients.
+        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold once the server
+        actor has its ``server_cpus``/``server_gpus`` (Ray backend), never more than there are
+        clients and at least one (if even one does not fit, the backend's resource check says so).
+        ``cluster_cpus``/``cluster_gpus`` are what the whole run may use, the server's share included.
         """
         res, n = self.resources, self.data.num_clients
         if self.algorithm.traits.pooled:  # one client holding every shard
@@ -264,11 +385,13 @@ class ExperimentConfig(_Section):
             return math.ceil(n / res.clients_per_actor)
         if res.num_actors is not None:
             return min(n, res.num_actors)
+        # on the serial backend the server is no actor: it holds nothing back
+        server_cpus, server_gpus = (res.server_cpus, res.server_gpus) if res.backend == "ray" else (0.0, 0.0)
         fits = []
         if res.num_gpus > 0 and cluster_gpus is not None:
-            fits.append(int(cluster_gpus / res.num_gpus + 1e-9))
+            fits.append(int(max(0.0, cluster_gpus - server_gpus) / res.num_gpus + 1e-9))
         if res.num_cpus > 0 and cluster_cpus is not None:
-            fits.append(int(cluster_cpus / res.num_cpus + 1e-9))
+            fits.append(int(max(0.0, cluster_cpus - server_cpus) / res.num_cpus + 1e-9))
         return max(1, min(n, *fits)) if fits else max(1, min(n, 2))
 
 
@@ -333,7 +456,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set {text!r}: empty key")
-    return parts, yaml.safe_load(value) if value.strip() else None
+    return parts, yaml_loads(value, f"--set {text!r}") if value.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -364,14 +487,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; the examples live in configs/")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {p} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"config {p} must be a mapping of sections (data:, model:, ...), got {type(raw).__name__}"
-        )
+    raw = load_yaml_file(p, "config")
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(p))
 

@@ -707,23 +707,29 @@ def render(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config value: --set rounds.num_rounds=5 (repeatable)."),
     ] = None,
-    clients: Annotated[int | None, typer.Option(help="Number of clients (data.num_clients).")] = None,
+    clients: Annotated[int | None, typer.Option(min=1, help="Number of clients (data.num_clients).")] = None,
     gpus_per_client: Annotated[
         float | None,
-        typer.Option(help="One client per actor with this many GPUs each (0.25: four clients share a GPU)."),
+        typer.Option(
+            min=0.0001,  # Ray's resource granularity
+            help="One client per actor with this many GPUs each (0.25: four clients share a GPU).",
+        ),
     ] = None,
     actors: Annotated[
         int | None,
         typer.Option(
+            min=1,
             help=f"Client actors (default with clients_per_actor: auto: "
-            f"min(ceil(clients / {K8S_CLIENTS_PER_ACTOR}), rounds.clients_per_round))."
+            f"min(ceil(clients / {K8S_CLIENTS_PER_ACTOR}), rounds.clients_per_round)).",
         ),
     ] = None,
     image: Annotated[str, typer.Option(help="Image built from k8s/Dockerfile and pushed.")] = DEFAULT_IMAGE,
-    cpus_per_pod: Annotated[int, typer.Option(help="Largest CPU worker pod (CPUs).")] = 8,
-    gpus_per_pod: Annotated[int, typer.Option(help="GPUs per GPU worker pod.")] = 1,
+    cpus_per_pod: Annotated[int, typer.Option(min=1, help="Largest CPU worker pod (CPUs).")] = 8,
+    gpus_per_pod: Annotated[int, typer.Option(min=1, help="GPUs per GPU worker pod.")] = 1,
     name: Annotated[str | None, typer.Option(help="RayJob name (default raysim-<experiment name>).")] = None,
-    deadline_hours: Annotated[float, typer.Option(help="activeDeadlineSeconds, in hours.")] = 6.0,
+    deadline_hours: Annotated[
+        float, typer.Option(min=0.01, help="activeDeadlineSeconds, in hours (at least 0.01: 36 s).")
+    ] = 6.0,
     out: Annotated[
         str | None,
         typer.Option("--out", "-o", help="Output file (default <job name>.rayjob.yaml; '-': stdout)."),

@@ -8,7 +8,6 @@ agree to the last bit even with the same config and seed.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,18 +34,25 @@ MAX_TICK_LABELS = 40  # more clients (or cluster ids) than this: fewer, evenly s
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's rounds and summary; a missing, truncated or foreign file is a ConfigError naming it."""
+    from raysim.runtime.rundir import read_json, read_table
+
     rounds = run_dir / "rounds.parquet"
     if not rounds.is_file():
         raise ConfigError(f"{run_dir}: no rounds.parquet here; pass directories written by `raysim run`")
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return pd.read_parquet(rounds), summary
+    summary = read_json(summary_path) if summary_path.is_file() else {}
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{summary_path}: not a summary written by `raysim run` (not a JSON object)")
+    return read_table(rounds), summary
 
 
 def load_clusters(run_dir: Path) -> pd.DataFrame | None:
     """The run's clusters.parquet (clustered algorithms only), or None."""
+    from raysim.runtime.rundir import read_table
+
     path = Path(run_dir) / "clusters.parquet"
-    return pd.read_parquet(path) if path.is_file() else None
+    return read_table(path, ("round", "client_id", "cluster")) if path.is_file() else None
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -100,10 +106,11 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
 
     if not run_dirs:
         raise ConfigError("report: give at least one run directory")
-    runs = []
-    for d in run_dirs:
+    runs, clustered = [], []
+    for d in run_dirs:  # every file is read (and refused) before anything is written
         df, s = load_run(Path(d))
         runs.append((Path(d).name, df, s))
+        clustered.append(load_clusters(Path(d)))
     out = (
         Path(out)
         if out is not None
@@ -125,8 +132,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         fig.tight_layout()
         fig.savefig(out / f"{col}.png", dpi=120)
         plt.close(fig)
-    for d, (name, df, _) in zip(run_dirs, runs, strict=True):
-        clusters = load_clusters(Path(d))
+    for clusters, (name, df, _) in zip(clustered, runs, strict=True):
         if clusters is not None and len(clusters):
             fname = "clusters.png" if len(runs) == 1 else f"clusters_{name}.png"
             plot_clusters(clusters, df, name, out / fname)

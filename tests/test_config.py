@@ -119,6 +119,38 @@ def test_actor_count_rule():
     assert few.num_client_actors(64, 0) == 3
 
 
+def test_auto_actors_leave_the_server_actor_its_share():
+    """configs/pfedht_fmnist.yaml on a 2-CPU machine: 1-CPU client actors beside a 1-CPU server
+    make one client actor, not two (3 CPUs asked of 2)."""
+
+    def auto(**res):
+        return config_from_dict({"data": {"num_clients": 50}, "resources": res})
+
+    assert auto(server_cpus=1).num_client_actors(2, 0) == 1
+    assert auto(server_cpus=0).num_client_actors(2, 0) == 2
+    assert auto(server_cpus=1.5, num_cpus=0.5).num_client_actors(4, 0) == 5  # (4 - 1.5) / 0.5
+    # GPUs: (2 - 1) / 0.25 = 4 GPU actors fit beside a 1-GPU server (the 16 CPUs would hold 15)
+    assert auto(num_gpus=0.25, server_gpus=1, server_cpus=1).num_client_actors(16, 2) == 4
+    # at least one: if even that does not fit, the backend's resource check refuses it with the numbers
+    assert auto(server_cpus=4).num_client_actors(2, 0) == 1
+    # the serial backend's server is no actor: it holds nothing back
+    assert auto(server_cpus=1, backend="serial").num_client_actors(2, 0) == 2
+    # a fixed count is left as it is
+    assert auto(server_cpus=1, num_actors=3).num_client_actors(2, 0) == 3
+
+
+def test_a_sweep_trial_starts_exactly_the_client_actors_its_placement_group_holds(tmp_path):
+    """Inside a trial the run sizes itself to the group's share (server bundle included): it must
+    count the same client actors the group was built with, not one per server CPU more."""
+    from tests.conftest import tiny_config
+    from tuning.resources import client_bundle_count, trial_resources, trial_share
+
+    cfg = tiny_config(tmp_path, resources__backend="ray", resources__num_cpus=1.0, resources__server_cpus=1.0)
+    pgf = trial_resources(cfg, cluster_cpus=4, cluster_gpus=0)
+    share = trial_share(pgf, "ray")
+    assert client_bundle_count(cfg, pgf) == 3 == cfg.num_client_actors(share.cpus, share.gpus)
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -24,7 +24,8 @@ def tune(
         str | None, typer.Option(help="Ray cluster address, e.g. auto (default: start Ray locally).")
     ] = None,
     num_samples: Annotated[
-        int | None, typer.Option(help="Override the spec's num_samples (optuna trials, PBT population).")
+        int | None,
+        typer.Option(min=1, help="Override the spec's num_samples (optuna trials, PBT population)."),
     ] = None,
     storage_path: Annotated[
         Path | None, typer.Option(help="Where the sweep directory goes (default: the spec's storage_path).")
@@ -36,7 +37,15 @@ def tune(
         Path | None,
         typer.Option(help="Rerun SWEEP_DIR/best.yaml on fresh seeds and compare with the sweep's number."),
     ] = None,
-    seeds: Annotated[int, typer.Option(help="How many fresh seeds --validate-best runs.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="How many fresh seeds --validate-best runs.")] = 3,
+    trust_sweep_state: Annotated[
+        bool,
+        typer.Option(
+            "--trust-sweep-state",
+            help="With --resume: let Ray Tune load SWEEP_DIR's pickled state unchecked (only for a sweep "
+            "you wrote yourself with another raysim or Ray version; loading a pickle runs code from it).",
+        ),
+    ] = False,
 ) -> None:
     """Sweep an experiment's knobs with Ray Tune: Optuna TPE (+ASHA), PBT with genetic lr
     mutation, or a grid over seeds. Writes SWEEP_DIR/{trials.parquet,best.yaml,summary.md,plots/}."""
@@ -58,7 +67,7 @@ def tune(
                 fail(
                     "--resume continues a sweep with its saved sweep.yaml; drop --set/--num-samples/--storage-path"
                 )
-            outcome = resume_sweep(resume, address=address, echo=echo)
+            outcome = resume_sweep(resume, address=address, echo=echo, trust_state=trust_sweep_state)
         else:
             assert spec is not None
             loaded = load_spec(spec, set_ or [])

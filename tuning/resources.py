@@ -63,10 +63,9 @@ def client_actor_count(cfg: ExperimentConfig, cluster_cpus: float, cluster_gpus:
     """How many client actors one trial starts on this cluster (0 on the serial backend)."""
     if cfg.resources.backend == "serial":
         return 0
-    res = cfg.resources
-    cpus = max(0.0, cluster_cpus - res.server_cpus - driver_bundle(cfg).get("CPU", 0.0))
-    gpus = max(0.0, cluster_gpus - res.server_gpus)
-    return cfg.num_client_actors(cpus, gpus)
+    # num_client_actors leaves the server actor its share itself
+    cpus = max(0.0, cluster_cpus - driver_bundle(cfg).get("CPU", 0.0))
+    return cfg.num_client_actors(cpus, cluster_gpus)
 
 
 def trial_bundles(cfg: ExperimentConfig, cluster_cpus: float, cluster_gpus: float) -> list[dict[str, float]]:

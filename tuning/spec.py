@@ -16,7 +16,7 @@ keys, each with exactly one distribution::
       local.epochs: {int: [1, 3]}
       algorithm.central_lr: {uniform: [0.5, 1.5]}
       local.batch_size: {choice: [16, 32, 64]}
-    optuna: {seed: 0, asha: {grace_period: 2}}
+    optuna: {seed: 0, n_startup_trials: 4, asha: {grace_period: 2}}
 
 Every value a distribution can produce is checked against the experiment schema before any trial
 starts (the ends of a range, every choice and grid point), so an unknown knob or an impossible
@@ -31,9 +31,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raysim.config import ConfigError, _format_validation_error, config_from_dict, dump_config
+from raysim.config import (
+    ConfigError,
+    _format_validation_error,
+    config_from_dict,
+    dump_config,
+    load_yaml_file,
+    path_component_problem,
+)
 
 KINDS = ("loguniform", "uniform", "int", "choice", "grid")
 RANDOM_KINDS = ("loguniform", "uniform", "int", "choice")
@@ -104,9 +111,15 @@ class Asha(_Strict):
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
 
 
+TPE_DEFAULT_STARTUP = 10  # Optuna's TPESampler(n_startup_trials=10)
+
+
 class OptunaOptions(_Strict):
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0  # the sampler's seed: the same spec proposes the same trials
+    # TPE only: the first n trials are drawn at random, TPE models the finished ones after that.
+    # Unset: Optuna's 10, so a sweep of 10 trials or fewer is random search (the sweep says so).
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
     asha: Asha | None = None  # early stopping over rounds (single objective only)
 
 
@@ -125,7 +138,7 @@ class PbtOptions(_Strict):
 
 
 class SweepSpec(_Strict):
-    name: str
+    name: Annotated[str, Field(max_length=150)]  # the sweep directory's name: storage_path/<name>/
     base: str | dict[str, Any]
     fixed: dict[str, Any] = {}  # dotted keys set on the base for every trial (e.g. resources.backend)
     mode: Literal["optuna", "pbt", "grid"]
@@ -140,6 +153,14 @@ class SweepSpec(_Strict):
     storage_path: str | None = None  # where the sweep directory goes (default: base output.dir/tune)
     optuna: OptunaOptions | None = None
     pbt: PbtOptions | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _one_name(cls, v: str) -> str:
+        problem = path_component_problem(v)
+        if problem is not None:
+            raise ValueError(f"name {v!r} names the sweep directory (storage_path/<name>): {problem}")
+        return v
 
     @model_validator(mode="after")
     def _mode_fields(self) -> SweepSpec:
@@ -176,6 +197,19 @@ class SweepSpec(_Strict):
                     "optuna.asha: Tune's schedulers stop trials on one metric; a multi-objective "
                     "sweep runs every trial to the end (drop asha or the objectives)"
                 )
+        k = self.optuna.n_startup_trials if self.optuna is not None else None
+        if k is not None and self.optuna is not None:
+            if self.optuna.sampler != "tpe":
+                raise ValueError(
+                    f"optuna.n_startup_trials: TPE's random start-up trials, but sampler is "
+                    f"{self.optuna.sampler}; drop it or use sampler: tpe"
+                )
+            if k >= self.num_samples:
+                raise ValueError(
+                    f"optuna.n_startup_trials: TPE draws its first {k} trials at random and the sweep "
+                    f"runs {self.num_samples} (num_samples): no trial would be TPE's. Set it below "
+                    f"num_samples (e.g. {max(1, self.num_samples // 2)}), or use sampler: random"
+                )
         if self.mode != "optuna" and self.optuna is not None:
             raise ValueError(f"optuna: options for mode optuna, but mode is {self.mode}")
         if self.mode != "pbt" and self.pbt is not None:
@@ -202,6 +236,21 @@ class SweepSpec(_Strict):
     def objective_list(self) -> list[Objective]:
         return self.objectives or [Objective(metric=self.metric, goal=self.goal)]
 
+    def random_search_note(self) -> str | None:
+        """What to tell the user when a TPE sweep never gets past TPE's random start-up trials."""
+        if self.mode != "optuna":
+            return None
+        opts = self.optuna or OptunaOptions()
+        if opts.sampler != "tpe" or opts.n_startup_trials is not None:
+            return None  # an explicit start-up count is checked to be below num_samples
+        if self.num_samples > TPE_DEFAULT_STARTUP:
+            return None
+        return (
+            f"note: TPE draws its first {TPE_DEFAULT_STARTUP} trials at random (Optuna's default) and "
+            f"this sweep runs {self.num_samples}: it is random search. Set optuna.n_startup_trials "
+            "below num_samples to let TPE propose the rest"
+        )
+
 
 def _base_dict(spec: SweepSpec, spec_dir: Path, overrides: list[str]) -> dict[str, Any]:
     from raysim.config import apply_overrides
@@ -214,9 +263,7 @@ def _base_dict(spec: SweepSpec, spec_dir: Path, overrides: list[str]) -> dict[st
             path = spec_dir / path
         if not path.is_file():
             raise ConfigError(f"base: no experiment config at {path} (a path relative to the spec file)")
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"base: {path} is not a YAML mapping")
+        raw = load_yaml_file(path, "base: config")
     from tuning.trainable import merge_dotted
 
     raw = apply_overrides(merge_dotted(raw, spec.fixed), overrides)
@@ -250,6 +297,83 @@ def check_space(spec: SweepSpec, base: dict[str, Any]) -> None:
             )
 
 
+# reported every round whatever the algorithm (raysim/runtime/server.py run_round, and round and
+# driver_peak_rss_mb from tuning/trainable.py): a sweep on one of these needs no probe round
+ALWAYS_REPORTED = frozenset(
+    {
+        "round",
+        "driver_peak_rss_mb",
+        "cohort",
+        "completed",
+        "dropouts",
+        "lost_clients",
+        "quarantined",
+        "restarted_clients",
+        "bytes_down",
+        "bytes_up",
+        "transfer_bytes_up",
+        "configure_s",
+        "broadcast_s",
+        "train_s",
+        "aggregate_s",
+        "evaluate_s",
+        "round_s",
+    }
+)
+_PROBED: dict[str, frozenset[str]] = {}
+
+
+def probe_metrics(base: dict[str, Any]) -> frozenset[str]:
+    """The metrics a trial of ``base`` reports to Tune in round 1: that round run once, serially,
+    in a temporary directory (cached per base). Tune stops a trial whose result lacks the sweep's
+    metric, and which metrics exist depends on the algorithm (its aggregate's figures; no test
+    metrics without a server model, as in clustered FL), so the experiment itself says."""
+    import json
+    import tempfile
+
+    key = json.dumps(base, sort_keys=True, default=str)
+    if key in _PROBED:
+        return _PROBED[key]
+    from raysim.config import check_data_available
+    from raysim.runtime.experiment import Experiment
+    from tuning.trainable import trial_config, tune_metrics
+
+    with tempfile.TemporaryDirectory(prefix="raysim-metric-probe-") as tmp:
+        cfg = trial_config(
+            base, {"resources.backend": "serial", "resources.address": None}, output_dir=Path(tmp)
+        )
+        check_data_available(cfg)
+        exp = Experiment(cfg, progress=False)
+        try:
+            exp.prepare()
+            hparams = exp.hparams()
+            report = exp.step()
+        finally:
+            exp.close()
+    names = {*tune_metrics(report.metrics), *ALWAYS_REPORTED}
+    names |= {f"hparams/{k}" for k in tune_metrics(hparams)}
+    _PROBED[key] = frozenset(names)
+    return _PROBED[key]
+
+
+def check_metrics(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """Every objective's metric is one the trials report (one message listing the valid names),
+    before any trial starts. The runtime's counters are known; anything else is checked against
+    round 1 of the base experiment (``probe_metrics``)."""
+    wanted = [o.metric for o in spec.objective_list]
+    if all(m in ALWAYS_REPORTED for m in wanted):
+        return
+    valid = probe_metrics(base)
+    for obj in spec.objective_list:
+        if obj.metric not in valid:
+            field = "metric" if spec.objectives is None else "objectives"
+            raise ConfigError(
+                f"{field}: {obj.metric!r} is not reported by this experiment's trials (its round 1 reports "
+                f"no finite value of that name, so Tune would stop every trial); valid metrics: "
+                f"{', '.join(sorted(valid))}"
+            )
+
+
 class LoadedSpec(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     spec: SweepSpec
@@ -257,7 +381,16 @@ class LoadedSpec(BaseModel):
     path: Path | None = None
 
 
-def spec_from_dict(raw: Any, source: str, spec_dir: Path, overrides: list[str] | None = None) -> LoadedSpec:
+def spec_from_dict(
+    raw: Any,
+    source: str,
+    spec_dir: Path,
+    overrides: list[str] | None = None,
+    *,
+    probe: bool = True,
+) -> LoadedSpec:
+    """A validated spec. ``probe=False`` skips checking the metric against a probe round (a
+    saved sweep.yaml, checked when its sweep started)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a sweep spec is a YAML mapping with base:, mode: and space:")
     try:
@@ -266,6 +399,8 @@ def spec_from_dict(raw: Any, source: str, spec_dir: Path, overrides: list[str] |
         raise ConfigError(_format_validation_error(err, source)) from None
     base = _base_dict(spec, spec_dir, overrides or [])
     check_space(spec, base)
+    if probe:
+        check_metrics(spec, base)
     return LoadedSpec(spec=spec, base=base)
 
 
@@ -273,10 +408,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no sweep spec at {path} (see configs/tune/)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = load_yaml_file(path, "sweep spec", mapping=False)
     loaded = spec_from_dict(raw, str(path), path.parent, overrides)
     loaded.path = path
     return loaded

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import random
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import pandas as pd
 import yaml
 
 from raysim.atomic import atomic_write_text
-from raysim.config import ConfigError, check_data_available, config_from_dict, dump_config
+from raysim.config import ConfigError, check_data_available, config_from_dict, dump_config, load_yaml_file
 from raysim.runtime.logger import write_parquet
 from tuning.spec import LoadedSpec, OptunaOptions, SweepSpec, load_spec, resolved_spec_yaml, spec_from_dict
 
@@ -81,17 +82,64 @@ def param_space(loaded: LoadedSpec) -> dict[str, Any]:
     return space
 
 
-def genetic_explore(key: str, scale: float, seed: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+class GeneticExplore:
     """Paper 001's mutation as PBT's explore step: the learning rate times (1 - s), 1 or (1 + s),
-    each with probability 1/3, from the explore step's own seeded stream."""
-    rng = random.Random(seed)
-    factors = (1.0 - scale, 1.0, 1.0 + scale)
+    each with probability 1/3, from the explore step's own seeded stream. A class, not a closure:
+    Tune pickles it into the sweep state, and a class pickles by name (a closure would pickle its
+    code, which ``tuning.tune_state`` refuses to let a resume load)."""
 
-    def explore(config: dict[str, Any]) -> dict[str, Any]:
-        config[key] = float(config[key]) * rng.choice(factors)
+    def __init__(self, key: str, scale: float, seed: int) -> None:
+        self.key = key
+        self.factors = (1.0 - scale, 1.0, 1.0 + scale)
+        self.rng = random.Random(seed)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        config[self.key] = float(config[self.key]) * self.rng.choice(self.factors)
         return config
 
-    return explore
+
+def genetic_explore(key: str, scale: float, seed: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The explore step for ``key`` (see GeneticExplore)."""
+    return GeneticExplore(key, scale, seed)
+
+
+class PicklableLock:
+    """A ``threading.Lock`` that pickles, as a fresh unlocked one (a lock holds no state to keep)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+    def __getattr__(self, name: str) -> Any:  # acquire, release, locked
+        if name == "_lock":  # not set yet (while unpickling)
+            raise AttributeError(name)
+        return getattr(self._lock, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._lock = threading.Lock()
+
+
+def nsga2_sampler(seed: int) -> Any:
+    """Optuna's NSGA-II, made picklable. Tune pickles the searcher with its sampler (the Tuner's
+    state when it is built, the searcher checkpoints ``--resume`` reads), and from Optuna 5 the
+    genetic samplers keep a ``threading.Lock`` (``BaseGASampler._thread_lock``) that pickle refuses:
+    each lock attribute becomes a :class:`PicklableLock`. The sampler stays Optuna's own class, so
+    the study records its generations under the keys Optuna's NSGA-II reads."""
+    import optuna
+
+    sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    for key, value in list(vars(sampler).items()):
+        if isinstance(value, type(threading.Lock())):
+            setattr(sampler, key, PicklableLock())
+    return sampler
 
 
 def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, Any]:
@@ -105,9 +153,12 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
         opts = spec.optuna or OptunaOptions()
         sampler: optuna.samplers.BaseSampler
         if opts.sampler == "tpe":
-            sampler = optuna.samplers.TPESampler(seed=opts.seed, multivariate=spec.objectives is not None)
+            startup = {} if opts.n_startup_trials is None else {"n_startup_trials": opts.n_startup_trials}
+            sampler = optuna.samplers.TPESampler(
+                seed=opts.seed, multivariate=spec.objectives is not None, **startup
+            )
         elif opts.sampler == "nsga2":
-            sampler = optuna.samplers.NSGAIISampler(seed=opts.seed)
+            sampler = nsga2_sampler(opts.seed)
         else:
             sampler = optuna.samplers.RandomSampler(seed=opts.seed)
         storage = optuna.storages.RDBStorage(f"sqlite:///{directory / OPTUNA_DB}")
@@ -130,13 +181,14 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
         return searcher, scheduler
     if spec.mode == "pbt":
         from ray.tune.schedulers import PopulationBasedTraining
-        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from tuning.variants import VariantGenerator
 
         pbt = spec.pbt
         assert pbt is not None  # the spec validator guarantees it
         mutations = {k: tune_domain(d) for k, d in spec.space.items() if k != pbt.lr_key}
         # the initial population is drawn from pbt.seed too, so a PBT sweep starts the same way twice
-        return BasicVariantGenerator(random_state=pbt.seed), PopulationBasedTraining(
+        return VariantGenerator(random_state=pbt.seed), PopulationBasedTraining(
             time_attr="round",
             perturbation_interval=pbt.perturbation_interval,
             hyperparam_mutations=mutations,  # type: ignore[arg-type]
@@ -145,7 +197,10 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
             resample_probability=pbt.resample_probability,
             synch=pbt.synch,
         )
-    return None, None
+    from tuning.variants import VariantGenerator
+
+    # what Tune would make for search_alg=None, in the subclass whose saved state holds no code
+    return VariantGenerator(max_concurrent=spec.max_concurrent_trials or 0), None
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -207,7 +262,8 @@ def _tuner(loaded: LoadedSpec, directory: Path, cpus: float, gpus: float, verbos
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=spec.num_samples,
-            max_concurrent_trials=spec.max_concurrent_trials,
+            # grid and PBT: the variant generator itself limits them (Tune ignores this then)
+            max_concurrent_trials=spec.max_concurrent_trials if spec.mode == "optuna" else None,
             trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -240,12 +296,15 @@ def run_sweep(
     if num_samples is not None:
         if num_samples < 1:
             raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
-        loaded = LoadedSpec(
-            spec=loaded.spec.model_copy(update={"num_samples": num_samples}),
-            base=loaded.base,
-            path=loaded.path,
-        )
-        SweepSpec.model_validate(loaded.spec.model_dump())  # e.g. grid refuses num_samples > 1
+        from pydantic import ValidationError
+
+        from raysim.config import _format_validation_error
+
+        try:  # e.g. grid refuses num_samples > 1, TPE's start-up trials must stay below it
+            spec = SweepSpec.model_validate({**loaded.spec.model_dump(), "num_samples": num_samples})
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"--num-samples {num_samples}")) from None
+        loaded = LoadedSpec(spec=spec, base=loaded.base, path=loaded.path)
     check_data_available(config_from_dict(dict(loaded.base), "base"))
     directory = sweep_dir(loaded)
     if directory.exists():
@@ -259,6 +318,9 @@ def run_sweep(
         atomic_write_text(directory / SPEC_FILE, resolved_spec_yaml(loaded))
         _write_environment(directory, loaded)
         echo(f"sweep {loaded.spec.name}: {loaded.spec.mode}, writing {directory}")
+        note = loaded.spec.random_search_note()
+        if note:
+            echo(note)
         results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
@@ -281,11 +343,17 @@ def load_sweep(directory: Path) -> LoadedSpec:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise ConfigError(f"{directory}: no {SPEC_FILE} here; pass a directory written by `raysim tune`")
-    return spec_from_dict(yaml.safe_load(path.read_text()), str(path), path.parent)
+    raw = load_yaml_file(path, "saved sweep spec", mapping=False)
+    return spec_from_dict(raw, str(path), path.parent, probe=False)  # its metric was checked at the start
 
 
 def resume_sweep(
-    directory: Path, *, address: str | None = None, echo: Echo = print, verbose: int = 1
+    directory: Path,
+    *,
+    address: str | None = None,
+    echo: Echo = print,
+    verbose: int = 1,
+    trust_state: bool = False,
 ) -> SweepOutcome:
     """Continue a stopped sweep (trials restart from their newest FL checkpoint; the searcher's
     state comes back with Tune's experiment state) and write its outputs."""
@@ -295,6 +363,10 @@ def resume_sweep(
     loaded = load_sweep(directory)
     if not tune.Tuner.can_restore(str(directory)):
         raise ConfigError(f"{directory}: Tune left no experiment state to resume from")
+    if not trust_state:
+        from tuning.tune_state import check_tune_state
+
+        check_tune_state(directory)  # Tune's restore unpickles these files: nothing in them may run
     with ray_session(address) as ray:
         cpus, gpus = cluster_size(ray)
         tuner = tune.Tuner.restore(
@@ -557,28 +629,40 @@ def validate_best(
         )
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    info = json.loads(info_path.read_text())
-    obj = info["objectives"][0]
-    used = [int(s) for s in info["tuning_seeds"]]
-    fresh = [max(used) + 1 + i for i in range(seeds)]
-    best_raw = yaml.safe_load(best_path.read_text())
+    from raysim.runtime.rundir import read_json
+
+    info = read_json(info_path)
+    if isinstance(info, dict) and "best" in info and info["best"] is None:
+        raise ConfigError(
+            f"{info_path}: the sweep has no best trial (no trial finished): nothing to validate"
+        )
+    try:
+        obj = info["objectives"][0]
+        used = [int(s) for s in info["tuning_seeds"]]
+        swept = float(info["best"][obj["metric"]])
+        metric, goal = str(obj["metric"]), obj["goal"]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{info_path}: not a sweep.json written by `raysim tune` ({exc!r} missing)"
+        ) from None
+    fresh = [max(used, default=-1) + 1 + i for i in range(seeds)]
+    best_raw = load_yaml_file(best_path, "best config")
     raw = {
         "name": "validate",
         "base": best_raw,
         "mode": "grid",
-        "metric": obj["metric"],
-        "goal": obj["goal"],
+        "metric": metric,
+        "goal": goal,
         "space": {"seed": {"grid": fresh}},
         "storage_path": str(directory),
     }
-    loaded = spec_from_dict(raw, "(validate-best)", directory)
+    loaded = spec_from_dict(raw, "(validate-best)", directory, probe=False)  # the sweep's own metric
     out = run_sweep(loaded, address=address, echo=echo, verbose=verbose)
     table = pd.read_parquet(out.directory / "trials.parquet")
-    finals = [_final(df, obj["metric"]) for _, df in table.groupby("trial_id")]
+    finals = [_final(df, metric) for _, df in table.groupby("trial_id")]
     mean, half = mean_ci95(np.array(finals))
-    swept = float(info["best"][obj["metric"]])
     result = {
-        "metric": obj["metric"],
+        "metric": metric,
         "sweep_best": swept,
         "tuning_seeds": used,
         "fresh_seeds": fresh,
@@ -589,7 +673,7 @@ def validate_best(
     }
     atomic_write_text(directory / "validation.json", json.dumps(result, indent=2) + "\n")
     echo(
-        f"{obj['metric']}: sweep best {swept:.4f} (seeds {used}); fresh seeds {fresh}: "
+        f"{metric}: sweep best {swept:.4f} (seeds {used}); fresh seeds {fresh}: "
         f"{mean:.4f} ± {half:.4f} (95% CI); "
         + (
             "the sweep's number is inside the interval"

@@ -14,7 +14,14 @@ from raysim.algorithms.base import GradHook
 
 
 class _Lazy:
-    """Moves a numpy vector to the training device once, on first use."""
+    """Moves a numpy vector to the training device once, on first use.
+
+    On Ray the vector is often a read-only view of the object store (the broadcast model a
+    FedProx or DSAC client is pulled toward). ``torch.as_tensor`` would share that memory and
+    warn, from every actor, that writing to it is undefined behaviour; a hook never writes to
+    it, but the warning cannot be told from a real problem, so a read-only vector is copied,
+    once per hook (per client update), never per step.
+    """
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
@@ -22,7 +29,10 @@ class _Lazy:
 
     def on(self, like: torch.Tensor) -> torch.Tensor:
         if self.tensor is None or self.tensor.device != like.device:
-            self.tensor = torch.as_tensor(np.ascontiguousarray(self.array), dtype=like.dtype).to(like.device)
+            a = np.ascontiguousarray(self.array)
+            if not a.flags.writeable:
+                a = a.copy()
+            self.tensor = torch.as_tensor(a, dtype=like.dtype).to(like.device)
         return self.tensor
 
 

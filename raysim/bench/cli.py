@@ -48,10 +48,12 @@ def scale(
         str | None,
         typer.Option(help="clients_per_actor: 1 runs with this many actors (default 4,8,16; 'none' skips)."),
     ] = None,
-    timeout_min: Annotated[float, typer.Option(help="Stop a run after this many minutes.")] = 30.0,
+    timeout_min: Annotated[float, typer.Option(min=0.1, help="Stop a run after this many minutes.")] = 30.0,
     max_memory_gb: Annotated[
         float | None,
-        typer.Option(help="Stop a run whose processes hold more RSS together (default 80% of free memory)."),
+        typer.Option(
+            min=0.1, help="Stop a run whose processes hold more RSS together (default 80% of free memory)."
+        ),
     ] = None,
     write_coefficients: Annotated[
         bool,
@@ -139,6 +141,7 @@ def fit_cmd(
     if not (out / "scale.parquet").is_file() or not (out / "config.yaml").is_file():
         typer.echo(f"error: {out} holds no bench results (scale.parquet, config.yaml)", err=True)
         raise typer.Exit(2)
+    _check_bench_dir(out)
     result = S.refit(out)
     typer.echo(result["report"], nl=False)
     if write_coefficients:
@@ -151,6 +154,25 @@ def fit_cmd(
         typer.echo(f"updated the default coefficients: {path}", err=True)
 
 
+def _check_bench_dir(out: Path) -> None:
+    """The files ``fit`` reads back, each readable and a bench's (exit 2 naming the first that is not)."""
+    from raysim.config import ConfigError, load_yaml_file
+    from raysim.runtime.rundir import check_table, read_json
+
+    try:
+        cfg = load_yaml_file(out / "config.yaml", "bench config")
+        if not isinstance(cfg.get("data"), dict) or "dataset" not in cfg["data"]:
+            raise ConfigError(f"{out / 'config.yaml'}: not a bench's config (no data.dataset)")
+        for name in ("scale.parquet", "actors.parquet", "rounds.parquet"):
+            if (out / name).is_file():
+                check_table(out / name, ())
+        if (out / "model.json").is_file() and not isinstance(read_json(out / "model.json"), dict):
+            raise ConfigError(f"{out / 'model.json'}: not a bench's model (not a JSON object)")
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 @bench_app.command()
 def estimate(
     clients: Annotated[str, typer.Option(help="Client counts N, comma-separated.")] = "10000,100000,1000000",
@@ -161,7 +183,9 @@ def estimate(
     ] = 50.0,
     actors: Annotated[str, typer.Option(help="Client actors A, one per N or one for all.")] = "20",
     nodes: Annotated[str, typer.Option(help="Worker nodes (pods) K, one per N or one for all.")] = "3",
-    cpus_per_node: Annotated[float, typer.Option(help="CPUs of a worker node for client actors.")] = 7.0,
+    cpus_per_node: Annotated[
+        float, typer.Option(min=0.1, help="CPUs of a worker node for client actors.")
+    ] = 7.0,
     fit: Annotated[
         Path | None, typer.Option(help="A bench's model.json (default: raysim.bench.coefficients).")
     ] = None,
@@ -170,12 +194,20 @@ def estimate(
 
     Clients that roam (no client state, clients_per_actor: auto) and clients pinned to an actor
     get the same figures: either way an actor holds its own ceil(N / A) clients."""
-    import json
 
     from raysim.bench import model as M
 
     if fit is not None:
-        coef = M.Coefficients.from_dict(json.loads(fit.read_text())["coefficients"])
+        from raysim.config import ConfigError
+        from raysim.runtime.rundir import read_json
+
+        try:
+            saved = read_json(fit)
+            coef = M.Coefficients.from_dict(saved["coefficients"])
+        except (ConfigError, KeyError, TypeError, ValueError) as err:
+            why = err if isinstance(err, ConfigError) else f"{fit}: not a bench's model.json ({err!r})"
+            typer.echo(f"error: {why}", err=True)
+            raise typer.Exit(2) from None
     else:
         from raysim.bench.coefficients import DEFAULT
 

@@ -13,10 +13,10 @@ import typer
 def privacy_eval(
     dataset: Annotated[str, typer.Option(help="digits or fashion-mnist.")] = "digits",
     samples: Annotated[
-        int | None, typer.Option(help="Images attacked per seed (default 4; 2 with --quick).")
+        int | None, typer.Option(min=1, help="Images attacked per seed (default 4; 2 with --quick).")
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Seeds (default 3; 1 with --quick).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per shared gradient (1-4).")] = 1,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds (default 3; 1 with --quick).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=4, help="Images per shared gradient (1-4).")] = 1,
     out: Annotated[Path, typer.Option(help="Output folder for table.md and reconstructions.png.")] = Path(
         "results/privacy-eval"
     ),

@@ -19,6 +19,17 @@ from raysim.runtime.server import RoundReport
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeShare:
+    """What one node of the cluster offers actors (Ray's totals for it): an actor runs on one node,
+    so a placement that fits the cluster's totals may still fit no node."""
+
+    name: str  # for messages: the node's address and the start of its id
+    cpus: float
+    gpus: float = 0.0
+    memory_mb: float | None = None  # Ray's "memory" resource of the node; None: unknown
+
+
+@dataclass(frozen=True, kw_only=True)
 class Share:
     """The resources a run may use: the whole cluster by default, a Tune trial's placement group
     inside a sweep. Client actors are sized to it, never to the cluster beyond it."""
@@ -26,6 +37,9 @@ class Share:
     cpus: float
     gpus: float = 0.0
     memory_mb: float | None = None  # for actors' private memory (Ray's "memory" resource); None: unknown
+    # each node's capacities, when known (the whole cluster); empty: only the totals are known (a
+    # Tune trial's share), and only they are checked
+    nodes: tuple[NodeShare, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +62,9 @@ class StartSpec:
 
 
 class ServerLost(RuntimeError):
-    """The server actor died (its node went away, it was killed): the run can continue only from a
-    checkpoint, with a fresh server (``Backend.restart_server``)."""
+    """The server actor died or became unreachable (its node went away, it was killed, it ran out
+    of memory): the run can continue only from a checkpoint, with a fresh server
+    (``Backend.restart_server``), at most ``resources.max_server_restarts`` times."""
 
 
 class Backend(Protocol):

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import yaml
 
 from raysim import provenance, reproducible
 from raysim.algorithms import build_algorithm
@@ -35,8 +34,8 @@ from raysim.config import (
     ExperimentConfig,
     check_data_available,
     check_output_dir,
-    config_from_dict,
     dump_config,
+    load_config,
 )
 from raysim.models.flat import init_params
 from raysim.runtime import rundir
@@ -82,6 +81,7 @@ class Experiment:
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
         from raysim.data import build_federation, load_dataset, write_summary
+        from raysim.data.federation import check_dataset_fits
 
         cfg, d = self.cfg, self.cfg.data
         t0 = time.perf_counter()
@@ -90,6 +90,7 @@ class Experiment:
             check_output_dir(cfg)
         repro = reproducible.enter(cfg.resources.reproducible)  # before this process computes anything
         try:
+            check_dataset_fits(d.dataset, d.num_clients)  # before generating one (ValueError: refused)
             ds = load_dataset(
                 d.dataset,
                 data_dir=d.data_dir,
@@ -237,22 +238,41 @@ class Experiment:
 
     # -- steps -----------------------------------------------------------------------------
     def step(self, hparams: Mapping[str, float] | None = None) -> RoundReport:
-        """Run round ``next_round`` (with ``hparams`` overriding this round only) and log it."""
+        """Run round ``next_round`` (with ``hparams`` overriding this round only) and log it.
+
+        A server lost meanwhile (``ServerLost``: its actor or its node died) is replaced from the
+        newest checkpoint, the rounds after it are replayed, and the round runs again: at most
+        ``resources.max_server_restarts`` times in a run (``_recover_server``)."""
         logger = self._logger()
-        t = self.next_round
-        try:
-            report = self._backend().run_round(t, {**self.hparams(), **(hparams or {})})
-        except ServerLost as lost:
-            self._recover_server(t, lost)  # back to the newest checkpoint, rounds replayed up to t - 1
-            return self.step(hparams)
-        logger.log_round(report.metrics, report.clients, report.clusters, personal=report.personal)
+        target = self.next_round
+        while True:
+            t = self.next_round
+            try:
+                report, stats = self._round(t, hparams if t == target else None)
+            except ServerLost as lost:
+                self._recover_server(target, lost)  # next_round: the checkpoint's round + 1
+                continue
+            logger.log_round(report.metrics, report.clients, report.clusters, personal=report.personal)
+            if stats is not None:
+                logger.log_system(t, stats)
+            self.next_round = t + 1
+            self.last = report
+            if t == target:
+                return report
+
+    def _round(
+        self, t: int, hparams: Mapping[str, float] | None
+    ) -> tuple[RoundReport, list[dict[str, Any]] | None]:
+        """Every call to the server that round ``t`` makes, before anything is logged: a lost
+        server anywhere in them means the round runs again."""
+        backend = self._backend()
+        report = backend.run_round(t, {**self.hparams(), **(hparams or {})})
         if report.restarted:
             self._restore_restarted(t, report.restarted)
+        stats = None
         if "test_accuracy" in report.metrics or "personal_accuracy" in report.metrics:
-            logger.log_system(t, [*self._backend().system_stats(), driver_stats()])
-        self.next_round = t + 1
-        self.last = report
-        return report
+            stats = [*backend.system_stats(), driver_stats()]
+        return report, stats
 
     def _restore_restarted(self, t: int, clients: list[int]) -> None:
         """Client actors restarted in round ``t`` (a lost node, a stuck call): their clients' state
@@ -265,7 +285,7 @@ class Experiment:
                 "to restore their state from: they start again from their initial state "
                 "(set rounds.checkpoint_every to keep the loss to a few rounds)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return
         blob = rundir.read_checkpoint(ckpts[-1])
@@ -275,43 +295,68 @@ class Experiment:
             f"round {t}: the actors of {len(clients)} clients restarted; their state is restored "
             f"from the checkpoint of round {blob['round']}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     def _recover_server(self, t: int, lost: ServerLost) -> None:
-        """The server actor died in round ``t``: start a fresh one, restore the newest periodic
-        checkpoint (model, server state and every client's state) and replay the rounds after it
-        up to ``t - 1``, so that round ``t`` runs as in an uninterrupted run (the rounds are
-        deterministic given the state). Without a checkpoint the run cannot continue."""
+        """The server actor was lost in round ``t`` (or saving after it): start a fresh one and
+        restore the newest periodic checkpoint (model, server state and every client's state); the
+        caller replays the rounds after it (``next_round`` is the checkpoint's round + 1), so round
+        ``t`` runs as in an uninterrupted run (the rounds are deterministic given the state).
+        Without a checkpoint the run cannot continue; past ``resources.max_server_restarts``
+        replacements in this run (a server that dies every time, say out of memory in aggregate)
+        it stops with the error."""
         ckpts = rundir.periodic_checkpoints(self.run_dir) if self.run_dir is not None else []
         if not ckpts:
             raise ServerLost(
                 f"{lost}; no checkpoint to restart it from: set rounds.checkpoint_every "
                 "(e.g. 5) so a lost server costs at most that many rounds"
             ) from lost
-        self.server_restarts += 1
-        self._backend().restart_server()
-        done = self.restore(ckpts[-1])
+        cap = self.cfg.resources.max_server_restarts
+        while True:
+            if self.server_restarts >= cap:
+                raise ServerLost(
+                    f"{lost}\nThe server actor was lost {self.server_restarts + 1} times in this run and "
+                    f"resources.max_server_restarts={cap}: it dies every time (out of memory in the "
+                    "algorithm's aggregate? its node keeps going away?). Give it more room "
+                    "(resources.server_cpus / server_gpus, a bigger node) or, if its losses are chance, "
+                    "raise resources.max_server_restarts"
+                ) from lost
+            self.server_restarts += 1
+            try:
+                self._backend().restart_server()
+                done = self.restore(ckpts[-1])
+                break
+            except ServerLost as again:  # the new one was lost as well
+                lost = again
         self._logger().reload(upto_round=done)
         warnings.warn(
-            f"the server actor died in round {t}; restarted it from the checkpoint of round {done} "
-            f"(restart {self.server_restarts}), replaying rounds {done + 1}..{t - 1}",
+            f"the server actor was lost before the end of round {t} ({str(lost).splitlines()[0]}); "
+            "restarted it from "
+            f"the checkpoint of round {done} (restart {self.server_restarts} of at most {cap}), "
+            f"replaying rounds {done + 1}..{t - 1}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        while self.next_round < t:
-            self.step()
 
     def run_round(self, t: int) -> RoundReport:
-        """Round ``t`` (must be the next one), with the periodic checkpoint ``run()`` writes."""
+        """Round ``t`` (must be the next one), with the periodic checkpoint ``run()`` writes (a
+        server lost while it saves is replaced, and the rounds since its checkpoint replayed)."""
         if t != self.next_round:
             raise ValueError(f"round {t} requested, the next round is {self.next_round}")
         report = self.step()
         every = self.cfg.rounds.checkpoint_every
         if every and t % every == 0:
-            self._logger().flush()
             assert self.run_dir is not None
-            self.save(rundir.periodic_dir(self.run_dir, t))
+            while True:
+                self._logger().flush()
+                try:
+                    self.save(rundir.periodic_dir(self.run_dir, t))
+                    break
+                except ServerLost as lost:
+                    self._recover_server(t + 1, lost)
+                    while self.next_round <= t:
+                        report = self.step()
             rundir.prune_checkpoints(self.run_dir)
         return report
 
@@ -399,16 +444,14 @@ class Experiment:
     def resume(cls, run_dir: Path, *, address: str | None = None, progress: bool | None = None) -> Experiment:
         """An interrupted run, restored from its newest periodic checkpoint."""
         run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.yaml"
-        if not cfg_path.is_file():
-            raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        rundir.check_run_dir(run_dir)  # config, tables, newest checkpoint: refused before Ray starts
         ckpts = rundir.periodic_checkpoints(run_dir)
         if not ckpts:
             raise ConfigError(
                 f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} "
                 "(set rounds.checkpoint_every > 0 to write them)"
             )
-        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+        cfg = load_config(run_dir / "config.yaml")
         exp = cls(cfg, address=address, progress=progress, run_dir=run_dir)
         exp.prepare()
         t = exp.restore(ckpts[-1])

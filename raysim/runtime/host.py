@@ -301,6 +301,13 @@ class ClientHost:
                     flush=True,
                 )
                 continue
+            if not isinstance(
+                r, ClientResult
+            ):  # the contract broken: a bug whatever the data, on every backend
+                raise TypeError(
+                    f"{type(self.algorithm).__name__}.client_update returned {type(r).__name__}, not a "
+                    f"ClientResult (round {round_idx}): a bug in the algorithm"
+                )
             if not r.is_finite():
                 dropouts.append((task.client_id, "non-finite update"))
                 continue

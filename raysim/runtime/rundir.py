@@ -1,52 +1,614 @@
 """Run directories and checkpoints on disk.
 
-A checkpoint is a directory holding the whole FL state of one round (``state.pkl``: the
-algorithm's state, every client's state, the lost clients) and the config it ran under
-(``config.yaml``, for people). Any directory will do (a Tune trial passes its own); a run keeps
-its periodic ones in ``RUN_DIR/checkpoints/round_NNNNN/``, the newest two.
+A checkpoint is a directory holding the whole FL state of one round (the algorithm's state, every
+client's state, the lost clients) and the config it ran under (``config.yaml``, for people). Any
+directory will do (a Tune trial passes its own); a run keeps its periodic ones in
+``RUN_DIR/checkpoints/round_NNNNN/``, the newest two.
+
+Reading a checkpoint never runs code from it (format 3; formats 1-2 were pickles, which run
+whatever a crafted file asks the moment they are loaded, so a checkpoint on a shared results volume
+could run anything in whoever resumes from it). The state is two files:
+
+* ``arrays.bin``: the raw bytes of every array in the state (numpy arrays and scalars, torch
+  tensors), one after the other;
+* ``state.json``: the state's tree (dicts, lists, tuples, sets, str, int, float incl. nan/inf,
+  bool, None, bytes, numpy Generators and RandomStates, ``random.Random``, dataclasses of
+  raysim's own modules) with a placeholder ``{"$array": i}`` where array ``i`` goes, the dtype and
+  shape of every array, and the size and SHA-256 of ``arrays.bin``. It is written last, so a
+  checkpoint without it is incomplete.
+
+Loading builds only those types; a dataclass is looked up by name, must be a dataclass defined in
+a ``raysim.`` module and is filled field by field without calling its code. Anything else in a
+state is refused when the checkpoint is written (a TypeError naming where it is), so every
+algorithm's checkpoint round-trips exactly (tests/runtime/test_rundir.py runs them all).
 """
 
 from __future__ import annotations
 
-import pickle
+import base64
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import random
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from raysim.atomic import atomic_write_bytes
+import numpy as np
 
-STATE_FILE = "state.pkl"
-FORMAT = 2  # bumped when the checkpoint layout changes
+from raysim.atomic import _mode_for, atomic_write_bytes, atomic_write_text
+from raysim.config import ConfigError, path_component_problem
+
+STATE_FILE = "state.json"
+ARRAYS_FILE = "arrays.bin"
+LEGACY_STATE_FILE = "state.pkl"  # formats 1-2: pickles, refused
+FORMAT = 3  # bumped when the checkpoint layout changes
+KIND = "raysim-checkpoint"
 KEEP = 2  # periodic checkpoints kept per run
+DATACLASS_MODULES = ("raysim.",)  # where a checkpoint's dataclasses may come from
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+_CHUNK = 1 << 24
 
 
 def unique_run_dir(base: Path, name: str) -> Path:
-    """``base/name``, or ``base/name-2``, ``-3``, ... when it exists: nothing is overwritten."""
+    """``base/name``, or ``base/name-2``, ``-3``, ... when it exists: nothing is overwritten.
+
+    ``name`` must be one path component (the config validates it; this is the second line of
+    defence): the directory is always a child of ``base``."""
+    problem = path_component_problem(name)
+    if problem is not None:
+        raise ConfigError(f"run name {name!r}: {problem}; set output.name to a plain name")
     path = base / name
     i = 2
     while path.exists():
         path = base / f"{name}-{i}"
         i += 1
+    if path.resolve().parent != Path(base).resolve():
+        raise ConfigError(f"run name {name!r}: {path} is not inside output.dir {str(base)!r}")
     return path
+
+
+# ------------------------------------------------------------------------------- state <-> JSON
+
+Where = tuple[Any, ...] | str  # (parent, key) or (parent, ".", field): formatted only for an error
+
+
+def _where(w: Where) -> str:
+    keys = []
+    while isinstance(w, tuple):
+        keys.append(f".{w[2]}" if len(w) == 3 else f"[{w[1]!r}]")
+        w = w[0]
+    return w + "".join(reversed(keys))
+
+
+class _Encoder:
+    """A state tree to JSON-able placeholders; the arrays are collected in order."""
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self._seen: dict[int, int] = {}  # id(ndarray) -> index: an array met twice is stored once
+
+    def array(self, a: np.ndarray, where: Where) -> int:
+        i = self._seen.get(id(a))
+        if i is None:
+            if a.dtype.hasobject or a.dtype.kind == "T":
+                raise TypeError(
+                    f"checkpoint: {_where(where)} is an array of Python objects ({a.dtype}); store numbers"
+                )
+            i = self._seen[id(a)] = len(self.arrays)
+            self.arrays.append(a)  # (the list keeps ``a`` alive, so its id stays its own)
+        return i
+
+    def __call__(self, x: Any, where: Where = "state") -> Any:
+        t = type(x)
+        if t is str or t is int or t is bool or x is None:  # exact types: a subclass (an IntEnum) is refused
+            return x
+        if t is dict:
+            if all(type(k) is str and k[:1] != "$" for k in x):
+                return {k: self(v, (where, k)) for k, v in x.items()}
+            return {"$dict": [[self(k, (where, k)), self(v, (where, k))] for k, v in x.items()]}
+        if t is np.ndarray:
+            return {"$array": self.array(x, where)}
+        if t is float:
+            return x if math.isfinite(x) else {"$float": repr(x)}
+        if t is list:
+            return [self(v, (where, i)) for i, v in enumerate(x)]
+        if t is tuple:
+            return {"$tuple": [self(v, (where, i)) for i, v in enumerate(x)]}
+        if isinstance(x, np.generic):  # before str/float below: np.str_ is a str, np.float64 a float
+            return {"$scalar": self.array(np.asarray(x), where)}
+        if isinstance(x, np.ndarray):  # a subclass (memmap): its values, as a plain array
+            return {"$array": self.array(np.asarray(x), where)}
+        if t is set or t is frozenset:
+            return {f"${t.__name__}": [self(v, (where, v)) for v in x]}
+        if t is bytes:
+            return {"$bytes": base64.b64encode(x).decode()}
+        if t is np.random.Generator:
+            return {"$generator": self._bit_generator(x.bit_generator, where)}
+        if t is np.random.RandomState:
+            return {"$randomstate": self(x.get_state(legacy=False), where)}
+        if t is random.Random:
+            return {"$pyrandom": self(x.getstate(), where)}
+        torch = sys.modules.get("torch")  # a state holding tensors has imported torch
+        if torch is not None and t in (torch.Tensor, torch.nn.Parameter):
+            return self._tensor(x, where)
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            if not t.__module__.startswith(DATACLASS_MODULES):
+                raise TypeError(
+                    f"checkpoint: {_where(where)} is a {t.__module__}.{t.__qualname__}; a checkpoint keeps "
+                    f"dataclasses of modules {', '.join(DATACLASS_MODULES)} only"
+                )
+            return {
+                "$dataclass": f"{t.__module__}:{t.__qualname__}",
+                "fields": {
+                    f.name: self(getattr(x, f.name), (where, ".", f.name)) for f in dataclasses.fields(x)
+                },
+            }
+        raise TypeError(
+            f"checkpoint: {_where(where)} is a {t.__module__}.{t.__qualname__}, which a checkpoint cannot "
+            "store (it keeps containers, numbers, strings, arrays, tensors, random generators and raysim "
+            "dataclasses)"
+        )
+
+    def _bit_generator(self, bg: Any, where: Where) -> dict[str, Any]:
+        name = type(bg).__name__
+        if name not in BIT_GENERATORS:
+            raise TypeError(
+                f"checkpoint: {_where(where)} uses bit generator {name}; supported: {', '.join(BIT_GENERATORS)}"
+            )
+        out: dict[str, Any] = {"name": name, "state": self(bg.state, where)}
+        seq = getattr(bg, "seed_seq", None)  # what spawn() continues from
+        if isinstance(seq, np.random.SeedSequence):
+            out["seed_seq"] = self(
+                {
+                    "entropy": seq.entropy,
+                    "spawn_key": tuple(seq.spawn_key),
+                    "pool_size": seq.pool_size,
+                    "n_children_spawned": seq.n_children_spawned,
+                },
+                where,
+            )
+        return out
+
+    def _tensor(self, t: Any, where: Where) -> dict[str, Any]:
+        import torch
+
+        if t.layout != torch.strided or t.is_quantized:
+            raise TypeError(f"checkpoint: {_where(where)} is a {t.layout} tensor; store dense tensors")
+        c = t.detach().cpu().contiguous()
+        try:
+            a, raw = c.numpy(), False
+        except TypeError:  # bfloat16, float8...: numpy has no such dtype, keep the bytes
+            a, raw = c.reshape(-1).view(torch.uint8).numpy(), True
+        return {
+            "$tensor": self.array(a, where),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+            "raw": raw,
+            "device": str(t.device),
+            "requires_grad": bool(t.requires_grad),
+            "parameter": isinstance(t, torch.nn.Parameter),
+        }
+
+
+class _Decoder:
+    """JSON placeholders back into the state tree; builds nothing but the types listed above."""
+
+    def __init__(self, arrays: list[np.ndarray], source: str) -> None:
+        self.arrays = arrays
+        self.source = source
+
+    def bad(self, why: str) -> ConfigError:
+        return ConfigError(f"{self.source}: not a raysim checkpoint state ({why})")
+
+    def array(self, i: Any) -> np.ndarray:
+        if type(i) is not int or not 0 <= i < len(self.arrays):
+            raise self.bad(f"array index {i!r} out of range")
+        return self.arrays[i]
+
+    def __call__(self, x: Any) -> Any:
+        t = type(x)
+        if t is dict:
+            if not x:
+                return {}
+            tag = next(iter(x))
+            if tag[:1] != "$":
+                return {k: self(v) for k, v in x.items()}
+            if tag == "$array":
+                return self.array(x[tag])
+            return self._tagged(tag, x[tag], x)
+        if t is list:
+            return [self(v) for v in x]
+        if t is str or t is int or t is float or t is bool or x is None:
+            return x
+        raise self.bad(f"unexpected {t.__name__}")
+
+    def _tagged(self, tag: str, body: Any, x: dict[str, Any]) -> Any:
+        if tag == "$scalar":
+            return self.array(body)[()]
+        if tag == "$float":
+            if body not in ("nan", "inf", "-inf"):
+                raise self.bad(f"float {body!r}")
+            return float(body)
+        if tag == "$dict":
+            if type(body) is not list or not all(type(p) is list and len(p) == 2 for p in body):
+                raise self.bad("$dict must hold [key, value] pairs")
+            return {self(k): self(v) for k, v in body}
+        if tag == "$tuple":
+            return tuple(self(v) for v in self._list(body, tag))
+        if tag == "$set":
+            return {self(v) for v in self._list(body, tag)}
+        if tag == "$frozenset":
+            return frozenset(self(v) for v in self._list(body, tag))
+        if tag == "$bytes":
+            try:
+                return base64.b64decode(body, validate=True)
+            except (TypeError, ValueError) as exc:
+                raise self.bad(f"$bytes: {exc}") from None
+        if tag == "$generator":
+            return np.random.Generator(self._bit_generator(body))
+        if tag == "$randomstate":
+            rs = np.random.RandomState()
+            rs.set_state(self(body))
+            return rs
+        if tag == "$pyrandom":
+            r = random.Random()
+            r.setstate(self(body))
+            return r
+        if tag == "$tensor":
+            return self._tensor(x)
+        if tag == "$dataclass":
+            return self._dataclass(body, x.get("fields"))
+        raise self.bad(f"unknown tag {tag}")
+
+    def _list(self, body: Any, tag: str) -> list[Any]:
+        if type(body) is not list:
+            raise self.bad(f"{tag} must hold a list")
+        return body
+
+    def _bit_generator(self, body: Any) -> Any:
+        if type(body) is not dict or body.get("name") not in BIT_GENERATORS:
+            raise self.bad(f"bit generator {body.get('name') if type(body) is dict else body!r}")
+        cls = getattr(np.random, body["name"])
+        seq = None
+        if "seed_seq" in body:
+            s = self(body["seed_seq"])
+            seq = np.random.SeedSequence(
+                s["entropy"],
+                spawn_key=s["spawn_key"],
+                pool_size=s["pool_size"],
+                n_children_spawned=s["n_children_spawned"],
+            )
+        bg = cls(seq) if seq is not None else cls()
+        bg.state = self(body["state"])
+        return bg
+
+    def _tensor(self, x: dict[str, Any]) -> Any:
+        import torch
+
+        a = self.array(x["$tensor"])
+        dtype = getattr(torch, str(x.get("dtype")), None)
+        if not isinstance(dtype, torch.dtype):
+            raise self.bad(f"tensor dtype {x.get('dtype')!r}")
+        t = torch.from_numpy(a)
+        if x.get("raw"):
+            t = t.view(dtype).reshape(x["shape"])
+        t = t.to(torch.device(str(x.get("device", "cpu"))))
+        if x.get("parameter"):
+            return torch.nn.Parameter(t, requires_grad=bool(x.get("requires_grad")))
+        return t.requires_grad_(bool(x.get("requires_grad")))
+
+    def _dataclass(self, name: Any, fields: Any) -> Any:
+        if type(name) is not str or ":" not in name or type(fields) is not dict:
+            raise self.bad(f"dataclass {name!r}")
+        module, qualname = name.split(":", 1)
+        if not module.startswith(DATACLASS_MODULES):
+            raise self.bad(f"dataclass {name} is not one of raysim's")
+        try:
+            cls: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError):
+            raise self.bad(f"no dataclass {name} in this raysim (written by another version?)") from None
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise self.bad(f"{name} is not a dataclass")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if sorted(names) != sorted(fields):
+            raise self.bad(
+                f"{name} has fields {', '.join(names)} here, the checkpoint {', '.join(fields)} "
+                "(written by another version?)"
+            )
+        obj = object.__new__(cls)
+        for key in names:  # as unpickling does: no __init__, no __post_init__
+            object.__setattr__(obj, key, self(fields[key]))
+        return obj
+
+
+def encode_state(state: Any) -> tuple[Any, list[np.ndarray]]:
+    """``(tree, arrays)``: ``state`` as JSON-able placeholders plus its arrays, in order."""
+    enc = _Encoder()
+    return enc(state), enc.arrays
+
+
+def decode_state(tree: Any, arrays: list[np.ndarray], source: str = "<state>") -> Any:
+    return _Decoder(arrays, source)(tree)
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def _write_arrays(path: Path, arrays: list[np.ndarray]) -> tuple[int, str]:
+    """Every array's bytes into ``path`` (atomically); returns the size and SHA-256."""
+    digest, size = hashlib.sha256(), 0
+    tmp: Path | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            delete=False, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        ) as fh:
+            tmp = Path(fh.name)
+            for a in arrays:
+                if a.nbytes == 0:
+                    continue
+                buf = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+                for lo in range(0, len(buf), _CHUNK):
+                    part = buf[lo : lo + _CHUNK]
+                    fh.write(part)
+                    digest.update(part)
+                size += len(buf)
+            fh.flush()
+            os.fchmod(fh.fileno(), _mode_for(path))
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    return size, digest.hexdigest()
+
+
+def _index(arrays: list[np.ndarray]) -> dict[str, Any]:
+    """The dtype table and one ``[dtype id, shape]`` per array (``fortran``: those stored so)."""
+    dtypes: dict[np.dtype, int] = {}
+    rows = []
+    for a in arrays:
+        rows.append([dtypes.setdefault(a.dtype, len(dtypes)), list(a.shape)])
+    return {
+        "dtypes": [encode_state(np.lib.format.dtype_to_descr(d))[0] for d in dtypes],
+        "index": rows,
+        "fortran": [
+            i
+            for i, a in enumerate(arrays)
+            if a.ndim > 1 and a.flags.f_contiguous and not a.flags.c_contiguous
+        ],
+    }
 
 
 def write_checkpoint(directory: Path, round_idx: int, server: dict[str, Any], config_yaml: str) -> Path:
     directory = Path(directory)
+    tree, arrays = encode_state(server)  # a TypeError here names what cannot be stored
     directory.mkdir(parents=True, exist_ok=True)
-    blob = {"format": FORMAT, "round": round_idx, "server": server}
-    atomic_write_bytes(directory / STATE_FILE, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
+    (directory / STATE_FILE).unlink(missing_ok=True)  # incomplete until state.json is back
+    size, sha = _write_arrays(directory / ARRAYS_FILE, arrays)
+    header = {
+        "format": FORMAT,
+        "kind": KIND,
+        "round": int(round_idx),
+        "arrays": {"file": ARRAYS_FILE, "bytes": size, "sha256": sha, **_index(arrays)},
+        "server": tree,
+    }
     atomic_write_bytes(directory / "config.yaml", config_yaml.encode())
+    atomic_write_text(directory / STATE_FILE, json.dumps(header, allow_nan=False, separators=(",", ":")))
     return directory
 
 
-def read_checkpoint(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / STATE_FILE
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _header(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint's state.json, checked for kind and format (ConfigError naming the file)."""
+    path = directory / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} is not a raysim checkpoint (no {STATE_FILE})")
-    blob = pickle.loads(path.read_bytes())
-    if blob.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {blob.get('format')}, this raysim reads {FORMAT}")
-    return blob
+        legacy = directory / LEGACY_STATE_FILE
+        if legacy.is_file():
+            raise ConfigError(
+                f"{legacy}: a checkpoint of an older raysim (a pickle, format 1-2), which this raysim does "
+                f"not load because loading a pickle runs code from the file; finish that run with the "
+                f"raysim that wrote it, or start it again (this raysim writes format {FORMAT})"
+            )
+        raise ConfigError(f"{directory} is not a raysim checkpoint (no {STATE_FILE}; an incomplete one?)")
+    try:
+        header = json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path}: not a raysim checkpoint (not JSON: {exc}); truncated or foreign"
+        ) from None
+    if type(header) is not dict or header.get("kind") != KIND:
+        raise ConfigError(f'{path}: not a raysim checkpoint (no "kind": "{KIND}")')
+    if header.get("format") != FORMAT:
+        raise ConfigError(
+            f"{path}: checkpoint format {header.get('format')!r}, this raysim reads format {FORMAT}; "
+            "use the raysim that wrote it"
+        )
+    return path, header
+
+
+def check_checkpoint(directory: Path) -> int:
+    """The round of the checkpoint in ``directory`` after the cheap checks (its state.json, the
+    size of its arrays), so that a resume refuses a damaged one before starting anything; the
+    SHA-256 and the state itself are checked when it is read."""
+    directory = Path(directory)
+    path, header = _header(directory)
+    try:
+        size, rnd = int(header["arrays"]["bytes"]), header["round"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a raysim checkpoint (missing or malformed {exc})") from None
+    arrays = directory / ARRAYS_FILE
+    if not arrays.is_file():
+        raise ConfigError(f"{arrays}: missing (the arrays of checkpoint {path})")
+    if arrays.stat().st_size != size:
+        raise ConfigError(
+            f"{arrays}: {arrays.stat().st_size} bytes, {path} says {size}: truncated or from another checkpoint"
+        )
+    return int(rnd)
+
+
+def read_checkpoint(directory: Path) -> dict[str, Any]:
+    """``{"format", "round", "server"}`` of the checkpoint in ``directory``. Anything that is not a
+    complete checkpoint of this format is a ConfigError naming the file; nothing in it is run."""
+    directory = Path(directory)
+    path, header = _header(directory)
+    try:
+        meta = header["arrays"]
+        size, sha = int(meta["bytes"]), str(meta["sha256"])
+        index, fortran = meta["index"], set(meta["fortran"])
+        dtypes = [_dtype(d) for d in meta["dtypes"]]
+        round_idx, tree = header["round"], header["server"]
+        if type(index) is not list or type(round_idx) is not int:
+            raise TypeError("index/round")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a raysim checkpoint (missing or malformed {exc})") from None
+    arrays = _read_arrays(directory / ARRAYS_FILE, dtypes, index, fortran, size, sha, str(path))
+    try:
+        server = decode_state(tree, arrays, str(path))
+    except ConfigError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed tree
+        raise ConfigError(f"{path}: not a raysim checkpoint state ({type(exc).__name__}: {exc})") from None
+    return {"format": FORMAT, "round": round_idx, "server": server}
+
+
+def _dtype(descr: Any) -> np.dtype:
+    dtype = np.lib.format.descr_to_dtype(_Decoder([], "dtype")(descr))
+    if dtype.hasobject:
+        raise ValueError(f"dtype {dtype} holds Python objects")
+    return dtype
+
+
+def _read_arrays(
+    path: Path,
+    dtypes: list[np.dtype],
+    index: list[Any],
+    fortran: set[int],
+    size: int,
+    sha: str,
+    source: str,
+) -> list[np.ndarray]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (the arrays of checkpoint {source})")
+    if path.stat().st_size != size:
+        raise ConfigError(
+            f"{path}: {path.stat().st_size} bytes, {source} says {size}: truncated or from another checkpoint"
+        )
+    total = 0
+    for i, row in enumerate(index):  # the sizes add up before anything is allocated
+        try:
+            kind, shape = row
+            if (
+                type(kind) is not int
+                or not 0 <= kind < len(dtypes)
+                or any(type(n) is not int or n < 0 for n in shape)
+            ):
+                raise ValueError(f"{row!r}")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: array {i} has no valid dtype/shape ({exc})") from None
+        total += math.prod(shape) * dtypes[kind].itemsize
+    if total != size:
+        raise ConfigError(f"{source}: its arrays add up to {total} bytes, not the {size} of {path}")
+    with path.open("rb") as fh:
+        if hashlib.file_digest(fh, "sha256").hexdigest() != sha:
+            raise ConfigError(
+                f"{path}: SHA-256 differs from {source}'s: corrupted or from another checkpoint"
+            )
+        fh.seek(0)
+        out: list[np.ndarray] = []
+        for i, row in enumerate(index):
+            kind, shape = row
+            a = np.empty(shape, dtype=dtypes[kind])
+            if a.nbytes and fh.readinto(memoryview(a.reshape(-1).view(np.uint8))) != a.nbytes:
+                raise ConfigError(f"{path}: ends inside array {i}: not the arrays {source} describes")
+            out.append(np.asfortranarray(a) if i in fortran else a)
+        if fh.read(1):
+            raise ConfigError(
+                f"{path}: longer than its {len(index)} arrays: not the arrays {source} describes"
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- run directory files
+
+
+def read_table(path: Path, required: tuple[str, ...] = ("round",)) -> Any:
+    """A run's Parquet file, or a ConfigError naming it (truncated, not Parquet, not raysim's)."""
+    import pandas as pd
+
+    try:
+        df = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow's several error types all mean a damaged file
+        raise ConfigError(
+            f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); truncated or not raysim's"
+        ) from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ConfigError(f"{path}: no column {', '.join(missing)}: not a table written by raysim")
+    return df
+
+
+RUN_TABLES = ("rounds.parquet", "clients.parquet", "system.parquet", "clusters.parquet")
+
+
+def check_table(path: Path, required: tuple[str, ...] = ("round",)) -> None:
+    """A run's Parquet file is readable and has the columns (its footer only: cheap), or a
+    ConfigError naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow's several error types all mean a damaged file
+        raise ConfigError(
+            f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); truncated or not raysim's"
+        ) from None
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ConfigError(f"{path}: no column {', '.join(missing)}: not a table written by raysim")
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory ``--resume`` can continue: its config.yaml, its tables and its newest
+    checkpoint pass the cheap checks (ConfigError naming the file), before anything starts."""
+    from raysim.config import load_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    load_config(run_dir / "config.yaml")
+    for name in RUN_TABLES:
+        if (run_dir / name).is_file():
+            check_table(run_dir / name)
+    ckpts = periodic_checkpoints(run_dir)
+    if ckpts:
+        check_checkpoint(ckpts[-1])
+
+
+def read_json(path: Path) -> Any:
+    """A run's JSON file, or a ConfigError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); truncated or not raysim's") from None
 
 
 def periodic_dir(run_dir: Path, round_idx: int) -> Path:
@@ -54,13 +616,35 @@ def periodic_dir(run_dir: Path, round_idx: int) -> Path:
 
 
 def periodic_checkpoints(run_dir: Path) -> list[Path]:
-    """A run's complete periodic checkpoints, oldest first."""
+    """A run's complete periodic checkpoints, oldest first (an older raysim's pickled ones too, so
+    that resuming says why it refuses them)."""
     base = Path(run_dir) / "checkpoints"
     if not base.is_dir():
         return []
-    return sorted(p for p in base.glob("round_*") if (p / STATE_FILE).is_file())
+    return sorted(
+        p for p in base.glob("round_*") if (p / STATE_FILE).is_file() or (p / LEGACY_STATE_FILE).is_file()
+    )
 
 
 def prune_checkpoints(run_dir: Path, keep: int = KEEP) -> None:
     for old in periodic_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old)
+
+
+__all__ = [
+    "FORMAT",
+    "STATE_FILE",
+    "check_checkpoint",
+    "check_run_dir",
+    "check_table",
+    "decode_state",
+    "encode_state",
+    "periodic_checkpoints",
+    "periodic_dir",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "read_json",
+    "read_table",
+    "unique_run_dir",
+    "write_checkpoint",
+]

@@ -139,7 +139,7 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_uninterrupted_numbers(ray_c
     run_dir = tmp_path / "runs" / "killed"
     proc = subprocess.Popen(raysim(str(cfg)), cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t_end = time.monotonic() + 300
-    while not (run_dir / "checkpoints" / "round_00004" / "state.pkl").is_file():
+    while not (run_dir / "checkpoints" / "round_00004" / "state.json").is_file():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
         assert time.monotonic() < t_end, "no round-4 checkpoint within 300 s"
         time.sleep(0.05)

@@ -126,6 +126,30 @@ def test_a_gpu_fraction_caps_the_actors_cuda_memory_only_when_it_is_a_fraction()
     assert gpu_memory_cap(0.25, cuda_available=False) is None  # Ray's logical GPUs on a CPU machine
 
 
+@pytest.mark.parametrize("share,capped", [(0.25, True), (1.0, False)])
+def test_a_client_actor_on_a_gpu_fraction_sets_its_cuda_memory_cap(monkeypatch, share, capped):
+    """The actor itself calls torch's cap with its share and its device (no GPU here: torch.cuda,
+    Ray's runtime context and the host are stand-ins; the actor's constructor is the real one)."""
+    import types
+
+    import torch
+
+    import actors.client as client
+
+    calls = []
+    ctx = types.SimpleNamespace(
+        get_accelerator_ids=lambda: {"GPU": ["1"]}, get_assigned_resources=lambda: {"GPU": share}
+    )
+    monkeypatch.setattr(client.ray, "get_runtime_context", lambda: ctx)
+    monkeypatch.setattr(
+        client, "ClientHost", lambda *a, **kw: types.SimpleNamespace(device=torch.device("cuda", 0))
+    )
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d=None: calls.append((f, d)))
+    actor = client.ClientActorImpl(0, None, None, [], None)
+    assert calls == ([(0.25, torch.device("cuda", 0))] if capped else [])
+    assert actor.gpu_cap == (0.25 if capped else None)
+
+
 def test_impossible_gpu_request_is_refused_before_the_run_dir(ray_cluster, tmp_path):
     from raysim.config import ConfigError
 

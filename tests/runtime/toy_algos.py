@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -95,7 +96,7 @@ class ProxyChecked(FedAvg):
     def aggregate(
         self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[GlobalState, dict[str, float]]:
-        candidate = fedavg_step(state.params, LinearSum.of(results))
+        candidate = self.candidate(state, results, server)
         now, cand = server.evaluate(state.params, "public"), server.evaluate(candidate, "public")
         keep = cand.loss <= now.loss
         return replace(state, params=candidate if keep else state.params), {
@@ -104,6 +105,28 @@ class ProxyChecked(FedAvg):
             "proxy_accepted": float(keep),
             "proxy_n": float(cand.n),
         }
+
+    def candidate(
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> np.ndarray:
+        return fedavg_step(state.params, LinearSum.of(results))
+
+
+class ProxySpoiled(ProxyChecked):
+    """ProxyChecked whose candidate in ``rounds`` is the round's update blown up 1000-fold: a model
+    far worse on the public split, which the proxy check must refuse."""
+
+    def __init__(self, rounds: Sequence[int]) -> None:
+        super().__init__()
+        self.rounds = frozenset(rounds)
+
+    def candidate(
+        self, state: GlobalState, results: Sequence[ClientResult | LinearSum], server: ServerContext
+    ) -> np.ndarray:
+        good = super().candidate(state, results, server)
+        if server.round_idx not in self.rounds:
+            return good
+        return state.params + 1000.0 * (good - state.params)
 
 
 class TypeErrorEverywhere(FedAvg):
@@ -165,3 +188,92 @@ class Diverging(FedAvg):
             raise RuntimeError("this client diverged")
         assert r.delta is not None
         return replace(r, delta=(r.delta * self.factor).astype(np.float32))
+
+
+# -- bugs at each call site (tests/runtime/test_loud_failures.py) --------------------------------
+
+
+class ReturnsNone(FedAvg):
+    """``client_update`` that forgets to return: the contract broken for every client, a bug."""
+
+    name: ClassVar[str] = "returns-none"
+
+    def client_update(self, task: ClientTask, params: np.ndarray, client: Any) -> ClientResult:
+        super().client_update(task, params, client)
+        return None  # type: ignore[return-value]
+
+
+class BrokenPersonal(FedAvg):
+    """A bug in ``personal_params``: the personalised evaluation on the client actors raises."""
+
+    name: ClassVar[str] = "broken-personal"
+
+    def personal_params(self, broadcast: Mapping[str, np.ndarray], client: Any) -> np.ndarray:
+        raise ValueError("personal_params is broken")
+
+
+class BrokenAggregate(FedAvg):
+    """A bug in ``aggregate``: the server raises."""
+
+    name: ClassVar[str] = "broken-aggregate"
+
+    def aggregate(self, state, results, server):
+        raise ZeroDivisionError("aggregate is broken")
+
+
+class BrokenInit(FedAvg):
+    """A bug in ``init``: the server's constructor raises."""
+
+    name: ClassVar[str] = "broken-init"
+
+    def init(self, params, ctx):
+        raise KeyError("init is broken")
+
+
+def broken_method(site: str) -> Any:
+    """A method that raises: a bug in our own host code at ``site``."""
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"injected bug in ClientHost.{site}")
+
+    return broken
+
+
+def sabotage(site: str) -> None:
+    """Make ``ClientHost.<site>`` raise in this process."""
+    from raysim.runtime.host import ClientHost
+
+    setattr(ClientHost, site, broken_method(site))
+
+
+class Sabotaged(Diverging):
+    """Client state (so rounds commit it), client 0 diverging (so the quarantine withdraws it), and
+    a bug in ``ClientHost.<site>`` of every OTHER process that unpickles it: each Ray actor. On the
+    serial backend the test patches the site itself (``sabotage`` under monkeypatch)."""
+
+    name: ClassVar[str] = "sabotaged"
+
+    def __init__(self, site: str) -> None:
+        super().__init__(victim=0, mode="scale", stateful=True)
+        self.site, self.creator = site, os.getpid()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if os.getpid() != self.creator:  # never in the test's own process
+            sabotage(self.site)
+
+
+class ExitInAggregate(FedAvg):
+    """A server that dies in every aggregate from round ``from_round`` on, as one killed for lack
+    of memory would: its process exits (only inside a Ray actor, never the test's process)."""
+
+    name: ClassVar[str] = "exit-in-aggregate"
+
+    def __init__(self, from_round: int) -> None:
+        super().__init__()
+        self.from_round, self.creator = from_round, os.getpid()
+
+    def aggregate(self, state, results, server):
+        if server.round_idx >= self.from_round and os.getpid() != self.creator:
+            os._exit(1)
+        return super().aggregate(state, results, server)

@@ -81,6 +81,14 @@ BAD = [
         r"optuna\.asha: Tune's schedulers stop trials on one metric",
     ),
     ({"seeds": [1, 2]}, r"seeds: mode optuna trials run one seed each"),
+    (
+        {"optuna": {"n_startup_trials": 2}},
+        r"optuna\.n_startup_trials: TPE draws its first 2 trials at random and the sweep runs 2 .*below",
+    ),
+    (
+        {"optuna": {"sampler": "random", "n_startup_trials": 1}, "num_samples": 4},
+        r"optuna\.n_startup_trials: TPE's random start-up trials, but sampler is random",
+    ),
     ({"space": {"output.dir": {"choice": ["a", "b"]}}}, r"space\.output\.dir: not a knob"),
     ({"space": {}}, r"space: give at least one knob"),
     ({"mode": "bayes"}, r"mode: Input should be 'optuna', 'pbt' or 'grid'"),
@@ -93,6 +101,32 @@ BAD = [
 def test_a_bad_spec_is_one_message_naming_the_key(tmp_path, over, message):
     with pytest.raises(ConfigError, match=message):
         spec_from_dict(_spec(tmp_path, **over), "spec.yaml", tmp_path)
+
+
+def test_a_tpe_sweep_that_never_leaves_its_random_start_up_trials_says_it_is_random_search(tmp_path):
+    def note(**over):
+        return spec_from_dict(_spec(tmp_path, **over), "spec.yaml", tmp_path).spec.random_search_note()
+
+    assert "random search" in note(num_samples=10)  # Optuna's 10 start-up trials: all random
+    assert note(num_samples=11) is None
+    assert note(num_samples=4, optuna={"n_startup_trials": 3}) is None
+    assert note(num_samples=4, optuna={"sampler": "random"}) is None  # random by choice
+
+
+def test_the_shipped_optuna_spec_runs_tpe_after_its_start_up_trials():
+    spec = load_spec(REPO / "configs" / "tune" / "fedavg_lr_optuna.yaml").spec
+    assert spec.optuna is not None and spec.optuna.sampler == "tpe"
+    assert spec.optuna.n_startup_trials is not None and spec.optuna.n_startup_trials < spec.num_samples
+    assert spec.random_search_note() is None
+
+
+def test_num_samples_from_the_cli_below_the_start_up_trials_exits_2_naming_both(tmp_path):
+    spec = REPO / "configs" / "tune" / "fedavg_lr_optuna.yaml"
+    args = ["tune", str(spec), "--num-samples", "3", "--storage-path", str(tmp_path / "sw")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "--num-samples 3" in res.output and "optuna.n_startup_trials" in res.output
+    assert not (tmp_path / "sw").exists()
 
 
 def test_eval_every_above_one_is_refused_for_test_metrics(tmp_path):

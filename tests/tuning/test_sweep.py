@@ -1,5 +1,5 @@
 """Whole sweeps through ``tuning.sweep`` on the session's local Ray: grid + outputs + validation
-on fresh seeds, Optuna TPE with ASHA and its SQLite study, PBT exploits with the genetic lr."""
+on fresh seeds, Optuna TPE after its start-up trials with ASHA stopping trials, its SQLite study, PBT exploits with the genetic lr."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -71,29 +72,65 @@ def test_grid_sweep_writes_table_best_config_and_plots_then_validates_on_fresh_s
     assert json.loads((d / "validation.json").read_text()) == res
 
 
-def test_optuna_tpe_with_asha_keeps_its_study_in_sqlite(ray_cluster, tmp_path):
-    import optuna
+TPE_CALLS: list[tuple[str, Any]] = []
 
+
+class SpyTPE(optuna.samplers.TPESampler):
+    """Optuna's TPE, recording the start-up count it was built with and the trials its own model
+    proposed for (the start-up trials are drawn at random and never reach ``_sample``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        TPE_CALLS.append(("init", kwargs.get("n_startup_trials")))
+        super().__init__(*args, **kwargs)
+
+    def _sample(self, study: Any, trial: Any, search_space: Any) -> Any:
+        TPE_CALLS.append(("tpe", trial.number))
+        return super()._sample(study, trial, search_space)
+
+
+def test_optuna_tpe_proposes_after_its_start_up_trials_asha_stops_weak_ones_and_sqlite_keeps_the_study(
+    ray_cluster, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(optuna.samplers, "TPESampler", SpyTPE)
+    TPE_CALLS.clear()
+    good, bad = 0.2, 1e-5  # lr 1e-5 learns nothing in 4 rounds: the weak trial ASHA should stop
     loaded = _loaded(
         tmp_path,
         name="opt",
         mode="optuna",
-        num_samples=4,
-        max_concurrent_trials=2,
-        space={"local.lr": {"loguniform": [0.005, 0.3]}, "local.epochs": {"int": [1, 2]}},
-        optuna={"seed": 1, "asha": {"grace_period": 1, "reduction_factor": 2}},
+        num_samples=5,
+        max_concurrent_trials=1,  # each trial sees every earlier one finished: TPE and ASHA decide alike
+        base=tiny_config(tmp_path, rounds__num_rounds=4).to_dict(),
+        space={"local.lr": {"choice": [good, bad]}},
+        # seed 2: TPE (Optuna 4.x-5.1) proposes good, good, then tries the bad lr at trial 3
+        optuna={"seed": 2, "n_startup_trials": 2, "asha": {"grace_period": 1, "reduction_factor": 2}},
     )
     out = run_sweep(loaded, echo=lambda s: None, verbose=0)
-    assert out.trials == 4 and not out.errors
+    assert out.trials == 5 and not out.errors
+    # TPE: two random start-up trials (numbers 0 and 1), then every trial proposed by TPE's model
+    assert [v for k, v in TPE_CALLS if k == "init"][0] == 2  # the sweep's (load_study builds more)
+    assert sorted({v for k, v in TPE_CALLS if k == "tpe"}) == [2, 3, 4]
+
     table = pd.read_parquet(out.directory / "trials.parquet")
-    assert table["trial_id"].nunique() == 4
-    assert set(table["config/local.epochs"]) <= {1, 2}
-    assert table["config/local.lr"].between(0.005, 0.3).all()
+    assert table["trial_id"].nunique() == 5
+    assert set(table["config/local.lr"]) <= {good, bad}
+    # ASHA (rungs at rounds 1 and 2 of 4): some trial stopped early, at a rung
+    ran = table.groupby("trial_id")["round"].max()
+    assert ran.max() == 4 and (ran < 4).any(), ran.to_dict()
+    assert set(ran[ran < 4]) <= {1, 2}, ran.to_dict()
+
     study = optuna.load_study(study_name="opt", storage=f"sqlite:///{out.directory / 'optuna.db'}")
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 4  # every Tune trial told back to the study (optuna-dashboard reads it)
-    lrs = sorted(round(t.params["local.lr"], 12) for t in done)
-    assert lrs == sorted(round(x, 12) for x in table.groupby("trial_id")["config/local.lr"].first())
+    trials = sorted((t for t in study.trials if t.state.is_finished()), key=lambda t: t.number)
+    assert len(trials) == 5  # every Tune trial told back to the study (optuna-dashboard reads it)
+    order = [t.params["local.lr"] for t in trials]
+    assert sorted(order) == sorted(table.groupby("trial_id")["config/local.lr"].first())
+    assert good in order and bad in order[order.index(good) + 1 :], (
+        f"no bad lr after a good one, nothing for ASHA to stop: pick another seed ({order})"
+    )
+    # the bad trials stopped at the first rung, behind a good one; the good ones ran to the end
+    rounds_by_lr = table.groupby("trial_id").agg(lr=("config/local.lr", "first"), ran=("round", "max"))
+    assert set(rounds_by_lr.loc[rounds_by_lr["lr"] == good, "ran"]) == {4}, rounds_by_lr
+    assert set(rounds_by_lr.loc[rounds_by_lr["lr"] == bad, "ran"]) == {1}, rounds_by_lr
 
 
 def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_cluster, tmp_path):

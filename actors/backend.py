@@ -16,6 +16,7 @@ import ray
 from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.config import ConfigError
 from raysim.data.federation import ShardTable
+from raysim.reproducible import environment as reproducible_env
 from raysim.runtime.backend import NodeShare, ServerLost, Share, StartSpec
 from raysim.runtime.pool import ClientIndex, PoolReply, ReplyCollector, assign_tasks
 from raysim.runtime.server import RoundReport
@@ -87,6 +88,21 @@ def get(refs: Any, timeout: float | None = None) -> Any:
         if is_fault(err):
             raise
         raise code_error(err) from None
+
+
+def actor_runtime_env(reproducible: bool) -> dict[str, Any]:
+    """Every actor's environment: raysim's allocator settings, and in reproducible mode the variables
+    that pin its kernels (read when its torch and numpy load, so they must be there at its start)."""
+    return {"env_vars": {**ACTOR_ENV, **(reproducible_env() if reproducible else {})}}
+
+
+def cluster_nodes() -> list[dict[str, Any]]:
+    """The live nodes of the Ray cluster and their resources, for a run's environment.json."""
+    return [
+        {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "resources": n.get("Resources", {})}
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
 
 
 class RayPool:
@@ -646,7 +662,7 @@ class RayBackend:
                 num_gpus=spec.num_gpus,
                 max_restarts=spec.max_restarts,
                 max_task_retries=0,
-                runtime_env={"env_vars": ACTOR_ENV},
+                runtime_env=actor_runtime_env(spec.reproducible),
             ).remote(h, spec.algorithm, ds_ref, ShardTable(shards), spec.host_spec, visitors)
             for h, shards in enumerate(spec.host_shards)
         ]
@@ -655,6 +671,7 @@ class RayBackend:
         self._server_args = {
             "num_cpus": spec.server_cpus,
             "num_gpus": spec.server_gpus,
+            "runtime_env": actor_runtime_env(spec.reproducible),
             "pool": RayPool(
                 self.clients,
                 owner,

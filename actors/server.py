@@ -33,12 +33,20 @@ class ServerActorImpl(Server):
 ServerActor = ray.remote(ServerActorImpl)
 
 
-def start_server(num_cpus: float = 0.0, num_gpus: float = 0.0, **server_kwargs: Any) -> Any:
+def start_server(
+    num_cpus: float = 0.0,
+    num_gpus: float = 0.0,
+    runtime_env: dict[str, Any] | None = None,
+    **server_kwargs: Any,
+) -> Any:
     """By default the server actor asks for no CPU so that client actors get every core (it is
     idle while they train); ``resources.server_cpus``/``server_gpus`` give it its own share
-    (a hypernetwork trains there)."""
-    from actors.backend import ACTOR_ENV
+    (a hypernetwork trains there). ``runtime_env``: as the client actors' (reproducible mode)."""
+    from actors.backend import actor_runtime_env
 
     return ServerActor.options(
-        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, runtime_env={"env_vars": ACTOR_ENV}
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_restarts=0,
+        runtime_env=runtime_env if runtime_env is not None else actor_runtime_env(False),
     ).remote(**server_kwargs)

@@ -7,11 +7,14 @@ stderr and exits with status 2 without leaving a half-written run directory behi
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from raysim import reproducible
 from raysim.config import ConfigError, check_data_available, dump_config, load_config
 
 app = typer.Typer(
@@ -45,6 +48,14 @@ def run(
     report_: Annotated[
         bool, typer.Option("--report", help="Also write RUN_DIR/plots (as `raysim report`).")
     ] = False,
+    reproducible_: Annotated[
+        bool | None,
+        typer.Option(
+            "--reproducible/--no-reproducible",
+            help="The same bits on any x86-64 machine with AVX2, at some speed (default: "
+            "resources.reproducible). See raysim/reproducible.py.",
+        ),
+    ] = None,
 ) -> None:
     """Run one experiment and write runs/<name>/ (Parquet metrics, summary.json, config.yaml)."""
     from raysim.runtime.experiment import Experiment
@@ -53,14 +64,20 @@ def run(
     exp = None
     try:
         if resume is not None:
-            if config is not None or set_:
-                fail("--resume continues a run with its saved config.yaml; drop CONFIG and --set")
+            if config is not None or set_ or reproducible_ is not None:
+                fail(
+                    "--resume continues a run with its saved config.yaml; drop CONFIG, --set and "
+                    "--reproducible/--no-reproducible"
+                )
+            _reexec_if_reproducible(_saved_reproducible(resume))
             exp = Experiment.resume(resume, address=address, progress=progress)
         else:
             if config is None:
                 fail("give a CONFIG (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
                 return
-            cfg = load_config(config, set_ or [])
+            extra = [] if reproducible_ is None else [f"resources.reproducible={str(reproducible_).lower()}"]
+            cfg = load_config(config, [*(set_ or []), *extra])
+            _reexec_if_reproducible(cfg.resources.reproducible)
             exp = Experiment(cfg, address=address, progress=progress)
             exp.prepare()
         summary = exp.run()
@@ -144,7 +161,36 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+_ENTRY_POINT = False  # main() runs this process: it may start itself again (tests call `app` instead)
+
+
+def _saved_reproducible(run_dir: Path) -> bool:
+    """A run directory's resources.reproducible (False where it cannot tell: resume says why)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        return bool(raw.get("resources", {}).get("reproducible", False))
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False
+
+
+def _reexec_if_reproducible(wanted: bool) -> None:
+    """Reproducible mode's variables are read when torch and numpy load, and this module loaded them
+    before main() ran (the subcommands import them): a run that asks for the mode from a process
+    started without them starts this command again with them, before anything is computed or written."""
+    if not wanted or reproducible.pinned() or not _ENTRY_POINT:
+        return
+    exe, argv, env = reproducible.reexec_command(sys.argv[1:])
+    typer.echo("raysim: restarting in reproducible mode (its settings must precede torch's start)", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(exe, argv, env)
+
+
 def main() -> None:
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
     app(prog_name="raysim")
 
 

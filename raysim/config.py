@@ -218,6 +218,11 @@ class ResourcesConfig(_Section):
     num_cpus: Annotated[float, Field(ge=0)] = 1.0  # per client actor
     num_gpus: Annotated[float, Field(ge=0)] = 0.0  # per client actor; fractions share a GPU
     torch_threads: Annotated[int, Field(ge=1)] = 1
+    # the same bits on any x86-64 machine with AVX2 (raysim.reproducible): AVX2 kernels, MKL's
+    # reproducible branch instead of oneDNN convolutions, one BLAS thread, deterministic algorithms.
+    # Costs ~2x a round of cnn-small (quickstart, serial: 7.4 s instead of 3.4 s of CPU); tests run
+    # in it always. The CLI flag --reproducible/--no-reproducible overrides it
+    reproducible: bool = False
     # > 0: a client actor that dies (its process, its node) or stays stuck in a call past the round
     # deadline is started again (by Ray, on any node with room); with client state, its clients'
     # results of that round are dropped and their state comes back from the newest checkpoint

@@ -1,13 +1,22 @@
-"""`raysim report`: plots and a Markdown table from one or more run directories."""
+"""`raysim report`: plots and a Markdown table from one or more run directories.
+
+The table is followed by what produced each run (its ``environment.json``, ``raysim.provenance``),
+and compared runs that differ in what decides their numbers (commit, package versions, the ISA
+torch ran, reproducible mode) get a warning, on stderr and in summary.md: their numbers need not
+agree to the last bit even with the same config and seed.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from raysim import provenance
 from raysim.config import ConfigError
 
 CURVES = (
@@ -70,6 +79,25 @@ def markdown_table(runs: list[tuple[str, pd.DataFrame, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance_table(envs: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """What produced each run: commit, the ISA torch dispatched to, CPU, reproducible mode, the Ray
+    nodes, and the versions of the packages that compute (``-``: no environment.json)."""
+    head = "| run | commit | torch ISA | CPU | reproducible | nodes | python | torch | numpy | ray |"
+    lines = ["### Environment", "", head, "|" + "---|" * 10]
+    for name, env in envs.items():
+        if env is None:
+            lines.append(f"| {name} | " + " | ".join(["-"] * 9) + " |")
+            continue
+        k = provenance.key_fields(env)
+        nodes = env.get("cluster", {}).get("nodes")
+        lines.append(
+            f"| {name} | {k['commit']} | {_fmt(k['isa'])} | {_fmt(k['cpu'])} | {k['reproducible']} | "
+            f"{_fmt(nodes) if nodes is not None else env.get('cluster', {}).get('backend', '-')} | "
+            f"{_fmt(env.get('python'))} | {_fmt(k.get('torch'))} | {_fmt(k.get('numpy'))} | {_fmt(k.get('ray'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     import matplotlib
 
@@ -108,7 +136,14 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         if clusters is not None and len(clusters):
             fname = "clusters.png" if len(runs) == 1 else f"clusters_{name}.png"
             plot_clusters(clusters, df, name, out / fname)
-    (out / "summary.md").write_text(markdown_table(runs))
+    envs = {name: provenance.read(Path(d)) for d, (name, _, _) in zip(run_dirs, runs, strict=True)}
+    differ = provenance.differences(envs) if len(runs) > 1 else []
+    text = markdown_table(runs) + "\n" + provenance_table(envs)
+    if differ:
+        head = "the compared runs differ in what decides their numbers (same config and seed need not agree)"
+        sys.stderr.write(f"warning: {head}:\n" + "".join(f"  {line}\n" for line in differ))
+        text += f"\n> **Warning**: {head}:\n" + "".join(f">\n> - {line}\n" for line in differ)
+    (out / "summary.md").write_text(text)
     return out
 
 

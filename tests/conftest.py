@@ -1,13 +1,35 @@
-"""Shared fixtures: tiny configs on scikit-learn digits, one session-scoped Ray."""
+"""Shared fixtures: tiny configs on scikit-learn digits, one session-scoped Ray.
+
+Every test runs in reproducible mode (``raysim.reproducible``): its variables are set here, before
+anything imports torch or numpy (they read them when they load), so that a test comparing bits
+holds on any x86-64 machine with AVX2, and Ray actors inherit them from this process.
+``RAYSIM_TEST_ENV=as-is`` leaves the environment as it is: the portability test runs its control
+that way (what the machine gives without the mode).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import os
 
-import pytest
+from raysim import reproducible  # imports neither torch nor numpy
 
-from raysim.config import ExperimentConfig, config_from_dict
+AS_IS = os.environ.get("RAYSIM_TEST_ENV") == "as-is"
+if not AS_IS:
+    reproducible.apply_env()
+    if reproducible.loaded_before_env():  # pragma: no cover - a plugin imported them first
+        raise RuntimeError(
+            f"{reproducible.loaded_before_env()} loaded before tests/conftest.py set reproducible mode's "
+            "variables: run pytest with them exported, eval $(python -m raysim.reproducible)"
+        )
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from raysim.config import ExperimentConfig, config_from_dict  # noqa: E402
+
+reproducible.apply_in_process()  # this process computes too (the serial backend, direct trainer tests)
 
 
 def tiny_config(tmp_path: Path, **over: Any) -> ExperimentConfig:

@@ -316,12 +316,27 @@ def run_sweep(
         cpus, gpus = cluster_size(ray)
         tuner = _tuner(loaded, directory, cpus, gpus, verbose)  # refuses a sweep that cannot fit
         atomic_write_text(directory / SPEC_FILE, resolved_spec_yaml(loaded))
+        _write_environment(directory, loaded)
         echo(f"sweep {loaded.spec.name}: {loaded.spec.mode}, writing {directory}")
         note = loaded.spec.random_search_note()
         if note:
             echo(note)
         results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
+
+
+def _write_environment(directory: Path, loaded: LoadedSpec) -> None:
+    """The sweep directory's environment.json (raysim.provenance): what the driver and cluster were."""
+    from actors.backend import cluster_nodes
+    from raysim import provenance, reproducible
+
+    asked = bool(loaded.base.get("resources", {}).get("reproducible", False))
+    provenance.write(
+        directory,
+        provenance.collect(
+            backend="ray", nodes=cluster_nodes(), reproducible_state=reproducible.state(asked)
+        ),
+    )
 
 
 def load_sweep(directory: Path) -> LoadedSpec:

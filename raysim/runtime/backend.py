@@ -58,6 +58,7 @@ class StartSpec:
     actor_memory_mb: float  # private memory of one client actor (the server costs as much); 0: unchecked
     server_kwargs: Mapping[str, Any]
     roam: bool  # clients without state train on any host (each cohort balanced over the hosts)
+    reproducible: bool = False  # start the hosts and the server in reproducible mode (raysim.reproducible)
 
 
 class ServerLost(RuntimeError):

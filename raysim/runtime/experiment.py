@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from raysim import provenance, reproducible
 from raysim.algorithms import build_algorithm
 from raysim.algorithms.base import SetupContext
 from raysim.atomic import atomic_write_bytes
@@ -87,6 +88,7 @@ class Experiment:
         check_data_available(cfg)
         if self.run_dir is None:
             check_output_dir(cfg)
+        repro = reproducible.enter(cfg.resources.reproducible)  # before this process computes anything
         try:
             check_dataset_fits(d.dataset, d.num_clients)  # before generating one (ValueError: refused)
             ds = load_dataset(
@@ -190,8 +192,14 @@ class Experiment:
                     "quarantine_factor": cfg.rounds.quarantine_factor,
                 },
                 roam=roams(self.algorithm.traits.client_state, len(host_shards), res.clients_per_actor),
+                reproducible=res.reproducible,
             )
         )
+        nodes = None
+        if res.backend == "ray":  # the core does not import ray: the Ray backend's module asks it
+            from actors.backend import cluster_nodes
+
+            nodes = cluster_nodes()
 
         # Only now, with nothing left to refuse, does the run directory appear.
         if self.run_dir is None:
@@ -200,6 +208,9 @@ class Experiment:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.run_dir / "config.yaml", dump_config(cfg).encode())
             write_summary(fed, ds, self.run_dir / "partition.parquet")
+        provenance.write(
+            self.run_dir, provenance.collect(backend=res.backend, nodes=nodes, reproducible_state=repro)
+        )
         self.logger = RunLogger(self.run_dir)
         self.t_setup = time.perf_counter() - t0
 

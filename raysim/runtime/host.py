@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import torch
 
+from raysim import reproducible
 from raysim.algorithms.base import (
     Algorithm,
     ClientResult,
@@ -198,6 +199,7 @@ class ClientHost:
         shared dataset) and a client object is built only for the call that trains or evaluates
         it, so a host keeps no Python object per client but its clients' state."""
         torch.set_num_threads(spec.torch_threads)
+        reproducible.apply_in_process()  # a process started in reproducible mode: oneDNN off, ...
         self.host_id = host_id
         self.algorithm = algorithm
         self.spec = spec

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raysim import reproducible
 from raysim.algorithms.base import (
     Algorithm,
     ClientResult,
@@ -192,6 +193,7 @@ class Server:
         device: str = "cpu",
     ) -> None:
         torch.set_num_threads(eval_spec.torch_threads)
+        reproducible.apply_in_process()  # a process started in reproducible mode: oneDNN off, ...
         self.algorithm = algorithm
         self.pool = pool
         self.seed = seed

@@ -37,12 +37,113 @@ def run(cfg, algorithm=None, **kw):
 def test_ported_algorithms_reproduce_the_pinned_numbers(tmp_path, name):
     """Numbers recorded with the pre-contract runtime (3 rounds on digits): bit-identical. Re-recorded
     once, deliberately, when every image batch became channels-last (``trainer.channels_last``,
-    issue 13): accuracies, bytes and counts unchanged, losses within 1.7e-7 relative."""
+    issue 13): accuracies, bytes and counts unchanged, losses within 1.7e-7 relative. Re-recorded
+    again in reproducible mode (issue 19; ``python -m tests.runtime.pin_runner --record NAME...``, on
+    an AVX-512/AMX Xeon): the old pins held on the AVX2 machine that made them only, because oneDNN's
+    convolutions sum in an order that depends on the CPU (its ISA and its cache sizes). Accuracies,
+    bytes and counts unchanged, losses within 4.3e-6 relative (DSAC; the others within 4.4e-7).
+    This test process is in reproducible mode (``tests/conftest.py``)."""
     pin = PINS[name]
     over = {"algorithm__name": name, "rounds__num_rounds": 3, **pin["overrides"]}
     rounds = run(tiny_config(tmp_path, **over))
     for col, values in pin["metrics"].items():
         np.testing.assert_array_equal(rounds[col].to_numpy(), np.asarray(values), err_msg=f"{name}: {col}")
+
+
+# What the libraries find on a CPU without AVX-512, each told by its own switch: ATen's and oneDNN's
+# dispatch caps, MKL's own instruction dispatch (reproducible mode pins MKL's result branch with
+# MKL_CBWR instead, a different switch), OpenBLAS's kernel family, numpy's SIMD loops.
+AVX2_MACHINE = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_ENABLE_CPU_FEATURES": "X86_V3",
+}
+
+
+def _pin_runs(names, env, as_is=False):
+    """Run the pinned configs in a fresh process (reproducible mode's variables act only when set
+    before torch loads) whose environment is this one's plus ``env``; ``as_is``: not in the mode."""
+    import os
+    import subprocess
+    import sys
+
+    from raysim import reproducible
+
+    base = (
+        {k: v for k, v in os.environ.items() if k not in reproducible.environment()}
+        if as_is
+        else dict(os.environ)
+    )
+    child = {**base, **env, "PYTHONPATH": str(ROOT)}
+    if as_is:
+        child["RAYSIM_TEST_ENV"] = "as-is"
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.runtime.pin_runner", *names],
+        cwd=ROOT,
+        env=child,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_same_bits_as_the_pins(names):
+    """The pins were recorded in reproducible mode by a process that saw this machine's own ISA
+    (AVX-512 and AMX where they were recorded); here the same configs run in reproducible mode in a
+    process whose libraries are told the CPU has AVX2 only and whose thread variables say 2 (which
+    the mode overrides): every metric must be bit-identical."""
+    got = _pin_runs(names, {**AVX2_MACHINE, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"})
+    state = got["state"]
+    assert state["on"] and state["problems"] == [], state
+    assert state["torch_cpu_capability"] == "AVX2" and not state["onednn_enabled"]
+    assert state["mkl_cbwr_branch"] in (None, 10)  # None: an MKL that does not say
+    for name in names:
+        for col, values in PINS[name]["metrics"].items():
+            assert got["runs"][name][col] == [float(v).hex() for v in values], f"{name}: {col}"
+
+
+@pytest.mark.parametrize("names", [["dsac", "fedavg"]])
+def test_pinned_runs_give_the_same_bits_when_the_libraries_see_an_avx2_machine(names):
+    """Issue 19: reproducible mode's promise (raysim/reproducible.py) on one machine. What two x86-64
+    machines differ by, as far as one machine can show it, is the ISA each library detects: this
+    runs a conv-based algorithm and DSAC (numpy SVD/eigh, cosine, full-batch gradients) with every
+    library's dispatch capped at AVX2 by that library's own switch and compares with the pins.
+
+    What it shows exactly: no kernel choice that follows the detected ISA reaches the numbers in the
+    mode (MKL's, OpenBLAS's and numpy's dispatch are overridden or made irrelevant, oneDNN and
+    NNPACK are off: the child reports its libraries' choices). For ATen the mode and the simulated
+    machine use the same switch (ATEN_CPU_CAPABILITY), so there it shows determinism only: ATen's
+    AVX2 kernels are the same machine code on every AVX2 CPU. Not shown (one machine cannot): other
+    cache sizes and CPU vendors. Those are why oneDNN and NNPACK are off (their blocking follows the
+    caches); MKL_CBWR's promise of the same bits on any CPU running its AVX2 branch covers the rest.
+    ``test_without_reproducible_mode_the_simulated_isa_changes_the_bits`` shows the simulation has teeth."""
+    _assert_same_bits_as_the_pins(names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("names", [["centralised", "fedprox", "local", "scaffold"]])
+def test_the_other_pinned_runs_give_the_same_bits_on_a_simulated_avx2_machine(names):
+    """As above, for the other four pinned algorithms (~40 s here)."""
+    _assert_same_bits_as_the_pins(names)
+
+
+def test_without_reproducible_mode_the_simulated_isa_changes_the_bits():
+    """The control: outside reproducible mode, the same FedAvg run in a process that sees this
+    machine's own ISA and in one whose libraries see AVX2 only differ in their losses, so the
+    simulated machine above is a different machine to the libraries, not a no-op."""
+    from raysim.reproducible import cpu_flags
+
+    if "avx512f" not in cpu_flags()[1]:
+        pytest.skip("this CPU has no AVX-512: its own ISA is the simulated one, nothing to contrast")
+    native = _pin_runs(["fedavg"], {}, as_is=True)
+    capped = _pin_runs(["fedavg"], AVX2_MACHINE, as_is=True)
+    assert not native["state"]["on"] and native["state"]["torch_cpu_capability"] != "AVX2"
+    assert native["runs"]["fedavg"]["test_accuracy"] == capped["runs"]["fedavg"]["test_accuracy"]
+    assert native["runs"]["fedavg"]["test_loss"] != capped["runs"]["fedavg"]["test_loss"]
 
 
 def _two_models(tmp_path, backend, cpa, clients=9, rounds=3):

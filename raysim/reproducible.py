@@ -6,10 +6,13 @@ on an AVX-512/AMX machine against numbers pinned on an AVX2 machine (``tests/run
 every loss differed at ~1e-7 relative, and capping oneDNN's, ATen's and MKL's ISA at AVX2 did not
 close the gap: oneDNN sizes its convolution blocking by the per-core L1/L2 cache
 (``platform::get_per_core_cache_size`` in its brgemm convolution set-up), so the order in which a
-convolution sums differs between CPU models even at one ISA, and NNPACK (which ATen takes for
-batches of 16 or more when oneDNN is off) blocks by cache size too. DSAC was hit first because it
-alone takes a full-batch gradient (eq. 13, a client's whole shard, 118-339 images at once), the
-backward-weights convolution whose reduction oneDNN splits by those blocks.
+convolution sums can differ between CPU models even at one ISA, and NNPACK (which ATen takes for
+batches of 16 or more when oneDNN is off) blocks by cache size too. DSAC is the one pinned
+algorithm that runs oneDNN's convolutions on large batches (eq. 13's full-batch fine-tuning step
+on a client's whole shard, 118-339 images, forward, backward-data and backward-weights): the likely
+reason it was the one pin left differing where the three caps fixed the other five (one machine
+cannot show a cache-size effect; without oneDNN and NNPACK, DSAC is identical here under every ISA
+setting tried).
 
 Reproducible mode therefore pins, per process:
 

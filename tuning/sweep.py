@@ -208,20 +208,32 @@ def _trial_dirname(trial: Any) -> str:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[Any]:
-    """Ray for the sweep: the one already initialised (tests), the cluster at ``address``, or a
-    local one started here (and stopped at the end)."""
+def ray_session(address: str | None, reproducible: bool = False) -> Iterator[Any]:
+    """Ray for the sweep: the one already initialised (tests), the cluster at ``address`` (or
+    RAY_ADDRESS; refused in seconds when nothing answers there), or a new local one started here and
+    stopped at the end, never some other Ray that happens to run on this machine (as ``raysim run``,
+    ``actors.backend.ensure_ray``). ``reproducible``: every worker of the job (trials, their actors)
+    starts with reproducible mode's variables, which must precede its torch."""
     import ray
+
+    from actors.backend import ensure_ray
+    from raysim.reproducible import environment
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        extra = {"runtime_env": {"env_vars": environment()}} if reproducible else {}
+        ensure_ray(address, log_to_driver=False, **extra)
         started = True
     try:
         yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+def _reproducible(base: dict[str, Any]) -> bool:
+    """Whether the sweep's base experiment asks for reproducible mode (resources.reproducible)."""
+    return bool((base.get("resources") or {}).get("reproducible", False))
 
 
 def cluster_size(ray: Any) -> tuple[float, float]:
@@ -312,7 +324,7 @@ def run_sweep(
             f"sweep directory {directory} exists: continue it with `raysim tune --resume {directory}`, "
             "or change name:/storage_path:"
         )
-    with ray_session(address) as ray:
+    with ray_session(address, _reproducible(loaded.base)) as ray:
         cpus, gpus = cluster_size(ray)
         tuner = _tuner(loaded, directory, cpus, gpus, verbose)  # refuses a sweep that cannot fit
         atomic_write_text(directory / SPEC_FILE, resolved_spec_yaml(loaded))
@@ -367,7 +379,7 @@ def resume_sweep(
         from tuning.tune_state import check_tune_state
 
         check_tune_state(directory)  # Tune's restore unpickles these files: nothing in them may run
-    with ray_session(address) as ray:
+    with ray_session(address, _reproducible(loaded.base)) as ray:
         cpus, gpus = cluster_size(ray)
         tuner = tune.Tuner.restore(
             str(directory),

@@ -234,3 +234,46 @@ def test_cli_refuses_a_sweep_that_can_never_fit_with_the_arithmetic(ray_cluster,
     assert res.exit_code == 2, res.output
     assert "needs 12 CPUs" in res.output and "6 client actors x 2" in res.output
     assert not (tmp_path / "sweeps").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_a_sweep_of_a_reproducible_base_runs_its_trials_in_reproducible_mode(tmp_path):
+    """``raysim tune`` started without reproducible mode's variables (as a user's shell is) starts its
+    own Ray with them in the job's runtime_env, so each trial's run is in the mode (its
+    environment.json says so); without that, trial processes would load torch unpinned."""
+    import os
+    import subprocess
+    import sys
+
+    from raysim import reproducible
+
+    base = tiny_config(tmp_path, rounds__num_rounds=1, resources__reproducible=True).to_dict()
+    spec = {
+        "name": "repro",
+        "mode": "grid",
+        "metric": "test_accuracy",
+        "goal": "max",
+        "base": base,
+        "storage_path": str(tmp_path / "sweeps"),
+        "space": {"local.lr": {"grid": [0.05]}},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if k not in reproducible.environment()}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = str(root)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raysim.cli", "tune", str(path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = list((tmp_path / "sweeps").rglob("environment.json"))
+    trial_envs = [json.loads(p.read_text()) for p in found if "run" in p.parts]
+    assert trial_envs, f"no trial environment.json among {found}"
+    for e in trial_envs:
+        assert e["reproducible"]["requested"] is True and e["reproducible"]["on"] is True, e["reproducible"]

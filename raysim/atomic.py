@@ -9,12 +9,15 @@ run files stay readable on a shared results volume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer"]
 
 
 def _umask() -> int:
@@ -37,8 +40,11 @@ def _mode_for(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically; its directory must exist."""
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into, streamed; on leaving the block it is
+    flushed, fsynced and renamed over ``path``. An exception inside the block leaves ``path`` as it
+    was and nothing behind. Its directory must exist."""
     path = Path(path)
     tmp: Path | None = None
     try:
@@ -46,7 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             delete=False, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         ) as fh:
             tmp = Path(fh.name)
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fchmod(fh.fileno(), _mode_for(path))
             os.fsync(fh.fileno())
@@ -55,6 +61,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically; its directory must exist."""
+    with atomic_writer(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -31,17 +31,15 @@ import hashlib
 import importlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from raysim.atomic import _mode_for, atomic_write_bytes, atomic_write_text
+from raysim.atomic import atomic_write_bytes, atomic_write_text, atomic_writer
 from raysim.config import ConfigError, path_component_problem
 
 STATE_FILE = "state.json"
@@ -345,29 +343,16 @@ def decode_state(tree: Any, arrays: list[np.ndarray], source: str = "<state>") -
 def _write_arrays(path: Path, arrays: list[np.ndarray]) -> tuple[int, str]:
     """Every array's bytes into ``path`` (atomically); returns the size and SHA-256."""
     digest, size = hashlib.sha256(), 0
-    tmp: Path | None = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            delete=False, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        ) as fh:
-            tmp = Path(fh.name)
-            for a in arrays:
-                if a.nbytes == 0:
-                    continue
-                buf = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-                for lo in range(0, len(buf), _CHUNK):
-                    part = buf[lo : lo + _CHUNK]
-                    fh.write(part)
-                    digest.update(part)
-                size += len(buf)
-            fh.flush()
-            os.fchmod(fh.fileno(), _mode_for(path))
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as fh:
+        for a in arrays:
+            if a.nbytes == 0:
+                continue
+            buf = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+            for lo in range(0, len(buf), _CHUNK):
+                part = buf[lo : lo + _CHUNK]
+                fh.write(part)
+                digest.update(part)
+            size += len(buf)
     return size, digest.hexdigest()
 
 

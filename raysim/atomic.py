@@ -52,7 +52,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             delete=False, dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         ) as fh:
             tmp = Path(fh.name)
-            yield fh
+            yield fh  # type: ignore[misc]
             fh.flush()
             os.fchmod(fh.fileno(), _mode_for(path))
             os.fsync(fh.fileno())

@@ -153,9 +153,12 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
         opts = spec.optuna or OptunaOptions()
         sampler: optuna.samplers.BaseSampler
         if opts.sampler == "tpe":
-            startup = {} if opts.n_startup_trials is None else {"n_startup_trials": opts.n_startup_trials}
             sampler = optuna.samplers.TPESampler(
-                seed=opts.seed, multivariate=spec.objectives is not None, **startup
+                seed=opts.seed,
+                multivariate=spec.objectives is not None,
+                n_startup_trials=10
+                if opts.n_startup_trials is None
+                else opts.n_startup_trials,  # Optuna's default
             )
         elif opts.sampler == "nsga2":
             sampler = nsga2_sampler(opts.seed)

@@ -118,9 +118,9 @@ def pickle_globals(data: bytes) -> Iterator[tuple[str, str, str]]:
             if name == "MEMOIZE":
                 memo[len(memo)] = stack[-1] if stack else None
             elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1] if stack else None
+                memo[int(arg or 0)] = stack[-1] if stack else None  # PUT opcodes always carry an index
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg))
+                stack.append(memo.get(int(arg or 0)))
             elif name in _STRINGS:
                 stack.append(_Str(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)))
             elif name == "MARK":

@@ -347,7 +347,7 @@ def _write_arrays(path: Path, arrays: list[np.ndarray]) -> tuple[int, str]:
         for a in arrays:
             if a.nbytes == 0:
                 continue
-            buf = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+            buf = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             for lo in range(0, len(buf), _CHUNK):
                 part = buf[lo : lo + _CHUNK]
                 fh.write(part)
@@ -515,7 +515,8 @@ def _read_arrays(
         for i, row in enumerate(index):
             kind, shape = row
             a = np.empty(shape, dtype=dtypes[kind])
-            if a.nbytes and fh.readinto(memoryview(a.reshape(-1).view(np.uint8))) != a.nbytes:
+            view = memoryview(a.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+            if a.nbytes and fh.readinto(view) != a.nbytes:
                 raise ConfigError(f"{path}: ends inside array {i}: not the arrays {source} describes")
             out.append(np.asfortranarray(a) if i in fortran else a)
         if fh.read(1):

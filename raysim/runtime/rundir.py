@@ -529,22 +529,30 @@ def _read_arrays(
 # --------------------------------------------------------------------------- run directory files
 
 
-def read_table(path: Path, required: tuple[str, ...] = ("round",)) -> Any:
-    """A run's Parquet file, or a ConfigError naming it (truncated, not Parquet, not raysim's)."""
-    import pandas as pd
-
+def _parquet(path: Path, read: Any, required: tuple[str, ...]) -> Any:
+    """``read(path)`` of a run's Parquet file, and its column names (``.columns`` of a frame,
+    ``.names`` of a schema) checked for ``required``; a ConfigError naming the file when it is
+    missing, damaged (truncated, not Parquet) or not raysim's."""
     try:
-        df = pd.read_parquet(path)
+        got = read(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing") from None
     except Exception as exc:  # noqa: BLE001 - pyarrow's several error types all mean a damaged file
         raise ConfigError(
             f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); truncated or not raysim's"
         ) from None
-    missing = [c for c in required if c not in df.columns]
+    names = got.columns if hasattr(got, "columns") else got.names
+    missing = [c for c in required if c not in names]
     if missing:
         raise ConfigError(f"{path}: no column {', '.join(missing)}: not a table written by raysim")
-    return df
+    return got
+
+
+def read_table(path: Path, required: tuple[str, ...] = ("round",)) -> Any:
+    """A run's Parquet file, or a ConfigError naming it (truncated, not Parquet, not raysim's)."""
+    import pandas as pd
+
+    return _parquet(path, pd.read_parquet, required)
 
 
 RUN_TABLES = ("rounds.parquet", "clients.parquet", "system.parquet", "clusters.parquet")
@@ -555,17 +563,7 @@ def check_table(path: Path, required: tuple[str, ...] = ("round",)) -> None:
     ConfigError naming it."""
     import pyarrow.parquet as pq
 
-    try:
-        names = pq.read_schema(path).names
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing") from None
-    except Exception as exc:  # noqa: BLE001 - pyarrow's several error types all mean a damaged file
-        raise ConfigError(
-            f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}); truncated or not raysim's"
-        ) from None
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise ConfigError(f"{path}: no column {', '.join(missing)}: not a table written by raysim")
+    _parquet(path, pq.read_schema, required)
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -459,6 +459,12 @@ class Experiment:
             "run_dir": str(self.run_dir),
         }
 
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()

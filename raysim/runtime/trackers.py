@@ -128,12 +128,7 @@ class MLflowTracker:
         if state.get("tracking_uri") == self.uri:
             self.run_id = str(state["run_id"])  # a resumed run: the same MLflow run
             return
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            exp_id = found.experiment_id
-        else:  # a local store keeps its (unused) artifact root in the run directory, not the cwd
-            where = (run_dir / "mlartifacts").as_uri() if local else None
-            exp_id = self.client.create_experiment(experiment, artifact_location=where)
+        exp_id = mlflow_experiment(self.client, experiment, run_dir if local else None)
         run = self.client.create_run(exp_id, run_name=run_dir.name, tags={"raysim.run_dir": str(run_dir)})
         self.run_id = run.info.run_id
         items = [Param(k, v) for k, v in params.items()]
@@ -155,6 +150,16 @@ class MLflowTracker:
         if self.client is not None:
             self.client.set_terminated(self.run_id)
             self.client = None
+
+
+def mlflow_experiment(client: Any, name: str, local_dir: Path | None) -> str:
+    """The id of MLflow experiment ``name``, created when missing (with a local store, its artifact
+    root goes in ``local_dir``, not in the current directory where MLflow would put it)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    where = (Path(local_dir) / "mlartifacts").as_uri() if local_dir is not None else None
+    return str(client.create_experiment(name, artifact_location=where))
 
 
 def open_trackers(cfg: ExperimentConfig, run_dir: Path) -> list[Tracker]:

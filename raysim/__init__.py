@@ -37,7 +37,7 @@ _PUBLIC = {
     "sweep": "raysim.api",
     "resume_sweep": "raysim.api",
     "sweep_trials": "raysim.api",
-    "SweepOutcome": "tuning.sweep",
+    "SweepOutcome": "tuning.outputs",
 }
 
 __all__ = [  # the public names: _PUBLIC's, spelled out for tools that read __all__ literally
@@ -108,4 +108,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     )
     from raysim.runtime.experiment import Experiment
     from raysim.runtime.server import RoundReport
-    from tuning.sweep import SweepOutcome
+    from tuning.outputs import SweepOutcome

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from raysim.runtime.backend import Backend, BackendFactory, Share
     from raysim.runtime.experiment import Experiment
     from raysim.runtime.server import RoundReport
+    from tuning.outputs import SweepOutcome
     from tuning.spec import LoadedSpec
-    from tuning.sweep import SweepOutcome
 
 ConfigSource = str | Path | Mapping[str, Any] | ExperimentConfig
 # overrides: ["rounds.num_rounds=5", ...] as --set takes them, or {"rounds.num_rounds": 5, ...}

@@ -256,35 +256,13 @@ def _trainable(loaded: LoadedSpec, cpus: float, gpus: float) -> Any:
 
 
 def tracker_callbacks(loaded: LoadedSpec, directory: Path) -> list[Any]:
-    """Ray Tune's own logger callbacks for the base's ``output.trackers`` (its trials run without
-    raysim's trackers): TensorBoard event files in each trial directory, one MLflow run per trial in
-    ``output.mlflow_uri`` (default ``SWEEP_DIR/mlflow.db``), experiment ``output.mlflow_experiment``
-    (default the sweep's name). Each round's reported metrics go in at step = Tune's iteration (the
-    round, for a trial that did not start from another's checkpoint), the trial's knobs as params."""
+    """Ray Tune's logger callbacks for the base's ``output.trackers`` (tuning.trackers)."""
     output = loaded.base.get("output") or {}
-    names = list(output.get("trackers") or [])
-    callbacks: list[Any] = []
-    if "tensorboard" in names:
-        from ray.tune.logger import TBXLoggerCallback
+    if not output.get("trackers"):
+        return []
+    from tuning.trackers import tracker_callbacks as callbacks
 
-        callbacks.append(TBXLoggerCallback())
-    if "mlflow" in names:
-        from mlflow.tracking import MlflowClient
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        from raysim.runtime.trackers import MLFLOW_DB, mlflow_experiment
-
-        uri = output.get("mlflow_uri") or f"sqlite:///{directory / MLFLOW_DB}"
-        name = output.get("mlflow_experiment") or loaded.spec.name
-        mlflow_experiment(
-            MlflowClient(tracking_uri=uri), name, None if output.get("mlflow_uri") else directory
-        )
-        callbacks.append(
-            MLflowLoggerCallback(
-                tracking_uri=uri, experiment_name=name, tags={"raysim.sweep": str(directory)}
-            )
-        )
-    return callbacks
+    return callbacks(output, loaded.spec.name, directory)
 
 
 def _tuner(loaded: LoadedSpec, directory: Path, cpus: float, gpus: float, verbose: int) -> Any:

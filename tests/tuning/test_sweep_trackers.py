@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raysim.config import ConfigError
 from tests.conftest import tiny_config
 from tuning.spec import spec_from_dict
 from tuning.sweep import run_sweep
+from tuning.tune_state import check_pickle, check_tune_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
@@ -31,6 +33,7 @@ def test_tune_callbacks_log_every_trial_round_as_its_rounds_parquet(ray_cluster,
     }
     out = run_sweep(spec_from_dict(raw, "(test spec)", tmp_path), echo=lambda s: None, verbose=0)
     assert not out.errors
+    check_tune_state(out.directory)  # the callbacks in tuner.pkl let `raysim tune --resume` load it
     table = pd.read_parquet(out.directory / "trials.parquet")
 
     client = MlflowClient(f"sqlite:///{out.directory / 'mlflow.db'}")
@@ -57,7 +60,6 @@ def test_tune_callbacks_log_every_trial_round_as_its_rounds_parquet(ray_cluster,
 
 
 def test_a_missing_tracker_extra_refuses_the_sweep_before_its_directory(tmp_path, monkeypatch):
-    from raysim.config import ConfigError
     from raysim.runtime import trackers
 
     monkeypatch.setitem(trackers.EXTRAS, "tensorboard", ("raysim_no_such_module", "tensorboard"))
@@ -72,3 +74,21 @@ def test_a_missing_tracker_extra_refuses_the_sweep_before_its_directory(tmp_path
     with pytest.raises(ConfigError, match=r"pip install 'raysim\[tensorboard\]'"):
         run_sweep(spec_from_dict(raw, "(test spec)", tmp_path), echo=lambda s: None, verbose=0)
     assert not Path(tmp_path / "sweeps").exists()
+
+
+def test_the_mlflow_callback_pickles_without_a_module_and_comes_back_whole(tmp_path):
+    """Tune pickles its callbacks into tuner.pkl: ours must pass tune_state's check (Ray's own holds
+    the mlflow module, which cloudpickle stores as an import by name) and work once loaded."""
+    import ray.cloudpickle as cloudpickle
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from tuning.trackers import tracker_callbacks
+
+    output = {"trackers": ["tensorboard", "mlflow"]}
+    callbacks = tracker_callbacks(output, "s", tmp_path)
+    check_pickle(cloudpickle.dumps(callbacks), "(callbacks)")
+    with pytest.raises(ConfigError, match="subimport"):
+        check_pickle(cloudpickle.dumps(MLflowLoggerCallback(tracking_uri="sqlite:///x.db")), "(Ray's)")
+    back = cloudpickle.loads(cloudpickle.dumps(callbacks[1]))
+    back.setup()
+    assert back.mlflow_util.experiment_id is not None

@@ -34,10 +34,30 @@ def load(fn: Any, data_dir: Path | str | None, seed: int = 0, **params: Any) -> 
     )
 
 
-def refused(fn: Any, data_dir: Path, match: str, exc: type[Exception] = ValueError, **params: Any) -> str:
-    """The loader and its check() both refuse with a message matching ``match``; returns it."""
+def check(fn: Any, data_dir: Path, **params: Any) -> str | None:
+    """The plug-in's check(): why the files cannot be used, without loading them."""
+    return fn.check(data_dir=str(data_dir), params=fn.params_model(**params))  # type: ignore[no-any-return]
+
+
+def refused(
+    fn: Any,
+    data_dir: Path,
+    match: str,
+    exc: type[Exception] = ValueError,
+    *,
+    found: bool = True,
+    **params: Any,
+) -> str:
+    """The loader refuses with a message matching ``match`` (returned). ``found``: check() finds the
+    problem too, with the same message (missing files, keys, columns, layout); else check() passes,
+    because it reads no data (content problems: NaN, labels, lengths, undecodable images)."""
     with pytest.raises(exc, match=match) as info:
         load(fn, data_dir, **params)
+    why = check(fn, data_dir, **params)
+    if found:
+        assert why == str(info.value)
+    else:
+        assert why is None
     return str(info.value)
 
 
@@ -74,7 +94,7 @@ def test_npz_train_and_test_arrays(tmp_path: Path) -> None:
     assert np.array_equal(ds.x_train[:, 0], x) and np.array_equal(ds.x_test[:, 0], xt)
     assert np.array_equal(ds.y_train, y) and np.array_equal(ds.y_test, yt)
     assert ds.num_classes == 3 and ds.classes == ("0", "1", "2") and ds.name == "npz"
-    assert load_npz.check(data_dir=str(tmp_path), params=NpzParams()) is None
+    assert check(load_npz, tmp_path) is None
 
 
 def test_npz_vectors_split_by_seed_stratified_and_reproducible(tmp_path: Path) -> None:
@@ -116,29 +136,31 @@ def test_npz_refusals_name_the_file_and_key(tmp_path: Path) -> None:
     np.savez(f, x=images(4), y=np.arange(4))
     msg = refused(load_npz, tmp_path, "has no array 'x_train'; it holds x, y")
     assert str(f) in msg and "dataset_params.x_train" in msg
-    assert "has no array 'x_train'" in load_npz.check(data_dir=str(tmp_path), params=NpzParams())
+    assert "has no array 'x_train'" in check(load_npz, tmp_path)
     np.savez(tmp_path / "e.npz", x=images(2))
-    assert "2 .npz files" in load_npz.check(data_dir=str(tmp_path), params=NpzParams())
+    assert "2 .npz files" in check(load_npz, tmp_path)
     (tmp_path / "e.npz").unlink()
     np.savez(f, x_train=images(4), y_train=np.arange(4), x_test=images(2))
     refused(load_npz, tmp_path, "test array 'x_test' but no 'y_test'")
     np.savez(f, x_train=images(4), y_train=np.arange(3))
-    refused(load_npz, tmp_path, "'x_train' holds 4 examples but 'y_train' holds 3 labels")
+    refused(load_npz, tmp_path, "'x_train' holds 4 examples but 'y_train' holds 3 labels", found=False)
     bad = np.ones((10, 3))
     bad[7, 1] = np.nan
     np.savez(f, x_train=bad, y_train=np.arange(10) % 2)
-    refused(load_npz, tmp_path, r"'x_train'.*1 examples hold NaN .*row 7")
+    refused(load_npz, tmp_path, r"'x_train'.*1 examples hold NaN .*row 7", found=False)
     np.savez(f, x_train=images(10), y_train=np.arange(10))
-    refused(load_npz, tmp_path, r"'y_train'.*labels are outside 0\.\.4 .*row 5: 5", num_classes=5)
+    refused(
+        load_npz, tmp_path, r"'y_train'.*labels are outside 0\.\.4 .*row 5: 5", num_classes=5, found=False
+    )
     np.savez(f, x_train=np.ones((10, 2, 2)), y_train=np.arange(10))
-    refused(load_npz, tmp_path, "images must be uint8 pixels 0..255, got float64")
+    refused(load_npz, tmp_path, "images must be uint8 pixels 0..255, got float64", found=False)
     np.savez(f, x_train=images(10), y_train=np.full(10, 0.5))
-    refused(load_npz, tmp_path, "not whole numbers")
+    refused(load_npz, tmp_path, "not whole numbers", found=False)
     np.savez(f, x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.arange(4))
-    refused(load_npz, tmp_path, "cannot be read without pickle")
+    refused(load_npz, tmp_path, "cannot be read without pickle", found=False)
     np.savez(f, x_train=images(3), y_train=np.arange(3))
-    refused(load_npz, tmp_path, "the test split is empty", test_fraction=0.1)
-    refused(load_npz, tmp_path, r"shape=\[2, 2\] needs 4", shape=(2, 2))
+    refused(load_npz, tmp_path, "the test split is empty", test_fraction=0.1, found=False)
+    refused(load_npz, tmp_path, r"shape=\[2, 2\] needs 4", shape=(2, 2), found=False)
     f.write_bytes(b"not a zip")
     refused(load_npz, tmp_path, "not a readable .npz file")
 
@@ -146,7 +168,7 @@ def test_npz_refusals_name_the_file_and_key(tmp_path: Path) -> None:
 def test_params_models_forbid_unknown_keys_and_are_frozen() -> None:
     for model in (NpzParams, ParquetParams, ImageFolderParams):
         with pytest.raises(ValidationError, match="typo"):
-            model(typo=1)
+            model(**{"typo": 1})
         with pytest.raises(ValidationError):
             model().test_fraction = 0.5  # type: ignore[misc]
         with pytest.raises(ValidationError):
@@ -228,6 +250,7 @@ def test_parquet_encoded_png_column(tmp_path: Path) -> None:
         tmp_path,
         r"row 0 is a 5x4 image but dataset_params.shape is \[1, 5, 4\]",
         shape=(1, 5, 4),
+        found=False,
     )
 
 
@@ -297,41 +320,62 @@ def test_parquet_refusals_name_file_and_column(tmp_path: Path) -> None:
     write(f, a=[1.0, 2.0, 3.0, 4.0], y=[0, 1, 0, 1])
     msg = refused(load_parquet, tmp_path, r"has no column 'label'; its columns are a \(double\), y \(int64\)")
     assert str(f) in msg and "dataset_params.label" in msg
-    assert "has no column 'label'" in load_parquet.check(data_dir=str(tmp_path), params=ParquetParams())
-    assert load_parquet.check(data_dir=str(tmp_path), params=ParquetParams(label="y")) is None
+    assert "has no column 'label'" in check(load_parquet, tmp_path)
+    assert check(load_parquet, tmp_path, label="y") is None
     refused(load_parquet, tmp_path, "has no column 'b'", label="y", features=("a", "b"))
     refused(load_parquet, tmp_path, "has no column 'who'", label="y", client="who")
     write(f, a=[1.0, np.nan, 3.0, 4.0], label=[0, 1, 0, 1])
     refused(
-        load_parquet, tmp_path, r"column 'a': 1 examples hold NaN or infinite features \(first at row 1\)"
+        load_parquet,
+        tmp_path,
+        r"column 'a': 1 examples hold NaN or infinite features \(first at row 1\)",
+        found=False,
     )
     write(f, a=pa.array([1.0, None, 3.0, 4.0]), label=[0, 1, 0, 1])
-    refused(load_parquet, tmp_path, r"column 'a': 1 rows are empty \(first at row 1\)")
+    refused(load_parquet, tmp_path, r"column 'a': 1 rows are empty \(first at row 1\)", found=False)
     write(f, a=[1.0, 2.0, 3.0, 4.0], label=pa.array([0, None, 0, 1]))
-    refused(load_parquet, tmp_path, r"column 'label': 1 labels are missing")
+    refused(load_parquet, tmp_path, r"column 'label': 1 labels are missing", found=False)
     write(f, a=[1.0, 2.0, 3.0, 4.0], label=[0, 1, 9, 1])
-    refused(load_parquet, tmp_path, r"column 'label': 1 labels are outside 0\.\.1 .*row 2: 9", num_classes=2)
+    refused(
+        load_parquet,
+        tmp_path,
+        r"column 'label': 1 labels are outside 0\.\.1 .*row 2: 9",
+        num_classes=2,
+        found=False,
+    )
     write(f, a=[1.0, 2.0, 3.0, 4.0], label=[0, 1, 0, 1], s=["train", "test", "dev", "train"])
-    refused(load_parquet, tmp_path, r"column 's': row 2 is 'dev'", split="s")
+    refused(load_parquet, tmp_path, r"column 's': row 2 is 'dev'", split="s", found=False)
     write(f, a=[1.0, 2.0, 3.0, 4.0], label=[0, 1, 0, 1], s=["train"] * 4)
     refused(
         load_parquet,
         tmp_path,
         r"the test split is empty; put 'train' and 'test' rows in column 's'",
         split="s",
+        found=False,
     )
     write(f, a=[1.0, 2.0, 3.0, 4.0], label=[0, 1, 0, 1], s=["train", "train", "test", "test"], u=[1, 1, 2, 2])
-    refused(load_parquet, tmp_path, "column 'u': client '2' has no training rows", split="s", client="u")
+    refused(
+        load_parquet,
+        tmp_path,
+        "column 'u': client '2' has no training rows",
+        split="s",
+        client="u",
+        found=False,
+    )
     write(f, v=pa.array([[1, 2], [3, 4], [5], [6, 7]], type=pa.list_(pa.int64())), label=[0, 1, 0, 1])
-    refused(load_parquet, tmp_path, r"column 'v': row 2 holds 1 values but row 0 holds 2")
+    refused(load_parquet, tmp_path, r"column 'v': row 2 holds 1 values but row 0 holds 2", found=False)
     write(f, v=pa.array([[1, 2], [3, 4], [5, 6], [7, 8]]), a=[1, 2, 3, 4], label=[0, 1, 0, 1])
     refused(load_parquet, tmp_path, "must be the only feature")
     write(f, v=pa.array([[1, 2], [3, 4], [5, 6], [7, 300]]), label=[0, 1, 0, 1])
     refused(
-        load_parquet, tmp_path, "images must be uint8 pixels 0..255, got int64 values 1..300", shape=(1, 2)
+        load_parquet,
+        tmp_path,
+        "images must be uint8 pixels 0..255, got int64 values 1..300",
+        shape=(1, 2),
+        found=False,
     )
     f.write_bytes(b"PAR1 not really")
-    assert "not a readable Parquet file" in load_parquet.check(data_dir=str(tmp_path), params=ParquetParams())
+    assert "not a readable Parquet file" in check(load_parquet, tmp_path)
 
 
 # ------------------------------------------------------------------------------------ imagefolder
@@ -359,7 +403,7 @@ def test_imagefolder_seeded_split(tmp_path: Path) -> None:
     assert any(np.array_equal(s, cat0) for s in stored[np.concatenate([ds.y_train, ds.y_test]) == 1])
     again = load(load_imagefolder, tmp_path, test_fraction=0.5)
     assert np.array_equal(again.x_test, ds.x_test) and np.array_equal(again.y_test, ds.y_test)
-    assert load_imagefolder.check(data_dir=str(tmp_path), params=ImageFolderParams()) is None
+    assert check(load_imagefolder, tmp_path) is None
 
 
 def test_imagefolder_train_test_folders_colour_and_resize(tmp_path: Path) -> None:
@@ -386,16 +430,21 @@ def test_imagefolder_refusals(tmp_path: Path) -> None:
     msg = refused(
         load_imagefolder, tmp_path, "class folder .*c holds no .png/.jpg/.jpeg files", DatasetNotFoundError
     )
-    assert "holds no" in load_imagefolder.check(data_dir=str(tmp_path), params=ImageFolderParams())
+    assert "holds no" in check(load_imagefolder, tmp_path)
     assert str(tmp_path / "c") in msg
     (tmp_path / "c").rmdir()
     pil(np.zeros((1, 3, 3), np.uint8)).save(tmp_path / "b" / "small.png")
     msg = refused(
-        load_imagefolder, tmp_path, r"small\.png is 3x3 \(WxH\) but .*0\.png is 5x6; .*size: \[H, W\]"
+        load_imagefolder,
+        tmp_path,
+        r"small\.png is 3x3 \(WxH\) but .*0\.png is 5x6; .*size: \[H, W\]",
+        found=False,
     )
     assert load(load_imagefolder, tmp_path, size=(6, 5), test_fraction=0.4).input_shape == (1, 6, 5)
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG garbage")
-    refused(load_imagefolder, tmp_path, r"broken\.png is not an image Pillow can decode", size=(6, 5))
+    refused(
+        load_imagefolder, tmp_path, r"broken\.png is not an image Pillow can decode", size=(6, 5), found=False
+    )
     root = tmp_path / "tt"
     make_folder(root / "train", {"a": 1})
     refused(load_imagefolder, root, r"train exists but .*test does not", DatasetNotFoundError)

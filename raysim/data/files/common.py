@@ -212,8 +212,9 @@ def read_image(source: str | bytes, gray: bool | None, size: tuple[int, int] | N
     """
     from PIL import Image
 
-    with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as img:
-        img.load()
+    with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as f:
+        f.load()
+        img: Image.Image = f
         if img.mode.startswith("I;16"):
             img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
         one = gray if gray is not None else img.mode in _GRAY_MODES or img.mode.startswith("I;16")

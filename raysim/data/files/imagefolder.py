@@ -118,7 +118,7 @@ def _read_images(items: list[tuple[str, int]], params: ImageFolderParams) -> np.
     Sizes must agree unless ``size`` resizes them; with ``grayscale`` None gray images are repeated
     to three channels when any image has colour.
     """
-    out = []
+    out: list[np.ndarray] = []
     for path, _ in items:
         try:
             img = read_image(path, params.grayscale, params.size)

@@ -450,3 +450,23 @@ def test_imagefolder_refusals(tmp_path: Path) -> None:
     refused(load_imagefolder, root, r"train exists but .*test does not", DatasetNotFoundError)
     make_folder(root / "test", {"z": 1})
     refused(load_imagefolder, root, r"class folder\(s\) \['z'\] that the training folder lacks")
+
+
+def test_parquet_from_pandas_leaves_the_index_out(tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"a": np.arange(10.0), "b": np.arange(10.0) * 2, "label": ["p", "q"] * 5})
+    df[df.a % 3 != 0].to_parquet(tmp_path / "t.parquet")  # the filtered index 1, 2, 4, ... is a column
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "t.parquet").names
+    ds = load(load_parquet, tmp_path, test_fraction=0.25)
+    assert ds.input_shape == (2,)
+    assert sorted(np.concatenate([ds.x_train, ds.x_test])[:, 0]) == [1, 2, 4, 5, 7, 8]
+    # a hive-partitioned folder: the folder name is not a column, and the message says so
+    write(tmp_path / "h" / "user=u1" / "p.parquet", a=[1.0, 2.0], label=[0, 1])
+    refused(
+        load_parquet,
+        tmp_path,
+        r"no column 'user'.*folders named user=\.\.\. are not read",
+        path="h",
+        client="user",
+    )

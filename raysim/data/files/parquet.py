@@ -38,7 +38,7 @@ class ParquetParams(Params):
     # the label column (integers or strings)
     label: str = "label"
     # the feature columns: scalar numbers (one vector per row), or one list/binary column of pixels
-    # with `shape`. None: every column other than label, client and split
+    # with `shape`. None: every column other than label, client, split and a stored pandas index
     features: tuple[str, ...] | None = None
     # one example's shape (C, H, W) or (H, W) when the feature is a list/binary column of pixels
     shape: Shape | None = None
@@ -126,13 +126,21 @@ def _parquet_plan(files: list[Path], params: ParquetParams) -> tuple[list[str], 
     )
     for field, col in (("label", params.label), ("client", params.client), ("split", params.split)):
         if col is not None and col not in schema.names:
+            hive = any(part.startswith(f"{col}=") for f in files for part in f.parts)
             raise ValueError(
                 f"{where} has no column {col!r}; its columns are {_columns(schema)}. To fix: name the "
                 f"{field} column in data.dataset_params.{field}"
+                + (
+                    f" (folders named {col}=... are not read as a column: write {col!r} into the files)"
+                    if hive
+                    else ""
+                )
             )
     taken = {params.label, params.client, params.split}
     if params.features is None:
-        features = [n for n in schema.names if n not in taken]
+        # pandas stores a DataFrame's index as a column: an index is not a feature
+        index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+        features = [n for n in schema.names if n not in taken and n not in index]
     else:
         features = list(params.features)
         gone = [c for c in features if c not in schema.names]

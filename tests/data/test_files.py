@@ -308,6 +308,9 @@ def test_parquet_folder_reads_files_in_path_order(tmp_path: Path) -> None:
     ds = load(load_parquet, tmp_path, path="d", split=None, test_fraction=0.5, seed=0)
     assert sorted(np.concatenate([ds.x_train, ds.x_test])[:, 0]) == [1, 2, 3, 4, 5, 6]
     assert list(ds.x_train[:, 0]) == sorted(ds.x_train[:, 0])  # file order kept (a, b, sub/c)
+    write(tmp_path / "d" / "b.parquet", f=[3.0, np.nan], label=[1, 0])
+    msg = refused(load_parquet, tmp_path, r"row 3\)", path="d", found=False)
+    assert msg.endswith(f"(row 3 of the folder is row 1 of {tmp_path / 'd' / 'b.parquet'})")
     write(tmp_path / "d" / "z.parquet", f=[1, 2], label=[0, 1])  # int64 column, the others double
     msg = refused(load_parquet, tmp_path, "must have the same columns and types", path="d")
     assert "z.parquet" in msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -306,14 +307,40 @@ def load_parquet(*, data_dir: str | None, seed: int, num_clients: int, params: P
     """
     files = _parquet_files(data_dir, params)
     features, one_array = _parquet_plan(files, params)
-    where = f"dataset 'parquet': {files[0] if len(files) == 1 else files[0].parent}"
+    root = locate(data_dir, params.path, "parquet", "Parquet file or folder")
+    where = f"dataset 'parquet': {files[0] if len(files) == 1 and not root.is_dir() else root}"
     needed = [c for c in (*features, params.label, params.client, params.split) if c is not None]
     try:
-        table = pa.concat_tables([pq.read_table(f, columns=needed) for f in files])
+        tables = [pq.read_table(f, columns=needed) for f in files]
     except (OSError, pa.ArrowException) as e:
         raise ValueError(
             f"{where}: the Parquet data cannot be read ({e}); rewrite it with pyarrow or pandas"
         ) from e
+    try:
+        return _from_table(pa.concat_tables(tables), features, one_array, params, seed, where)
+    except ValueError as e:
+        if len(files) == 1:
+            raise
+        raise ValueError(_row_in_file(str(e), files, [len(t) for t in tables])) from e
+
+
+def _row_in_file(message: str, files: list[Path], lengths: list[int]) -> str:
+    """A message about row r of a folder's rows (read in path order) also names r's file and row there."""
+    m = re.search(r"\brow (\d+)", message)
+    if m is None:
+        return message
+    row = int(m.group(1))
+    ends = np.cumsum(lengths)
+    i = int(np.searchsorted(ends, row, side="right"))
+    if i >= len(files):
+        return message
+    return f"{message} (row {row} of the folder is row {row - int(ends[i] - lengths[i])} of {files[i]})"
+
+
+def _from_table(
+    table: pa.Table, features: list[str], one_array: bool, params: ParquetParams, seed: int, where: str
+) -> Dataset:
+    """The Dataset of a table holding every row, in file order."""
     if one_array:
         x = _array_column(table[features[0]], params, f"{where} column {features[0]!r}")
     else:

@@ -242,6 +242,9 @@ def test_parquet_encoded_png_column(tmp_path: Path) -> None:
     )
     ds = load(load_parquet, tmp_path, shape=(1, 4, 5), test_fraction=0.5)
     assert np.array_equal(
+        load(load_parquet, tmp_path, shape=(4, 5, 1), layout="nhwc", test_fraction=0.5).x_train, ds.x_train
+    )
+    assert np.array_equal(
         np.sort(np.concatenate([ds.x_train, ds.x_test]).reshape(6, -1), axis=0),
         np.sort(x.reshape(6, -1), axis=0),
     )

@@ -13,7 +13,8 @@ from raysim.data.datasets import Dataset, DatasetNotFoundError, channel_stats
 from raysim.data.partition import stratified_split
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-Shape = tuple[Annotated[int, Field(ge=1)], ...]
+# one image's shape: (C, H, W), (H, W, C) or (H, W)
+Shape = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=2, max_length=3)]
 
 
 class Params(BaseModel):

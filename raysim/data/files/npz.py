@@ -37,7 +37,8 @@ class NpzParams(Params):
     # the share of examples held out as the test split (seeded, stratified) when the file has no
     # test arrays
     test_fraction: Fraction = 0.2
-    # one example's shape (C, H, W) or (H, W): each row of uint8 x is reshaped into an image
+    # one image's shape, (C, H, W) or (H, W) ((H, W, C) with layout nhwc): each row of x, pixels
+    # 0..255, is reshaped into an image
     shape: Shape | None = None
     # image arrays' axis order; "auto": (N, H, W, C) when the last axis is 1, 3 or 4 and axis 1 is not
     layout: Literal["auto", "nchw", "nhwc"] = "auto"

@@ -41,7 +41,8 @@ class ParquetParams(Params):
     # the feature columns: scalar numbers (one vector per row), or one list/binary column of pixels
     # with `shape`. None: every column other than label, client, split and a stored pandas index
     features: tuple[str, ...] | None = None
-    # one example's shape (C, H, W) or (H, W) when the feature is a list/binary column of pixels
+    # one image's shape, (C, H, W) or (H, W) ((H, W, C) with layout nhwc): the feature columns'
+    # values per row (pixels 0..255, or PNG/JPEG bytes) are reshaped into an image
     shape: Shape | None = None
     # axis order of the pixels in the list/binary column
     layout: Literal["nchw", "nhwc"] = "nchw"
@@ -246,7 +247,8 @@ def _array_column(col: pa.ChunkedArray, params: ParquetParams, where: str) -> np
         blobs = arr.to_numpy(zero_copy_only=False)
         if n and bytes(blobs[0][:8]).startswith((_PNG, _JPEG)):
             assert params.shape is not None
-            return _decode(blobs, params.shape, where)
+            s = params.shape
+            return _decode(blobs, (s[2], s[0], s[1]) if params.layout == "nhwc" and len(s) == 3 else s, where)
         lengths = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=n)
         x = np.frombuffer(b"".join(blobs), dtype=np.uint8)
     want = int(np.prod(params.shape)) if params.shape is not None else (int(lengths[0]) if n else 0)

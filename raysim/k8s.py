@@ -20,8 +20,8 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    while an actor holds only its own N / A clients (roaming or not: ``raysim.bench.model``), so
    the cap costs memory per actor only as N / C grows. A value the experiment sets wins:
    ``num_actors`` (or ``--actors``), ``clients_per_actor: k`` (or ``--gpus-per-client``). Then
-   A = ``cfg.num_client_actors()``, the runtime's own rule: ``ceil(clients / clients_per_actor)``,
-   ``min(clients, num_actors)``, or 1 when the algorithm pools. The rendered header's
+   A follows the runtime's own rule, ``raysim.runtime.packing.plan_actors`` (:func:`job_plan`):
+   ``ceil(clients / clients_per_actor)``, ``min(clients, num_actors)``, or 1 when the algorithm pools. The rendered header's
    ``Actors:`` line says which rule picked A and why (:attr:`Sizing.rule`).
 3. Each actor asks Ray for c = ``resources.num_cpus`` CPUs and g = ``resources.num_gpus`` GPUs.
    GPU experiments (g > 0) run on the GPU group only: a pod with P = ``--gpus-per-pod`` GPUs
@@ -78,7 +78,8 @@ import yaml
 
 from raysim import __version__
 from raysim.atomic import atomic_write_text
-from raysim.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from raysim.config import ConfigError, ExperimentConfig, ResourcesConfig, config_from_dict, load_config
+from raysim.runtime.packing import ActorPlan, follows_resources, plan_actors
 
 RAY_VERSION = "2.58.0"  # must equal pyproject's ray[tune] pin, the Dockerfile's base tag and rayVersion
 DEFAULT_IMAGE = f"raysim:{__version__}"  # what `docker build -f k8s/Dockerfile -t raysim:<version> .` makes
@@ -175,32 +176,22 @@ def default_actors(clients: int, cohort: int) -> tuple[int, str]:
     ``min(ceil(clients / 50), cohort)``. One actor per :data:`K8S_CLIENTS_PER_ACTOR` clients, but no
     more actors than clients a round trains: a round of C clients keeps at most C actors busy, and
     every actor costs its RSS (~800 MB) for the whole run."""
-    per = math.ceil(clients / K8S_CLIENTS_PER_ACTOR)
-    c = max(1, min(cohort, clients))
-    if per <= c:
-        return per, (
-            f"A = ceil({clients} / {K8S_CLIENTS_PER_ACTOR}) = {per} (clients_per_actor: auto without "
-            f"num_actors: one actor per {K8S_CLIENTS_PER_ACTOR} clients, no more than the {c} a round trains)"
-        )
-    return c, (
-        f"A = {c}, the clients a round trains (rounds.clients_per_round), not ceil({clients} / "
-        f"{K8S_CLIENTS_PER_ACTOR}) = {per} (clients_per_actor: auto without num_actors): more actors "
-        f"than the cohort would idle every round; each holds its own ~{math.ceil(clients / c)} clients"
+    plan = plan_actors(
+        ResourcesConfig(), clients, per_actor_default=K8S_CLIENTS_PER_ACTOR, cohort=max(1, cohort)
     )
+    return plan.actors, plan.explain()
 
 
-def actor_rule(cfg: ExperimentConfig, why: str) -> str:
-    """Why A = ``cfg.num_client_actors()`` when the experiment fixes the actor count (or the
-    algorithm pools every client into one), for the header's ``Actors:`` line; ``why`` says where
-    the ``resources`` value came from (a flag of ``render``, or the experiment)."""
-    res, n, a = cfg.resources, cfg.data.num_clients, cfg.num_client_actors()
-    if cfg.algorithm.traits.pooled:
-        return f"A = 1: {cfg.algorithm.name} pools every client's data into one client"
-    if res.clients_per_actor != "auto":
-        k = res.clients_per_actor
-        return f"A = ceil({n} / {k}) = {a} ({why}: resources.clients_per_actor = {k})"
-    capped = f", at most the {n} clients" if res.num_actors is not None and res.num_actors > n else ""
-    return f"A = {a} ({why}: resources.num_actors = {res.num_actors}{capped})"
+def job_plan(cfg: ExperimentConfig) -> ActorPlan:
+    """The actors of ``cfg`` on a cluster sized from it: ``plan_actors`` with no resources known,
+    so ``clients_per_actor: auto`` without ``num_actors`` takes :func:`default_actors`' rule."""
+    return plan_actors(
+        cfg.resources,
+        cfg.data.num_clients,
+        pooled=cfg.algorithm.traits.pooled,
+        per_actor_default=K8S_CLIENTS_PER_ACTOR,
+        cohort=max(1, cfg.rounds.clients_per_round),
+    )
 
 
 STATIC_CPU_GROUP = GroupSize("cpu", PodShape(cpus=8), replicas=1, min_replicas=1, max_replicas=10)
@@ -580,17 +571,13 @@ def render_rayjob(
         why = "--actors"
     else:
         why = "set by the experiment"
-    if res.clients_per_actor == "auto" and res.num_actors is None:  # pinned here: see the docstring
-        if cfg.algorithm.traits.pooled:
-            picked, rule = 1, actor_rule(cfg, why)
-        else:
-            picked, rule = default_actors(cfg.data.num_clients, cfg.rounds.clients_per_round)
+    plan = job_plan(cfg)
+    rule = plan.explain(why, cfg.algorithm.name)
+    if follows_resources(res):  # pinned here: see the docstring
         raw = cfg.to_dict()
-        raw["resources"]["num_actors"] = picked
+        raw["resources"]["num_actors"] = plan.actors
         cfg = config_from_dict(raw, str(config))
-    else:
-        rule = actor_rule(cfg, why)
-    n_actors = cfg.num_client_actors()
+    n_actors = plan.actors
     cpu, gpu, per_pod = size_workers(
         n_actors, res.num_cpus, res.num_gpus, cpus_per_pod=cpus_per_pod, gpus_per_pod=gpus_per_pod
     )

@@ -97,8 +97,13 @@ class TensorBoardTracker:
         if self.writer is None:
             from tensorboardX import SummaryWriter
 
-            # purge_step: TensorBoard drops what an earlier process logged from this round on
-            self.writer = SummaryWriter(logdir=str(self.logdir), purge_step=step)
+            # purge_step: TensorBoard drops what an earlier writer logged from this round on. The
+            # file name has the second it was made in; the suffix keeps a writer made again in the
+            # same second (a resume, a replaced server) from overwriting the last one's file, and
+            # sorts after it (TensorBoard reads a log's files in name order).
+            self.writer = SummaryWriter(
+                logdir=str(self.logdir), purge_step=step, filename_suffix=f".{time.time_ns()}"
+            )
             table = "\n".join(f"| {k} | {v} |" for k, v in self.params.items())
             self.writer.add_text("config", "| key | value |\n|---|---|\n" + table, global_step=step)
         for key, value in values.items():

@@ -48,7 +48,6 @@ def test_every_serial_example_of_docs_api_md_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.ray
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_sweep_example_of_docs_api_md_runs(ray_cluster, tmp_path, monkeypatch):
     ns = run_blocks(doc_blocks("ray"), tmp_path, monkeypatch)

@@ -18,7 +18,6 @@ from tuning.tune_state import check_pickle, check_tune_state
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 
-@pytest.mark.slow
 def test_tune_callbacks_log_every_trial_round_as_its_rounds_parquet(ray_cluster, tmp_path):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysim.algorithms.base import ClientTask, LinearSum
+from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
 from raysim.config import ConfigError
 from raysim.data.federation import ShardTable
 from raysim.reproducible import environment as reproducible_env
@@ -732,9 +732,9 @@ class RayBackend:
                 "CALL_TIMEOUT_S): a client actor it waits for may hang"
             ) from err
 
-    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
+    def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
         # no deadline of its own: rounds.deadline_s bounds the clients' work, aggregate takes what it takes
-        return self._call(f"round {t}", self.server.run_round.remote(t, dict(hparams)), deadline=False)
+        return self._call(f"round {t}", self.server.run_round.remote(t, hparams), deadline=False)
 
     def checkpoint(self) -> dict[str, Any]:
         return self._call("a checkpoint", self.server.checkpoint.remote())

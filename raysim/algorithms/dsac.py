@@ -112,6 +112,7 @@ from raysim.algorithms.base import (
     ServerContext,
     SetupContext,
     Traits,
+    plain_sgd,
     sample_cohort,
 )
 from raysim.algorithms.dsac_math import (
@@ -371,23 +372,23 @@ class DSAC(Algorithm):
         prox = None
         if BASE in client.broadcast and self.p.lambda_pretrain > 0:  # eq. (9)
             prox = hooks.proximal(client.broadcast[BASE], 2.0 * self.p.lambda_pretrain)
-        hparams = dict(task.hparams)
+        hparams = task.hparams
         decay_hook = mask_hook = None
         if len(subs) < k:  # eq. (1): train only the assigned sub-models
             mask = np.zeros(int(bounds[-1]), bool)
             for s in subs:
                 mask[bounds[s] : bounds[s + 1]] = True
             mask_hook = hooks.masked(mask)
-            wd = float(hparams.get("weight_decay", 0.0))
-            if wd:  # the trainer adds weight decay after the hook: move it before the mask
-                decay_hook, hparams["weight_decay"] = _decay_hook(wd), 0.0
+            if hparams.weight_decay:  # the trainer adds weight decay after the hook: move it before the mask
+                decay_hook = _decay_hook(hparams.weight_decay)
+                hparams = replace(hparams, weight_decay=0.0)
         hook = hooks.chain(prox, decay_hook, mask_hook)
         if self.p.feature_mapping:  # eq. (10)
             adapter = client.state.get("adapter") or _identity_adapter()
-            fit = client.fit(params, grad_hook=hook, adapter=adapter, **hparams)
+            fit = client.fit(params, grad_hook=hook, adapter=adapter, hparams=hparams)
             client.state["adapter"] = fit.adapter
         else:
-            fit = client.fit(params, grad_hook=hook, **hparams)
+            fit = client.fit(params, grad_hook=hook, hparams=hparams)
         delta = (fit.params - params).astype(np.float32)
         extras = {f"sub/{s}": delta[bounds[s] : bounds[s + 1]].copy() for s in subs}
         if feature is not None:
@@ -681,10 +682,9 @@ class DSAC(Algorithm):
         if eps <= 0 or client.num_examples == 0:
             return start
         batch = client.num_examples if self.p.finetune_batch is None else self.p.finetune_batch
-        kw: dict[str, Any] = {"lr": eps, "epochs": 1, "batch_size": min(batch, client.num_examples)}
-        if self.p.feature_mapping:
-            kw["adapter"] = client.state.get("adapter") or _identity_adapter()
-        return client.fit(start, grad_hook=None, **kw).params
+        step = plain_sgd(lr=eps, epochs=1, batch_size=min(batch, client.num_examples))
+        adapter = (client.state.get("adapter") or _identity_adapter()) if self.p.feature_mapping else None
+        return client.fit(start, hparams=step, grad_hook=None, adapter=adapter).params
 
     def personal_adapter(self, client: ClientContext) -> Any:
         """The client's eq. (10) input map for its personalised evaluation (None when off)."""

@@ -34,13 +34,14 @@ import math
 import random
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from raysim.atomic import atomic_write_bytes, atomic_write_text, atomic_writer
-from raysim.config import ConfigError, path_component_problem
+from raysim.config import ConfigError, LocalConfig, path_component_problem
 
 STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.bin"
@@ -373,8 +374,17 @@ def _index(arrays: list[np.ndarray]) -> dict[str, Any]:
     }
 
 
-def write_checkpoint(directory: Path, round_idx: int, server: dict[str, Any], config_yaml: str) -> Path:
+def write_checkpoint(
+    directory: Path,
+    round_idx: int,
+    server: dict[str, Any],
+    config_yaml: str,
+    hparams: Mapping[str, Any] | None = None,
+) -> Path:
+    """``hparams``: the client hyperparameters set over the config's local.* (``Experiment.overrides``),
+    stored as plain fields by name; a checkpoint without them (older ones) restores with none."""
     directory = Path(directory)
+    overrides = _hparams(dict(hparams or {}), "hparams")  # refused before anything is written
     tree, arrays = encode_state(server)  # a TypeError here names what cannot be stored
     directory.mkdir(parents=True, exist_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)  # incomplete until state.json is back
@@ -385,6 +395,7 @@ def write_checkpoint(directory: Path, round_idx: int, server: dict[str, Any], co
         "round": int(round_idx),
         "arrays": {"file": ARRAYS_FILE, "bytes": size, "sha256": sha, **_index(arrays)},
         "server": tree,
+        "hparams": overrides,
     }
     atomic_write_bytes(directory / "config.yaml", config_yaml.encode())
     atomic_write_text(directory / STATE_FILE, json.dumps(header, allow_nan=False, separators=(",", ":")))
@@ -443,9 +454,25 @@ def check_checkpoint(directory: Path) -> int:
     return int(rnd)
 
 
+def _hparams(raw: Any, where: str) -> dict[str, Any]:
+    """Client hyperparameter overrides as stored: local.* names with plain values (ValueError)."""
+    if type(raw) is not dict:
+        raise ValueError(f"{where}: a mapping of local.* names, not {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in LocalConfig.model_fields:
+            raise ValueError(
+                f"{where}: {key!r} is not a local.* knob ({', '.join(LocalConfig.model_fields)})"
+            )
+        if type(value) not in (int, float, str, bool) or (type(value) is float and not math.isfinite(value)):
+            raise ValueError(f"{where}.{key}: {value!r} is not a plain finite number or string")
+    return dict(raw)
+
+
 def read_checkpoint(directory: Path) -> dict[str, Any]:
-    """``{"format", "round", "server"}`` of the checkpoint in ``directory``. Anything that is not a
-    complete checkpoint of this format is a ConfigError naming the file; nothing in it is run."""
+    """``{"format", "round", "server", "hparams"}`` of the checkpoint in ``directory``
+    (``hparams``: the stored overrides, {} in checkpoints written before they were). Anything that
+    is not a complete checkpoint of this format is a ConfigError naming the file; nothing in it is
+    run."""
     directory = Path(directory)
     path, header = _header(directory)
     try:
@@ -456,6 +483,7 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
         round_idx, tree = header["round"], header["server"]
         if type(index) is not list or type(round_idx) is not int:
             raise TypeError("index/round")
+        hparams = _hparams(header.get("hparams", {}), '"hparams"')
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: not a raysim checkpoint (missing or malformed {exc})") from None
     arrays = _read_arrays(directory / ARRAYS_FILE, dtypes, index, fortran, size, sha, str(path))
@@ -465,7 +493,7 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
         raise
     except (KeyError, TypeError, ValueError) as exc:  # a malformed tree
         raise ConfigError(f"{path}: not a raysim checkpoint state ({type(exc).__name__}: {exc})") from None
-    return {"format": FORMAT, "round": round_idx, "server": server}
+    return {"format": FORMAT, "round": round_idx, "server": server, "hparams": hparams}
 
 
 def _dtype(descr: Any) -> np.dtype:

@@ -83,7 +83,7 @@ class Experiment:
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
         from raysim.data import build_federation, load_dataset, write_summary
-        from raysim.data.federation import check_dataset_fits
+        from raysim.data.budget import check_dataset_fits
 
         cfg, d = self.cfg, self.cfg.data
         t0 = time.perf_counter()

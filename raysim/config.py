@@ -189,9 +189,10 @@ class LocalConfig(_Section):
     loss: Literal["cross_entropy", "squared_error"] = "cross_entropy"
 
     @model_validator(mode="after")
-    def _adam_has_no_momentum(self) -> LocalConfig:
-        if self.optimizer == "adam" and self.momentum > 0:
-            raise ValueError("local.momentum is an SGD knob: set it to 0 with local.optimizer 'adam'")
+    def _a_valid_record(self) -> LocalConfig:
+        from raysim.algorithms.base import LocalHParams
+
+        LocalHParams.of(self)  # the record's own rules (momentum is an SGD knob), checked at load
         return self
 
 

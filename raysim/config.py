@@ -627,7 +627,7 @@ def check_data_available(cfg: ExperimentConfig) -> None:
     from raysim.data import dataset_available
 
     d = cfg.data
-    problem = dataset_available(d.dataset, d.data_dir)
+    problem = dataset_available(d.dataset, d.data_dir, d.dataset_params)
     if d.data_dir is not None and not Path(d.data_dir).expanduser().is_dir():
         what = "it is not a directory" if Path(d.data_dir).expanduser().exists() else "it does not exist"
         if d.dataset in ("digits", "synthetic"):

@@ -181,13 +181,27 @@ def _import(kind: str, name: str, path: str, how: str) -> Any:
     for i, piece in enumerate(attr.split(".")):
         if not hasattr(obj, piece):
             owner = module_name + (":" + ".".join(attr.split(".")[:i]) if i else "")
-            public = sorted(a for a in dir(obj) if not a.startswith("_"))[:20]
+            found = _candidates(kind, obj, module_name)
             raise PluginError(
-                f"{what} {name!r}: {owner} has no attribute {piece!r} (it has: {', '.join(public) or 'nothing'})"
+                f"{what} {name!r}: {owner} has no attribute {piece!r} "
+                f"({kind} defined there: {', '.join(found) or 'none'})"
             )
         obj = getattr(obj, piece)
     _remember_root(module)
     return obj
+
+
+def _candidates(kind: str, owner: Any, module_name: str) -> list[str]:
+    """The names defined in ``owner`` (a module or class) that would satisfy ``kind``'s contract."""
+    out = []
+    for attr, value in vars(owner).items():
+        if attr.startswith("_") or getattr(value, "__module__", None) != module_name:
+            continue
+        if inspect.isclass(value) and issubclass(value, BaseModel):
+            continue  # a params model, not a plug-in
+        if contract_problem(kind, value) is None:
+            out.append(attr)
+    return sorted(out)
 
 
 def _import_module(module_name: str) -> Any:

@@ -164,6 +164,7 @@ class Experiment:
             public_y=ds.y_train[pub] if len(pub) else None,
             trainer_kwargs={
                 "model": cfg.model.name,
+                "model_params": cfg.model.params,
                 "input_shape": tuple(ds.input_shape),
                 "num_classes": ds.num_classes,
                 "mean": tuple(ds.mean),

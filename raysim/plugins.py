@@ -234,16 +234,23 @@ def _site_dirs() -> set[str]:
 
 
 def _remember_root(module: Any) -> None:
-    top = sys.modules.get(module.__name__.split(".")[0])
-    file = getattr(top, "__file__", None)
-    if not file:
+    """Note the ``sys.path`` folder ``module`` was imported from, unless workers find it anyway
+    (site-packages, the standard library) or it is raysim's own."""
+    file = getattr(module, "__file__", None)
+    if not file or module.__name__.split(".")[0] == "raysim":
         return
     path = Path(file).resolve()
-    root = path.parent.parent if path.name == "__init__.py" else path.parent
-    raysim_root = Path(__file__).resolve().parent.parent
-    if str(root) in _site_dirs() or root == raysim_root:
+    depth = module.__name__.count(".") + (1 if path.name == "__init__.py" else 0)
+    if depth >= len(path.parents):
         return
-    _LOCAL_ROOTS[str(root)] = None
+    root = path.parents[depth]
+    if str(root) not in _site_dirs():
+        _LOCAL_ROOTS[str(root)] = None
+
+
+def local_roots() -> list[str]:
+    """The folders this process imported plug-ins from by import path (outside site-packages)."""
+    return list(_LOCAL_ROOTS)
 
 
 def worker_env() -> dict[str, str]:
@@ -253,7 +260,8 @@ def worker_env() -> dict[str, str]:
     if not _LOCAL_ROOTS:
         return {}
     current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    roots = [r for r in _LOCAL_ROOTS if r not in current]
+    there = {str(Path(p).resolve()) for p in current}
+    roots = [r for r in _LOCAL_ROOTS if r not in there]
     return {"PYTHONPATH": os.pathsep.join(roots + current)} if roots else {}
 
 

@@ -25,7 +25,7 @@ import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -465,8 +465,8 @@ class SyntheticParams(BaseModel):
     """Synthetic(alpha, beta): set through ``data.synthetic_alpha`` / ``data.synthetic_beta``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(1.0, ge=0)
+    alpha: Annotated[float, Field(ge=0)] = 1.0
+    beta: Annotated[float, Field(ge=0)] = 1.0
 
 
 def _synthetic(*, data_dir: str | None, seed: int, num_clients: int, params: SyntheticParams) -> Dataset:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,11 +42,11 @@ class SchemeKnobs(BaseModel):
     """The knobs of the built-in label schemes (in a config: ``data.alpha``, ``data.sigma``, ...)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    alpha: float = Field(0.5, gt=0)
-    classes_per_client: int = Field(2, ge=1)
-    sigma: float = Field(1.0, ge=0)
-    examples_per_client: int = Field(50, ge=1)
-    min_size: int = Field(P.DEFAULT_MIN_SIZE, ge=1)
+    alpha: Annotated[float, Field(gt=0)] = 0.5
+    classes_per_client: Annotated[int, Field(ge=1)] = 2
+    sigma: Annotated[float, Field(ge=0)] = 1.0
+    examples_per_client: Annotated[int, Field(ge=1)] = 50
+    min_size: Annotated[int, Field(ge=1)] = P.DEFAULT_MIN_SIZE
 
 
 def partition_pool(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,7 +38,7 @@ class MLPParams(BaseModel):
     """``model:`` keys of ``mlp``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    hidden: int = Field(200, ge=1)  # units in each of the two hidden layers
+    hidden: Annotated[int, Field(ge=1)] = 200  # units in each of the two hidden layers
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> nn.Module:

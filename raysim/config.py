@@ -8,7 +8,6 @@ turns it into one message and exit status 2.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -481,29 +480,16 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json")
 
     def num_client_actors(self, cluster_cpus: float | None = None, cluster_gpus: float | None = None) -> int:
-        """How many client actors the run starts (the packing rule, documented in README).
+        """How many client actors the run starts: ``raysim.runtime.packing.plan_actors``, the one
+        rule. ``cluster_cpus``/``cluster_gpus`` are what the whole run may use, the server's share
+        included."""
+        from raysim.runtime.packing import plan_actors
 
-        ``clients_per_actor: N`` gives ceil(clients / N). ``auto`` gives ``num_actors`` when set,
-        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold once the server
-        actor has its ``server_cpus``/``server_gpus`` (Ray backend), never more than there are
-        clients and at least one (if even one does not fit, the backend's resource check says so).
-        ``cluster_cpus``/``cluster_gpus`` are what the whole run may use, the server's share included.
-        """
-        res, n = self.resources, self.data.num_clients
-        if self.algorithm.traits.pooled:  # one client holding every shard
-            return 1
-        if res.clients_per_actor != "auto":
-            return math.ceil(n / res.clients_per_actor)
-        if res.num_actors is not None:
-            return min(n, res.num_actors)
-        # on the serial backend the server is no actor: it holds nothing back
-        server_cpus, server_gpus = (res.server_cpus, res.server_gpus) if res.backend == "ray" else (0.0, 0.0)
-        fits = []
-        if res.num_gpus > 0 and cluster_gpus is not None:
-            fits.append(int(max(0.0, cluster_gpus - server_gpus) / res.num_gpus + 1e-9))
-        if res.num_cpus > 0 and cluster_cpus is not None:
-            fits.append(int(max(0.0, cluster_cpus - server_cpus) / res.num_cpus + 1e-9))
-        return max(1, min(n, *fits)) if fits else max(1, min(n, 2))
+        pooled = self.algorithm.traits.pooled
+        plan = plan_actors(
+            self.resources, self.data.num_clients, pooled=pooled, cpus=cluster_cpus, gpus=cluster_gpus
+        )
+        return plan.actors
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple[str, ...], raw: Any) -> tuple[str, list[str]] | None:

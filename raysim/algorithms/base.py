@@ -1,4 +1,4 @@
-"""The algorithm contract (DESIGN section 4) and the records that cross the wire.
+"""The algorithm contract (docs/architecture.md, section 3) and the records that cross the wire.
 
 An algorithm is one object whose class declares everything the runtime relies on:
 

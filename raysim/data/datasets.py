@@ -67,7 +67,8 @@ class Dataset:
     ``mean``/``std`` are the per-channel statistics of ``x_train / 255`` (computed exactly from the
     training split) for uint8 data, and empty tuples for float data. ``natural_train[k]`` /
     ``natural_test[k]`` are client ``k``'s positions into ``x_train`` / ``x_test`` when the dataset is
-    federated by nature (``synthetic``), else ``None``.
+    federated by nature (``synthetic``), else ``None``. ``classes[c]`` names class ``c`` and
+    ``client_ids[k]`` natural client ``k`` when the files say so (``raysim.data.files``), else ``None``.
     """
 
     name: str
@@ -81,8 +82,16 @@ class Dataset:
     std: tuple[float, ...]
     natural_train: tuple[np.ndarray, ...] | None = None
     natural_test: tuple[np.ndarray, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    client_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(
+                f"dataset {self.name!r}: {len(self.classes)} class names for {self.num_classes} classes"
+            )
+        if self.client_ids is not None and len(self.client_ids) != len(self.natural_train or ()):
+            raise ValueError(f"dataset {self.name!r}: client_ids must name each natural client once")
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if len(x) != len(y):
                 raise ValueError(f"dataset {self.name!r}: {len(x)} {split} inputs but {len(y)} labels")

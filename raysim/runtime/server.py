@@ -1,4 +1,4 @@
-"""Server: owns the algorithm state and runs one round (DESIGN section 3, steps 1-6).
+"""Server: owns the algorithm state and runs one round (docs/architecture.md, section 2, steps 1-6).
 
 The same plain class runs in-process (serial backend) and inside the Ray ``ServerActor``;
 only the ``pool`` it talks to differs (in-process hosts or client actors).

@@ -441,3 +441,43 @@ def test_an_installed_or_raysim_module_adds_nothing_to_the_workers_path(monkeypa
     resolve("models", "raysim.models.registry:mlp")
     resolve("partitions", "numpy.random:default_rng")  # from site-packages (callable: contract holds)
     assert plugins.worker_env() == {}
+
+
+# --------------------------------------------------------------------------- the file datasets
+
+
+def test_a_parquet_dataset_with_a_client_column_runs_with_its_natural_partition(tmp_path):
+    """The built-in name 'parquet' (raysim.data.files, imported on first use) through the config:
+    its dataset_params validated by its params model, its natural clients used by partition natural."""
+    rng = np.random.default_rng(0)
+    n = 240
+    frame = pd.DataFrame({f"f{i}": rng.normal(size=n).astype(np.float32) for i in range(4)})
+    frame["label"] = (frame.f0 > 0).astype(int) + (frame.f1 > 0).astype(int)
+    frame["user"] = rng.choice(["u1", "u2", "u3", "u4"], size=n)
+    (tmp_path / "data").mkdir()
+    frame.to_parquet(tmp_path / "data" / "d.parquet")
+    data = {
+        "dataset": "parquet",
+        "data_dir": str(tmp_path / "data"),
+        "partition": "natural",
+        "num_clients": 4,
+    }
+    out, rounds = run_cli(
+        tmp_path / "a",
+        model={"name": "mlp", "hidden": 8},
+        data={**data, "dataset_params": {"client": "user"}},
+    )
+    assert len(rounds) == 2 and out["rounds"] == 2
+    refused(
+        tmp_path / "b",
+        "data.dataset_params.clinet: unknown key (check the spelling); valid keys of dataset 'parquet':",
+        model={"name": "mlp"},
+        data={**data, "dataset_params": {"clinet": "user"}},
+    )
+    refused(  # no client column: not federated by nature, which only loading can tell
+        tmp_path / "c",
+        "scheme 'natural' needs a dataset that is federated by nature",
+        commands=("run",),
+        model={"name": "mlp"},
+        data={**data, "dataset_params": {"features": ["f0", "f1", "f2", "f3"]}},
+    )

@@ -140,6 +140,13 @@ DATASET_NAMES = tuple(DATASETS)  # the built-in names; plug-ins add theirs (rays
 PARTITION_NAMES = SCHEMES
 
 
+def _image_models() -> set[str]:
+    """The built-in models that need image input (every one but ``mlp``)."""
+    from raysim.models.registry import MODELS
+
+    return set(MODELS) - {"mlp"}
+
+
 def _plugin_name(kind: str, name: str) -> str:
     """``name`` when it resolves to a plug-in of ``kind`` (imported now), else a ValueError with
     ``raysim.plugins``' reason (pydantic puts the field's place in front of it)."""
@@ -438,7 +445,8 @@ class ExperimentConfig(_Section):
                 "use dataset 'synthetic', or a dataset that fills natural_train (e.g. 'parquet' with a "
                 "client-id column)"
             )
-        if d.dataset == "synthetic" and self.model.name != "mlp":
+        # the built-in image models cannot take vectors; a plug-in model may
+        if d.dataset == "synthetic" and self.model.name in _image_models():
             raise ValueError("data.dataset 'synthetic' is vector data: set model.name to 'mlp'")
         if self.resources.clients_per_actor != "auto" and self.resources.num_actors is not None:
             raise ValueError("set either resources.clients_per_actor or resources.num_actors, not both")

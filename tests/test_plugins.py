@@ -259,6 +259,14 @@ def test_a_plugin_dataset_check_is_asked_before_loading(tmp_path):
     )
 
 
+def test_vector_data_refuses_the_builtin_image_models_only(tmp_path):
+    synthetic = {"dataset": "synthetic", "partition": "natural", "num_clients": 4}
+    with pytest.raises(ConfigError, match="data.dataset 'synthetic' is vector data: set model.name to 'mlp'"):
+        config_from_dict(raw_config(tmp_path, data=synthetic, model={"name": "cnn-small"}))
+    cfg = config_from_dict(raw_config(tmp_path, data=synthetic, model={"name": MODEL, "width": 4}))
+    assert cfg.model.params == {"width": 4}
+
+
 def test_partition_natural_is_refused_at_config_time_for_builtins_known_not_to_be_natural():
     with pytest.raises(
         ConfigError, match="'natural' needs a federated-by-nature dataset, and 'digits' is not one"

@@ -299,9 +299,10 @@ def validate_params(kind: str, name: str, obj: Any, params: Mapping[str, Any] | 
         params = params.model_dump()
     if pm is None:
         if params:
+            keys = sorted(params)
             raise PluginError(
-                f"{SINGULAR[kind]} {name!r} takes no parameters (it has no params_model), "
-                f"got {', '.join(sorted(params))}"
+                f"{SINGULAR[kind]} {name!r} takes no parameters (it has no params_model): unknown "
+                f"key{'s' if len(keys) > 1 else ''} {', '.join(keys)} (check the spelling)"
             )
         return None
     return pm.model_validate(dict(params or {}))

@@ -298,6 +298,12 @@ def test_model_params_reach_the_builder():
     assert not buffers
 
 
+def test_a_model_made_for_one_input_shape_passes_the_config_checks():
+    layout, _ = model_structure(f"{FX}:colour_only")
+    assert layout.size == 3 * 32 * 32 * 10 + 10
+    config_from_dict({"model": {"name": f"{FX}:colour_only"}, "data": {"dataset": "cifar10"}})
+
+
 def test_a_partition_plugin_builds_the_federation_like_a_builtin():
     ds = load_dataset("digits", seed=0)
     fed = build_federation(

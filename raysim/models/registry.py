@@ -165,8 +165,13 @@ def build_model(
 def model_structure(name: str, params: Mapping[str, Any] | None = None) -> tuple[ParamLayout, bool]:
     """A model's parameter layout (names, shapes, module kinds) and whether it has buffers (e.g.
     BatchNorm running statistics), for config-time checks. Names and module kinds do not depend on
-    the input shape: an image model is built for 1x28x28, a vector model for 60 features."""
+    the input shape: the model is built for the first of :data:`PROBE_SHAPES` it accepts (a
+    builder refuses a shape with ValueError)."""
     return _structure(name, json.dumps(dict(params or {}), sort_keys=True, default=str))
+
+
+# 1x28x28 images, then 3x32x32 (a plug-in model made for colour images), then 60 features
+PROBE_SHAPES: tuple[tuple[int, ...], ...] = ((1, 28, 28), (3, 32, 32), (60,))
 
 
 @functools.cache
@@ -174,12 +179,15 @@ def _structure(name: str, params_json: str) -> tuple[ParamLayout, bool]:
     from raysim.plugins import PluginError
 
     params = json.loads(params_json)
-    try:
-        module = build_model(name, (1, 28, 28), 10, params)
-    except PluginError:
-        raise
-    except ValueError:
-        module = build_model(name, (60,), 10, params)
+    for shape in PROBE_SHAPES:
+        try:
+            module = build_model(name, shape, 10, params)
+            break
+        except PluginError:
+            raise
+        except ValueError:
+            if shape == PROBE_SHAPES[-1]:
+                raise
     return ParamLayout.of(module), any(True for _ in module.buffers())
 
 

@@ -315,12 +315,6 @@ def call_params(pm_instance: BaseModel | None) -> dict[str, Any]:
     return {k: getattr(pm_instance, k) for k in type(pm_instance).model_fields}
 
 
-def module_of(kind: str, name: str) -> str:
-    """The module a plug-in's code lives in (resolves it)."""
-    obj = resolve(kind, name)
-    return str(getattr(obj, "__module__", "") or "")
-
-
 __all__ = [
     "KINDS",
     "PluginError",
@@ -331,7 +325,7 @@ __all__ = [
     "entry_points",
     "group",
     "is_import_path",
-    "module_of",
+    "local_roots",
     "names",
     "params_model",
     "resolve",

@@ -5,7 +5,7 @@ looked up in this order:
 
 1. **a built-in name** (``fedavg``, ``cnn-small``, ``digits``, ``dirichlet``, ...): raysim's own
    tables (``raysim.algorithms.ALGORITHMS``, ``raysim.models.registry.MODELS``,
-   ``raysim.data.datasets.DATASETS``, ``raysim.data.federation.PARTITIONS``). A table entry may be
+   ``raysim.data.datasets.DATASETS``, ``raysim.data.schemes.PARTITIONS``). A table entry may be
    an import-path string, imported on first use (the file datasets ``npz``, ``parquet``,
    ``imagefolder``: ``raysim.data.files`` loads pyarrow/torchvision only when asked for).
 2. **an entry point** of an installed package, in the group ``raysim.<kind>``
@@ -94,7 +94,7 @@ def builtins(kind: str) -> Mapping[str, Any]:
         from raysim.data.datasets import DATASETS
 
         return DATASETS
-    from raysim.data.federation import PARTITIONS
+    from raysim.data.schemes import PARTITIONS
 
     return PARTITIONS
 

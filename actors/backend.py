@@ -92,9 +92,12 @@ def get(refs: Any, timeout: float | None = None) -> Any:
 
 
 def actor_runtime_env(reproducible: bool) -> dict[str, Any]:
-    """Every actor's environment: raysim's allocator settings, and in reproducible mode the variables
-    that pin its kernels (read when its torch and numpy load, so they must be there at its start)."""
-    return {"env_vars": {**ACTOR_ENV, **(reproducible_env() if reproducible else {})}}
+    """Every actor's environment: raysim's allocator settings, in reproducible mode the variables
+    that pin its kernels (read when its torch and numpy load, so they must be there at its start),
+    and the folders of local plug-in modules on its PYTHONPATH (``raysim.plugins.worker_env``)."""
+    from raysim.plugins import worker_env
+
+    return {"env_vars": {**ACTOR_ENV, **(reproducible_env() if reproducible else {}), **worker_env()}}
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
@@ -471,6 +474,11 @@ class RayBackend:
             spec.server_cpus,
             spec.server_gpus,
             spec.actor_memory_mb,
+        )
+        from actors.plugin_check import check_nodes
+
+        check_nodes(  # every node can import the run's plug-ins, or one clear refusal
+            spec.algorithm, spec.host_spec.model, actor_runtime_env(spec.reproducible)
         )
         self.ds_ref = ds_ref = ray.put(spec.dataset)  # once; actors on a node share zero-copy arrays.
         # Kept referenced for as long as the backend lives, so that a restarted actor can read it again.

@@ -100,6 +100,7 @@ class Experiment:
                 num_clients=d.num_clients,
                 synthetic_alpha=d.synthetic_alpha,
                 synthetic_beta=d.synthetic_beta,
+                params=d.dataset_params,
             )
             fed = build_federation(
                 ds,
@@ -114,6 +115,7 @@ class Experiment:
                 test_per_client=d.test_per_client,
                 public_fraction=d.public_fraction,
                 examples_per_client=d.examples_per_client,
+                partition_params=d.partition_params,
             )
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"data: {exc}") from None
@@ -129,6 +131,7 @@ class Experiment:
         self.num_hosts = len(host_shards)
         host_spec = HostSpec(
             model=cfg.model.name,
+            model_params=cfg.model.params,
             input_shape=tuple(ds.input_shape),
             num_classes=ds.num_classes,
             mean=tuple(ds.mean),
@@ -137,10 +140,10 @@ class Experiment:
             torch_threads=cfg.resources.torch_threads,
             noisy_clients=pick_noisy(len(shards), d.label_noise, cfg.seed),
         )
-        params0 = init_params(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed)
+        params0 = init_params(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed, cfg.model.params)
         from raysim.models import ParamLayout, build_model
 
-        layout = ParamLayout.of(build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes))
+        layout = ParamLayout.of(build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.model.params))
         ctx = SetupContext(
             num_clients=len(shards),
             client_sizes=np.array([len(s.train_idx) for s in shards]),
@@ -163,6 +166,7 @@ class Experiment:
             public_y=ds.y_train[pub] if len(pub) else None,
             trainer_kwargs={
                 "model": cfg.model.name,
+                "model_params": cfg.model.params,
                 "input_shape": tuple(ds.input_shape),
                 "num_classes": ds.num_classes,
                 "mean": tuple(ds.mean),

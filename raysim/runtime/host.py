@@ -50,7 +50,8 @@ def client_seed(seed: int, round_idx: int, client_id: int, purpose: int = 0) -> 
 
 @dataclass(frozen=True, kw_only=True)
 class HostSpec:
-    model: str
+    model: str  # a name raysim.plugins resolves (built-in, entry point, import path) on the actor
+    model_params: Mapping[str, Any] = field(default_factory=dict)  # the config's model: keys but name
     input_shape: tuple[int, ...]
     num_classes: int
     mean: tuple[float, ...]
@@ -204,6 +205,7 @@ class ClientHost:
         self.gpu_ids = list(gpu_ids or [])
         self.trainer = Trainer(
             model=spec.model,
+            model_params=spec.model_params,
             input_shape=spec.input_shape,
             num_classes=spec.num_classes,
             mean=spec.mean,

@@ -95,13 +95,14 @@ class Trainer:
         model: str,
         input_shape: tuple[int, ...],
         num_classes: int,
+        model_params: Mapping[str, object] | None = None,
         mean: tuple[float, ...] = (),
         std: tuple[float, ...] = (),
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
         self.input_shape = tuple(input_shape)
-        self.fm = FlatModel(build_model(model, input_shape, num_classes), self.device)
+        self.fm = FlatModel(build_model(model, input_shape, num_classes, model_params), self.device)
         self.num_classes = num_classes
         if mean:
             m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)

@@ -147,7 +147,7 @@ def run_trial(
         if checkpoint_dir is not None:
             last = exp.restore(checkpoint_dir)
         while not exp.should_stop():
-            hparams = exp.hparams()
+            hparams = exp.hparams().as_dict()
             rep = exp.step()
             last = rep.round
             metrics = tune_metrics(rep.metrics)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.algorithms.base import Algorithm, ClientTask, RoundContext, ServerContext
+from raysim.algorithms.base import Algorithm, ClientTask, LocalHParams, RoundContext, ServerContext
 from raysim.config import ExperimentConfig
 from raysim.runtime.experiment import Experiment
 
@@ -31,7 +31,7 @@ def configure(
         round_idx=t,
         available=list(available),
         cohort_size=cohort if cohort is not None else len(available),
-        hparams=dict(hparams or HPARAMS),
+        hparams=LocalHParams.of(**(hparams or HPARAMS)),
         rng=rng if rng is not None else np.random.default_rng(0),
     )
     new_state, plan = algo.configure_round(state, rnd)
@@ -44,7 +44,9 @@ def aggregate(
     algo: Algorithm, state: Any, t: int, results: Sequence[Any], rng: np.random.Generator | None = None
 ) -> tuple[Any, dict[str, float]]:
     server = ServerContext(
-        round_idx=t, rng=rng if rng is not None else np.random.default_rng(0), hparams=dict(HPARAMS)
+        round_idx=t,
+        rng=rng if rng is not None else np.random.default_rng(0),
+        hparams=LocalHParams.of(**HPARAMS),
     )
     return algo.aggregate(state, results, server)
 

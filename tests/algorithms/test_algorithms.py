@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raysim.algorithms import build_algorithm, hooks
-from raysim.algorithms.base import ClientTask, LinearSum, SetupContext
+from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams, SetupContext
 from raysim.models import ParamLayout, build_model
 from raysim.runtime.trainer import FitResult
 from tests.algorithms.contract import aggregate, configure
@@ -36,7 +36,7 @@ def ctx(n_params=3, clients=4, cohort=2):
         layout=layout,
         num_classes=2,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=5,
         clients_per_round=cohort,
     )
@@ -62,7 +62,9 @@ def test_fedprox_hook_adds_mu_times_distance_to_the_global_model():
     torch.testing.assert_close(g, torch.tensor([1.0, 0.0]))  # 0.5 * ([3, 2] - [1, 2])
     algo = build_algorithm("fedprox", {"mu": 0.0})
     c = FakeClient()
-    algo.client_update(ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1}), center, c)
+    algo.client_update(
+        ClientTask(client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.1)), center, c
+    )
     assert c.hooks == [None]  # mu = 0 is exactly FedAvg
 
 
@@ -71,7 +73,9 @@ def test_scaffold_option_ii_control_update_by_hand():
     state = algo.init(np.zeros(3, np.float32), ctx())
     c_global = np.array([0.2, 0.0, -0.2], np.float32)
     client = FakeClient(broadcast={"control": c_global})
-    task = ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1}, broadcast_keys=("control",))
+    task = ClientTask(
+        client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.1), broadcast_keys=("control",)
+    )
     r = algo.client_update(task, np.zeros(3, np.float32), client)
     # c_i+ = c_i - c + (x - y) / (K lr) = 0 - c + 0.4 / (4 * 0.1) = 1 - c
     np.testing.assert_allclose(client.state["control"], 1.0 - c_global, rtol=1e-6)
@@ -89,7 +93,7 @@ def test_local_only_keeps_each_clients_model_to_itself():
     algo = build_algorithm("local")
     state = algo.init(np.zeros(2, np.float32), ctx(n_params=2))
     client = FakeClient()
-    task = ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1})
+    task = ClientTask(client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.1))
     algo.client_update(task, np.zeros(2, np.float32), client)
     algo.client_update(task, np.zeros(2, np.float32), client)
     np.testing.assert_allclose(client.state["params"], -0.8)  # trained twice from its own model
@@ -113,7 +117,9 @@ def test_flat_sgd_matches_torch_sgd():
     y = rng.integers(0, 10, size=64)
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = Trainer(model="cnn-small", input_shape=(1, 8, 8), num_classes=10, mean=(0.5,), std=(0.25,))
-    out = tr.fit(p0, x, y, epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=5)
+    out = tr.fit(
+        p0, x, y, LocalHParams.of(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3), seed=5
+    )
     assert out.steps == 8 and out.num_examples == 64
 
     ref = FlatModel(build_model("cnn-small", (1, 8, 8), 10))
@@ -144,9 +150,9 @@ class FakeServerData:
     def splits(self):
         return self._splits
 
-    def fit(self, params, split="public", **hp):
-        self.fits.append((split, hp))
-        return FitResult(params=params + hp["epochs"], loss=0.5, steps=1, num_examples=10)
+    def fit(self, params, split="public", *, hparams):
+        self.fits.append((split, hparams))
+        return FitResult(params=params + hparams.epochs, loss=0.5, steps=1, num_examples=10)
 
     def evaluate(self, params, split="public"):
         class Ev:
@@ -168,14 +174,7 @@ def test_pretrained_start_is_dsacs_base_model(name):
     dsac = build_algorithm("dsac", {"pretrain_epochs": 3, "pretrain_lr": 0.02, "num_submodels": 1})
     dstate = dsac.init(np.zeros(3, np.float32), setup)
     np.testing.assert_array_equal(state.params, dstate.params)  # the same M_base, by the same helper
-    assert (
-        data.fits[0]
-        == data.fits[1]
-        == (
-            "public",
-            {"epochs": 3, "batch_size": 4, "lr": 0.02, "momentum": 0.0},
-        )
-    )
+    assert data.fits[0] == data.fits[1] == ("public", LocalHParams.of(epochs=3, batch_size=4, lr=0.02))
     _, m = aggregate(algo, state, 1, [])
     assert m["base_test_accuracy"] == 0.75 and m["base_test_loss"] == 0.8  # round 0, every round
     random = build_algorithm(name)

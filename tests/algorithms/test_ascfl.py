@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from raysim.algorithms import ALGORITHMS, build_algorithm
 from raysim.algorithms import ascfl_math as am
 from raysim.algorithms.ascfl import ASCFL
-from raysim.algorithms.base import ClientResult, ClientTask, ServerContext, SetupContext
+from raysim.algorithms.base import ClientResult, ClientTask, LocalHParams, ServerContext, SetupContext
 from raysim.clustering import cosine_similarity_matrix
 from raysim.models import ParamLayout, build_model
 from raysim.runtime.trainer import FitResult
@@ -309,7 +309,7 @@ def ctx(n_params=8, clients=4, groups=None):
         layout=layout,
         num_classes=2,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=5,
         clients_per_round=clients,
         client_groups=groups,
@@ -348,7 +348,9 @@ def res(cid, delta, n, rank=None):
 
 
 def server(t=1, fn=lambda p: 0.5):
-    return ServerContext(round_idx=t, rng=np.random.default_rng(t), hparams={}, data=ProxyStub(fn))
+    return ServerContext(
+        round_idx=t, rng=np.random.default_rng(t), hparams=LocalHParams.of(), data=ProxyStub(fn)
+    )
 
 
 def test_server_clusters_two_groups_and_aggregates_each_by_hand():
@@ -358,7 +360,7 @@ def test_server_clusters_two_groups_and_aggregates_each_by_hand():
     tasks = configure(algo, state0, 1, [0, 1, 2, 3])
     assert {t.model_key for t in tasks} == {"global"}  # nobody is clustered yet
     # "steps": max(ceil(4 / n), 10) = 10 steps of batch 4 -> ceil(40 / n) epochs for n = 10, 30, 20, 20
-    assert [t.hparams["epochs"] for t in tasks] == [4, 2, 2, 2]
+    assert [t.hparams.epochs for t in tasks] == [4, 2, 2, 2]
     results = [res(0, A, 10, 1), res(1, B, 30, 1), res(2, 1.1 * A, 20, 1), res(3, 0.9 * B, 20, 1)]
     # seed 1 (size-weighted centrality 50/80, tied with 3: lowest index) takes 3; seed 0 takes 2;
     # one candidate each (25% of 4), each passing the proxy test

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import ClientResult, SetupContext
+from raysim.algorithms.base import ClientResult, LocalHParams, SetupContext
 from raysim.algorithms.cfl import CFL, bipartition, separation, split_rule, update_norms
 from raysim.models import ParamLayout
 from raysim.runtime.experiment import Experiment
@@ -26,7 +26,7 @@ def ctx(clients=5, groups=None):
         layout=layout,
         num_classes=2,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=5,
         clients_per_round=clients,
         client_groups=groups,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, SetupContext
+from raysim.algorithms.base import GLOBAL, LocalHParams, SetupContext
 from raysim.algorithms.fedbn import FedBN, batchnorm_mask
 from raysim.algorithms.personal import PERSONAL_RANGES
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
@@ -36,7 +36,7 @@ def ctx(lay, clients=3):
         layout=lay,
         num_classes=10,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=3,
         clients_per_round=clients,
     )
@@ -80,7 +80,7 @@ def test_trainer_trains_from_the_given_buffers_and_returns_them():
     bright = (x // 4 + 190).astype(np.uint8)
     t = Trainer(model="cnn-bn", input_shape=SHAPE, num_classes=10)
     p0 = init_params("cnn-bn", SHAPE, 10, seed=0)
-    kw = {"epochs": 1, "batch_size": 8, "lr": 0.05, "seed": 1}
+    kw = {"hparams": LocalHParams.of(epochs=1, batch_size=8, lr=0.05), "seed": 1}
     a = t.fit(p0, x, y, buffers={}, **kw)
     assert a.buffers is not None and int(a.buffers["1.num_batches_tracked"]) == 5  # 40 / 8 steps
     t.fit(p0, bright, y, buffers={}, **kw)  # another client's statistics now sit in the module

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, LocalHParams, SetupContext
 from raysim.algorithms.fedrod import HEAD, FedRoD, head_slices, log_prior
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
 from raysim.runtime.experiment import Experiment
@@ -32,7 +32,7 @@ def ctx(layout=LAYOUT, clients=2, classes=2):
         layout=layout,
         num_classes=classes,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=3,
         clients_per_round=clients,
     )
@@ -68,18 +68,8 @@ class TrainerClient:
         self.trainer, self.x, self.y = trainer, x, y
         self.client_id, self.num_examples, self.state, self.broadcast = 0, len(y), {}, {}
 
-    def fit(self, params, *, grad_hook=None, buffers=None, **hp):
-        return self.trainer.fit(
-            params,
-            self.x,
-            self.y,
-            epochs=int(hp["epochs"]),
-            batch_size=len(self.y),
-            lr=float(hp["lr"]),
-            weight_decay=float(hp.get("weight_decay", 0.0)),
-            seed=0,
-            grad_hook=grad_hook,
-        )
+    def fit(self, params, *, hparams, grad_hook=None, buffers=None):
+        return self.trainer.fit(params, self.x, self.y, hparams, seed=0, grad_hook=grad_hook)
 
     def evaluate(self, params, split="val", buffers=None):
         assert split == "train"

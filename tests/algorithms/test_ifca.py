@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import ClientResult, LinearSum, SetupContext
+from raysim.algorithms.base import ClientResult, LinearSum, LocalHParams, SetupContext
 from raysim.algorithms.ifca import IFCA, pick_cluster
 from raysim.models import ParamLayout
 from raysim.runtime.experiment import Experiment
@@ -55,7 +55,7 @@ def ctx(n_params=3, clients=4, groups=None):
         layout=layout,
         num_classes=2,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=5,
         clients_per_round=clients,
         client_groups=groups,

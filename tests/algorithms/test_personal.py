@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, LocalHParams, SetupContext
 from raysim.algorithms.personal import (
     PERSONAL_RANGES,
     FedPer,
@@ -36,7 +36,7 @@ def ctx(layout=LAYOUT, clients=4):
         layout=layout,
         num_classes=2,
         seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
         num_rounds=3,
         clients_per_round=clients,
     )

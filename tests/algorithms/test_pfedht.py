@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import ClientResult, RoundContext, ServerContext, SetupContext
+from raysim.algorithms.base import ClientResult, LocalHParams, RoundContext, ServerContext, SetupContext
 from raysim.algorithms.personal import PERSONAL_RANGES, ranges_to_mask
 from raysim.algorithms.pfedht import ALL_PERSONAL, PFedHN, PFedHT, build_hypernet, client_key, new_clients
 from raysim.models import ParamLayout, build_model, init_params
@@ -21,7 +21,7 @@ from raysim.runtime.trainer import FitResult
 from tests.algorithms.contract import steps_with_checkpoint
 from tests.conftest import tiny_config
 
-HP = {"lr": 0.1, "epochs": 1, "batch_size": 4}
+HP = LocalHParams.of(lr=0.1, epochs=1, batch_size=4)
 # a tiny "transformer" layout: two personal tensors (6 values) around one shared tensor (3 values)
 TINY = ParamLayout(
     names=("b.attn.q.weight", "b.norm.weight", "b.attn.v.bias"),

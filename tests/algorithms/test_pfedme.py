@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, LocalHParams, SetupContext
 from raysim.algorithms.pfedme import MoreauSteps, PFedMe
 from raysim.models import ParamLayout
 from raysim.runtime.experiment import Experiment
@@ -28,7 +28,7 @@ def ctx(clients=2):
         layout=LAYOUT,
         num_classes=2,
         seed=0,
-        local={"lr": 0.5, "epochs": 1, "batch_size": 4},
+        local=LocalHParams.of(lr=0.5, epochs=1, batch_size=4),
         num_rounds=3,
         clients_per_round=clients,
     )
@@ -42,13 +42,13 @@ class QuadraticClient:
         self.client_id, self.num_examples, self.state, self.broadcast = cid, n, {}, {}
         self.target, self.steps, self.lrs = target, steps, []
 
-    def fit(self, params, *, grad_hook=None, **hp):
-        self.lrs.append(hp["lr"])
+    def fit(self, params, *, hparams, grad_hook=None):
+        self.lrs.append(hparams.lr)
         theta = torch.tensor(np.array(params, dtype=np.float32))
         for _ in range(self.steps):
             g = theta - self.target
             grad_hook(theta, g)
-            theta = theta - hp["lr"] * g
+            theta = theta - hparams.lr * g
         return FitResult(params=theta.numpy(), loss=0.0, steps=self.steps, num_examples=self.num_examples)
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from actors import backend as ray_backend
-from actors.backend import check_nodes, check_reachable, place_on_nodes
+from actors.backend import check_reachable
+from actors.placement import check_nodes, place_on_nodes
 from raysim.algorithms import ALGORITHMS
 from raysim.config import ConfigError
 from raysim.runtime.backend import NodeShare, ServerLost, Share

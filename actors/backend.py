@@ -462,6 +462,10 @@ class RayBackend:
             nodes=tuple(nodes),
         )
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's live nodes, for the run's environment.json (the serial backend has none)."""
+        return cluster_nodes()
+
     def start(self, spec: StartSpec) -> None:
         from actors.client import ClientActor
 

@@ -58,10 +58,9 @@ def run(
     ] = None,
 ) -> None:
     """Run one experiment and write runs/<name>/ (Parquet metrics, summary.json, config.yaml)."""
-    from raysim.runtime.experiment import Experiment
+    from raysim import api  # the Python API's own path: one runner
     from raysim.runtime.server import ClientCodeError
 
-    exp = None
     try:
         if resume is not None:
             if config is not None or set_ or reproducible_ is not None:
@@ -70,26 +69,22 @@ def run(
                     "--reproducible/--no-reproducible"
                 )
             _reexec_if_reproducible(_saved_reproducible(resume))
-            exp = Experiment.resume(resume, address=address, progress=progress)
+            exp = api.resume(resume, address=address, progress=progress)
         else:
             if config is None:
                 fail("give a CONFIG (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
                 return
             extra = [] if reproducible_ is None else [f"resources.reproducible={str(reproducible_).lower()}"]
-            cfg = load_config(config, [*(set_ or []), *extra])
+            cfg = api.load_config(config, [*(set_ or []), *extra])
             _reexec_if_reproducible(cfg.resources.reproducible)
-            exp = Experiment(cfg, address=address, progress=progress)
-            exp.prepare()
-        summary = exp.run()
+            exp = api.experiment(cfg, address=address, progress=progress)
+        summary = api.run_experiment(exp).summary
     except ConfigError as err:
         fail(str(err))
         return
     except ClientCodeError as err:  # a bug in client code: its traceback, exit 1 (not a user error)
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    finally:
-        if exp is not None:
-            exp.close()
     if report_:
         from raysim.report import write_report
 
@@ -120,6 +115,9 @@ def validate(config: Path, set_: SetOpt = None) -> None:
     try:
         cfg = load_config(config, set_ or [])
         check_data_available(cfg)
+        from raysim.runtime.trackers import check_trackers
+
+        check_trackers(cfg.output.trackers)
     except ConfigError as err:
         fail(str(err))
         return

@@ -362,10 +362,25 @@ class ResourcesConfig(_Section):
         return v
 
 
+TRACKERS = ("tensorboard", "mlflow")
+
+
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = None  # default: the experiment name; one directory name under dir
     progress: bool = True
+    # where each round's metrics and the config also go (raysim.runtime.trackers): RUN_DIR/tensorboard
+    # event files, an MLflow run; a sweep logs its trials with Ray Tune's own callbacks instead
+    trackers: tuple[Literal["tensorboard", "mlflow"], ...] = ()
+    mlflow_uri: str | None = None  # default: sqlite:///RUN_DIR/mlflow.db (a sweep's: SWEEP_DIR/mlflow.db)
+    mlflow_experiment: str | None = None  # default: the experiment's name (a sweep's: the sweep's)
+
+    @field_validator("trackers")
+    @classmethod
+    def _once_each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"output.trackers names a tracker twice: {list(v)}")
+        return v
 
     @field_validator("name")
     @classmethod

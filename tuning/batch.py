@@ -35,7 +35,11 @@ def _one_run(runs_dir: str, table: dict[str, dict[str, Any]]) -> Callable[[dict[
         n = pinned_actors(cfg, pgf)
         if n:
             cfg = config_from_dict({**raw, "resources": {**raw["resources"], "num_actors": n}}, f"run {key}")
-        exp = Experiment(cfg, progress=False, share=trial_share(pgf, cfg.resources.backend))
+        from raysim.api import BACKENDS
+
+        exp = Experiment(
+            cfg, progress=False, share=trial_share(pgf, cfg.resources.backend), backends=BACKENDS
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. DSAC's K clamped to the model's layers
             try:

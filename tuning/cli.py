@@ -49,9 +49,8 @@ def tune(
 ) -> None:
     """Sweep an experiment's knobs with Ray Tune: Optuna TPE (+ASHA), PBT with genetic lr
     mutation, or a grid over seeds. Writes SWEEP_DIR/{trials.parquet,best.yaml,summary.md,plots/}."""
+    from raysim import api
     from raysim.cli import fail
-    from tuning.spec import load_spec
-    from tuning.sweep import resume_sweep, run_sweep
     from tuning.sweep import validate_best as validate
 
     modes = [spec is not None, resume is not None, validate_best is not None]
@@ -67,13 +66,17 @@ def tune(
                 fail(
                     "--resume continues a sweep with its saved sweep.yaml; drop --set/--num-samples/--storage-path"
                 )
-            outcome = resume_sweep(resume, address=address, echo=echo, trust_state=trust_sweep_state)
+            outcome = api.resume_sweep(resume, address=address, echo=echo, trust_state=trust_sweep_state)
         else:
             assert spec is not None
-            loaded = load_spec(spec, set_ or [])
-            if storage_path is not None:
-                loaded.spec = loaded.spec.model_copy(update={"storage_path": str(storage_path)})
-            outcome = run_sweep(loaded, address=address, num_samples=num_samples, echo=echo)
+            outcome = api.sweep(  # the Python API's own path
+                spec,
+                set_ or [],
+                address=address,
+                num_samples=num_samples,
+                storage_path=storage_path,
+                echo=echo,
+            )
     except ConfigError as err:
         fail(str(err))
         return

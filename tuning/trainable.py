@@ -88,6 +88,7 @@ def trial_config(
     raw = merge_dotted(base, config)
     output = dict(raw.get("output") or {})
     output["progress"] = False
+    output["trackers"] = []  # a sweep tracks its trials with Ray Tune's callbacks (tuning.sweep)
     if output_dir is not None:
         output["dir"] = str(output_dir)
         output["name"] = RUN_NAME
@@ -137,7 +138,9 @@ def run_trial(
     cfg = trial_config(base, config, output_dir=output_dir)
     if num_actors is not None and follows_resources(cfg.resources):
         cfg = trial_config(base, {**config, "resources.num_actors": num_actors}, output_dir=output_dir)
-    exp = Experiment(cfg, progress=False, share=share)
+    from raysim.api import BACKENDS  # the Ray backend, handed to the runtime by the entry point
+
+    exp = Experiment(cfg, progress=False, share=share, backends=BACKENDS)
     last = 0
     try:
         exp.prepare()

@@ -73,6 +73,7 @@ FUNCTIONS = {  # functions a state may call: numpy's and pyarrow's rebuilders, r
 }
 REFERENCE_ONLY = {  # a state holds them, nothing in it may call them (this one copies files)
     ("ray.train._internal.storage", "_upload_to_fs_path"),
+    ("tensorboardX.writer", "SummaryWriter"),  # Tune's TBX callback (output.trackers) keeps the class
 }
 _STRINGS = {
     "STRING",

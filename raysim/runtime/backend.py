@@ -1,13 +1,16 @@
 """The backend protocol both backends implement, and the rule that picks one.
 
 A backend starts the client hosts and the server somewhere (this process, or Ray actors) and
-relays the driver's calls to the server. The Ray backend lives beside the actor shells in
-``actors/`` (the core never imports Ray); it is imported here lazily, by name.
+relays the driver's calls to the server. The core knows only the serial backend; the Ray backend
+lives beside the actor shells in ``actors/`` (the core never imports Ray) and is handed in by the
+entry points (``raysim run``, ``raysim.api``, the Tune trainable) as a factory by name:
+``Experiment(cfg, backends={"ray": actors.backend.RayBackend})`` (``raysim.api.BACKENDS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -92,14 +95,37 @@ class Backend(Protocol):
 
 BACKENDS = ("serial", "ray")
 
+# (address, share) -> a backend: what an entry point hands the runtime for resources.backend
+BackendFactory = Callable[[str | None, Share | None], Backend]
+# Where the Ray backend lives, for callers that construct an Experiment directly with backend "ray"
+# and hand nothing in (older code, tests): resolved by name with a DeprecationWarning. The entry
+# points never take this path.
+RAY_BACKEND = "actors.backend:RayBackend"
 
-def make_backend(name: str, address: str | None = None, share: Share | None = None) -> Backend:
+
+def make_backend(
+    name: str,
+    address: str | None = None,
+    share: Share | None = None,
+    backends: Mapping[str, BackendFactory] | None = None,
+) -> Backend:
+    """The backend for ``resources.backend=name``: the one handed in under that name (``backends``),
+    else the core's serial backend; "ray" with nothing handed in is found by name (deprecated)."""
+    if backends and name in backends:
+        return backends[name](address, share)
     if name == "serial":
         from raysim.runtime.serial import SerialBackend
 
         return SerialBackend(share)
     if name == "ray":
-        from actors.backend import RayBackend
+        warnings.warn(
+            "resources.backend=ray with no backend handed in: pass Experiment(cfg, "
+            "backends=raysim.api.BACKENDS) (raysim.api, `raysim run` and `raysim tune` do)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        import importlib
 
-        return RayBackend(address, share)
+        module, attr = RAY_BACKEND.split(":")
+        return getattr(importlib.import_module(module), attr)(address, share)  # type: ignore[no-any-return]
     raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")

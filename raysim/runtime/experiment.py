@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,13 @@ from raysim.config import (
 )
 from raysim.models.flat import init_params
 from raysim.runtime import rundir
-from raysim.runtime.backend import Backend, ServerLost, Share, StartSpec, make_backend
+from raysim.runtime.backend import Backend, BackendFactory, ServerLost, Share, StartSpec, make_backend
 from raysim.runtime.host import HostSpec
 from raysim.runtime.logger import RunLogger
 from raysim.runtime.packing import pack_clients, pick_noisy, pooled_shard, roams
 from raysim.runtime.progress import ProgressView
 from raysim.runtime.server import EvalSpec, RoundReport
+from raysim.runtime.trackers import check_trackers, open_trackers
 
 StopRule = Callable[[RoundReport], bool]
 
@@ -59,15 +60,19 @@ class Experiment:
         run_dir: Path | None = None,
         share: Share | None = None,
         stop_when: StopRule | None = None,
+        backends: Mapping[str, BackendFactory] | None = None,
     ) -> None:
         """``share``: the resources this run may use (default: the whole cluster; a Tune trial
-        passes its placement group's). ``stop_when(report)``: a user rule that ends the run early."""
+        passes its placement group's). ``stop_when(report)``: a user rule that ends the run early.
+        ``backends``: the backend factories by name, for ``resources.backend`` (the entry points hand
+        in ``raysim.api.BACKENDS``, the Ray backend; the core itself has only the serial one)."""
         self.cfg = cfg
         self.address = address
         self.progress = cfg.output.progress if progress is None else progress
         self.run_dir = run_dir
         self.share = share
         self.stop_when = stop_when
+        self.backends = backends
         self.backend: Backend | None = None
         self.logger: RunLogger | None = None
         self.algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
@@ -79,6 +84,7 @@ class Experiment:
         self.overrides: dict[str, Any] = {}
         self.server_restarts = 0  # server actors lost and replaced from a checkpoint
         self.last: RoundReport | None = None
+        self.last_summary: dict[str, Any] = {}  # what the last run()/rounds() wrote to summary.json
 
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
@@ -88,6 +94,7 @@ class Experiment:
         cfg, d = self.cfg, self.cfg.data
         t0 = time.perf_counter()
         check_data_available(cfg)
+        check_trackers(cfg.output.trackers)
         if self.run_dir is None:
             check_output_dir(cfg)
         repro = reproducible.enter(cfg.resources.reproducible)  # before this process computes anything
@@ -124,7 +131,9 @@ class Experiment:
             shards = [pooled_shard(shards)]
         self.dataset, self.federation, self.shards = ds, fed, shards
 
-        backend = make_backend(cfg.resources.backend, self.address or cfg.resources.address, self.share)
+        backend = make_backend(
+            cfg.resources.backend, self.address or cfg.resources.address, self.share, self.backends
+        )
         share = backend.share()
         n_hosts = min(len(shards), cfg.num_client_actors(share.cpus, share.gpus))
         host_shards = pack_clients(shards, n_hosts)
@@ -201,11 +210,8 @@ class Experiment:
                 reproducible=res.reproducible,
             )
         )
-        nodes = None
-        if res.backend == "ray":  # the core does not import ray: the Ray backend's module asks it
-            from actors.backend import cluster_nodes
-
-            nodes = cluster_nodes()
+        cluster = getattr(backend, "nodes", None)  # a distributed backend's nodes (the serial one has none)
+        nodes = cluster() if callable(cluster) else None
 
         # Only now, with nothing left to refuse, does the run directory appear.
         if self.run_dir is None:
@@ -217,7 +223,7 @@ class Experiment:
         provenance.write(
             self.run_dir, provenance.collect(backend=res.backend, nodes=nodes, reproducible_state=repro)
         )
-        self.logger = RunLogger(self.run_dir)
+        self.logger = RunLogger(self.run_dir, open_trackers(cfg, self.run_dir))
         self.t_setup = time.perf_counter() - t0
 
     def _backend(self) -> Backend:
@@ -403,22 +409,40 @@ class Experiment:
         self.last = None
         return int(blob["round"])
 
-    def run(self, until: int | None = None) -> dict[str, Any]:
+    def rounds(self, until: int | None = None) -> Iterator[RoundReport]:
+        """Round by round (as ``run()``: periodic checkpoints, the stop rules), each round's report as
+        it finishes. Stopping the iteration (``break``, or closing it) stops the run there; either
+        way the tables and ``summary.json`` are written when the iteration ends, and a later
+        ``rounds()`` goes on from the next round."""
         if self.backend is None:
             self.prepare()
         logger = self._logger()
         last = self.cfg.rounds.num_rounds if until is None else until
         t_start = time.perf_counter()
-        with ProgressView(self.cfg.rounds.num_rounds, self.next_round, enabled=self.progress) as view:
+
+        def finish() -> None:
+            logger.flush()
+            self.last_summary = self.summary(time.perf_counter() - t_start)
+            logger.write_summary(self.last_summary)
+
+        try:
             while self.next_round <= last and not self.should_stop():
-                report = self.run_round(self.next_round)
+                yield self.run_round(self.next_round)
+        except GeneratorExit:  # the caller stopped early: what ran is the run so far
+            finish()
+            raise
+        finish()  # (a round that raised leaves no summary behind)
+
+    def run(self, until: int | None = None) -> dict[str, Any]:
+        """Every round (up to ``until``) with a progress view; the run's summary."""
+        if self.backend is None:
+            self.prepare()
+        with ProgressView(self.cfg.rounds.num_rounds, self.next_round, enabled=self.progress) as view:
+            for report in self.rounds(until):
                 view.update(report.round, report.metrics)
             if self.last is not None and self.last.stop and self.next_round <= self.cfg.rounds.num_rounds:
                 view.note(f"the algorithm converged: stopped after round {self.last.round}")
-        logger.flush()
-        summary = self.summary(time.perf_counter() - t_start)
-        logger.write_summary(summary)
-        return summary
+        return self.last_summary
 
     def summary(self, loop_seconds: float) -> dict[str, Any]:
         logger = self._logger()
@@ -452,13 +476,28 @@ class Experiment:
             "run_dir": str(self.run_dir),
         }
 
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
         if self.backend is not None:
             self.backend.shutdown()
             self.backend = None
 
     @classmethod
-    def resume(cls, run_dir: Path, *, address: str | None = None, progress: bool | None = None) -> Experiment:
+    def resume(
+        cls,
+        run_dir: Path,
+        *,
+        address: str | None = None,
+        progress: bool | None = None,
+        backends: Mapping[str, BackendFactory] | None = None,
+    ) -> Experiment:
         """An interrupted run, restored from its newest periodic checkpoint."""
         run_dir = Path(run_dir)
         rundir.check_run_dir(run_dir)  # config, tables, newest checkpoint: refused before Ray starts
@@ -469,7 +508,7 @@ class Experiment:
                 "(set rounds.checkpoint_every > 0 to write them)"
             )
         cfg = load_config(run_dir / "config.yaml")
-        exp = cls(cfg, address=address, progress=progress, run_dir=run_dir)
+        exp = cls(cfg, address=address, progress=progress, run_dir=run_dir, backends=backends)
         exp.prepare()
         t = exp.restore(ckpts[-1])
         exp._logger().reload(upto_round=t)

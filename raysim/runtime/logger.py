@@ -25,6 +25,7 @@ from raysim.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     from raysim.runtime.server import PersonalEval
+    from raysim.runtime.trackers import Tracker
 
 FILES = {
     "rounds": "rounds.parquet",
@@ -42,8 +43,10 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, trackers: Sequence[Tracker] = ()) -> None:
+        """``trackers``: also get each round's row (``output.trackers``; see raysim.runtime.trackers)."""
         self.run_dir = Path(run_dir)
+        self.trackers = list(trackers)
         self.rounds: list[dict[str, Any]] = []
         self.cohort: list[dict[str, Any]] = []  # clients.parquet's cohort rows, every round's
         self.system: list[dict[str, Any]] = []
@@ -66,6 +69,12 @@ class RunLogger:
         personal: PersonalEval | None = None,
     ) -> None:
         self.rounds.append(dict(metrics))
+        if self.trackers:
+            from raysim.runtime.trackers import round_values
+
+            values = round_values(metrics)
+            for tracker in self.trackers:
+                tracker.log_round(int(metrics["round"]), values)
         self.cohort.extend(client_rows)
         block = None
         if personal is not None and len(personal):
@@ -136,6 +145,8 @@ class RunLogger:
 
     def reload(self, upto_round: int) -> None:
         """Continue the log of an interrupted run: its rows up to ``upto_round`` (the checkpoint's)."""
+        for tracker in self.trackers:
+            tracker.rewind(upto_round)
         for attr, name in FILES.items():
             path = self.run_dir / name
             df = None
@@ -174,6 +185,11 @@ class RunLogger:
                     personal_loss=cols["personal_loss"][b - k : b].astype(np.float64),
                 )
             self._log.append((b - a - k, block))
+
+    def close(self) -> None:
+        """End the trackers' runs (the Parquet files are written by ``flush``)."""
+        for tracker in self.trackers:
+            tracker.close()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_bytes(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())

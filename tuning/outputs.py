@@ -1,0 +1,269 @@
+"""A finished sweep's outputs: ``trials.parquet`` (one row per trial and round), ``best.yaml``,
+``sweep.json``, ``summary.md`` and ``plots/``, made from Ray Tune's results and each trial's own
+record of its reports (``tuning.trainable.REPORTED``). ``tuning.sweep`` runs the sweep and calls
+``write_outputs``; nothing here starts Ray or Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from raysim.atomic import atomic_write_text
+from raysim.config import dump_config
+from raysim.runtime.logger import write_parquet
+from tuning.spec import LoadedSpec, SweepSpec
+
+Echo = Callable[[str], None]
+
+
+def tuning_seeds(loaded: LoadedSpec) -> list[int]:
+    """The seeds trials run on (the seeds used to tune: never the ones to report)."""
+    spec = loaded.spec
+    if "seed" in spec.space:
+        return [int(s) for s in spec.space["seed"].probes()]
+    return list(spec.seeds) if spec.seeds else [int(loaded.base["seed"])]
+
+
+@dataclass
+class SweepOutcome:
+    directory: Path
+    trials: int
+    errors: list[str]
+    best: dict[str, Any] | None
+
+
+def final_value(df: pd.DataFrame | None, metric: str) -> float:
+    if df is None or metric not in df or df[metric].dropna().empty:
+        return float("nan")
+    return float(df[metric].dropna().iloc[-1])
+
+
+def reported_rounds(trial_dir: Path) -> pd.DataFrame | None:
+    """Every round a trial reported, from the trainable's own record (``reported.jsonl``). A round
+    reported twice (run again after resuming from an earlier checkpoint) keeps its last report."""
+    from tuning.trainable import REPORTED
+
+    path = trial_dir / REPORTED
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows).drop(columns=["trial_id"], errors="ignore")
+    return df.drop_duplicates(subset="round", keep="last").sort_values("round").reset_index(drop=True)
+
+
+def trial_id_of(result: Any) -> str:
+    """A Tune result's trial id, from its directory (``trial_<id>``)."""
+    return Path(result.path).name.removeprefix("trial_")
+
+
+def history(result: Any) -> pd.DataFrame | None:
+    """A Tune result's rounds: the trainable's record, else Tune's (a trial that never reported)."""
+    df = reported_rounds(Path(result.path))
+    return result.metrics_dataframe if df is None else df
+
+
+def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
+    frames = []
+    for r in results:
+        df = history(r)
+        trial_id = trial_id_of(r)
+        if df is None or df.empty:
+            df = pd.DataFrame({"round": pd.Series([], dtype="int64")})
+        df = df.copy()
+        df["trial_id"] = trial_id
+        df["status"] = "error" if r.error is not None else "done"
+        for key in [*loaded.spec.space, "seed"]:
+            df[f"config/{key}"] = r.config.get(key)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    keep = [c for c in table.columns if not c.startswith("config/") or c.count("/") == 1]
+    return table[keep]
+
+
+def grid_points(spec: SweepSpec, finals: list[tuple[Any, list[float]]]) -> list[dict[str, Any]]:
+    """Finished trials grouped by their knobs without the seed: a grid point's seeds are one point
+    (its mean and 95% CI over seeds); outside grid mode every trial is its own point."""
+    from raysim.metrics import mean_ci95
+
+    groups: dict[str, list[tuple[Any, list[float]]]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for r, v in finals:
+        knobs = {k: _py(r.config.get(k)) for k in spec.space if k != "seed"}
+        key = json.dumps(knobs, sort_keys=True, default=str) if spec.mode == "grid" else Path(r.path).name
+        groups.setdefault(key, []).append((r, v))
+        configs[key] = knobs
+    out = []
+    for key, trials in groups.items():
+        trials.sort(key=lambda rv: str(rv[0].config.get("seed")))
+        mean, half = mean_ci95(np.array([v[0] for _, v in trials]))
+        out.append({"config": configs[key], "trials": trials, "mean": mean, "half": half})
+    return out
+
+
+def pareto_mask(values: np.ndarray, goals: list[str]) -> np.ndarray:
+    """Non-dominated rows of ``values`` (trials x objectives) under the goals (max/min)."""
+    signed = np.where(np.array(goals) == "max", values, -values)  # every objective maximised
+    n = len(signed)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated = np.all(signed >= signed[i], axis=1) & np.any(signed > signed[i], axis=1)
+        mask[i] = not dominated.any()
+    return mask
+
+
+def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo) -> SweepOutcome:
+    from tuning.plots import write_plots
+    from tuning.trainable import trial_config
+
+    spec = loaded.spec
+    table = trials_table(loaded, results)
+    write_parquet(table, directory / "trials.parquet")
+    errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
+    objs = spec.objective_list
+    by_trial = dict(iter(table.groupby("trial_id"))) if "trial_id" in table else {}
+    finals = []
+    for r in results:
+        if r.error is None:
+            rows = by_trial.get(trial_id_of(r))
+            finals.append((r, [final_value(rows, o.metric) for o in objs]))
+    finals = [(r, v) for r, v in finals if all(math.isfinite(x) for x in v)]
+    best: dict[str, Any] | None = None
+    points = grid_points(spec, finals)
+    if points:
+        sign = 1.0 if objs[0].goal == "max" else -1.0
+        top = max(points, key=lambda p: sign * p["mean"])
+        r, values = top["trials"][0]
+        knobs = {k: r.config[k] for k in [*spec.space, "seed"] if k in r.config}
+        best = {
+            "trial_id": trial_id_of(r),
+            "config": {k: _py(v) for k, v in knobs.items()},
+            objs[0].metric: top["mean"],  # over the point's seeds (one seed outside grid mode)
+            **{o.metric: v for o, v in zip(objs[1:], values[1:], strict=True)},
+            "seeds": [_py(t.config.get("seed")) for t, _ in top["trials"]],
+            "values": [v[0] for _, v in top["trials"]],
+            "rounds": int(by_trial[trial_id_of(r)]["round"].max()),
+        }
+        cfg = trial_config(loaded.base, {**knobs, "name": f"{spec.name}-best"})
+        over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"seed {knobs.get('seed')}"
+        head = (
+            f"# best of sweep {spec.name} ({spec.mode}): {objs[0].metric} = {top['mean']:.4f} after round "
+            f"{best['rounds']} ({over}; trial {best['trial_id']})\n"
+            f"#   raysim run best.yaml                      # rerun it\n"
+            f"#   raysim tune --validate-best {directory}   # on fresh seeds\n"
+        )
+        if spec.mode == "pbt":
+            head += "# PBT: the learning rate was a schedule; this is its final value (see trials.parquet)\n"
+        raw = yaml.safe_load(dump_config(cfg))
+        raw["output"] = dict(loaded.base["output"])
+        atomic_write_text(directory / "best.yaml", head + yaml.safe_dump(raw, sort_keys=False))
+    front = None
+    if spec.objectives is not None and finals:
+        vals = np.array([v for _, v in finals])
+        mask = pareto_mask(vals, [o.goal for o in objs])
+        front = [
+            {
+                "trial_id": trial_id_of(r),
+                **dict(zip([o.metric for o in objs], v, strict=True)),
+            }
+            for (r, v), m in zip(finals, mask, strict=True)
+            if m
+        ]
+    info = {
+        "name": spec.name,
+        "mode": spec.mode,
+        "objectives": [o.model_dump() for o in objs],
+        "trials": len(results),
+        "errors": len(errors),
+        "tuning_seeds": tuning_seeds(loaded),
+        "best": best,
+        "points": [
+            {"config": p["config"], "mean": p["mean"], "ci95_half_width": p["half"], "n": len(p["trials"])}
+            for p in points
+        ],
+        "pareto_front": front,
+    }
+    atomic_write_text(directory / "sweep.json", json.dumps(info, indent=2, default=_py) + "\n")
+    atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info))
+    write_plots(loaded, table, directory / "plots", info)
+    if best is not None:
+        over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"trial {best['trial_id']}"
+        knobs_shown = {k: v for k, v in best["config"].items() if k != "seed" or len(best["seeds"]) == 1}
+        echo(f"best: {objs[0].metric}={best[objs[0].metric]:.4f} ({over}) {knobs_shown}")
+    echo(f"wrote {directory}/trials.parquet, best.yaml, summary.md, plots/")
+    return SweepOutcome(directory=directory, trials=len(results), errors=errors, best=best)
+
+
+def _py(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def summary_markdown(loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, Any]) -> str:
+    spec = loaded.spec
+    metric = spec.objective_list[0].metric
+    knobs = [*spec.space, "seed"]
+    lines = [
+        f"# Sweep {spec.name} ({spec.mode})",
+        "",
+        f"{info['trials']} trials, {info['errors']} failed; tuned on seeds {info['tuning_seeds']}.",
+        "",
+        "| trial | " + " | ".join(knobs) + f" | rounds | final {metric} | status |",
+        "|" + "---|" * (len(knobs) + 4),
+    ]
+    points = info.get("points") or []
+    if spec.mode == "grid" and any(p["n"] > 1 for p in points):
+        names = [k for k in spec.space if k != "seed"]
+        sign = -1.0 if spec.objective_list[0].goal == "max" else 1.0
+        lines[4:4] = [
+            f"Each grid point over its seeds: final {metric}, mean ± 95% CI (t-interval).",
+            "",
+            "| " + " | ".join(names) + f" | seeds | final {metric} |",
+            "|" + "---|" * (len(names) + 2),
+            *[
+                "| "
+                + " | ".join(_fmt(p["config"].get(k)) for k in names)
+                + f" | {p['n']} | {p['mean']:.4f} ± {p['ci95_half_width']:.4f} |"
+                for p in sorted(points, key=lambda p: sign * p["mean"])
+            ],
+            "",
+            "Every trial:",
+            "",
+        ]
+    rows = []
+    for trial_id, df in table.groupby("trial_id", sort=False) if not table.empty else []:
+        last = df.iloc[-1]
+        final = final_value(df, metric)
+        cells = [f"{_fmt(last.get(f'config/{k}'))}" for k in knobs]
+        rounds = int(df["round"].max()) if df["round"].notna().any() else 0
+        rows.append(
+            (
+                final,
+                f"| {trial_id} | " + " | ".join(cells) + f" | {rounds} | {_fmt(final)} | {last['status']} |",
+            )
+        )
+    sign = -1.0 if spec.objective_list[0].goal == "max" else 1.0
+    rows.sort(key=lambda fr: (math.isnan(fr[0]), sign * fr[0] if not math.isnan(fr[0]) else 0.0))
+    lines += [row for _, row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

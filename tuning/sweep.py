@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -202,6 +203,9 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
     return VariantGenerator(max_concurrent=spec.max_concurrent_trials or 0), None
 
 
+CHDIR_VAR = "RAY_CHDIR_TO_TRIAL_DIR"  # Ray Tune's switch (ray.train.constants)
+
+
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -216,16 +220,28 @@ def ray_session(address: str | None, reproducible: bool = False) -> Iterator[Any
     import ray
 
     from actors.backend import ensure_ray
+    from raysim.plugins import worker_env
     from raysim.reproducible import environment
 
     started = False
     if not ray.is_initialized():
-        extra = {"runtime_env": {"env_vars": environment()}} if reproducible else {}
+        # local plug-ins' folders on the workers' path, as `raysim run` does for its actors
+        env = {**(environment() if reproducible else {}), **worker_env()}
+        extra = {"runtime_env": {"env_vars": env}} if env else {}
         ensure_ray(address, log_to_driver=False, **extra)
         started = True
+    # Tune would start each trial inside its trial directory, where a relative data path of the
+    # base config (data.data_dir, dataset_params.path) names nothing; trials write only absolute
+    # paths, so they keep the working directory they start in (Tune passes this to every trial)
+    chdir_before = os.environ.get(CHDIR_VAR)
+    os.environ[CHDIR_VAR] = "0"
     try:
         yield ray
     finally:
+        if chdir_before is None:
+            os.environ.pop(CHDIR_VAR, None)
+        else:
+            os.environ[CHDIR_VAR] = chdir_before
         if started:
             ray.shutdown()
 

@@ -602,6 +602,7 @@ def check_loud_failures(
     ``aggregate`` (from ``server.evaluate``/``fit``, or after it), it stops the run as itself."""
     with _case(algorithm, params, config, overrides, workdir) as case:
         base = case.build()
+        parent: Any = type(base)  # the variants below override one method and call the original
         name = case.cls.name
         lock = threading.Lock()
 
@@ -611,7 +612,7 @@ def check_loud_failures(
 
         def every_client(self: Any, task: Any, params: Any, client: Any) -> Any:
             before = len(fired)
-            type(self).__mro__[1].client_update(self, task, params, _FaultyClient(client, fired))
+            parent.client_update(self, task, params, _FaultyClient(client, fired))
             if len(fired) > before:
                 swallowed.append(task.client_id)
             raise InjectedFault("injected by raysim.testing after client_update returned")
@@ -639,7 +640,7 @@ def check_loud_failures(
                         victim.append(task.client_id)
                 if task.client_id == victim[0]:
                     raise InjectedFault(f"injected by raysim.testing for client {victim[0]}")
-                return type(self).__mro__[1].client_update(self, task, params, client)
+                return parent.client_update(self, task, params, client)
 
             try:
                 one = _run(case.config("loud-one-client"), _variant(base, client_update=one_client))
@@ -667,7 +668,7 @@ def check_loud_failures(
             if server.data is not None:
                 server = dataclasses.replace(server, data=_FaultyData(server.data, fired_server))
             before = len(fired_server)
-            type(self).__mro__[1].aggregate(self, state, results, server)
+            parent.aggregate(self, state, results, server)
             if len(fired_server) > before:
                 swallowed_server.append(server.round_idx)
             raise InjectedFault("injected by raysim.testing after aggregate returned")
@@ -711,8 +712,8 @@ def check_traits(
     overrides: Mapping[str, Any] | None = None,
     workdir: Path | str | None = None,
 ) -> None:
-    """What the class declares holds: a name; a ``params_model`` that refuses unknown keys; no client
-    state kept without ``Traits.client_state``; a ``linear`` aggregate that gives the same bits from
+    """What the class declares holds: a name; a ``params_model`` that refuses unknown keys; nothing
+    written to ``client.state`` without ``Traits.client_state``; a ``linear`` aggregate that gives the same bits from
     pre-summed results as from every client's own; the server's public split untouched (in ``init``
     and ``aggregate``) without ``Traits.public_split``. (``pooled`` and ``client_buffers`` change what
     the runtime does, checked by raysim's own tests.)"""
@@ -722,6 +723,7 @@ def check_traits(
 
     with _case(algorithm, params, config, overrides, workdir) as case:
         cls, base = case.cls, case.build()
+        parent: Any = type(base)  # the spy below overrides methods and calls the originals
         if not (isinstance(cls.name, str) and cls.name):
             raise AssertionError(f"{cls.__qualname__}.name must be a non-empty string, it is {cls.name!r}")
         if not isinstance(base.traits, Traits):
@@ -745,32 +747,42 @@ def check_traits(
         def init(self: Any, params: Any, ctx: SetupContext) -> Any:
             if ctx.data is not None:
                 ctx = dataclasses.replace(ctx, data=_SplitSpy(ctx.data, used))
-            return type(self).__mro__[1].init(self, params, ctx)
+            return parent.init(self, params, ctx)
 
         def aggregate(self: Any, state: Any, results: Any, server: ServerContext) -> Any:
             if server.data is not None:
                 server = dataclasses.replace(server, data=_SplitSpy(server.data, used))
-            return type(self).__mro__[1].aggregate(self, state, results, server)
+            return parent.aggregate(self, state, results, server)
+
+        wrote: dict[int, list[str]] = {}
+
+        def client_update(self: Any, task: Any, params: Any, client: Any) -> Any:
+            out = parent.client_update(self, task, params, client)
+            if client.state:
+                wrote.setdefault(task.client_id, sorted(map(str, client.state)))
+            return out
 
         over = {"data.public_fraction": 0.1, "resources.clients_per_actor": 4}
-        spied = _run(case.config("traits", **over), _variant(base, init=init, aggregate=aggregate))
+        spied = _run(
+            case.config("traits", **over),
+            _variant(base, init=init, aggregate=aggregate, client_update=client_update),
+        )
         if not traits.public_split and "public" in used:
             raise AssertionError(
                 f"{cls.name} fits or evaluates on the server's public split but does not declare "
                 "Traits.public_split=True: a config without data.public_fraction would fail in round 1 "
                 "instead of being refused when it is validated."
             )
-        if not traits.client_state:
-            kept = {c: sorted(s) for c, s in spied.state["client_states"].items() if s}
-            if kept:
-                raise AssertionError(
-                    f"{cls.name} declares Traits.client_state=False but clients keep state {kept}: on a "
-                    "roaming host it would be lost, and a checkpoint would not restore it. Declare "
-                    "client_state=True, or keep nothing in client.state."
-                )
+        if not traits.client_state and wrote:
+            raise AssertionError(
+                f"{cls.name} writes client.state (client: keys {wrote}) but declares "
+                "Traits.client_state=False: the runtime keeps no client state for it (what a client "
+                "writes is dropped after its round, and a client training on another host fails). "
+                "Declare client_state=True, or keep nothing in client.state."
+            )
         if traits.linear:
             unreduced = dataclasses.replace(traits, linear=False)
-            plain = _variant(base, init=init, aggregate=aggregate)
+            plain = _variant(base)
             plain.traits = unreduced
             every = _run(case.config("traits-unreduced", **over), plain)
             _expect_same(

@@ -26,6 +26,7 @@ import pytest
         "raysim.runtime.progress",
         "raysim.runtime.logger",
         "raysim.cli",
+        "raysim.testing",
     ],
 )
 def test_core_module_does_not_import_ray(module):

@@ -410,10 +410,11 @@ def check_packing(
             label: _run(case.config(f"packing-{i}", **over))
             for i, (label, over) in enumerate(LAYOUTS.items())
         }
-        pooled = case.build().traits.pooled
-        hosts = {label: r.hosts for label, r in runs.items()}
-        if not pooled and len(set(hosts.values())) < 2:
-            raise AssertionError(f"the layouts gave the same number of hosts {hosts}: nothing to compare")
+        hosts = [r.hosts for r in runs.values()]
+        n = case.config("packing-0").data.num_clients
+        want = [1, 1, 1] if case.build().traits.pooled else [n, math.ceil(n / 4), min(3, n)]
+        if hosts != want:
+            raise AssertionError(f"the layouts {list(LAYOUTS)} gave {hosts} client hosts, not {want}")
         (ref_label, ref), *others = runs.items()
         for label, got in others:
             _expect_same(
@@ -624,10 +625,13 @@ def check_loud_failures(
                 f"(clients {sorted(set(swallowed))}): a bug in training would be hidden. Let exceptions "
                 "propagate; the runtime counts one client's as a dropout and stops on a cohort-wide one."
             )
-        if not isinstance(err, ClientCodeError) or "InjectedFault" not in str(err):
+        if not isinstance(err, ClientCodeError) or not all(
+            w in str(err) for w in ("InjectedFault", "Traceback")
+        ):
             raise AssertionError(
                 f"{name}: every client's client_update raised InjectedFault; the run should stop with "
-                f"ClientCodeError naming it, it {'completed' if err is None else f'raised {err!r}'}"
+                "ClientCodeError naming it, with a client's traceback; it "
+                + ("completed" if err is None else f"raised {err!r}")
             )
 
         # 2. one client (the first to train): a counted dropout, and the aggregate copes

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from raysim.algorithms import build_algorithm, hooks
-from raysim.algorithms.base import ClientTask, LinearSum, SetupContext
-from raysim.models import ParamLayout, build_model
+from raysim.algorithms.base import ClientTask, LinearSum
+from raysim.models import build_model
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import aggregate, configure
+from tests.helpers import aggregate, client_hparams, configure, setup_ctx
 
 
 class FakeClient:
@@ -29,17 +29,7 @@ class FakeClient:
 
 
 def ctx(n_params=3, clients=4, cohort=2):
-    layout = ParamLayout(names=("w",), shapes=((n_params,),), offsets=(0,), size=n_params)
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=2,
-        seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
-        num_rounds=5,
-        clients_per_round=cohort,
-    )
+    return setup_ctx(n_params, clients=clients, cohort=cohort)
 
 
 def test_fedavg_samples_the_cohort_and_averages():
@@ -62,7 +52,7 @@ def test_fedprox_hook_adds_mu_times_distance_to_the_global_model():
     torch.testing.assert_close(g, torch.tensor([1.0, 0.0]))  # 0.5 * ([3, 2] - [1, 2])
     algo = build_algorithm("fedprox", {"mu": 0.0})
     c = FakeClient()
-    algo.client_update(ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1}), center, c)
+    algo.client_update(ClientTask(client_id=0, model_key="global", hparams=client_hparams(lr=0.1)), center, c)
     assert c.hooks == [None]  # mu = 0 is exactly FedAvg
 
 
@@ -71,7 +61,9 @@ def test_scaffold_option_ii_control_update_by_hand():
     state = algo.init(np.zeros(3, np.float32), ctx())
     c_global = np.array([0.2, 0.0, -0.2], np.float32)
     client = FakeClient(broadcast={"control": c_global})
-    task = ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1}, broadcast_keys=("control",))
+    task = ClientTask(
+        client_id=0, model_key="global", hparams=client_hparams(lr=0.1), broadcast_keys=("control",)
+    )
     r = algo.client_update(task, np.zeros(3, np.float32), client)
     # c_i+ = c_i - c + (x - y) / (K lr) = 0 - c + 0.4 / (4 * 0.1) = 1 - c
     np.testing.assert_allclose(client.state["control"], 1.0 - c_global, rtol=1e-6)
@@ -89,7 +81,7 @@ def test_local_only_keeps_each_clients_model_to_itself():
     algo = build_algorithm("local")
     state = algo.init(np.zeros(2, np.float32), ctx(n_params=2))
     client = FakeClient()
-    task = ClientTask(client_id=0, model_key="global", hparams={"lr": 0.1})
+    task = ClientTask(client_id=0, model_key="global", hparams=client_hparams(lr=0.1))
     algo.client_update(task, np.zeros(2, np.float32), client)
     algo.client_update(task, np.zeros(2, np.float32), client)
     np.testing.assert_allclose(client.state["params"], -0.8)  # trained twice from its own model

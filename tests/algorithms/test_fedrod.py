@@ -5,19 +5,17 @@ loops on the real trainer), the personalised model, a run on digits and save/res
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum
 from raysim.algorithms.fedrod import HEAD, FedRoD, head_slices, log_prior
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import Trainer
-from tests.algorithms.contract import aggregate, configure, steps_with_checkpoint
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, client_hparams, configure, run, setup_ctx
 
 # mlp on 4 inputs with hidden 200 would be large; a hand-sized head on 3 features instead
 LAYOUT = ParamLayout(
@@ -26,16 +24,7 @@ LAYOUT = ParamLayout(
 
 
 def ctx(layout=LAYOUT, clients=2, classes=2):
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=classes,
-        seed=0,
-        local={"lr": 0.1, "epochs": 1, "batch_size": 4},
-        num_rounds=3,
-        clients_per_round=clients,
-    )
+    return setup_ctx(layout, clients=clients, num_classes=classes, num_rounds=3)
 
 
 def test_registered_linear_with_client_state():
@@ -125,7 +114,7 @@ def test_client_step_matches_a_hand_written_fedrod_step():
     layout = ParamLayout.of(build_model("mlp", (4,), classes))
     algo = build_algorithm("fedrod", {"personal_epochs": 3, "personal_lr": 0.2})
     state = algo.init(p0, ctx(layout, classes=classes))
-    hp = {"lr": 0.1, "epochs": 2, "batch_size": 12, "weight_decay": 0.05}
+    hp = client_hparams(lr=0.1, epochs=2, batch_size=12, weight_decay=0.05)
     (task,) = configure(algo, state, 1, [0], hparams=hp)
     client = TrainerClient(Trainer(model="mlp", input_shape=(4,), num_classes=classes), x, y)
     client.broadcast = algo.eval_broadcast(state)
@@ -149,7 +138,7 @@ def test_client_step_matches_a_hand_written_fedrod_step():
 def test_balanced_needs_the_cross_entropy_loss():
     algo = build_algorithm("fedrod")
     state = algo.init(np.zeros(10, np.float32), ctx())
-    (task,) = configure(algo, state, 1, [0], hparams={"lr": 0.1, "loss": "squared_error"})
+    (task,) = configure(algo, state, 1, [0], hparams=client_hparams(lr=0.1, loss="squared_error"))
     client = TrainerClient(None, None, np.zeros(2, np.int64))
     client.broadcast = algo.eval_broadcast(state)
     with pytest.raises(ValueError, match="local.loss"):
@@ -182,26 +171,9 @@ def test_server_averages_body_and_generic_head():
     assert HEAD in algo.eval_broadcast(new)
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet")
-
-
 def test_end_to_end_on_digits(tmp_path):
     cfg = tiny_config(tmp_path, algorithm__name="fedrod", rounds__num_rounds=4, rounds__clients_per_round=6)
-    rounds = run(cfg)
+    rounds = run(cfg).rounds
     assert np.isfinite(rounds[["personal_accuracy", "test_accuracy", "train_loss"]]).all().all()
     assert rounds["personal_accuracy"].iloc[-1] > 0.4  # 10 classes: chance is 0.1
     assert (rounds["bytes_up"] == 6 * 4 * 6090).all()  # body + generic head of cnn-small
-
-
-def test_save_restore_through_the_runtime_is_identical(tmp_path):
-    cfg = tiny_config(tmp_path, algorithm__name="fedrod", rounds__num_rounds=4)
-    cols = ["test_loss", "train_loss", "personal_accuracy", "personal_loss"]
-    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
-    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
-    pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

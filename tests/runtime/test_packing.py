@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from raysim.runtime.packing import pack_clients
+from tests.helpers import client_hparams
 
 
 def shard(cid, n):
@@ -80,7 +81,7 @@ def test_a_roaming_host_builds_visitors_per_call_and_trains_them_as_their_owner_
     assert roaming.client_ids() == [0, 1, 2] and len(roaming.own) == 3
     assert not any(isinstance(v, HostedClient) for v in vars(roaming).values())
     params = init_params("mlp", ds.input_shape, ds.num_classes, 0)
-    task = [ClientTask(client_id=7, model_key="global", hparams={"lr": 0.1, "batch_size": 16})]
+    task = [ClientTask(client_id=7, model_key="global", hparams=client_hparams(lr=0.1, batch_size=16))]
     a = roaming.run(1, task, {"global": params})
     b = owner.run(1, task, {"global": params})
     assert not a.dropouts and [r.client_id for r in a.results] == [7]
@@ -88,7 +89,7 @@ def test_a_roaming_host_builds_visitors_per_call_and_trains_them_as_their_owner_
     assert roaming.commit(1) == 1 and roaming.state == {}  # FedAvg keeps no state; nothing kept
     # a client outside the table is still a counted dropout, not an error
     c = roaming.run(
-        2, [ClientTask(client_id=99, model_key="global", hparams={"lr": 0.1})], {"global": params}
+        2, [ClientTask(client_id=99, model_key="global", hparams=client_hparams(lr=0.1))], {"global": params}
     )
     assert c.dropouts == [(99, "not hosted on actor 0")]
 
@@ -108,6 +109,8 @@ def test_an_algorithm_that_keeps_state_it_did_not_declare_fails_loudly_on_a_visi
     fed = build_federation(ds, scheme="iid", num_clients=4, seed=0)
     host = _digits_host([fed.clients[0]], ShardTable(list(fed.clients)), Sneaky())
     params = init_params("mlp", ds.input_shape, ds.num_classes, 0)
-    host.run(1, [ClientTask(client_id=3, model_key="global", hparams={"lr": 0.1})], {"global": params})
+    host.run(
+        1, [ClientTask(client_id=3, model_key="global", hparams=client_hparams(lr=0.1))], {"global": params}
+    )
     with pytest.raises(RuntimeError, match="client_state=True"):
         host.commit(1)

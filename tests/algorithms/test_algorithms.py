@@ -10,7 +10,7 @@ from raysim.algorithms import build_algorithm, hooks
 from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.models import build_model
 from raysim.runtime.trainer import FitResult
-from tests.helpers import aggregate, client_hparams, configure, setup_ctx
+from tests.helpers import aggregate, client_hparams, configure, run, setup_ctx
 
 
 class FakeClient:
@@ -200,9 +200,6 @@ def test_pretrained_start_without_a_public_split_is_a_clear_error(tmp_path):
 
 
 def test_pretrained_fedavg_and_dsac_start_from_the_same_model_end_to_end(tmp_path):
-    import pandas as pd
-
-    from raysim.runtime.experiment import Experiment
     from tests.conftest import tiny_config
 
     scores = {}
@@ -211,12 +208,7 @@ def test_pretrained_fedavg_and_dsac_start_from_the_same_model_end_to_end(tmp_pat
         cfg = tiny_config(
             tmp_path, algorithm__name=name, data__public_fraction=0.1, rounds__num_rounds=1, **over
         )
-        exp = Experiment(cfg, progress=False)
-        try:
-            exp.run()
-        finally:
-            exp.close()
-        r = pd.read_parquet(exp.run_dir / "rounds.parquet")
+        r = run(cfg).rounds
         scores[name] = (float(r["base_test_accuracy"].iloc[0]), float(r["base_test_loss"].iloc[0]))
     assert scores["fedavg"] == scores["scaffold"] == scores["dsac"]
     assert 0.0 < scores["dsac"][0] <= 1.0

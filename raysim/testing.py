@@ -25,7 +25,12 @@ Each raises ``AssertionError`` saying what broke and what the contract asks. In 
 
     test_my_algo = contract_tests("my_pkg.algo:MyAlgo", params={"k": 2})   # one test per check
 
-or call the checks yourself (``check_all(algo, params, workdir=tmp_path)``). Bit-for-bit comparisons
+or call the checks yourself (``check_all(algo, params, workdir=tmp_path)``). Every check takes the
+algorithm and its ``params`` (the ``algorithm:`` section's other keys), ``overrides`` of the config in
+the CLI's dotted form (``{"model.name": "cnn-bn"}``), ``config`` (an ExperimentConfig or a raw dict
+in place of the tiny one; its algorithm section is replaced) and ``workdir`` (default: a temporary
+folder). A class that is no built-in runs under its import path ``module:QualName``, so it must be
+importable where the runs happen (on Ray: on the workers). Bit-for-bit comparisons
 across processes (Ray actors) need reproducible mode in the test process: export its variables
 before pytest starts (``eval $(python -m raysim.reproducible)``; raysim's own ``tests/conftest.py``
 sets them itself). This module does not import Ray.
@@ -179,8 +184,9 @@ class _Case:
         raw.setdefault("output", {})["dir"] = str(out / "runs")
         raw["output"]["progress"] = False
         raw["algorithm"] = {"name": _config_name(self.algorithm, self.cls), **self.params}
-        if self.build().traits.public_split:  # the algorithm needs the server's public split
-            raw.setdefault("data", {}).setdefault("public_fraction", 0.1)
+        data = raw.setdefault("data", {})
+        if self.build().traits.public_split and not data.get("public_fraction"):  # it needs one
+            data["public_fraction"] = 0.1
         for dotted, value in {**self.overrides, **over}.items():
             _set(raw, dotted.replace("__", ".").split("."), value)
         return raw

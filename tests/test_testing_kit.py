@@ -206,3 +206,14 @@ def test_the_pattern_makes_one_test_per_check_and_marks_the_ray_one():
     assert sorted(params) == sorted([*testing.CHECKS, *testing.RAY_CHECKS])
     assert [m.name for m in params["serial_equals_ray"]] == ["slow"]
     assert all(not params[c] for c in testing.CHECKS)
+
+
+def test_a_base_config_of_ones_own_is_used_and_gets_the_public_split_an_algorithm_declares(tmp_path):
+    """``config=``: the checks start from it (here 5 clients: the packing layouts give 5, 2 and 3
+    hosts); DSAC declares the public split, which the base leaves at 0."""
+    base = testing.tiny_config(tmp_path / "base", data__num_clients=5)
+    assert base.data.public_fraction == 0
+    testing.check_packing("dsac", {"cluster_every": 2}, config=base, workdir=tmp_path)
+    cfg = next((tmp_path / "packing-1" / "runs").iterdir()) / "config.yaml"
+    text = cfg.read_text()
+    assert "num_clients: 5" in text and "public_fraction: 0.1" in text and "name: dsac" in text

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysim.algorithms.base import ClientTask, LinearSum
+from actors.placement import check_resources
+from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
 from raysim.config import ConfigError
 from raysim.data.federation import ShardTable
 from raysim.reproducible import environment as reproducible_env
@@ -91,9 +92,12 @@ def get(refs: Any, timeout: float | None = None) -> Any:
 
 
 def actor_runtime_env(reproducible: bool) -> dict[str, Any]:
-    """Every actor's environment: raysim's allocator settings, and in reproducible mode the variables
-    that pin its kernels (read when its torch and numpy load, so they must be there at its start)."""
-    return {"env_vars": {**ACTOR_ENV, **(reproducible_env() if reproducible else {})}}
+    """Every actor's environment: raysim's allocator settings, in reproducible mode the variables
+    that pin its kernels (read when its torch and numpy load, so they must be there at its start),
+    and the folders of local plug-in modules on its PYTHONPATH (``raysim.plugins.worker_env``)."""
+    from raysim.plugins import worker_env
+
+    return {"env_vars": {**ACTOR_ENV, **(reproducible_env() if reproducible else {}), **worker_env()}}
 
 
 def cluster_nodes() -> list[dict[str, Any]]:
@@ -413,184 +417,6 @@ def ensure_ray(address: str | None, **init_kwargs: Any) -> None:
         raise ConfigError(f"cannot connect to Ray at {target!r}: {exc}") from None
 
 
-# -- placement: does every actor fit on some node? -----------------------------------------------
-UNBOUNDED = 10**9  # actors that ask for nothing a node could run out of
-EPS = 1e-9
-
-
-def _gb(mb: float) -> str:
-    return f"{mb / 1024:.1f} GB"
-
-
-def gpu_devices(total: float) -> list[float]:
-    """A node's GPUs one by one: Ray hands out a fraction of ONE device (two 0.6 never share two)."""
-    whole = int(total + EPS)
-    rest = total - whole
-    return [1.0] * whole + ([rest] if rest > EPS else [])
-
-
-def actors_per_node(
-    cpus: float, devices: Sequence[float], memory_mb: float | None, ask: tuple[float, float, float]
-) -> tuple[int, list[str]]:
-    """How many actors asking for ``ask`` = (CPUs, GPUs, MB) fit on a node with that much free, and
-    the arithmetic of each limit."""
-    c, g, m = ask
-    fits, why = [], []
-    if c > 0:
-        fits.append(int(cpus / c + EPS))
-        why.append(f"CPU {cpus:g} / {c:g} = {fits[-1]}")
-    if 0 < g < 1:
-        fits.append(sum(int(d / g + EPS) for d in devices))
-        why.append(f"GPU {len(devices)} x floor(1 / {g:g}) = {fits[-1]}")
-    elif g >= 1:
-        fits.append(int(sum(1 for d in devices if d > 1 - EPS) / g + EPS))
-        why.append(f"GPU {len(devices)} / {g:g} = {fits[-1]}")
-    if m > 0 and memory_mb is not None:
-        fits.append(int(memory_mb / m + EPS))
-        why.append(f"memory {_gb(memory_mb)} / {m:g} MB = {fits[-1]}")
-    return (min(fits) if fits else UNBOUNDED), why
-
-
-def _take(
-    cpus: float, devices: list[float], memory_mb: float | None, ask: tuple[float, float, float]
-) -> tuple[float, list[float], float | None] | None:
-    """The node's free resources once one actor asking for ``ask`` is on it (None: it does not fit).
-    A GPU fraction goes to the fullest device it fits on."""
-    c, g, m = ask
-    if cpus + EPS < c or (memory_mb is not None and m > 0 and memory_mb + EPS < m):
-        return None
-    devs = sorted(devices)
-    if 0 < g < 1:
-        i = next((i for i, d in enumerate(devs) if d + EPS >= g), None)
-        if i is None:
-            return None
-        devs[i] -= g
-    elif g >= 1:
-        full = [i for i, d in enumerate(devs) if d > 1 - EPS]
-        if len(full) + EPS < g:
-            return None
-        for i in full[: int(g)]:
-            devs[i] = 0.0
-    return cpus - c, devs, None if memory_mb is None else memory_mb - m
-
-
-def place_on_nodes(
-    nodes: Sequence[NodeShare], client: tuple[float, float, float], server: tuple[float, float, float]
-) -> tuple[int, int | None, list[tuple[int, list[str]]]]:
-    """The most client actors that fit beside the server, each actor on one node: (how many, the
-    server's node or None when it fits on none, each node's count and arithmetic). Client actors
-    are alike, so a node's count does not depend on the others': trying the server on each node
-    gives the best placement exactly."""
-    best: tuple[int, int | None, list[tuple[int, list[str]]]] = (0, None, [])
-    for s, node in enumerate(nodes):
-        left = _take(node.cpus, gpu_devices(node.gpus), node.memory_mb, server)
-        if left is None:
-            continue
-        counts = [
-            actors_per_node(*left, client)
-            if i == s
-            else actors_per_node(n.cpus, gpu_devices(n.gpus), n.memory_mb, client)
-            for i, n in enumerate(nodes)
-        ]
-        total = min(sum(k for k, _ in counts), UNBOUNDED)
-        if best[1] is None or total > best[0]:
-            best = (total, s, counts)
-    return best
-
-
-def check_resources(
-    share: Share,
-    num_actors: int,
-    num_cpus: float,
-    num_gpus: float,
-    server_cpus: float,
-    server_gpus: float,
-    actor_memory_mb: float = 0.0,
-) -> None:
-    """Refuse (ConfigError) placements the share can never satisfy, before anything starts: the
-    totals first, then, where the nodes are known, each actor on one node (Ray never splits an
-    actor, nor a GPU fraction, over two), with the arithmetic in the message."""
-    need_gpus = num_actors * num_gpus + server_gpus
-    need_cpus = num_actors * num_cpus + server_cpus
-    if need_gpus > share.gpus + 1e-9:
-        raise ConfigError(
-            f"resources.num_gpus={num_gpus} x {num_actors} client actors"
-            + (f" + resources.server_gpus={server_gpus}" if server_gpus else "")
-            + f" needs {need_gpus:g} GPUs, the Ray cluster has {share.gpus:g}: lower num_gpus, raise "
-            "clients_per_actor, or add GPU nodes"
-        )
-    if need_cpus > share.cpus + 1e-9:
-        raise ConfigError(
-            f"resources.num_cpus={num_cpus} x {num_actors} client actors"
-            + (f" + resources.server_cpus={server_cpus}" if server_cpus else "")
-            + f" needs {need_cpus:g} CPUs, the Ray cluster has {share.cpus:g}: use clients_per_actor: auto, "
-            "a smaller num_cpus (e.g. 0.25), or a bigger cluster"
-        )
-    need_mb = (num_actors + 1) * actor_memory_mb  # the server actor is a torch worker too
-    if actor_memory_mb > 0 and share.memory_mb is not None and need_mb > share.memory_mb:
-        fits = max(int(share.memory_mb // actor_memory_mb) - 1, 0)
-        raise ConfigError(
-            f"{num_actors} client actors + the server x resources.actor_memory_mb={actor_memory_mb:g} MB "
-            f"= {need_mb / 1024:.1f} GB, but Ray offers {share.memory_mb / 1024:.1f} GB of memory for "
-            f"actors: at most {fits} client actors fit. Raise resources.clients_per_actor (or use "
-            "clients_per_actor: auto, or fewer num_actors), add nodes, or, if you measured a smaller "
-            "per-actor cost on your machines, lower resources.actor_memory_mb (0 skips this check)"
-        )
-    if share.nodes:
-        check_nodes(share.nodes, num_actors, num_cpus, num_gpus, server_cpus, server_gpus, actor_memory_mb)
-
-
-def check_nodes(
-    nodes: Sequence[NodeShare],
-    num_actors: int,
-    num_cpus: float,
-    num_gpus: float,
-    server_cpus: float,
-    server_gpus: float,
-    actor_memory_mb: float = 0.0,
-) -> None:
-    """Refuse (ConfigError) a placement that fits the cluster's totals but not its nodes: ``prepare``
-    would otherwise wait for an actor Ray can never place."""
-    client = (num_cpus, num_gpus, actor_memory_mb)
-    server = (server_cpus, server_gpus, actor_memory_mb)
-    fit, at, counts = place_on_nodes(nodes, client, server)
-    if at is not None and fit >= num_actors:
-        return
-    asks = (
-        f"{num_actors} client actors of resources.num_cpus={num_cpus:g}, num_gpus={num_gpus:g}"
-        + (f", actor_memory_mb={actor_memory_mb:g}" if actor_memory_mb > 0 else "")
-        + f" and the server (server_cpus={server_cpus:g}, server_gpus={server_gpus:g})"
-    )
-
-    def node_line(i: int, n: NodeShare) -> str:
-        mem = "" if n.memory_mb is None else f", {_gb(n.memory_mb)}"
-        head = f"  node {n.name}: {n.cpus:g} CPUs, {n.gpus:g} GPUs{mem}"
-        if not counts:
-            return head
-        k, why = counts[i]
-        where = " (less the server's share)" if i == at else ""
-        holds = "any number" if k >= UNBOUNDED else str(k)
-        return f"{head}{where}: {', '.join(why) or 'nothing asked'} -> {holds}"
-
-    lines = "\n".join(node_line(i, n) for i, n in enumerate(nodes))
-    if at is None:
-        raise ConfigError(
-            f"resources: {asks} fit the Ray cluster's totals, but no node can hold the server "
-            f"(each actor runs on one node, a GPU fraction on one GPU):\n{lines}\n"
-            "lower resources.server_cpus / server_gpus, or add a node that holds them"
-        )
-    hint = ""
-    if 0 < num_gpus < 1:
-        hint = f" (a GPU fraction never spans two GPUs: num_gpus=1/k puts k actors on a GPU, {num_gpus:g} puts {int(1 / num_gpus + EPS)})"
-    raise ConfigError(
-        f"resources: {asks} fit the Ray cluster's totals but not its nodes (each actor runs on one "
-        f"node){hint}:\n{lines}\n"
-        f"at most {fit} client actors fit, {num_actors} asked: lower resources.num_cpus / num_gpus"
-        + (" / actor_memory_mb" if actor_memory_mb > 0 else "")
-        + ", raise resources.clients_per_actor (fewer actors), or add nodes"
-    )
-
-
 def _free_now() -> str:
     free = ray.available_resources()
     return ", ".join(f"{k} {free[k]:g}" for k in ("CPU", "GPU") if k in free) or "nothing"
@@ -648,6 +474,11 @@ class RayBackend:
             spec.server_cpus,
             spec.server_gpus,
             spec.actor_memory_mb,
+        )
+        from actors.plugin_check import check_nodes
+
+        check_nodes(  # every node can import the run's plug-ins, or one clear refusal
+            spec.algorithm, spec.host_spec.model, actor_runtime_env(spec.reproducible)
         )
         self.ds_ref = ds_ref = ray.put(spec.dataset)  # once; actors on a node share zero-copy arrays.
         # Kept referenced for as long as the backend lives, so that a restarted actor can read it again.
@@ -732,9 +563,9 @@ class RayBackend:
                 "CALL_TIMEOUT_S): a client actor it waits for may hang"
             ) from err
 
-    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
+    def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
         # no deadline of its own: rounds.deadline_s bounds the clients' work, aggregate takes what it takes
-        return self._call(f"round {t}", self.server.run_round.remote(t, dict(hparams)), deadline=False)
+        return self._call(f"round {t}", self.server.run_round.remote(t, hparams), deadline=False)
 
     def checkpoint(self) -> dict[str, Any]:
         return self._call("a checkpoint", self.server.checkpoint.remote())

@@ -8,7 +8,6 @@ turns it into one message and exit status 2.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +25,8 @@ from pydantic import (
 
 from raysim.algorithms import DEFAULT_ALGORITHM
 from raysim.data import DATASETS, SCHEMES
+from raysim.data.datasets import NOT_NATURAL
+from raysim.plugins import SINGULAR
 
 
 class ConfigError(ValueError):
@@ -135,14 +136,48 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-DATASET_NAMES = DATASETS
+DATASET_NAMES = tuple(DATASETS)  # the built-in names; plug-ins add theirs (raysim.plugins)
 PARTITION_NAMES = SCHEMES
 
 
+def _image_models() -> set[str]:
+    """The built-in models that need image input (every one but ``mlp``)."""
+    from raysim.models.registry import MODELS
+
+    return set(MODELS) - {"mlp"}
+
+
+def _plugin_name(kind: str, name: str) -> str:
+    """``name`` when it resolves to a plug-in of ``kind`` (imported now), else a ValueError with
+    ``raysim.plugins``' reason (pydantic puts the field's place in front of it)."""
+    from raysim.plugins import PluginError, resolve
+
+    try:
+        resolve(kind, name)
+    except PluginError as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+def _plugin_params(kind: str, name: str, params: Any) -> Any:
+    """``params`` validated by plug-in ``name``'s params_model, its instance (None: it has none). A
+    ``ValidationError`` raised from a field validator keeps each key's place (``data.dataset_params.x``)."""
+    from raysim.plugins import PluginError, resolve, validate_params
+
+    try:
+        return validate_params(kind, name, resolve(kind, name), params)
+    except PluginError as err:
+        raise ValueError(str(err)) from None
+
+
 class DataConfig(_Section):
-    dataset: Literal[DATASET_NAMES] = "fashion-mnist"  # type: ignore[valid-type]
+    """``dataset`` and ``partition`` are built-in names, entry-point names or import paths
+    (``raysim.plugins``); ``dataset_params`` / ``partition_params`` are a plug-in's own keys,
+    validated by its ``params_model`` (the built-ins take theirs from the fields below)."""
+
+    dataset: str = "fashion-mnist"
     data_dir: str | None = None
-    partition: Literal[PARTITION_NAMES] = "dirichlet"  # type: ignore[valid-type]
+    partition: str = "dirichlet"
     num_clients: Annotated[int, Field(ge=1)] = 100
     alpha: Annotated[float, Field(gt=0)] = 0.5
     classes_per_client: Annotated[int, Field(ge=1)] = 2
@@ -158,19 +193,94 @@ class DataConfig(_Section):
     label_noise: Annotated[float, Field(ge=0, le=1)] = 0.0
     synthetic_alpha: Annotated[float, Field(ge=0)] = 1.0
     synthetic_beta: Annotated[float, Field(ge=0)] = 1.0
+    # a dataset / partition plug-in's own keys (validated by its params_model; after the fields above
+    # so that the validators below see dataset and partition)
+    dataset_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    partition_params: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        return _plugin_name("datasets", v)
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, v: str) -> str:
+        return _plugin_name("partitions", v)
+
+    @field_validator("dataset_params")
+    @classmethod
+    def _dataset_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("dataset")
+        if name is None:  # data.dataset itself failed: its own message says why
+            return v
+        if name == "synthetic" and v:
+            raise ValueError(
+                "dataset 'synthetic' takes its knobs from data.synthetic_alpha and data.synthetic_beta"
+            )
+        _plugin_params("datasets", name, v)
+        return v
+
+    @field_validator("partition_params")
+    @classmethod
+    def _partition_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("partition")
+        if name is None:
+            return v
+        if name in SCHEMES:
+            if v:
+                raise ValueError(
+                    f"built-in partition {name!r} takes its knobs from data: (alpha, classes_per_client, sigma, "
+                    "num_groups, examples_per_client); partition_params is for partition plug-ins"
+                )
+            return v
+        _plugin_params("partitions", name, v)
+        return v
+
+    @property
+    def dataset_params_model(self) -> BaseModel | None:
+        """``dataset_params`` validated (the loader's params_model instance; None: it has none)."""
+        if self.dataset == "synthetic":
+            return _plugin_params(
+                "datasets", "synthetic", {"alpha": self.synthetic_alpha, "beta": self.synthetic_beta}
+            )  # type: ignore[no-any-return]
+        return _plugin_params("datasets", self.dataset, self.dataset_params)  # type: ignore[no-any-return]
+
+    @property
+    def partition_params_model(self) -> BaseModel | None:
+        """``partition_params`` validated for a partition plug-in (None for a built-in scheme)."""
+        if self.partition in SCHEMES:
+            return None
+        return _plugin_params("partitions", self.partition, self.partition_params)  # type: ignore[no-any-return]
 
 
-class ModelConfig(_Section):
+class ModelConfig(BaseModel):
+    """``name`` picks the model (a built-in name, an entry-point name or an import path,
+    ``raysim.plugins``); every other key is a parameter of the model, validated by its builder's
+    ``params_model`` (a builder without one takes none)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     name: str = "cnn-small"
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from raysim.models.registry import MODELS
+        return _plugin_name("models", v)
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; valid names: {', '.join(sorted(MODELS))}")
-        return v
+    @model_validator(mode="after")
+    def _params(self) -> ModelConfig:
+        _plugin_params("models", self.name, self.model_extra or {})
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The model's parameters as given (the section's keys other than ``name``)."""
+        return dict(self.model_extra or {})
+
+    @property
+    def params_model(self) -> BaseModel | None:
+        """The parameters validated (the builder's params_model instance; None: it has none)."""
+        return _plugin_params("models", self.name, self.params)  # type: ignore[no-any-return]
 
 
 class LocalConfig(_Section):
@@ -190,9 +300,10 @@ class LocalConfig(_Section):
     loss: Literal["cross_entropy", "squared_error"] = "cross_entropy"
 
     @model_validator(mode="after")
-    def _adam_has_no_momentum(self) -> LocalConfig:
-        if self.optimizer == "adam" and self.momentum > 0:
-            raise ValueError("local.momentum is an SGD knob: set it to 0 with local.optimizer 'adam'")
+    def _a_valid_record(self) -> LocalConfig:
+        from raysim.algorithms.base import LocalHParams
+
+        LocalHParams.of(self)  # the record's own rules (momentum is an SGD knob), checked at load
         return self
 
 
@@ -270,25 +381,29 @@ class OutputConfig(_Section):
 
 
 class AlgorithmConfig(BaseModel):
-    """``name`` picks the algorithm; every other key is that algorithm's own parameter."""
+    """``name`` picks the algorithm (a built-in name, an entry-point name or an import path,
+    ``raysim.plugins``); every other key is that algorithm's own parameter."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
     name: str = DEFAULT_ALGORITHM
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _plugin_name("algorithms", v)
+
     @model_validator(mode="after")
     def _params(self) -> AlgorithmConfig:
-        from raysim.algorithms import ALGORITHMS
+        from raysim.algorithms import algorithm_class
 
-        if self.name not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.name!r}; valid names: {', '.join(sorted(ALGORITHMS))}")
-        ALGORITHMS[self.name].params_model.model_validate(self.model_extra or {})
+        algorithm_class(self.name).params_model.model_validate(self.model_extra or {})
         return self
 
     @property
     def params(self) -> BaseModel:
-        from raysim.algorithms import ALGORITHMS
+        from raysim.algorithms import algorithm_class
 
-        return ALGORITHMS[self.name].params_model.model_validate(self.model_extra or {})
+        return algorithm_class(self.name).params_model.model_validate(self.model_extra or {})
 
     @property
     def traits(self) -> Any:
@@ -324,11 +439,15 @@ class ExperimentConfig(_Section):
             )
         if d.partition == "rotation" and d.num_groups > 4:
             raise ValueError("data.num_groups must be <= 4 with partition 'rotation' (0/90/180/270 degrees)")
-        if d.partition == "natural" and d.dataset != "synthetic":
+        if d.partition == "natural" and d.dataset in NOT_NATURAL:
+            # the built-ins known not to be; any other dataset is checked when it is loaded
             raise ValueError(
-                "data.partition 'natural' needs a federated-by-nature dataset: dataset 'synthetic'"
+                f"data.partition 'natural' needs a federated-by-nature dataset, and {d.dataset!r} is not one: "
+                "use dataset 'synthetic', or a dataset that fills natural_train (e.g. 'parquet' with a "
+                "client-id column)"
             )
-        if d.dataset == "synthetic" and self.model.name != "mlp":
+        # the built-in image models cannot take vectors; a plug-in model may
+        if d.dataset == "synthetic" and self.model.name in _image_models():
             raise ValueError("data.dataset 'synthetic' is vector data: set model.name to 'mlp'")
         if self.resources.clients_per_actor != "auto" and self.resources.num_actors is not None:
             raise ValueError("set either resources.clients_per_actor or resources.num_actors, not both")
@@ -336,7 +455,7 @@ class ExperimentConfig(_Section):
         from raysim.models.registry import model_structure
 
         algo = build_algorithm(self.algorithm.name, self.algorithm.params)
-        layout, has_buffers = model_structure(self.model.name)
+        layout, has_buffers = model_structure(self.model.name, self.model.params)
         try:
             algo.check_model(layout)
         except ValueError as exc:
@@ -370,29 +489,16 @@ class ExperimentConfig(_Section):
         return self.model_dump(mode="json")
 
     def num_client_actors(self, cluster_cpus: float | None = None, cluster_gpus: float | None = None) -> int:
-        """How many client actors the run starts (the packing rule, documented in README).
+        """How many client actors the run starts: ``raysim.runtime.packing.plan_actors``, the one
+        rule. ``cluster_cpus``/``cluster_gpus`` are what the whole run may use, the server's share
+        included."""
+        from raysim.runtime.packing import plan_actors
 
-        ``clients_per_actor: N`` gives ceil(clients / N). ``auto`` gives ``num_actors`` when set,
-        else as many actors as the cluster's GPUs (num_gpus > 0) or CPUs can hold once the server
-        actor has its ``server_cpus``/``server_gpus`` (Ray backend), never more than there are
-        clients and at least one (if even one does not fit, the backend's resource check says so).
-        ``cluster_cpus``/``cluster_gpus`` are what the whole run may use, the server's share included.
-        """
-        res, n = self.resources, self.data.num_clients
-        if self.algorithm.traits.pooled:  # one client holding every shard
-            return 1
-        if res.clients_per_actor != "auto":
-            return math.ceil(n / res.clients_per_actor)
-        if res.num_actors is not None:
-            return min(n, res.num_actors)
-        # on the serial backend the server is no actor: it holds nothing back
-        server_cpus, server_gpus = (res.server_cpus, res.server_gpus) if res.backend == "ray" else (0.0, 0.0)
-        fits = []
-        if res.num_gpus > 0 and cluster_gpus is not None:
-            fits.append(int(max(0.0, cluster_gpus - server_gpus) / res.num_gpus + 1e-9))
-        if res.num_cpus > 0 and cluster_cpus is not None:
-            fits.append(int(max(0.0, cluster_cpus - server_cpus) / res.num_cpus + 1e-9))
-        return max(1, min(n, *fits)) if fits else max(1, min(n, 2))
+        pooled = self.algorithm.traits.pooled
+        plan = plan_actors(
+            self.resources, self.data.num_clients, pooled=pooled, cpus=cluster_cpus, gpus=cluster_gpus
+        )
+        return plan.actors
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple[str, ...], raw: Any) -> tuple[str, list[str]] | None:
@@ -401,15 +507,19 @@ def _valid_keys(model: type[BaseModel], loc: tuple[str, ...], raw: Any) -> tuple
     of the algorithm it names."""
     node = raw
     for depth, part in enumerate(loc[:-1]):
-        node = node.get(part) if isinstance(node, dict) else None
-        if model is ExperimentConfig and part == "algorithm" and depth == len(loc) - 2:
-            from raysim.algorithms import ALGORITHMS
-
-            name = node.get("name", DEFAULT_ALGORITHM) if isinstance(node, dict) else DEFAULT_ALGORITHM
-            if name not in ALGORITHMS:
-                return None
-            keys = {"name", *ALGORITHMS[name].params_model.model_fields}
-            return f"of algorithm {name!r}", sorted(keys)
+        parent, node = node, node.get(part) if isinstance(node, dict) else None
+        last = depth == len(loc) - 2
+        if last and model is ExperimentConfig and part in ("algorithm", "model"):
+            kind = "algorithms" if part == "algorithm" else "models"
+            default = DEFAULT_ALGORITHM if part == "algorithm" else ModelConfig().name
+            name = node.get("name", default) if isinstance(node, dict) else default
+            fields = _plugin_fields(kind, name)
+            return None if fields is None else (f"of {part} {name!r}", sorted({"name", *fields}))
+        if last and model is DataConfig and part in ("dataset_params", "partition_params"):
+            kind, key = ("datasets", "dataset") if part == "dataset_params" else ("partitions", "partition")
+            name = parent.get(key, DataConfig.model_fields[key].default) if isinstance(parent, dict) else None
+            fields = _plugin_fields(kind, name)
+            return None if fields is None else (f"of {SINGULAR[kind]} {name!r}", sorted(fields))
         field = model.model_fields.get(part)
         sub = field.annotation if field is not None else None
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
@@ -417,6 +527,17 @@ def _valid_keys(model: type[BaseModel], loc: tuple[str, ...], raw: Any) -> tuple
         model = sub
     where = f"of {'.'.join(loc[:-1])}" if len(loc) > 1 else "at the top level"
     return where, sorted(model.model_fields)
+
+
+def _plugin_fields(kind: str, name: Any) -> list[str] | None:
+    """The parameter names plug-in ``name`` takes (None: it is no plug-in)."""
+    from raysim.plugins import PluginError, params_model, resolve
+
+    try:
+        pm = params_model(resolve(kind, name))
+    except PluginError:
+        return None
+    return list(pm.model_fields) if pm is not None else []
 
 
 def _format_validation_error(
@@ -501,7 +622,7 @@ def check_data_available(cfg: ExperimentConfig) -> None:
     from raysim.data import dataset_available
 
     d = cfg.data
-    problem = dataset_available(d.dataset, d.data_dir)
+    problem = dataset_available(d.dataset, d.data_dir, d.dataset_params)
     if d.data_dir is not None and not Path(d.data_dir).expanduser().is_dir():
         what = "it is not a directory" if Path(d.data_dir).expanduser().exists() else "it does not exist"
         if d.dataset in ("digits", "synthetic"):
@@ -547,5 +668,22 @@ def check_output_dir(cfg: ExperimentConfig) -> None:
         )
 
 
+def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``cfg.to_dict()`` with every algorithm, model and plug-in parameter spelled out (defaults
+    included), as the run uses them: what ``raysim validate`` prints and ``config.yaml`` keeps.
+    Loading it again gives the same config."""
+    raw = cfg.to_dict()
+    raw["algorithm"] = {"name": cfg.algorithm.name, **cfg.algorithm.params.model_dump(mode="json")}
+    model_params = cfg.model.params_model
+    if model_params is not None:
+        raw["model"] = {"name": cfg.model.name, **model_params.model_dump(mode="json")}
+    if cfg.data.dataset != "synthetic":  # its knobs are data.synthetic_alpha/beta
+        dp = cfg.data.dataset_params_model
+        raw["data"]["dataset_params"] = dp.model_dump(mode="json") if dp is not None else {}
+    pp = cfg.data.partition_params_model
+    raw["data"]["partition_params"] = pp.model_dump(mode="json") if pp is not None else {}
+    return raw
+
+
 def dump_config(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.safe_dump(resolved_dict(cfg), sort_keys=False)

@@ -20,8 +20,8 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    while an actor holds only its own N / A clients (roaming or not: ``raysim.bench.model``), so
    the cap costs memory per actor only as N / C grows. A value the experiment sets wins:
    ``num_actors`` (or ``--actors``), ``clients_per_actor: k`` (or ``--gpus-per-client``). Then
-   A = ``cfg.num_client_actors()``, the runtime's own rule: ``ceil(clients / clients_per_actor)``,
-   ``min(clients, num_actors)``, or 1 when the algorithm pools. The rendered header's
+   A follows the runtime's own rule, ``raysim.runtime.packing.plan_actors`` (:func:`job_plan`):
+   ``ceil(clients / clients_per_actor)``, ``min(clients, num_actors)``, or 1 when the algorithm pools. The rendered header's
    ``Actors:`` line says which rule picked A and why (:attr:`Sizing.rule`).
 3. Each actor asks Ray for c = ``resources.num_cpus`` CPUs and g = ``resources.num_gpus`` GPUs.
    GPU experiments (g > 0) run on the GPU group only: a pod with P = ``--gpus-per-pod`` GPUs
@@ -76,22 +76,20 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from raysim import __version__
 from raysim.atomic import atomic_write_text
-from raysim.config import ConfigError, ExperimentConfig, config_from_dict, load_config
+from raysim.config import ConfigError, ExperimentConfig, ResourcesConfig, config_from_dict, load_config
+from raysim.k8s_manifest import (
+    DEFAULT_IMAGE,
+    INLINE_CONFIG,
+    RUNS_DIR,
+    GroupSize,
+    PodShape,
+    cluster_spec,
+    rayjob,
+)
+from raysim.runtime.packing import ActorPlan, follows_resources, plan_actors
 
-RAY_VERSION = "2.58.0"  # must equal pyproject's ray[tune] pin, the Dockerfile's base tag and rayVersion
-DEFAULT_IMAGE = f"raysim:{__version__}"  # what `docker build -f k8s/Dockerfile -t raysim:<version> .` makes
-IMAGE_WORKDIR = "/home/ray/raysim"  # WORKDIR of k8s/Dockerfile: configs/ and k8s/inline-config.yaml live here
-INLINE_CONFIG = f"{IMAGE_WORKDIR}/k8s/inline-config.yaml"
-RESULTS_MOUNT = "/mnt/results"  # the shared PVC (k8s/pvc.yaml) on every Ray pod
-RESULTS_CLAIM = "raysim-results"
-RUNS_DIR = f"{RESULTS_MOUNT}/runs"
 K8S_CLIENTS_PER_ACTOR = 50  # clients_per_actor: auto on Kubernetes without num_actors (capped at the cohort)
-RAY_UID, RAY_GID = 1000, 100  # the `ray` user of rayproject/ray images
-MEMORY_MI_PER_CPU = 2048
-MEMORY_MI_PER_GPU = 16384
-HEAD_CPUS, HEAD_MEMORY_MI = 2, 8192
 MAX_JOB_NAME = 47  # KubeRay appends 6 characters to name the RayCluster (limit 53)
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:/@%+=-]+$")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -99,27 +97,6 @@ _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
 
 # --------------------------------------------------------------------------------------- sizing
-
-
-@dataclass(frozen=True)
-class PodShape:
-    """What one Ray worker pod gets; memory, /dev/shm and object store follow from CPUs and GPUs."""
-
-    cpus: int
-    gpus: int = 0
-
-    @property
-    def memory_mi(self) -> int:
-        return MEMORY_MI_PER_CPU * self.cpus + MEMORY_MI_PER_GPU * self.gpus
-
-
-@dataclass(frozen=True)
-class GroupSize:
-    name: str  # "cpu" or "gpu"
-    shape: PodShape
-    replicas: int
-    min_replicas: int
-    max_replicas: int
 
 
 @dataclass(frozen=True)
@@ -175,36 +152,22 @@ def default_actors(clients: int, cohort: int) -> tuple[int, str]:
     ``min(ceil(clients / 50), cohort)``. One actor per :data:`K8S_CLIENTS_PER_ACTOR` clients, but no
     more actors than clients a round trains: a round of C clients keeps at most C actors busy, and
     every actor costs its RSS (~800 MB) for the whole run."""
-    per = math.ceil(clients / K8S_CLIENTS_PER_ACTOR)
-    c = max(1, min(cohort, clients))
-    if per <= c:
-        return per, (
-            f"A = ceil({clients} / {K8S_CLIENTS_PER_ACTOR}) = {per} (clients_per_actor: auto without "
-            f"num_actors: one actor per {K8S_CLIENTS_PER_ACTOR} clients, no more than the {c} a round trains)"
-        )
-    return c, (
-        f"A = {c}, the clients a round trains (rounds.clients_per_round), not ceil({clients} / "
-        f"{K8S_CLIENTS_PER_ACTOR}) = {per} (clients_per_actor: auto without num_actors): more actors "
-        f"than the cohort would idle every round; each holds its own ~{math.ceil(clients / c)} clients"
+    plan = plan_actors(
+        ResourcesConfig(), clients, per_actor_default=K8S_CLIENTS_PER_ACTOR, cohort=max(1, cohort)
     )
+    return plan.actors, plan.explain()
 
 
-def actor_rule(cfg: ExperimentConfig, why: str) -> str:
-    """Why A = ``cfg.num_client_actors()`` when the experiment fixes the actor count (or the
-    algorithm pools every client into one), for the header's ``Actors:`` line; ``why`` says where
-    the ``resources`` value came from (a flag of ``render``, or the experiment)."""
-    res, n, a = cfg.resources, cfg.data.num_clients, cfg.num_client_actors()
-    if cfg.algorithm.traits.pooled:
-        return f"A = 1: {cfg.algorithm.name} pools every client's data into one client"
-    if res.clients_per_actor != "auto":
-        k = res.clients_per_actor
-        return f"A = ceil({n} / {k}) = {a} ({why}: resources.clients_per_actor = {k})"
-    capped = f", at most the {n} clients" if res.num_actors is not None and res.num_actors > n else ""
-    return f"A = {a} ({why}: resources.num_actors = {res.num_actors}{capped})"
-
-
-STATIC_CPU_GROUP = GroupSize("cpu", PodShape(cpus=8), replicas=1, min_replicas=1, max_replicas=10)
-STATIC_GPU_GROUP = GroupSize("gpu", PodShape(cpus=8, gpus=1), replicas=0, min_replicas=0, max_replicas=4)
+def job_plan(cfg: ExperimentConfig) -> ActorPlan:
+    """The actors of ``cfg`` on a cluster sized from it: ``plan_actors`` with no resources known,
+    so ``clients_per_actor: auto`` without ``num_actors`` takes :func:`default_actors`' rule."""
+    return plan_actors(
+        cfg.resources,
+        cfg.data.num_clients,
+        pooled=cfg.algorithm.traits.pooled,
+        per_actor_default=K8S_CLIENTS_PER_ACTOR,
+        cohort=max(1, cfg.rounds.clients_per_round),
+    )
 
 
 def size_workers(
@@ -266,209 +229,6 @@ def size_server(
         )
     shape = PodShape(cpus=max(1, math.ceil(sc - 1e-9)), gpus=math.ceil(sg - 1e-9))
     return GroupSize("server", shape, 1, 1, 1)
-
-
-# ------------------------------------------------------------------------------ manifest pieces
-
-
-def _quantity_mi(mi: int) -> str:
-    return f"{mi // 1024}Gi" if mi % 1024 == 0 else f"{mi}Mi"
-
-
-def _object_store_bytes(shm_mi: int) -> str:
-    return str(shm_mi * 1024 * 1024 * 4 // 5)  # 80 % of /dev/shm: Ray's store must fit in it
-
-
-def container_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RAY_UID,
-        "runAsGroup": RAY_GID,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RAY_UID,
-        "runAsGroup": RAY_GID,
-        "fsGroup": RAY_GID,
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "requests": {"cpu": cpu, "memory": memory},
-        "limits": {"cpu": cpu, "memory": memory},
-    }
-    if gpus:
-        out["limits"]["nvidia.com/gpu"] = str(gpus)
-    return out
-
-
-def _volumes(shm_mi: int) -> list[dict[str, Any]]:
-    return [
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity_mi(shm_mi)}},
-        {"name": "results", "persistentVolumeClaim": {"claimName": RESULTS_CLAIM}},
-    ]
-
-
-def _mounts() -> list[dict[str, Any]]:
-    return [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "results", "mountPath": RESULTS_MOUNT}]
-
-
-def _head_group(image: str, autoscaling: bool) -> dict[str, Any]:
-    shm = HEAD_MEMORY_MI // 4
-    pod: dict[str, Any] = {
-        "securityContext": pod_security_context(),
-        "containers": [
-            {
-                "name": "ray-head",
-                "image": image,
-                "imagePullPolicy": "IfNotPresent",
-                "ports": [
-                    {"name": "gcs-server", "containerPort": 6379},
-                    {"name": "dashboard", "containerPort": 8265},
-                    {"name": "client", "containerPort": 10001},
-                    {"name": "metrics", "containerPort": 8080},
-                ],
-                "resources": _resources(str(HEAD_CPUS), _quantity_mi(HEAD_MEMORY_MI)),
-                "securityContext": container_security_context(),
-                "volumeMounts": _mounts(),
-            }
-        ],
-        "volumes": _volumes(shm),
-    }
-    if not autoscaling:  # the in-tree autoscaler (a head sidecar) needs the service-account token
-        pod = {"automountServiceAccountToken": False, **pod}
-    return {
-        "serviceType": "ClusterIP",
-        "rayStartParams": {
-            "num-cpus": "0",
-            "dashboard-host": "0.0.0.0",
-            "object-store-memory": _object_store_bytes(shm),
-        },
-        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
-    }
-
-
-def _worker_group(image: str, group: GroupSize) -> dict[str, Any]:
-    shape = group.shape
-    shm = shape.memory_mi // 4
-    pod: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "securityContext": pod_security_context(),
-        "containers": [
-            {
-                "name": "ray-worker",
-                "image": image,
-                "imagePullPolicy": "IfNotPresent",
-                "ports": [{"name": "metrics", "containerPort": 8080}],
-                "resources": _resources(str(shape.cpus), _quantity_mi(shape.memory_mi), shape.gpus),
-                "securityContext": container_security_context(),
-                "volumeMounts": _mounts(),
-            }
-        ],
-        "volumes": _volumes(shm),
-    }
-    if shape.gpus:
-        pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    return {
-        "groupName": group.name,
-        "replicas": group.replicas,
-        "minReplicas": group.min_replicas,
-        "maxReplicas": group.max_replicas,
-        "rayStartParams": {"object-store-memory": _object_store_bytes(shm)},
-        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
-    }
-
-
-def cluster_spec(
-    image: str = DEFAULT_IMAGE,
-    cpu: GroupSize = STATIC_CPU_GROUP,
-    gpu: GroupSize = STATIC_GPU_GROUP,
-    *,
-    autoscaling: bool = True,
-    server: GroupSize | None = None,
-) -> dict[str, Any]:
-    """A RayCluster ``spec``; with the defaults it is exactly ``k8s/ray-cluster.yaml``'s."""
-    spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": autoscaling}
-    if autoscaling:
-        spec["autoscalerOptions"] = {
-            "upscalingMode": "Default",
-            "idleTimeoutSeconds": 60,
-            "imagePullPolicy": "IfNotPresent",
-            "resources": _resources("500m", "512Mi"),
-            "securityContext": container_security_context(),
-        }
-    spec["headGroupSpec"] = _head_group(image, autoscaling)
-    groups = [cpu, gpu, *([server] if server is not None else [])]
-    spec["workerGroupSpecs"] = [_worker_group(image, g) for g in groups]
-    return spec
-
-
-def submitter_template(image: str) -> dict[str, Any]:
-    """The pod that runs ``ray job submit`` (KubeRay fills in its command)."""
-    return {
-        "metadata": {"labels": {"app.kubernetes.io/name": "raysim"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": pod_security_context(),
-            "containers": [
-                {
-                    "name": "ray-job-submitter",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "resources": {
-                        "requests": {"cpu": "500m", "memory": "256Mi"},
-                        "limits": {"cpu": "1", "memory": "1Gi"},
-                    },
-                    "securityContext": container_security_context(),
-                }
-            ],
-        },
-    }
-
-
-def rayjob(
-    name: str,
-    entrypoint: str,
-    spec: dict[str, Any],
-    *,
-    image: str,
-    deadline_s: int = 6 * 3600,
-    backoff_limit: int = 1,
-    ttl_s: int = 600,
-    component: str = "run",
-    annotations: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "labels": {"app.kubernetes.io/name": "raysim", "app.kubernetes.io/component": component},
-    }
-    if annotations:
-        meta["annotations"] = dict(annotations)
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": meta,
-        "spec": {
-            "entrypoint": entrypoint,
-            "submissionMode": "K8sJobMode",
-            "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": ttl_s,
-            "activeDeadlineSeconds": deadline_s,
-            "backoffLimit": backoff_limit,
-            "submitterPodTemplate": submitter_template(image),
-            "rayClusterSpec": spec,
-        },
-    }
 
 
 # ---------------------------------------------------------------------------------- entrypoint
@@ -580,17 +340,13 @@ def render_rayjob(
         why = "--actors"
     else:
         why = "set by the experiment"
-    if res.clients_per_actor == "auto" and res.num_actors is None:  # pinned here: see the docstring
-        if cfg.algorithm.traits.pooled:
-            picked, rule = 1, actor_rule(cfg, why)
-        else:
-            picked, rule = default_actors(cfg.data.num_clients, cfg.rounds.clients_per_round)
+    plan = job_plan(cfg)
+    rule = plan.explain(why, cfg.algorithm.name)
+    if follows_resources(res):  # pinned here: see the docstring
         raw = cfg.to_dict()
-        raw["resources"]["num_actors"] = picked
+        raw["resources"]["num_actors"] = plan.actors
         cfg = config_from_dict(raw, str(config))
-    else:
-        rule = actor_rule(cfg, why)
-    n_actors = cfg.num_client_actors()
+    n_actors = plan.actors
     cpu, gpu, per_pod = size_workers(
         n_actors, res.num_cpus, res.num_gpus, cpus_per_pod=cpus_per_pod, gpus_per_pod=gpus_per_pod
     )

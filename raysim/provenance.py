@@ -1,4 +1,4 @@
-"""What produced a run: ``RUN_DIR/environment.json`` (DESIGN section 5).
+"""What produced a run: ``RUN_DIR/environment.json`` (docs/architecture.md, section 5).
 
 A number in a run directory is only as good as what we know about the machine and code behind it:
 the raysim commit (and whether the checkout had uncommitted changes), the package versions, the

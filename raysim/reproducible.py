@@ -1,4 +1,4 @@
-"""Reproducible mode: the same bits on every x86-64 machine with AVX2 (DESIGN section 5b).
+"""Reproducible mode: the same bits on every x86-64 machine with AVX2 (docs/architecture.md, section 6).
 
 A float32 result depends on more than the seed: each numerical library picks its kernels by the CPU
 it finds, and kernels built for wider vectors or other cache sizes add in another order. Measured

@@ -15,24 +15,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.algorithms.base import Algorithm, ClientTask, RoundContext, ServerContext, SetupContext
+from raysim.algorithms.base import (
+    Algorithm,
+    ClientTask,
+    LocalHParams,
+    RoundContext,
+    ServerContext,
+    SetupContext,
+)
 from raysim.config import ExperimentConfig
 from raysim.models import ParamLayout
 from raysim.runtime.experiment import Experiment
 
 
 # -- hyperparameters ------------------------------------------------------------------------------
-def client_hparams(**values: Any) -> Mapping[str, Any]:
-    """A task's / a round's client hyperparameters (``ClientTask.hparams``, ``RoundContext.hparams``)."""
-    return dict(values)
+def client_hparams(**values: Any) -> LocalHParams:
+    """A task's / a round's client hyperparameters (``ClientTask.hparams``, ``RoundContext.hparams``):
+    the typed record, the config's defaults for what ``values`` leaves out."""
+    return LocalHParams.of(**values)
+
+
+def as_hparams(hparams: LocalHParams | Mapping[str, Any] | None) -> LocalHParams:
+    """``hparams`` as the record (a mapping of its fields is accepted); None: ``HPARAMS``."""
+    if hparams is None:
+        return HPARAMS
+    return hparams if isinstance(hparams, LocalHParams) else client_hparams(**hparams)
 
 
 HPARAMS = client_hparams(lr=0.1, epochs=1, batch_size=4)
 
 
-def local_knobs(**values: Any) -> Mapping[str, Any]:
-    """The config's ``local.*`` knobs as ``SetupContext.local`` carries them (default: ``HPARAMS``'s)."""
-    return dict(values or {"lr": 0.1, "epochs": 1, "batch_size": 4})
+def local_knobs(**values: Any) -> LocalHParams:
+    """The config's ``local.*`` knobs as ``SetupContext.local`` carries them (default: ``HPARAMS``)."""
+    return LocalHParams.of(**values) if values else HPARAMS
 
 
 # -- contexts -------------------------------------------------------------------------------------
@@ -48,7 +63,7 @@ def setup_ctx(
     sizes: Sequence[int] | np.ndarray | None = None,
     num_classes: int = 2,
     seed: int = 0,
-    local: Mapping[str, Any] | None = None,
+    local: LocalHParams | Mapping[str, Any] | None = None,
     num_rounds: int = 5,
     cohort: int | None = None,
     groups: Sequence[int] | np.ndarray | None = None,
@@ -62,7 +77,7 @@ def setup_ctx(
         layout=layout if isinstance(layout, ParamLayout) else flat_layout(layout),
         num_classes=num_classes,
         seed=seed,
-        local=local if local is not None else local_knobs(),
+        local=local_knobs(**local) if isinstance(local, Mapping) else (local or local_knobs()),
         num_rounds=num_rounds,
         clients_per_round=cohort if cohort is not None else clients,
         client_groups=None if groups is None else np.asarray(groups),
@@ -75,7 +90,7 @@ def round_ctx(
     available: Sequence[int] | np.ndarray,
     *,
     cohort: int | None = None,
-    hparams: Mapping[str, Any] | None = None,
+    hparams: LocalHParams | Mapping[str, Any] | None = None,
     rng: np.random.Generator | None = None,
 ) -> RoundContext:
     """What ``configure_round`` gets in round ``t``: everyone available in the cohort by default."""
@@ -83,7 +98,7 @@ def round_ctx(
         round_idx=t,
         available=list(available),
         cohort_size=cohort if cohort is not None else len(available),
-        hparams=hparams if hparams is not None else HPARAMS,
+        hparams=as_hparams(hparams),
         rng=rng if rng is not None else np.random.default_rng(0),
     )
 
@@ -92,14 +107,14 @@ def server_ctx(
     t: int,
     *,
     rng: np.random.Generator | None = None,
-    hparams: Mapping[str, Any] | None = None,
+    hparams: LocalHParams | Mapping[str, Any] | None = None,
     data: Any = None,
 ) -> ServerContext:
     """What ``aggregate`` gets in round ``t``."""
     return ServerContext(
         round_idx=t,
         rng=rng if rng is not None else np.random.default_rng(0),
-        hparams=hparams if hparams is not None else HPARAMS,
+        hparams=as_hparams(hparams),
         data=data,
     )
 
@@ -113,7 +128,7 @@ def configure(
     rng: np.random.Generator | None = None,
     *,
     cohort: int | None = None,
-    hparams: Mapping[str, Any] | None = None,
+    hparams: LocalHParams | Mapping[str, Any] | None = None,
 ) -> list[ClientTask]:
     """The tasks of round ``t`` (the state must come back unchanged for these algorithms)."""
     new_state, plan = algo.configure_round(

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from raysim.cli import app
 from raysim.config import ConfigError, load_config
-from raysim.data.federation import check_dataset_fits, check_federation_fits
+from raysim.data.budget import check_dataset_fits, check_federation_fits
 from raysim.runtime import rundir
 from tests.conftest import tiny_config
 

@@ -21,6 +21,7 @@ import pytest
 
 from raysim.bench import model as M
 from raysim.bench import scale as S
+from raysim.bench import scale_report as R
 from raysim.bench.probe import (
     CLIENT,
     DRIVER,
@@ -291,29 +292,29 @@ def test_goals_verdicts():
     by = {r["n_clients"]: r for r in rows}
     by[10_000].update(median_round_s=by[100]["median_round_s"] * 1.2, total_rss_mb=by[100]["total_rss_mb"] * 1.5,
                       time_to_first_round_s=25.0)  # fmt: skip
-    verdicts = [v for _, _, v in S.goals(rows)]
+    verdicts = [v for _, _, v in R.goals(rows)]
     assert verdicts == ["met", "MISSED", "MISSED"]
     by[10_000]["time_to_first_round_s"] = 19.9
-    assert S.goals(rows)[2][2] == "met"
-    assert [v for _, _, v in S.goals(rows[:2])] == ["not measured"] * 3
+    assert R.goals(rows)[2][2] == "met"
+    assert [v for _, _, v in R.goals(rows[:2])] == ["not measured"] * 3
 
 
 def test_tables_and_plots_are_written(tmp_path):
     rows = bench_rows()
-    S.write_table(rows, tmp_path / "scale.parquet")
+    R.write_table(rows, tmp_path / "scale.parquet")
     back = pd.read_parquet(tmp_path / "scale.parquet")
     assert list(back["n_clients"]) == [100, 1000, 10_000, 100_000]
     assert list(back["status"]) == ["ok", "ok", "ok", "refused"]
-    md = S.markdown_table(rows, S.SCALE_COLUMNS)
+    md = R.markdown_table(rows, R.SCALE_COLUMNS)
     assert md.count("\n| ") == 4 and "N=100,000: stops because data: num_clients=100000" in md
     coef = M.fit(synthetic(TRUE))
-    png = S.plot_scale(rows, tmp_path / "scale.png", M.scale_curves(coef, rows))
+    png = R.plot_scale(rows, tmp_path / "scale.png", M.scale_curves(coef, rows))
     import matplotlib.image
 
     img = matplotlib.image.imread(png)
     assert img.shape[0] > 500 and img.shape[1] > 1000
     actors = [dict(r, total_uss_mb=r["total_rss_mb"] / 2) for r in synthetic(TRUE).actors]
-    png = S.plot_actors(actors, tmp_path / "actors.png", {"intercept": 6.0, "slope": 1.7})
+    png = R.plot_actors(actors, tmp_path / "actors.png", {"intercept": 6.0, "slope": 1.7})
     assert matplotlib.image.imread(png).shape[1] > 1000
     data = synthetic(TRUE)
     fit = {
@@ -321,7 +322,7 @@ def test_tables_and_plots_are_written(tmp_path):
         "validation": M.validate(data),
         "leave_one_out": M.validate_each(data),
     }
-    report = S.render_report(rows, actors, fit, quick=False, costs=S.actor_costs(actors, 20_000))
+    report = R.render_report(rows, actors, fit, quick=False, costs=R.actor_costs(actors, 20_000))
     assert "Goals (issue 13)" in report and "validation: fitted without N=10,000" in report
     assert "| 1,000 | " in report.split("Leave-one-out")[1]  # each size held out in turn
     assert "one client actor (runs with 4, 8, 16 actors)" in report
@@ -333,7 +334,7 @@ def test_actor_costs_from_the_actor_runs():
          "client_rss_mb_mean": 800.0 + a, "client_uss_mb_mean": 400.0 + a}
         for a in (4, 8, 16)
     ] + [{"n_clients": 32, "status": "memory"}]  # fmt: skip
-    c = S.actor_costs(rows, available_mb=20_000)
+    c = R.actor_costs(rows, available_mb=20_000)
     assert c["runs"] == [4, 8, 16]
     assert c["start_s"] == pytest.approx(2.0) and c["start_intercept_s"] == pytest.approx(10.0)
     assert c["uss_per_actor_mb"] == pytest.approx(400.0) and c["fixed_uss_mb"] == pytest.approx(1500.0)
@@ -380,7 +381,7 @@ def fake_run(tmp_path: Path, launch: float) -> S.RunResult:
 
 def test_summarize_a_run(tmp_path):
     launch = time.time() - 100
-    row = S.summarize(fake_run(tmp_path, launch))
+    row = R.summarize(fake_run(tmp_path, launch))
     assert row["time_to_first_round_s"] == pytest.approx(
         12.0, abs=1e-3
     )  # 10 s to the end of set-up + round 1

@@ -194,7 +194,7 @@ def test_a_run_whose_actors_cannot_fit_in_memory_exits_2_before_any_actor_starts
 
 
 def test_the_memory_check_counts_the_server_and_says_how_many_actors_fit():
-    from actors.backend import check_resources
+    from actors.placement import check_resources
     from raysim.config import ConfigError
     from raysim.runtime.backend import Share
 

@@ -19,7 +19,7 @@ import typer.main
 import yaml
 from typer.testing import CliRunner
 
-from raysim import k8s
+from raysim import k8s, k8s_manifest
 from raysim.cli import app
 from raysim.config import ConfigError, ExperimentConfig, load_config
 from raysim.data.datasets import FASHION_MNIST_DEFAULT_DIR
@@ -356,12 +356,12 @@ def test_static_cluster_is_what_render_builds_and_both_jobs_inline_it():
         assert job["spec"]["rayClusterSpec"] == cluster["spec"], (
             f"{name}: rayClusterSpec != k8s/ray-cluster.yaml"
         )
-        assert job["spec"]["submitterPodTemplate"] == k8s.submitter_template(k8s.DEFAULT_IMAGE)
+        assert job["spec"]["submitterPodTemplate"] == k8s_manifest.submitter_template(k8s.DEFAULT_IMAGE)
 
 
 def test_cluster_shape_head_cpu_only_gpu_group_scales_from_zero():
     spec = load_docs(K8S / "ray-cluster.yaml")[0]["spec"]
-    assert spec["rayVersion"] == RAY_PIN == k8s.RAY_VERSION
+    assert spec["rayVersion"] == RAY_PIN == k8s_manifest.RAY_VERSION
     assert spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"  # no client actor on the head
@@ -381,7 +381,7 @@ def test_cluster_shape_head_cpu_only_gpu_group_scales_from_zero():
 
 def test_every_ray_pod_has_sized_shm_named_ports_and_the_results_volume(rendered):
     claim = load_docs(K8S / "pvc.yaml")[0]
-    assert claim["metadata"]["name"] == k8s.RESULTS_CLAIM and "ReadWriteMany" in claim["spec"]["accessModes"]
+    assert claim["metadata"]["name"] == k8s_manifest.RESULTS_CLAIM and "ReadWriteMany" in claim["spec"]["accessModes"]
     head_ports = {
         p["name"]
         for p in load_docs(K8S / "ray-cluster.yaml")[0]["spec"]["headGroupSpec"]["template"]["spec"][
@@ -403,7 +403,7 @@ def test_every_ray_pod_has_sized_shm_named_ports_and_the_results_volume(rendered
                 assert int(grp["rayStartParams"]["object-store-memory"]) <= shm_bytes, where
                 assert shm_bytes < to_bytes(ray["resources"]["limits"]["memory"]), where
                 assert (
-                    vols[mounts[k8s.RESULTS_MOUNT]]["persistentVolumeClaim"]["claimName"] == k8s.RESULTS_CLAIM
+                    vols[mounts[k8s_manifest.RESULTS_MOUNT]]["persistentVolumeClaim"]["claimName"] == k8s_manifest.RESULTS_CLAIM
                 )
                 assert ray["ports"] and all(p.get("name") for p in ray["ports"]), where
 
@@ -429,7 +429,7 @@ def test_security_non_root_no_escalation_no_hostpath_no_public_dashboard(rendere
         for cwhere, c, pod in containers(doc):
             ctx, pod_ctx = c.get("securityContext", {}), pod.get("securityContext", {})
             assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, f"{where} {cwhere}"
-            assert ctx.get("runAsUser", pod_ctx.get("runAsUser")) == k8s.RAY_UID != 0, f"{where} {cwhere}"
+            assert ctx.get("runAsUser", pod_ctx.get("runAsUser")) == k8s_manifest.RAY_UID != 0, f"{where} {cwhere}"
             assert ctx.get("allowPrivilegeEscalation") is False, f"{where} {cwhere}"
             assert not ctx.get("privileged") and ctx["capabilities"]["drop"] == ["ALL"], f"{where} {cwhere}"
         for spec in cluster_specs(doc):
@@ -478,7 +478,7 @@ def test_dockerfile_runs_as_non_root_and_keeps_secrets_out():
     users = re.findall(r"^USER (\S+)$", final, re.M)
     assert users, "the final stage must set USER"
     uid, _, gid = users[-1].partition(":")
-    assert uid.isdigit() and int(uid) == k8s.RAY_UID != 0 and gid == str(k8s.RAY_GID)
+    assert uid.isdigit() and int(uid) == k8s_manifest.RAY_UID != 0 and gid == str(k8s_manifest.RAY_GID)
     assert not re.search(r"^(ARG|ENV)\s+\S*(TOKEN|SECRET|PASSW|KEY|CREDENTIAL)", text, re.M | re.I)
     assert not re.search(r"^ADD ", text, re.M) and not re.search(r"^COPY (--\S+ )*\. ", text, re.M)
     ignore = [ln for ln in (K8S / "Dockerfile.dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
@@ -490,9 +490,9 @@ def test_image_has_the_data_the_configs_and_the_inline_base_config():
     text = _dockerfile()
     assert "dataset-fashion-mnist" in text
     assert f"COPY --from=fashion-mnist {FASHION_MNIST_DEFAULT_DIR} {FASHION_MNIST_DEFAULT_DIR}" in text
-    assert f"WORKDIR {k8s.IMAGE_WORKDIR}" in text
+    assert f"WORKDIR {k8s_manifest.IMAGE_WORKDIR}" in text
     assert "COPY --chown=1000:100 configs ./configs" in text
-    assert k8s.INLINE_CONFIG == f"{k8s.IMAGE_WORKDIR}/k8s/inline-config.yaml"
+    assert k8s.INLINE_CONFIG == f"{k8s_manifest.IMAGE_WORKDIR}/k8s/inline-config.yaml"
     assert "k8s/inline-config.yaml ./k8s/inline-config.yaml" in text
 
 
@@ -501,8 +501,8 @@ def test_image_has_the_data_the_configs_and_the_inline_base_config():
 
 def _in_repo(image_path: str) -> Path:
     """Where a path inside the image comes from in this repository."""
-    assert image_path.startswith(k8s.IMAGE_WORKDIR + "/"), image_path
-    return ROOT / image_path.removeprefix(k8s.IMAGE_WORKDIR + "/")
+    assert image_path.startswith(k8s_manifest.IMAGE_WORKDIR + "/"), image_path
+    return ROOT / image_path.removeprefix(k8s_manifest.IMAGE_WORKDIR + "/")
 
 
 def _has_command(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""The core stays Ray-free: importing it must not load ray (DESIGN section 2)."""
+"""The core stays Ray-free: importing it must not load ray (docs/architecture.md, section 1)."""
 
 import subprocess
 import sys

@@ -18,21 +18,17 @@ from typer.testing import CliRunner
 from raysim.reproduce import reproduce_app
 from raysim.reproduce.dsac import (
     DSAC_DEFAULT,
-    EXPERIMENTS,
     PRE,
     SCALES,
     TUNING_SEED,
-    ci,
     eval_seeds,
     methods,
-    paired_diff,
-    paired_p,
     parse_only,
     pretrained,
     raw_config,
-    run_key,
-    welch,
 )
+from raysim.reproduce.dsac_experiments import EXPERIMENTS
+from raysim.reproduce.harness import ci, paired_diff, paired_p, run_key, welch
 
 
 def rows(md: str) -> list[list[str]]:

@@ -19,11 +19,10 @@ from raysim.reproduce.clustered import (
     config,
     genetic_config,
     methods,
-    paired,
     parse_only,
     rounds_to_frac_of_peak,
 )
-from raysim.reproduce.dsac import Run, run_key
+from raysim.reproduce.harness import Run, paired_p, run_key
 
 METHODS = list(methods(4))
 
@@ -123,11 +122,11 @@ def test_rounds_to_90_percent_of_peak():
 
 
 def test_paired_t_test_and_options():
-    assert paired([1.0], [2.0]).startswith("n/a")
-    assert paired([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == "1"
+    assert paired_p([1.0], [2.0]).startswith("n/a")
+    assert paired_p([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == "1"
     # a constant shift on the same seeds is significant for the paired test ...
-    assert paired([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80]) != "1"
-    assert float(paired([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80])) < 0.05
+    assert paired_p([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80]) != "1"
+    assert float(paired_p([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80])) < 0.05
     assert parse_only("") == [1, 2, 3, 4] and parse_only("3, 1") == [1, 3]
     with pytest.raises(Exception, match="no experiment"):
         parse_only("7")

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raysim.reproduce import reproduce_app
-from raysim.reproduce.dsac import Run, run_key
+from raysim.reproduce.harness import Run, run_key
 from raysim.reproduce.pfedht import (
     FEDAVG,
     LOCAL,

@@ -26,14 +26,14 @@ def _one_run(runs_dir: str, table: dict[str, dict[str, Any]]) -> Callable[[dict[
         from ray import tune
 
         from raysim.runtime.experiment import Experiment
-        from tuning.resources import client_bundle_count, trial_share
+        from tuning.resources import pinned_actors, trial_share
 
         key = config["key"]
         raw = {**table[key], "output": {"dir": runs_dir, "name": key, "progress": False}}
         cfg = config_from_dict(raw, f"run {key}")
         pgf = tune.get_context().get_trial_resources()
-        n = client_bundle_count(cfg, pgf)
-        if n and cfg.resources.clients_per_actor == "auto" and cfg.resources.num_actors is None:
+        n = pinned_actors(cfg, pgf)
+        if n:
             cfg = config_from_dict({**raw, "resources": {**raw["resources"], "num_actors": n}}, f"run {key}")
         exp = Experiment(cfg, progress=False, share=trial_share(pgf, cfg.resources.backend))
         with warnings.catch_warnings():

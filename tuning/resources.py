@@ -14,7 +14,7 @@ A trial is one raysim experiment. Its placement group holds, in this order:
   present only when one of them is nonzero (by default the server asks for nothing);
 * ray backend only: one bundle per client actor, ``{CPU: num_cpus, GPU: num_gpus}`` (left out
   when a client actor asks for nothing). The number of client actors is
-  ``cfg.num_client_actors(...)`` computed on the cluster *minus* the server's share, so that
+  ``raysim.runtime.packing.plan_actors`` (:func:`trial_plan`) computed on the cluster *minus* the server's share, so that
   ``resources.clients_per_actor: auto`` without ``num_actors`` sizes one trial to the whole
   cluster (trials then run one at a time: set ``resources.num_actors`` to run several at once).
 
@@ -39,6 +39,7 @@ from ray import tune
 
 from raysim.config import ConfigError, ExperimentConfig
 from raysim.runtime.backend import Share
+from raysim.runtime.packing import ActorPlan, follows_resources, plan_actors
 
 EPS = 1e-9
 
@@ -59,25 +60,32 @@ def driver_bundle(cfg: ExperimentConfig) -> dict[str, float]:
     return {}
 
 
+def trial_plan(cfg: ExperimentConfig, cluster_cpus: float, cluster_gpus: float) -> ActorPlan:
+    """The client actors of one trial on this cluster: ``plan_actors`` on the cluster less the
+    driver bundle (the server's share comes off inside the plan)."""
+    cpus = max(0.0, cluster_cpus - driver_bundle(cfg).get("CPU", 0.0))
+    return plan_actors(
+        cfg.resources, cfg.data.num_clients, pooled=cfg.algorithm.traits.pooled, cpus=cpus, gpus=cluster_gpus
+    )
+
+
 def client_actor_count(cfg: ExperimentConfig, cluster_cpus: float, cluster_gpus: float) -> int:
     """How many client actors one trial starts on this cluster (0 on the serial backend)."""
     if cfg.resources.backend == "serial":
         return 0
-    # num_client_actors leaves the server actor its share itself
-    cpus = max(0.0, cluster_cpus - driver_bundle(cfg).get("CPU", 0.0))
-    return cfg.num_client_actors(cpus, cluster_gpus)
+    return trial_plan(cfg, cluster_cpus, cluster_gpus).actors
 
 
 def trial_bundles(cfg: ExperimentConfig, cluster_cpus: float, cluster_gpus: float) -> list[dict[str, float]]:
-    res = cfg.resources
     bundles = [driver_bundle(cfg)]
-    if res.backend == "ray":
-        server = _bundle(res.server_cpus, res.server_gpus)
+    if cfg.resources.backend == "ray":
+        plan = trial_plan(cfg, cluster_cpus, cluster_gpus)
+        server = _bundle(plan.server_cpus, plan.server_gpus)
         if server:
             bundles.append(server)
-        client = _bundle(res.num_cpus, res.num_gpus)
+        client = _bundle(plan.cpus, plan.gpus)
         if client:
-            bundles += [dict(client) for _ in range(client_actor_count(cfg, cluster_cpus, cluster_gpus))]
+            bundles += [dict(client) for _ in range(plan.actors)]
     if not any(bundles):
         # Tune refuses an empty head bundle with nothing after it; a ray-backend trial whose
         # server and actors ask for nothing still gets a token bundle to live in.
@@ -142,3 +150,12 @@ def client_bundle_count(cfg: ExperimentConfig, pgf: tune.PlacementGroupFactory) 
         return 0
     n = len(pgf.bundles) - (0 if pgf.head_bundle_is_empty else 1)
     return max(0, n - (1 if _bundle(res.server_cpus, res.server_gpus) else 0))
+
+
+def pinned_actors(cfg: ExperimentConfig, pgf: tune.PlacementGroupFactory) -> int | None:
+    """The ``resources.num_actors`` a trial's run pins so that it starts exactly the client actors
+    its group holds, or None when the config fixes the count itself (``follows_resources``) or its
+    actors ask for nothing."""
+    if not follows_resources(cfg.resources):
+        return None
+    return client_bundle_count(cfg, pgf) or None

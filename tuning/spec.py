@@ -346,7 +346,7 @@ def probe_metrics(base: dict[str, Any]) -> frozenset[str]:
         exp = Experiment(cfg, progress=False)
         try:
             exp.prepare()
-            hparams = exp.hparams()
+            hparams = exp.hparams().as_dict()
             report = exp.step()
         finally:
             exp.close()

@@ -26,6 +26,7 @@ import numpy as np
 from raysim.config import ConfigError, ExperimentConfig, config_from_dict
 from raysim.runtime.backend import Share
 from raysim.runtime.experiment import Experiment, driver_stats
+from raysim.runtime.packing import follows_resources
 
 # report(metrics, checkpoint_dir): checkpoint_dir is a directory holding this round's FL state
 # (valid only during the call), or None on rounds without a checkpoint.
@@ -126,18 +127,15 @@ def run_trial(
     experiment stops, calling ``report`` every round. Returns the last round run.
 
     ``num_actors``: pin ``resources.num_actors`` (the trainable passes its placement group's
-    client-bundle count when the config leaves the actor count to ``auto``).
+    client-bundle count, ``tuning.resources.pinned_actors``, when the config leaves the actor count
+    to the resources).
     """
     if checkpoint_every < 0:
         raise ValueError(
             f"checkpoint_every must be >= 0 (0: only after the last round), got {checkpoint_every}"
         )
     cfg = trial_config(base, config, output_dir=output_dir)
-    if (
-        num_actors is not None
-        and cfg.resources.clients_per_actor == "auto"
-        and cfg.resources.num_actors is None
-    ):
+    if num_actors is not None and follows_resources(cfg.resources):
         cfg = trial_config(base, {**config, "resources.num_actors": num_actors}, output_dir=output_dir)
     exp = Experiment(cfg, progress=False, share=share)
     last = 0
@@ -146,7 +144,7 @@ def run_trial(
         if checkpoint_dir is not None:
             last = exp.restore(checkpoint_dir)
         while not exp.should_stop():
-            hparams = exp.hparams()
+            hparams = exp.hparams().as_dict()
             rep = exp.step()
             last = rep.round
             metrics = tune_metrics(rep.metrics)
@@ -187,14 +185,13 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
     def raysim_trial(config: dict[str, Any]) -> None:
         from ray import tune
 
-        from tuning.resources import client_bundle_count, trial_share
+        from tuning.resources import pinned_actors, trial_share
 
         ctx = tune.get_context()
         trial_dir = Path(ctx.get_trial_dir())
         pgf = ctx.get_trial_resources()
         cfg = trial_config(frozen, config, output_dir=trial_dir)
         share = trial_share(pgf, cfg.resources.backend)
-        n_bundles = client_bundle_count(cfg, pgf)
 
         trial_id = ctx.get_trial_id()
         import ray
@@ -218,7 +215,7 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
             "checkpoint_every": checkpoint_every,
             "output_dir": trial_dir,
             "share": share,
-            "num_actors": n_bundles or None,
+            "num_actors": pinned_actors(cfg, pgf),
         }
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:

@@ -1,4 +1,8 @@
-"""Algorithms: one module per paper, a small explicit registry (no Ray here)."""
+"""Algorithms: one module per paper, a small explicit registry (no Ray here).
+
+``ALGORITHMS`` is the built-in table of ``raysim.plugins`` (kind ``algorithms``): a config's
+``algorithm.name`` may also be an entry point of group ``raysim.algorithms`` or an import path
+``package.module:Class`` (see ``raysim.plugins``); ``build_algorithm`` takes all three."""
 
 from __future__ import annotations
 
@@ -57,13 +61,16 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 DEFAULT_ALGORITHM = FedAvg.name
 
 
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The class ``name`` stands for: built-in, entry point or import path (``raysim.plugins``;
+    ``PluginError``, a ValueError, naming the valid names otherwise)."""
+    from raysim.plugins import resolve
+
+    return resolve("algorithms", name)  # type: ignore[no-any-return]
+
+
 def build_algorithm(name: str, params: dict[str, Any] | BaseModel | None = None) -> Algorithm:
-    try:
-        cls = ALGORITHMS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown algorithm {name!r}; valid names: {', '.join(sorted(ALGORITHMS))}"
-        ) from None
+    cls = algorithm_class(name)
     p = params if isinstance(params, BaseModel) else cls.params_model.model_validate(params or {})
     return cls(p)  # type: ignore[arg-type]
 
@@ -91,5 +98,6 @@ __all__ = [
     "ServerContext",
     "SetupContext",
     "Traits",
+    "algorithm_class",
     "build_algorithm",
 ]

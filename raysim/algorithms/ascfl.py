@@ -204,17 +204,14 @@ class ASCFL(Algorithm):
         p = self.p
         tasks = []
         for c in cohort:
-            hp = dict(rnd.hparams)
-            if p.lr_decay != 1.0 and "lr" in hp:
-                hp["lr"] = float(hp["lr"]) * p.lr_decay ** max(rnd.round_idx - 1, 0)
-            hp["epochs"] = float(
-                am.local_epochs(
-                    p.local_epochs_rule,
-                    int(state.client_sizes[c]),
-                    int(hp.get("batch_size", 32)),
-                    int(hp.get("epochs", 1)),
-                    p.local_floor,
-                )
+            hp = rnd.hparams
+            if p.lr_decay != 1.0:
+                hp = replace(hp, lr=hp.lr * p.lr_decay ** max(rnd.round_idx - 1, 0))
+            hp = replace(
+                hp,
+                epochs=am.local_epochs(
+                    p.local_epochs_rule, int(state.client_sizes[c]), hp.batch_size, hp.epochs, p.local_floor
+                ),
             )
             extras = {OUT_LAYER: state.out_layer}
             if p.dp and p.dp_site == "client":
@@ -401,7 +398,7 @@ class ASCFL(Algorithm):
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         p = self.p
         start = client.broadcast[task.model_key]
-        fit = client.fit(start, grad_hook=None, **task.hparams)
+        fit = client.fit(start, grad_hook=None, hparams=task.hparams)
         delta = (fit.params - start).astype(np.float32)
         metrics = {"train_loss": float(fit.loss)}
         if p.dp and p.dp_site == "client":  # local DP: clip and noise before anything leaves the client

@@ -1,4 +1,4 @@
-"""The algorithm contract (DESIGN section 4) and the records that cross the wire.
+"""The algorithm contract (docs/architecture.md, section 3) and the records that cross the wire.
 
 An algorithm is one object whose class declares everything the runtime relies on:
 
@@ -16,9 +16,11 @@ An algorithm is one object whose class declares everything the runtime relies on
 
 State is an explicit, picklable value returned by ``init``/``configure_round``/``aggregate``.
 Randomness always arrives as an argument. Client hyperparameters are NOT state: they reach
-``configure_round`` every round (``RoundContext.hparams``, from the config and any override: a
-schedule, a Tune/PBT perturbation) and travel to clients inside each task, so a run restored
-under a changed learning rate trains with the new one.
+``configure_round`` every round (``RoundContext.hparams``, a :class:`LocalHParams` record built
+from the config's ``local:`` section and any override: a schedule, a Tune/PBT perturbation) and
+travel to clients inside each task, so a run restored under a changed learning rate trains with
+the new one. An algorithm changes them for a client with ``dataclasses.replace`` (a decayed lr,
+a client's own batch size) and hands the record whole to ``ClientContext.fit``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from raysim.models.flat import ParamLayout, Params
+
+if TYPE_CHECKING:
+    from raysim.config import LocalConfig
 
 Metrics = dict[str, float]
 GradHook = Callable[[Any, Any], None]  # (flat params tensor, flat grad tensor) -> None, edits grad in place
@@ -43,6 +48,87 @@ class AlgoParams(BaseModel):
     """Base for each algorithm's own config keys (unknown keys and non-finite numbers are errors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+OPTIMIZERS = ("sgd", "adam")
+LOSSES = ("cross_entropy", "squared_error")
+Optimizer = Literal["sgd", "adam"]
+Loss = Literal["cross_entropy", "squared_error"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalHParams:
+    """One client's local-training hyperparameters for one fit: the config's ``local:`` knobs as a
+    typed record (what the trainer takes whole).
+
+    It has no defaults of its own: ``LocalHParams.of`` builds it from ``config.LocalConfig``, whose
+    defaults are the only ones. Change it with ``dataclasses.replace`` (a decayed lr, a mutated
+    gene, a Tune/PBT override): every construction, ``replace`` included, coerces the numbers to
+    their types and checks the rules no single field can (a known optimizer and loss; momentum is
+    an SGD knob), so an impossible combination fails where it is made, not in the trainer. Seven
+    plain fields: it pickles in a few hundred bytes and checkpoints field by field (rundir).
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    # "adam": torch.optim.Adam at lr, fresh per fit (momentum must be 0); "sgd": the flat SGD step
+    optimizer: Optimizer
+    # the training loss; evaluation losses stay cross-entropy (``trainer.training_loss``)
+    loss: Loss
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("lr", "momentum", "weight_decay"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid names: {', '.join(LOSSES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
+        # the one place this rule lives (LocalConfig checks it by building a record)
+        if self.optimizer == "adam" and self.momentum > 0:
+            raise ValueError(
+                f"momentum {self.momentum:g} is an SGD knob and Adam has its own: set local.momentum "
+                "to 0 with optimizer 'adam'"
+            )
+
+    @classmethod
+    def of(cls, local: LocalConfig | None = None, **changes: Any) -> LocalHParams:
+        """The record of ``local`` (None: ``LocalConfig()``, whose defaults are the only ones) with
+        ``changes`` applied, all validated by ``LocalConfig`` (unknown names, ranges): the one way
+        from the config to the record."""
+        from raysim.config import LocalConfig
+
+        cfg = local if local is not None else LocalConfig()
+        if changes:
+            cfg = LocalConfig.model_validate({**cfg.model_dump(), **changes})
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    @staticmethod
+    def names() -> tuple[str, ...]:
+        return tuple(f.name for f in fields(LocalHParams))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plain fields by name (logs, Tune metrics, checkpoints)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def plain_sgd(*, lr: float, epochs: int, batch_size: int) -> LocalHParams:
+    """A plain SGD fit (no momentum, no weight decay, cross-entropy) whatever the config says:
+    DSAC's eq. (13) fine-tuning step. Spelled out, not defaulted: the step's definition, which a
+    changed ``local:`` default must not move."""
+    return LocalHParams(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=0.0,
+        weight_decay=0.0,
+        optimizer="sgd",
+        loss="cross_entropy",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +158,7 @@ class ClientTask:
 
     client_id: int
     model_key: str  # the broadcast array the client starts from: "global", "cluster/3", "client/17", ...
-    hparams: Mapping[str, float] = field(default_factory=dict)  # this round's lr, batch_size, epochs, ...
+    hparams: LocalHParams  # this client's lr, batch_size, epochs, ... this round
     extras: Mapping[str, np.ndarray] = field(default_factory=dict)
     broadcast_keys: tuple[str, ...] = ()  # further broadcast arrays this client reads (e.g. "control")
 
@@ -275,7 +361,7 @@ class ServerData(Protocol):
 
     def splits(self) -> tuple[str, ...]: ...
     def evaluate(self, params: Params, split: str = "public") -> Any: ...
-    def fit(self, params: Params, split: str = "public", **hparams: Any) -> Any: ...
+    def fit(self, params: Params, split: str = "public", *, hparams: LocalHParams) -> Any: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,7 +373,7 @@ class SetupContext:
     layout: ParamLayout
     num_classes: int
     seed: int
-    local: Mapping[str, float]  # the config's local.* knobs, for set-up work only (e.g. pre-training)
+    local: LocalHParams  # the config's local.* knobs, for set-up work only (e.g. pre-training)
     num_rounds: int
     clients_per_round: int
     # ground-truth group per client (-1: none), for clustering metrics
@@ -303,7 +389,7 @@ class RoundContext:
     round_idx: int
     available: np.ndarray  # sorted int64 ids of the clients that can train (lost ones excluded)
     cohort_size: int  # rounds.clients_per_round (capped at the federation)
-    hparams: Mapping[str, float]  # this round's client hyperparameters (local.* and any override)
+    hparams: LocalHParams  # this round's client hyperparameters (local.* and any override)
     rng: np.random.Generator  # a function of (seed, round) only
 
     def __post_init__(self) -> None:  # any sequence of ids (tests, hand-made contexts) as an array
@@ -316,7 +402,7 @@ class ServerContext:
 
     round_idx: int
     rng: np.random.Generator  # a function of (seed, round) only
-    hparams: Mapping[str, float]
+    hparams: LocalHParams
     data: ServerData | None = None
     round_started: float = field(default_factory=time.perf_counter)
 
@@ -329,10 +415,10 @@ class ServerContext:
             raise RuntimeError("this server has no data to evaluate on")
         return self.data.evaluate(params, split)
 
-    def fit(self, params: Params, split: str = "public", **hparams: Any) -> Any:
+    def fit(self, params: Params, split: str = "public", *, hparams: LocalHParams) -> Any:
         if self.data is None:
             raise RuntimeError("this server has no data to fit on")
-        return self.data.fit(params, split, **hparams)
+        return self.data.fit(params, split, hparams=hparams)
 
 
 class ClientContext(Protocol):
@@ -350,9 +436,10 @@ class ClientContext(Protocol):
         self,
         params: Params,
         *,
+        hparams: LocalHParams,
         grad_hook: GradHook | None = None,
-        buffers: Any = None,  # Mapping[str, np.ndarray] | None (Any: callers spread **hparams)
-        **hparams: Any,
+        buffers: Mapping[str, np.ndarray] | None = None,
+        adapter: Any = None,  # (scale, shift) input map trained with the model (DSAC eq. 10); None: none
     ) -> Any: ...
     def evaluate(
         self, params: Params, split: str = "val", *, buffers: Mapping[str, np.ndarray] | None = None

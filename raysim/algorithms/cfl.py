@@ -286,7 +286,7 @@ class CFL(Algorithm):
     # -- client ----------------------------------------------------------------------------
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         start = client.broadcast[task.model_key]
-        fit = client.fit(start, grad_hook=None, **task.hparams)
+        fit = client.fit(start, grad_hook=None, hparams=task.hparams)
         return ClientResult(
             client_id=task.client_id,
             num_examples=fit.num_examples,

@@ -95,7 +95,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from raysim import clustering as cl
+from raysim.algorithms import dsac_aggregate as da
 from raysim.algorithms import hooks
 from raysim.algorithms.base import (
     GLOBAL,
@@ -112,16 +112,13 @@ from raysim.algorithms.base import (
     ServerContext,
     SetupContext,
     Traits,
+    plain_sgd,
     sample_cohort,
 )
 from raysim.algorithms.dsac_math import (
-    MergeInfo,
     SubModelPartition,
     assign_submodels,
-    clustered_merge,
-    submodel_data_weights,
     temporal_decay,
-    two_level_merge,
 )
 from raysim.algorithms.pretrain import base_metrics, pretrain
 from raysim.metrics import agreement_with_truth, jain_index
@@ -235,32 +232,6 @@ def _decay_hook(weight_decay: float) -> GradHook:
     return hook
 
 
-@dataclass(kw_only=True)
-class _Merge:
-    """What one round's sub-model merge produced (eq. 3-7), for eq. (8), (13) and the metrics."""
-
-    k: int
-    params: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    untouched: int = 0
-    silhouettes: list[float] = field(default_factory=list)
-    intra: list[float] = field(default_factory=list)
-    loss_k: np.ndarray = field(init=False)
-    data_k: np.ndarray = field(init=False)
-    # group -> sub-model -> the group's combined update Δ_g (unscaled), for M_g of eq. (13)
-    group_deltas: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.loss_k = np.full(self.k, np.nan)
-        self.data_k = np.zeros(self.k)
-
-    def record(self, info: MergeInfo) -> None:
-        """Clustering-quality metrics of Table 3 for one K-means of updates (computed on the updates'
-        span coordinates, which keep every distance)."""
-        if info.k > 1:
-            self.silhouettes.append(cl.silhouette(info.points, info.labels))
-            self.intra.append(cl.intra_cluster_distance(info.points, info.labels, int(np.argmax(info.sizes))))
-
-
 class DSAC(Algorithm):
     name: ClassVar[str] = "dsac"
     params_model: ClassVar[type[AlgoParams]] = DSACParams
@@ -371,23 +342,23 @@ class DSAC(Algorithm):
         prox = None
         if BASE in client.broadcast and self.p.lambda_pretrain > 0:  # eq. (9)
             prox = hooks.proximal(client.broadcast[BASE], 2.0 * self.p.lambda_pretrain)
-        hparams = dict(task.hparams)
+        hparams = task.hparams
         decay_hook = mask_hook = None
         if len(subs) < k:  # eq. (1): train only the assigned sub-models
             mask = np.zeros(int(bounds[-1]), bool)
             for s in subs:
                 mask[bounds[s] : bounds[s + 1]] = True
             mask_hook = hooks.masked(mask)
-            wd = float(hparams.get("weight_decay", 0.0))
-            if wd:  # the trainer adds weight decay after the hook: move it before the mask
-                decay_hook, hparams["weight_decay"] = _decay_hook(wd), 0.0
+            if hparams.weight_decay:  # the trainer adds weight decay after the hook: move it before the mask
+                decay_hook = _decay_hook(hparams.weight_decay)
+                hparams = replace(hparams, weight_decay=0.0)
         hook = hooks.chain(prox, decay_hook, mask_hook)
         if self.p.feature_mapping:  # eq. (10)
             adapter = client.state.get("adapter") or _identity_adapter()
-            fit = client.fit(params, grad_hook=hook, adapter=adapter, **hparams)
+            fit = client.fit(params, grad_hook=hook, adapter=adapter, hparams=hparams)
             client.state["adapter"] = fit.adapter
         else:
-            fit = client.fit(params, grad_hook=hook, **hparams)
+            fit = client.fit(params, grad_hook=hook, hparams=hparams)
         delta = (fit.params - params).astype(np.float32)
         extras = {f"sub/{s}": delta[bounds[s] : bounds[s + 1]].copy() for s in subs}
         if feature is not None:
@@ -402,44 +373,6 @@ class DSAC(Algorithm):
         )
 
     # -- server: step 5 --------------------------------------------------------------------
-    def _regroup(self, state: DSACState, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Client grouping, eq. (11)-(12), over every client that has uploaded a D_u."""
-        n = len(state.assign)
-        assign = np.full(n, -1, np.int64)
-        idx = np.flatnonzero(state.has_feature)
-        if state.features is None or idx.size == 0:
-            return assign, np.zeros(0, np.int64)
-        X = state.features[idx].astype(np.float64)
-        p = self.p
-        if p.hierarchical_clustering:
-            k, _ = cl.hierarchical_num_groups(X, p.max_groups, p.group_threshold)  # dendrogram
-            labels = cl.spherical_kmeans(X, k, rng).labels
-            medoids = cl.group_medoids(X, labels, k)  # eq. (12)
-            medoids = np.where(medoids >= 0, idx[np.maximum(medoids, 0)], -1)
-        else:
-            k = min(p.max_groups, idx.size)
-            labels = cl.kmeans(X, k, rng).labels
-            medoids = np.full(k, -1, np.int64)
-        assign[idx] = labels
-        return assign, medoids
-
-    @staticmethod
-    def _join_groups(state: DSACState, assign: np.ndarray, res: Sequence[ClientResult]) -> np.ndarray:
-        """Between regroupings: a client of this round with a D_u but no group joins the group whose
-        mean D_u has the highest cosine similarity with its own (no groups yet: unchanged)."""
-        new = [r.client_id for r in res if assign[r.client_id] < 0 and state.has_feature[r.client_id]]
-        groups = sorted(int(g) for g in np.unique(assign) if g >= 0)
-        if not new or not groups or state.features is None:
-            return assign
-        F = state.features.astype(np.float64)
-        centres = np.stack([F[assign == g].mean(axis=0) for g in groups])
-        centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-        out = assign.copy()
-        for c in new:
-            f = F[c] / max(float(np.linalg.norm(F[c])), 1e-12)
-            out[c] = groups[int(np.argmax(centres @ f))]
-        return out
-
     def aggregate(
         self, state: DSACState, results: Sequence[ClientResult | LinearSum], server: ServerContext
     ) -> tuple[DSACState, Metrics]:
@@ -449,19 +382,19 @@ class DSAC(Algorithm):
         state = self._store_features(state, res)  # line 9
         assign, medoids, grouped = state.assign, state.medoids, state.grouped_round
         if res and (t % self.p.cluster_every == 0 or not grouped):  # lines 13-16, eq. (11)-(12)
-            assign, medoids = self._regroup(state, rng)
+            assign, medoids = da.regroup(self.p, state, rng)
             grouped = t
         else:
-            assign = self._join_groups(state, assign, res)
+            assign = da.join_groups(state, assign, res)
         kept, last, weight_now, dropped, missed = self._decayed_weights(state, t, res)  # eq. (14)
         cum = state.cum_weight.copy()
         wsum = sum(w for _, w in kept)
         if wsum > 0:
             for r, w in kept:
                 cum[r.client_id] += w / wsum
-        merge = self._merge_submodels(state, kept, assign, rng)  # lines 17-20, eq. (3)-(7)
-        group_models = self._group_models(state, merge, assign)  # eq. (13)
-        global_loss = self._global_loss(merge)  # eq. (15) + (8)
+        merge = da.merge_submodels(self.p, state, kept, assign, rng)  # lines 17-20, eq. (3)-(7)
+        group_models = da.group_models(state, merge, assign, self.p.central_lr)  # eq. (13)
+        global_loss = da.global_loss(merge)  # eq. (15) + (8)
         history = state.loss_history + (global_loss,)
         converged = state.converged_round or (t if self._has_converged(history) else 0)
         archive = state.archive
@@ -570,82 +503,6 @@ class DSAC(Algorithm):
             kept.append((r, float(w)))
         return kept, last, weight_now, dropped, missed
 
-    def _merge_submodels(
-        self,
-        state: DSACState,
-        kept: Sequence[tuple[ClientResult, float]],
-        assign: np.ndarray,
-        rng: np.random.Generator,
-    ) -> _Merge:
-        """Lines 17-20 per sub-model: eq. (3)-(6) and the decay, within groups then across them
-        (hierarchical) or over the whole cohort (flat); then eq. (7) recombination. Also each group's
-        combined update, for M_g of eq. (13)."""
-        p, part, old = self.p, state.partition, state.params
-        merge = _Merge(k=part.k)
-        kw: dict[str, Any] = {"variance_prior": p.variance_prior}
-        parts: list[np.ndarray | None] = []
-        for j in range(part.k):
-            rows = [(r, w) for r, w in kept if f"sub/{j}" in r.extras]
-            if not rows:
-                parts.append(None)  # every client of this sub-model dropped: keep m_k
-                merge.untouched += 1
-                continue
-            U = np.stack([r.extras[f"sub/{j}"] for r, _ in rows]).astype(np.float64)
-            W = np.array([w for _, w in rows])
-            scale = math.sqrt(float(np.mean(np.einsum("ij,ij->i", U, U))))
-            groups = np.array([int(assign[r.client_id]) for r, _ in rows], np.int64)
-            if scale > 0:
-                X = U / scale
-                # ungrouped clients (no D_u yet) are groups of their own
-                gid = np.where(groups >= 0, groups, -1 - np.array([r.client_id for r, _ in rows]))
-                merged, deltas, infos = two_level_merge(X, W, gid, p.num_clusters, p.beta, rng, **kw)
-                if not p.hierarchical_clustering:  # one level over the whole cohort
-                    flat, info = clustered_merge(X, W, p.num_clusters, p.beta, rng, **kw)
-                    assert flat is not None
-                    merge.record(info)
-                    merged = flat
-                else:
-                    for info in infos.values():
-                        merge.record(info)
-                for g, d in deltas.items():
-                    if g >= 0:
-                        merge.group_deltas.setdefault(g, {})[j] = d * scale
-                merged = merged * scale
-            else:
-                merged = np.zeros(U.shape[1])
-            parts.append(old[part.slice(j)] + p.central_lr * merged.astype(np.float32))
-            n_ex = np.array([r.num_examples for r, _ in rows], np.float64)
-            merge.data_k[j] = n_ex.sum()
-            if n_ex.sum() > 0:
-                merge.loss_k[j] = float(
-                    np.dot(n_ex, [r.metrics.get("train_loss", np.nan) for r, _ in rows]) / n_ex.sum()
-                )
-        merge.params = part.recombine(parts, base=old).astype(np.float32)
-        return merge
-
-    def _group_models(self, state: DSACState, merge: _Merge, assign: np.ndarray) -> dict[int, np.ndarray]:
-        """Eq. (13): M_g = the previous global sub-model plus the group's combined update Δ_g (eq. 4-6
-        and the decayed weights within the group), and the new global sub-model where the group
-        trained none."""
-        part, old = state.partition, state.params
-        out: dict[int, np.ndarray] = {}
-        for g in sorted(int(x) for x in np.unique(assign) if x >= 0):
-            mg = merge.params.copy()
-            for j, d in merge.group_deltas.get(g, {}).items():
-                sl = part.slice(j)
-                mg[sl] = old[sl] + self.p.central_lr * d.astype(np.float32)
-            out[g] = mg
-        return out
-
-    @staticmethod
-    def _global_loss(merge: _Merge) -> float:
-        """Eq. (8) with eq. (15)'s β_k: the data-weighted mean of the sub-models' training losses."""
-        beta_k = submodel_data_weights(merge.data_k)
-        live = np.isfinite(merge.loss_k)
-        return (
-            float(np.dot(beta_k[live], merge.loss_k[live]) / beta_k[live].sum()) if live.any() else math.nan
-        )
-
     def _has_converged(self, history: tuple[float, ...]) -> bool:
         """|L_global(t) - L_global(t-1)| < converge_tol for converge_patience rounds in a row."""
         p = self.p
@@ -681,10 +538,9 @@ class DSAC(Algorithm):
         if eps <= 0 or client.num_examples == 0:
             return start
         batch = client.num_examples if self.p.finetune_batch is None else self.p.finetune_batch
-        kw: dict[str, Any] = {"lr": eps, "epochs": 1, "batch_size": min(batch, client.num_examples)}
-        if self.p.feature_mapping:
-            kw["adapter"] = client.state.get("adapter") or _identity_adapter()
-        return client.fit(start, grad_hook=None, **kw).params
+        step = plain_sgd(lr=eps, epochs=1, batch_size=min(batch, client.num_examples))
+        adapter = (client.state.get("adapter") or _identity_adapter()) if self.p.feature_mapping else None
+        return client.fit(start, hparams=step, grad_hook=None, adapter=adapter).params
 
     def personal_adapter(self, client: ClientContext) -> Any:
         """The client's eq. (10) input map for its personalised evaluation (None when off)."""

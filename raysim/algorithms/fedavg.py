@@ -109,7 +109,7 @@ class FedAvg(Algorithm):
         return None
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
-        fit = client.fit(params, grad_hook=self.local_hook(task, params, client), **task.hparams)
+        fit = client.fit(params, grad_hook=self.local_hook(task, params, client), hparams=task.hparams)
         return ClientResult(
             client_id=task.client_id,
             num_examples=fit.num_examples,

@@ -76,7 +76,7 @@ class FedBN(FedPer):
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         mask = ranges_to_mask(client.broadcast[PERSONAL_RANGES], params.size)
         start = self.personal_params(client.broadcast, client)
-        fit = client.fit(start, grad_hook=None, buffers=self.personal_buffers(client), **task.hparams)
+        fit = client.fit(start, grad_hook=None, buffers=self.personal_buffers(client), hparams=task.hparams)
         client.state["personal"] = fit.params[mask]  # committed only if this update is accepted
         client.state["buffers"] = fit.buffers
         return ClientResult(

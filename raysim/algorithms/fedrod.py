@@ -166,21 +166,21 @@ class FedRoD(Algorithm):
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         h0, h1, b0, b1 = (int(v) for v in client.broadcast[HEAD])
         head, bias = slice(h0, h1), slice(b0, b1)
-        hp = dict(task.hparams)
-        wd = float(hp.get("weight_decay", 0.0))
+        hp = task.hparams
+        wd = hp.weight_decay
         # 1. the generic model (body + generic head) under balanced softmax
         start = np.array(params, dtype=np.float32)
         hook = None
         if self.p.generic_loss == "balanced":
-            if str(hp.get("loss", "cross_entropy")) != "cross_entropy":
+            if hp.loss != "cross_entropy":
                 raise ValueError(
                     f"fedrod: generic_loss 'balanced' is a softmax cross-entropy; local.loss is "
-                    f"{hp['loss']!r} (set local.loss: cross_entropy or algorithm.generic_loss: cross_entropy)"
+                    f"{hp.loss!r} (set local.loss: cross_entropy or algorithm.generic_loss: cross_entropy)"
                 )
             shift = self._log_prior(client, params, b1 - b0)
             start[bias] += shift
             hook = shift_decay(bias, shift, wd) if wd else None
-        fit = client.fit(start, grad_hook=hook, **hp)
+        fit = client.fit(start, grad_hook=hook, hparams=hp)
         delta = fit.params - start
         generic = (params + delta).astype(np.float32)
         # 2. the personal head on the updated body's features, body and generic head frozen
@@ -188,10 +188,13 @@ class FedRoD(Algorithm):
         pstart = generic.copy()
         pstart[head] += own
         phook = personal_head_only(head, generic[head], wd)
-        php = {**hp, "epochs": self.p.personal_epochs, "weight_decay": 0.0}
-        if self.p.personal_lr is not None:
-            php["lr"] = self.p.personal_lr
-        pfit = client.fit(pstart, grad_hook=phook, **php)
+        php = replace(
+            hp,
+            epochs=self.p.personal_epochs,
+            weight_decay=0.0,
+            lr=hp.lr if self.p.personal_lr is None else self.p.personal_lr,
+        )
+        pfit = client.fit(pstart, grad_hook=phook, hparams=php)
         client.state["personal_head"] = (pfit.params[head] - generic[head]).astype(np.float32)
         return ClientResult(
             client_id=task.client_id,

@@ -355,24 +355,22 @@ class GeneticCFL(Algorithm):
 
     def configure_round(self, state: GeneticCFLState, rnd: RoundContext) -> tuple[GeneticCFLState, RoundPlan]:
         p = self.p
-        if p.optimizer == "adam" and float(rnd.hparams.get("momentum", 0.0)) > 0:
-            raise ValueError("local.momentum must be 0 with genetic-cfl's optimizer 'adam' (an SGD knob)")
         search = not state.searched
         if search:  # every client evaluates its grid first, as in the notebook's initial training
             cohort = sorted(int(c) for c in rnd.available)
         else:
             cohort = sample_cohort(rnd.available, rnd.cohort_size, rnd.rng)
             state = self.generation(state, rnd.rng)
-        epochs = p.epochs if p.epochs is not None else int(rnd.hparams.get("epochs", 1))
+        # the algorithm's optimizer and epochs over local.* (an Adam with local.momentum > 0 is
+        # refused here, by the record, before any client trains)
+        base = replace(
+            rnd.hparams,
+            optimizer=p.optimizer,
+            epochs=p.epochs if p.epochs is not None else rnd.hparams.epochs,
+        )
         tasks = []
-        for c in cohort:
-            hp: dict[str, Any] = {
-                **rnd.hparams,
-                "lr": float(state.lr[c]),
-                "batch_size": int(state.batch[c]),
-                "epochs": epochs,
-                "optimizer": p.optimizer,
-            }
+        for c in cohort:  # each client's own genes
+            hp = replace(base, lr=float(state.lr[c]), batch_size=int(state.batch[c]))
             extras = {GRID_LRS: state.grid_lrs[c], GRID_BATCHES: state.grid_batches[c]} if search else {}
             tasks.append(ClientTask(client_id=c, model_key=GLOBAL, hparams=hp, extras=extras))
         return state, RoundPlan(tasks=tasks, broadcast={GLOBAL: state.params})
@@ -455,10 +453,9 @@ class GeneticCFL(Algorithm):
         return float(ev.loss)
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
-        hp = dict(task.hparams)
         if GRID_LRS in task.extras:
-            return self.grid_search(task, params, client, hp)
-        fit = client.fit(params, grad_hook=None, **hp)
+            return self.grid_search(task, params, client)
+        fit = client.fit(params, grad_hook=None, hparams=task.hparams)
         if not np.isfinite(fit.params).all():
             return self.diverged(task, fit.num_examples)
         loss = self.val_loss(fit.params, client)
@@ -477,16 +474,14 @@ class GeneticCFL(Algorithm):
             client_id=task.client_id, num_examples=num_examples, delta=None, metrics={"diverged": 1.0}
         )
 
-    def grid_search(
-        self, task: ClientTask, params: Params, client: ClientContext, hp: dict[str, Any]
-    ) -> ClientResult:
+    def grid_search(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         """The search round: ``grid_epochs`` of local training at every (batch, lr) candidate from
         the global model; the update is the candidate with the lowest validation loss."""
         best: tuple[float, Any, float, int] | None = None
         for b in task.extras[GRID_BATCHES]:
             for lr in task.extras[GRID_LRS]:
-                cand = {**hp, "lr": float(lr), "batch_size": int(b), "epochs": self.p.grid_epochs}
-                fit = client.fit(params, grad_hook=None, **cand)
+                cand = replace(task.hparams, lr=float(lr), batch_size=int(b), epochs=self.p.grid_epochs)
+                fit = client.fit(params, grad_hook=None, hparams=cand)
                 if not np.isfinite(fit.params).all():
                     continue
                 loss = self.val_loss(fit.params, client)

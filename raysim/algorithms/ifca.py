@@ -169,7 +169,7 @@ class IFCA(Algorithm):
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         key = self.select(client.broadcast, client)
         start = client.broadcast[key]
-        fit = client.fit(start, grad_hook=None, **task.hparams)
+        fit = client.fit(start, grad_hook=None, hparams=task.hparams)
         return ClientResult(
             client_id=task.client_id,
             num_examples=fit.num_examples,

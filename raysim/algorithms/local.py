@@ -31,7 +31,7 @@ class LocalOnly(FedAvg):
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         start = client.state.get("params", params)
-        fit = client.fit(start, grad_hook=None, **task.hparams)
+        fit = client.fit(start, grad_hook=None, hparams=task.hparams)
         client.state["params"] = fit.params
         return ClientResult(
             client_id=task.client_id,

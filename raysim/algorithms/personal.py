@@ -145,7 +145,7 @@ class FedPer(Algorithm):
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
         mask = ranges_to_mask(client.broadcast[PERSONAL_RANGES], params.size)
         start = self.personal_params(client.broadcast, client)
-        fit = client.fit(start, grad_hook=None, **task.hparams)
+        fit = client.fit(start, grad_hook=None, hparams=task.hparams)
         client.state["personal"] = fit.params[mask]  # committed only if this update is accepted
         return ClientResult(
             client_id=task.client_id,

@@ -398,10 +398,10 @@ class PFedHT(Algorithm):
         client: the task reads PERSONAL_RANGES) the update of W^i alone."""
         if PERSONAL_RANGES in task.broadcast_keys:
             mask = ranges_to_mask(client.broadcast[PERSONAL_RANGES], params.size)
-            fit = client.fit(params, grad_hook=hooks.masked(mask), **task.hparams)
+            fit = client.fit(params, grad_hook=hooks.masked(mask), hparams=task.hparams)
             delta = (fit.params - params)[mask]
         else:
-            fit = client.fit(params, grad_hook=None, **task.hparams)
+            fit = client.fit(params, grad_hook=None, hparams=task.hparams)
             delta = fit.params - params
         return ClientResult(
             client_id=task.client_id,

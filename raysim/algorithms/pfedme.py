@@ -118,14 +118,14 @@ class PFedMe(FedAvg):
     traits = Traits(linear=True, client_state=True)
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
-        eta = float(task.hparams["lr"])
+        eta = task.hparams.lr
         if eta * self.p.lambda_ >= 2:
             raise ValueError(
                 f"pfedme: local.lr (eta) * lambda_ = {eta * self.p.lambda_:g} >= 2 overshoots theta in "
                 "the local update w <- w - eta lambda (w - theta); lower local.lr or algorithm.lambda_"
             )
         hook = MoreauSteps(params, lam=self.p.lambda_, eta=eta, inner_steps=self.p.inner_steps)
-        fit = client.fit(params, grad_hook=hook, **{**task.hparams, "lr": self.p.personal_lr})
+        fit = client.fit(params, grad_hook=hook, hparams=replace(task.hparams, lr=self.p.personal_lr))
         w = hook.finish(fit.params)
         client.state["theta"] = fit.params  # committed only if this update is accepted
         return ClientResult(

@@ -15,7 +15,7 @@ where round 1 started from (the runtime evaluates only after rounds).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 import numpy as np
@@ -62,14 +62,17 @@ def pretrain(
     """
     if ctx.data is None or "public" not in ctx.data.splits():
         raise ValueError(public_split_error(who, switch))
-    fit = ctx.data.fit(
-        params.astype(np.float32),
-        "public",
-        epochs=int(epochs),
-        batch_size=int(ctx.local.get("batch_size", 32)),
-        lr=float(lr or ctx.local.get("lr", 0.05)),
-        momentum=float(ctx.local.get("momentum", 0.0)),
+    # plain SGD (no weight decay, cross-entropy) whatever local.optimizer/loss say, so every
+    # algorithm of a seed gets the same M_base
+    hp = replace(
+        ctx.local,
+        epochs=epochs,
+        lr=lr or ctx.local.lr,
+        weight_decay=0.0,
+        optimizer="sgd",
+        loss="cross_entropy",
     )
+    fit = ctx.data.fit(params.astype(np.float32), "public", hparams=hp)
     base = np.asarray(fit.params, dtype=np.float32)
     acc = loss = math.nan
     if "test" in ctx.data.splits():  # reporting only: nothing is decided on the test set

@@ -83,8 +83,8 @@ class Scaffold(Algorithm):
         ci = client.state.get("control")
         if ci is None:
             ci = np.zeros_like(c)
-        fit = client.fit(params, grad_hook=hooks.correction(c - ci), **task.hparams)
-        lr = float(task.hparams["lr"])
+        fit = client.fit(params, grad_hook=hooks.correction(c - ci), hparams=task.hparams)
+        lr = task.hparams.lr
         ci_new = (ci - c + (params - fit.params) / (max(fit.steps, 1) * lr)).astype(np.float32)
         client.state["control"] = ci_new  # committed by the host only if this update is accepted
         return ClientResult(

@@ -3,8 +3,8 @@
 - :mod:`raysim.bench.probe`: watches a ``raysim run`` subprocess from outside (peak RSS/USS of every
   process of its tree, by role; the Ray object store's bytes in use);
 - :mod:`raysim.bench.scale`: runs FedAvg on Fashion-MNIST at several federation sizes, each as a fresh
-  ``raysim run`` subprocess, plus the literal actor-per-client mode at a few actor counts, and writes
-  the tables and plots;
+  ``raysim run`` subprocess, plus the literal actor-per-client mode at a few actor counts;
+- :mod:`raysim.bench.scale_report`: reads each run's rows and writes the tables, plots and README.md;
 - :mod:`raysim.bench.model`: the cost model (round time, time to the first round, memory) fitted to
   those measurements by least squares, and its estimate for an experiment on a cluster
   (``raysim k8s render`` prints it);

@@ -4,7 +4,9 @@ Every loader returns a :class:`Dataset` whose arrays are read-only (the driver p
 object store once; a client is an index array into them, never a copy). Images are uint8 in
 channel-first layout ``(N, C, H, W)``; vector data is float32 ``(N, D)``; labels are int64.
 
-Supported names (:data:`DATASETS`):
+Built-in names (:data:`DATASETS`, the built-in table of ``raysim.plugins`` kind ``datasets``; a
+config's ``data.dataset`` may also be an entry point of group ``raysim.datasets`` or an import path
+``package.module:loader``, called as ``loader(*, data_dir, seed, num_clients, params)``):
 
 - ``fashion-mnist``: idx files from Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist``) or ``data_dir``.
@@ -13,21 +15,26 @@ Supported names (:data:`DATASETS`):
   generated procedurally; federated by nature (``natural_train`` / ``natural_test``).
 - ``mnist``, ``emnist`` (balanced split), ``cifar10``: torchvision's on-disk layout under ``data_dir``.
   They cannot be downloaded on these machines; a missing file raises :class:`DatasetNotFoundError`.
+- ``npz``, ``parquet``, ``imagefolder``: a user's files (``raysim.data.files``, imported on first use).
 """
 
 from __future__ import annotations
 
 import gzip
 import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from raysim.data.partition import stratified_split
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10")
+BUILTIN_DATASETS: tuple[str, ...] = ("fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10")
+# the built-in datasets known not to be federated by nature (config-time refusal of partition 'natural')
+NOT_NATURAL: tuple[str, ...] = ("fashion-mnist", "digits", "mnist", "emnist", "cifar10")
 
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -60,7 +67,8 @@ class Dataset:
     ``mean``/``std`` are the per-channel statistics of ``x_train / 255`` (computed exactly from the
     training split) for uint8 data, and empty tuples for float data. ``natural_train[k]`` /
     ``natural_test[k]`` are client ``k``'s positions into ``x_train`` / ``x_test`` when the dataset is
-    federated by nature (``synthetic``), else ``None``.
+    federated by nature (``synthetic``), else ``None``. ``classes[c]`` names class ``c`` and
+    ``client_ids[k]`` natural client ``k`` when the files say so (``raysim.data.files``), else ``None``.
     """
 
     name: str
@@ -74,8 +82,16 @@ class Dataset:
     std: tuple[float, ...]
     natural_train: tuple[np.ndarray, ...] | None = None
     natural_test: tuple[np.ndarray, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    client_ids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ValueError(
+                f"dataset {self.name!r}: {len(self.classes)} class names for {self.num_classes} classes"
+            )
+        if self.client_ids is not None and len(self.client_ids) != len(self.natural_train or ()):
+            raise ValueError(f"dataset {self.name!r}: client_ids must name each natural client once")
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if len(x) != len(y):
                 raise ValueError(f"dataset {self.name!r}: {len(x)} {split} inputs but {len(y)} labels")
@@ -217,25 +233,25 @@ def _locate(name: str, data_dir: str | None) -> dict[str, Path]:
     )
 
 
-def dataset_available(name: str, data_dir: str | None = None) -> str | None:
+def dataset_available(
+    name: str, data_dir: str | None = None, params: Mapping[str, Any] | BaseModel | None = None
+) -> str | None:
     """``None`` when ``load_dataset(name, data_dir=data_dir)`` would find its data, else why not.
 
-    Checks file presence only (no loading), for config validation. An unknown name returns the
-    message listing the valid names.
+    Checks file presence only (no loading), for config validation: a plug-in dataset's optional
+    ``check(*, data_dir, params)`` answers for it (no ``check``: assumed there). An unknown name
+    returns the message listing the valid names.
     """
-    if name not in DATASETS:
-        return _unknown_name_message(name)
-    if name in ("digits", "synthetic"):
-        return None
+    from raysim.plugins import PluginError, resolve, validate_params
+
     try:
-        _locate(name, data_dir)
-    except DatasetNotFoundError as e:
-        return str(e)
-    return None
-
-
-def _unknown_name_message(name: str) -> str:
-    return f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}"
+        loader = resolve("datasets", name)
+        check = getattr(loader, "check", None)
+        if check is None:
+            return None
+        return check(data_dir=data_dir, params=validate_params("datasets", name, loader, params))  # type: ignore[no-any-return]
+    except PluginError as err:
+        return str(err)
 
 
 # ----------------------------------------------------------------------------------------- loaders
@@ -421,6 +437,67 @@ def _load_synthetic(seed: int, num_clients: int, alpha: float, beta: float) -> D
     )
 
 
+# ------------------------------------------------------------------------- the built-in table
+
+
+def _check_files(name: str) -> Callable[..., str | None]:
+    def check(*, data_dir: str | None, params: Any = None) -> str | None:
+        try:
+            _locate(name, data_dir)
+        except DatasetNotFoundError as e:
+            return str(e)
+        return None
+
+    return check
+
+
+def _idx_loader(name: str) -> Callable[..., Dataset]:
+    def load(*, data_dir: str | None, seed: int, num_clients: int, params: Any = None) -> Dataset:
+        return _load_idx_dataset(name, data_dir)
+
+    load.check = _check_files(name)  # type: ignore[attr-defined]
+    return load
+
+
+def _digits(*, data_dir: str | None, seed: int, num_clients: int, params: Any = None) -> Dataset:
+    return _load_digits(seed)
+
+
+def _cifar10(*, data_dir: str | None, seed: int, num_clients: int, params: Any = None) -> Dataset:
+    return _load_cifar10(data_dir)
+
+
+_cifar10.check = _check_files("cifar10")  # type: ignore[attr-defined]
+
+
+class SyntheticParams(BaseModel):
+    """Synthetic(alpha, beta): set through ``data.synthetic_alpha`` / ``data.synthetic_beta``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    alpha: Annotated[float, Field(ge=0)] = 1.0
+    beta: Annotated[float, Field(ge=0)] = 1.0
+
+
+def _synthetic(*, data_dir: str | None, seed: int, num_clients: int, params: SyntheticParams) -> Dataset:
+    return _load_synthetic(seed, num_clients, params.alpha, params.beta)
+
+
+_synthetic.params_model = SyntheticParams  # type: ignore[attr-defined]
+
+# name -> loader (the plug-in contract), or an import path imported on first use (raysim.plugins)
+DATASETS: dict[str, Callable[..., Dataset] | str] = {
+    "fashion-mnist": _idx_loader("fashion-mnist"),
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "mnist": _idx_loader("mnist"),
+    "emnist": _idx_loader("emnist"),
+    "cifar10": _cifar10,
+    "npz": "raysim.data.files:load_npz",
+    "parquet": "raysim.data.files:load_parquet",
+    "imagefolder": "raysim.data.files:load_imagefolder",
+}
+
+
 def load_dataset(
     name: str,
     *,
@@ -429,19 +506,23 @@ def load_dataset(
     num_clients: int = 100,
     synthetic_alpha: float = 1.0,
     synthetic_beta: float = 1.0,
+    params: Mapping[str, Any] | BaseModel | None = None,
 ) -> Dataset:
-    """Load dataset ``name`` (one of :data:`DATASETS`) from local files or generate it.
+    """Load dataset ``name`` (built-in, entry point or import path: ``raysim.plugins``) from local
+    files or generate it; ``params`` is ``data.dataset_params``, validated by the loader's
+    ``params_model``.
 
     ``seed`` drives the digits train/test split and the synthetic generator; ``num_clients``,
     ``synthetic_alpha`` and ``synthetic_beta`` only apply to ``synthetic``. File-backed datasets raise
     :class:`DatasetNotFoundError` when their files are absent.
     """
-    if name not in DATASETS:
-        raise ValueError(_unknown_name_message(name))
-    if name == "digits":
-        return _load_digits(seed)
-    if name == "synthetic":
-        return _load_synthetic(seed, num_clients, synthetic_alpha, synthetic_beta)
-    if name == "cifar10":
-        return _load_cifar10(data_dir)
-    return _load_idx_dataset(name, data_dir)
+    from raysim.plugins import resolve, validate_params
+
+    loader = resolve("datasets", name)
+    if name == "synthetic" and not params:
+        params = {"alpha": synthetic_alpha, "beta": synthetic_beta}
+    p = validate_params("datasets", name, loader, params)
+    ds = loader(data_dir=data_dir, seed=seed, num_clients=num_clients, params=p)
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"dataset {name!r} returned {type(ds).__name__}, not a raysim.data.Dataset")
+    return ds

@@ -7,102 +7,22 @@ and ``map_labels(y, shard.label_perm)`` to its labels (train, val and test alike
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from raysim.data import partition as P
+from raysim.data.budget import check_federation_fits
 from raysim.data.datasets import Dataset
+from raysim.data.schemes import GROUP_SCHEMES, SCHEMES, SchemeKnobs, partition_pool, plugin_partition
 
-SCHEMES: tuple[str, ...] = (
-    "iid",
-    "dirichlet",
-    "pathological",
-    "quantity",
-    "dirichlet-quantity",
-    "rotation",
-    "label-permutation",
-    "contiguous",
-    "natural",
-    "sampled",
-)
-GROUP_SCHEMES = ("rotation", "label-permutation")
 MAX_ROTATION_GROUPS = 4
-
-# What building a federation holds at its peak, measured with tracemalloc (Fashion-MNIST, partition
-# 'sampled', 1,000-20,000 clients, 2-500 examples and 10-5,000 test examples a client): up to 2,400
-# bytes a client (its ClientShard, three array headers, the lists) and 41-50 bytes an index (an
-# int64 held about six times over: the draws, their sorted copies, the splits, the shards).
-BYTES_PER_CLIENT = 2_400
-BYTES_PER_INDEX = 50
-# Dataset 'synthetic' is generated per client: about 1,080 bytes an example at the peak (float64
-# features, their float32 copy), 50 + E[LogNormal(4, 2)] = 50 + e^6 = 453 examples a client.
-SYNTHETIC_BYTES_PER_CLIENT = 1_100 * 454
-
-
-def available_bytes() -> int:
-    """Memory this machine can give without swapping (psutil's ``available``)."""
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
-
-
-def check_fits(need: int, what: str, arithmetic: str, fix: str, available: int | None = None) -> None:
-    """ValueError with the arithmetic when ``need`` bytes exceed the memory available: refused
-    before anything is allocated, instead of a numpy MemoryError (or the OOM killer) later."""
-    avail = available_bytes() if available is None else available
-    if need > avail:
-        raise ValueError(
-            f"{what} needs about {_gib(need)} of memory ({arithmetic} = {need:,} bytes), but this machine "
-            f"has {_gib(avail)} available; {fix}"
-        )
-
-
-def federation_bytes(num_clients: int, train_per_client: float, test_per_client: float) -> int:
-    """Peak bytes of building ``num_clients`` clients of that many train+val and test indices."""
-    return int(num_clients * (BYTES_PER_CLIENT + BYTES_PER_INDEX * (train_per_client + test_per_client)))
-
-
-def check_federation_fits(
-    num_clients: int,
-    train_per_client: float,
-    test_per_client: float,
-    available: int | None = None,
-) -> None:
-    need = federation_bytes(num_clients, train_per_client, test_per_client)
-    check_fits(
-        need,
-        f"a federation of {num_clients:,} clients ({train_per_client:,.0f} training and "
-        f"{test_per_client:,.0f} test examples a client)",
-        f"{num_clients:,} clients x ({BYTES_PER_CLIENT:,} + {BYTES_PER_INDEX} x "
-        f"{train_per_client + test_per_client:,.0f} indices) bytes",
-        "use fewer clients (data.num_clients) or fewer examples a client (data.examples_per_client with "
-        "partition 'sampled', data.test_per_client)",
-        available,
-    )
-
-
-def check_dataset_fits(name: str, num_clients: int, available: int | None = None) -> None:
-    """A dataset generated per client (``synthetic``) is refused before it is generated when it
-    cannot fit; file-backed datasets have a fixed size."""
-    if name != "synthetic":
-        return
-    need = num_clients * SYNTHETIC_BYTES_PER_CLIENT
-    check_fits(
-        need,
-        f"dataset 'synthetic' with {num_clients:,} clients",
-        f"{num_clients:,} clients x {SYNTHETIC_BYTES_PER_CLIENT:,} bytes (453 examples a client on average)",
-        "use fewer clients (data.num_clients)",
-        available,
-    )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -266,7 +186,9 @@ def _validate(
     examples_per_client: int = 50,
 ) -> None:
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown partition scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
+        from raysim.plugins import resolve
+
+        resolve("partitions", scheme)  # PluginError (a ValueError) naming the valid ones
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if not alpha > 0:
@@ -304,8 +226,9 @@ def _validate(
     if scheme == "natural":
         if ds.natural_train is None or ds.natural_test is None:
             raise ValueError(
-                f"scheme 'natural' needs a dataset that is federated by nature (synthetic); "
-                f"{ds.name!r} has no natural clients. Pick another scheme or dataset 'synthetic'"
+                f"scheme 'natural' needs a dataset that is federated by nature (one whose loader fills "
+                f"Dataset.natural_train and natural_test: 'synthetic', or 'parquet' with a client-id column); "
+                f"{ds.name!r} has no natural clients. Pick another scheme or such a dataset"
             )
         if len(ds.natural_train) != num_clients:
             raise ValueError(
@@ -453,8 +376,11 @@ def build_federation(
     public_fraction: float = 0.0,
     min_size: int = P.DEFAULT_MIN_SIZE,
     examples_per_client: int = 50,
+    partition_params: Mapping[str, Any] | BaseModel | None = None,
 ) -> Federation:
-    """Partition ``ds`` into ``num_clients`` clients with scheme ``scheme`` (one of :data:`SCHEMES`).
+    """Partition ``ds`` into ``num_clients`` clients with scheme ``scheme``: one of :data:`SCHEMES`,
+    or a partition plug-in (entry point or import path, ``raysim.plugins``) called on the pool's
+    labels with ``partition_params`` validated by its ``params_model``; every other step is the same.
 
     Steps, each with its own random stream derived from ``seed`` (changing one step's knobs does not
     reshuffle the others):
@@ -517,22 +443,17 @@ def build_federation(
             rotations = groups.copy()
         else:
             perms = P.label_permutations(num_groups, ds.num_classes, rng_part)
+    elif scheme in SCHEMES:
+        knobs = SchemeKnobs(
+            alpha=alpha,
+            classes_per_client=classes_per_client,
+            sigma=sigma,
+            examples_per_client=examples_per_client,
+            min_size=min_size,
+        )
+        shards = [pool[p] for p in partition_pool(scheme, y_pool, num_clients, rng_part, knobs)]
     else:
-        if scheme == "iid":
-            local = P.iid(y_pool, num_clients, rng_part, min_size=min_size)
-        elif scheme == "dirichlet":
-            local = P.dirichlet(y_pool, num_clients, alpha, rng_part, min_size)
-        elif scheme == "pathological":
-            local = P.pathological(y_pool, num_clients, classes_per_client, rng_part, min_size=min_size)
-        elif scheme == "quantity":
-            local = P.quantity_skew(y_pool, num_clients, rng_part, sigma, min_size=min_size)
-        elif scheme == "dirichlet-quantity":
-            local = P.dirichlet_quantity(y_pool, num_clients, alpha, rng_part, sigma, min_size=min_size)
-        elif scheme == "sampled":
-            local = P.sampled(len(pool), num_clients, examples_per_client, rng_part)
-        else:  # contiguous
-            local = P.contiguous(len(pool), num_clients, rng_part, min_size=min_size)
-        shards = [pool[p] for p in local]
+        shards = [pool[p] for p in plugin_partition(scheme, y_pool, num_clients, rng_part, partition_params)]
 
     test_by_class = [np.flatnonzero(ds.y_test == c) for c in range(ds.num_classes)]
     pool_size = max(len(pool), 1)

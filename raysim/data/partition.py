@@ -7,8 +7,8 @@ label array it was given. Guarantees, checked by the tests:
 - every client holds at least ``min_size`` examples (default 2); a ``ValueError`` says so when
   ``num_clients * min_size`` exceeds the examples (or, for ``pathological``, the shards are too small);
 - the result depends only on the inputs and the generator's state (same seed, same arrays);
-- each client's indices come in random order. Trainers must still shuffle every epoch (DESIGN.md,
-  section 3): a client's data is often dominated by a few classes.
+- each client's indices come in random order. Trainers must still shuffle every epoch (docs/architecture.md,
+  section 2): a client's data is often dominated by a few classes.
 
 The exception is ``sampled`` (scale runs beyond the dataset's size): its clients draw their
 examples independently, so they overlap and the number of clients is not bounded by the data.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,11 +152,17 @@ class FlatModel:
         return all(ptr == base + off * esize for ptr, off in zip(ptrs, self.layout.offsets, strict=True))
 
 
-def init_params(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> Params:
-    """Deterministic initial parameters for model ``name`` under ``seed``."""
+def init_params(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    params: Mapping[str, Any] | None = None,
+) -> Params:
+    """Deterministic initial parameters for model ``name`` (with its ``model:`` ``params``) under ``seed``."""
     from raysim.models.registry import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build_model(name, input_shape, num_classes)
+        module = build_model(name, input_shape, num_classes, params)
     return FlatModel(module).read()

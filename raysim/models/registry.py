@@ -1,7 +1,10 @@
 """Model registry: small, explicit, fails loudly with the valid names.
 
 Every builder takes ``input_shape`` ((C, H, W) for images, (D,) for vectors) and
-``num_classes`` and returns a fresh ``torch.nn.Module``. Weights are initialised by
+``num_classes`` (plus the keyword parameters its optional ``params_model`` validates, from the
+config's ``model:`` section) and returns a fresh ``torch.nn.Module``. ``MODELS`` is the built-in
+table of ``raysim.plugins`` (kind ``models``); ``build_model`` also takes an entry point of group
+``raysim.models`` or an import path ``package.module:builder``. Weights are initialised by
 torch's defaults under whatever generator state the caller set (see
 ``raysim.models.flat.init_params`` for the seeded path).
 """
@@ -9,9 +12,12 @@ torch's defaults under whatever generator state the caller set (see
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from raysim.models.flat import ParamLayout
@@ -26,6 +32,13 @@ def _require_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, i
         )
     c, h, w = input_shape
     return c, h, w
+
+
+class MLPParams(BaseModel):
+    """``model:`` keys of ``mlp``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden: Annotated[int, Field(ge=1)] = 200  # units in each of the two hidden layers
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 200) -> nn.Module:
@@ -119,7 +132,9 @@ def cnn_cifar(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+mlp.params_model = MLPParams  # type: ignore[attr-defined]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cnn-small": cnn_small,
     "cnn-bn": cnn_bn,  # cnn-small with BatchNorm after each conv (FedBN)
@@ -129,25 +144,50 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
 }
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}") from None
-    return builder(tuple(input_shape), int(num_classes))
+def build_model(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    params: Mapping[str, Any] | BaseModel | None = None,
+) -> nn.Module:
+    """A fresh model ``name`` (built-in, entry point or import path: ``raysim.plugins``) with
+    ``params`` (the ``model:`` section's other keys, validated by the builder's ``params_model``)."""
+    from raysim.plugins import call_params, resolve, validate_params
+
+    builder = resolve("models", name)
+    kwargs = call_params(validate_params("models", name, builder, params))
+    module = builder(tuple(input_shape), int(num_classes), **kwargs)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"model {name!r} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
+def model_structure(name: str, params: Mapping[str, Any] | None = None) -> tuple[ParamLayout, bool]:
+    """A model's parameter layout (names, shapes, module kinds) and whether it has buffers (e.g.
+    BatchNorm running statistics), for config-time checks. Names and module kinds do not depend on
+    the input shape: the model is built for the first of :data:`PROBE_SHAPES` it accepts (a
+    builder refuses a shape with ValueError)."""
+    return _structure(name, json.dumps(dict(params or {}), sort_keys=True, default=str))
+
+
+# 1x28x28 images, then 3x32x32 (a plug-in model made for colour images), then 60 features
+PROBE_SHAPES: tuple[tuple[int, ...], ...] = ((1, 28, 28), (3, 32, 32), (60,))
 
 
 @functools.cache
-def model_structure(name: str) -> tuple[ParamLayout, bool]:
-    """A model's parameter layout (names, shapes, module kinds) and whether it has buffers (e.g.
-    BatchNorm running statistics), for config-time checks. Names and module kinds do not depend on
-    the input shape: an image model is built for 1x28x28, a vector model for 60 features."""
-    try:
-        module = build_model(name, (1, 28, 28), 10)
-    except ValueError as exc:
-        if "unknown model" in str(exc):
+def _structure(name: str, params_json: str) -> tuple[ParamLayout, bool]:
+    from raysim.plugins import PluginError
+
+    params = json.loads(params_json)
+    for shape in PROBE_SHAPES:
+        try:
+            module = build_model(name, shape, 10, params)
+            break
+        except PluginError:
             raise
-        module = build_model(name, (60,), 10)
+        except ValueError:
+            if shape == PROBE_SHAPES[-1]:
+                raise
     return ParamLayout.of(module), any(True for _ in module.buffers())
 
 

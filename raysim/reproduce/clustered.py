@@ -19,7 +19,7 @@ Every method of a setting gets the same config apart from its ``algorithm`` sect
 section (so the same shards, public split included), the same seed (so the same initial model and,
 because every algorithm draws its cohort first from the round's generator, the same cohorts), the
 same model, rounds and local training budget (epochs, batch, lr). The runs are ordinary raysim runs
-under ``<out>/runs/<key>``, cached by a hash of the config (``raysim.reproduce.dsac.Runner``): a
+under ``<out>/runs/<key>``, cached by a hash of the config (``raysim.reproduce.harness.Runner``): a
 rerun reuses them. Reported seeds are 1..N: the methods' settings were chosen on seed 0.
 
 Per method: each client's own model (its cluster's) on its local test split (``personal_accuracy``,
@@ -38,29 +38,43 @@ reaches the server and none of them keeps per-client state that a dropped client
 
 from __future__ import annotations
 
-import math
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
-from raysim.reproduce.dsac import (
+from raysim.reproduce.clustered_tables import (
+    ASCFL,
+    ASCFL_HEADER,
+    CLUSTERED,
+    FEDAVG,
+    MAIN_HEADER,
+    ascfl_rows,
+    dp_row,
+    main_rows,
+    plot_memberships,
+    rounds_to_frac_of_peak,
+)
+from raysim.reproduce.harness import (
+    Context,
     Run,
     Runner,
-    _load,
     ci,
+    ci_or,
+    echo_err,
+    images_md,
     index_sections,
     load_note,
+    only_flag,
+    paired_p,
     parse_experiments,
     plot_bars,
     plot_curves,
     reproduce_app,
-    run_picked,
+    run_reproduction,
     table,
 )
 
@@ -135,10 +149,6 @@ SCALES: dict[str, Scale] = {
     ),
 }
 
-FEDAVG = "FedAvg"
-ASCFL = "AS-CFL"
-CLUSTERED = ("CFL", "IFCA", ASCFL, "Genetic CFL")
-
 
 def methods(num_groups: int) -> dict[str, dict[str, Any]]:
     """The five methods. Settings chosen on seed 0 (never reported); see docs/clustered.md."""
@@ -212,87 +222,12 @@ def config(
     }
 
 
-# -------------------------------------------------------------------------------------------- metrics
-
-
-def rounds_to_frac_of_peak(run: Run, col: str = "personal_accuracy", frac: float = 0.9) -> float:
-    """The first round at which ``col`` reaches ``frac`` of its own maximum over the run."""
-    if col not in run.rounds:
-        return math.nan
-    r = run.rounds[["round", col]].dropna()
-    if not len(r):
-        return math.nan
-    hit = r[r[col] >= frac * float(r[col].max())]
-    return float(hit["round"].iloc[0])
-
-
-def uplink_mb(run: Run, col: str = "bytes_up") -> float:
-    """Mean bytes uploaded per round, in MB (10^6 bytes)."""
-    return run.mean(col) / 1e6
-
-
-def paired(a: Sequence[float], b: Sequence[float]) -> str:
-    """Two-sided paired t-test p-value of a against b (same seeds, in the same order)."""
-    from scipy.stats import ttest_rel
-
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2:
-        return "n/a (< 2 seeds)"
-    if np.allclose(x, y):
-        return "1"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(ttest_rel(x, y).pvalue)
-    return "-" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
-
-
-@dataclass
-class MethodStats:
-    acc: list[float]  # final personal accuracy per seed
-    r90: list[float]
-    ari: list[float]
-    nmi: list[float]
-    stability: list[float]
-    clusters: list[float]
-    up: list[float]  # MB / round as transported (dense)
-    up_full: list[float]  # AS-CFL's own accounting: every update dense ...
-    up_low: list[float]  # ... and with the output-layer weight as low-rank factors
-
-    @classmethod
-    def of(cls, runs: Sequence[Run]) -> MethodStats:
-        return cls(
-            acc=[r.final("personal_accuracy") for r in runs],
-            r90=[rounds_to_frac_of_peak(r) for r in runs],
-            ari=[r.final("cluster_ari") for r in runs],
-            nmi=[r.final("cluster_nmi") for r in runs],
-            stability=[r.mean("cluster_stability") for r in runs],
-            clusters=[r.final("num_clusters") for r in runs],
-            up=[uplink_mb(r) for r in runs],
-            up_full=[uplink_mb(r, "uplink_bytes_full") for r in runs],
-            up_low=[uplink_mb(r, "uplink_bytes_lowrank") for r in runs],
-        )
-
-
-def _or_na(values: Sequence[float], digits: int, scale: float = 1.0, why: str = "n/a") -> str:
-    return ci(values, digits, scale) if any(math.isfinite(v) for v in values) else why
-
-
 # ---------------------------------------------------------------------------------------- experiments
 
 
 @dataclass
-class Ctx:
+class Ctx(Context):
     scale: Scale
-    seeds: list[int]
-    out: Path
-    runner: Runner
-
-    def folder(self, name: str) -> Path:
-        d = self.out / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
     def setting(
         self,
@@ -309,111 +244,6 @@ class Ctx:
         runs = self.runner.run(raws, label)
         n = len(self.seeds)
         return {m: runs[i * n : (i + 1) * n] for i, m in enumerate(algos)}
-
-
-MAIN_HEADER = [
-    "setting",
-    "method",
-    "personal acc (%)",
-    "p vs FedAvg",
-    "rounds to 90% of peak",
-    "p vs FedAvg",
-    "ARI",
-    "NMI",
-    "clusters",
-    "stability",
-    "uplink MB / round",
-]
-
-
-def main_rows(setting: str, by: dict[str, list[Run]]) -> list[list[Any]]:
-    stats = {m: MethodStats.of(runs) for m, runs in by.items()}
-    ref = stats[FEDAVG]
-    rows = []
-    for m, s in stats.items():
-        fed = m == FEDAVG
-        rows.append(
-            [
-                setting,
-                m,
-                ci(s.acc, 2, 100),
-                "/" if fed else paired(s.acc, ref.acc),
-                ci(s.r90, 1),
-                "/" if fed else paired(s.r90, ref.r90),
-                _or_na(s.ari, 3, why="n/a (one model)"),
-                _or_na(s.nmi, 3, why="n/a (one model)"),
-                _or_na(s.clusters, 1, why="1"),
-                _or_na(s.stability, 3, why="n/a"),
-                ci(s.up, 3),
-            ]
-        )
-    return rows
-
-
-def ascfl_rows(setting: str, by: dict[str, list[Run]]) -> list[list[Any]]:
-    """The paper's claims about AS-CFL on one setting: rounds to 90% vs CFL, uplink full vs low-rank."""
-    a, c = MethodStats.of(by[ASCFL]), MethodStats.of(by["CFL"])
-    ratio = [x / y if y > 0 else math.nan for x, y in zip(a.r90, c.r90, strict=True)]
-    saved = [1 - lo / f if f > 0 else math.nan for lo, f in zip(a.up_low, a.up_full, strict=True)]
-    return [
-        [
-            setting,
-            ci(a.r90, 1),
-            ci(c.r90, 1),
-            _or_na(ratio, 2),
-            paired(a.r90, c.r90),
-            ci(a.up_full, 3),
-            ci(a.up_low, 3),
-            _or_na(saved, 2, 100),
-        ]
-    ]
-
-
-ASCFL_HEADER = [
-    "setting",
-    "AS-CFL rounds to 90%",
-    "CFL rounds to 90%",
-    "ratio AS-CFL / CFL",
-    "p (paired)",
-    "AS-CFL uplink full (MB / round)",
-    "AS-CFL uplink low-rank (MB / round)",
-    "saved (%)",
-]
-
-
-def dp_row(name: str, runs: Sequence[Run]) -> list[Any]:
-    return [
-        name,
-        ci([r.final("personal_accuracy") for r in runs], 2, 100),
-        _or_na([r.final("epsilon_spent") for r in runs], 2, why="0 (no noise)"),
-        _or_na([r.final("dp_sigma") for r in runs], 3, why="-"),
-        _or_na([r.final("cluster_ari") for r in runs], 3),
-        ci([float(r.rounds["dropouts"].sum()) if "dropouts" in r.rounds else 0.0 for r in runs], 1),
-    ]
-
-
-def plot_memberships(d: Path, by: dict[str, list[Run]], tag: str) -> list[str]:
-    """One cluster-membership heat-map per clustered method (its first seed), via raysim.report."""
-    from raysim.report import load_clusters, plot_clusters
-
-    names = []
-    for m in CLUSTERED:
-        if m not in by or not by[m]:
-            continue
-        run = by[m][0]
-        clusters = load_clusters(run.path)
-        if clusters is None or not len(clusters):
-            continue
-        fname = f"clusters_{tag}_{m.lower().replace(' ', '_').replace('-', '')}.png"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            plot_clusters(clusters, run.rounds, f"{m} (seed {run.raw['seed']})", d / fname)
-        names.append(fname)
-    return names
-
-
-def _images(names: Sequence[str]) -> str:
-    return " ".join(f"![{Path(n).stem}]({n})" for n in names)
 
 
 def rotation_data(n: int, alpha: float, groups: int) -> dict[str, Any]:
@@ -450,8 +280,8 @@ def exp1_rotation(c: Ctx) -> str:
                 ci(base, 2, 100),
                 ci(acc, 2, 100),
                 ci([a - b for a, b in zip(acc, base, strict=True)], 2, 100),
-                paired(acc, base),
-                _or_na([r.final("cluster_ari") for r in runs], 3, why="n/a (one model)"),
+                paired_p(acc, base),
+                ci_or([r.final("cluster_ari") for r in runs], 3, why="n/a (one model)"),
             ]
         )
     # AS-CFL with the paper's differential privacy, each variant its own batch. A variant whose
@@ -533,7 +363,7 @@ def exp1_rotation(c: Ctx) -> str:
         )
     )
     imgs = ["accuracy.png", "ari.png", "dropout.png", *members]
-    (d / "table.md").write_text(md + "\n\n" + _images(imgs) + "\n")
+    (d / "table.md").write_text(md + "\n\n" + images_md(imgs) + "\n")
     return md
 
 
@@ -554,7 +384,7 @@ def exp2_rotation_many(c: Ctx) -> str:
         + "\n\n"
         + table(ASCFL_HEADER, ascfl_rows(title, by))
     )
-    (d / "table.md").write_text(md + "\n\n" + _images(["accuracy.png", *members]) + "\n")
+    (d / "table.md").write_text(md + "\n\n" + images_md(["accuracy.png", *members]) + "\n")
     return md
 
 
@@ -581,7 +411,7 @@ def exp3_label_permutation(c: Ctx) -> str:
         + "\n\n"
         + table(ASCFL_HEADER, ascfl_rows(title, by))
     )
-    (d / "table.md").write_text(md + "\n\n" + _images(["accuracy.png", *members]) + "\n")
+    (d / "table.md").write_text(md + "\n\n" + images_md(["accuracy.png", *members]) + "\n")
     return md
 
 
@@ -634,9 +464,9 @@ def exp4_genetic_notebook(c: Ctx) -> str:
             [
                 m,
                 ci(acc, 2, 100),
-                "/" if m == FEDAVG else paired(acc, base),
+                "/" if m == FEDAVG else paired_p(acc, base),
                 ci([r.final("personal_accuracy") for r in rs], 2, 100),
-                _or_na([r.final("log10_lr_mean") for r in rs], 2, why="-4 (fixed)"),
+                ci_or([r.final("log10_lr_mean") for r in rs], 2, why="-4 (fixed)"),
             ]
         )
     plot_curves(
@@ -655,7 +485,7 @@ def exp4_genetic_notebook(c: Ctx) -> str:
             rows,
         )
     )
-    (d / "table.md").write_text(md + "\n\n" + _images(["accuracy.png"]) + "\n")
+    (d / "table.md").write_text(md + "\n\n" + images_md(["accuracy.png"]) + "\n")
     return md
 
 
@@ -698,15 +528,12 @@ def reproduce_clustered(
     sc = SCALES["quick" if quick else "full"]
     out.mkdir(parents=True, exist_ok=True)
 
-    def echo(msg: str) -> None:
-        typer.echo(msg, err=True)
-
-    runner = Runner(out, jobs, echo)
+    runner = Runner(out, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
-    load_before = _load()
-    times, total = run_picked(picked, EXPERIMENTS, ctx, echo)
-    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, (load_before, _load()))
-    echo(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
+    done = run_reproduction(picked, EXPERIMENTS, ctx)
+    times, total = done.times, done.total
+    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, done.load)
+    echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
 
 def write_index(
@@ -721,11 +548,9 @@ def write_index(
     quick: bool,
     load: tuple[float, float],
 ) -> None:
-    cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}" + (
-        " --quick" if quick else ""
-    )
-    if len(picked) < len(EXPERIMENTS):
-        cmd += f" --only {','.join(map(str, picked))}"
+    quick_flag = " --quick" if quick else ""
+    cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{quick_flag}"
+    cmd += only_flag(picked, EXPERIMENTS)
     lines = [
         "# Clustered FL reproduction (paper 002, AS-CFL; scaled down)",
         "",
@@ -749,10 +574,11 @@ def write_index(
 
 
 __all__ = [
+    "CLUSTERED",
+    "FEDAVG",
     "EXPERIMENTS",
     "SCALES",
     "config",
-    "paired",
     "parse_only",
     "reproduce_clustered",
     "rotation_data",

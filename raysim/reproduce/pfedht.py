@@ -42,19 +42,21 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from raysim.reproduce.dsac import (
+from raysim.reproduce.harness import (
+    Context,
     Run,
     Runner,
-    _load,
     ci,
+    echo_err,
     index_sections,
     load_note,
+    only_flag,
     paired_p,
     parse_experiments,
     plot_curves,
     plot_points,
     reproduce_app,
-    run_picked,
+    run_reproduction,
     table,
 )
 
@@ -209,16 +211,8 @@ def hn_cost(runs: Sequence[Run]) -> tuple[str, str, str]:
 
 
 @dataclass
-class Ctx:
+class Ctx(Context):
     scale: Scale
-    seeds: list[int]
-    out: Path
-    runner: Runner
-
-    def folder(self, name: str) -> Path:
-        d = self.out / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
     def setting(self, data: dict[str, Any], label: str, picked: dict[str, Method]) -> dict[str, list[Run]]:
         """``picked`` methods over the seeds on one setting, as one batch of runs."""
@@ -491,17 +485,12 @@ def reproduce_pfedht(
     sc = SCALES["quick" if quick else "full"]
     out.mkdir(parents=True, exist_ok=True)
 
-    def echo(msg: str) -> None:
-        typer.echo(msg, err=True)
-
-    runner = Runner(out, jobs, echo)
+    runner = Runner(out, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
-    load_before = _load()
-    times, total = run_picked(picked, EXPERIMENTS, ctx, echo)
-    load = (load_before, _load())
+    done = run_reproduction(picked, EXPERIMENTS, ctx)
+    times, total, load = done.times, done.total, done.load
     cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + (" --quick" if quick else "")
-    if len(picked) < len(EXPERIMENTS):
-        cmd += f" --only {','.join(map(str, picked))}"
+    cmd += only_flag(picked, EXPERIMENTS)
     lines = [
         "# pFedHT reproduction (paper 003; scaled down)",
         "",
@@ -519,7 +508,7 @@ def reproduce_pfedht(
     ]
     lines += index_sections(out, picked, EXPERIMENTS, times)
     (out / "README.md").write_text("\n".join(lines) + "\n")
-    echo(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
+    echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
 
 __all__ = ["EXPERIMENTS", "SCALES", "config", "methods", "reproduce_pfedht"]

@@ -27,7 +27,7 @@ import psutil
 
 from raysim import provenance, reproducible
 from raysim.algorithms import build_algorithm
-from raysim.algorithms.base import SetupContext
+from raysim.algorithms.base import LocalHParams, SetupContext
 from raysim.atomic import atomic_write_bytes
 from raysim.config import (
     ConfigError,
@@ -74,14 +74,16 @@ class Experiment:
         self.next_round = 1
         self.num_hosts = 0
         self.t_setup = 0.0
-        self.overrides: dict[str, float] = {}
+        # client hyperparameters set with ``set_hparams`` (a schedule, a mutation): plain fields by
+        # name over the config's local.*, saved with every checkpoint and restored with it
+        self.overrides: dict[str, Any] = {}
         self.server_restarts = 0  # server actors lost and replaced from a checkpoint
         self.last: RoundReport | None = None
 
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
         from raysim.data import build_federation, load_dataset, write_summary
-        from raysim.data.federation import check_dataset_fits
+        from raysim.data.budget import check_dataset_fits
 
         cfg, d = self.cfg, self.cfg.data
         t0 = time.perf_counter()
@@ -98,6 +100,7 @@ class Experiment:
                 num_clients=d.num_clients,
                 synthetic_alpha=d.synthetic_alpha,
                 synthetic_beta=d.synthetic_beta,
+                params=d.dataset_params,
             )
             fed = build_federation(
                 ds,
@@ -112,6 +115,7 @@ class Experiment:
                 test_per_client=d.test_per_client,
                 public_fraction=d.public_fraction,
                 examples_per_client=d.examples_per_client,
+                partition_params=d.partition_params,
             )
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"data: {exc}") from None
@@ -127,6 +131,7 @@ class Experiment:
         self.num_hosts = len(host_shards)
         host_spec = HostSpec(
             model=cfg.model.name,
+            model_params=cfg.model.params,
             input_shape=tuple(ds.input_shape),
             num_classes=ds.num_classes,
             mean=tuple(ds.mean),
@@ -135,17 +140,17 @@ class Experiment:
             torch_threads=cfg.resources.torch_threads,
             noisy_clients=pick_noisy(len(shards), d.label_noise, cfg.seed),
         )
-        params0 = init_params(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed)
+        params0 = init_params(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed, cfg.model.params)
         from raysim.models import ParamLayout, build_model
 
-        layout = ParamLayout.of(build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes))
+        layout = ParamLayout.of(build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.model.params))
         ctx = SetupContext(
             num_clients=len(shards),
             client_sizes=np.array([len(s.train_idx) for s in shards]),
             layout=layout,
             num_classes=ds.num_classes,
             seed=cfg.seed,
-            local=cfg.local.model_dump(),
+            local=LocalHParams.of(cfg.local),
             num_rounds=cfg.rounds.num_rounds,
             clients_per_round=min(cfg.rounds.clients_per_round, len(shards)),
             client_groups=np.array([s.group for s in shards]),
@@ -161,6 +166,7 @@ class Experiment:
             public_y=ds.y_train[pub] if len(pub) else None,
             trainer_kwargs={
                 "model": cfg.model.name,
+                "model_params": cfg.model.params,
                 "input_shape": tuple(ds.input_shape),
                 "num_classes": ds.num_classes,
                 "mean": tuple(ds.mean),
@@ -225,15 +231,20 @@ class Experiment:
         return self.logger
 
     # -- hyperparameters -------------------------------------------------------------------
-    def hparams(self) -> dict[str, float]:
-        """The client hyperparameters of the next round: the config's local.* with any override."""
-        return {**self.cfg.local.model_dump(), **self.overrides}
+    def hparams(self, **changes: Any) -> LocalHParams:
+        """The client hyperparameters of the next round: the config's local.* with any override
+        (and ``changes``, for one round)."""
+        return LocalHParams.of(self.cfg.local, **{**self.overrides, **changes})
 
-    def set_hparams(self, **overrides: float) -> None:
-        """Override client hyperparameters from the next round on (a schedule, a mutation)."""
-        unknown = sorted(set(overrides) - set(self.cfg.local.model_dump()))
+    def set_hparams(self, **overrides: Any) -> None:
+        """Override client hyperparameters from the next round on (a schedule, a mutation);
+        checked like the config's local.* (names, ranges, the optimizer's rules) right here."""
+        unknown = sorted(set(overrides) - set(LocalHParams.names()))
         if unknown:
-            raise ValueError(f"unknown client hyperparameters {unknown}; known: {sorted(self.hparams())}")
+            raise ValueError(
+                f"unknown client hyperparameters {unknown}; known: {sorted(LocalHParams.names())}"
+            )
+        self.hparams(**overrides)
         self.overrides.update(overrides)
 
     # -- steps -----------------------------------------------------------------------------
@@ -266,7 +277,7 @@ class Experiment:
         """Every call to the server that round ``t`` makes, before anything is logged: a lost
         server anywhere in them means the round runs again."""
         backend = self._backend()
-        report = backend.run_round(t, {**self.hparams(), **(hparams or {})})
+        report = backend.run_round(t, self.hparams(**(hparams or {})))
         if report.restarted:
             self._restore_restarted(t, report.restarted)
         stats = None
@@ -371,17 +382,23 @@ class Experiment:
     def save(self, directory: Path | str) -> Path:
         """Write the whole FL state after the last finished round into ``directory``."""
         return rundir.write_checkpoint(
-            Path(directory), self.next_round - 1, self._backend().checkpoint(), dump_config(self.cfg)
+            Path(directory),
+            self.next_round - 1,
+            self._backend().checkpoint(),
+            dump_config(self.cfg),
+            hparams=self.overrides,
         )
 
     def restore(self, directory: Path | str) -> int:
         """Continue from a checkpoint directory (under this experiment's config: a changed lr
-        trains with the new lr). Returns the checkpoint's round."""
+        trains with the new lr). The ``set_hparams`` overrides saved with it come back (this
+        experiment's own win over them). Returns the checkpoint's round."""
         try:
             blob = rundir.read_checkpoint(Path(directory))
         except (FileNotFoundError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         self._backend().restore(blob["server"])
+        self.overrides = {**blob["hparams"], **self.overrides}
         self.next_round = int(blob["round"]) + 1
         self.last = None
         return int(blob["round"])

@@ -30,6 +30,7 @@ from raysim.algorithms.base import (
     ClientTask,
     GradHook,
     LinearSum,
+    LocalHParams,
     UpdateTooLarge,
     sum_by_key,
 )
@@ -49,7 +50,8 @@ def client_seed(seed: int, round_idx: int, client_id: int, purpose: int = 0) -> 
 
 @dataclass(frozen=True, kw_only=True)
 class HostSpec:
-    model: str
+    model: str  # a name raysim.plugins resolves (built-in, entry point, import path) on the actor
+    model_params: Mapping[str, Any] = field(default_factory=dict)  # the config's model: keys but name
     input_shape: tuple[int, ...]
     num_classes: int
     mean: tuple[float, ...]
@@ -103,24 +105,18 @@ class _Context:
         self,
         params: Params,
         *,
+        hparams: LocalHParams,
         grad_hook: GradHook | None = None,
         adapter: Any = None,
         buffers: Mapping[str, np.ndarray] | None = None,
-        **hp: float,
     ) -> FitResult:
         c = self._c
         return self._host.trainer.fit(
             params,
             self._host.x_train,
             c.y_train,
+            hparams,
             idx=c.train_idx,
-            epochs=int(hp.get("epochs", 1)),
-            batch_size=int(hp.get("batch_size", 32)),
-            lr=float(hp["lr"]),
-            momentum=float(hp.get("momentum", 0.0)),
-            weight_decay=float(hp.get("weight_decay", 0.0)),
-            optimizer=str(hp.get("optimizer", "sgd")),
-            loss=str(hp.get("loss", "cross_entropy")),
             seed=self.seed(),
             grad_hook=grad_hook,
             rotation=c.rotation,
@@ -209,6 +205,7 @@ class ClientHost:
         self.gpu_ids = list(gpu_ids or [])
         self.trainer = Trainer(
             model=spec.model,
+            model_params=spec.model_params,
             input_shape=spec.input_shape,
             num_classes=spec.num_classes,
             mean=spec.mean,

@@ -1,4 +1,4 @@
-"""RunLogger: the files a run leaves behind (DESIGN section 5), written atomically.
+"""RunLogger: the files a run leaves behind (docs/architecture.md, section 5), written atomically.
 
 The metric log lives in the run directory's Parquet files, never in checkpoints (they would grow
 with every round): a resumed run reads the files back and drops rows after the checkpoint.

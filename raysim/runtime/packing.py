@@ -1,12 +1,17 @@
-"""Which clients live on which host: packing by examples, the pooled client, noisy clients."""
+"""Which clients live on which host: how many client actors (``plan_actors``, the one actor-count
+rule), packing by examples, the pooled client, noisy clients."""
 
 from __future__ import annotations
 
 import heapq
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from raysim.config import ResourcesConfig
 
 SALT_NOISY_CLIENTS = 424242  # RNG purpose of the draw of label-noise clients
 
@@ -63,3 +68,153 @@ def roams(client_state: bool, num_hosts: int, clients_per_actor: int | str) -> b
     """Clients train on whichever actor has least work this round when the algorithm keeps no
     per-client state and the packing is ``auto`` (``clients_per_actor: N`` pins them)."""
     return num_hosts > 1 and not client_state and clients_per_actor == "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# How many client actors, how many clients each, what each costs: the one rule (docs/architecture.md,
+# "Actors and resources"). The runtime, `raysim k8s render`, Tune's placement groups and the bench's
+# cost model all ask `plan_actors`; none restates it.
+
+EPS = 1e-9  # 2 / 0.25 must be 8 actors, not 7.999...
+
+ActorRule = Literal["pooled", "clients_per_actor", "num_actors", "resources", "per_actor_default", "unsized"]
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """The client actors one run starts and what they ask of Ray (see :func:`plan_actors`).
+
+    ``clients_per_actor`` is the most clients one actor holds, ``ceil(clients / actors)`` (1 when
+    the algorithm pools: one client holds every shard). ``server_cpus``/``server_gpus`` are what the
+    server actor holds back (0 on the serial backend, whose server is no actor). ``memory_mb`` is one
+    actor's private memory (``resources.actor_memory_mb``); the server, a torch worker too, costs as
+    much. ``rule`` says which setting picked ``actors``; :meth:`explain` says it with the arithmetic.
+    """
+
+    actors: int
+    clients_per_actor: int
+    cpus: float  # per client actor (resources.num_cpus)
+    gpus: float  # per client actor (resources.num_gpus); fractions share a GPU
+    server_cpus: float
+    server_gpus: float
+    memory_mb: float
+    rule: ActorRule
+    clients: int  # the clients to host (data.num_clients)
+    asked: int | None = None  # clients_per_actor N, num_actors, or the per-actor default that applied
+    cohort: int | None = None  # the cap of the per-actor default (rounds.clients_per_round)
+
+    @property
+    def total_cpus(self) -> float:
+        return self.actors * self.cpus + self.server_cpus
+
+    @property
+    def total_gpus(self) -> float:
+        return self.actors * self.gpus + self.server_gpus
+
+    @property
+    def total_memory_mb(self) -> float:
+        return (self.actors + 1) * self.memory_mb  # the server actor is a torch worker too
+
+    def explain(self, source: str = "set by the experiment", algorithm: str = "the algorithm") -> str:
+        """Why ``A`` is what it is, with the arithmetic (the header of a rendered RayJob says it);
+        ``source`` says where a fixed ``resources`` value came from (a flag, or the experiment)."""
+        n, a, k = self.clients, self.actors, self.asked
+        if self.rule == "pooled":
+            return f"A = 1: {algorithm} pools every client's data into one client"
+        if self.rule == "clients_per_actor":
+            return f"A = ceil({n} / {k}) = {a} ({source}: resources.clients_per_actor = {k})"
+        if self.rule == "num_actors":
+            capped = f", at most the {n} clients" if k is not None and k > n else ""
+            return f"A = {a} ({source}: resources.num_actors = {k}{capped})"
+        if self.rule == "per_actor_default":
+            per = math.ceil(n / k) if k else a
+            if per <= a:
+                return (
+                    f"A = ceil({n} / {k}) = {per} (clients_per_actor: auto without num_actors: one actor "
+                    f"per {k} clients, no more than the {max(1, min(self.cohort or n, n))} a round trains)"
+                )
+            return (
+                f"A = {a}, the clients a round trains (rounds.clients_per_round), not ceil({n} / {k}) = "
+                f"{per} (clients_per_actor: auto without num_actors): more actors than the cohort would "
+                f"idle every round; each holds its own ~{math.ceil(n / a)} clients"
+            )
+        if self.rule == "resources":
+            return (
+                f"A = {a}: as many actors of ({self.cpus:g} CPU, {self.gpus:g} GPU) as the resources hold "
+                f"beside the server's ({self.server_cpus:g} CPU, {self.server_gpus:g} GPU), at most the "
+                f"{n} clients and at least one (clients_per_actor: auto without num_actors)"
+            )
+        return (
+            f"A = {a}: min({n} clients, 2), no resources known (clients_per_actor: auto without num_actors)"
+        )
+
+
+def follows_resources(resources: ResourcesConfig) -> bool:
+    """The actor count is left to the resources available (``clients_per_actor: auto`` without
+    ``num_actors``): whoever fixes a cluster's share first (a Tune trial's placement group, a
+    Kubernetes job sized from the experiment) pins ``num_actors`` to keep the count it planned."""
+    return resources.clients_per_actor == "auto" and resources.num_actors is None
+
+
+def plan_actors(
+    resources: ResourcesConfig,
+    num_clients: int,
+    *,
+    pooled: bool = False,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    per_actor_default: int | None = None,
+    cohort: int | None = None,
+) -> ActorPlan:
+    """How many client actors a run starts, how many clients each holds and what each asks for.
+
+    In order: an algorithm that pools every shard into one client gets one actor;
+    ``clients_per_actor: N`` gives ``ceil(clients / N)``; ``num_actors`` gives ``min(clients,
+    num_actors)``. ``auto`` without ``num_actors`` fills ``cpus``/``gpus`` (what the whole run may
+    use, the server's share included; the server holds back ``server_cpus``/``server_gpus`` on the
+    Ray backend only): as many actors as the GPUs hold (``num_gpus > 0``) and the CPUs hold
+    (``num_cpus > 0``), never more than there are clients and at least one (if even one does not
+    fit, the backend's resource check says so with the numbers). With neither known, a caller that
+    sizes the cluster from the job (``raysim k8s render``) passes ``per_actor_default`` and gets
+    ``min(ceil(clients / per_actor_default), cohort)``; otherwise ``min(clients, 2)``.
+    """
+    res, n = resources, num_clients
+    ray = res.backend == "ray"
+    server_cpus, server_gpus = (float(res.server_cpus), float(res.server_gpus)) if ray else (0.0, 0.0)
+    asked: int | None = None
+    rule: ActorRule
+    if pooled:
+        actors, rule = 1, "pooled"
+    elif res.clients_per_actor != "auto":
+        asked = int(res.clients_per_actor)
+        actors, rule = math.ceil(n / asked), "clients_per_actor"
+    elif res.num_actors is not None:
+        asked = int(res.num_actors)
+        actors, rule = min(n, asked), "num_actors"
+    else:
+        fits = []
+        if res.num_gpus > 0 and gpus is not None:
+            fits.append(int(max(0.0, gpus - server_gpus) / res.num_gpus + EPS))
+        if res.num_cpus > 0 and cpus is not None:
+            fits.append(int(max(0.0, cpus - server_cpus) / res.num_cpus + EPS))
+        if fits:
+            actors, rule = max(1, min(n, *fits)), "resources"
+        elif per_actor_default is not None and cpus is None and gpus is None:
+            asked = per_actor_default
+            cap = max(1, min(cohort if cohort is not None else n, n))
+            actors, rule = min(math.ceil(n / per_actor_default), cap), "per_actor_default"
+        else:
+            actors, rule = max(1, min(n, 2)), "unsized"
+    return ActorPlan(
+        actors=actors,
+        clients_per_actor=1 if pooled else math.ceil(n / actors),
+        cpus=float(res.num_cpus),
+        gpus=float(res.num_gpus),
+        server_cpus=server_cpus,
+        server_gpus=server_gpus,
+        memory_mb=float(res.actor_memory_mb),
+        rule=rule,
+        clients=n,
+        asked=asked,
+        cohort=cohort if rule == "per_actor_default" else None,
+    )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from raysim.algorithms.base import ClientTask, LinearSum
+from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
 from raysim.data.federation import ShardTable
 from raysim.runtime.backend import Share, StartSpec
 from raysim.runtime.host import ClientHost
@@ -103,7 +103,7 @@ class SerialBackend:
     def restart_server(self) -> None:
         raise RuntimeError("the serial backend's server lives in this process: it cannot be lost")
 
-    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
+    def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
         return self._srv().run_round(t, hparams)
 
     def checkpoint(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Server: owns the algorithm state and runs one round (DESIGN section 3, steps 1-6).
+"""Server: owns the algorithm state and runs one round (docs/architecture.md, section 2, steps 1-6).
 
 The same plain class runs in-process (serial backend) and inside the Ray ``ServerActor``;
 only the ``pool`` it talks to differs (in-process hosts or client actors).
@@ -20,6 +20,7 @@ from raysim.algorithms.base import (
     Algorithm,
     ClientResult,
     LinearSum,
+    LocalHParams,
     RoundContext,
     RoundPlan,
     ServerContext,
@@ -173,10 +174,12 @@ class ServerSplits:
         x, y = self._get(split)
         return self.trainer.evaluate(params, x, y)
 
-    def fit(self, params: Params, split: str = "public", **hp: Any) -> FitResult:
+    def fit(
+        self, params: Params, split: str = "public", *, hparams: LocalHParams, seed: int | None = None
+    ) -> FitResult:
+        """Train on a server-held split (seeded with the run's seed unless ``seed`` says otherwise)."""
         x, y = self._get(split)
-        hp.setdefault("seed", self.seed)
-        return self.trainer.fit(params, x, y, **hp)
+        return self.trainer.fit(params, x, y, hparams, seed=self.seed if seed is None else seed)
 
 
 class Server:
@@ -212,7 +215,7 @@ class Server:
         self.clusters: dict[int, int] | None = None
 
     # -- one round -------------------------------------------------------------------------
-    def run_round(self, t: int, hparams: Mapping[str, float]) -> RoundReport:
+    def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
         """Round ``t`` with this round's client hyperparameters (local.* and any override)."""
         algo = self.algorithm
         m: dict[str, float] = {"round": float(t)}
@@ -224,7 +227,7 @@ class Server:
             round_idx=t,
             available=available,
             cohort_size=self.cohort_size,
-            hparams=dict(hparams),
+            hparams=hparams,
             rng=round_rng(self.seed, t, SALT_CONFIGURE),
         )
         self.state, plan = algo.configure_round(self.state, rnd)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from raysim.algorithms.base import GradHook
+from raysim.algorithms.base import GradHook, LocalHParams
 from raysim.models.flat import FlatModel, Params
 from raysim.models.registry import build_model
 
@@ -50,10 +50,6 @@ def pick_device(gpu_ids: list | None = None) -> torch.device:
     if gpu_ids and torch.cuda.is_available():
         return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned id(s)
     return torch.device("cpu")
-
-
-OPTIMIZERS = ("sgd", "adam")
-LOSSES = ("cross_entropy", "squared_error")
 
 
 def training_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -99,13 +95,14 @@ class Trainer:
         model: str,
         input_shape: tuple[int, ...],
         num_classes: int,
+        model_params: Mapping[str, object] | None = None,
         mean: tuple[float, ...] = (),
         std: tuple[float, ...] = (),
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
         self.input_shape = tuple(input_shape)
-        self.fm = FlatModel(build_model(model, input_shape, num_classes), self.device)
+        self.fm = FlatModel(build_model(model, input_shape, num_classes, model_params), self.device)
         self.num_classes = num_classes
         if mean:
             m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -147,45 +144,36 @@ class Trainer:
         params: Params,
         x: np.ndarray,
         y: np.ndarray,
+        hparams: LocalHParams,
         *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
         seed: int,
         grad_hook: GradHook | None = None,
         rotation: int = 0,
         idx: np.ndarray | None = None,
         adapter: tuple[np.ndarray, np.ndarray] | None = None,
-        optimizer: str = "sgd",
-        loss: str = "cross_entropy",
         buffers: Mapping[str, np.ndarray] | None = None,
     ) -> FitResult:
-        """SGD (or Adam) over (x, y) for ``epochs`` epochs, reshuffled every epoch with ``seed``.
+        """SGD (or Adam) over (x, y) for ``hparams.epochs`` epochs, reshuffled every epoch with ``seed``.
 
-        The client's examples are ``x[idx]`` (``idx`` None: all of ``x``), read batch by batch
-        so the shared array is never copied whole; ``y`` is aligned with them and already in
-        the client's label space. Returns the new parameters as a fresh numpy vector.
+        ``hparams`` (a ``LocalHParams`` record, valid by construction) says how to train; the
+        keywords say on what: the client's examples are ``x[idx]`` (``idx`` None: all of ``x``),
+        read batch by batch so the shared array is never copied whole; ``y`` is aligned with them
+        and already in the client's label space. Returns the new parameters as a fresh numpy vector.
         ``adapter`` (scale, shift), shaped like one input, is applied to every batch as
         scale * x + shift and trained jointly by plain SGD at ``lr``; the result carries it back.
 
         ``optimizer``: ``"sgd"`` (the flat step above, with ``momentum``) or ``"adam"``
         (``torch.optim.Adam(lr=lr)``, a fresh one per call: no optimizer state survives between
-        fits; ``momentum`` must then be 0, weight decay is added to the gradient as Adam's own
-        ``weight_decay`` does).
+        fits; weight decay is added to the gradient as Adam's own ``weight_decay`` does).
         ``loss``: ``"cross_entropy"`` or ``"squared_error"`` (``training_loss``); the returned
         ``loss`` is the mean of that loss.
         ``buffers`` (``use_buffers``): the module's buffers (BatchNorm running statistics) to train
         from; the result then carries them back as they are after training. None: the module's
         buffers are left as the previous call left them (shared by every client of this host).
         """
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(LOSSES)}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(OPTIMIZERS)}")
-        if optimizer == "adam" and momentum:
-            raise ValueError(f"momentum={momentum} is an SGD knob; Adam has its own (set momentum to 0)")
+        epochs, batch_size, lr = hparams.epochs, hparams.batch_size, hparams.lr
+        momentum, weight_decay, loss = hparams.momentum, hparams.weight_decay, hparams.loss
+        optimizer = hparams.optimizer
         fm = self.fm
         fm.load(params)
         self.use_buffers(buffers)

@@ -105,7 +105,9 @@ def test_flat_sgd_matches_torch_sgd():
     y = rng.integers(0, 10, size=64)
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = Trainer(model="cnn-small", input_shape=(1, 8, 8), num_classes=10, mean=(0.5,), std=(0.25,))
-    out = tr.fit(p0, x, y, epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=5)
+    out = tr.fit(
+        p0, x, y, client_hparams(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3), seed=5
+    )
     assert out.steps == 8 and out.num_examples == 64
 
     ref = FlatModel(build_model("cnn-small", (1, 8, 8), 10))
@@ -136,9 +138,9 @@ class FakeServerData:
     def splits(self):
         return self._splits
 
-    def fit(self, params, split="public", **hp):
-        self.fits.append((split, hp))
-        return FitResult(params=params + hp["epochs"], loss=0.5, steps=1, num_examples=10)
+    def fit(self, params, split="public", *, hparams):
+        self.fits.append((split, hparams))
+        return FitResult(params=params + hparams.epochs, loss=0.5, steps=1, num_examples=10)
 
     def evaluate(self, params, split="public"):
         class Ev:
@@ -160,14 +162,7 @@ def test_pretrained_start_is_dsacs_base_model(name):
     dsac = build_algorithm("dsac", {"pretrain_epochs": 3, "pretrain_lr": 0.02, "num_submodels": 1})
     dstate = dsac.init(np.zeros(3, np.float32), setup)
     np.testing.assert_array_equal(state.params, dstate.params)  # the same M_base, by the same helper
-    assert (
-        data.fits[0]
-        == data.fits[1]
-        == (
-            "public",
-            {"epochs": 3, "batch_size": 4, "lr": 0.02, "momentum": 0.0},
-        )
-    )
+    assert data.fits[0] == data.fits[1] == ("public", client_hparams(epochs=3, batch_size=4, lr=0.02))
     _, m = aggregate(algo, state, 1, [])
     assert m["base_test_accuracy"] == 0.75 and m["base_test_loss"] == 0.8  # round 0, every round
     random = build_algorithm(name)

@@ -347,7 +347,7 @@ def test_server_clusters_two_groups_and_aggregates_each_by_hand():
     tasks = configure(algo, state0, 1, [0, 1, 2, 3])
     assert {t.model_key for t in tasks} == {"global"}  # nobody is clustered yet
     # "steps": max(ceil(4 / n), 10) = 10 steps of batch 4 -> ceil(40 / n) epochs for n = 10, 30, 20, 20
-    assert [t.hparams["epochs"] for t in tasks] == [4, 2, 2, 2]
+    assert [t.hparams.epochs for t in tasks] == [4, 2, 2, 2]
     results = [res(0, A, 10, 1), res(1, B, 30, 1), res(2, 1.1 * A, 20, 1), res(3, 0.9 * B, 20, 1)]
     # seed 1 (size-weighted centrality 50/80, tied with 3: lowest index) takes 3; seed 0 takes 2;
     # one candidate each (25% of 4), each passing the proxy test

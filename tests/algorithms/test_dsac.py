@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from raysim.algorithms import ALGORITHMS, build_algorithm, hooks
-from raysim.algorithms.base import ClientResult, SetupContext
+from raysim.algorithms.base import ClientResult, LocalHParams, SetupContext, plain_sgd
 from raysim.algorithms.dsac import DSAC, DSACParams, DSACState
 from raysim.config import ConfigError
 from raysim.models import ParamLayout, build_model
@@ -307,8 +307,8 @@ class FakeClient:
     def __init__(self, cid: int, n: int) -> None:
         self.client_id, self.num_examples, self.state, self.calls = cid, n, {}, []
 
-    def fit(self, params, *, grad_hook=None, **hp):
-        self.calls.append(hp)
+    def fit(self, params, *, hparams, grad_hook=None, adapter=None):
+        self.calls.append(hparams)
 
         class R:
             pass
@@ -328,10 +328,10 @@ def test_personal_params_use_the_group_model_and_the_eps_step() -> None:
     c0, c1 = FakeClient(0, 40), FakeClient(1, 40)
     np.testing.assert_array_equal(algo.personal_params(models, c0), np.full(3, 6.0))  # M_g, then the step
     np.testing.assert_array_equal(algo.personal_params(models, c1), np.ones(3))  # ungrouped: global
-    assert c0.calls == [{"lr": 0.02, "epochs": 1, "batch_size": 40}]  # one full-batch step
+    assert c0.calls == [plain_sgd(lr=0.02, epochs=1, batch_size=40)]  # one full-batch step
     capped = DSAC(DSACParams(finetune_eps=0.02, finetune_batch=16))
     capped.personal_params(models, c0)
-    assert c0.calls[-1]["batch_size"] == 16
+    assert c0.calls[-1].batch_size == 16
     off = DSAC(DSACParams(finetune_eps=0.0))
     np.testing.assert_array_equal(off.personal_params(models, c0), np.full(3, 5.0))
 
@@ -414,22 +414,22 @@ class StepClient:
 
     def __init__(self) -> None:
         self.client_id, self.num_examples, self.state, self.broadcast = 0, 10, {}, {}
-        self.hparams: dict = {}
+        self.hparams: LocalHParams | None = None
         self.trained = np.zeros(0, np.float32)
 
     def embed(self, params):
         return np.ones(2, np.float32)
 
-    def fit(self, params, *, grad_hook=None, **hp):
+    def fit(self, params, *, hparams, grad_hook=None):
         from raysim.runtime.trainer import FitResult
 
-        self.hparams = hp
+        self.hparams = hp = hparams
         w = torch.tensor(params)
         g = torch.ones_like(w)
         if grad_hook is not None:
             grad_hook(w, g)
-        g.add_(w, alpha=float(hp.get("weight_decay", 0.0)))
-        self.trained = (w - float(hp["lr"]) * g).numpy()
+        g.add_(w, alpha=hp.weight_decay)
+        self.trained = (w - hp.lr * g).numpy()
         return FitResult(params=self.trained, loss=1.0, steps=1, num_examples=10)
 
 
@@ -449,7 +449,7 @@ def test_weight_decay_never_moves_a_layer_the_client_was_not_assigned() -> None:
     )
     client = StepClient()
     res = algo.client_update(task, params, client)
-    assert client.hparams["weight_decay"] == 0.0  # moved into the hook
+    assert client.hparams.weight_decay == 0.0  # moved into the hook
     # assigned sub-model 1: w - lr (1 + wd w) = 1 - 0.1 * 1.5 -> delta -0.15
     np.testing.assert_allclose(res.extras["sub/1"], -0.15, rtol=1e-6)
     # sub-models 0 and 2 did not move during local training (the forward pass used them unchanged)
@@ -457,7 +457,7 @@ def test_weight_decay_never_moves_a_layer_the_client_was_not_assigned() -> None:
         np.testing.assert_array_equal(client.trained[part.slice(j)], params[part.slice(j)])
     # the old order (decay after the mask) would have moved them by -lr * wd * w = -0.05
     old = StepClient()
-    old.fit(params, grad_hook=hooks.masked(part.masks()[1]), lr=0.1, weight_decay=0.5)
+    old.fit(params, grad_hook=hooks.masked(part.masks()[1]), hparams=task.hparams)
     np.testing.assert_allclose(old.trained[part.slice(0)], 0.95, rtol=1e-6)
 
 

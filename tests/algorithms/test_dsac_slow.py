@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_rel
 
-from raysim.reproduce.dsac import DSAC_DEFAULT, SCALES, Runner, eval_seeds, pretrained, raw_config
+from raysim.reproduce.dsac import DSAC_DEFAULT, SCALES, eval_seeds, pretrained, raw_config
+from raysim.reproduce.harness import Runner
 
 pytestmark = [pytest.mark.slow]
 

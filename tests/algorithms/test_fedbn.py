@@ -69,7 +69,7 @@ def test_trainer_trains_from_the_given_buffers_and_returns_them():
     bright = (x // 4 + 190).astype(np.uint8)
     t = Trainer(model="cnn-bn", input_shape=SHAPE, num_classes=10)
     p0 = init_params("cnn-bn", SHAPE, 10, seed=0)
-    kw = {"epochs": 1, "batch_size": 8, "lr": 0.05, "seed": 1}
+    kw = {"hparams": client_hparams(epochs=1, batch_size=8, lr=0.05), "seed": 1}
     a = t.fit(p0, x, y, buffers={}, **kw)
     assert a.buffers is not None and int(a.buffers["1.num_batches_tracked"]) == 5  # 40 / 8 steps
     t.fit(p0, bright, y, buffers={}, **kw)  # another client's statistics now sit in the module
@@ -176,7 +176,7 @@ def test_two_clients_on_one_host_keep_their_own_statistics():
     state = algo.init(init_params("cnn-bn", SHAPE, 10, seed=0), ctx(lay, clients=2))
     bc = algo.eval_broadcast(state)
     host = two_client_host(algo)
-    hp = client_hparams(lr=0.05, epochs=1, batch_size=8)
+    hp = {"lr": 0.05, "epochs": 1, "batch_size": 8}
 
     (task_a,) = configure(algo, state, 1, [0], hparams=hp)
     host.run(1, [task_a], bc)

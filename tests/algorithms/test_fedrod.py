@@ -15,7 +15,7 @@ from raysim.algorithms.fedrod import HEAD, FedRoD, head_slices, log_prior
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
 from raysim.runtime.trainer import Trainer
 from tests.conftest import tiny_config
-from tests.helpers import aggregate, client_hparams, configure, run, setup_ctx
+from tests.helpers import aggregate, configure, run, setup_ctx
 
 # mlp on 4 inputs with hidden 200 would be large; a hand-sized head on 3 features instead
 LAYOUT = ParamLayout(
@@ -57,18 +57,8 @@ class TrainerClient:
         self.trainer, self.x, self.y = trainer, x, y
         self.client_id, self.num_examples, self.state, self.broadcast = 0, len(y), {}, {}
 
-    def fit(self, params, *, grad_hook=None, buffers=None, **hp):
-        return self.trainer.fit(
-            params,
-            self.x,
-            self.y,
-            epochs=int(hp["epochs"]),
-            batch_size=len(self.y),
-            lr=float(hp["lr"]),
-            weight_decay=float(hp.get("weight_decay", 0.0)),
-            seed=0,
-            grad_hook=grad_hook,
-        )
+    def fit(self, params, *, hparams, grad_hook=None, buffers=None):
+        return self.trainer.fit(params, self.x, self.y, hparams, seed=0, grad_hook=grad_hook)
 
     def evaluate(self, params, split="val", buffers=None):
         assert split == "train"
@@ -114,7 +104,7 @@ def test_client_step_matches_a_hand_written_fedrod_step():
     layout = ParamLayout.of(build_model("mlp", (4,), classes))
     algo = build_algorithm("fedrod", {"personal_epochs": 3, "personal_lr": 0.2})
     state = algo.init(p0, ctx(layout, classes=classes))
-    hp = client_hparams(lr=0.1, epochs=2, batch_size=12, weight_decay=0.05)
+    hp = {"lr": 0.1, "epochs": 2, "batch_size": 12, "weight_decay": 0.05}
     (task,) = configure(algo, state, 1, [0], hparams=hp)
     client = TrainerClient(Trainer(model="mlp", input_shape=(4,), num_classes=classes), x, y)
     client.broadcast = algo.eval_broadcast(state)
@@ -138,7 +128,7 @@ def test_client_step_matches_a_hand_written_fedrod_step():
 def test_balanced_needs_the_cross_entropy_loss():
     algo = build_algorithm("fedrod")
     state = algo.init(np.zeros(10, np.float32), ctx())
-    (task,) = configure(algo, state, 1, [0], hparams=client_hparams(lr=0.1, loss="squared_error"))
+    (task,) = configure(algo, state, 1, [0], hparams={"lr": 0.1, "loss": "squared_error"})
     client = TrainerClient(None, None, np.zeros(2, np.int64))
     client.broadcast = algo.eval_broadcast(state)
     with pytest.raises(ValueError, match="local.loss"):

@@ -12,7 +12,11 @@ import torch
 from pydantic import ValidationError
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import ClientResult, ClientTask, LinearSum
+from raysim.algorithms.base import (
+    ClientResult,
+    ClientTask,
+    LinearSum,
+)
 from raysim.algorithms.genetic_cfl import (
     ELITE,
     GRID_BATCHES,
@@ -221,21 +225,21 @@ def one_group_state(algo, losses, clients=5):
 def test_tasks_carry_each_clients_lr_batch_epochs_and_optimizer():
     algo = build_algorithm("genetic-cfl")
     state = algo.init(np.zeros(3, np.float32), gcfl_setup(6))
-    hp = client_hparams(**(LOCAL | {"weight_decay": 1e-4}))
+    hp = replace(LOCAL, weight_decay=1e-4)
     new, tasks = plan(algo, state, available=[0, 1, 2, 3, 4, 5], cohort=4, hparams=hp)
     assert len(tasks) == 4
-    assert len({t.hparams["lr"] for t in tasks}) == 4  # four different clients, four rates
+    assert len({t.hparams.lr for t in tasks}) == 4  # four different clients, four rates
     for t in tasks:
         c = t.client_id
-        assert t.hparams["lr"] == new.lr[c] == state.lr[c]  # nobody measured yet: nothing evolves
-        assert t.hparams["batch_size"] == new.batch[c]
-        assert t.hparams["epochs"] == 2 and t.hparams["optimizer"] == "adam"
-        assert t.hparams["weight_decay"] == 1e-4 and t.model_key == "global" and not t.extras
+        assert t.hparams.lr == new.lr[c] == state.lr[c]  # nobody measured yet: nothing evolves
+        assert t.hparams.batch_size == new.batch[c]
+        assert t.hparams.epochs == 2 and t.hparams.optimizer == "adam"
+        assert t.hparams.weight_decay == 1e-4 and t.model_key == "global" and not t.extras
     algo = build_algorithm("genetic-cfl", {"epochs": None, "optimizer": "sgd"})
-    _, tasks = plan(algo, state, hparams=client_hparams(**(LOCAL | {"epochs": 3})))
-    assert {t.hparams["epochs"] for t in tasks} == {3} and {t.hparams["optimizer"] for t in tasks} == {"sgd"}
+    _, tasks = plan(algo, state, hparams=replace(LOCAL, epochs=3))
+    assert {t.hparams.epochs for t in tasks} == {3} and {t.hparams.optimizer for t in tasks} == {"sgd"}
     with pytest.raises(ValueError, match="momentum"):
-        plan(build_algorithm("genetic-cfl"), state, hparams=client_hparams(**(LOCAL | {"momentum": 0.9})))
+        plan(build_algorithm("genetic-cfl"), state, hparams=replace(LOCAL, momentum=0.9))
 
 
 def test_a_generation_keeps_the_two_best_by_val_loss_and_redraws_the_rest():
@@ -250,7 +254,7 @@ def test_a_generation_keeps_the_two_best_by_val_loss_and_redraws_the_rest():
     for c in (0, 2):  # a measured parent's rate times 0.9, 1 or 1.1 and a measured parent's batch
         assert np.isclose(new.lr[c], np.outer(parents, [0.9, 1.0, 1.1]), rtol=1e-12).any()
         assert new.batch[c] in state.batch[:4]
-    assert {t.client_id: t.hparams["lr"] for t in tasks} == {c: new.lr[c] for c in range(5)}
+    assert {t.client_id: t.hparams.lr for t in tasks} == {c: new.lr[c] for c in range(5)}
     assert not np.array_equal(new.lr, state.lr)  # this seed re-draws something
 
 
@@ -303,11 +307,11 @@ class FakeClient:
         self.client_id, self.num_examples, self.state, self.broadcast = 0, 10, {}, {}
         self.fits, self.splits, self.val_n, self.blow_up_above = [], [], val_n, blow_up_above
 
-    def fit(self, params, *, grad_hook=None, **hp):
-        self.fits.append(hp)
-        step = hp["lr"] * hp["batch_size"]
+    def fit(self, params, *, hparams, grad_hook=None):
+        self.fits.append(hparams)
+        step = hparams.lr * hparams.batch_size
         out = params - step
-        if self.blow_up_above is not None and hp["lr"] > self.blow_up_above:
+        if self.blow_up_above is not None and hparams.lr > self.blow_up_above:
             out = out * np.nan
         return FitResult(params=out.astype(np.float32), loss=1.0, steps=1, num_examples=10)
 
@@ -323,7 +327,7 @@ def test_client_trains_with_its_hparams_and_reports_the_val_loss():
     )
     c = FakeClient()
     r = algo.client_update(task, np.zeros(2, np.float32), c)
-    assert c.fits == [{"lr": 0.01, "batch_size": 20, "epochs": 2}] and c.splits == ["val"]
+    assert c.fits == [task.hparams] and c.splits == ["val"]
     np.testing.assert_allclose(r.delta, -0.2, rtol=1e-6)
     assert r.metrics["val_loss"] == pytest.approx(0.8)
     c = FakeClient(val_n=0)  # no validation split: the training split ranks
@@ -353,10 +357,10 @@ def test_grid_search_round_trains_every_candidate_and_sends_the_best():
     c = FakeClient(blow_up_above=0.05)
     r = algo.client_update(task, np.zeros(2, np.float32), c)
     # 6 fits of 1 epoch, batch-major; loss |1 - lr * b|: lr 0.01 at batch 64 (0.36) wins, lr 0.1 diverges
-    assert [(f["batch_size"], f["lr"]) for f in c.fits] == [
+    assert [(f.batch_size, f.lr) for f in c.fits] == [
         (16, 0.1), (16, 0.01), (16, 0.001), (64, 0.1), (64, 0.01), (64, 0.001)
     ]  # fmt: skip
-    assert {f["epochs"] for f in c.fits} == {1}
+    assert {f.epochs for f in c.fits} == {1}
     assert r.metrics["lr"] == 0.01 and r.metrics["batch_size"] == 64
     assert r.metrics["val_loss"] == pytest.approx(0.36)
     np.testing.assert_allclose(r.delta, -0.64, rtol=1e-6)
@@ -417,7 +421,13 @@ def test_adam_path_matches_torch_adam_and_lowers_the_loss(one_thread):
     x, y = digits_batch()
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = make_trainer()
-    out = tr.fit(p0, x, y, epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4, seed=5, optimizer="adam")
+    out = tr.fit(
+        p0,
+        x,
+        y,
+        client_hparams(epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4, optimizer="adam"),
+        seed=5,
+    )
     assert out.steps == 8
 
     ref = FlatModel(build_model("cnn-small", (1, 8, 8), 10))
@@ -433,14 +443,14 @@ def test_adam_path_matches_torch_adam_and_lowers_the_loss(one_thread):
             torch.nn.functional.cross_entropy(ref.module(xt[b]), torch.from_numpy(y[b])).backward()
             opt.step()
     np.testing.assert_allclose(out.params, ref.read(), rtol=1e-4, atol=1e-5)
-    sgd = tr.fit(p0, x, y, epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4, seed=5)
+    sgd = tr.fit(p0, x, y, client_hparams(epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4), seed=5)
     assert not np.allclose(sgd.params, out.params, atol=1e-5)  # Adam is not the SGD step
 
     before = tr.evaluate(p0, x, y).loss
-    trained = tr.fit(p0, x, y, epochs=5, batch_size=16, lr=3e-3, seed=1, optimizer="adam")
+    trained = tr.fit(p0, x, y, client_hparams(epochs=5, batch_size=16, lr=3e-3, optimizer="adam"), seed=1)
     assert tr.evaluate(trained.params, x, y).loss < 0.5 * before
     # a second fit starts a fresh optimizer: the same call gives the same result
-    again = tr.fit(p0, x, y, epochs=5, batch_size=16, lr=3e-3, seed=1, optimizer="adam")
+    again = tr.fit(p0, x, y, client_hparams(epochs=5, batch_size=16, lr=3e-3, optimizer="adam"), seed=1)
     np.testing.assert_array_equal(again.params, trained.params)
 
 
@@ -448,13 +458,19 @@ def test_sgd_is_the_default_and_unknown_optimizers_are_refused(one_thread):
     x, y = digits_batch(64)
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = make_trainer()
-    a = tr.fit(p0, x, y, epochs=1, batch_size=16, lr=0.1, momentum=0.5, seed=2)
-    b = tr.fit(p0, x, y, epochs=1, batch_size=16, lr=0.1, momentum=0.5, seed=2, optimizer="sgd")
+    a = tr.fit(p0, x, y, client_hparams(epochs=1, batch_size=16, lr=0.1, momentum=0.5), seed=2)
+    b = tr.fit(
+        p0, x, y, client_hparams(epochs=1, batch_size=16, lr=0.1, momentum=0.5, optimizer="sgd"), seed=2
+    )
     np.testing.assert_array_equal(a.params, b.params)
     with pytest.raises(ValueError, match="valid names: sgd, adam"):
-        tr.fit(p0, x, y, epochs=1, batch_size=16, lr=0.1, seed=2, optimizer="rmsprop")
+        tr.fit(
+            p0, x, y, replace(client_hparams(epochs=1, batch_size=16, lr=0.1), optimizer="rmsprop"), seed=2
+        )
     with pytest.raises(ValueError, match="momentum"):
-        tr.fit(p0, x, y, epochs=1, batch_size=16, lr=0.1, momentum=0.5, seed=2, optimizer="adam")
+        tr.fit(
+            p0, x, y, client_hparams(epochs=1, batch_size=16, lr=0.1, momentum=0.5, optimizer="adam"), seed=2
+        )
 
 
 def test_local_optimizer_reaches_the_trainer_through_the_host(tmp_path, monkeypatch):
@@ -462,7 +478,7 @@ def test_local_optimizer_reaches_the_trainer_through_the_host(tmp_path, monkeypa
     original = Trainer.fit
 
     def spy(self, *args, **kw):
-        seen.append(kw.get("optimizer"))
+        seen.append(args[3].optimizer)  # (params, x, y, hparams)
         return original(self, *args, **kw)
 
     monkeypatch.setattr(Trainer, "fit", spy)

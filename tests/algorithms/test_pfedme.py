@@ -14,14 +14,7 @@ from raysim.algorithms.pfedme import MoreauSteps, PFedMe
 from raysim.models import ParamLayout
 from raysim.runtime.trainer import FitResult
 from tests.conftest import tiny_config
-from tests.helpers import (
-    aggregate,
-    client_hparams,
-    configure,
-    local_knobs,
-    run,
-    setup_ctx,
-)
+from tests.helpers import aggregate, configure, local_knobs, run, setup_ctx
 
 LAYOUT = ParamLayout(names=("w",), shapes=((1,),), offsets=(0,), size=1)
 
@@ -38,13 +31,13 @@ class QuadraticClient:
         self.client_id, self.num_examples, self.state, self.broadcast = cid, n, {}, {}
         self.target, self.steps, self.lrs = target, steps, []
 
-    def fit(self, params, *, grad_hook=None, **hp):
-        self.lrs.append(hp["lr"])
+    def fit(self, params, *, hparams, grad_hook=None):
+        self.lrs.append(hparams.lr)
         theta = torch.tensor(np.array(params, dtype=np.float32))
         for _ in range(self.steps):
             g = theta - self.target
             grad_hook(theta, g)
-            theta = theta - hp["lr"] * g
+            theta = theta - hparams.lr * g
         return FitResult(params=theta.numpy(), loss=0.0, steps=self.steps, num_examples=self.num_examples)
 
 
@@ -69,7 +62,7 @@ def test_inner_steps_and_local_update_by_hand():
     finish: w <- 1 - 0.5 (1 - 2.5) = 1.75 (two local rounds)."""
     algo = build_algorithm("pfedme", {"lambda_": 1.0, "inner_steps": 2, "personal_lr": 0.5})
     state = algo.init(np.zeros(1, np.float32), ctx())
-    (task,) = configure(algo, state, 1, [0], hparams=client_hparams(lr=0.5, epochs=1, batch_size=4))
+    (task,) = configure(algo, state, 1, [0], hparams={"lr": 0.5, "epochs": 1, "batch_size": 4})
     client = QuadraticClient(0, target=4.0, steps=3)
     r = algo.client_update(task, state.params, client)
     assert client.lrs == [0.5]  # the inner steps run at the personal lr
@@ -92,7 +85,7 @@ def test_hook_keeps_a_private_centre():
 def test_local_lr_times_lambda_must_stay_below_two():
     algo = build_algorithm("pfedme")  # lambda 15
     state = algo.init(np.zeros(1, np.float32), ctx())
-    (task,) = configure(algo, state, 1, [0], hparams=client_hparams(lr=0.2))
+    (task,) = configure(algo, state, 1, [0], hparams={"lr": 0.2})
     with pytest.raises(ValueError, match="local.lr"):
         algo.client_update(task, state.params, QuadraticClient(0, 1.0, 1))
 

@@ -269,7 +269,9 @@ def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(ValueError, match=r"unknown dataset 'cifar100'; valid names: fashion-mnist, digits"):
         load_dataset("cifar100")
     assert "valid names" in (dataset_available("cifar100") or "")
-    assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10"}
+    assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10"} | {
+        "npz", "parquet", "imagefolder"  # the file datasets of raysim.data.files, imported on first use
+    }
 
 
 def test_fashion_mnist_missing_says_apt_get_and_data_dir(tmp_path: Path, no_default_fashion: None) -> None:

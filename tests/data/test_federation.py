@@ -183,7 +183,7 @@ def test_streams_are_independent_per_step(ds: Dataset) -> None:
     [
         (
             {"scheme": "shards"},
-            r"unknown partition scheme 'shards'; valid schemes: iid, dirichlet, pathological",
+            r"unknown partition 'shards'; valid names: iid, dirichlet, pathological",
         ),
         (
             {"scheme": "iid", "num_clients": 501},

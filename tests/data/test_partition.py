@@ -55,7 +55,7 @@ def test_same_seed_same_arrays_other_seed_differs(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["iid", "dirichlet", "pathological", "quantity", "dirichlet_quantity"])
 def test_client_indices_are_not_in_class_order(name: str) -> None:
-    # DESIGN.md section 3: batches in class order stop learning; partitioners shuffle within a client
+    # docs/architecture.md, section 2: batches in class order stop learning; partitioners shuffle within a client
     parts = PARTITIONERS[name](LABELS, 5, _rng(3))
 
     for p in parts:

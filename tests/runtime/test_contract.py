@@ -1,4 +1,4 @@
-"""The runtime contract (DESIGN section 4): pinned results of the ported algorithms, per-key
+"""The runtime contract (docs/architecture.md, section 3): pinned results of the ported algorithms, per-key
 pre-summing, server-side evaluation, step-by-step save/restore, loud client bugs, and layering."""
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from actors import backend as ray_backend
-from actors.backend import check_nodes, check_reachable, place_on_nodes
+from actors.backend import check_reachable
+from actors.placement import check_nodes, place_on_nodes
 from raysim.algorithms import ALGORITHMS
 from raysim.config import ConfigError
 from raysim.runtime.backend import NodeShare, ServerLost, Share
@@ -141,7 +142,7 @@ def test_the_same_bug_raises_the_same_exception_on_serial_and_on_ray(
 
 @pytest.mark.ray
 def test_one_client_s_exception_is_the_same_counted_dropout_on_both_backends(ray_cluster, tmp_path):
-    """The other side of the rule (DESIGN section 4): ONE client failing (its data, say) is a
+    """The other side of the rule (docs/architecture.md, section 3): ONE client failing (its data, say) is a
     dropout with its reason, not a bug, and Ray counts it exactly as serial does."""
     import cloudpickle
     import pandas as pd

@@ -35,7 +35,9 @@ def test_balance_tasks_spreads_one_rounds_work_longest_first():
     from raysim.runtime.pool import balance_tasks
 
     sizes = {0: 50, 1: 40, 2: 30, 3: 20, 4: 10}
-    tasks = [ClientTask(client_id=c, model_key="global") for c in (4, 3, 2, 1, 0, 99)]
+    tasks = [
+        ClientTask(client_id=c, model_key="global", hparams=client_hparams()) for c in (4, 3, 2, 1, 0, 99)
+    ]
     out = balance_tasks(tasks, sizes, [0, 1])
     # 50->h0, 40->h1, 30->h1 (40<50), 20->h0 (50<70), 10->h0 (70=70, lower id); 99 is unknown
     assert {h: [t.client_id for t in ts] for h, ts in out.items()} == {0: [0, 3, 4], 1: [1, 2], -1: [99]}

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from raysim.algorithms.base import LocalHParams
 from raysim.algorithms.fedavg import FedAvg
 from raysim.runtime.backend import Share
 from raysim.runtime.experiment import Experiment
@@ -238,10 +239,8 @@ def test_centralised_trains_one_pooled_client_exactly_like_plain_sgd(tmp_path):
         start,
         ds.x_train,
         ds.y_train[pooled],
+        LocalHParams.of(cfg.local),
         idx=pooled,
-        epochs=cfg.local.epochs,
-        batch_size=cfg.local.batch_size,
-        lr=cfg.local.lr,
         seed=client_seed(cfg.seed, 1, 0),
     )
     assert not np.allclose(fit.params, start)

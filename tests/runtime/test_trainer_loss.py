@@ -3,11 +3,14 @@ the trainer's gradient step."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from raysim.algorithms.base import LocalHParams
 from raysim.config import ConfigError, config_from_dict
 from raysim.models.flat import FlatModel, init_params
 from raysim.models.registry import build_model
@@ -36,7 +39,7 @@ def test_one_sgd_step_on_squared_error_matches_torch_and_differs_from_cross_entr
     x, y = digits_batch()
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = Trainer(model="cnn-small", input_shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.3,))
-    out = tr.fit(p0, x, y, epochs=1, batch_size=64, lr=0.5, seed=1, loss="squared_error")
+    out = tr.fit(p0, x, y, LocalHParams.of(epochs=1, batch_size=64, lr=0.5, loss="squared_error"), seed=1)
     assert out.steps == 1
 
     ref = FlatModel(build_model("cnn-small", (1, 8, 8), 10))
@@ -52,10 +55,10 @@ def test_one_sgd_step_on_squared_error_matches_torch_and_differs_from_cross_entr
     np.testing.assert_allclose(out.params, ref.read(), rtol=1e-5, atol=1e-6)
     assert out.loss == pytest.approx(float(mse.detach()), rel=1e-5)  # the loss reported is the loss trained
 
-    ce = tr.fit(p0, x, y, epochs=1, batch_size=64, lr=0.5, seed=1)
+    ce = tr.fit(p0, x, y, LocalHParams.of(epochs=1, batch_size=64, lr=0.5), seed=1)
     assert not np.allclose(ce.params, out.params, atol=1e-6)
     with pytest.raises(ValueError, match="unknown loss 'l1'; valid names: cross_entropy, squared_error"):
-        tr.fit(p0, x, y, epochs=1, batch_size=64, lr=0.5, seed=1, loss="l1")
+        tr.fit(p0, x, y, replace(LocalHParams.of(epochs=1, batch_size=64, lr=0.5), loss="l1"), seed=1)
 
 
 def test_the_config_reaches_every_client_and_evaluation_stays_cross_entropy(tmp_path):
@@ -91,8 +94,8 @@ def test_the_same_images_train_to_the_same_bits_whatever_strides_their_array_has
     assert own.strides != shipped.strides and np.array_equal(own, shipped)
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = Trainer(model="cnn-small", input_shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.3,))
-    a = tr.fit(p0, own, y, epochs=2, batch_size=16, lr=0.1, seed=1)
-    b = tr.fit(p0, shipped, y, epochs=2, batch_size=16, lr=0.1, seed=1)
+    a = tr.fit(p0, own, y, LocalHParams.of(epochs=2, batch_size=16, lr=0.1), seed=1)
+    b = tr.fit(p0, shipped, y, LocalHParams.of(epochs=2, batch_size=16, lr=0.1), seed=1)
     np.testing.assert_array_equal(a.params, b.params)
     ea, eb = tr.evaluate(a.params, own, y), tr.evaluate(a.params, shipped, y)
     assert ea.loss == eb.loss and ea.correct == eb.correct

@@ -61,7 +61,7 @@ class TwoModels(Algorithm):
     def client_update(self, task: ClientTask, params: np.ndarray, client) -> ClientResult:
         key = self.pick(client.broadcast, client)
         start = client.broadcast[key]
-        fit = client.fit(start, **task.hparams)
+        fit = client.fit(start, hparams=task.hparams)
         return ClientResult(
             client_id=task.client_id,
             num_examples=fit.num_examples,

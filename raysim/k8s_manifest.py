@@ -1,0 +1,254 @@
+"""The KubeRay manifests of a raysim job: the RayCluster spec (head, CPU/GPU worker groups, an
+optional server group), the RayJob around it and the pods' security settings, as plain dicts.
+``raysim.k8s`` sizes the groups from an experiment and renders the job; this module only shapes
+them (the static ``k8s/*.yaml`` files must equal what it builds: tests/test_k8s.py checks).
+
+This module must import without Ray (the CLI loads it on a laptop with no cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from raysim import __version__
+
+RAY_VERSION = "2.58.0"  # must equal pyproject's ray[tune] pin, the Dockerfile's base tag and rayVersion
+DEFAULT_IMAGE = f"raysim:{__version__}"  # what `docker build -f k8s/Dockerfile -t raysim:<version> .` makes
+IMAGE_WORKDIR = "/home/ray/raysim"  # WORKDIR of k8s/Dockerfile: configs/ and k8s/inline-config.yaml live here
+INLINE_CONFIG = f"{IMAGE_WORKDIR}/k8s/inline-config.yaml"
+RESULTS_MOUNT = "/mnt/results"  # the shared PVC (k8s/pvc.yaml) on every Ray pod
+RESULTS_CLAIM = "raysim-results"
+RUNS_DIR = f"{RESULTS_MOUNT}/runs"
+RAY_UID, RAY_GID = 1000, 100  # the `ray` user of rayproject/ray images
+MEMORY_MI_PER_CPU = 2048
+MEMORY_MI_PER_GPU = 16384
+HEAD_CPUS, HEAD_MEMORY_MI = 2, 8192
+
+
+@dataclass(frozen=True)
+class PodShape:
+    """What one Ray worker pod gets; memory, /dev/shm and object store follow from CPUs and GPUs."""
+
+    cpus: int
+    gpus: int = 0
+
+    @property
+    def memory_mi(self) -> int:
+        return MEMORY_MI_PER_CPU * self.cpus + MEMORY_MI_PER_GPU * self.gpus
+
+
+@dataclass(frozen=True)
+class GroupSize:
+    name: str  # "cpu" or "gpu"
+    shape: PodShape
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+
+
+STATIC_CPU_GROUP = GroupSize("cpu", PodShape(cpus=8), replicas=1, min_replicas=1, max_replicas=10)
+STATIC_GPU_GROUP = GroupSize("gpu", PodShape(cpus=8, gpus=1), replicas=0, min_replicas=0, max_replicas=4)
+
+
+# ------------------------------------------------------------------------------ manifest pieces
+
+
+def _quantity_mi(mi: int) -> str:
+    return f"{mi // 1024}Gi" if mi % 1024 == 0 else f"{mi}Mi"
+
+
+def _object_store_bytes(shm_mi: int) -> str:
+    return str(shm_mi * 1024 * 1024 * 4 // 5)  # 80 % of /dev/shm: Ray's store must fit in it
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "fsGroup": RAY_GID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    if gpus:
+        out["limits"]["nvidia.com/gpu"] = str(gpus)
+    return out
+
+
+def _volumes(shm_mi: int) -> list[dict[str, Any]]:
+    return [
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": _quantity_mi(shm_mi)}},
+        {"name": "results", "persistentVolumeClaim": {"claimName": RESULTS_CLAIM}},
+    ]
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "results", "mountPath": RESULTS_MOUNT}]
+
+
+def _head_group(image: str, autoscaling: bool) -> dict[str, Any]:
+    shm = HEAD_MEMORY_MI // 4
+    pod: dict[str, Any] = {
+        "securityContext": pod_security_context(),
+        "containers": [
+            {
+                "name": "ray-head",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [
+                    {"name": "gcs-server", "containerPort": 6379},
+                    {"name": "dashboard", "containerPort": 8265},
+                    {"name": "client", "containerPort": 10001},
+                    {"name": "metrics", "containerPort": 8080},
+                ],
+                "resources": _resources(str(HEAD_CPUS), _quantity_mi(HEAD_MEMORY_MI)),
+                "securityContext": container_security_context(),
+                "volumeMounts": _mounts(),
+            }
+        ],
+        "volumes": _volumes(shm),
+    }
+    if not autoscaling:  # the in-tree autoscaler (a head sidecar) needs the service-account token
+        pod = {"automountServiceAccountToken": False, **pod}
+    return {
+        "serviceType": "ClusterIP",
+        "rayStartParams": {
+            "num-cpus": "0",
+            "dashboard-host": "0.0.0.0",
+            "object-store-memory": _object_store_bytes(shm),
+        },
+        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
+    }
+
+
+def _worker_group(image: str, group: GroupSize) -> dict[str, Any]:
+    shape = group.shape
+    shm = shape.memory_mi // 4
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [{"name": "metrics", "containerPort": 8080}],
+                "resources": _resources(str(shape.cpus), _quantity_mi(shape.memory_mi), shape.gpus),
+                "securityContext": container_security_context(),
+                "volumeMounts": _mounts(),
+            }
+        ],
+        "volumes": _volumes(shm),
+    }
+    if shape.gpus:
+        pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {
+        "groupName": group.name,
+        "replicas": group.replicas,
+        "minReplicas": group.min_replicas,
+        "maxReplicas": group.max_replicas,
+        "rayStartParams": {"object-store-memory": _object_store_bytes(shm)},
+        "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
+    }
+
+
+def cluster_spec(
+    image: str = DEFAULT_IMAGE,
+    cpu: GroupSize = STATIC_CPU_GROUP,
+    gpu: GroupSize = STATIC_GPU_GROUP,
+    *,
+    autoscaling: bool = True,
+    server: GroupSize | None = None,
+) -> dict[str, Any]:
+    """A RayCluster ``spec``; with the defaults it is exactly ``k8s/ray-cluster.yaml``'s."""
+    spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": autoscaling}
+    if autoscaling:
+        spec["autoscalerOptions"] = {
+            "upscalingMode": "Default",
+            "idleTimeoutSeconds": 60,
+            "imagePullPolicy": "IfNotPresent",
+            "resources": _resources("500m", "512Mi"),
+            "securityContext": container_security_context(),
+        }
+    spec["headGroupSpec"] = _head_group(image, autoscaling)
+    groups = [cpu, gpu, *([server] if server is not None else [])]
+    spec["workerGroupSpecs"] = [_worker_group(image, g) for g in groups]
+    return spec
+
+
+def submitter_template(image: str) -> dict[str, Any]:
+    """The pod that runs ``ray job submit`` (KubeRay fills in its command)."""
+    return {
+        "metadata": {"labels": {"app.kubernetes.io/name": "raysim"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security_context(),
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "resources": {
+                        "requests": {"cpu": "500m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "securityContext": container_security_context(),
+                }
+            ],
+        },
+    }
+
+
+def rayjob(
+    name: str,
+    entrypoint: str,
+    spec: dict[str, Any],
+    *,
+    image: str,
+    deadline_s: int = 6 * 3600,
+    backoff_limit: int = 1,
+    ttl_s: int = 600,
+    component: str = "run",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {"app.kubernetes.io/name": "raysim", "app.kubernetes.io/component": component},
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": meta,
+        "spec": {
+            "entrypoint": entrypoint,
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": ttl_s,
+            "activeDeadlineSeconds": deadline_s,
+            "backoffLimit": backoff_limit,
+            "submitterPodTemplate": submitter_template(image),
+            "rayClusterSpec": spec,
+        },
+    }

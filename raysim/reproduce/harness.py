@@ -1,0 +1,429 @@
+"""What every `raysim reproduce` command shares: the command group, the cached runner, the
+statistics, the Markdown tables and the plots. A paper's module (``dsac``, ``clustered``,
+``pfedht``) keeps only its scales, its configs and its experiments.
+
+Runs are ordinary raysim runs under ``<out>/runs/<key>``, keyed by a hash of the config
+(:func:`run_key`): a run whose ``summary.json`` exists is reused, so an interrupted reproduction
+resumes where it stopped and experiments that share a configuration share its runs. Numbers are
+means with a 95% t-interval over seeds (``raysim.metrics.mean_ci95``); comparisons are paired
+t-tests (``scipy.stats.ttest_rel``) on the same seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+Echo = Callable[[str], None]
+
+reproduce_app = typer.Typer(
+    help="Regenerate a paper's tables and plots (results folder with Markdown tables and PNGs).",
+    no_args_is_help=True,
+)
+
+
+@reproduce_app.callback()
+def _group() -> None:
+    """Regenerate a paper's tables and plots (one sub-command per paper)."""
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+def run_key(raw: dict[str, Any]) -> str:
+    body = {k: v for k, v in raw.items() if k != "output"}
+    return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def execute_run(raw: dict[str, Any], runs_dir: str, key: str) -> str:
+    """Run one experiment into runs_dir/key in this process."""
+    from raysim.config import config_from_dict
+    from raysim.runtime.experiment import Experiment
+
+    raw = {**raw, "output": {"dir": runs_dir, "name": key, "progress": False}}
+    cfg = config_from_dict(raw, f"reproduce run {key}")
+    exp = Experiment(cfg, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # e.g. K clamped to the model's layer blocks
+        try:
+            exp.run()
+        finally:
+            exp.close()
+    return str(exp.run_dir)
+
+
+@dataclass
+class Run:
+    raw: dict[str, Any]
+    rounds: pd.DataFrame
+    summary: dict[str, Any]
+    path: Path
+
+    def training_peak_rss_mb(self) -> float:
+        """Peak RSS the client hosts saw during the rounds (system.parquet, actors >= 0). The
+        process-wide peak in summary.json is set by loading the dataset, the same for every method."""
+        f = self.path / "system.parquet"
+        if not f.is_file():
+            return math.nan
+        sy = pd.read_parquet(f)
+        sy = sy[sy["actor"] >= 0]
+        return float(sy["peak_rss_mb"].max()) if len(sy) else math.nan
+
+    def final(self, col: str) -> float:
+        if col not in self.rounds:
+            return math.nan
+        v = self.rounds[col].dropna()
+        return float(v.iloc[-1]) if len(v) else math.nan
+
+    def mean(self, col: str) -> float:
+        if col not in self.rounds:
+            return math.nan
+        v = self.rounds[col].dropna()
+        return float(v.mean()) if len(v) else math.nan
+
+
+class Runner:
+    def __init__(self, out: Path, jobs: int, echo: Echo) -> None:
+        self.runs_dir = out / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs = jobs
+        self.echo = echo
+        self.executed = 0
+        self.used: dict[str, float] = {}  # run key -> its total_seconds (setup + rounds)
+
+    def _load(self, key: str, raw: dict[str, Any]) -> Run | None:
+        d = self.runs_dir / key
+        if not (d / "summary.json").is_file():
+            return None
+        return Run(
+            raw=raw,
+            rounds=pd.read_parquet(d / "rounds.parquet"),
+            summary=json.loads((d / "summary.json").read_text()),
+            path=d,
+        )
+
+    def run(self, raws: Sequence[dict[str, Any]], label: str, fresh_process: bool = False) -> list[Run]:
+        """Run (or reuse) every config: with ``--jobs`` > 1 as Ray Tune trials (``tuning.batch``,
+        the runner ``raysim tune`` uses), else one after another in this process. ``fresh_process``
+        makes each run a Tune trial in its own worker process, so its peak memory is its own."""
+        keys = [run_key(r) for r in raws]
+        todo: list[tuple[str, dict[str, Any]]] = []
+        for k, r in zip(keys, raws, strict=True):
+            if self._load(k, r) is None and k not in {t[0] for t in todo}:
+                if (self.runs_dir / k).exists():  # a half-written run from an interrupted reproduction
+                    shutil.rmtree(self.runs_dir / k)
+                todo.append((k, r))
+        if todo:
+            self.echo(f"[{label}] {len(todo)} run(s) to do, {len(raws) - len(todo)} reused")
+            if self.jobs > 1 or fresh_process:
+                from tuning.batch import run_experiments
+
+                # Ray Tune trials, as `raysim tune` runs them: each in a fresh worker process (its
+                # peak memory is its own), each with a placement group sized from its config
+                run_experiments(todo, self.runs_dir, jobs=self.jobs, label=label, echo=self.echo)
+            else:  # one at a time in this process: no per-trial start-up (~2-3 s) for tiny runs
+                t0 = time.perf_counter()
+                for i, (k, r) in enumerate(todo, 1):
+                    execute_run(r, str(self.runs_dir), k)
+                    a = r["algorithm"]["name"]
+                    self.echo(
+                        f"[{label}] {i}/{len(todo)} {a} seed {r['seed']} ({time.perf_counter() - t0:.0f}s)"
+                    )
+        self.executed += len(todo)
+        out = []
+        for k, r in zip(keys, raws, strict=True):
+            run = self._load(k, r)
+            if run is None:
+                raise RuntimeError(f"run {k} left no summary.json")
+            self.used[k] = float(run.summary.get("total_seconds") or 0.0)
+            out.append(run)
+        return out
+
+
+# ------------------------------------------------------------------------------------- statistics
+
+
+def ci(values: Sequence[float], digits: int = 4, scale: float = 1.0) -> str:
+    from raysim.metrics import mean_ci95
+
+    m, h = mean_ci95(np.asarray(values, dtype=np.float64) * scale)
+    if not math.isfinite(m):
+        return "-"
+    return f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> str:
+    """Welch's t-test p-value (unpaired, unequal variances), formatted; kept for unpaired data."""
+    from scipy.stats import ttest_ind
+
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(x) < 2 or len(y) < 2:
+        return "n/a (1 seed)"
+    if np.allclose(x, y):
+        return "1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_ind(x, y, equal_var=False).pvalue)
+    return format_p(p)
+
+
+def format_p(p: float) -> str:
+    return "-" if not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "<1e-4")
+
+
+def paired_p(a: Sequence[float], b: Sequence[float]) -> str:
+    """Paired t-test (``scipy.stats.ttest_rel``) of a against b, seed by seed, formatted. Pairs with
+    a NaN on either side are dropped; identical samples give "1"."""
+    from scipy.stats import ttest_rel
+
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples must have equal length, got {x.shape} and {y.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2:
+        return "n/a (< 2 seeds)"
+    if np.allclose(x, y):
+        return "1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(ttest_rel(x, y).pvalue)
+    return format_p(p)
+
+
+def paired_diff(a: Sequence[float], b: Sequence[float], digits: int = 2, scale: float = 1.0) -> str:
+    """Mean of the paired differences a - b with its 95% t-interval (``ci`` of the differences)."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples must have equal length, got {x.shape} and {y.shape}")
+    d = x - y
+    text = ci(d[np.isfinite(d)].tolist(), digits, scale)
+    return text if text == "-" else ("+" if not text.startswith("-") else "") + text
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def curves(runs: Sequence[Run], col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-round mean and 95% half-width of ``col`` over seeds (evaluated rounds only)."""
+    from raysim.metrics import mean_ci95
+
+    frames = [r.rounds[["round", col]].dropna() for r in runs if col in r.rounds]
+    if not frames:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    df = pd.concat(frames)
+    xs, ms, hs = [], [], []
+    for rnd, g in df.groupby("round"):
+        m, h = mean_ci95(g[col].to_numpy())
+        xs.append(rnd)
+        ms.append(m)
+        hs.append(h)
+    return np.asarray(xs), np.asarray(ms), np.asarray(hs)
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(path: Path, panels: dict[str, dict[str, list[Run]]], col: str, ylabel: str) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, by_method) in zip(axes[0], panels.items(), strict=True):
+        for method, runs in by_method.items():
+            x, m, h = curves(runs, col)
+            ax.plot(x, m, label=method)
+            ax.fill_between(x, m - h, m + h, alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_points(
+    path: Path, series: dict[str, tuple[Sequence[float], list[list[float]]]], xlabel: str, ylabel: str
+) -> None:
+    """Mean ± 95% CI of several series against an x axis."""
+    from raysim.metrics import mean_ci95
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, (xs, values) in series.items():
+        stats = [mean_ci95(np.asarray(v)) for v in values]
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(path: Path, names: list[str], values: list[list[float]], ylabel: str) -> None:
+    from raysim.metrics import mean_ci95
+
+    plt = pyplot()
+    stats = [mean_ci95(np.asarray(v)) for v in values]
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
+    ax.bar(names, [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=4)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finals(runs: Sequence[Run], col: str) -> list[float]:
+    return [r.final(col) for r in runs]
+
+
+def means(runs: Sequence[Run], col: str) -> list[float]:
+    return [r.mean(col) for r in runs]
+
+
+def ci_or(values: Sequence[float], digits: int, scale: float = 1.0, why: str = "n/a") -> str:
+    """``ci`` of the values, or ``why`` when none is finite (a metric the method does not have)."""
+    return ci(values, digits, scale) if any(math.isfinite(v) for v in values) else why
+
+
+def images_md(names: Sequence[str]) -> str:
+    """Markdown image links to the PNGs ``names`` beside a table.md."""
+    return " ".join(f"![{Path(n).stem}]({n})" for n in names)
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+@dataclass
+class Context:
+    """What an experiment of any paper gets: the scale, the seeds, the results folder, the runner."""
+
+    scale: Any
+    seeds: list[int]
+    out: Path
+    runner: Runner
+
+    def folder(self, name: str) -> Path:
+        d = self.out / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def parse_experiments(only: str, experiments: Mapping[int, Any]) -> list[int]:
+    """``--only`` of every `raysim reproduce` command: comma-separated experiment numbers (empty: all)."""
+    if not only.strip():
+        return sorted(experiments)
+    try:
+        picked = sorted({int(x) for x in only.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise typer.BadParameter(f"--only takes experiment numbers like 1,3, got {only!r}") from None
+    bad = [x for x in picked if x not in experiments]
+    if bad:
+        raise typer.BadParameter(f"--only: no experiment {bad}; valid: {', '.join(map(str, experiments))}")
+    return picked
+
+
+def run_picked(
+    picked: Sequence[int],
+    experiments: Mapping[int, tuple[str, Callable[[Any], str]]],
+    ctx: Any,
+    echo: Echo,
+) -> tuple[dict[int, float], float]:
+    """Run the picked experiments in order, echoing progress; their wall times and the total."""
+    times: dict[int, float] = {}
+    t_all = time.perf_counter()
+    for i in picked:
+        name, fn = experiments[i]
+        echo(f"== experiment {i}: {name}")
+        t0 = time.perf_counter()
+        fn(ctx)
+        times[i] = time.perf_counter() - t0
+        echo(f"== experiment {i} done in {times[i]:.0f}s")
+    return times, time.perf_counter() - t_all
+
+
+def index_sections(
+    out: Path, picked: Sequence[int], experiments: Mapping[int, tuple[str, Any]], times: Mapping[int, float]
+) -> list[str]:
+    """The tail of a reproduction's README.md: the experiment index with wall times, then every
+    experiment's table.md with its image links made relative to ``out``."""
+    lines = ["| experiment | table | wall time (s) |", "|---|---|---|"]
+    for i in picked:
+        name = experiments[i][0]
+        lines.append(f"| {i} | [{name}/table.md]({name}/table.md) | {times[i]:.0f} |")
+    lines.append("")
+    for i in picked:
+        name = experiments[i][0]
+        lines += [(out / name / "table.md").read_text().rstrip().replace("](", f"]({name}/"), ""]
+    return lines
+
+
+def echo_err(msg: str) -> None:
+    """Progress of a reproduction, on stderr (stdout stays free for the result)."""
+    typer.echo(msg, err=True)
+
+
+def only_flag(picked: Sequence[int], experiments: Mapping[int, Any]) -> str:
+    """`` --only 1,3`` for a README's command line when not every experiment ran, else nothing."""
+    return f" --only {','.join(map(str, picked))}" if len(picked) < len(experiments) else ""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What a reproduction's README.md says about the invocation that made it."""
+
+    times: dict[int, float]  # experiment -> wall seconds
+    total: float
+    load: tuple[float, float]  # 1-minute load average at the start and at the end
+
+
+def run_reproduction(
+    picked: Sequence[int], experiments: Mapping[int, tuple[str, Callable[[Any], str]]], ctx: Any
+) -> Finished:
+    """Run the picked experiments on ``ctx`` (its runner echoes progress), timing them and the load."""
+    load_before = machine_load()
+    times, total = run_picked(picked, experiments, ctx, ctx.runner.echo)
+    return Finished(times, total, (load_before, machine_load()))
+
+
+def load_note(out: Path, executed: int, total: float, load: tuple[float, float]) -> str:
+    """How long an invocation took, and on how busy a machine (a shared one inflates wall times)."""
+    return (
+        f"Wall time of this invocation: {total:.0f} s ({executed} runs executed; runs already under "
+        f"{out}/runs were reused) on {os.cpu_count()} CPU(s), 1-minute load average {load[0]:.1f} at the "
+        f"start and {load[1]:.1f} at the end (a shared machine inflates the wall time)."
+    )
+
+
+def machine_load() -> float:
+    """The 1-minute load average (NaN where the platform has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:  # not on every platform
+        return math.nan

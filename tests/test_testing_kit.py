@@ -217,3 +217,14 @@ def test_a_base_config_of_ones_own_is_used_and_gets_the_public_split_an_algorith
     cfg = next((tmp_path / "packing-1" / "runs").iterdir()) / "config.yaml"
     text = cfg.read_text()
     assert "num_clients: 5" in text and "public_fraction: 0.1" in text and "name: dsac" in text
+
+
+# A plug-in named by import path (tests/plugin_fixtures.py, with its own model), as an author outside
+# raysim would check theirs: the serial checks in the default tier, serial = Ray in the slow one.
+test_a_plugin_by_import_path = testing.contract_tests(
+    "tests.plugin_fixtures:DampedAvg",
+    params={"damping": 0.6},
+    overrides={"model.name": "tests.plugin_fixtures:tiny_mlp", "model.width": 9},
+    ray_marks=[pytest.mark.ray, pytest.mark.slow],
+    ray_fixture="ray_cluster",
+)

@@ -22,36 +22,16 @@ if not AS_IS:
             "variables: run pytest with them exported, eval $(python -m raysim.reproducible)"
         )
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
 import pytest  # noqa: E402
 
-from raysim.config import ExperimentConfig, config_from_dict  # noqa: E402
+from raysim import testing  # noqa: E402
 
 reproducible.apply_in_process()  # this process computes too (the serial backend, direct trainer tests)
 
 
-def tiny_config(tmp_path: Path, **over: Any) -> ExperimentConfig:
-    """A few-second experiment: digits (8x8), 6 clients, 3 a round, serial backend."""
-    raw: dict[str, Any] = {
-        "name": "tiny",
-        "seed": 3,
-        "data": {"dataset": "digits", "partition": "dirichlet", "alpha": 0.5, "num_clients": 6},
-        "model": {"name": "cnn-small"},
-        "algorithm": {"name": "fedavg"},
-        "local": {"epochs": 1, "batch_size": 16, "lr": 0.05},
-        "rounds": {"num_rounds": 3, "clients_per_round": 3, "eval_every": 1},
-        "resources": {"backend": "serial", "num_cpus": 0.25},
-        "output": {"dir": str(tmp_path / "runs"), "progress": False},
-    }
-    for dotted, value in over.items():
-        node = raw
-        parts = dotted.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return config_from_dict(raw)
+# The kit's tiny experiment (digits, 6 clients, 3 a round, 3 rounds, serial) is the tests' too: one
+# definition. ``tiny_config(tmp_path, rounds__num_rounds=4, ...)``: overrides split by ``__``.
+tiny_config = testing.tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ import pytest
         "raysim",
         "raysim.api",
         "raysim.runtime.trackers",
+        "raysim.testing",
     ],
 )
 def test_core_module_does_not_import_ray(module):

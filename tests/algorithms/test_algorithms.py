@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from raysim.algorithms import build_algorithm, hooks
-from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams, SetupContext
-from raysim.models import ParamLayout, build_model
+from raysim.algorithms.base import ClientTask, LinearSum
+from raysim.models import build_model
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import aggregate, configure
+from tests.helpers import aggregate, client_hparams, configure, run, setup_ctx
 
 
 class FakeClient:
@@ -29,17 +29,7 @@ class FakeClient:
 
 
 def ctx(n_params=3, clients=4, cohort=2):
-    layout = ParamLayout(names=("w",), shapes=((n_params,),), offsets=(0,), size=n_params)
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=2,
-        seed=0,
-        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
-        num_rounds=5,
-        clients_per_round=cohort,
-    )
+    return setup_ctx(n_params, clients=clients, cohort=cohort)
 
 
 def test_fedavg_samples_the_cohort_and_averages():
@@ -62,9 +52,7 @@ def test_fedprox_hook_adds_mu_times_distance_to_the_global_model():
     torch.testing.assert_close(g, torch.tensor([1.0, 0.0]))  # 0.5 * ([3, 2] - [1, 2])
     algo = build_algorithm("fedprox", {"mu": 0.0})
     c = FakeClient()
-    algo.client_update(
-        ClientTask(client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.1)), center, c
-    )
+    algo.client_update(ClientTask(client_id=0, model_key="global", hparams=client_hparams(lr=0.1)), center, c)
     assert c.hooks == [None]  # mu = 0 is exactly FedAvg
 
 
@@ -74,7 +62,7 @@ def test_scaffold_option_ii_control_update_by_hand():
     c_global = np.array([0.2, 0.0, -0.2], np.float32)
     client = FakeClient(broadcast={"control": c_global})
     task = ClientTask(
-        client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.1), broadcast_keys=("control",)
+        client_id=0, model_key="global", hparams=client_hparams(lr=0.1), broadcast_keys=("control",)
     )
     r = algo.client_update(task, np.zeros(3, np.float32), client)
     # c_i+ = c_i - c + (x - y) / (K lr) = 0 - c + 0.4 / (4 * 0.1) = 1 - c
@@ -93,7 +81,7 @@ def test_local_only_keeps_each_clients_model_to_itself():
     algo = build_algorithm("local")
     state = algo.init(np.zeros(2, np.float32), ctx(n_params=2))
     client = FakeClient()
-    task = ClientTask(client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.1))
+    task = ClientTask(client_id=0, model_key="global", hparams=client_hparams(lr=0.1))
     algo.client_update(task, np.zeros(2, np.float32), client)
     algo.client_update(task, np.zeros(2, np.float32), client)
     np.testing.assert_allclose(client.state["params"], -0.8)  # trained twice from its own model
@@ -118,7 +106,7 @@ def test_flat_sgd_matches_torch_sgd():
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = Trainer(model="cnn-small", input_shape=(1, 8, 8), num_classes=10, mean=(0.5,), std=(0.25,))
     out = tr.fit(
-        p0, x, y, LocalHParams.of(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3), seed=5
+        p0, x, y, client_hparams(epochs=2, batch_size=16, lr=0.1, momentum=0.9, weight_decay=1e-3), seed=5
     )
     assert out.steps == 8 and out.num_examples == 64
 
@@ -174,7 +162,7 @@ def test_pretrained_start_is_dsacs_base_model(name):
     dsac = build_algorithm("dsac", {"pretrain_epochs": 3, "pretrain_lr": 0.02, "num_submodels": 1})
     dstate = dsac.init(np.zeros(3, np.float32), setup)
     np.testing.assert_array_equal(state.params, dstate.params)  # the same M_base, by the same helper
-    assert data.fits[0] == data.fits[1] == ("public", LocalHParams.of(epochs=3, batch_size=4, lr=0.02))
+    assert data.fits[0] == data.fits[1] == ("public", client_hparams(epochs=3, batch_size=4, lr=0.02))
     _, m = aggregate(algo, state, 1, [])
     assert m["base_test_accuracy"] == 0.75 and m["base_test_loss"] == 0.8  # round 0, every round
     random = build_algorithm(name)
@@ -207,9 +195,6 @@ def test_pretrained_start_without_a_public_split_is_a_clear_error(tmp_path):
 
 
 def test_pretrained_fedavg_and_dsac_start_from_the_same_model_end_to_end(tmp_path):
-    import pandas as pd
-
-    from raysim.runtime.experiment import Experiment
     from tests.conftest import tiny_config
 
     scores = {}
@@ -218,12 +203,7 @@ def test_pretrained_fedavg_and_dsac_start_from_the_same_model_end_to_end(tmp_pat
         cfg = tiny_config(
             tmp_path, algorithm__name=name, data__public_fraction=0.1, rounds__num_rounds=1, **over
         )
-        exp = Experiment(cfg, progress=False)
-        try:
-            exp.run()
-        finally:
-            exp.close()
-        r = pd.read_parquet(exp.run_dir / "rounds.parquet")
+        r = run(cfg).rounds
         scores[name] = (float(r["base_test_accuracy"].iloc[0]), float(r["base_test_loss"].iloc[0]))
     assert scores["fedavg"] == scores["scaffold"] == scores["dsac"]
     assert 0.0 < scores["dsac"][0] <= 1.0

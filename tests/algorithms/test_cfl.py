@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import ClientResult, LocalHParams, SetupContext
+from raysim.algorithms.base import ClientResult
 from raysim.algorithms.cfl import CFL, bipartition, separation, split_rule, update_norms
-from raysim.models import ParamLayout
-from raysim.runtime.experiment import Experiment
-from tests.algorithms.contract import aggregate, configure
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, configure, run, setup_ctx
 
 # two groups pulling in opposite directions: the mean update cancels, every update is long
 OPPOSITE = np.array([[3.0, 0.1], [3.0, -0.1], [-3.0, 0.1], [-3.0, -0.1]])
 
 
 def ctx(clients=5, groups=None):
-    layout = ParamLayout(names=("w",), shapes=((2,),), offsets=(0,), size=2)
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=2,
-        seed=0,
-        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
-        num_rounds=5,
-        clients_per_round=clients,
-        client_groups=groups,
-    )
+    return setup_ctx(2, clients=clients, groups=groups)
 
 
 def res(cid, delta, n=10, key="cluster/0"):
@@ -112,15 +98,6 @@ def test_no_split_is_plain_weighted_fedavg_and_young_clusters_wait():
     assert m["mean_update_norm"] == pytest.approx(np.hypot(1.5, 0.1), rel=1e-6)
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet"), pd.read_parquet(exp.run_dir / "clients.parquet")
-
-
 @pytest.mark.parametrize("forced", [False, True])
 def test_end_to_end_on_label_permuted_digits(tmp_path, forced):
     over = {
@@ -137,7 +114,7 @@ def test_end_to_end_on_label_permuted_digits(tmp_path, forced):
             "algorithm__min_rounds_before_split": 0,
             "algorithm__separation_check": False,
         }
-    rounds, clients = run(tiny_config(tmp_path, **over))
+    rounds, clients = run(tiny_config(tmp_path, **over)).unpack("rounds", "clients")
     for col in (
         "test_loss",
         "train_loss",

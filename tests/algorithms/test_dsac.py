@@ -18,8 +18,8 @@ from raysim.algorithms.dsac import DSAC, DSACParams, DSACState
 from raysim.config import ConfigError
 from raysim.models import ParamLayout, build_model
 from raysim.runtime.experiment import Experiment
-from tests.algorithms.contract import aggregate, configure
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, client_hparams, configure, local_knobs, round_ctx, run, setup_ctx
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -28,16 +28,8 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def setup(n: int = 4, groups: list[int] | None = None) -> SetupContext:
     layout = ParamLayout.of(build_model("mlp", (4,), 3))  # blocks of 1000, 40200, 603 values
-    return SetupContext(
-        num_clients=n,
-        client_sizes=np.full(n, 10),
-        layout=layout,
-        num_classes=3,
-        seed=0,
-        local=LocalHParams.of(epochs=1, batch_size=8, lr=0.1),
-        num_rounds=5,
-        clients_per_round=n,
-        client_groups=None if groups is None else np.asarray(groups),
+    return setup_ctx(
+        layout, clients=n, num_classes=3, local=local_knobs(epochs=1, batch_size=8, lr=0.1), groups=groups
     )
 
 
@@ -235,29 +227,14 @@ def test_masked_hook_zeroes_gradient_outside_the_mask() -> None:
 COLS = ["round", "test_accuracy", "test_loss", "global_loss", "bytes_up", "jain", "num_groups"]
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            summary = exp.run()
-        finally:
-            exp.close()
-    return (
-        summary,
-        pd.read_parquet(exp.run_dir / "rounds.parquet"),
-        pd.read_parquet(exp.run_dir / "clients.parquet"),
-    )
-
-
 def dsac_config(tmp_path, **over):
     base = {"algorithm__name": "dsac", "data__public_fraction": 0.1, "rounds__num_rounds": 2}
     return tiny_config(tmp_path, **{**base, **over})
 
 
 def test_run_logs_dsac_metrics_and_is_deterministic(tmp_path):
-    s1, r1, c1 = run(dsac_config(tmp_path))
-    _, r2, _ = run(dsac_config(tmp_path))
+    s1, r1, c1 = run(dsac_config(tmp_path)).unpack("summary", "rounds", "clients")
+    _, r2, _ = run(dsac_config(tmp_path)).unpack("summary", "rounds", "clients")
     pd.testing.assert_frame_equal(r1[COLS], r2[COLS], check_exact=True)
     assert np.isfinite(r1["global_loss"]).all() and (r1["num_groups"] >= 1).all()
     assert {"group", "weight"} <= set(c1.columns)
@@ -267,12 +244,16 @@ def test_run_logs_dsac_metrics_and_is_deterministic(tmp_path):
 def test_decomposition_switch_changes_upload_bytes(tmp_path):
     n_params = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32) + (32 * 2 * 2 * 10 + 10)  # cnn-small on digits
     feature = 32 * 2 * 2  # D_u: the penultimate activation
-    _, off, _ = run(dsac_config(tmp_path, algorithm__decomposition=False, algorithm__cluster_every=1))
+    _, off, _ = run(dsac_config(tmp_path, algorithm__decomposition=False, algorithm__cluster_every=1)).unpack(
+        "summary", "rounds", "clients"
+    )
     assert (off["bytes_up"] == 3 * 4 * (n_params + feature)).all()
-    _, on, _ = run(dsac_config(tmp_path, algorithm__cluster_every=1))
+    _, on, _ = run(dsac_config(tmp_path, algorithm__cluster_every=1)).unpack("summary", "rounds", "clients")
     # three clients, three sub-models, two each: every sub-model is uploaded twice
     assert (on["bytes_up"] == 4 * (2 * n_params + 3 * feature)).all()
-    _, one, _ = run(dsac_config(tmp_path, algorithm__submodels_per_client=1, algorithm__cluster_every=1))
+    _, one, _ = run(
+        dsac_config(tmp_path, algorithm__submodels_per_client=1, algorithm__cluster_every=1)
+    ).unpack("summary", "rounds", "clients")
     assert (one["bytes_up"] == 4 * (n_params + 3 * feature)).all()
 
 
@@ -293,15 +274,17 @@ def test_switches_run_end_to_end(tmp_path):
             data__partition="rotation",
             data__num_groups=2,
         )
-    )
+    ).unpack("summary", "rounds", "clients")
     assert np.isfinite(r["test_accuracy"]).all() and np.isfinite(r["personal_accuracy"]).all()
     assert "nmi" in r.columns and (r["dropped_by_floor"] == 0).all()
 
 
 def test_pretraining_broadcasts_the_base_model_and_feature_mapping_keeps_an_adapter(tmp_path):
     n_params = (1 * 16 * 9 + 16) + (16 * 32 * 9 + 32) + (32 * 2 * 2 * 10 + 10)
-    _, on, _ = run(dsac_config(tmp_path, rounds__num_rounds=1))
-    _, off, _ = run(dsac_config(tmp_path, rounds__num_rounds=1, algorithm__pretraining=False))
+    _, on, _ = run(dsac_config(tmp_path, rounds__num_rounds=1)).unpack("summary", "rounds", "clients")
+    _, off, _ = run(dsac_config(tmp_path, rounds__num_rounds=1, algorithm__pretraining=False)).unpack(
+        "summary", "rounds", "clients"
+    )
     assert on["bytes_down"].iloc[0] == 3 * 2 * 4 * n_params  # global + base (eq. 9)
     assert off["bytes_down"].iloc[0] == 3 * 4 * n_params
     assert on["test_loss"].iloc[0] != off["test_loss"].iloc[0]
@@ -354,16 +337,8 @@ def test_personal_params_use_the_group_model_and_the_eps_step() -> None:
 
 
 @pytest.mark.parametrize("feature_mapping", [False, True])
-def test_packing_does_not_change_results(tmp_path, feature_mapping):
-    configs = [
-        dsac_config(tmp_path, resources__clients_per_actor=cpa, algorithm__feature_mapping=feature_mapping)
-        for cpa in (1, 2, "auto")
-    ]
-    # three different layouts of the 6 clients (6, 3 and 2 hosts), not one layout compared with itself
-    assert [c.num_client_actors() for c in configs] == [6, 3, 2]
-    frames = [run(c)[1][COLS] for c in configs]
-    for other in frames[1:]:
-        pd.testing.assert_frame_equal(frames[0], other, check_exact=True)
+def test_feature_mapping_is_what_makes_clients_keep_state(feature_mapping):
+    """(Packing invariance of both, clients pinned with feature mapping: tests/algorithms/test_conformance.py.)"""
     assert DSAC(DSACParams(feature_mapping=feature_mapping)).traits.client_state is feature_mapping
 
 
@@ -429,11 +404,8 @@ def test_stale_clients_train_from_the_model_they_last_received() -> None:
 
 
 def _round(t: int, available: list[int]):
-    from raysim.algorithms.base import RoundContext
 
-    return RoundContext(
-        round_idx=t, available=available, cohort_size=len(available), hparams=LocalHParams.of(), rng=rng()
-    )
+    return round_ctx(t, available, hparams=client_hparams(), rng=rng())
 
 
 class StepClient:
@@ -472,7 +444,7 @@ def test_weight_decay_never_moves_a_layer_the_client_was_not_assigned() -> None:
     task = ClientTask(
         client_id=0,
         model_key="global",
-        hparams=LocalHParams.of(lr=0.1, weight_decay=0.5),
+        hparams=client_hparams(lr=0.1, weight_decay=0.5),
         extras={"submodels": np.array([1]), "bounds": np.asarray(part.bounds), "want_feature": np.asarray(0)},
     )
     client = StepClient()
@@ -501,7 +473,9 @@ SWITCH_RUN = {
 
 @pytest.fixture(scope="module")
 def complete_run(tmp_path_factory):
-    return run(dsac_config(tmp_path_factory.mktemp("complete"), **SWITCH_RUN))[1]
+    return run(dsac_config(tmp_path_factory.mktemp("complete"), **SWITCH_RUN)).unpack(
+        "summary", "rounds", "clients"
+    )[1]
 
 
 @pytest.mark.parametrize(
@@ -519,7 +493,9 @@ def test_each_switch_changes_the_run(tmp_path, complete_run, switch, value):
     """Digits, 8 clients, 5 a round, 4 rounds: every switch changes the trajectory, through the
     mechanism it names."""
     full = complete_run
-    _, alt, clients = run(dsac_config(tmp_path, **SWITCH_RUN, **{f"algorithm__{switch}": value}))
+    _, alt, clients = run(dsac_config(tmp_path, **SWITCH_RUN, **{f"algorithm__{switch}": value})).unpack(
+        "summary", "rounds", "clients"
+    )
     assert not np.allclose(full["test_loss"], alt["test_loss"]), switch
     if switch == "decomposition":
         assert (alt["num_submodels"] == 1).all() and (full["num_submodels"] == 3).all()

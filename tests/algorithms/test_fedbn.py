@@ -7,19 +7,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, LocalHParams, SetupContext
+from raysim.algorithms.base import GLOBAL
 from raysim.algorithms.fedbn import FedBN, batchnorm_mask
 from raysim.algorithms.personal import PERSONAL_RANGES
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.host import ClientHost, HostSpec
 from raysim.runtime.trainer import FitResult, Trainer
-from tests.algorithms.contract import aggregate, configure, steps_with_checkpoint
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, client_hparams, configure, run, setup_ctx
 
 SHAPE = (1, 8, 8)
 BN_PARAMS = 2 * 16 + 2 * 32  # gamma and beta of BatchNorm2d(16) and BatchNorm2d(32)
@@ -30,16 +28,7 @@ def layout():
 
 
 def ctx(lay, clients=3):
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=lay,
-        num_classes=10,
-        seed=0,
-        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
-        num_rounds=3,
-        clients_per_round=clients,
-    )
+    return setup_ctx(lay, clients=clients, num_classes=10, num_rounds=3)
 
 
 # -- runtime support -------------------------------------------------------------------------
@@ -80,7 +69,7 @@ def test_trainer_trains_from_the_given_buffers_and_returns_them():
     bright = (x // 4 + 190).astype(np.uint8)
     t = Trainer(model="cnn-bn", input_shape=SHAPE, num_classes=10)
     p0 = init_params("cnn-bn", SHAPE, 10, seed=0)
-    kw = {"hparams": LocalHParams.of(epochs=1, batch_size=8, lr=0.05), "seed": 1}
+    kw = {"hparams": client_hparams(epochs=1, batch_size=8, lr=0.05), "seed": 1}
     a = t.fit(p0, x, y, buffers={}, **kw)
     assert a.buffers is not None and int(a.buffers["1.num_batches_tracked"]) == 5  # 40 / 8 steps
     t.fit(p0, bright, y, buffers={}, **kw)  # another client's statistics now sit in the module
@@ -211,15 +200,6 @@ def test_two_clients_on_one_host_keep_their_own_statistics():
     assert leaky.loss != a_eval["loss"]
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet")
-
-
 def test_end_to_end_on_digits(tmp_path):
     cfg = tiny_config(
         tmp_path,
@@ -228,16 +208,8 @@ def test_end_to_end_on_digits(tmp_path):
         rounds__num_rounds=4,
         rounds__clients_per_round=6,
     )
-    rounds = run(cfg)
+    rounds = run(cfg).rounds
     assert np.isfinite(rounds[["personal_accuracy", "train_loss"]]).all().all()
     assert rounds["test_accuracy"].isna().all()  # no single global model
     assert rounds["personal_accuracy"].iloc[-1] > 0.5  # 10 classes: chance is 0.1
     assert (rounds["bytes_up"] == 6 * 4 * (layout().size - BN_PARAMS)).all()
-
-
-def test_save_restore_through_the_runtime_is_identical(tmp_path):
-    cfg = tiny_config(tmp_path, algorithm__name="fedbn", model__name="cnn-bn", rounds__num_rounds=4)
-    cols = ["train_loss", "personal_accuracy", "personal_loss"]
-    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
-    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
-    pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

@@ -5,19 +5,17 @@ loops on the real trainer), the personalised model, a run on digits and save/res
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, LocalHParams, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum
 from raysim.algorithms.fedrod import HEAD, FedRoD, head_slices, log_prior
 from raysim.models import FlatModel, ParamLayout, build_model, init_params
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import Trainer
-from tests.algorithms.contract import aggregate, configure, steps_with_checkpoint
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, configure, run, setup_ctx
 
 # mlp on 4 inputs with hidden 200 would be large; a hand-sized head on 3 features instead
 LAYOUT = ParamLayout(
@@ -26,16 +24,7 @@ LAYOUT = ParamLayout(
 
 
 def ctx(layout=LAYOUT, clients=2, classes=2):
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=classes,
-        seed=0,
-        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
-        num_rounds=3,
-        clients_per_round=clients,
-    )
+    return setup_ctx(layout, clients=clients, num_classes=classes, num_rounds=3)
 
 
 def test_registered_linear_with_client_state():
@@ -172,26 +161,9 @@ def test_server_averages_body_and_generic_head():
     assert HEAD in algo.eval_broadcast(new)
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet")
-
-
 def test_end_to_end_on_digits(tmp_path):
     cfg = tiny_config(tmp_path, algorithm__name="fedrod", rounds__num_rounds=4, rounds__clients_per_round=6)
-    rounds = run(cfg)
+    rounds = run(cfg).rounds
     assert np.isfinite(rounds[["personal_accuracy", "test_accuracy", "train_loss"]]).all().all()
     assert rounds["personal_accuracy"].iloc[-1] > 0.4  # 10 classes: chance is 0.1
     assert (rounds["bytes_up"] == 6 * 4 * 6090).all()  # body + generic head of cnn-small
-
-
-def test_save_restore_through_the_runtime_is_identical(tmp_path):
-    cfg = tiny_config(tmp_path, algorithm__name="fedrod", rounds__num_rounds=4)
-    cols = ["test_loss", "train_loss", "personal_accuracy", "personal_loss"]
-    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
-    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
-    pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

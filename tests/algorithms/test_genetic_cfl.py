@@ -16,9 +16,6 @@ from raysim.algorithms.base import (
     ClientResult,
     ClientTask,
     LinearSum,
-    LocalHParams,
-    RoundContext,
-    SetupContext,
 )
 from raysim.algorithms.genetic_cfl import (
     ELITE,
@@ -34,14 +31,14 @@ from raysim.algorithms.genetic_cfl import (
     mutate,
     notebook_init,
 )
-from raysim.models import ParamLayout, build_model
+from raysim.models import build_model
 from raysim.models.flat import FlatModel, init_params
 from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult, Trainer, flat_parameter
-from tests.algorithms.contract import aggregate
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, client_hparams, round_ctx, setup_ctx
 
-LOCAL = {"lr": 0.05, "epochs": 1, "batch_size": 32, "momentum": 0.0, "weight_decay": 0.0, "optimizer": "sgd"}
+LOCAL = client_hparams(lr=0.05, epochs=1, batch_size=32, momentum=0.0, weight_decay=0.0, optimizer="sgd")
 
 
 class Scripted:
@@ -55,29 +52,13 @@ class Scripted:
         return self.values.pop(0)
 
 
-def setup_ctx(clients=6, seed=0, n_params=3):
-    layout = ParamLayout(names=("w",), shapes=((n_params,),), offsets=(0,), size=n_params)
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=2,
-        seed=seed,
-        local=LocalHParams.of(**LOCAL),
-        num_rounds=5,
-        clients_per_round=clients,
-    )
+def gcfl_setup(clients=6, seed=0, n_params=3):
+    return setup_ctx(n_params, clients=clients, seed=seed, local=LOCAL)
 
 
 def plan(algo, state, t=1, available=None, cohort=None, hparams=None, rng=None):
     available = list(range(len(state.lr))) if available is None else available
-    rnd = RoundContext(
-        round_idx=t,
-        available=available,
-        cohort_size=cohort if cohort is not None else len(available),
-        hparams=LocalHParams.of(**(hparams or LOCAL)),
-        rng=rng if rng is not None else np.random.default_rng(0),
-    )
+    rnd = round_ctx(t, available, cohort=cohort, hparams=hparams or LOCAL, rng=rng)
     new_state, p = algo.configure_round(state, rnd)
     p.check()
     return new_state, list(p.tasks)
@@ -198,10 +179,13 @@ def test_notebook_initialisation_ranges_and_seeding():
     assert f.min() >= -0.01 and f.max() <= 1.01  # the initial ranges fill [0, 1]^2
 
     algo = build_algorithm("genetic-cfl")
-    a, b = algo.init(np.zeros(3, np.float32), setup_ctx(8)), algo.init(np.zeros(3, np.float32), setup_ctx(8))
+    a, b = (
+        algo.init(np.zeros(3, np.float32), gcfl_setup(8)),
+        algo.init(np.zeros(3, np.float32), gcfl_setup(8)),
+    )
     np.testing.assert_array_equal(a.lr, b.lr)
     np.testing.assert_array_equal(a.batch, b.batch)
-    c = algo.init(np.zeros(3, np.float32), setup_ctx(8, seed=1))
+    c = algo.init(np.zeros(3, np.float32), gcfl_setup(8, seed=1))
     assert not np.array_equal(a.lr, c.lr)
     assert (a.loss_round == -1).all() and np.isnan(a.val_loss).all() and a.searched
 
@@ -228,7 +212,7 @@ def test_dbscan_groups_with_noise_points_as_singletons():
 
 # -- server ------------------------------------------------------------------------------------
 def one_group_state(algo, losses, clients=5):
-    state = algo.init(np.zeros(3, np.float32), setup_ctx(clients))
+    state = algo.init(np.zeros(3, np.float32), gcfl_setup(clients))
     loss = np.asarray(losses, dtype=np.float64)
     return replace(
         state,
@@ -240,8 +224,8 @@ def one_group_state(algo, losses, clients=5):
 
 def test_tasks_carry_each_clients_lr_batch_epochs_and_optimizer():
     algo = build_algorithm("genetic-cfl")
-    state = algo.init(np.zeros(3, np.float32), setup_ctx(6))
-    hp = {**LOCAL, "weight_decay": 1e-4}
+    state = algo.init(np.zeros(3, np.float32), gcfl_setup(6))
+    hp = replace(LOCAL, weight_decay=1e-4)
     new, tasks = plan(algo, state, available=[0, 1, 2, 3, 4, 5], cohort=4, hparams=hp)
     assert len(tasks) == 4
     assert len({t.hparams.lr for t in tasks}) == 4  # four different clients, four rates
@@ -252,10 +236,10 @@ def test_tasks_carry_each_clients_lr_batch_epochs_and_optimizer():
         assert t.hparams.epochs == 2 and t.hparams.optimizer == "adam"
         assert t.hparams.weight_decay == 1e-4 and t.model_key == "global" and not t.extras
     algo = build_algorithm("genetic-cfl", {"epochs": None, "optimizer": "sgd"})
-    _, tasks = plan(algo, state, hparams={**LOCAL, "epochs": 3})
+    _, tasks = plan(algo, state, hparams=replace(LOCAL, epochs=3))
     assert {t.hparams.epochs for t in tasks} == {3} and {t.hparams.optimizer for t in tasks} == {"sgd"}
     with pytest.raises(ValueError, match="momentum"):
-        plan(build_algorithm("genetic-cfl"), state, hparams={**LOCAL, "momentum": 0.9})
+        plan(build_algorithm("genetic-cfl"), state, hparams=replace(LOCAL, momentum=0.9))
 
 
 def test_a_generation_keeps_the_two_best_by_val_loss_and_redraws_the_rest():
@@ -285,7 +269,7 @@ def test_singleton_groups_never_change():
 
 def test_aggregate_averages_records_losses_and_annotates():
     algo = build_algorithm("genetic-cfl")
-    state = algo.init(np.zeros(2, np.float32), setup_ctx(4, n_params=2))
+    state = algo.init(np.zeros(2, np.float32), gcfl_setup(4, n_params=2))
 
     def res(c, n, delta, **metrics):
         return ClientResult(client_id=c, num_examples=n, delta=np.asarray(delta, np.float32), metrics=metrics)
@@ -339,7 +323,7 @@ class FakeClient:
 def test_client_trains_with_its_hparams_and_reports_the_val_loss():
     algo = build_algorithm("genetic-cfl")
     task = ClientTask(
-        client_id=0, model_key="global", hparams=LocalHParams.of(lr=0.01, batch_size=20, epochs=2)
+        client_id=0, model_key="global", hparams=client_hparams(lr=0.01, batch_size=20, epochs=2)
     )
     c = FakeClient()
     r = algo.client_update(task, np.zeros(2, np.float32), c)
@@ -355,7 +339,7 @@ def test_client_trains_with_its_hparams_and_reports_the_val_loss():
 
 def test_grid_search_round_trains_every_candidate_and_sends_the_best():
     algo = build_algorithm("genetic-cfl", {"init": "grid"})
-    state = algo.init(np.zeros(2, np.float32), setup_ctx(5, n_params=2))
+    state = algo.init(np.zeros(2, np.float32), gcfl_setup(5, n_params=2))
     assert not state.searched and state.grid_lrs.shape == (5, 3) and state.grid_batches.shape == (5, 2)
     for c in range(5):
         assert len(set(state.grid_lrs[c])) == 3 and set(state.grid_lrs[c]) <= set(algo.p.grid_lrs)
@@ -367,7 +351,7 @@ def test_grid_search_round_trains_every_candidate_and_sends_the_best():
     task = ClientTask(
         client_id=1,
         model_key="global",
-        hparams=LocalHParams.of(lr=1.0, batch_size=1, epochs=2),
+        hparams=client_hparams(lr=1.0, batch_size=1, epochs=2),
         extras={GRID_LRS: np.array([0.1, 0.01, 0.001]), GRID_BATCHES: np.array([16, 64])},
     )
     c = FakeClient(blow_up_above=0.05)
@@ -441,7 +425,7 @@ def test_adam_path_matches_torch_adam_and_lowers_the_loss(one_thread):
         p0,
         x,
         y,
-        LocalHParams.of(epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4, optimizer="adam"),
+        client_hparams(epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4, optimizer="adam"),
         seed=5,
     )
     assert out.steps == 8
@@ -459,14 +443,14 @@ def test_adam_path_matches_torch_adam_and_lowers_the_loss(one_thread):
             torch.nn.functional.cross_entropy(ref.module(xt[b]), torch.from_numpy(y[b])).backward()
             opt.step()
     np.testing.assert_allclose(out.params, ref.read(), rtol=1e-4, atol=1e-5)
-    sgd = tr.fit(p0, x, y, LocalHParams.of(epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4), seed=5)
+    sgd = tr.fit(p0, x, y, client_hparams(epochs=2, batch_size=32, lr=1e-3, weight_decay=1e-4), seed=5)
     assert not np.allclose(sgd.params, out.params, atol=1e-5)  # Adam is not the SGD step
 
     before = tr.evaluate(p0, x, y).loss
-    trained = tr.fit(p0, x, y, LocalHParams.of(epochs=5, batch_size=16, lr=3e-3, optimizer="adam"), seed=1)
+    trained = tr.fit(p0, x, y, client_hparams(epochs=5, batch_size=16, lr=3e-3, optimizer="adam"), seed=1)
     assert tr.evaluate(trained.params, x, y).loss < 0.5 * before
     # a second fit starts a fresh optimizer: the same call gives the same result
-    again = tr.fit(p0, x, y, LocalHParams.of(epochs=5, batch_size=16, lr=3e-3, optimizer="adam"), seed=1)
+    again = tr.fit(p0, x, y, client_hparams(epochs=5, batch_size=16, lr=3e-3, optimizer="adam"), seed=1)
     np.testing.assert_array_equal(again.params, trained.params)
 
 
@@ -474,18 +458,18 @@ def test_sgd_is_the_default_and_unknown_optimizers_are_refused(one_thread):
     x, y = digits_batch(64)
     p0 = init_params("cnn-small", (1, 8, 8), 10, 0)
     tr = make_trainer()
-    a = tr.fit(p0, x, y, LocalHParams.of(epochs=1, batch_size=16, lr=0.1, momentum=0.5), seed=2)
+    a = tr.fit(p0, x, y, client_hparams(epochs=1, batch_size=16, lr=0.1, momentum=0.5), seed=2)
     b = tr.fit(
-        p0, x, y, LocalHParams.of(epochs=1, batch_size=16, lr=0.1, momentum=0.5, optimizer="sgd"), seed=2
+        p0, x, y, client_hparams(epochs=1, batch_size=16, lr=0.1, momentum=0.5, optimizer="sgd"), seed=2
     )
     np.testing.assert_array_equal(a.params, b.params)
     with pytest.raises(ValueError, match="valid names: sgd, adam"):
         tr.fit(
-            p0, x, y, replace(LocalHParams.of(epochs=1, batch_size=16, lr=0.1), optimizer="rmsprop"), seed=2
+            p0, x, y, replace(client_hparams(epochs=1, batch_size=16, lr=0.1), optimizer="rmsprop"), seed=2
         )
     with pytest.raises(ValueError, match="momentum"):
         tr.fit(
-            p0, x, y, LocalHParams.of(epochs=1, batch_size=16, lr=0.1, momentum=0.5, optimizer="adam"), seed=2
+            p0, x, y, client_hparams(epochs=1, batch_size=16, lr=0.1, momentum=0.5, optimizer="adam"), seed=2
         )
 
 
@@ -567,33 +551,3 @@ def test_end_to_end_grid_start_searches_every_client_in_round_one(tmp_path):
     chosen = part[part["round"] == first]
     assert set(chosen["lr"]) <= grid and set(chosen["batch_size"]) <= {16.0, 32.0, 64.0, 128.0}
     assert np.isfinite(chosen["val_loss"]).all()
-
-
-def _steps(cfg, upto, save_at=None, directory=None, restore=None):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    out, rows = [], []
-    try:
-        if restore is not None:
-            assert exp.restore(restore) == 3
-        while not exp.should_stop() and exp.next_round <= upto:
-            rep = exp.step()
-            out.append(rep.metrics)
-            rows += [r for r in rep.clients if r["participated"]]
-            if save_at is not None and exp.next_round - 1 == save_at:
-                exp.save(directory)
-    finally:
-        exp.close()
-    return pd.DataFrame(out), pd.DataFrame(rows)
-
-
-def test_save_restore_continues_identically(tmp_path):
-    cfg = gcfl_config(tmp_path, rounds__num_rounds=5, rounds__clients_per_round=4)
-    full, full_rows = _steps(cfg, 5, save_at=3, directory=tmp_path / "ckpt")
-    after, after_rows = _steps(cfg, 5, restore=tmp_path / "ckpt")
-    cols = ["round", "test_accuracy", "test_loss", "train_loss", "val_loss", "log10_lr_mean", "elites"]
-    pd.testing.assert_frame_equal(full[cols].iloc[3:].reset_index(drop=True), after[cols], check_exact=True)
-    keep = ["round", "client_id", "lr", "batch_size", "val_loss", "elite"]
-    tail = full_rows[full_rows["round"] > 3][keep].reset_index(drop=True)
-    pd.testing.assert_frame_equal(tail, after_rows[keep].reset_index(drop=True), check_exact=True)
-    assert (after["redrawn"] > 0).any()  # the restored rounds did evolve

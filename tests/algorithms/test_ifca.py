@@ -5,17 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import ClientResult, LinearSum, LocalHParams, SetupContext
+from raysim.algorithms.base import ClientResult, LinearSum
 from raysim.algorithms.ifca import IFCA, pick_cluster
-from raysim.models import ParamLayout
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import aggregate, configure
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, configure, run, setup_ctx
 
 
 @dataclass
@@ -48,18 +45,7 @@ class LossClient:
 
 
 def ctx(n_params=3, clients=4, groups=None):
-    layout = ParamLayout(names=("w",), shapes=((n_params,),), offsets=(0,), size=n_params)
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=2,
-        seed=0,
-        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
-        num_rounds=5,
-        clients_per_round=clients,
-        client_groups=groups,
-    )
+    return setup_ctx(n_params, clients=clients, groups=groups)
 
 
 def two_models():
@@ -169,15 +155,6 @@ def test_central_lr_scales_the_cluster_step():
     assert algo.server_model(state) is state.models[1]
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet"), pd.read_parquet(exp.run_dir / "clients.parquet")
-
-
 def ifca_config(tmp_path, **over):
     base = {
         "algorithm__name": "ifca",
@@ -189,7 +166,7 @@ def ifca_config(tmp_path, **over):
 
 
 def test_end_to_end_on_rotated_digits(tmp_path):
-    rounds, clients = run(ifca_config(tmp_path))
+    rounds, clients = run(ifca_config(tmp_path)).unpack("rounds", "clients")
     assert len(rounds) == 3
     for col in (
         "test_loss",
@@ -206,11 +183,3 @@ def test_end_to_end_on_rotated_digits(tmp_path):
     part = clients[clients["participated"] & ~clients["dropped"]]
     assert part["cluster"].isin([0.0, 1.0]).all()
     assert (part["model_key"] == part["cluster"].map(lambda j: f"cluster/{int(j)}")).all()
-
-
-def test_identical_for_one_client_per_actor_and_auto(tmp_path):
-    over = {"data__num_clients": 8, "rounds__clients_per_round": 6}
-    a, _ = run(ifca_config(tmp_path, resources__clients_per_actor=1, **over))
-    b, _ = run(ifca_config(tmp_path, resources__clients_per_actor="auto", **over))
-    np.testing.assert_array_equal(a["test_loss"].to_numpy(), b["test_loss"].to_numpy())
-    np.testing.assert_array_equal(a["clients_cluster/0"].to_numpy(), b["clients_cluster/0"].to_numpy())

@@ -5,11 +5,10 @@ transformer through FedAvg/FedProx."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, LocalHParams, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum
 from raysim.algorithms.personal import (
     PERSONAL_RANGES,
     FedPer,
@@ -18,10 +17,9 @@ from raysim.algorithms.personal import (
     ranges_to_mask,
 )
 from raysim.models import ParamLayout, build_model
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import aggregate, configure
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, configure, run, setup_ctx
 
 # three tensors: "a" (3 values), "b" (2), "head" (2): the last module is the head
 LAYOUT = ParamLayout(
@@ -30,16 +28,7 @@ LAYOUT = ParamLayout(
 
 
 def ctx(layout=LAYOUT, clients=4):
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=layout,
-        num_classes=2,
-        seed=0,
-        local=LocalHParams.of(lr=0.1, epochs=1, batch_size=4),
-        num_rounds=3,
-        clients_per_round=clients,
-    )
+    return setup_ctx(layout, clients=clients, num_rounds=3)
 
 
 class AddClient:
@@ -116,18 +105,9 @@ def test_base_is_averaged_by_examples_and_the_global_head_never_moves():
     assert algo.server_model(new) is None  # no single global model
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet"), exp
-
-
 def test_end_to_end_on_digits_heads_stay_on_the_actors(tmp_path):
     cfg = tiny_config(tmp_path, algorithm__name="fedper", rounds__num_rounds=3, rounds__clients_per_round=6)
-    rounds, exp = run(cfg)
+    rounds, exp = run(cfg).unpack("rounds", "exp")
     assert np.isfinite(rounds["personal_accuracy"]).all() and rounds["test_accuracy"].isna().all()
     assert np.isfinite(rounds["personal_accuracy_worst10"]).all()
     # every client's upload is the base only: n_params - head, 4 bytes each
@@ -145,12 +125,14 @@ def test_qkv_personal_with_vit_tiny_runs(tmp_path):
         model__name="vit-tiny",
         rounds__num_rounds=2,
     )
-    rounds, _ = run(cfg)
+    rounds, _ = run(cfg).unpack("rounds", "exp")
     assert np.isfinite(rounds["personal_accuracy"]).all()
     assert (rounds["bytes_up"] == 3 * 4 * (18218 - 6336)).all()  # vit-tiny on 8x8 minus its Q/K/V
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedprox"])
 def test_fedavg_and_fedprox_train_the_transformer(tmp_path, name):
-    rounds, _ = run(tiny_config(tmp_path, algorithm__name=name, model__name="vit-tiny", rounds__num_rounds=2))
+    rounds, _ = run(
+        tiny_config(tmp_path, algorithm__name=name, model__name="vit-tiny", rounds__num_rounds=2)
+    ).unpack("rounds", "exp")
     assert np.isfinite(rounds[["test_accuracy", "personal_accuracy", "train_loss"]]).all().all()

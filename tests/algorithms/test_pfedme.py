@@ -4,34 +4,23 @@ personalised model, a run on digits and save/restore through the runtime."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from pydantic import ValidationError
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum, LocalHParams, SetupContext
+from raysim.algorithms.base import GLOBAL, ClientResult, LinearSum
 from raysim.algorithms.pfedme import MoreauSteps, PFedMe
 from raysim.models import ParamLayout
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult
-from tests.algorithms.contract import aggregate, configure, steps_with_checkpoint
 from tests.conftest import tiny_config
+from tests.helpers import aggregate, configure, local_knobs, run, setup_ctx
 
 LAYOUT = ParamLayout(names=("w",), shapes=((1,),), offsets=(0,), size=1)
 
 
 def ctx(clients=2):
-    return SetupContext(
-        num_clients=clients,
-        client_sizes=np.full(clients, 10),
-        layout=LAYOUT,
-        num_classes=2,
-        seed=0,
-        local=LocalHParams.of(lr=0.5, epochs=1, batch_size=4),
-        num_rounds=3,
-        clients_per_round=clients,
-    )
+    return setup_ctx(LAYOUT, clients=clients, num_rounds=3, local=local_knobs(lr=0.5, epochs=1, batch_size=4))
 
 
 class QuadraticClient:
@@ -126,25 +115,8 @@ def test_personal_model_is_theta_once_trained():
     np.testing.assert_array_equal(algo.personal_params(bc, client), [7.0])
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet")
-
-
 def test_end_to_end_on_digits(tmp_path):
     cfg = tiny_config(tmp_path, algorithm__name="pfedme", rounds__num_rounds=4, rounds__clients_per_round=6)
-    rounds = run(cfg)
+    rounds = run(cfg).rounds
     assert np.isfinite(rounds[["personal_accuracy", "test_accuracy", "train_loss"]]).all().all()
     assert rounds["personal_accuracy"].iloc[-1] > 0.2  # 10 classes: chance is 0.1
-
-
-def test_save_restore_through_the_runtime_is_identical(tmp_path):
-    cfg = tiny_config(tmp_path, algorithm__name="pfedme", rounds__num_rounds=4)
-    cols = ["test_loss", "train_loss", "personal_accuracy", "personal_loss"]
-    full = steps_with_checkpoint(cfg, save_to=tmp_path / "ckpt")
-    after = steps_with_checkpoint(cfg, restore_from=tmp_path / "ckpt")
-    pd.testing.assert_frame_equal(full[cols].iloc[2:].reset_index(drop=True), after[cols], check_exact=True)

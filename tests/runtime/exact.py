@@ -4,27 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-# Columns that measure the machine, not the learning: wall-clock seconds (*_s) and the bytes
-# actors send back, which depend on the packing by design (one pre-summed vector per actor).
-NOT_LEARNING = ("transfer_bytes_up",)
+from raysim.testing import assert_same_tables, learning_columns
 
-
-def learning_columns(rounds: pd.DataFrame) -> list[str]:
-    return [c for c in rounds.columns if not c.endswith("_s") and c not in NOT_LEARNING]
+__all__ = ["assert_same_learning", "client_actors", "learning_columns"]
 
 
 def assert_same_learning(expected: pd.DataFrame, got: pd.DataFrame, what: str = "") -> None:
-    """Every learning column of rounds.parquet equal to the last bit (NaN where NaN)."""
-    cols = sorted(learning_columns(expected))
-    assert cols == sorted(learning_columns(got)), (what, cols, sorted(learning_columns(got)))
-    assert len(expected) == len(got), what
-    for c in cols:
-        np.testing.assert_array_equal(
-            expected[c].to_numpy(), got[c].to_numpy(), err_msg=f"{what}: column {c!r} differs"
-        )
+    """Every learning column of rounds.parquet equal to the last bit (NaN where NaN): the kit's own
+    comparison (``raysim.testing``), machine columns (seconds, memory, transfer bytes) left out."""
+    assert_same_tables(expected, got, what)
 
 
 def client_actors(run_dir: Path) -> int:

@@ -12,6 +12,7 @@ from raysim.cli import app
 from raysim.runtime.experiment import Experiment
 from raysim.runtime.server import cluster_membership, cluster_rows
 from tests.conftest import tiny_config
+from tests.helpers import run
 
 NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi"]
 
@@ -24,15 +25,6 @@ def ifca_config(tmp_path, **over):
         "rounds__num_rounds": 3,
     }
     return tiny_config(tmp_path, **{**base, **over})
-
-
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return exp.run_dir
 
 
 def deterministic(df: pd.DataFrame) -> pd.DataFrame:
@@ -60,7 +52,7 @@ def test_cluster_rows_from_annotations():
 
 @pytest.fixture(scope="module")
 def ifca_run(tmp_path_factory):
-    return run(ifca_config(tmp_path_factory.mktemp("ifca")))
+    return run(ifca_config(tmp_path_factory.mktemp("ifca"))).run_dir
 
 
 def test_clusters_parquet_has_one_row_per_annotated_client_per_round(ifca_run):
@@ -103,7 +95,9 @@ def test_rounds_parquet_gets_the_uniform_cluster_columns(ifca_run):
 
 
 def test_fedavg_writes_no_cluster_tracking(tmp_path):
-    run_dir = run(tiny_config(tmp_path, rounds__num_rounds=1, data__partition="rotation", data__num_groups=2))
+    run_dir = run(
+        tiny_config(tmp_path, rounds__num_rounds=1, data__partition="rotation", data__num_groups=2)
+    ).run_dir
     assert (run_dir / "rounds.parquet").is_file() and (run_dir / "clients.parquet").is_file()
     assert not (run_dir / "clusters.parquet").exists()
     assert not set(NEW_COLS) & set(pd.read_parquet(run_dir / "rounds.parquet").columns)
@@ -123,7 +117,7 @@ def test_resume_gives_the_uninterrupted_runs_files(tmp_path):
         rounds__checkpoint_every=2,
         rounds__clients_per_round=6,
     )
-    full = run(cfg)
+    full = run(cfg).run_dir
 
     first = Experiment(cfg, progress=False)
     first.run(until=3)  # checkpoint at round 2; round 3 is written, then lost with the "crash"
@@ -162,7 +156,7 @@ def test_report_draws_the_membership_heat_map(ifca_run, tmp_path):
         assert (ifca_run / "plots" / f"{curve}.png").is_file(), curve
 
     # a run without clusters gets no heat-map
-    plain = run(tiny_config(tmp_path, rounds__num_rounds=1))
+    plain = run(tiny_config(tmp_path, rounds__num_rounds=1)).run_dir
     assert CliRunner().invoke(app, ["report", str(plain)]).exit_code == 0
     assert (plain / "plots" / "test_accuracy.png").is_file()
     assert not (plain / "plots" / "clusters.png").exists()
@@ -180,7 +174,7 @@ def test_dsac_groups_are_tracked_as_clusters_of_one_global_model(tmp_path):
         rounds__num_rounds=2,
         rounds__personal_eval=False,
     )
-    d = run(cfg)
+    d = run(cfg).run_dir
     clusters = pd.read_parquet(d / "clusters.parquet")
     assert sorted(set(clusters["round"])) == [1, 2]
     grouped = clusters[clusters["cluster"] >= 0]

@@ -13,24 +13,13 @@ import pytest
 
 from raysim.algorithms import ALGORITHMS
 from raysim.runtime.experiment import Experiment
-from raysim.runtime.server import ClientCodeError
 from tests.conftest import tiny_config
+from tests.helpers import run, steps
 from tests.runtime import toy_algos
 
 ROOT = Path(__file__).resolve().parents[2]
 PINS = json.loads((Path(__file__).with_name("pins_digits.json")).read_text())
 COLS = ["round", "test_accuracy", "test_loss", "train_loss", "personal_accuracy", "bytes_up", "completed"]
-
-
-def run(cfg, algorithm=None, **kw):
-    exp = Experiment(cfg, progress=False, **kw)
-    if algorithm is not None:
-        exp.algorithm = algorithm
-    try:
-        exp.run()
-    finally:
-        exp.close()
-    return pd.read_parquet(exp.run_dir / "rounds.parquet")
 
 
 @pytest.mark.parametrize("name", sorted(PINS))
@@ -45,7 +34,7 @@ def test_ported_algorithms_reproduce_the_pinned_numbers(tmp_path, name):
     This test process is in reproducible mode (``tests/conftest.py``)."""
     pin = PINS[name]
     over = {"algorithm__name": name, "rounds__num_rounds": 3, **pin["overrides"]}
-    rounds = run(tiny_config(tmp_path, **over))
+    rounds = run(tiny_config(tmp_path, **over)).rounds
     for col, values in pin["metrics"].items():
         np.testing.assert_array_equal(rounds[col].to_numpy(), np.asarray(values), err_msg=f"{name}: {col}")
 
@@ -155,7 +144,7 @@ def _two_models(tmp_path, backend, cpa, clients=9, rounds=3):
         resources__backend=backend,
         resources__clients_per_actor=cpa,
     )
-    return run(cfg, toy_algos.TwoModels())
+    return run(cfg, toy_algos.TwoModels()).rounds
 
 
 def test_two_cluster_models_presum_per_key_identically_for_any_packing(tmp_path):
@@ -181,7 +170,7 @@ def test_aggregate_evaluates_a_candidate_on_the_servers_public_split(tmp_path):
     """Round 2's candidate is spoiled (its update blown up 1000-fold): the server's proxy check on
     the public split must refuse it and keep the model; the other candidates are FedAvg's own."""
     cfg = tiny_config(tmp_path, data__public_fraction=0.1, rounds__num_rounds=4)
-    rounds = run(cfg, toy_algos.ProxySpoiled(rounds=[2])).set_index("round")
+    rounds = run(cfg, toy_algos.ProxySpoiled(rounds=[2])).rounds.set_index("round")
     assert (rounds["proxy_n"] > 0).all()  # the public split no client holds
     assert np.isfinite(rounds["proxy_loss_before"]).all()
     assert rounds.loc[2, "proxy_accepted"] == 0  # refused ...
@@ -198,88 +187,21 @@ def test_aggregate_evaluates_a_candidate_on_the_servers_public_split(tmp_path):
         assert rounds.loc[r + 1, "proxy_loss_before"] == rounds.loc[r, "proxy_loss_candidate"]
 
 
-def _steps(cfg, rounds, save_at=None, directory=None, lr_from=None):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    try:
-        out = []
-        while not exp.should_stop() and exp.next_round <= rounds:
-            if lr_from is not None and exp.next_round == lr_from[0]:
-                exp.set_hparams(lr=lr_from[1])
-            out.append(exp.step().metrics)
-            if save_at is not None and exp.next_round - 1 == save_at:
-                exp.save(directory)
-    finally:
-        exp.close()
-    return pd.DataFrame(out)
-
-
-def _restored(cfg, directory):
-    exp = Experiment(cfg, progress=False)
-    exp.prepare()
-    try:
-        assert exp.restore(directory) == 3
-        out = []
-        while not exp.should_stop():
-            out.append(exp.step().metrics)
-    finally:
-        exp.close()
-    return pd.DataFrame(out)
-
-
-@pytest.mark.parametrize(
-    "backend,algo",
-    [
-        ("serial", "scaffold"),
-        ("serial", "dsac"),
-        pytest.param("ray", "scaffold", marks=pytest.mark.ray),
-    ],
-)
-def test_save_at_round_3_restore_fresh_and_continue_is_identical(request, tmp_path, backend, algo):
-    if backend == "ray":
-        request.getfixturevalue("ray_cluster")
-    extra = {"data__public_fraction": 0.1, "algorithm__cluster_every": 2} if algo == "dsac" else {}
-    cfg = tiny_config(
-        tmp_path, algorithm__name=algo, rounds__num_rounds=6, resources__backend=backend, **extra
-    )
-    full = _steps(cfg, 6, save_at=3, directory=tmp_path / "ckpt")
-    after = _restored(cfg, tmp_path / "ckpt")
-    cols = [c for c in COLS if c in after]
-    pd.testing.assert_frame_equal(full[cols].iloc[3:].reset_index(drop=True), after[cols], check_exact=True)
-
-    if backend == "ray":
-        return  # hyperparameters reach the server the same way on both backends: checked serially
-    # the same checkpoint under a changed lr trains with the new lr: exactly what a run that
-    # switched to it at round 4 does
-    new_lr = tiny_config(
-        tmp_path,
-        algorithm__name=algo,
-        rounds__num_rounds=6,
-        resources__backend=backend,
-        local__lr=0.2,
-        **extra,
-    )
-    switched = _steps(cfg, 6, lr_from=(4, 0.2))
-    after_lr = _restored(new_lr, tmp_path / "ckpt")
-    pd.testing.assert_frame_equal(
-        switched[cols].iloc[3:].reset_index(drop=True), after_lr[cols], check_exact=True
-    )
+def test_a_run_restored_under_a_new_lr_trains_with_it(tmp_path):
+    """The runtime half of "hyperparameters are not state": the lr of the config a checkpoint is
+    restored under reaches the clients. (That the restored run equals one that switched lr at that
+    round, and save/restore equality, for every algorithm on serial and on Ray: the conformance
+    kit, tests/algorithms/test_conformance.py.)"""
+    cfg = tiny_config(tmp_path, algorithm__name="scaffold", rounds__num_rounds=4)
+    steps(cfg, at=2, save_to=tmp_path / "ckpt", upto=2)
+    after = steps(cfg, at=2, restore_from=tmp_path / "ckpt")[0]
+    after_lr = steps(
+        tiny_config(tmp_path, algorithm__name="scaffold", rounds__num_rounds=4, local__lr=0.2),
+        at=2,
+        restore_from=tmp_path / "ckpt",
+    )[0]
+    assert len(after) == len(after_lr) == 2
     assert not np.allclose(after_lr["train_loss"], after["train_loss"])
-
-
-@pytest.mark.parametrize("backend", ["serial", pytest.param("ray", marks=pytest.mark.ray)])
-def test_the_same_exception_from_every_client_stops_the_run_with_its_traceback(request, tmp_path, backend):
-    if backend == "ray":
-        request.getfixturevalue("ray_cluster")
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(toy_algos)
-    cfg = tiny_config(tmp_path, resources__backend=backend, rounds__num_rounds=2)
-    with pytest.raises(
-        ClientCodeError,
-        match=r"(?s)bug in client code.*toy_algos.py.*TypeError: object of type 'int' has no len",
-    ):
-        run(cfg, toy_algos.TypeErrorEverywhere())
 
 
 def test_cli_exits_non_zero_with_the_client_traceback(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from raysim.algorithms.base import LocalHParams
 from raysim.runtime.packing import pack_clients
+from tests.helpers import client_hparams
 
 
 def shard(cid, n):
@@ -36,7 +36,7 @@ def test_balance_tasks_spreads_one_rounds_work_longest_first():
 
     sizes = {0: 50, 1: 40, 2: 30, 3: 20, 4: 10}
     tasks = [
-        ClientTask(client_id=c, model_key="global", hparams=LocalHParams.of()) for c in (4, 3, 2, 1, 0, 99)
+        ClientTask(client_id=c, model_key="global", hparams=client_hparams()) for c in (4, 3, 2, 1, 0, 99)
     ]
     out = balance_tasks(tasks, sizes, [0, 1])
     # 50->h0, 40->h1, 30->h1 (40<50), 20->h0 (50<70), 10->h0 (70=70, lower id); 99 is unknown
@@ -83,7 +83,7 @@ def test_a_roaming_host_builds_visitors_per_call_and_trains_them_as_their_owner_
     assert roaming.client_ids() == [0, 1, 2] and len(roaming.own) == 3
     assert not any(isinstance(v, HostedClient) for v in vars(roaming).values())
     params = init_params("mlp", ds.input_shape, ds.num_classes, 0)
-    task = [ClientTask(client_id=7, model_key="global", hparams=LocalHParams.of(lr=0.1, batch_size=16))]
+    task = [ClientTask(client_id=7, model_key="global", hparams=client_hparams(lr=0.1, batch_size=16))]
     a = roaming.run(1, task, {"global": params})
     b = owner.run(1, task, {"global": params})
     assert not a.dropouts and [r.client_id for r in a.results] == [7]
@@ -91,7 +91,7 @@ def test_a_roaming_host_builds_visitors_per_call_and_trains_them_as_their_owner_
     assert roaming.commit(1) == 1 and roaming.state == {}  # FedAvg keeps no state; nothing kept
     # a client outside the table is still a counted dropout, not an error
     c = roaming.run(
-        2, [ClientTask(client_id=99, model_key="global", hparams=LocalHParams.of(lr=0.1))], {"global": params}
+        2, [ClientTask(client_id=99, model_key="global", hparams=client_hparams(lr=0.1))], {"global": params}
     )
     assert c.dropouts == [(99, "not hosted on actor 0")]
 
@@ -112,7 +112,7 @@ def test_an_algorithm_that_keeps_state_it_did_not_declare_fails_loudly_on_a_visi
     host = _digits_host([fed.clients[0]], ShardTable(list(fed.clients)), Sneaky())
     params = init_params("mlp", ds.input_shape, ds.num_classes, 0)
     host.run(
-        1, [ClientTask(client_id=3, model_key="global", hparams=LocalHParams.of(lr=0.1))], {"global": params}
+        1, [ClientTask(client_id=3, model_key="global", hparams=client_hparams(lr=0.1))], {"global": params}
     )
     with pytest.raises(RuntimeError, match="client_state=True"):
         host.commit(1)

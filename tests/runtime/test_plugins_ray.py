@@ -7,13 +7,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from raysim import plugins
 from raysim.config import ConfigError
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import run
 from tests.runtime.exact import assert_same_learning, client_actors
 
 pytestmark = pytest.mark.ray
@@ -37,15 +37,6 @@ def net(input_shape, num_classes):
 """
 
 
-def run(cfg):
-    exp = Experiment(cfg, progress=False)
-    try:
-        summary = exp.run()
-    finally:
-        exp.close()
-    return summary, pd.read_parquet(exp.run_dir / "rounds.parquet"), exp
-
-
 def test_a_plugin_algorithm_and_model_on_two_ray_actors_equal_serial(ray_cluster, tmp_path):
     over = {
         "algorithm__name": f"{FX}:DampedAvg",
@@ -54,8 +45,10 @@ def test_a_plugin_algorithm_and_model_on_two_ray_actors_equal_serial(ray_cluster
         "model__width": 9,  # not the default: each actor and the server build it with this width
         "rounds__num_rounds": 2,
     }
-    _, serial, _ = run(tiny_config(tmp_path, **over))
-    summary, got, exp = run(tiny_config(tmp_path, resources__backend="ray", resources__num_actors=2, **over))
+    _, serial, _ = run(tiny_config(tmp_path, **over)).unpack("summary", "rounds", "exp")
+    summary, got, exp = run(
+        tiny_config(tmp_path, resources__backend="ray", resources__num_actors=2, **over)
+    ).unpack("summary", "rounds", "exp")
     assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
     assert_same_learning(serial, got, "plug-in DampedAvg + tiny_mlp: serial vs ray (2 actors)")
 
@@ -93,7 +86,7 @@ def test_a_local_module_named_by_import_path_reaches_the_ray_actors(ray_cluster,
         resources__backend="ray",
         resources__num_actors=2,
     )
-    summary, rounds, _ = run(cfg)
+    summary, rounds, _ = run(cfg).unpack("summary", "rounds", "exp")
     assert summary["client_actors"] == 2 and len(rounds) == 1
     assert plugins.worker_env()["PYTHONPATH"].startswith(str((tmp_path / "src").resolve()))
 

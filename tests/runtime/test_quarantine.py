@@ -11,23 +11,11 @@ import pytest
 from raysim.algorithms.base import ClientResult, LinearSum
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import run
 from tests.runtime import toy_algos
 
 COLS = ["round", "test_accuracy", "test_loss", "train_loss", "completed", "dropouts"]
 VICTIM = 2
-
-
-def run(cfg, algorithm):
-    exp = Experiment(cfg, progress=False)
-    exp.algorithm = algorithm
-    try:
-        exp.run()
-        states = exp.backend.server.pool.get_state() if cfg.resources.backend == "serial" else None
-    finally:
-        exp.close()
-    rounds = pd.read_parquet(exp.run_dir / "rounds.parquet")
-    clients = pd.read_parquet(exp.run_dir / "clients.parquet")
-    return rounds, clients, states
 
 
 def config(tmp_path, **over):
@@ -55,8 +43,12 @@ def test_linear_sum_minus_is_exact():
 @pytest.mark.parametrize("cpa", [1, 3])
 def test_a_diverged_client_is_quarantined_exactly_like_a_dropped_one(tmp_path, cpa):
     cfg = config(tmp_path, resources__clients_per_actor=cpa)
-    q_rounds, q_clients, _ = run(cfg, toy_algos.Diverging(VICTIM, "scale"))
-    d_rounds, _, _ = run(cfg, toy_algos.Diverging(VICTIM, "raise"))
+    q_rounds, q_clients, _ = run(cfg, toy_algos.Diverging(VICTIM, "scale")).unpack(
+        "rounds", "clients", "client_states"
+    )
+    d_rounds, _, _ = run(cfg, toy_algos.Diverging(VICTIM, "raise")).unpack(
+        "rounds", "clients", "client_states"
+    )
     # the pre-summed partial minus the victim's fixed-point update == the sum without it, bit for bit
     pd.testing.assert_frame_equal(q_rounds[COLS], d_rounds[COLS], check_exact=True)
     assert (q_rounds["quarantined"] == 1).all() and (d_rounds["quarantined"] == 0).all()
@@ -67,8 +59,12 @@ def test_a_diverged_client_is_quarantined_exactly_like_a_dropped_one(tmp_path, c
 
 
 def test_switched_off_the_diverged_update_reaches_the_model(tmp_path):
-    on, _, _ = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale"))
-    off, _, _ = run(config(tmp_path, rounds__quarantine_factor=0), toy_algos.Diverging(VICTIM, "scale"))
+    on, _, _ = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale")).unpack(
+        "rounds", "clients", "client_states"
+    )
+    off, _, _ = run(
+        config(tmp_path, rounds__quarantine_factor=0), toy_algos.Diverging(VICTIM, "scale")
+    ).unpack("rounds", "clients", "client_states")
     assert (off["quarantined"] == 0).all() and off["dropouts"].iloc[0] == 0
     # the 1e5x update enters the model in round 1; from round 2 on every client's update is NaN
     assert (off["dropouts"].iloc[1:] == 6).all() and (on["dropouts"] == 1).all()
@@ -76,14 +72,18 @@ def test_switched_off_the_diverged_update_reaches_the_model(tmp_path):
 
 
 def test_a_quarantined_clients_state_is_not_committed(tmp_path):
-    _, _, states = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale", stateful=True))
+    _, _, states = run(
+        config(tmp_path), toy_algos.Diverging(VICTIM, "scale", stateful=True), client_states=True
+    ).unpack("rounds", "clients", "client_states")
     assert states is not None
     assert states.get(VICTIM, {}).get("trained", 0) == 0  # three rounds trained, none accepted
     assert all(states[c]["trained"] == 3 for c in states if c != VICTIM)
 
 
 def test_an_ordinary_spread_of_norms_quarantines_nobody(tmp_path):
-    rounds, _, _ = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale", factor=3.0))
+    rounds, _, _ = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale", factor=3.0)).unpack(
+        "rounds", "clients", "client_states"
+    )
     assert (rounds["quarantined"] == 0).all()
 
 
@@ -92,13 +92,15 @@ def test_quarantine_on_ray_matches_serial_for_pinned_and_roaming_clients(ray_clu
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(toy_algos)  # actors cannot import the tests package
-    serial, _, _ = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale"))
+    serial, _, _ = run(config(tmp_path), toy_algos.Diverging(VICTIM, "scale")).unpack(
+        "rounds", "clients", "client_states"
+    )
     # roaming clients (any actor may train the victim) on 2 actors, pinned clients on 6
     for stateful, cpa in ((False, 3), (True, 1)):
         got, _, _ = run(
             config(tmp_path, resources__backend="ray", resources__clients_per_actor=cpa),
             toy_algos.Diverging(VICTIM, "scale", stateful=stateful),
-        )
+        ).unpack("rounds", "clients", "client_states")
         pd.testing.assert_frame_equal(serial[COLS], got[COLS], check_exact=True)
         assert (got["quarantined"] == 1).all()
 

@@ -10,20 +10,10 @@ import pytest
 
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import run
 from tests.runtime.exact import assert_same_learning, client_actors
 
 pytestmark = pytest.mark.ray
-
-
-def run(cfg, algorithm=None):
-    exp = Experiment(cfg, progress=False)
-    if algorithm is not None:
-        exp.algorithm = algorithm
-    try:
-        summary = exp.run()
-    finally:
-        exp.close()
-    return summary, pd.read_parquet(exp.run_dir / "rounds.parquet"), exp
 
 
 # Three distinct layouts of the 6 tiny clients on the session's 4-CPU Ray: one actor each, 5 a
@@ -45,25 +35,19 @@ def test_packing_gives_bit_identical_rounds_on_ray(ray_cluster, tmp_path, algo):
     from raysim.runtime.packing import roams
 
     traits = tiny_config(tmp_path, algorithm__name=algo).algorithm.traits
-    _, serial, _ = run(tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=4))
+    _, serial, _ = run(tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=4)).unpack(
+        "summary", "rounds", "exp"
+    )
     for name, (over, actors) in RAY_LAYOUTS.items():
         cfg = tiny_config(
             tmp_path, algorithm__name=algo, rounds__num_rounds=4, resources__backend="ray", **over
         )
-        summary, got, exp = run(cfg)
+        summary, got, exp = run(cfg).unpack("summary", "rounds", "exp")
         assert summary["client_actors"] == actors == client_actors(exp.run_dir), name
         assert roams(traits.client_state, actors, cfg.resources.clients_per_actor) is (
             algo == "fedavg" and name == "auto"
         )
         assert_same_learning(serial, got, f"{algo}: serial vs ray clients_per_actor={name}")
-
-
-def test_roaming_fedavg_on_ray_matches_serial(ray_cluster, tmp_path):
-    """The default-tier check of the roaming path: two actors the cohorts are balanced over."""
-    _, serial, _ = run(tiny_config(tmp_path))
-    summary, got, exp = run(tiny_config(tmp_path, resources__backend="ray", resources__num_cpus=2.0))
-    assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
-    assert_same_learning(serial, got, "fedavg: serial vs ray auto (2 actors, roaming)")
 
 
 def test_num_actors_and_torch_threads_take_effect_in_the_actors(ray_cluster, tmp_path):
@@ -80,7 +64,7 @@ def test_num_actors_and_torch_threads_take_effect_in_the_actors(ray_cluster, tmp
         rounds__num_rounds=1,
         rounds__clients_per_round=6,
     )
-    summary, rounds, exp = run(cfg, probe_algos.ReportsTorchThreads())
+    summary, rounds, exp = run(cfg, probe_algos.ReportsTorchThreads()).unpack("summary", "rounds", "exp")
     assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
     # a Ray worker starts with one torch thread (OMP_NUM_THREADS=1); the setting raised it
     assert rounds["client_torch_threads_min"].iloc[0] == rounds["client_torch_threads_max"].iloc[0] == 2

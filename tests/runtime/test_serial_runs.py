@@ -14,20 +14,12 @@ from raysim.algorithms.fedavg import FedAvg
 from raysim.runtime.backend import Share
 from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import run
 from tests.runtime.exact import assert_same_learning, client_actors
 
 
-def run(cfg, **kw):
-    exp = Experiment(cfg, progress=False, **kw)
-    try:
-        summary = exp.run()
-    finally:
-        exp.close()
-    return summary, pd.read_parquet(exp.run_dir / "rounds.parquet"), exp
-
-
 def test_run_writes_every_file_and_learns(tmp_path):
-    summary, rounds, exp = run(tiny_config(tmp_path, rounds__num_rounds=4))
+    summary, rounds, exp = run(tiny_config(tmp_path, rounds__num_rounds=4)).unpack("summary", "rounds", "exp")
     for f in (
         "config.yaml",
         "rounds.parquet",
@@ -49,32 +41,21 @@ def test_run_writes_every_file_and_learns(tmp_path):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    _, a, _ = run(tiny_config(tmp_path))
-    _, b, _ = run(tiny_config(tmp_path))
+    _, a, _ = run(tiny_config(tmp_path)).unpack("summary", "rounds", "exp")
+    _, b, _ = run(tiny_config(tmp_path)).unpack("summary", "rounds", "exp")
     assert_same_learning(a, b, "seed 3 twice")
-    _, c, _ = run(tiny_config(tmp_path, seed=4))
+    _, c, _ = run(tiny_config(tmp_path, seed=4)).unpack("summary", "rounds", "exp")
     assert not np.allclose(a["test_loss"], c["test_loss"])
 
 
-# Three distinct layouts of the 6 tiny clients: one actor each, 4 a actor (2 actors), and `auto`
-# on a 3-CPU share at one CPU an actor (3 actors; FedAvg and FedProx clients then roam). With
-# the same num_cpus, `auto` would give one actor per client whenever `1` fits: the same layout.
-LAYOUTS = {
-    "1": ({"resources__clients_per_actor": 1}, None, 6),
-    "4": ({"resources__clients_per_actor": 4}, None, 2),
-    "auto": ({"resources__clients_per_actor": "auto", "resources__num_cpus": 1.0}, Share(cpus=3.0), 3),
-}
-
-
-@pytest.mark.parametrize("algo", ["fedavg", "scaffold", "fedprox"])
-def test_packing_does_not_change_results(tmp_path, algo):
-    frames = {}
-    for name, (over, share, actors) in LAYOUTS.items():
-        summary, rounds, exp = run(tiny_config(tmp_path, algorithm__name=algo, **over), share=share)
-        assert summary["client_actors"] == actors == client_actors(exp.run_dir), name
-        frames[name] = rounds
-    for name in ("4", "auto"):
-        assert_same_learning(frames["1"], frames[name], f"{algo}: clients_per_actor 1 vs {name}")
+def test_auto_packing_fills_the_share_one_cpu_an_actor(tmp_path):
+    """`auto` on a 3-CPU share at one CPU an actor: 3 hosts (the packing kit check, raysim.testing,
+    fixes the number with resources.num_actors instead)."""
+    cfg = tiny_config(
+        tmp_path, resources__clients_per_actor="auto", resources__num_cpus=1.0, rounds__num_rounds=1
+    )
+    summary, _, exp = run(cfg, share=Share(cpus=3.0)).unpack("summary", "rounds", "exp")
+    assert summary["client_actors"] == 3 == client_actors(exp.run_dir)
 
 
 class NaNForClient0(FedAvg):
@@ -103,31 +84,10 @@ def test_non_finite_update_is_a_counted_dropout(tmp_path):
     assert summary["dropouts"] == 2
 
 
-class FailsForClient1(FedAvg):
-    name = "fail-test"
-
-    def client_update(self, task, params, client):
-        if task.client_id == 1:
-            raise RuntimeError("disk on fire")
-        return super().client_update(task, params, client)
-
-
-def test_client_exception_is_a_counted_dropout(tmp_path):
-    cfg = tiny_config(tmp_path, rounds__clients_per_round=6, rounds__num_rounds=1)
-    exp = Experiment(cfg, progress=False)
-    exp.algorithm = FailsForClient1()
-    exp.run()
-    exp.close()
-    clients = pd.read_parquet(exp.run_dir / "clients.parquet")
-    bad = clients[clients.dropped]
-    assert list(bad.client_id) == [1]
-    assert "disk on fire" in bad.reason.iloc[0]
-
-
 @pytest.mark.parametrize("algo", ["scaffold", "local"])
 def test_resume_matches_uninterrupted_run(tmp_path, algo):
     cfg = tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=4, rounds__checkpoint_every=2)
-    _, full, full_exp = run(cfg)
+    _, full, full_exp = run(cfg).unpack("summary", "rounds", "exp")
 
     first = Experiment(cfg, progress=False)
     first.run(until=3)  # checkpoint at round 2, then round 3 is lost with the "crash"
@@ -199,8 +159,10 @@ def test_a_divergent_update_is_a_counted_dropout(tmp_path):
 
 
 def test_personal_eval_false_skips_the_client_side_evaluation(tmp_path):
-    _, on, exp_on = run(tiny_config(tmp_path, rounds__num_rounds=2))
-    _, off, exp_off = run(tiny_config(tmp_path, rounds__num_rounds=2, rounds__personal_eval=False))
+    _, on, exp_on = run(tiny_config(tmp_path, rounds__num_rounds=2)).unpack("summary", "rounds", "exp")
+    _, off, exp_off = run(tiny_config(tmp_path, rounds__num_rounds=2, rounds__personal_eval=False)).unpack(
+        "summary", "rounds", "exp"
+    )
     assert on["personal_accuracy"].notna().all()
     assert "personal_accuracy" not in off.columns and "personal_loss" not in off.columns
     assert np.isfinite(off["test_accuracy"]).all()  # the server still evaluates
@@ -235,8 +197,10 @@ def test_label_noise_replaces_training_labels_with_uniform_random_ones(tmp_path)
     finally:
         exp.close()
     # every client noisy: nothing to learn; the same run without noise learns
-    _, all_noisy, _ = run(tiny_config(tmp_path, data__label_noise=1.0, rounds__clients_per_round=6))
-    _, clean, _ = run(tiny_config(tmp_path, rounds__clients_per_round=6))
+    _, all_noisy, _ = run(tiny_config(tmp_path, data__label_noise=1.0, rounds__clients_per_round=6)).unpack(
+        "summary", "rounds", "exp"
+    )
+    _, clean, _ = run(tiny_config(tmp_path, rounds__clients_per_round=6)).unpack("summary", "rounds", "exp")
     assert clean["test_accuracy"].iloc[-1] > 0.35  # 0.40 after 3 rounds
     assert all_noisy["test_accuracy"].iloc[-1] < 0.2  # chance is 0.1
 
@@ -285,36 +249,14 @@ def test_centralised_trains_one_pooled_client_exactly_like_plain_sgd(tmp_path):
 
 
 def test_num_actors_sets_the_number_of_hosts(tmp_path):
-    summary, _, exp = run(tiny_config(tmp_path, resources__num_actors=4, rounds__num_rounds=1))
+    summary, _, exp = run(tiny_config(tmp_path, resources__num_actors=4, rounds__num_rounds=1)).unpack(
+        "summary", "rounds", "exp"
+    )
     assert summary["client_actors"] == 4 == client_actors(exp.run_dir)
-    summary, _, exp = run(tiny_config(tmp_path, resources__num_actors=2, rounds__num_rounds=1))
+    summary, _, exp = run(tiny_config(tmp_path, resources__num_actors=2, rounds__num_rounds=1)).unpack(
+        "summary", "rounds", "exp"
+    )
     assert summary["client_actors"] == 2 == client_actors(exp.run_dir)
-
-
-@pytest.mark.parametrize("feature_mapping", [False, True])
-def test_dsac_packing_does_not_change_results(tmp_path, feature_mapping):
-    """DSAC is not linear (no pre-summing): its aggregate sees every client's result, in client
-    order whichever actor trained it. With feature mapping its clients keep state (pinned)."""
-    import warnings
-
-    frames = {}
-    for name, (over, share, actors) in LAYOUTS.items():
-        cfg = tiny_config(
-            tmp_path,
-            algorithm__name="dsac",
-            algorithm__feature_mapping=feature_mapping,
-            algorithm__cluster_every=2,
-            data__public_fraction=0.1,
-            **over,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # K clamped to cnn-small's 3 blocks
-            summary, rounds, exp = run(cfg, share=share)
-        assert summary["client_actors"] == actors == client_actors(exp.run_dir), name
-        frames[name] = rounds
-    assert frames["1"]["num_groups"].notna().any()  # the clients were grouped at round 2
-    for name in ("4", "auto"):
-        assert_same_learning(frames["1"], frames[name], f"dsac fm={feature_mapping}: 1 vs {name}")
 
 
 def test_a_round_hands_back_cohort_rows_and_the_personal_figures_as_columns(tmp_path):

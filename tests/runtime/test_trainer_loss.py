@@ -14,9 +14,9 @@ from raysim.algorithms.base import LocalHParams
 from raysim.config import ConfigError, config_from_dict
 from raysim.models.flat import FlatModel, init_params
 from raysim.models.registry import build_model
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import Trainer, training_loss
 from tests.conftest import tiny_config
+from tests.helpers import steps
 
 
 def digits_batch(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -63,13 +63,7 @@ def test_one_sgd_step_on_squared_error_matches_torch_and_differs_from_cross_entr
 
 def test_the_config_reaches_every_client_and_evaluation_stays_cross_entropy(tmp_path):
     def run(loss: str) -> pd.DataFrame:
-        cfg = tiny_config(tmp_path, name=loss, local__loss=loss, rounds__num_rounds=2)
-        exp = Experiment(cfg, progress=False)
-        exp.prepare()
-        try:
-            return pd.DataFrame([exp.step().metrics for _ in range(2)])
-        finally:
-            exp.close()
+        return steps(tiny_config(tmp_path, name=loss, local__loss=loss, rounds__num_rounds=2))[0]
 
     ce, se = run("cross_entropy"), run("squared_error")
     # a squared error of two probability vectors is at most 2; the untrained 10-class CE is ~2.3

@@ -1,9 +1,9 @@
 """KMeansCFL: clustered FL by k-means on the clients' updates, written outside raysim.
 
 Warm-up (rounds 1..warmup_rounds): FedAvg on one shared model. The round after it, the server runs
-k-means (k-means++, ``restarts`` seedings, best inertia) on the cohort's local models, which all
-started from the shared model, so this is k-means on their updates, and keeps one model per cluster:
-the example-weighted mean of its members' local models. From then on a placed client trains its
+spherical k-means (cosine, k-means++ seeding, best of ``restarts``) on the cohort's updates from the
+shared model less their mean (the part every client agrees on), and keeps one model per cluster: the
+example-weighted mean of its members' local models. From then on a placed client trains its
 cluster's model and every round is one Lloyd step on the cohort: each local model goes to the nearest
 cluster model (E-step), and each cluster model becomes its members' weighted mean (M-step, FedAvg
 within the cluster); a cluster nobody joined keeps its model. A client not yet placed trains the
@@ -17,7 +17,6 @@ from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
-from sklearn.metrics import adjusted_rand_score
 
 from raysim.algorithms.base import (
     AlgoParams,
@@ -28,7 +27,7 @@ from raysim.algorithms.base import (
     Traits,
     sample_cohort,
 )
-from raysim.clustering import kmeans
+from raysim.clustering import spherical_kmeans
 
 SHARED, ASSIGN = "global", "assign"  # broadcast keys besides "cluster/<j>"
 
@@ -51,13 +50,8 @@ class KMeansCFL(Algorithm):
 
     # State: a plain dict of arrays (what a checkpoint stores without running code to load it).
     def init(self, params, ctx) -> dict[str, Any]:
-        truth = np.full(ctx.num_clients, -1) if ctx.client_groups is None else ctx.client_groups
-        return {
-            "shared": params.astype(np.float32),
-            "models": (),
-            "truth": np.asarray(truth, np.int64),
-            "assign": np.full(ctx.num_clients, -1, dtype=np.int64),
-        }
+        assign = np.full(ctx.num_clients, -1, dtype=np.int64)  # -1: not placed yet
+        return {"shared": params.astype(np.float32), "models": (), "assign": assign}
 
     def key(self, state: dict[str, Any], c: int) -> str:
         j = int(state["assign"][c])
@@ -86,8 +80,9 @@ class KMeansCFL(Algorithm):
         if state["models"]:  # E-step: the nearest cluster model
             models = np.stack(state["models"]).astype(np.float64)
             labels = np.stack([((local - m) ** 2).sum(axis=1) for m in models], axis=1).argmin(axis=1)
-        else:  # the first clustering: k-means on the updates from the shared model
-            labels = kmeans(local, self.p.num_clusters, server.rng, n_init=self.p.restarts).labels
+        else:  # the first clustering: the directions of the updates from the shared model, less their mean
+            centred = local - local.mean(axis=0)  # = delta_i - mean(delta)
+            labels = spherical_kmeans(centred, self.p.num_clusters, server.rng, n_init=self.p.restarts).labels
             models = np.repeat(state["shared"][None].astype(np.float64), self.p.num_clusters, axis=0)
         assign = state["assign"].copy()
         moved = int((assign[ids] != labels).sum())
@@ -100,9 +95,6 @@ class KMeansCFL(Algorithm):
             "moved_clients": float(moved),
             "nonempty_clusters": float(len(np.unique(assign[assign >= 0]))),
         }
-        known = (state["truth"] >= 0) & (assign >= 0)
-        if known.sum() >= 2:
-            metrics["ari"] = float(adjusted_rand_score(state["truth"][known], assign[known]))
         return {**state, "models": tuple(new), "assign": assign}, metrics
 
     def server_model(self, state):  # the largest cluster's model (shared before clustering)
@@ -113,7 +105,7 @@ class KMeansCFL(Algorithm):
         models = {f"cluster/{j}": m for j, m in enumerate(state["models"])}
         return {SHARED: state["shared"], ASSIGN: state["assign"], **models}
 
-    def client_annotations(self, state):  # the `cluster` column of clients.parquet
+    def client_annotations(self, state):  # clients.parquet's `cluster` (and rounds.parquet's cluster_ari)
         return {c: {"cluster": float(j)} for c, j in enumerate(state["assign"])}
 
     # -- on the client actor that hosts the client -------------------------------------------

@@ -110,7 +110,7 @@ class KMeansCFL(Algorithm):
 
     # -- on the client actor that hosts the client -------------------------------------------
     def client_update(self, task, params, client) -> ClientResult:
-        fit = client.fit(params, **task.hparams)
+        fit = client.fit(params, hparams=task.hparams)  # the task's typed hyperparameter record, whole
         return ClientResult(
             client_id=task.client_id,
             num_examples=fit.num_examples,

@@ -141,15 +141,15 @@ def test_the_server_scores_the_largest_clusters_model_and_each_client_its_own():
 
 def test_client_update_returns_the_change_of_the_tasks_model():
     a = algo()
-    seen = {}
+    seen = []
 
-    def fit(params, **hp):
-        seen.update(hp)
+    def fit(params, *, hparams):
+        seen.append(hparams)
         return SimpleNamespace(params=params + 0.5, num_examples=7, loss=0.25)
 
     client = SimpleNamespace(client_id=3, fit=fit)
     task = plan(a, a.init(np.zeros(2, np.float32), setup()), 1, [3]).tasks[0]
     r = a.client_update(task, np.ones(2, np.float32), client)
-    assert seen == HP and r.model_key == task.model_key == "global"
+    assert seen == [task.hparams] and r.model_key == task.model_key == "global"
     np.testing.assert_array_equal(r.delta, [0.5, 0.5])
     assert (r.num_examples, r.metrics["train_loss"]) == (7, 0.25)

@@ -96,8 +96,8 @@ test-examples: install data  ## install the example package (examples/) into .ve
 	$(BIN)/pytest -q examples/tests
 
 lint: install  ## ruff and mypy on the packages
-	$(BIN)/ruff check raysim actors tuning tests benchmarks
-	$(BIN)/ruff format --check raysim actors tuning tests benchmarks
+	$(BIN)/ruff check raysim actors tuning tests benchmarks examples
+	$(BIN)/ruff format --check raysim actors tuning tests benchmarks examples
 	$(BIN)/mypy raysim actors tuning
 
 bench: install data  ## workload W1: raysim vs plain processes and a pure PyTorch loop (prints the ratios)

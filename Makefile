@@ -14,7 +14,7 @@ NORMALIZE := awk -F'==' '{ n = tolower($$1); gsub(/[_.]+/, "-", n); print n "=="
 COMPILE := pip-compile --quiet --generate-hashes --extra dev --allow-unsafe --strip-extras --no-emit-index-url \
 	--no-emit-find-links -o $(LOCK) pyproject.toml
 
-.PHONY: help install lock lock-upgrade test-latest data run test test-runtime-slow test-slow test-all lint bench clean
+.PHONY: help install lock lock-upgrade test-latest data run test test-runtime-slow test-slow test-all test-examples lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -86,13 +86,22 @@ test-slow: install data  ## the slow tier: real Fashion-MNIST runs, the bigger R
 test-all: install data  ## both tiers, the default suite and the slow one
 	$(BIN)/pytest -q
 
+# The plug-in example (examples/, docs/extending.md) the way a user installs it: a separate package
+# in .venv (--no-deps: raysim's lock has its dependencies; --no-build-isolation: nothing downloads),
+# then its tests: raysim.testing on it, its configs by import path and entry point on Ray and serial,
+# the CLI, the Python API and a sweep. Rebuilt from the source each time (no stale copy in build/).
+test-examples: install data  ## install the example package (examples/) into .venv and run its tests (~2 min)
+	rm -rf examples/build examples/*.egg-info
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --force-reinstall ./examples
+	$(BIN)/pytest -q examples/tests
+
 lint: install  ## ruff and mypy on the packages
-	$(BIN)/ruff check raysim actors tuning tests benchmarks
-	$(BIN)/ruff format --check raysim actors tuning tests benchmarks
+	$(BIN)/ruff check raysim actors tuning tests benchmarks examples
+	$(BIN)/ruff format --check raysim actors tuning tests benchmarks examples
 	$(BIN)/mypy raysim actors tuning
 
 bench: install data  ## workload W1: raysim vs plain processes and a pure PyTorch loop (prints the ratios)
 	$(BIN)/python benchmarks/fedavg_w1.py
 
 clean:  ## remove runs and caches (not the venv)
-	rm -rf runs report .pytest_cache .ruff_cache .mypy_cache
+	rm -rf runs report .pytest_cache .ruff_cache .mypy_cache examples/build examples/*.egg-info

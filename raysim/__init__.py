@@ -1,7 +1,11 @@
 """raysim: federated-learning experiments on Ray.
 
-The public Python API is the names in ``__all__`` (docs/api.md); everything else (``raysim.runtime``,
-``raysim.algorithms``, ``actors``, ``tuning``, ...) is internal and may change between versions.
+The public Python API is the names in ``__all__`` (docs/api.md) and, for plug-in authors
+(docs/extending.md), the contract modules ``raysim.algorithms.base`` (Algorithm, Traits, the round's
+records), ``raysim.data`` (``Dataset``, ``DatasetNotFoundError``), ``raysim.plugins`` (``resolve``,
+``names``, ``PluginError``), ``raysim.clustering`` and ``raysim.testing``. Everything else
+(``raysim.runtime``, the algorithm modules, ``actors``, ``tuning``, ...) is internal and may change
+between versions.
 ``import raysim`` stays light: the names load on first use (torch and Ray only when a run starts).
 """
 

@@ -133,13 +133,15 @@ def test_the_python_api_steps_the_experiment_round_by_round(rotated, tmp_path):
 
 
 @pytest.mark.ray
-def test_raysim_tune_sweeps_the_algorithms_knobs(ray_cluster, rotated, tmp_path):
+def test_raysim_tune_sweeps_the_algorithms_knobs(ray_cluster, rotated, tmp_path, monkeypatch):
     spec = HERE / "tune_kmeans.yaml"
+    # a data path relative to where the sweep starts: every trial must find the same file there
+    monkeypatch.chdir(rotated.parent)
     args = [
         "tune",
         str(spec),
         "--set",
-        f"data.dataset_params.path={rotated}",
+        f"data.dataset_params.path={rotated.name}",
         "--storage-path",
         str(tmp_path),
     ]

@@ -203,9 +203,6 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
     return VariantGenerator(max_concurrent=spec.max_concurrent_trials or 0), None
 
 
-CHDIR_VAR = "RAY_CHDIR_TO_TRIAL_DIR"  # Ray Tune's switch (ray.train.constants)
-
-
 def _trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -230,18 +227,9 @@ def ray_session(address: str | None, reproducible: bool = False) -> Iterator[Any
         extra = {"runtime_env": {"env_vars": env}} if env else {}
         ensure_ray(address, log_to_driver=False, **extra)
         started = True
-    # Tune would start each trial inside its trial directory, where a relative data path of the
-    # base config (data.data_dir, dataset_params.path) names nothing; trials write only absolute
-    # paths, so they keep the working directory they start in (Tune passes this to every trial)
-    chdir_before = os.environ.get(CHDIR_VAR)
-    os.environ[CHDIR_VAR] = "0"
     try:
         yield ray
     finally:
-        if chdir_before is None:
-            os.environ.pop(CHDIR_VAR, None)
-        else:
-            os.environ[CHDIR_VAR] = chdir_before
         if started:
             ray.shutdown()
 
@@ -266,9 +254,11 @@ def _trainable(loaded: LoadedSpec, cpus: float, gpus: float) -> Any:
     cfg = trial_config(loaded.base, {})
     pgf = trial_resources(cfg, cpus, gpus)
     check_fits(cfg, pgf, cpus, gpus)
-    return tune.with_resources(
-        make_trainable(loaded.base, checkpoint_every=loaded.spec.checkpoint_every), pgf
+    # trials read the base config's relative data paths from where the sweep starts (os.getcwd())
+    trainable = make_trainable(
+        loaded.base, checkpoint_every=loaded.spec.checkpoint_every, workdir=os.getcwd()
     )
+    return tune.with_resources(trainable, pgf)
 
 
 def tracker_callbacks(loaded: LoadedSpec, directory: Path) -> list[Any]:

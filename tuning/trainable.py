@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -170,8 +171,16 @@ def run_trial(
     return last
 
 
-def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Callable[[dict[str, Any]], None]:
+def make_trainable(
+    base: Mapping[str, Any], *, checkpoint_every: int = 1, workdir: str | None = None
+) -> Callable[[dict[str, Any]], None]:
     """A Tune function trainable running ``base`` with each trial's dotted keys merged in.
+
+    ``workdir``: the folder the sweep started in. Tune starts a trial in its trial directory (or
+    wherever its worker process started), where the base config's relative data paths
+    (``data.data_dir``, ``dataset_params.path``) name nothing; a trial moves to ``workdir`` when
+    that folder exists on its node, so they name the same files as in ``raysim run``. Trials write
+    only to absolute paths.
 
     Use it with ``tune.with_resources(make_trainable(base), tuning.resources.trial_resources(...))``
     so that the trial's placement group holds its actors; the run sizes itself to that group.
@@ -190,6 +199,8 @@ def make_trainable(base: Mapping[str, Any], *, checkpoint_every: int = 1) -> Cal
 
         from tuning.resources import pinned_actors, trial_share
 
+        if workdir is not None and Path(workdir).is_dir():
+            os.chdir(workdir)
         ctx = tune.get_context()
         trial_dir = Path(ctx.get_trial_dir())
         pgf = ctx.get_trial_resources()

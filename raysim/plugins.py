@@ -157,7 +157,20 @@ def resolve(kind: str, name: str) -> Any:
     problem = contract_problem(kind, obj)
     if problem is not None:
         raise PluginError(f"{what} {name!r} is not a raysim {what}: {problem}")
+    if kind == "algorithms" and not str(obj.__module__).startswith("raysim."):
+        _STATE_MODULES.add(str(obj.__module__))
     return obj
+
+
+# the modules of the plug-in algorithms this process resolved: a checkpoint may hold dataclasses
+# defined there (raysim.runtime.statecodec), as it may raysim's own. Only a module the config
+# already imported can be named, so a checkpoint file cannot make raysim import anything new.
+_STATE_MODULES: set[str] = set()
+
+
+def state_modules() -> tuple[str, ...]:
+    """The modules whose dataclasses an algorithm's checkpointed state may hold (see above)."""
+    return tuple(sorted(_STATE_MODULES))
 
 
 def _import(kind: str, name: str, path: str, how: str) -> Any:

@@ -5,7 +5,7 @@ entry point), plus broken ones for the error paths."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -37,6 +37,35 @@ class DampedAvg(FedAvg):
         total = LinearSum.of(results)
         new = fedavg_step(state.params, total, self.p.damping)
         return replace(state, params=new), {"aggregated_clients": float(total.num_clients if total else 0)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TallyState:
+    """A plug-in's own server state (a dataclass of this module, not raysim's): checkpoints keep it."""
+
+    inner: GlobalState
+    aggregations: int
+
+
+class TallyAvg(FedAvg):
+    """FedAvg counting its aggregations in a state dataclass of its own module."""
+
+    name: ClassVar[str] = "tally-avg"
+
+    def init(self, params, ctx):  # type: ignore[no-untyped-def]
+        return TallyState(inner=super().init(params, ctx), aggregations=0)
+
+    def configure_round(self, state, rnd):  # type: ignore[no-untyped-def]
+        inner, plan = super().configure_round(state.inner, rnd)
+        return replace(state, inner=inner), plan
+
+    def aggregate(self, state, results, server):  # type: ignore[no-untyped-def]
+        inner, metrics = super().aggregate(state.inner, results, server)
+        n = state.aggregations + 1
+        return TallyState(inner=inner, aggregations=n), {**metrics, "aggregations": float(n)}
+
+    def server_model(self, state):  # type: ignore[no-untyped-def]
+        return state.inner.params
 
 
 class NotAnAlgorithm:

@@ -495,3 +495,17 @@ def test_a_parquet_dataset_with_a_client_column_runs_with_its_natural_partition(
         model={"name": "mlp"},
         data={**data, "dataset_params": {"features": ["f0", "f1", "f2", "f3"]}},
     )
+
+
+def test_a_plugin_algorithms_own_state_dataclass_survives_save_and_restore(tmp_path):
+    """A checkpoint keeps dataclasses of raysim's modules and of the configured plug-in
+    algorithm's module (and no other: tests/runtime/test_rundir.py's foreign dataclass)."""
+    from raysim.runtime.statecodec import decode_state, encode_state
+    from raysim.testing import check_save_restore
+
+    check_save_restore("tests.plugin_fixtures:TallyAvg", workdir=tmp_path)
+    state = fx.TallyState(inner=fx.GlobalState(params=np.arange(3, dtype=np.float32)), aggregations=2)
+    back = decode_state(*encode_state(state))
+    assert type(back) is fx.TallyState and back.aggregations == 2
+    np.testing.assert_array_equal(back.inner.params, state.inner.params)
+    assert "tests.plugin_fixtures" in plugins.state_modules()

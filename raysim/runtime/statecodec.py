@@ -5,7 +5,8 @@ underneath: ``encode_state`` turns a state tree (dicts, lists, tuples, sets, str
 nan/inf, bool, None, bytes, numpy arrays and scalars, torch tensors, numpy Generators and
 RandomStates, ``random.Random``, dataclasses of raysim's own modules) into JSON-able placeholders
 and the list of its arrays; ``decode_state`` rebuilds it without running code from the file (a
-dataclass is looked up by name, must come from a ``raysim.`` module, and is filled field by field).
+dataclass is looked up by name, must come from a ``raysim.`` module or the module of a plug-in
+algorithm the config named (its own state), and is filled field by field).
 Separate from ``rundir`` because it is a pure function of the tree: no files, and every type rule
 of what a checkpoint may hold is here in one place.
 """
@@ -26,6 +27,16 @@ from raysim.config import ConfigError
 
 DATACLASS_MODULES = ("raysim.",)  # where a checkpoint's dataclasses may come from
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+
+
+def _allowed_module(module: str) -> bool:
+    """raysim's own modules, and the modules of the plug-in algorithms this process resolved by
+    name (``raysim.plugins.state_modules``: a plug-in's state may be dataclasses defined beside it)."""
+    if module.startswith(DATACLASS_MODULES):
+        return True
+    from raysim.plugins import state_modules
+
+    return module in state_modules()
 
 
 Where = tuple[Any, ...] | str  # (parent, key) or (parent, ".", field): formatted only for an error
@@ -91,10 +102,10 @@ class _Encoder:
         if torch is not None and t in (torch.Tensor, torch.nn.Parameter):
             return self._tensor(x, where)
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            if not t.__module__.startswith(DATACLASS_MODULES):
+            if not _allowed_module(t.__module__):
                 raise TypeError(
                     f"checkpoint: {_where(where)} is a {t.__module__}.{t.__qualname__}; a checkpoint keeps "
-                    f"dataclasses of modules {', '.join(DATACLASS_MODULES)} only"
+                    f"dataclasses of raysim's modules and of the configured plug-in algorithm's module only"
                 )
             return {
                 "$dataclass": f"{t.__module__}:{t.__qualname__}",
@@ -260,8 +271,8 @@ class _Decoder:
         if type(name) is not str or ":" not in name or type(fields) is not dict:
             raise self.bad(f"dataclass {name!r}")
         module, qualname = name.split(":", 1)
-        if not module.startswith(DATACLASS_MODULES):
-            raise self.bad(f"dataclass {name} is not one of raysim's")
+        if not _allowed_module(module):
+            raise self.bad(f"dataclass {name} is neither raysim's nor the configured algorithm's")
         try:
             cls: Any = importlib.import_module(module)
             for part in qualname.split("."):

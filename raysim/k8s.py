@@ -260,7 +260,9 @@ def _format_value(key: str, value: Any) -> str:
         text = value
     else:
         raise ConfigError(
-            f"{key}: {type(value).__name__} values cannot be passed with --set to a Kubernetes job"
+            f"{key}: {type(value).__name__} values cannot be passed with --set to a Kubernetes job (the job's "
+            "command line carries single tokens only): leave it out of the rendered config, or build an "
+            "image holding your config file and run it there"
         )
     back = yaml.safe_load(text) if text else None
     if type(back) is not type(value) or back != value or not _SAFE_TOKEN.match(f"{key}={text}"):
@@ -275,7 +277,16 @@ def run_entrypoint(cfg: ExperimentConfig, config_path: str = INLINE_CONFIG) -> s
     """``raysim run <empty config> --set ...`` carrying every value of ``cfg``."""
     leaves: list[tuple[str, Any]] = []
     _flatten("", cfg.to_dict(), leaves)
-    sets = [f"--set {key}={_format_value(key, value)}" for key, value in leaves]
+    defaults: list[tuple[str, Any]] = []
+    _flatten("", ExperimentConfig().to_dict(), defaults)
+    # a list cannot be one shell-safe token (brackets need quoting): an empty one that is also
+    # the default (output.trackers) is left out, the job's config then has it as it is
+    empty_by_default = {key for key, value in defaults if value == []}
+    sets = [
+        f"--set {key}={_format_value(key, value)}"
+        for key, value in leaves
+        if not (value == [] and key in empty_by_default)
+    ]
     return " ".join(["raysim", "run", config_path, *sets])
 
 

@@ -151,7 +151,8 @@ def test_resume_refuses_a_reproducible_flag(tmp_path):
 
 def test_ray_actors_get_the_variables_in_their_runtime_env():
     from actors.backend import ACTOR_ENV, actor_runtime_env
+    from raysim.plugins import worker_env  # local plug-ins' folders, when a test resolved one
 
-    assert actor_runtime_env(False) == {"env_vars": ACTOR_ENV}
+    assert actor_runtime_env(False) == {"env_vars": {**ACTOR_ENV, **worker_env()}}
     env = actor_runtime_env(True)["env_vars"]
-    assert env == {**ACTOR_ENV, **reproducible.environment()}
+    assert env == {**ACTOR_ENV, **reproducible.environment(), **worker_env()}

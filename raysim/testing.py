@@ -53,6 +53,7 @@ import pandas as pd
 
 from raysim import reproducible
 from raysim.algorithms.base import Algorithm, ClientResult, LinearSum, ServerContext, SetupContext
+from raysim.api import BACKENDS
 from raysim.config import ExperimentConfig, config_from_dict
 from raysim.runtime import rundir
 from raysim.runtime.experiment import Experiment
@@ -236,7 +237,7 @@ def _run(
     """Run ``cfg`` through the runtime's public steps (optionally with ``algorithm`` in place of the
     configured one): restored from ``restore_from`` first, switching lr before round ``lr_from[0]``,
     stopping after round ``until``; the state after the last round is saved and read back."""
-    exp = Experiment(cfg, progress=False)
+    exp = Experiment(cfg, progress=False, backends=BACKENDS)  # the Ray backend handed in, as raysim run does
     if algorithm is not None:
         exp.algorithm = algorithm
     try:

@@ -17,6 +17,8 @@ import pytest
         "raysim.clustering",
         "raysim.metrics",
         "raysim.config",
+        "raysim.config_text",
+        "raysim.config_checks",
         "raysim.runtime.experiment",
         "raysim.runtime.server",
         "raysim.runtime.host",

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from raysim.algorithms.base import sample_cohort
+from raysim.api import BACKENDS
 from raysim.config import config_from_dict
 from raysim.data import ShardTable, build_federation, load_dataset
 from raysim.models import build_model
@@ -222,7 +223,7 @@ def main() -> int:
                 "output": {"dir": d, "progress": False},
             }
         )
-        exp = Experiment(cfg, progress=False)
+        exp = Experiment(cfg, progress=False, backends=BACKENDS)
         plain = tuned = None
         try:
             exp.prepare()

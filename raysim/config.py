@@ -4,11 +4,14 @@ A config is YAML with the sections below; ``load_config`` reads it, applies dott
 ``--set a.b=c`` overrides and validates everything a user can get wrong *before* any run
 directory exists. Every error names the field and how to fix it (``ConfigError``); the CLI
 turns it into one message and exit status 2.
+
+This module is the schema: the typed sections, their cross-checks and the messages of a failed
+validation. Reading YAML and ``--set`` overrides are ``raysim.config_text``'s, the checks against
+the disk (data files, output folder) ``raysim.config_checks``'; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,100 +27,21 @@ from pydantic import (
 )
 
 from raysim.algorithms import DEFAULT_ALGORITHM
+
+# re-exported for every importer of raysim.config: the text side (errors, YAML, --set) and the
+# checks against the disk live in modules of their own (their docstrings say why)
+from raysim.config_checks import check_data_available as check_data_available
+from raysim.config_checks import check_output_dir as check_output_dir
+from raysim.config_text import MAX_NAME as MAX_NAME
+from raysim.config_text import ConfigError as ConfigError
+from raysim.config_text import apply_overrides as apply_overrides
+from raysim.config_text import load_yaml_file as load_yaml_file
+from raysim.config_text import parse_override as parse_override
+from raysim.config_text import path_component_problem as path_component_problem
+from raysim.config_text import yaml_loads as yaml_loads
 from raysim.data import DATASETS, SCHEMES
 from raysim.data.datasets import NOT_NATURAL
 from raysim.plugins import SINGULAR
-
-
-class ConfigError(ValueError):
-    """A user-fixable problem with an experiment config (the CLI exits with status 2)."""
-
-
-MAX_NAME = 200  # bytes: a name plus raysim's "-NN" suffix stays below the file systems' 255
-
-
-def path_component_problem(name: object) -> str | None:
-    """Why ``name`` cannot be one directory name inside a folder raysim writes to (None: it can).
-
-    Names from configs and specs become directories (``output.dir/<name>``, ``storage_path/<name>``);
-    a ``/``, a ``..`` or an absolute path would put them anywhere on the disk."""
-    if not isinstance(name, str):
-        return f"a name must be a string, got {type(name).__name__}"
-    if not name.strip():
-        return "a name must not be empty"
-    if name in (".", ".."):
-        return f"{name!r} is not a name but a reference to a folder"
-    bad = sorted({c for c in name if c in "/\\\0" or ord(c) < 32 or ord(c) == 127})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        return f"a name is one directory name: no path separators or control characters (found {shown})"
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME:
-        return f"a name is at most {MAX_NAME} bytes"
-    return None
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a mapping with the same key twice is an error: plain YAML
-    keeps the last value silently, so a key pasted twice (an edited lr further down) would change a
-    run without a word. Merge keys (``<<: *base``) still override as YAML says."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:  # an unhashable key: the base class says so
-                continue
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    f"while reading the mapping that starts on line {node.start_mark.line + 1}",
-                    node.start_mark,
-                    f"key {key!r} appears twice (lines {first.line + 1} and {key_node.start_mark.line + 1}); "
-                    "YAML would keep the last one silently: delete one",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def yaml_loads(text: str, source: str) -> Any:
-    """``text`` as YAML (duplicate keys refused), or a ConfigError naming ``source`` and the line."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" (line {mark.line + 1}, column {mark.column + 1})"
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
-
-
-def load_yaml_file(path: str | Path, what: str = "config", *, mapping: bool = True) -> Any:
-    """A YAML file raysim reads (a config, a sweep spec, a saved sweep.yaml): missing, unreadable,
-    invalid, empty or (with ``mapping``) not a mapping, or holding a key twice, is one ConfigError
-    naming the file. An empty file (or comments only) is refused rather than read as "all
-    defaults"; a file meant to take every default says so with ``{}``."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} file {str(p)!r} does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{what} {p} cannot be read as UTF-8 text: {err}") from None
-    raw = yaml_loads(text, f"{what} {p}")
-    if raw is None:
-        raise ConfigError(
-            f"{what} {p} is empty (no settings, only blank lines or comments): refusing to run every "
-            "default; write its settings (see configs/), or `{}` to take every default on purpose"
-        )
-    if mapping and not isinstance(raw, dict):
-        raise ConfigError(
-            f"{what} {p} must be a mapping of keys (data:, model:, ...), got {type(raw).__name__}"
-        )
-    return raw
 
 
 def _check_name(value: str | None, field: str) -> str | None:
@@ -583,35 +507,6 @@ def _format_validation_error(
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(
-            f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. --set rounds.num_rounds=5"
-        )
-    key, value = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"--set {text!r}: empty key")
-    return parts, yaml_loads(value, f"--set {text!r}") if value.strip() else None
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    out = dict(raw)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = out
-        for p in parts[:-1]:
-            child = node.get(p)
-            if child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {p!r} is a value, not a section")
-            node[p] = child = dict(child)
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
@@ -626,61 +521,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     raw = load_yaml_file(p, "config")
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(p))
-
-
-def check_data_available(cfg: ExperimentConfig) -> None:
-    """Raise ConfigError when the dataset's files are missing (without loading them).
-
-    A ``data.data_dir`` that is not a directory is refused even when the dataset has a default
-    location: a typo there would otherwise silently train on other files.
-    """
-    from raysim.data import dataset_available
-
-    d = cfg.data
-    problem = dataset_available(d.dataset, d.data_dir, d.dataset_params)
-    if d.data_dir is not None and not Path(d.data_dir).expanduser().is_dir():
-        what = "it is not a directory" if Path(d.data_dir).expanduser().exists() else "it does not exist"
-        if d.dataset in ("digits", "synthetic"):
-            fix = f" or leave it out: dataset {d.dataset!r} is built in and reads no files"
-        elif problem is None:
-            fix = " or leave it out: the dataset's files are found without it"
-        else:
-            fix = f". {problem}"
-        raise ConfigError(f"data.data_dir={d.data_dir!r}: no such directory ({what}); fix the path{fix}")
-    if problem is not None:
-        raise ConfigError(f"data.dataset={d.dataset!r}: {problem}")
-
-
-def check_output_dir(cfg: ExperimentConfig) -> None:
-    """Raise ConfigError when runs could not be written under ``output.dir``; creates nothing.
-
-    Checked before any data is loaded or Ray started, so that a typo in ``output.dir`` fails in a
-    second with one message instead of after set-up (or, worse, with a half-made directory tree).
-    """
-    given = cfg.output.dir
-    target = Path(given).absolute()  # as the run creates it: no ~ expansion
-    fix = "set output.dir to a directory you can write to (e.g. --set output.dir=runs)"
-    if target.is_symlink() and not target.exists():
-        raise ConfigError(f"output.dir={given!r} is a dangling symbolic link; {fix}")
-    if target.exists():
-        if not target.is_dir():
-            raise ConfigError(f"output.dir={given!r} is a file, not a directory; {fix}")
-        if not os.access(target, os.W_OK | os.X_OK):
-            raise ConfigError(f"output.dir={given!r} is not writable; {fix}, or make it writable")
-        return
-    ancestor = target.parent
-    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(
-            f"output.dir={given!r} cannot be created: {str(ancestor)!r} is "
-            f"{'a dangling symbolic link' if ancestor.is_symlink() else 'a file'}, not a directory; {fix}"
-        )
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"output.dir={given!r} cannot be created: {str(ancestor)!r} is not writable; {fix}, "
-            f"or create {given!r} yourself first"
-        )
 
 
 def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:

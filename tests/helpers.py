@@ -1,6 +1,10 @@
 """What many test files need, in one place: client hyperparameters, the contexts an algorithm's
 server half gets (``SetupContext``, ``RoundContext``, ``ServerContext``), the server half called the
-way the runtime calls it, and runs of an experiment.
+way the runtime calls it, and experiments and their runs.
+
+``experiment`` and ``resume`` are the only places a test constructs an ``Experiment``: they hand in the
+Ray backend as the entry points do (``raysim.api.BACKENDS``), so a test of ``resources.backend: ray``
+runs what ``raysim run`` runs.
 
 ``client_hparams`` and ``local_knobs`` are the only places a test builds client hyperparameters or the
 config's ``local.*`` knobs: when their type changes, these two functions change."""
@@ -23,6 +27,7 @@ from raysim.algorithms.base import (
     ServerContext,
     SetupContext,
 )
+from raysim.api import BACKENDS
 from raysim.config import ExperimentConfig
 from raysim.models import ParamLayout
 from raysim.runtime.experiment import Experiment
@@ -145,6 +150,23 @@ def aggregate(
     return algo.aggregate(state, results, server_ctx(t, rng=rng))
 
 
+# -- experiments ----------------------------------------------------------------------------------
+def experiment(cfg: ExperimentConfig, **kw: Any) -> Experiment:
+    """An experiment of ``cfg`` as the entry points build it: the Ray backend handed in
+    (``raysim.api.BACKENDS``), no progress view unless ``progress=True``; ``kw``: the constructor's
+    other arguments (``share``, ``stop_when``, ``address``, ``run_dir``)."""
+    kw.setdefault("progress", False)
+    kw.setdefault("backends", BACKENDS)
+    return Experiment(cfg, **kw)
+
+
+def resume(run_dir: Path, **kw: Any) -> Experiment:
+    """A stopped run continued from its newest checkpoint, the backend handed in as ``experiment``'s."""
+    kw.setdefault("progress", False)
+    kw.setdefault("backends", BACKENDS)
+    return Experiment.resume(run_dir, **kw)
+
+
 # -- runs -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ran:
@@ -183,7 +205,7 @@ def run(
 ) -> Ran:
     """Run ``cfg`` to the end (with ``algorithm`` in place of the configured one), closing it;
     ``client_states``: keep every client's state at the end (``Ran.client_states``)."""
-    exp = Experiment(cfg, progress=False, **kw)
+    exp = experiment(cfg, **kw)
     if algorithm is not None:
         exp.algorithm = algorithm
     try:
@@ -206,7 +228,7 @@ def steps(
     """Run ``cfg`` round by round through the step API: saving the whole FL state after round ``at``
     into ``save_to``, or starting from that checkpoint (``restore_from``); switching lr before round
     ``lr_from[0]``; stopping after ``upto``. Returns the rounds' metrics and the cohort rows."""
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.prepare()
     out, rows = [], []
     try:

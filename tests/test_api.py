@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -119,7 +118,8 @@ def test_the_cli_runs_through_the_api(tmp_path, monkeypatch):
     assert (exp.run_dir / "summary.json").is_file()
 
 
-def test_a_backend_handed_in_is_the_one_used_and_ray_by_name_is_deprecated(tmp_path):
+def test_a_backend_handed_in_is_the_one_used_and_ray_is_never_found_by_name(tmp_path):
+    from raysim import api
     from raysim.runtime.backend import make_backend
     from raysim.runtime.experiment import Experiment
     from raysim.runtime.serial import SerialBackend
@@ -134,10 +134,13 @@ def test_a_backend_handed_in_is_the_one_used_and_ray_by_name_is_deprecated(tmp_p
     with Experiment(cfg, progress=False, backends={"serial": factory}) as exp:
         exp.run()
     assert made == [(None, None)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        backend = make_backend("ray")  # constructed only: nothing starts before share()/start()
-    assert type(backend).__name__ == "RayBackend"
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
-    with pytest.raises(ValueError, match="unknown backend 'nope'"):
-        make_backend("nope")
+    # the API's own factory is the Ray backend (constructed only: nothing starts before share()/start())
+    assert type(make_backend("ray", backends=api.BACKENDS)).__name__ == "RayBackend"
+    # nothing handed in: refused when the experiment is built, naming what to pass, nothing written
+    ray_cfg = tiny_config(tmp_path / "ray", rounds__num_rounds=1, resources__backend="ray")
+    with pytest.raises(ValueError, match=r"'ray': no backend of that name was handed in") as info:
+        Experiment(ray_cfg, progress=False)
+    assert "backends=raysim.api.BACKENDS" in str(info.value) and "raysim.api.experiment" in str(info.value)
+    assert not (tmp_path / "ray").exists()
+    with pytest.raises(ValueError, match=r"'nope'.*handed in: serial"):
+        make_backend("nope", backends={"serial": factory})

@@ -17,6 +17,8 @@ import pytest
         "raysim.clustering",
         "raysim.metrics",
         "raysim.config",
+        "raysim.config_text",
+        "raysim.config_checks",
         "raysim.runtime.experiment",
         "raysim.runtime.server",
         "raysim.runtime.host",
@@ -47,9 +49,8 @@ HANDS_IN_THE_BACKEND = {"raysim/api.py"}
 
 def test_only_the_api_imports_the_ray_backend():
     """The runtime is handed its Ray backend (Experiment(backends=...)): no module of raysim/ but
-    the API's imports actors/, not even lazily inside a function. (Older callers that construct an
-    Experiment with backend "ray" and hand nothing in still get it, by the name in
-    raysim.runtime.backend.RAY_BACKEND and with a DeprecationWarning: tests/test_api.py.)"""
+    the API's imports actors/, not even lazily inside a function, and the runtime never looks it up
+    by name: an Experiment for Ray with nothing handed in is refused (tests/test_api.py)."""
     root = Path(__file__).resolve().parents[1]
     offenders = []
     for path in sorted((root / "raysim").rglob("*.py")):

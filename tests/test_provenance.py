@@ -15,8 +15,8 @@ import pytest
 import raysim
 from raysim import provenance, reproducible
 from raysim.report import write_report
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment, resume
 
 NODES = [
     {"node_id": "a", "address": "10.0.0.1", "resources": {"CPU": 4.0, "GPU": 1.0, "node:10.0.0.1": 1.0}},
@@ -76,7 +76,7 @@ def test_git_state_sees_an_uncommitted_change(tmp_path):
 
 def test_a_run_directory_gets_environment_json_and_a_resume_appends_to_it(tmp_path):
     cfg = tiny_config(tmp_path, rounds__num_rounds=2, rounds__checkpoint_every=1)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.run()
     finally:
@@ -85,7 +85,7 @@ def test_a_run_directory_gets_environment_json_and_a_resume_appends_to_it(tmp_pa
     assert env is not None and env["cluster"] == {"backend": "serial", "nodes": None}
     assert env["reproducible"]["requested"] is False and env["reproducible"]["on"]  # the tests' process
     assert env["command"] == sys.argv
-    again = Experiment.resume(exp.run_dir, progress=False)
+    again = resume(exp.run_dir)
     again.close()
     env2 = provenance.read(exp.run_dir)
     assert {k: v for k, v in env2.items() if k != "resumed"} == env  # the first record is kept
@@ -95,7 +95,7 @@ def test_a_run_directory_gets_environment_json_and_a_resume_appends_to_it(tmp_pa
 @pytest.mark.ray
 def test_a_ray_run_records_the_cluster_nodes(ray_cluster, tmp_path):
     cfg = tiny_config(tmp_path, rounds__num_rounds=1, resources__backend="ray", resources__reproducible=True)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.prepare()
     finally:

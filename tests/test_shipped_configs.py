@@ -52,7 +52,7 @@ def run_all(paths: list[str], out_dir: str, result_file: str) -> None:
 
     import ray
 
-    from raysim.runtime.experiment import Experiment
+    from tests.helpers import experiment  # the Ray backend handed in, as `raysim run` does
 
     # a new local Ray of the documented size, even beside the test session's own
     ray.init(address="local", num_cpus=MACHINE_CPUS, num_gpus=0, include_dashboard=False, log_to_driver=True)
@@ -66,7 +66,7 @@ def run_all(paths: list[str], out_dir: str, result_file: str) -> None:
             warnings.simplefilter("always")
             try:
                 cfg = load_config(path, _overrides(Path(out_dir) / name))
-                exp = Experiment(cfg, progress=False)
+                exp = experiment(cfg)
                 try:
                     summary = exp.run()
                 finally:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from raysim import testing
+from raysim._testing_runs import _config_name
 from raysim.algorithms import ALGORITHMS
 from raysim.algorithms.base import ClientResult, LinearSum, RoundPlan
 from raysim.algorithms.fedavg import FedAvg, GlobalState
@@ -173,9 +174,9 @@ def test_the_algorithm_is_named_by_class_name_or_import_path(plug):
         testing.resolve_algorithm("no-such-algorithm")
     with pytest.raises((TypeError, ValueError), match="not a(n algorithm class| raysim algorithm)"):
         testing.resolve_algorithm("raysim.algorithms.base:Traits")
-    assert testing._config_name(FedAvg, FedAvg) == "fedavg"
+    assert _config_name(FedAvg, FedAvg) == "fedavg"
     path = f"{OrderDependent.__module__}:OrderDependent"  # imported by plug-in resolution
-    assert testing._config_name(OrderDependent, OrderDependent) == path
+    assert _config_name(OrderDependent, OrderDependent) == path
 
 
 def test_states_compare_to_the_bit_and_say_where_they_differ():

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 from benchmarks.fedavg_w1 import W1  # noqa: E402
 from benchmarks.peers.common import emit, versions  # noqa: E402
+from raysim.api import BACKENDS  # noqa: E402
 from raysim.config import config_from_dict  # noqa: E402
 from raysim.runtime.experiment import Experiment  # noqa: E402
 
@@ -43,7 +44,7 @@ def main() -> int:
                 "output": {"dir": d, "progress": False},
             }
         )
-        exp = Experiment(cfg, progress=False)
+        exp = Experiment(cfg, progress=False, backends=BACKENDS)
         times, acc, mismatched = [], float("nan"), []
         try:
             exp.prepare()

@@ -50,12 +50,13 @@ def run_key(raw: dict[str, Any]) -> str:
 
 def execute_run(raw: dict[str, Any], runs_dir: str, key: str) -> str:
     """Run one experiment into runs_dir/key in this process."""
+    from raysim.api import BACKENDS
     from raysim.config import config_from_dict
     from raysim.runtime.experiment import Experiment
 
     raw = {**raw, "output": {"dir": runs_dir, "name": key, "progress": False}}
     cfg = config_from_dict(raw, f"reproduce run {key}")
-    exp = Experiment(cfg, progress=False)
+    exp = Experiment(cfg, progress=False, backends=BACKENDS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. K clamped to the model's layer blocks
         try:

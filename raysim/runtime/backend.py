@@ -4,12 +4,12 @@ A backend starts the client hosts and the server somewhere (this process, or Ray
 relays the driver's calls to the server. The core knows only the serial backend; the Ray backend
 lives beside the actor shells in ``actors/`` (the core never imports Ray) and is handed in by the
 entry points (``raysim run``, ``raysim.api``, the Tune trainable) as a factory by name:
-``Experiment(cfg, backends={"ray": actors.backend.RayBackend})`` (``raysim.api.BACKENDS``).
+``Experiment(cfg, backends={"ray": actors.backend.RayBackend})`` (``raysim.api.BACKENDS``). A run for
+Ray with nothing handed in is refused when the experiment is built, naming what to pass.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -97,10 +97,29 @@ BACKENDS = ("serial", "ray")
 
 # (address, share) -> a backend: what an entry point hands the runtime for resources.backend
 BackendFactory = Callable[[str | None, Share | None], Backend]
-# Where the Ray backend lives, for callers that construct an Experiment directly with backend "ray"
-# and hand nothing in (older code, tests): resolved by name with a DeprecationWarning. The entry
-# points never take this path.
-RAY_BACKEND = "actors.backend:RayBackend"
+
+
+def _serial(address: str | None, share: Share | None) -> Backend:
+    from raysim.runtime.serial import SerialBackend
+
+    return SerialBackend(share)
+
+
+def backend_factory(name: str, backends: Mapping[str, BackendFactory] | None = None) -> BackendFactory:
+    """The factory for ``resources.backend=name``: the one handed in under that name (``backends``),
+    else the core's own serial backend. There is no other: the core never looks for the Ray backend
+    itself, so a caller that builds an ``Experiment`` for Ray hands it in, as the entry points do.
+    ValueError (the caller's code, not the config, needs fixing) naming what to pass."""
+    if backends and name in backends:
+        return backends[name]
+    if name == "serial":
+        return _serial
+    handed = ", ".join(sorted(backends)) if backends else "none"
+    raise ValueError(
+        f"resources.backend={name!r}: no backend of that name was handed in (handed in: {handed}; the core "
+        f"has only 'serial'). Pass Experiment(cfg, backends=raysim.api.BACKENDS), or build the experiment "
+        f"with raysim.api.experiment(...) as `raysim run` does; valid names: {', '.join(BACKENDS)}"
+    )
 
 
 def make_backend(
@@ -109,23 +128,6 @@ def make_backend(
     share: Share | None = None,
     backends: Mapping[str, BackendFactory] | None = None,
 ) -> Backend:
-    """The backend for ``resources.backend=name``: the one handed in under that name (``backends``),
-    else the core's serial backend; "ray" with nothing handed in is found by name (deprecated)."""
-    if backends and name in backends:
-        return backends[name](address, share)
-    if name == "serial":
-        from raysim.runtime.serial import SerialBackend
-
-        return SerialBackend(share)
-    if name == "ray":
-        warnings.warn(
-            "resources.backend=ray with no backend handed in: pass Experiment(cfg, "
-            "backends=raysim.api.BACKENDS) (raysim.api, `raysim run` and `raysim tune` do)",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        import importlib
-
-        module, attr = RAY_BACKEND.split(":")
-        return getattr(importlib.import_module(module), attr)(address, share)  # type: ignore[no-any-return]
-    raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")
+    """The backend for ``resources.backend=name`` (``backend_factory``'s rule), made for ``address``
+    and ``share``."""
+    return backend_factory(name, backends)(address, share)

@@ -2,7 +2,7 @@
 
 The CLI, the benchmarks and the Tune trainable all drive a run through the same steps::
 
-    exp = Experiment(cfg)           # nothing happens yet
+    exp = Experiment(cfg, backends=raysim.api.BACKENDS)  # nothing happens yet
     exp.prepare()                   # everything that can fail on user input, then the run directory
     while not exp.should_stop():    # the last round, algorithm convergence, or a user callback
         report = exp.step()         # one round (optionally with hyperparameter overrides)
@@ -10,7 +10,8 @@ The CLI, the benchmarks and the Tune trainable all drive a run through the same 
     exp.restore(directory)          # ... and back, in a fresh experiment (fresh actors)
     exp.close()
 
-``run()`` is that loop with periodic checkpoints, a progress view and the summary.
+``run()`` is that loop with periodic checkpoints, a progress view and the summary. The Ray backend
+is handed in (``backends``; ``raysim.api.experiment`` does it): the core has only the serial one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ from raysim.config import (
 )
 from raysim.models.flat import init_params
 from raysim.runtime import rundir
-from raysim.runtime.backend import Backend, BackendFactory, ServerLost, Share, StartSpec, make_backend
+from raysim.runtime.backend import (
+    Backend,
+    BackendFactory,
+    ServerLost,
+    Share,
+    StartSpec,
+    backend_factory,
+    make_backend,
+)
 from raysim.runtime.host import HostSpec
 from raysim.runtime.logger import RunLogger
 from raysim.runtime.packing import pack_clients, pick_noisy, pooled_shard, roams
@@ -65,7 +74,10 @@ class Experiment:
         """``share``: the resources this run may use (default: the whole cluster; a Tune trial
         passes its placement group's). ``stop_when(report)``: a user rule that ends the run early.
         ``backends``: the backend factories by name, for ``resources.backend`` (the entry points hand
-        in ``raysim.api.BACKENDS``, the Ray backend; the core itself has only the serial one)."""
+        in ``raysim.api.BACKENDS``, the Ray backend; the core itself has only the serial one). A
+        ``resources.backend`` with no backend handed in is refused here (ValueError), before anything
+        is written."""
+        backend_factory(cfg.resources.backend, backends)
         self.cfg = cfg
         self.address = address
         self.progress = cfg.output.progress if progress is None else progress
@@ -149,10 +161,14 @@ class Experiment:
             torch_threads=cfg.resources.torch_threads,
             noisy_clients=pick_noisy(len(shards), d.label_noise, cfg.seed),
         )
-        params0 = init_params(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed, cfg.model.params)
+        params0 = init_params(
+            cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed, cfg.model.params
+        )
         from raysim.models import ParamLayout, build_model
 
-        layout = ParamLayout.of(build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.model.params))
+        layout = ParamLayout.of(
+            build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.model.params)
+        )
         ctx = SetupContext(
             num_clients=len(shards),
             client_sizes=np.array([len(s.train_idx) for s in shards]),

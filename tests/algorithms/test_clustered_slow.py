@@ -15,7 +15,7 @@ import pytest
 
 from raysim.config import config_from_dict
 from raysim.reproduce.clustered import SCALES, config, methods, rotation_data
-from raysim.runtime.experiment import Experiment
+from tests.helpers import experiment
 
 pytestmark = [pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def final_clustering(method: str, tmp_path, seed: int = 1) -> pd.Series:
     sc = SCALES["full"]
     raw = config(sc, seed, methods(4)[method], rotation_data(sc.num_clients, 0.6, 4))
     raw["output"] = {"dir": str(tmp_path), "name": method, "progress": False}
-    exp = Experiment(config_from_dict(raw, "slow clustered test"), progress=False)
+    exp = experiment(config_from_dict(raw, "slow clustered test"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:

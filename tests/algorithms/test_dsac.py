@@ -17,9 +17,17 @@ from raysim.algorithms.base import ClientResult, LocalHParams, SetupContext, pla
 from raysim.algorithms.dsac import DSAC, DSACParams, DSACState
 from raysim.config import ConfigError
 from raysim.models import ParamLayout, build_model
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.helpers import aggregate, client_hparams, configure, local_knobs, round_ctx, run, setup_ctx
+from tests.helpers import (
+    aggregate,
+    client_hparams,
+    configure,
+    experiment,
+    local_knobs,
+    round_ctx,
+    run,
+    setup_ctx,
+)
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -289,9 +297,7 @@ def test_pretraining_broadcasts_the_base_model_and_feature_mapping_keeps_an_adap
     assert off["bytes_down"].iloc[0] == 3 * 4 * n_params
     assert on["test_loss"].iloc[0] != off["test_loss"].iloc[0]
 
-    exp = Experiment(
-        dsac_config(tmp_path, rounds__num_rounds=1, algorithm__feature_mapping=True), progress=False
-    )
+    exp = experiment(dsac_config(tmp_path, rounds__num_rounds=1, algorithm__feature_mapping=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         exp.run()

@@ -33,10 +33,9 @@ from raysim.algorithms.genetic_cfl import (
 )
 from raysim.models import build_model
 from raysim.models.flat import FlatModel, init_params
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.trainer import FitResult, Trainer, flat_parameter
 from tests.conftest import tiny_config
-from tests.helpers import aggregate, client_hparams, round_ctx, setup_ctx
+from tests.helpers import aggregate, client_hparams, experiment, round_ctx, setup_ctx
 
 LOCAL = client_hparams(lr=0.05, epochs=1, batch_size=32, momentum=0.0, weight_decay=0.0, optimizer="sgd")
 
@@ -485,7 +484,7 @@ def test_local_optimizer_reaches_the_trainer_through_the_host(tmp_path, monkeypa
     cfg = tiny_config(
         tmp_path, local__optimizer="adam", local__lr=1e-3, rounds__num_rounds=1, rounds__personal_eval=False
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.run()
     finally:
@@ -510,7 +509,7 @@ def participants(clients):
 
 
 def test_end_to_end_clients_parquet_tracks_each_clients_lr_and_batch(tmp_path):
-    exp = Experiment(gcfl_config(tmp_path), progress=False)
+    exp = experiment(gcfl_config(tmp_path))
     try:
         exp.run()
     finally:
@@ -539,7 +538,7 @@ def test_end_to_end_grid_start_searches_every_client_in_round_one(tmp_path):
     cfg = gcfl_config(
         tmp_path, algorithm__init="grid", rounds__num_rounds=2, rounds__clients_per_round=3, seed=4
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.run()
     finally:

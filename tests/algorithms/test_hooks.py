@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from raysim.algorithms import hooks
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.serial import SerialPool
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +88,7 @@ def test_fedprox_and_dsac_runs_print_no_warning(ray_like_broadcast, tmp_path: Pa
     cfg = tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=2, **extra)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        exp = Experiment(cfg, progress=False)
+        exp = experiment(cfg)
         try:
             exp.run()
         finally:

@@ -17,7 +17,7 @@ from scipy import stats
 
 from raysim.config import config_from_dict
 from raysim.reproduce.pfedht import FEDAVG, PFEDHT, SCALES, config, data_section, methods
-from raysim.runtime.experiment import Experiment
+from tests.helpers import experiment
 
 pytestmark = [pytest.mark.slow]
 
@@ -26,7 +26,7 @@ def final_personal_accuracy(method: str, seed: int, tmp_path) -> float:
     sc = replace(SCALES["full"], rounds=10)
     raw = config(sc, seed, methods()[method], data_section(sc, "pathological", sc.clients))
     raw["output"] = {"dir": str(tmp_path), "name": f"{method}-{seed}".replace("*", ""), "progress": False}
-    exp = Experiment(config_from_dict(raw, "slow pFedHT test"), progress=False)
+    exp = experiment(config_from_dict(raw, "slow pFedHT test"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:

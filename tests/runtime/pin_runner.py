@@ -22,7 +22,7 @@ from tests.conftest import tiny_config  # first: sets reproducible mode's variab
 import pandas as pd
 
 from raysim import reproducible
-from raysim.runtime.experiment import Experiment
+from tests.helpers import experiment
 
 # isort: on
 
@@ -32,7 +32,7 @@ PINS_PATH = Path(__file__).with_name("pins_digits.json")
 def run_pin(name: str, pin: dict) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory() as d:
         over = {"algorithm__name": name, "rounds__num_rounds": 3, **pin["overrides"]}
-        exp = Experiment(tiny_config(Path(d), **over), progress=False)
+        exp = experiment(tiny_config(Path(d), **over))
         try:
             exp.run()
         finally:

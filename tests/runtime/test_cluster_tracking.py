@@ -9,10 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from raysim.cli import app
-from raysim.runtime.experiment import Experiment
 from raysim.runtime.server import cluster_membership, cluster_rows
 from tests.conftest import tiny_config
-from tests.helpers import run
+from tests.helpers import experiment, resume, run
 
 NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi"]
 
@@ -119,11 +118,11 @@ def test_resume_gives_the_uninterrupted_runs_files(tmp_path):
     )
     full = run(cfg).run_dir
 
-    first = Experiment(cfg, progress=False)
+    first = experiment(cfg)
     first.run(until=3)  # checkpoint at round 2; round 3 is written, then lost with the "crash"
     first.close()
     assert len(pd.read_parquet(first.run_dir / "clusters.parquet").groupby("round")) == 3
-    resumed = Experiment.resume(first.run_dir, progress=False)
+    resumed = resume(first.run_dir)
     assert resumed.next_round == 3
     resumed.run()
     resumed.close()

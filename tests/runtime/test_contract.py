@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms import ALGORITHMS
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.helpers import run, steps
+from tests.helpers import experiment, run, steps
 from tests.runtime import toy_algos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,7 +223,7 @@ def test_client_state_is_committed_only_when_the_update_is_accepted(tmp_path):
     cfg = tiny_config(
         tmp_path, rounds__num_rounds=2, rounds__clients_per_round=6, rounds__personal_eval=False
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = toy_algos.NaNForClient0()
     exp.prepare()
     try:
@@ -239,7 +238,7 @@ def test_client_state_is_committed_only_when_the_update_is_accepted(tmp_path):
 
 def test_checkpoints_do_not_grow_with_the_rounds(tmp_path):
     cfg = tiny_config(tmp_path, rounds__num_rounds=6, rounds__checkpoint_every=1, rounds__personal_eval=False)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.run()
     finally:

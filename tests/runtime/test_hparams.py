@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from raysim.algorithms.base import LocalHParams, plain_sgd
 from raysim.config import ConfigError, LocalConfig
 from raysim.runtime import rundir
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 
 
 def test_the_record_has_localconfigs_fields_and_defaults_and_no_others():
@@ -80,7 +80,7 @@ def test_a_checkpoint_without_hparams_reads_and_a_bad_entry_is_refused(tmp_path)
 
 
 def _steps(cfg, n: int, *, lr_after_round_1: float | None = None, save=None, restore=None) -> pd.DataFrame:
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.prepare()
     try:
         if restore is not None:
@@ -101,7 +101,7 @@ COLS = ["round", "train_loss", "test_loss", "test_accuracy"]
 
 
 def test_set_hparams_overrides_are_checked(tmp_path):
-    exp = Experiment(tiny_config(tmp_path), progress=False)
+    exp = experiment(tiny_config(tmp_path))
     with pytest.raises(ValueError, match="unknown client hyperparameters"):
         exp.set_hparams(nope=1)
     with pytest.raises(ValueError, match="SGD knob"):

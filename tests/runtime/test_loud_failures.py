@@ -30,6 +30,7 @@ from raysim.runtime.experiment import Experiment
 from raysim.runtime.host import ClientHost
 from raysim.runtime.server import ClientCodeError
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 from tests.runtime import toy_algos
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +106,7 @@ def _raised(site: str, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     with monkeypatch.context() as patch:
         if backend == "serial" and method is not None:  # Ray's actors patch themselves (Sabotaged)
             patch.setattr(ClientHost, method, toy_algos.broken_method(method))
-        exp = Experiment(_cfg(tmp, backend), progress=False)
+        exp = experiment(_cfg(tmp, backend))
         exp.algorithm = make()
         try:
             with pytest.raises(Exception) as info:
@@ -150,7 +151,7 @@ def test_one_client_s_exception_is_the_same_counted_dropout_on_both_backends(ray
     cloudpickle.register_pickle_by_value(toy_algos)
     out = {}
     for backend in ("serial", "ray"):
-        exp = Experiment(_cfg(tmp_path / backend, backend), progress=False)
+        exp = experiment(_cfg(tmp_path / backend, backend))
         exp.algorithm = toy_algos.Diverging(victim=1, mode="raise", stateful=True)
         try:
             exp.run()
@@ -216,7 +217,7 @@ def test_a_server_that_dies_every_time_stops_after_max_server_restarts(ray_clust
         rounds__personal_eval=False,
         resources__max_server_restarts=2,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = toy_algos.ExitInAggregate(from_round=2)
     try:
         exp.prepare()
@@ -279,7 +280,7 @@ def test_actors_that_cannot_start_stop_prepare_with_a_message(ray_cluster, tmp_p
     actors Ray cannot place would be waited for forever; now prepare stops at START_TIMEOUT_S."""
     monkeypatch.setattr(ray_backend, "START_TIMEOUT_S", 20.0 if who == "client" else 2.0)
     over = {"resources__num_gpus": 3.0} if who == "client" else {"resources__server_cpus": 50.0}
-    exp = Experiment(_cfg(tmp_path, "ray", **over), progress=False, share=Share(cpus=100, gpus=100))
+    exp = experiment(_cfg(tmp_path, "ray", **over), share=Share(cpus=100, gpus=100))
     t0 = time.monotonic()
     try:
         with pytest.raises(ConfigError) as info:

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from raysim.runtime import rundir
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +24,7 @@ import json, sys
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
+from raysim.api import BACKENDS
 from raysim.config import config_from_dict
 from raysim.runtime.experiment import Experiment
 
@@ -36,7 +37,7 @@ for _ in range(nodes):
     cluster.add_node(num_cpus=2)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
-exp = Experiment(config_from_dict(raw, "multinode test"), progress=False)
+exp = Experiment(config_from_dict(raw, "multinode test"), progress=False, backends=BACKENDS)
 try:
     exp.run()
     used = sorted({s["node_id"] for s in exp.backend.system_stats() if s.get("actor", -1) >= 0})
@@ -86,6 +87,7 @@ import json, sys, warnings
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
+from raysim.api import BACKENDS
 from raysim.config import config_from_dict
 from raysim.runtime.experiment import Experiment
 
@@ -101,7 +103,7 @@ ray.init(address=cluster.address, log_to_driver=False)
 def client_nodes(exp):
     return sorted({s["node_id"] for s in exp.backend.system_stats() if s.get("actor", -1) >= 0})
 
-exp = Experiment(config_from_dict(raw, "node-loss test"), progress=False)
+exp = Experiment(config_from_dict(raw, "node-loss test"), progress=False, backends=BACKENDS)
 try:
     exp.prepare()
     for t in (1, 2, 3):
@@ -183,7 +185,7 @@ def test_a_lost_worker_node_s_actors_restart_on_the_survivor_with_their_clients_
         for k in saved[c]:
             np.testing.assert_array_equal(restored[c][k], saved[c][k])
     serial_cfg = tiny_config(tmp_path / "serial", **{**OVER_NODE_LOSS, "resources__backend": "serial"})
-    fresh = Experiment(serial_cfg, progress=False)
+    fresh = experiment(serial_cfg)
     try:
         fresh.prepare()
         assert fresh.restore(rundir.periodic_dir(run_dir, 4)) == 4
@@ -202,6 +204,7 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 import actors.server
+from raysim.api import BACKENDS
 from raysim.config import ConfigError, config_from_dict
 from raysim.runtime.experiment import Experiment
 
@@ -235,7 +238,7 @@ actors.server.ServerActor = Pinned  # start_server reads it at each start
 def experiment(name, **over):
     cfg = dict(raw, output={"dir": out, "name": name, "progress": False})
     cfg["resources"] = {**raw["resources"], **over}
-    return Experiment(config_from_dict(cfg, name), progress=False)
+    return Experiment(config_from_dict(cfg, name), progress=False, backends=BACKENDS)
 
 
 # 3 client actors x 0.6 GPU: 1.8 of the cluster's 2 GPUs, but one such actor a GPU: refused at once

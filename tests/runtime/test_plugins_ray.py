@@ -11,9 +11,8 @@ import pytest
 
 from raysim import plugins
 from raysim.config import ConfigError
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.helpers import run
+from tests.helpers import experiment, run
 from tests.runtime.exact import assert_same_learning, client_actors
 
 pytestmark = pytest.mark.ray
@@ -102,7 +101,7 @@ def test_a_plugin_the_nodes_cannot_import_is_one_clear_error(ray_cluster, tmp_pa
         resources__num_actors=2,
     )  # the driver imported it; the nodes will not find it (as on a node without the file)
     path.unlink()
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     with pytest.raises(ConfigError) as err:
         try:
             exp.run()

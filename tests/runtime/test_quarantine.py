@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from raysim.algorithms.base import ClientResult, LinearSum
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.helpers import run
+from tests.helpers import experiment, run
 from tests.runtime import toy_algos
 
 COLS = ["round", "test_accuracy", "test_loss", "train_loss", "completed", "dropouts"]
@@ -113,7 +112,7 @@ def test_without_presumming_the_quarantined_update_is_dropped_whole(tmp_path):
     cfg = config(tmp_path)
     rounds = []
     for algo_mode in ("scale", "raise"):
-        exp = Experiment(cfg, progress=False)
+        exp = experiment(cfg)
         exp.algorithm = toy_algos.Diverging(VICTIM, algo_mode)
         exp.prepare()
         try:

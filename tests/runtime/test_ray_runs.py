@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.helpers import run
+from tests.helpers import experiment, run
 from tests.runtime.exact import assert_same_learning, client_actors
 
 pytestmark = pytest.mark.ray
@@ -85,7 +84,7 @@ def test_fractional_gpus_place_eight_actors_on_two_gpus(ray_cluster, tmp_path):
         resources__num_cpus=0.25,
         rounds__num_rounds=1,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.prepare()
         stats = exp.backend.system_stats()
@@ -145,7 +144,7 @@ def test_impossible_gpu_request_is_refused_before_the_run_dir(ray_cluster, tmp_p
         resources__num_gpus=1.0,
         resources__num_cpus=0.25,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     with pytest.raises(ConfigError, match="needs 6 GPUs"):
         exp.prepare()
     exp.close()
@@ -162,7 +161,7 @@ def test_killed_client_actor_is_counted_and_the_run_completes(ray_cluster, tmp_p
         rounds__clients_per_round=6,
         rounds__num_rounds=4,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.prepare()
         exp.run_round(1)
@@ -200,7 +199,7 @@ def test_roaming_clients_of_a_killed_actor_train_elsewhere_and_are_not_lost(ray_
         rounds__clients_per_round=4,
         rounds__num_rounds=4,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.prepare()
         exp.run_round(1)
@@ -251,7 +250,7 @@ def test_with_max_restarts_a_killed_actor_comes_back_and_its_clients_restart_emp
     """SCAFFOLD (pinned clients with control variates), max_restarts 1: nobody is lost; the
     restarted actor's clients start again without their state."""
     cfg = scaffold_two_actors(tmp_path, rounds__num_rounds=4)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.prepare()
         exp.run_round(1)
@@ -287,7 +286,7 @@ def test_a_restarted_actors_clients_get_their_state_back_from_the_newest_checkpo
     from raysim.runtime import rundir
 
     cfg = scaffold_two_actors(tmp_path, rounds__num_rounds=5, rounds__checkpoint_every=2)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.prepare()
         for t in (1, 2, 3):
@@ -343,7 +342,7 @@ def test_a_client_stuck_past_the_deadline_does_not_stall_the_next_round(ray_clus
         rounds__num_rounds=2,
         rounds__deadline_s=3.0,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = slow_algo.HangsOnce(str(flag), hang_s=60.0)
     try:
         exp.prepare()
@@ -379,7 +378,7 @@ def test_a_client_past_the_deadline_is_a_dropout(ray_cluster, tmp_path):
         rounds__num_rounds=1,
         rounds__deadline_s=3.0,
     )
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = slow_algo.SleepsForClient0()
     try:
         exp.prepare()

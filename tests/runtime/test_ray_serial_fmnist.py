@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from raysim.data.datasets import FASHION_MNIST_DEFAULT_DIR
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 from tests.runtime.exact import assert_same_learning
 
 pytestmark = [
@@ -25,7 +25,7 @@ pytestmark = [
 
 
 def _rounds(cfg) -> pd.DataFrame:
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         exp.run()
     finally:

@@ -20,8 +20,8 @@ from raysim.algorithms import ALGORITHMS
 from raysim.algorithms.fedavg import GlobalState
 from raysim.config import ConfigError
 from raysim.runtime import rundir
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 
 # what an algorithm needs beyond tiny_config to be configured at all
 NEEDS = {
@@ -170,7 +170,7 @@ def test_every_supported_type_comes_back_exactly(tmp_path):
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_algorithms_checkpoint_round_trips_and_continues_identically(tmp_path, name):
     cfg = tiny_config(tmp_path, algorithm__name=name, rounds__num_rounds=3, **NEEDS.get(name, {}))
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.prepare()
     try:
         exp.step()
@@ -184,7 +184,7 @@ def test_every_algorithms_checkpoint_round_trips_and_continues_identically(tmp_p
     same(saved, blob["server"])
     assert blob["round"] == 2
     assert not (tmp_path / "ck" / "state.pkl").exists()
-    fresh = Experiment(cfg, progress=False)
+    fresh = experiment(cfg)
     fresh.prepare()
     try:
         assert fresh.restore(tmp_path / "ck") == 2

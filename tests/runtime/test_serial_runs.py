@@ -12,9 +12,8 @@ import pytest
 from raysim.algorithms.base import LocalHParams
 from raysim.algorithms.fedavg import FedAvg
 from raysim.runtime.backend import Share
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
-from tests.helpers import run
+from tests.helpers import experiment, resume, run
 from tests.runtime.exact import assert_same_learning, client_actors
 
 
@@ -70,7 +69,7 @@ class NaNForClient0(FedAvg):
 
 def test_non_finite_update_is_a_counted_dropout(tmp_path):
     cfg = tiny_config(tmp_path, rounds__clients_per_round=6, rounds__num_rounds=2)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = NaNForClient0()
     summary = exp.run()
     exp.close()
@@ -89,10 +88,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, algo):
     cfg = tiny_config(tmp_path, algorithm__name=algo, rounds__num_rounds=4, rounds__checkpoint_every=2)
     _, full, full_exp = run(cfg).unpack("summary", "rounds", "exp")
 
-    first = Experiment(cfg, progress=False)
+    first = experiment(cfg)
     first.run(until=3)  # checkpoint at round 2, then round 3 is lost with the "crash"
     first.close()
-    resumed = Experiment.resume(first.run_dir, progress=False)
+    resumed = resume(first.run_dir)
     assert resumed.next_round == 3
     resumed.run()
     resumed.close()
@@ -117,7 +116,7 @@ class SleepsInTraining(FedAvg):
 
 def test_phase_times_measure_their_own_phase(tmp_path):
     cfg = tiny_config(tmp_path, rounds__num_rounds=2)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = SleepsInTraining()
     exp.run()
     exp.close()
@@ -144,7 +143,7 @@ class DivergesForClient2(FedAvg):
 
 def test_a_divergent_update_is_a_counted_dropout(tmp_path):
     cfg = tiny_config(tmp_path, rounds__clients_per_round=6, rounds__num_rounds=2)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.algorithm = DivergesForClient2()
     exp.run()
     exp.close()
@@ -176,7 +175,7 @@ def test_personal_eval_false_skips_the_client_side_evaluation(tmp_path):
 
 def test_label_noise_replaces_training_labels_with_uniform_random_ones(tmp_path):
     cfg = tiny_config(tmp_path, data__label_noise=0.5, rounds__num_rounds=1)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.prepare()
     try:
         ds = exp.dataset
@@ -211,7 +210,7 @@ def test_centralised_trains_one_pooled_client_exactly_like_plain_sgd(tmp_path):
     from raysim.runtime.trainer import Trainer
 
     cfg = tiny_config(tmp_path, algorithm__name="centralised", rounds__num_rounds=2)
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.prepare()
     try:
         assert exp.num_hosts == 1 and exp.backend.hosts[0].client_ids() == [0]
@@ -262,7 +261,7 @@ def test_num_actors_sets_the_number_of_hosts(tmp_path):
 def test_a_round_hands_back_cohort_rows_and_the_personal_figures_as_columns(tmp_path):
     """Personal evaluation scores every client of the federation (issue 13): its N figures travel
     as three arrays, not as N row dicts; ``report.clients`` holds the cohort's rows only."""
-    exp = Experiment(tiny_config(tmp_path, rounds__num_rounds=2, rounds__eval_every=2), progress=False)
+    exp = experiment(tiny_config(tmp_path, rounds__num_rounds=2, rounds__eval_every=2))
     exp.prepare()
     try:
         first, second = exp.step(), exp.step()
@@ -304,7 +303,7 @@ ROW_CASES = {
 def test_clients_parquet_is_the_frame_of_one_dict_per_row(tmp_path, case):
     from raysim.runtime.logger import write_parquet
 
-    exp = Experiment(tiny_config(tmp_path, **ROW_CASES[case]), progress=False)
+    exp = experiment(tiny_config(tmp_path, **ROW_CASES[case]))
     if case.startswith("dropouts"):
         exp.algorithm = NaNForClient0()
     exp.prepare()

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from raysim.runtime.backend import ServerLost
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -33,13 +33,13 @@ def _cfg(tmp_path, name, every):
 
 
 def test_server_killed_after_round_3_restarts_from_round_2_and_ends_identical(ray_cluster, tmp_path):
-    ref = Experiment(_cfg(tmp_path, "ref", 2), progress=False)
+    ref = experiment(_cfg(tmp_path, "ref", 2))
     try:
         ref.run()
     finally:
         ref.close()
 
-    exp = Experiment(_cfg(tmp_path, "killed", 2), progress=False)
+    exp = experiment(_cfg(tmp_path, "killed", 2))
     try:
         exp.prepare()
         for t in (1, 2, 3):
@@ -60,7 +60,7 @@ def test_server_killed_after_round_3_restarts_from_round_2_and_ends_identical(ra
 
 
 def test_a_lost_server_without_checkpoints_is_an_error_that_says_how_to_avoid_it(ray_cluster, tmp_path):
-    exp = Experiment(_cfg(tmp_path, "nockpt", 0), progress=False)
+    exp = experiment(_cfg(tmp_path, "nockpt", 0))
     try:
         exp.prepare()
         exp.run_round(1)

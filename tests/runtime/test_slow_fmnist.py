@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from raysim.config import load_config
-from raysim.runtime.experiment import Experiment
+from tests.helpers import experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -21,7 +21,7 @@ TOLERANCE = 0.005
 
 def test_fedavg_fmnist_reaches_the_readme_accuracy_at_rounds_10_15_and_50(ray_cluster, tmp_path):
     cfg = load_config("configs/fedavg_fmnist.yaml", [f"output.dir={tmp_path}"])
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     try:
         summary = exp.run()
     finally:

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from raysim.config import ConfigError
 from raysim.runtime import trackers
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment, resume
 
 
 def tensorboard_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -46,7 +46,7 @@ def expected(rounds: pd.DataFrame) -> dict[str, list[tuple[int, float]]]:
 
 
 def run(cfg, stop_after: int | None = None) -> Path:
-    with Experiment(cfg, progress=False) as exp:
+    with experiment(cfg) as exp:
         for report in exp.rounds():
             if report.round == stop_after:
                 break
@@ -83,7 +83,7 @@ def test_a_resumed_run_continues_its_mlflow_run_and_tensorboard_drops_the_replay
         tmp_path, output__trackers=["tensorboard", "mlflow"], rounds__checkpoint_every=2, rounds__num_rounds=4
     )
     run_dir = run(cfg, stop_after=3)  # round 3 logged everywhere, the checkpoint is round 2's
-    with Experiment.resume(run_dir, progress=False) as exp:
+    with resume(run_dir) as exp:
         for _ in exp.rounds():  # rounds 3 (again) and 4
             pass
     want = expected(pd.read_parquet(run_dir / "rounds.parquet"))["test_accuracy"]

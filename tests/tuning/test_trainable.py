@@ -11,8 +11,8 @@ import pytest
 
 from raysim.config import ConfigError
 from raysim.runtime.backend import Share
-from raysim.runtime.experiment import Experiment
 from tests.conftest import tiny_config
+from tests.helpers import experiment
 from tuning.resources import check_fits, client_bundle_count, trial_resources, trial_share
 from tuning.trainable import merge_dotted, run_trial, trial_config, tune_metrics
 
@@ -137,7 +137,7 @@ def test_restored_trial_continues_at_round_3_with_the_trials_current_lr(tmp_path
     """PBT's exploit + explore: the donor's round-2 FL state, trained on with the mutated lr."""
     cfg = tiny_config(tmp_path)  # fedavg, 3 rounds, lr 0.05
     ckpt = tmp_path / "round2"
-    exp = Experiment(cfg, progress=False)
+    exp = experiment(cfg)
     exp.prepare()
     try:
         exp.step()

@@ -381,7 +381,10 @@ def test_cluster_shape_head_cpu_only_gpu_group_scales_from_zero():
 
 def test_every_ray_pod_has_sized_shm_named_ports_and_the_results_volume(rendered):
     claim = load_docs(K8S / "pvc.yaml")[0]
-    assert claim["metadata"]["name"] == k8s_manifest.RESULTS_CLAIM and "ReadWriteMany" in claim["spec"]["accessModes"]
+    assert (
+        claim["metadata"]["name"] == k8s_manifest.RESULTS_CLAIM
+        and "ReadWriteMany" in claim["spec"]["accessModes"]
+    )
     head_ports = {
         p["name"]
         for p in load_docs(K8S / "ray-cluster.yaml")[0]["spec"]["headGroupSpec"]["template"]["spec"][
@@ -403,7 +406,8 @@ def test_every_ray_pod_has_sized_shm_named_ports_and_the_results_volume(rendered
                 assert int(grp["rayStartParams"]["object-store-memory"]) <= shm_bytes, where
                 assert shm_bytes < to_bytes(ray["resources"]["limits"]["memory"]), where
                 assert (
-                    vols[mounts[k8s_manifest.RESULTS_MOUNT]]["persistentVolumeClaim"]["claimName"] == k8s_manifest.RESULTS_CLAIM
+                    vols[mounts[k8s_manifest.RESULTS_MOUNT]]["persistentVolumeClaim"]["claimName"]
+                    == k8s_manifest.RESULTS_CLAIM
                 )
                 assert ray["ports"] and all(p.get("name") for p in ray["ports"]), where
 
@@ -429,7 +433,9 @@ def test_security_non_root_no_escalation_no_hostpath_no_public_dashboard(rendere
         for cwhere, c, pod in containers(doc):
             ctx, pod_ctx = c.get("securityContext", {}), pod.get("securityContext", {})
             assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, f"{where} {cwhere}"
-            assert ctx.get("runAsUser", pod_ctx.get("runAsUser")) == k8s_manifest.RAY_UID != 0, f"{where} {cwhere}"
+            assert ctx.get("runAsUser", pod_ctx.get("runAsUser")) == k8s_manifest.RAY_UID != 0, (
+                f"{where} {cwhere}"
+            )
             assert ctx.get("allowPrivilegeEscalation") is False, f"{where} {cwhere}"
             assert not ctx.get("privileged") and ctx["capabilities"]["drop"] == ["ALL"], f"{where} {cwhere}"
         for spec in cluster_specs(doc):

@@ -270,7 +270,9 @@ def test_unknown_name_lists_valid_names() -> None:
         load_dataset("cifar100")
     assert "valid names" in (dataset_available("cifar100") or "")
     assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic", "mnist", "emnist", "cifar10"} | {
-        "npz", "parquet", "imagefolder"  # the file datasets of raysim.data.files, imported on first use
+        "npz",
+        "parquet",
+        "imagefolder",  # the file datasets of raysim.data.files, imported on first use
     }
 
 

@@ -272,7 +272,9 @@ class _Decoder:
             raise self.bad(f"dataclass {name!r}")
         module, qualname = name.split(":", 1)
         if not _allowed_module(module):
-            raise self.bad(f"dataclass {name} is neither raysim's nor the configured algorithm's")
+            raise self.bad(
+                f"dataclass {name} is not one of raysim's nor of the configured plug-in algorithm's module"
+            )
         try:
             cls: Any = importlib.import_module(module)
             for part in qualname.split("."):

@@ -9,7 +9,6 @@ plumbing every check shares; ``raysim.testing`` re-exports its public names (``t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -61,29 +60,11 @@ def tiny_config(out_dir: Path | str, **over: Any) -> ExperimentConfig:
 
 
 # -- the algorithm under test -------------------------------------------------------------------
-def _lookup(name: str) -> Any:
-    """The one place a name becomes an algorithm class: ``raysim.plugins.resolve`` (built-in names,
-    entry points, import paths) where it exists, else the built-in registry and import paths."""
-    if importlib.util.find_spec("raysim.plugins") is not None:
-        from raysim.plugins import resolve  # type: ignore[import-not-found,unused-ignore]
-
-        return resolve("algorithms", name)
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-    from raysim.algorithms import ALGORITHMS
-
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; valid names: {', '.join(sorted(ALGORITHMS))}")
-    return ALGORITHMS[name]
-
-
 def resolve_algorithm(algorithm: AlgorithmSpec) -> type[Algorithm]:
     """The class of ``algorithm`` (a class, a built-in or entry-point name, or ``pkg.mod:Name``)."""
-    cls = _lookup(algorithm) if isinstance(algorithm, str) else algorithm
+    from raysim.algorithms import algorithm_class  # the one resolver: built-ins, entry points, import paths
+
+    cls = algorithm_class(algorithm) if isinstance(algorithm, str) else algorithm
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise TypeError(
             f"{algorithm!r} is not an algorithm class (a subclass of raysim.algorithms.Algorithm)"

@@ -5,7 +5,6 @@ pytest pattern and the name resolution."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -17,20 +16,6 @@ from raysim._testing_runs import _config_name
 from raysim.algorithms import ALGORITHMS
 from raysim.algorithms.base import ClientResult, LinearSum, RoundPlan
 from raysim.algorithms.fedavg import FedAvg, GlobalState
-
-
-@pytest.fixture
-def plug(monkeypatch):
-    """Make a class in this file usable as ``algorithm.name``: by its import path once plug-ins
-    resolve them (``raysim.plugins``), by its name in the built-in table before."""
-
-    def use(cls):
-        if importlib.util.find_spec("raysim.plugins") is None:
-            monkeypatch.setitem(ALGORITHMS, cls.name, cls)
-        return cls
-
-    return use
-
 
 _CALLS = [0]  # a process-wide counter: what a contract-breaking algorithm might keep
 
@@ -160,13 +145,12 @@ def test_fedavg_passes_every_serial_check(tmp_path):
         (Untidy, "traits", "params_model accepts an unknown key"),
     ],
 )
-def test_each_check_fails_on_the_algorithm_that_breaks_its_contract(tmp_path, plug, algo, check, says):
-    plug(algo)
+def test_each_check_fails_on_the_algorithm_that_breaks_its_contract(tmp_path, algo, check, says):
     with pytest.raises(AssertionError, match=says):
         testing.CHECKS[check](algo, workdir=tmp_path)
 
 
-def test_the_algorithm_is_named_by_class_name_or_import_path(plug):
+def test_the_algorithm_is_named_by_class_name_or_import_path():
     assert testing.resolve_algorithm("scaffold") is ALGORITHMS["scaffold"]
     assert testing.resolve_algorithm("raysim.algorithms.fedavg:FedAvg") is FedAvg
     assert testing.resolve_algorithm(FedAvg) is FedAvg

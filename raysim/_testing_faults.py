@@ -48,22 +48,34 @@ class _FaultyClient:
         setattr(self._client, name, value)
 
 
-class _FaultyData:
-    """Server data whose fit and evaluate raise ``InjectedFault``."""
+class _ServerDataProbe:
+    """Server data whose ``fit`` and ``evaluate`` first call ``hook(method, split)`` (which records,
+    or raises to inject a fault), then the real data's: the kit watches what an algorithm does with
+    the server's splits through this one wrapper."""
 
-    def __init__(self, data: Any, fired: list[str]) -> None:
-        self._data, self._fired = data, fired
+    def __init__(self, data: Any, hook: Callable[[str, str], None]) -> None:
+        self._data, self._hook = data, hook
 
     def splits(self) -> tuple[str, ...]:
         return tuple(self._data.splits())
 
     def evaluate(self, params: Any, split: str = "public") -> Any:
-        self._fired.append("evaluate")
-        raise InjectedFault("injected by raysim.testing into server.evaluate")
+        self._hook("evaluate", split)
+        return self._data.evaluate(params, split)
 
     def fit(self, params: Any, split: str = "public", **hparams: Any) -> Any:
-        self._fired.append("fit")
-        raise InjectedFault("injected by raysim.testing into server.fit")
+        self._hook("fit", split)
+        return self._data.fit(params, split, **hparams)
+
+
+def _faulty_data(data: Any, fired: list[str]) -> _ServerDataProbe:
+    """Server data whose fit and evaluate raise ``InjectedFault`` (recorded in ``fired``)."""
+
+    def fault(method: str, split: str) -> None:
+        fired.append(method)
+        raise InjectedFault(f"injected by raysim.testing into server.{method}")
+
+    return _ServerDataProbe(data, fault)
 
 
 def _variant(base: Algorithm, **methods: Any) -> Algorithm:
@@ -165,7 +177,7 @@ def check_loud_failures(
 
         def aggregate(self: Any, state: Any, results: Sequence[ClientResult | LinearSum], server: Any) -> Any:
             if server.data is not None:
-                server = dataclasses.replace(server, data=_FaultyData(server.data, fired_server))
+                server = dataclasses.replace(server, data=_faulty_data(server.data, fired_server))
             before = len(fired_server)
             parent.aggregate(self, state, results, server)
             if len(fired_server) > before:

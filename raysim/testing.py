@@ -56,7 +56,7 @@ from raysim._testing_compare import assert_same_state as assert_same_state
 from raysim._testing_compare import assert_same_tables as assert_same_tables
 from raysim._testing_compare import learning_columns as learning_columns
 from raysim._testing_faults import InjectedFault as InjectedFault
-from raysim._testing_faults import _variant
+from raysim._testing_faults import _ServerDataProbe, _variant
 from raysim._testing_faults import check_loud_failures as check_loud_failures
 from raysim._testing_runs import AlgorithmSpec as AlgorithmSpec
 from raysim._testing_runs import RunResult as RunResult
@@ -226,24 +226,6 @@ def check_serial_equals_ray(
         )
 
 
-class _SplitSpy:
-    """Server data that records which splits the algorithm fits or evaluates on."""
-
-    def __init__(self, data: Any, used: list[str]) -> None:
-        self._data, self._used = data, used
-
-    def splits(self) -> tuple[str, ...]:
-        return tuple(self._data.splits())
-
-    def evaluate(self, params: Any, split: str = "public") -> Any:
-        self._used.append(split)
-        return self._data.evaluate(params, split)
-
-    def fit(self, params: Any, split: str = "public", **hparams: Any) -> Any:
-        self._used.append(split)
-        return self._data.fit(params, split, **hparams)
-
-
 def check_traits(
     algorithm: AlgorithmSpec,
     params: Mapping[str, Any] | None = None,
@@ -284,14 +266,17 @@ def check_traits(
         # one run with the server's public split offered (and recorded), pinned clients, several a host
         used: list[str] = []
 
+        def record(method: str, split: str) -> None:
+            used.append(split)
+
         def init(self: Any, params: Any, ctx: SetupContext) -> Any:
             if ctx.data is not None:
-                ctx = dataclasses.replace(ctx, data=_SplitSpy(ctx.data, used))
+                ctx = dataclasses.replace(ctx, data=_ServerDataProbe(ctx.data, record))
             return parent.init(self, params, ctx)
 
         def aggregate(self: Any, state: Any, results: Any, server: ServerContext) -> Any:
             if server.data is not None:
-                server = dataclasses.replace(server, data=_SplitSpy(server.data, used))
+                server = dataclasses.replace(server, data=_ServerDataProbe(server.data, record))
             return parent.aggregate(self, state, results, server)
 
         wrote: dict[int, list[str]] = {}

@@ -66,7 +66,9 @@ def commands(text: str) -> list[list[list[str]]]:
 
 
 def all_commands() -> list[tuple[str, list[str]]]:
-    found = [(p.relative_to(ROOT).as_posix(), c) for p in DOCS for block in commands(p.read_text()) for c in block]
+    found = [
+        (p.relative_to(ROOT).as_posix(), c) for p in DOCS for block in commands(p.read_text()) for c in block
+    ]
     assert found, "no ```bash blocks found"
     return found
 
@@ -107,12 +109,14 @@ def check_raysim(args: list[str], where: str) -> None:
     try:
         path, params = parse(args)
     except Exception as err:  # click's UsageError family: the message names the flag
-        fmt = getattr(err, "format_message", lambda: str(err))
-        raise AssertionError(f"{where}: `raysim {shlex.join(args)}` does not parse: {fmt()}") from err
+        message = err.format_message() if hasattr(err, "format_message") else str(err)
+        raise AssertionError(f"{where}: `raysim {shlex.join(args)}` does not parse: {message}") from err
     for value in params.values():
         for v in value if isinstance(value, list | tuple) else [value]:
             if isinstance(v, str | Path) and str(v).startswith(("configs/", "examples/")):
-                assert (ROOT / str(v)).exists(), f"{where}: `raysim {shlex.join(args)}` names {v}, which is missing"
+                assert (ROOT / str(v)).exists(), (
+                    f"{where}: `raysim {shlex.join(args)}` names {v}, which is missing"
+                )
     sets = list(params.get("set_") or [])
     if path == ["run"] and params.get("config"):
         from raysim.config import load_config
@@ -168,7 +172,9 @@ def test_the_cheap_commands_run(tmp_path, monkeypatch):
 
 def test_every_shipped_config_is_in_readmes_table():
     text = README.read_text()
-    table = {c for row in re.findall(r"^\| (.*?) \|", text, re.M) for c in re.findall(r"`([\w/]+\.yaml)`", row)}
+    table = {
+        c for row in re.findall(r"^\| (.*?) \|", text, re.M) for c in re.findall(r"`([\w/]+\.yaml)`", row)
+    }
     shipped = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
     missing = shipped - table
     assert not missing, f"configs without a row in README's table of configs (add one): {sorted(missing)}"
@@ -186,6 +192,24 @@ def test_every_command_rejects_what_is_wrong():
     assert commands("```bash\na \\\n  b # c\nd && e\n```\n") == [[["a", "b"], ["d"], ["e"]]]
 
 
+def test_no_docstring_or_doc_points_outside_the_repository():
+    """Sources are cited by number (docs/papers.md), designs by docs/architecture.md's sections, which
+    exist; nothing names a file beside the repository (KubeRay's schemas for the tests excepted)."""
+    outside = re.compile(r"shared/papers|\bDESIGN\b|\.\./shared/(?!k8s-schemas)")
+    section = re.compile(r"docs/architecture\.md,\s+(?:#\s*)?section\s+(\d+)")
+    headings = set(re.findall(r"^## (\d+)\.", (ROOT / "docs" / "architecture.md").read_text(), re.M))
+    bad = []
+    for top in ("raysim", "actors", "tuning", "benchmarks", "configs", "docs", "examples", "tests"):
+        for path in (ROOT / top).rglob("*"):
+            if path.suffix not in (".py", ".md", ".yaml") or path == Path(__file__):
+                continue
+            text = path.read_text(errors="replace")
+            bad += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in outside.finditer(text)]
+            bad += [f"{path.relative_to(ROOT)}: {m.group(0)} (no such section)"
+                    for m in section.finditer(text) if m.group(1) not in headings]  # fmt: skip
+    assert not bad, "references outside the repository or to missing sections:\n" + "\n".join(bad)
+
+
 # -- slow tier ---------------------------------------------------------------------------------------
 
 
@@ -193,12 +217,18 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A working directory like the repository's root: configs/ linked, examples/ copied (make_data
     writes under it), runs/ empty."""
     (tmp_path / "configs").symlink_to(ROOT / "configs")
-    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data", "build", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("data", "build", "*.egg-info")
+    )
     monkeypatch.chdir(tmp_path)
 
 
 def set_values(argv: list[str]) -> dict[str, str]:
-    return {a.split("=", 1)[0]: a.split("=", 1)[1] for i, a in enumerate(argv) if i and argv[i - 1] in ("--set", "-s")}
+    return {
+        a.split("=", 1)[0]: a.split("=", 1)[1]
+        for i, a in enumerate(argv)
+        if i and argv[i - 1] in ("--set", "-s")
+    }
 
 
 def with_sets(argv: list[str], new: dict[str, str]) -> list[str]:
@@ -224,7 +254,9 @@ def tiny(argv: list[str]) -> list[str] | None:
         small = {"rounds.num_rounds": "1"}
         if cfg.data.num_clients > TINY_CLIENTS and cfg.data.partition != "natural":
             small["data.num_clients"] = str(TINY_CLIENTS)
-        small["rounds.clients_per_round"] = str(min(cfg.rounds.clients_per_round, TINY_COHORT, cfg.data.num_clients))
+        small["rounds.clients_per_round"] = str(
+            min(cfg.rounds.clients_per_round, TINY_COHORT, cfg.data.num_clients)
+        )
         return [*with_sets(argv, small), "--no-progress"]
     if sub == "tune" and "--validate-best" not in argv:
         argv = with_sets(argv, {"rounds.num_rounds": "1"})
@@ -259,7 +291,9 @@ def test_readmes_commands_run_at_tiny_sizes(ray_cluster, tmp_path, monkeypatch):
                     ran.append(cmd)
                 elif cmd[0] in RAYSIM and (small := tiny(cmd[1:])) is not None:
                     r = runner.invoke(app, small)
-                    assert r.exit_code == 0, f"`{shlex.join(cmd)}` as `raysim {shlex.join(small)}`:\n{r.output}"
+                    assert r.exit_code == 0, (
+                        f"`{shlex.join(cmd)}` as `raysim {shlex.join(small)}`:\n{r.output}"
+                    )
                     ran.append(cmd)
     assert len(ran) >= 8, ran
     named = set(re.findall(r"`((?:runs|results|report)/[\w./-]*)`", README.read_text())) - NOT_WRITTEN

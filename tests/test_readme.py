@@ -13,9 +13,10 @@ Every config in configs/ is in README's table of configs.
 
 Slow tier: README's blocks run in order in one scratch directory (so that ``raysim report
 runs/quickstart ...`` finds what an earlier block wrote), on the session's Ray, at tiny sizes: one
-round, at most 8 clients (4 a round), 2 sweep trials, one experiment of ``reproduce --quick``;
+round, at most 8 clients (4 a round), one experiment of ``reproduce --quick``;
 ``make run`` runs its Makefile recipe; ``make test`` (this suite) and ``pip install`` do not run.
-Then every run, sweep or results directory README names in backticks exists.
+Then README's ```python blocks run there, and every run, sweep or results directory README names in
+backticks exists.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = [README, ROOT / "docs" / "results.md", ROOT / "docs" / "performance.md"]
 BLOCK = re.compile(r"^```(?:bash|sh)\n(.*?)^```", re.S | re.M)
+PY_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 RAYSIM = {"raysim", ".venv/bin/raysim", "$(BIN)/raysim"}
 PYTHON = {"python", "python3", ".venv/bin/python", "$(BIN)/python"}
 # README's paths that a second run or an argument names rather than a run writes
@@ -125,7 +128,11 @@ def check_raysim(args: list[str], where: str) -> None:
     if path == ["tune"] and params.get("spec"):
         import raysim
 
-        raysim.load_sweep_spec(ROOT / params["spec"], sets)
+        loaded = raysim.load_sweep_spec(ROOT / params["spec"], sets)
+        if params.get("num_samples"):  # as `raysim tune --num-samples` checks it (TPE's start-up trials)
+            from tuning.spec import SweepSpec
+
+            SweepSpec.model_validate({**loaded.spec.model_dump(), "num_samples": params["num_samples"]})
 
 
 # -- fast tier ---------------------------------------------------------------------------------------
@@ -186,6 +193,8 @@ def test_every_command_rejects_what_is_wrong():
     for args in (["run", "configs/quickstart.yaml", "--rounds", "3"], ["k8s", "draw", "x.yaml"]):
         with pytest.raises(AssertionError, match="does not parse"):
             check_raysim(args, "t")
+    with pytest.raises(ValueError, match="no trial would be TPE's"):
+        check_raysim(["tune", "configs/tune/fedavg_lr_optuna.yaml", "--num-samples", "4"], "t")
     with pytest.raises(AssertionError, match="missing"):
         check_raysim(["validate", "configs/nope.yaml"], "t")
     assert "test" in make_targets() and "nope" not in make_targets()
@@ -259,10 +268,7 @@ def tiny(argv: list[str]) -> list[str] | None:
         )
         return [*with_sets(argv, small), "--no-progress"]
     if sub == "tune" and "--validate-best" not in argv:
-        argv = with_sets(argv, {"rounds.num_rounds": "1"})
-        if "--num-samples" in argv:
-            argv[argv.index("--num-samples") + 1] = "2"
-        return argv
+        return with_sets(argv, {"rounds.num_rounds": "1"})  # its trials (TPE needs its start-up ones)
     if sub == "reproduce":
         return [*argv, "--only", "1"] if "--quick" in argv else None
     if argv[:2] == ["bench", "scale"]:
@@ -272,7 +278,7 @@ def tiny(argv: list[str]) -> list[str] | None:
 
 @pytest.mark.slow
 @pytest.mark.ray
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # a loaded 2-core machine runs it many times slower than a quiet one
 def test_readmes_commands_run_at_tiny_sizes(ray_cluster, tmp_path, monkeypatch):
     scratch(tmp_path, monkeypatch)
     targets = make_targets()
@@ -285,6 +291,7 @@ def test_readmes_commands_run_at_tiny_sizes(ray_cluster, tmp_path, monkeypatch):
             else:
                 todo = [argv]
             for cmd in todo:
+                t0 = time.perf_counter()
                 if cmd[0] in PYTHON:
                     proc = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True)
                     assert proc.returncode == 0, f"`{shlex.join(cmd)}`:\n{proc.stdout}\n{proc.stderr}"
@@ -295,7 +302,10 @@ def test_readmes_commands_run_at_tiny_sizes(ray_cluster, tmp_path, monkeypatch):
                         f"`{shlex.join(cmd)}` as `raysim {shlex.join(small)}`:\n{r.output}"
                     )
                     ran.append(cmd)
+                print(f"{time.perf_counter() - t0:6.1f} s  {shlex.join(cmd)}", flush=True)
     assert len(ran) >= 8, ran
+    for i, code in enumerate(PY_BLOCK.findall(README.read_text())):  # README's Python, on what ran
+        exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": "readme"})
     named = set(re.findall(r"`((?:runs|results|report)/[\w./-]*)`", README.read_text())) - NOT_WRITTEN
     missing = sorted(p for p in named if not (tmp_path / p).exists())
     assert not missing, f"README says these are written, but its commands did not write them: {missing}"

@@ -258,8 +258,8 @@ def tiny(argv: list[str]) -> list[str] | None:
     from raysim.config import load_config
 
     sub = argv[0]
-    if sub == "run":
-        cfg = load_config(argv[1], [f"{k}={v}" for k, v in set_values(argv).items()])
+    if sub == "run" and (config := parse(argv)[1].get("config")):  # not `run --resume DIR`
+        cfg = load_config(config, [f"{k}={v}" for k, v in set_values(argv).items()])
         small = {"rounds.num_rounds": "1"}
         if cfg.data.num_clients > TINY_CLIENTS and cfg.data.partition != "natural":
             small["data.num_clients"] = str(TINY_CLIENTS)

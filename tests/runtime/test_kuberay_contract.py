@@ -31,8 +31,6 @@ from raysim.cli import app
 from raysim.k8s_manifest import IMAGE_WORKDIR, RESULTS_MOUNT
 from tests.runtime.exact import assert_same_learning
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
 REPO = Path(__file__).resolve().parents[2]
 HEAD_RESOURCE = "raysim_head"  # contract.md: the head group advertises it, the server requests it
 OBJECT_STORE_CAP = 200 * 2**20  # the rendered pods' object stores (GiBs of /dev/shm) would not fit here
@@ -49,6 +47,30 @@ print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id}
 sys.stdin.read()  # until the test closes it
 cluster.shutdown()
 """
+
+
+def _node(cpus: float, gpus: float = 0.0, head: bool = False, alive: bool = True) -> dict[str, Any]:
+    res = {"CPU": cpus, "GPU": gpus, **({HEAD_RESOURCE: 1.0} if head else {})}
+    return {"Alive": alive, "Resources": {k: v for k, v in res.items() if v}}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "server", "wanted"),
+    [
+        ([_node(0, head=True), _node(8)], (0, 0), {HEAD_RESOURCE: 0.001}),  # the rendered cluster
+        ([_node(4), _node(8)], (0, 0), {}),  # no head resource: Ray places it
+        ([_node(0, head=True, alive=False), _node(8)], (0, 0), {}),
+        # a server that asks for CPUs cannot sit on a --num-cpus=0 head: its own group instead
+        ([_node(0, head=True), _node(8)], (1, 0), {}),
+        ([_node(2, head=True), _node(8)], (1, 0), {HEAD_RESOURCE: 0.001}),
+        ([_node(2, head=True), _node(8, 1)], (0, 0.5), {}),
+    ],
+)
+def test_the_server_requests_the_head_resource_when_the_head_can_host_it(monkeypatch, nodes, server, wanted):
+    server_mod = pytest.importorskip("actors.server")
+    monkeypatch.setattr(server_mod.ray, "nodes", lambda: nodes)
+    assert server_mod.HEAD_RESOURCE == HEAD_RESOURCE
+    assert server_mod.server_placement(*server) == wanted
 
 
 def _bytes(quantity: str) -> int:
@@ -166,6 +188,8 @@ def one_run_dir(results: Path) -> Path:
     return runs[0]
 
 
+@pytest.mark.slow  # four runs of 6 rounds on a 2-node local cluster: 4-5 minutes on 2 shared cores
+@pytest.mark.timeout(900)
 def test_the_rendered_entrypoint_runs_places_the_server_on_the_head_and_resumes(job, cluster, tmp_path):
     # an uninterrupted run
     ref = tmp_path / "ref"

@@ -434,6 +434,7 @@ class RayBackend:
         self.address = address
         self._share = share
         self.server: Any = None
+        self._server_node: str | None = None
         self.clients: list[Any] = []
 
     def share(self) -> Share:
@@ -559,6 +560,7 @@ class RayBackend:
                 f"server_gpus={self._server_args['num_gpus']:g}; free now: {_free_now()}"
             )
         self._call("its start", ref)  # its constructor raised (algorithm.init ...): that exception
+        self._server_node = str(self._call("its node id", self.server.node_id.remote()))
 
     def _call(self, what: str, ref: Any, deadline: bool = True) -> Any:
         """The server's answer to one call: an exception from code there raised as itself, its
@@ -578,10 +580,9 @@ class RayBackend:
             ) from err
 
     def server_node_id(self) -> str | None:
-        """The Ray node the server actor runs on (the run's summary.json records it)."""
-        if self.server is None:
-            return None
-        return str(self._call("its node id", self.server.node_id.remote()))
+        """The Ray node the server actor runs on (the run's summary.json records it), as it said
+        when it started (no call now: a summary is written after a lost server too)."""
+        return self._server_node
 
     def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
         # no deadline of its own: rounds.deadline_s bounds the clients' work, aggregate takes what it takes

@@ -576,8 +576,13 @@ class Experiment:
                 )
         if state == "finished":
             return None
-        if state == "resume":
-            return cls.resume(run_dir, address=address, progress=progress, backends=backends)
+        if state == "resume":  # under its saved config; where to find Ray and the view: this one's
+            return cls.resume(
+                run_dir,
+                address=address or cfg.resources.address,
+                progress=cfg.output.progress if progress is None else progress,
+                backends=backends,
+            )
         if state == "restart":  # stopped before its first checkpoint: round 1 again, same directory
             rundir.clear_run_files(run_dir)
         return cls(cfg, address=address, progress=progress, run_dir=run_dir, backends=backends)

@@ -290,7 +290,9 @@ def check_pods(sizing: Sizing, max_pods: int, cfg: ExperimentConfig, flags: str)
     if pods <= max_pods:
         return
     g = sizing.sized
-    room = (max_pods - 1 - (sizing.server.max_replicas if sizing.server is not None else 0)) * sizing.actors_per_pod
+    room = (
+        max_pods - 1 - (sizing.server.max_replicas if sizing.server is not None else 0)
+    ) * sizing.actors_per_pod
     fit = math.ceil(sizing.clients / max(1, room))
     per = sizing.clients / max(1, sizing.actors)
     unit = f"{g.shape.gpus} GPU" if g.shape.gpus else f"{g.shape.cpus} CPU"
@@ -380,7 +382,9 @@ def _job_defaults(given: dict[str, Any], cfg: ExperimentConfig) -> tuple[dict[st
     if not _present(given, "rounds.checkpoint_every"):
         every = math.ceil(cfg.rounds.num_rounds / CHECKPOINTS_PER_RUN)
         raw["rounds"]["checkpoint_every"] = every
-        notes.append(f"rounds.checkpoint_every={every} (ceil({cfg.rounds.num_rounds} rounds / {CHECKPOINTS_PER_RUN}))")
+        notes.append(
+            f"rounds.checkpoint_every={every} (ceil({cfg.rounds.num_rounds} rounds / {CHECKPOINTS_PER_RUN}))"
+        )
     if not _present(given, "resources.max_restarts"):
         raw["resources"]["max_restarts"] = DEFAULT_MAX_RESTARTS
         notes.append(f"resources.max_restarts={DEFAULT_MAX_RESTARTS}")
@@ -741,7 +745,8 @@ RENAMED = (
 @k8s_app.command()
 def render(
     config: Annotated[
-        Path, typer.Argument(help="Experiment YAML (e.g. configs/quickstart.yaml) or sweep spec (configs/tune/).")
+        Path,
+        typer.Argument(help="Experiment YAML (e.g. configs/quickstart.yaml) or sweep spec (configs/tune/)."),
     ],
     set_: Annotated[
         list[str] | None,
@@ -887,7 +892,9 @@ def render(
         for line in cost_estimate(rendered.sizing, cfg):
             typer.echo(line, err=True)
     else:
-        typer.echo(f"wrote {target}: sweep {rendered.job['metadata']['annotations']['raysim.io/sweep']!r}", err=True)
+        typer.echo(
+            f"wrote {target}: sweep {rendered.job['metadata']['annotations']['raysim.io/sweep']!r}", err=True
+        )
     if rendered.defaults:
         typer.echo(f"Job defaults applied: {', '.join(rendered.defaults)}.", err=True)
     typer.echo(f"next: kubectl apply -f {target} && kubectl get rayjob {job} -w", err=True)

@@ -8,6 +8,7 @@ This module must import without Ray (the CLI loads it on a laptop with no cluste
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ HEAD_CPUS, HEAD_MEMORY_MI = 2, 8192
 # placed on the head (docs/kubernetes.md). KubeRay passes rayStartParams.resources to
 # `ray start --resources=...` as is: a JSON object in double quotes, the form of KubeRay's samples
 HEAD_RESOURCE = "raysim_head"
-HEAD_RESOURCES_PARAM = '"{\\"%s\\": 1}"' % HEAD_RESOURCE
+HEAD_RESOURCES_PARAM = json.dumps(json.dumps({HEAD_RESOURCE: 1}))  # '"{\\"raysim_head\\": 1}"'
 CONFIG_MOUNT = "/config"  # a rendered job's ConfigMap (experiment.yaml or sweep.yaml), on every Ray pod
 RAY_MEMORY_FRACTION = 0.7  # Ray's `memory` resource of a pod whose rayStartParams do not set it (approx.)
 
@@ -115,7 +116,9 @@ def _mounts() -> list[dict[str, Any]]:
 def _add_config_map(pod: dict[str, Any], config_map: str) -> None:
     """Mount ConfigMap ``config_map`` read-only at :data:`CONFIG_MOUNT` in ``pod``'s container."""
     pod["volumes"].append({"name": "config", "configMap": {"name": config_map}})
-    pod["containers"][0]["volumeMounts"].append({"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True})
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
+    )
 
 
 def _head_group(image: str, autoscaling: bool) -> dict[str, Any]:

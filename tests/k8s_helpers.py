@@ -157,7 +157,14 @@ RENDERED = {  # the jobs the issues ask about, and a federation of 10^6 clients
         "rounds.clients_per_round=100",
     ),
     "cpu1000": ("--clients", "1000", "--set", "rounds.clients_per_round=100"),
-    "cpu1m": ("--clients", "1000000", "--set", "rounds.clients_per_round=100", "--set", "data.partition=sampled"),
+    "cpu1m": (
+        "--clients",
+        "1000000",
+        "--set",
+        "rounds.clients_per_round=100",
+        "--set",
+        "data.partition=sampled",
+    ),
     "default": (),
 }
 

@@ -52,8 +52,12 @@ from tests.k8s_helpers import (
 from tuning.spec import load_spec
 
 # the shared fixtures (tests/k8s_helpers.py)
-core, crd, rendered, rendered_docs = k8s_helpers.core, k8s_helpers.crd, k8s_helpers.rendered, k8s_helpers.rendered_docs
-
+core, crd, rendered, rendered_docs = (
+    k8s_helpers.core,
+    k8s_helpers.crd,
+    k8s_helpers.rendered,
+    k8s_helpers.rendered_docs,
+)
 
 
 def test_missing_schemas_skip_on_a_laptop_and_fail_on_ci(tmp_path, monkeypatch):

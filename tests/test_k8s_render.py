@@ -11,49 +11,112 @@ from subprocess import list2cmdline
 import pytest
 import yaml
 
-from raysim import k8s
+from raysim import k8s, k8s_manifest
 from raysim.cli import app
-from raysim.config import ConfigError, load_config
+from raysim.config import ConfigError, ExperimentConfig, ResourcesConfig, load_config, resolved_dict
 from tests import k8s_helpers
 from tests.k8s_helpers import (
     QUICKSTART,
     RENDERED,
+    ROOT,
+    SWEEP,
+    _has_flag,
     actor_capacity,
+    containers,
     crd_errors,
     group,
+    job_config,
     kuberay_admission,
     parse_entrypoint,
     render,
+    render_docs,
     runner,
     sets_of,
     worker_totals,
 )
-
-
-def test_rendered_entrypoint_reruns_exactly_the_sized_experiment(rendered):
-    for key, job in rendered.items():
-        command, params = parse_entrypoint(job["spec"]["entrypoint"])
-        assert command == "run" and str(params["config"]) == k8s.INLINE_CONFIG
-        cfg = load_config(_in_repo(str(params["config"])), params["set_"])
-        actors = int(job["metadata"]["annotations"]["raysim.io/actors"])
-        # the actor count is pinned: the same whatever the cluster turns out to hold
-        assert cfg.num_client_actors() == cfg.num_client_actors(10_000, 1_000) == actors, key
-        assert (
-            cfg.output.dir == k8s.RUNS_DIR
-            and cfg.resources.backend == "ray"
-            and cfg.resources.address is None
-        )
-        # the quick start with the job's own --set (and its client count: the cohort must fit)
-        sets = [*sets_of(RENDERED[key]), f"data.num_clients={cfg.data.num_clients}"]
-        expected = load_config(QUICKSTART, sets).to_dict()
-        got = cfg.to_dict()
-        for section in ("data", "resources", "output"):  # what render may change
-            expected.pop(section), got.pop(section)
-        assert got == expected, key
+from tuning.spec import load_spec
 
 # the shared fixtures (tests/k8s_helpers.py)
 crd, rendered, rendered_docs = k8s_helpers.crd, k8s_helpers.rendered, k8s_helpers.rendered_docs
 
+RUNS = [k for k in RENDERED]  # the rendered experiments (rendered_docs also holds "sweep")
+
+
+def values(rendered_docs, key: str) -> ExperimentConfig:
+    cm, job = rendered_docs[key]
+    return job_config(job, cm)
+
+
+def test_rendered_job_runs_the_sized_experiment_from_its_config_map(rendered_docs):
+    for key in RUNS:
+        cm, job = rendered_docs[key]
+        name = job["metadata"]["name"]
+        assert cm["metadata"]["name"] == f"{name}-config" and list(cm["data"]) == [k8s.EXPERIMENT_FILE]
+        argv = shlex.split(job["spec"]["entrypoint"])
+        # the contract: raysim run /config/experiment.yaml [--resume-if-present] --address auto --set output.name=JOB
+        assert argv[:3] == ["raysim", "run", f"{k8s_manifest.CONFIG_MOUNT}/{k8s.EXPERIMENT_FILE}"]
+        assert argv[argv.index("--address") + 1] == "auto" and argv[-2:] == ["--set", f"output.name={name}"]
+        assert ("--resume-if-present" in argv) == _has_flag("run", "--resume-if-present")
+        cfg = job_config(job, cm)
+        actors = int(job["metadata"]["annotations"]["raysim.io/actors"])
+        # the actor count is pinned: the same whatever the cluster turns out to hold
+        assert cfg.num_client_actors() == cfg.num_client_actors(10_000, 1_000) == actors, key
+        assert cfg.output.dir == k8s.RUNS_DIR and cfg.output.name == name
+        assert cfg.resources.backend == "ray" and cfg.resources.address is None
+        # the quick start with the job's own --set (and its client count: the cohort must fit)
+        sets = [*sets_of(RENDERED[key]), f"data.num_clients={cfg.data.num_clients}"]
+        expected = resolved_dict(load_config(QUICKSTART, sets))
+        got = resolved_dict(cfg)
+        for section in ("data", "resources", "output", "rounds"):  # what render may change
+            expected.pop(section), got.pop(section)
+        assert got == expected, key
+        # a ConfigMap's value is the experiment raysim validate prints: every value spelled out
+        assert yaml.safe_load(cm["data"][k8s.EXPERIMENT_FILE]) == resolved_dict(cfg) | {
+            "output": {**resolved_dict(cfg)["output"]}
+        }
+
+
+def test_rendered_jobs_checkpoint_and_restart_actors_by_default(rendered_docs, tmp_path):
+    for key in RUNS:
+        cfg = values(rendered_docs, key)
+        assert cfg.rounds.checkpoint_every == math.ceil(cfg.rounds.num_rounds / 10) >= 1, key
+        assert cfg.resources.max_restarts == k8s.DEFAULT_MAX_RESTARTS == 3, key
+    # a value the experiment sets wins, 0 included (checkpoints off on purpose)
+    cm, job = render_docs(
+        tmp_path, "--set", "rounds.num_rounds=45", "--set", "rounds.checkpoint_every=0",
+        "--set", "resources.max_restarts=1",
+    )[0]  # fmt: skip
+    cfg = job_config(job, cm)
+    assert (cfg.rounds.checkpoint_every, cfg.resources.max_restarts) == (0, 1)
+    (tmp_path / "b").mkdir()
+    (cm, job), out = render_docs(tmp_path / "b", "--set", "rounds.num_rounds=45")
+    assert job_config(job, cm).rounds.checkpoint_every == 5  # ceil(45 / 10)
+    header = out.read_text()
+    assert "rounds.checkpoint_every=5 (ceil(45 rounds / 10)), resources.max_restarts=3" in header
+
+
+def test_cluster_max_keys_are_the_worker_groups_maxima(rendered_docs):
+    for key in [*RUNS, "sweep"]:
+        cm, job = rendered_docs[key]
+        spec = job["spec"]["rayClusterSpec"]
+        cpus, gpus, mem = k8s_manifest.group_maxima(spec)
+        if key != "sweep":
+            assert (cpus, gpus) == worker_totals(job), key  # rendered runs do not autoscale: maxima = size
+        text = cm["data"][k8s.SWEEP_FILE if key == "sweep" else k8s.EXPERIMENT_FILE]
+        raw = yaml.safe_load(text)
+        res = (raw["base"] if key == "sweep" else raw)["resources"]
+        if "cluster_max_cpus" in ResourcesConfig.model_fields:
+            assert res["cluster_max_cpus"] == cpus and res["cluster_max_gpus"] == gpus
+            assert res["cluster_max_memory_gb"] == pytest.approx(mem, abs=1e-3)
+        else:  # the autoscale branch has not landed: the keys are left out (they would not load)
+            assert not any(k.startswith("cluster_max") for k in res)
+    # the static sweep cluster: cpu 10 x 8 CPUs, gpu 4 x (8 CPUs, 1 GPU); Ray's memory ~70 % of the pods'
+    cpus, gpus, mem = k8s_manifest.group_maxima(k8s.cluster_spec())
+    assert (cpus, gpus) == (10 * 8 + 4 * 8, 4)
+    assert mem == pytest.approx(0.7 * (10 * 16 + 4 * 32) * 2**30 / 1e9)
+    spec = k8s.cluster_spec()
+    spec["workerGroupSpecs"][0]["rayStartParams"]["memory"] = str(10**9)  # set: used as is
+    assert k8s_manifest.group_maxima(spec)[2] == pytest.approx(10 * 1 + 0.7 * 4 * 32 * 2**30 / 1e9)
 
 
 def test_rendered_entrypoint_survives_kuberays_two_shells(rendered):
@@ -68,7 +131,7 @@ def test_rendered_entrypoint_survives_kuberays_two_shells(rendered):
 # ------------------------------------------------------------------------------------ sizing
 
 
-def test_render_10_clients_a_quarter_gpu_each(rendered):
+def test_render_10_clients_a_quarter_gpu_each(rendered, rendered_docs):
     job = rendered["gpu10"]
     # 10 clients, one per actor, 1 CPU (quickstart) + 0.25 GPU each: 4 actors share a GPU, so
     # 1-GPU pods hold 4 actors -> ceil(10 / 4) = 3 pods of 1 GPU and 4 CPUs (2*4 + 16 = 24 GiB)
@@ -80,13 +143,13 @@ def test_render_10_clients_a_quarter_gpu_each(rendered):
     assert worker_totals(job) == (12, 3)  # the actors ask for 10 CPUs and 2.5 GPUs
     assert actor_capacity(job, 1.0, 0.25) >= 10
     assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is False
-    sets = entrypoint_sets(job)
-    assert sets["data.num_clients"] == "10" and sets["resources.clients_per_actor"] == "1"
-    assert sets["resources.num_gpus"] == "0.25" and sets["resources.num_actors"] == "null"
+    res = values(rendered_docs, "gpu10").resources
+    assert values(rendered_docs, "gpu10").data.num_clients == 10 and res.clients_per_actor == 1
+    assert res.num_gpus == 0.25 and res.num_actors is None
     assert job["metadata"]["annotations"]["raysim.io/actors"] == "10"
 
 
-def test_render_1000_clients_on_cpu(rendered):
+def test_render_1000_clients_on_cpu(rendered, rendered_docs):
     job = rendered["cpu1000"]
     # clients_per_actor: auto, 100 a round -> min(ceil(1000 / 50), 100) = 20 actors of 1 CPU; 8-CPU
     # pods hold 8 -> ceil(20 / 8) = 3 pods, each sized for ceil(20 / 3) = 7 actors: 7 CPUs, 14 GiB
@@ -97,12 +160,12 @@ def test_render_1000_clients_on_cpu(rendered):
     assert res["limits"] == res["requests"] == {"cpu": "7", "memory": "14Gi"}
     assert worker_totals(job) == (21, 0)  # the actors ask for 20 CPUs
     assert actor_capacity(job, 1.0, 0.0) >= 20
-    sets = entrypoint_sets(job)
-    assert sets["data.num_clients"] == "1000" and sets["resources.num_actors"] == "20"
-    assert sets["resources.clients_per_actor"] == "auto" and sets["resources.num_gpus"] == "0.0"
+    cfg = values(rendered_docs, "cpu1000")
+    assert cfg.data.num_clients == 1000 and cfg.resources.num_actors == 20
+    assert cfg.resources.clients_per_actor == "auto" and cfg.resources.num_gpus == 0.0
 
 
-def test_render_a_million_clients_asks_for_one_actor_per_client_of_a_round(rendered):
+def test_render_a_million_clients_asks_for_one_actor_per_client_of_a_round(rendered, rendered_docs):
     job = rendered["cpu1m"]
     # auto, 100 a round -> min(ceil(10^6 / 50), 100) = min(20,000, 100) = 100 actors of 1 CPU, not
     # 20,000 mostly idle ones; 8-CPU pods hold 8 -> ceil(100 / 8) = 13 pods, each sized for
@@ -112,8 +175,8 @@ def test_render_a_million_clients_asks_for_one_actor_per_client_of_a_round(rende
     assert (cpu["replicas"], cpu["minReplicas"], cpu["maxReplicas"]) == (13, 13, 13)
     assert cpu["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "16Gi"}
     assert worker_totals(job) == (104, 0) and actor_capacity(job, 1.0, 0.0) >= 100
-    sets = entrypoint_sets(job)
-    assert sets["data.num_clients"] == "1000000" and sets["resources.num_actors"] == "100"
+    cfg = values(rendered_docs, "cpu1m")
+    assert cfg.data.num_clients == 1_000_000 and cfg.resources.num_actors == 100
     assert job["metadata"]["annotations"]["raysim.io/actors"] == "100"
 
 
@@ -142,7 +205,7 @@ def test_default_actors_one_per_50_clients_never_more_than_the_cohort(clients, c
         assert f"= {per} " in why
 
 
-MILLION = ("--clients", "1000000", "--set", "rounds.clients_per_round=100")
+MILLION = ("--clients", "1000000", "--set", "rounds.clients_per_round=100", "--set", "data.partition=sampled")
 
 
 @pytest.mark.parametrize(
@@ -156,8 +219,10 @@ MILLION = ("--clients", "1000000", "--set", "rounds.clients_per_round=100")
         ((*MILLION, "--set", "resources.clients_per_actor=2000"), 500,
          "A = ceil(1000000 / 2000) = 500 (set by the experiment: resources.clients_per_actor = 2000)"),
         (("--set", "resources.num_actors=50"), 20, "A = 20 (set by the experiment: resources.num_actors = 50, at most the 20 clients)"),
-        (("--clients", "10", "--gpus-per-client", "0.25"), 10,
-         "A = ceil(10 / 1) = 10 (--gpus-per-client: one client per actor: resources.clients_per_actor = 1)"),
+        (("--clients", "10", "--gpus-per-actor", "0.25", "--clients-per-actor", "1"), 10,
+         "A = ceil(10 / 1) = 10 (--clients-per-actor: resources.clients_per_actor = 1)"),
+        (("--clients", "10", "--gpus-per-actor", "0.25"), 1,
+         "A = ceil(10 / 50) = 1 (clients_per_actor: auto without num_actors"),
         (("--set", "algorithm.name=centralised"), 1, "A = 1: centralised pools every client's data into one client"),
     ],
 )  # fmt: skip
@@ -169,7 +234,7 @@ def test_render_says_which_rule_picked_the_actors_and_a_value_the_experiment_set
     header = [ln[2:] for ln in out.read_text().splitlines() if ln.startswith("# ")]
     line = next(ln for ln in header if ln.startswith("Actors: "))
     assert line.startswith(f"Actors: {rule}"), line
-    assert actor_capacity(job, 1.0, 0.25 if "--gpus-per-client" in args else 0.0) >= actors
+    assert actor_capacity(job, 1.0, 0.25 if "--gpus-per-actor" in args else 0.0) >= actors
     assert crd_errors(crd["RayJob"], job) == []
     kuberay_admission(job)
 
@@ -181,7 +246,7 @@ def test_render_default_quickstart_is_one_small_pod(rendered):
     assert job["metadata"]["name"] == "raysim-quickstart"
 
 
-def test_a_server_that_asks_for_a_gpu_gets_a_pod_and_the_job_one_more_gpu(rendered):
+def test_a_server_that_asks_for_a_gpu_gets_a_pod_and_the_job_one_more_gpu(rendered, rendered_docs):
     job, plain = rendered["gpu10-server"], rendered["gpu10"]
     # the head has no GPU and the client pods are full: the server gets a pod of its own
     assert worker_totals(job) == (12 + 1, 3 + 1)
@@ -195,7 +260,7 @@ def test_a_server_that_asks_for_a_gpu_gets_a_pod_and_the_job_one_more_gpu(render
         "nvidia.com/gpu": "1",
     }
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert entrypoint_sets(job)["resources.server_gpus"] == "1.0"
+    assert values(rendered_docs, "gpu10-server").resources.server_gpus == 1.0
     assert (
         "+ 1 server pod of 1 CPU, 1 GPU: 13 CPUs and 4 GPUs"
         in job["metadata"]["annotations"]["raysim.io/sizing"]
@@ -258,11 +323,19 @@ def test_size_workers_whole_gpus_and_fractional_cpus():
     "args, message",
     [
         (["--set", "data.alpha=-1"], "data.alpha"),
-        (["--gpus-per-client", "0"], "--gpus-per-client"),
-        (["--gpus-per-client", "1.5"], "num_gpus"),
-        (["--gpus-per-client", "0.5", "--actors", "2"], "exclude each other"),
-        (["--set", "name=my run"], "cannot travel safely"),
-        (["--set", 'name="on"'], "cannot travel safely"),  # YAML would read it back as True
+        (["--gpus-per-client", "0.25"], "--gpus-per-actor F"),  # renamed: says both new flags
+        (["--gpus-per-client", "0.25"], "--clients-per-actor N"),
+        (["--gpus-per-actor", "0"], "--gpus-per-actor"),
+        (["--gpus-per-actor", "1.5"], "num_gpus"),
+        (["--clients-per-actor", "2", "--actors", "2"], "exclude each other"),
+        (["--clients", "100000"], "Use at most 30,000 clients, or --set data.partition=sampled"),
+        (["--clients", "31000"], "31,000 clients x 2 examples each = 62,000 training examples"),
+        (["--clients", "200", "--clients-per-actor", "1", "--max-pods", "10"], "more than --max-pods 10"),
+        (
+            ["--set", "data.partition=sampled", "--set", "data.examples_per_client=70000"],
+            "examples_per_client",
+        ),
+        (["--max-pods", "1"], "--max-pods"),
         (["--name", "Not_A_Dns_Name"], "--name"),
         (["--clients", "0"], "--clients"),
         (["--set", "resources.num_cpus=16"], "--cpus-per-pod"),
@@ -291,11 +364,12 @@ def test_render_to_stdout_and_custom_image(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["k8s", "render", str(QUICKSTART), "--image", "ghcr.io/me/raysim:1", "-o", "-"])
     assert r.exit_code == 0, r.output
-    job = yaml.safe_load(r.stdout)
+    cm, job = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert (cm["kind"], job["kind"]) == ("ConfigMap", "RayJob")
     images = {c["image"] for _, c, _ in containers(job) if "image" in c}
     assert images == {"ghcr.io/me/raysim:1"}
     assert list(tmp_path.iterdir()) == []
-    assert r.stdout.startswith("# RayJob for experiment 'quickstart'")
+    assert r.stdout.startswith("# ConfigMap + RayJob for experiment 'quickstart'")
 
 
 def test_render_default_output_file_is_named_after_the_job(tmp_path, monkeypatch):
@@ -321,7 +395,9 @@ def test_render_prints_the_cost_models_estimate(tmp_path, monkeypatch):
     )
     assert r.exit_code == 0, r.output
     header = " ".join(ln[2:] for ln in out.read_text().splitlines() if ln.startswith("# "))
-    _, sizing, cfg = k8s.render_rayjob(QUICKSTART, cohort[1:], clients=1000)
+    done = k8s.render_rayjob(QUICKSTART, cohort[1:], clients=1000)
+    sizing, cfg = done.sizing, done.cfg
+    assert sizing is not None
     assert (sizing.actors, sizing.cpu.replicas, sizing.cpu.shape.cpus) == (20, 3, 7)
     # 7 actors on the fullest pod, each holding its own 1000 / 20 clients (FedAvg's roam: the same),
     # + Ray + the store (its per-client term: the partition)
@@ -333,6 +409,131 @@ def test_render_prints_the_cost_models_estimate(tmp_path, monkeypatch):
     for line in expected:
         assert " ".join(line.splitlines()) in header
         assert line in r.stderr
+    # evaluation: 10 evaluated rounds; personal_eval of all 1000 clients, 60,000 / 1000 * 0.9 = 54 training
+    # and 54 / 6 = 9 test examples each (Fashion-MNIST's 10,000 : 60,000), on min(20, 21) actors at once,
+    # + the global model on 10,000 test examples; a test example is 1/3 of a training step
+    fwd = 1e-4 / 3
+    each = (0.01 * 1000 + fwd * 1000 * 9) / 20 + fwd * 10_000
+    evals, got, _ = k8s.evaluation(sizing, cfg, coef)
+    assert evals == 10 and got == pytest.approx(each)
+    assert (
+        f"10 evaluated rounds (every 1) of about {each:,.1f} s each: personal_eval of all 1,000 clients"
+        in header
+    )
+    assert "Run: about " in header
+    off = load_config(QUICKSTART, [*cohort[1:], "data.num_clients=1000", "rounds.personal_eval=false"])
+    assert k8s.evaluation(sizing, off, coef)[1] == pytest.approx(fwd * 10_000)  # the global model only
     monkeypatch.setattr(coefficients, "DEFAULT", {})
     assert k8s.cost_estimate(sizing, cfg)[0].startswith("Estimate: none (no fitted coefficients")
 
+
+# ------------------------------------------------------------------- issue 24: the 10^5 example
+
+
+def test_the_renamed_flag_exits_2_naming_the_new_flags_and_writes_nothing(tmp_path):
+    out = tmp_path / "job.yaml"
+    args = [
+        "k8s",
+        "render",
+        str(QUICKSTART),
+        "--clients",
+        "100000",
+        "--gpus-per-client",
+        "0.25",
+        "--out",
+        str(out),
+    ]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "--gpus-per-actor" in r.output and "--clients-per-actor" in r.output
+    assert list(tmp_path.iterdir()) == []
+    assert "--gpus-per-client" not in runner.invoke(app, ["k8s", "render", "--help"]).output  # hidden
+
+
+def test_a_quarter_gpu_per_actor_for_1e5_clients_with_one_client_per_actor_is_refused_with_the_arithmetic(
+    tmp_path,
+):
+    out = tmp_path / "job.yaml"
+    args = ["k8s", "render", str(QUICKSTART), "--clients", "100000", "--gpus-per-actor", "0.25",
+            "--clients-per-actor", "1", "--set", "data.partition=sampled", "--out", str(out)]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    msg = " ".join(r.output.split())
+    # 100,000 actors, 4 a 1-GPU pod: 25,000 pods + the head; 99 worker pods hold 396 actors -> 253 clients each
+    assert (
+        "100,000 clients on 100,000 actors" in msg
+        and "ceil(100,000 / 4) = 25,000 gpu pods + 1 head = 25,001 pods" in msg
+    )
+    assert "--clients-per-actor 253 fits 100 pods" in msg
+    assert list(tmp_path.iterdir()) == []
+    # the advice works: 253 clients an actor fit
+    job, _ = render(tmp_path, *args[3:-2], "--clients-per-actor", "253")
+    assert sum(g["replicas"] for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]) + 1 <= 100
+
+
+def test_the_documented_1e5_client_fractional_gpu_example(rendered_docs, crd):
+    # docs/kubernetes.md: render configs/quickstart.yaml --clients 100000 --gpus-per-actor 0.25
+    #   --set data.partition=sampled --set rounds.clients_per_round=100
+    cm, job = rendered_docs["gpu1e5"]
+    cfg = job_config(job, cm)
+    # auto: min(ceil(100000 / 50), 100) = 100 actors of (1 CPU, 0.25 GPU) -> 4 a GPU -> 25 pods of 1 GPU, 4 CPUs
+    assert cfg.resources.num_actors == 100 and cfg.resources.num_gpus == 0.25
+    gpu = group(job, "gpu")
+    assert (gpu["replicas"], gpu["maxReplicas"]) == (25, 25)
+    assert worker_totals(job) == (100, 25) and actor_capacity(job, 1.0, 0.25) >= 100
+    assert crd_errors(crd["RayJob"], job) == []
+    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert "--clients 100000 --gpus-per-actor 0.25" in " ".join(doc.split())
+    assert "25 gpu pod(s) of 4 CPU, 1 GPU" in doc
+
+
+# ---------------------------------------------------------------------------------- sweeps
+
+
+def test_render_a_sweep_spec(rendered_docs, crd):
+    cm, job = rendered_docs["sweep"]
+    spec = load_spec(SWEEP)
+    assert (
+        job["metadata"]["name"] == "raysim-tune-fedavg-lr-optuna"
+        and cm["metadata"]["name"] == "raysim-tune-fedavg-lr-optuna-config"
+    )
+    command, params = parse_entrypoint(job["spec"]["entrypoint"])
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert command == "tune" and argv[2] == f"{k8s_manifest.CONFIG_MOUNT}/{k8s.SWEEP_FILE}"
+    assert argv[argv.index("--address") + 1] == "auto" and str(params["storage_path"]) == k8s.TUNE_DIR
+    assert ("--resume-if-present" in argv) == _has_flag("tune", "--resume-if-present")
+    # the ConfigMap holds the spec with its base inlined (as raysim tune saves it): it loads on its own
+    saved = tmp_sweep = yaml.safe_load(cm["data"][k8s.SWEEP_FILE])
+    assert isinstance(saved["base"], dict) and saved["space"] == yaml.safe_load(SWEEP.read_text())["space"]
+    assert tmp_sweep["name"] == spec.spec.name and tmp_sweep["mode"] == "optuna"
+    assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+    assert job["spec"]["activeDeadlineSeconds"] == 24 * 3600
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "tune"
+    assert crd_errors(crd["RayJob"], job) == []
+    kuberay_admission(job)
+
+
+def test_the_rendered_sweep_loads_as_a_spec(rendered_docs, tmp_path):
+    cm, _ = rendered_docs["sweep"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(cm["data"][k8s.SWEEP_FILE])
+    loaded = load_spec(path)
+    assert loaded.spec.name == "fedavg_lr_optuna" and set(loaded.spec.space) == {
+        "local.lr", "local.epochs", "algorithm.central_lr"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--clients", "100"], "--clients: a sweep's trials are sized by its spec"),
+        (["--gpus-per-actor", "0.5"], "--gpus-per-actor"),
+        (["--max-pods", "5"], "more than --max-pods 5"),
+        (["--set", "local.lr=-1"], "local"),
+    ],
+)
+def test_render_refuses_what_a_sweep_cannot_use(tmp_path, args, message):
+    out = tmp_path / "job.yaml"
+    r = runner.invoke(app, ["k8s", "render", str(SWEEP), *args, "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert list(tmp_path.iterdir()) == []

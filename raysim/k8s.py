@@ -1,4 +1,5 @@
-"""Kubernetes (KubeRay) support: ``raysim k8s render`` writes a RayJob sized for one experiment.
+"""Kubernetes (KubeRay) support: ``raysim k8s render`` writes a ConfigMap + RayJob sized for one
+experiment (or one sweep spec: :func:`render_sweep`).
 
 The manifests in ``k8s/`` are the hand-readable reference (a RayCluster and two RayJobs); this
 module builds the same objects in code, so that ``render`` can size the worker groups from an
@@ -8,9 +9,10 @@ experiment and ``tests/test_k8s.py`` can check that ``k8s/ray-cluster.yaml`` and
 Sizing rule (``render``; also in docs/kubernetes.md)
 ----------------------------------------------------
 1. The experiment is CONFIG plus ``--set`` overrides plus the flags: ``--clients N`` sets
-   ``data.num_clients``; ``--gpus-per-client F`` selects the literal one-client-per-actor mode
-   (``clients_per_actor: 1``, ``num_gpus: F`` per actor); ``--actors A`` pins
-   ``clients_per_actor: auto`` with ``num_actors: A``.
+   ``data.num_clients``; ``--gpus-per-actor F`` sets ``resources.num_gpus`` (per client actor);
+   ``--clients-per-actor N`` sets ``resources.clients_per_actor``; ``--actors A`` pins
+   ``clients_per_actor: auto`` with ``num_actors: A``. (The old ``--gpus-per-client``, which meant
+   both one client per actor and F GPUs each, exits 2 naming the two flags.)
 2. The actor count A must not depend on the cluster (the cluster is sized from it), so
    ``clients_per_actor: auto`` without ``num_actors`` is pinned to ``num_actors =
    min(ceil(clients / 50), C)`` (:func:`default_actors`; 50 is :data:`K8S_CLIENTS_PER_ACTOR`;
@@ -19,7 +21,7 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    clients keeps at most C actors busy and every actor costs ~800 MB RSS for the whole run,
    while an actor holds only its own N / A clients (roaming or not: ``raysim.bench.model``), so
    the cap costs memory per actor only as N / C grows. A value the experiment sets wins:
-   ``num_actors`` (or ``--actors``), ``clients_per_actor: k`` (or ``--gpus-per-client``). Then
+   ``num_actors`` (or ``--actors``), ``clients_per_actor: k`` (or ``--clients-per-actor``). Then
    A follows the runtime's own rule, ``raysim.runtime.packing.plan_actors`` (:func:`job_plan`):
    ``ceil(clients / clients_per_actor)``, ``min(clients, num_actors)``, or 1 when the algorithm pools. The rendered header's
    ``Actors:`` line says which rule picked A and why (:attr:`Sizing.rule`).
@@ -32,35 +34,38 @@ Sizing rule (``render``; also in docs/kubernetes.md)
    ``max(1, ceil(k * c))`` CPUs and, on GPU pods, ``ceil(k / floor(1 / g))`` (or ``k * g``) GPUs;
    memory is 2 GiB per CPU + 16 GiB per GPU, a quarter of it as ``/dev/shm`` and 80 % of that
    as Ray's object store. The sized group has ``replicas = minReplicas = maxReplicas = pods``;
-   the other group has none; autoscaling is off (the run checks the cluster's resources when it
-   starts and never grows, and KubeRay submits the job once every pod is ready).
+   the other group has none; autoscaling is off (KubeRay submits the job once every pod is
+   ready). More pods than ``--max-pods`` (the head included) is refused (:func:`check_pods`), as
+   is a federation the dataset cannot hold (:func:`check_partition`).
    Example: 10 clients x 0.25 GPU (c = 1) -> 10 actors, 4 per 1-GPU pod -> 3 pods of
    1 GPU + 4 CPUs: 3 GPUs for the 2.5 asked. 1000 clients on CPU, 100 a round (auto, c = 1) ->
    min(20, 100) = 20 actors, 8 per 8-CPU pod -> 3 pods of 7 CPUs: 21 CPUs for the 20 asked.
    10^6 clients, 100 a round -> min(20000, 100) = 100 actors -> 13 pods of 8 CPUs.
-5. The head schedules no client actors (``num-cpus: "0"``); the driver and a server actor that
-   asks for nothing (``resources.server_cpus`` = ``server_gpus`` = 0) use its real CPUs. A server
+5. The head schedules no client actors (``num-cpus: "0"``) and advertises ``raysim_head: 1``, which
+   the server actor asks for; the driver and a server actor that asks for nothing else (``resources.server_cpus`` = ``server_gpus`` = 0) use its real CPUs. A server
    that asks for resources (a hypernetwork trains there) cannot be placed on the head, so it gets
    a worker group of its own, ``server``: one pod of ``max(1, ceil(server_cpus))`` CPUs and
    ``ceil(server_gpus)`` GPUs (memory as above), on top of the client pods.
 6. The rendered file's header (and ``render``'s stderr) also gives the cost model's estimate for
    the sized experiment (:func:`cost_estimate`, ``raysim.bench.model``, docs/scaling.md): round
-   time, time to the first round, memory per worker pod and in all; fitted on a 2-core machine,
-   it ignores the network between pods and GPU speed.
+   time, time to the first round, memory per worker pod and in all, plus what evaluation adds
+   (:func:`evaluation`, which the model leaves out) and the whole run; fitted on a 2-core
+   machine, it ignores the network between pods and GPU speed.
 
 How the experiment reaches the cluster
 --------------------------------------
-The image bakes ``configs/`` (used by the static ``k8s/ray-job.*.yaml``) and an empty
-``k8s/inline-config.yaml``. A rendered job does not depend on either: its entrypoint is
-``raysim run /home/ray/raysim/k8s/inline-config.yaml --set KEY=VALUE ...`` with every value of
-the fully resolved, sized experiment, so changing the experiment never needs an image rebuild,
-and the job runs exactly what was sized. ``render`` also forces ``resources.backend=ray``,
-``resources.address=null`` (a Ray job finds its cluster through RAY_ADDRESS) and
-``output.dir=/mnt/results/runs`` (the shared results volume).
-
-KubeRay passes an entrypoint through two shells (the submitter's ``sh -c`` and, after
-``ray job submit`` re-joins it, Ray's ``shell=True``), so every rendered token is restricted to
-characters neither shell interprets; a value that needs quoting is refused with exit status 2.
+The rendered file holds a ConfigMap ``<job>-config`` with ``experiment.yaml`` (every resolved
+value, as ``raysim validate`` prints it; a sweep: ``sweep.yaml``, the spec with its base inlined)
+and the RayJob, which mounts it at ``/config`` on every Ray pod and runs ``raysim run
+/config/experiment.yaml --resume-if-present --address auto --set output.name=<job>`` (or
+``raysim tune /config/sweep.yaml --resume-if-present --address auto --storage-path
+/mnt/results/tune``). The run directory is named after the job, so a KubeRay retry
+(``backoffLimit``) continues from the newest checkpoint. ``render`` also forces
+``resources.backend=ray``, ``resources.address=null`` and ``output.dir=/mnt/results/runs``, and
+sets job defaults unless the config sets them: ``rounds.checkpoint_every = ceil(rounds / 10)``,
+``resources.max_restarts = 3`` and ``resources.cluster_max_*`` (the worker groups' maxima).
+``--resume-if-present`` and the ``cluster_max_*`` keys are rendered only while ``raysim run`` and
+``ResourcesConfig`` have them (:func:`accepts`).
 
 This module must import without Ray (the CLI loads it on a laptop with no cluster).
 """
@@ -773,7 +778,8 @@ def render(
         typer.Option(min=1, help="Client actors (resources.num_actors with clients_per_actor: auto)."),
     ] = None,
     gpus_per_client: Annotated[
-        float | None, typer.Option(hidden=True, help="Renamed: --gpus-per-actor and --clients-per-actor.")
+        float | None,
+        typer.Option(min=0.0001, hidden=True, help="Renamed: --gpus-per-actor and --clients-per-actor."),
     ] = None,
     image: Annotated[str, typer.Option(help="Image built from k8s/Dockerfile and pushed.")] = DEFAULT_IMAGE,
     cpus_per_pod: Annotated[int, typer.Option(min=1, help="Largest CPU worker pod (CPUs).")] = 8,

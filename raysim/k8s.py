@@ -311,6 +311,26 @@ def check_pods(sizing: Sizing, max_pods: int, cfg: ExperimentConfig, flags: str)
     )
 
 
+def check_memory(sizing: Sizing, cfg: ExperimentConfig, spec: dict[str, Any]) -> None:
+    """Refuse what ``raysim run``'s own memory check (``check_resources``: (actors + 1) x
+    ``resources.actor_memory_mb`` against Ray's ``memory`` resource) would refuse on this cluster:
+    the worker groups at their maxima plus the head, each offering Ray about 70 % of its pod."""
+    from raysim.k8s_manifest import HEAD_MEMORY_MI, RAY_MEMORY_FRACTION
+
+    per = cfg.resources.actor_memory_mb
+    need = (sizing.actors + 1) * per
+    workers_mb = group_maxima(spec)[2] * 1e9 / 2**20
+    head_mb = RAY_MEMORY_FRACTION * HEAD_MEMORY_MI
+    if need > workers_mb + head_mb:
+        raise ConfigError(
+            f"({sizing.actors:,} client actors + the server) x resources.actor_memory_mb={per:g} MB = {need:,.0f} MB, "
+            f"but the pods offer Ray about {workers_mb + head_mb:,.0f} MB ({RAY_MEMORY_FRACTION:.0%} of "
+            f"{sizing.total_cpus} worker CPUs x 2 GiB + {sizing.total_gpus} GPUs x 16 GiB, and of the 8 GiB head): "
+            "`raysim run` would refuse the job. Give each actor more CPUs (resources.num_cpus: pods get 2 GiB a "
+            "CPU), fewer actors (--clients-per-actor), or a measured, smaller resources.actor_memory_mb"
+        )
+
+
 # -------------------------------------------------------------------------------------- render
 
 
@@ -496,6 +516,7 @@ def render_rayjob(
     check_pods(sizing, max_pods, cfg, " ".join(said) or str(config))
     cm_name = f"{job_name}-config"
     spec = cluster_spec(image, cpu, gpu, autoscaling=False, server=server, config_map=cm_name)
+    check_memory(sizing, cfg, spec)
     if _cluster_max_keys():
         raw = cfg.to_dict()
         raw["resources"].update(cluster_max(spec))

@@ -336,6 +336,10 @@ def test_size_workers_whole_gpus_and_fractional_cpus():
             "examples_per_client",
         ),
         (["--max-pods", "1"], "--max-pods"),
+        (
+            ["--clients", "1000", "--set", "rounds.clients_per_round=100", "--set", "resources.num_cpus=0.1"],
+            "(20 client actors + the server) x resources.actor_memory_mb=450 MB = 9,450 MB",
+        ),
         (["--name", "Not_A_Dns_Name"], "--name"),
         (["--clients", "0"], "--clients"),
         (["--set", "resources.num_cpus=16"], "--cpus-per-pod"),

@@ -86,9 +86,9 @@ from raysim.config import (
     ConfigError,
     ExperimentConfig,
     ResourcesConfig,
-    apply_overrides,
     config_from_dict,
     dump_config,
+    load_config,
     load_yaml_file,
     resolved_dict,
 )
@@ -356,6 +356,20 @@ def _present(raw: dict[str, Any], dotted: str) -> bool:
     return True
 
 
+def _given(config: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """The keys the YAML file and the overrides set (values beside the point): what the job's
+    defaults must not override."""
+    raw = load_yaml_file(Path(config), "config")
+    given: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    for item in overrides:
+        node = given
+        *parents, leaf = item.split("=", 1)[0].strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node.get(part), dict | None) else {}
+        node[leaf] = True
+    return given
+
+
 def accepts(command: str, flag: str) -> bool:
     """Whether ``raysim COMMAND`` has option ``flag`` (rendered entrypoints use only what it has)."""
     import typer.main
@@ -469,14 +483,11 @@ def render_rayjob(
     if deadline_s < 1:
         raise ConfigError("--deadline-hours must be positive")
     fixed = ["resources.backend=ray", "resources.address=null", f"output.dir={RUNS_DIR}"]
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; the examples live in configs/")
-    raw = apply_overrides(load_yaml_file(path, "config"), [*(overrides or []), *flags, *fixed])
-    cfg = config_from_dict(raw, str(config))
+    sets = [*(overrides or []), *flags, *fixed]
+    cfg = load_config(config, sets)  # raysim's own loading and validation, as `raysim run` does it
     job_name = name or job_name_for(cfg)
     _check_name(job_name)
-    raw, defaults = _job_defaults(raw, cfg)
+    raw, defaults = _job_defaults(_given(config, sets), cfg)
     raw["output"]["name"] = job_name
     cfg = config_from_dict(raw, str(config))
     check_partition(cfg)

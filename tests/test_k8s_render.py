@@ -541,3 +541,26 @@ def test_render_refuses_what_a_sweep_cannot_use(tmp_path, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_entrypoints_add_resume_if_present_once_the_commands_have_it(monkeypatch):
+    assert k8s.accepts("run", "--address") and not k8s.accepts("run", "--no-such-flag")
+    assert not k8s.accepts("no-such-command", "--address")
+    monkeypatch.setattr(k8s, "accepts", lambda command, flag: True)
+    assert k8s.run_entrypoint("raysim-x") == (
+        "raysim run /config/experiment.yaml --resume-if-present --address auto --set output.name=raysim-x"
+    )
+    assert k8s.tune_entrypoint() == (
+        "raysim tune /config/sweep.yaml --resume-if-present --address auto --storage-path /mnt/results/tune"
+    )
+    monkeypatch.setattr(k8s, "accepts", lambda command, flag: False)
+    assert "--resume-if-present" not in k8s.run_entrypoint("raysim-x") + k8s.tune_entrypoint()
+
+
+def test_a_value_set_in_the_file_or_with_set_is_not_overridden_by_the_job_defaults():
+    # configs/fedavg_fmnist.yaml sets rounds.checkpoint_every: 10 itself
+    done = k8s.render_rayjob(ROOT / "configs" / "fedavg_fmnist.yaml", ["resources.max_restarts=0"])
+    assert done.cfg.rounds.checkpoint_every == 10 and done.cfg.resources.max_restarts == 0
+    assert done.defaults == []
+    done = k8s.render_rayjob(QUICKSTART)
+    assert [d.split("=")[0] for d in done.defaults] == ["rounds.checkpoint_every", "resources.max_restarts"]

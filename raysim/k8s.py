@@ -725,7 +725,8 @@ def _header(rendered: Rendered, out: str, argv: list[str]) -> str:
         what = f"ConfigMap + RayJob for sweep {rendered.job['metadata']['annotations']['raysim.io/sweep']!r}"
         body = [
             "Cluster: the autoscaling cluster of k8s/ray-cluster.yaml (cpu group 1..10 pods, gpu group 0..4).",
-            f"Results: {TUNE_DIR}/<sweep name>/ on the volume; a retry continues the sweep there.",
+            f"Results: {TUNE_DIR}/{rendered.job['metadata']['annotations']['raysim.io/sweep']}/ on the volume "
+            "(trials.parquet, best.yaml, optuna.db); a retry continues the sweep there.",
         ]
     else:
         sizing = rendered.sizing

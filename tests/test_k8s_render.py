@@ -516,6 +516,11 @@ def test_render_a_sweep_spec(rendered_docs, crd):
     kuberay_admission(job)
 
 
+def test_the_sweep_header_names_its_directory(tmp_path):
+    _, out = render_docs(tmp_path, config=SWEEP)
+    assert f"# Results: {k8s.TUNE_DIR}/fedavg_lr_optuna/ on the volume" in out.read_text()
+
+
 def test_the_rendered_sweep_loads_as_a_spec(rendered_docs, tmp_path):
     cm, _ = rendered_docs["sweep"]
     path = tmp_path / "sweep.yaml"

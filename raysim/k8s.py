@@ -706,6 +706,12 @@ def cost_estimate(sizing: Sizing, cfg: ExperimentConfig) -> list[str]:
     except model.FitError as exc:
         return [f"Estimate: none ({exc})."]
     lines = model.describe(est, sizing.sized.replicas)
+    if est.worker_mb > sizing.sized.shape.memory_mi:  # the model's MB are MiB (its GB: MB / 1024)
+        lines.append(
+            f"Caveat: the estimate's {est.worker_mb / 1024:.2f} GB per worker pod is more than the pod's "
+            f"{sizing.sized.shape.memory_mi / 1024:g} GiB limit (an upper bound: RSS counts shared pages in "
+            "every process); if pods are OOM-killed, fewer actors a pod (--cpus-per-pod) or more CPUs each."
+        )
     evals, each, what = evaluation(sizing, cfg, model.Coefficients.from_dict(DEFAULT))
     rounds = cfg.rounds.num_rounds
     total = est.first_round_s + (rounds - 1) * est.round_s + evals * each

@@ -427,6 +427,14 @@ def test_render_prints_the_cost_models_estimate(tmp_path, monkeypatch):
     assert "Run: about " in header
     off = load_config(QUICKSTART, [*cohort[1:], "data.num_clients=1000", "rounds.personal_eval=false"])
     assert k8s.evaluation(sizing, off, coef)[1] == pytest.approx(fwd * 10_000)  # the global model only
+    assert "Caveat: the estimate's" not in header  # 5.4 GB of 14 GiB
+    big = model.Coefficients.from_dict({**coef.to_dict(), "actor_mb": 3000.0})
+    monkeypatch.setattr(coefficients, "DEFAULT", big.to_dict())
+    worst = (7 * (3000 + 0.001 * 50) + 480 + 60 + 1) / 1024
+    assert any(
+        ln.startswith(f"Caveat: the estimate's {worst:.2f} GB per worker pod is more than the pod's 14 GiB")
+        for ln in k8s.cost_estimate(sizing, cfg)
+    )
     monkeypatch.setattr(coefficients, "DEFAULT", {})
     assert k8s.cost_estimate(sizing, cfg)[0].startswith("Estimate: none (no fitted coefficients")
 

@@ -314,18 +314,19 @@ def check_pods(sizing: Sizing, max_pods: int, cfg: ExperimentConfig, flags: str)
 def check_memory(sizing: Sizing, cfg: ExperimentConfig, spec: dict[str, Any]) -> None:
     """Refuse what ``raysim run``'s own memory check (``check_resources``: (actors + 1) x
     ``resources.actor_memory_mb`` against Ray's ``memory`` resource) would refuse on this cluster:
-    the worker groups at their maxima plus the head, each offering Ray about 70 % of its pod."""
-    from raysim.k8s_manifest import HEAD_MEMORY_MI, RAY_MEMORY_FRACTION
+    the worker groups at their maxima plus the head, each offering Ray its memory limit (KubeRay
+    passes it as ``ray start --memory``)."""
+    from raysim.k8s_manifest import HEAD_MEMORY_MI
 
     per = cfg.resources.actor_memory_mb
     need = (sizing.actors + 1) * per
     workers_mb = group_maxima(spec)[2] * 1e9 / 2**20
-    head_mb = RAY_MEMORY_FRACTION * HEAD_MEMORY_MI
+    head_mb = float(HEAD_MEMORY_MI)
     if need > workers_mb + head_mb:
         raise ConfigError(
             f"({sizing.actors:,} client actors + the server) x resources.actor_memory_mb={per:g} MB = {need:,.0f} MB, "
-            f"but the pods offer Ray about {workers_mb + head_mb:,.0f} MB ({RAY_MEMORY_FRACTION:.0%} of "
-            f"{sizing.total_cpus} worker CPUs x 2 GiB + {sizing.total_gpus} GPUs x 16 GiB, and of the 8 GiB head): "
+            f"but the pods offer Ray about {workers_mb + head_mb:,.0f} MB (the memory limits of "
+            f"{sizing.total_cpus} worker CPUs x 2 GiB + {sizing.total_gpus} GPUs x 16 GiB and of the 8 GiB head): "
             "`raysim run` would refuse the job. Give each actor more CPUs (resources.num_cpus: pods get 2 GiB a "
             "CPU), fewer actors (--clients-per-actor), or a measured, smaller resources.actor_memory_mb"
         )

@@ -26,12 +26,14 @@ MEMORY_MI_PER_CPU = 2048
 MEMORY_MI_PER_GPU = 16384
 HEAD_CPUS, HEAD_MEMORY_MI = 2, 8192
 # the custom Ray resource the head advertises; the server actor asks for a sliver of it, so it is
-# placed on the head (docs/kubernetes.md). KubeRay passes rayStartParams.resources to
-# `ray start --resources=...` as is: a JSON object in double quotes, the form of KubeRay's samples
+# placed on the head (docs/kubernetes.md). KubeRay 1.7 writes rayStartParams.resources into the
+# container's `ray start --resources=VALUE` shell command as is, and also parses VALUE as JSON
+# after trimming quotes (addWellKnownAcceleratorResources, for every pod with resource limits):
+# JSON in single quotes, the form KubeRay generates itself, passes both (its samples' double-quoted,
+# backslash-escaped form passes the shell but fails that parse, which the operator logs as an error)
 HEAD_RESOURCE = "raysim_head"
-HEAD_RESOURCES_PARAM = json.dumps(json.dumps({HEAD_RESOURCE: 1}))  # '"{\\"raysim_head\\": 1}"'
+HEAD_RESOURCES_PARAM = "'" + json.dumps({HEAD_RESOURCE: 1}) + "'"  # '{"raysim_head": 1}'
 CONFIG_MOUNT = "/config"  # a rendered job's ConfigMap (experiment.yaml or sweep.yaml), on every Ray pod
-RAY_MEMORY_FRACTION = 0.7  # Ray's `memory` resource of a pod whose rayStartParams do not set it (approx.)
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,10 @@ def group_maxima(spec: dict[str, Any]) -> tuple[float, float, float]:
     """(CPUs, GPUs, memory in GB) Ray can see on the worker groups of RayCluster ``spec`` once every
     group is at ``maxReplicas``: what the autoscaler can grow the cluster to, per group
     ``maxReplicas`` x the pod's ``num-cpus``/``num-gpus`` (else its CPU/GPU limits) and Ray's
-    ``memory`` resource (rayStartParams ``memory`` in bytes, else :data:`RAY_MEMORY_FRACTION` of the
-    pod's memory limit). The head is left out: it advertises no CPUs (``num-cpus: "0"``)."""
+    ``memory`` resource: rayStartParams ``memory`` in bytes, else the container's memory limit,
+    which KubeRay 1.7 passes as ``ray start --memory`` (generateRayStartCommand; Ray's own default
+    without it, about 70 % of the node's free memory, does not apply to KubeRay pods). The head is
+    left out: it advertises no CPUs (``num-cpus: "0"``)."""
     cpus = gpus = mem = 0.0
     for group in spec.get("workerGroupSpecs", []):
         n = int(group.get("maxReplicas", group.get("replicas", 0)))
@@ -241,7 +245,7 @@ def group_maxima(spec: dict[str, Any]) -> tuple[float, float, float]:
         if "memory" in params:
             memory = float(params["memory"])
         else:
-            memory = RAY_MEMORY_FRACTION * _memory_bytes(str(limits["memory"]))
+            memory = float(_memory_bytes(str(limits["memory"])))
         cpus, gpus, mem = cpus + n * cpu, gpus + n * gpu, mem + n * memory
     return cpus, gpus, mem / 1e9
 

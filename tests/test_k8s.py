@@ -257,18 +257,19 @@ def test_rayjobs_clean_up_after_themselves_and_retry_with_deadlines(rendered_doc
 
 
 def test_the_head_advertises_raysim_head_for_the_server_actor(rendered_docs):
-    # KubeRay passes rayStartParams.resources to `ray start --resources=...`: a JSON object in quotes
+    # KubeRay 1.7 puts rayStartParams.resources into the pod's `ray start --resources=VALUE` shell
+    # command as is, and parses VALUE as JSON after trimming quotes: JSON in single quotes passes both
     param = k8s_manifest.HEAD_RESOURCES_PARAM
-    assert param == '"{\\"raysim_head\\": 1}"'
-    assert json.loads(json.loads(param)) == {k8s_manifest.HEAD_RESOURCE: 1}
+    assert param == "'{\"raysim_head\": 1}'"
+    assert json.loads(param.strip("'\"` ")) == {k8s_manifest.HEAD_RESOURCE: 1}  # getResourcesMap's trim
+    argv = shlex.split(f"ray start --head --resources={param}")  # what the container's shell passes
+    assert json.loads(argv[-1].removeprefix("--resources=")) == {"raysim_head": 1}
     specs = [s for _, d in all_objects(rendered_docs) for s in cluster_specs(d)]
     assert len(specs) >= 3 + len(rendered_docs)
     for spec in specs:
         assert spec["headGroupSpec"]["rayStartParams"]["resources"] == param
         for g in spec["workerGroupSpecs"]:
             assert "resources" not in g["rayStartParams"], g["groupName"]
-    text = (K8S / "base" / "ray-cluster.yaml").read_text()
-    assert """resources: '"{\\"raysim_head\\": 1}"'""" in text  # the form of KubeRay's own samples
 
 
 def test_results_owner_job_chowns_the_volume_as_root_with_only_chown(core):

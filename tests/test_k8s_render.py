@@ -110,13 +110,14 @@ def test_cluster_max_keys_are_the_worker_groups_maxima(rendered_docs):
             assert res["cluster_max_memory_gb"] == pytest.approx(mem, abs=1e-3)
         else:  # the autoscale branch has not landed: the keys are left out (they would not load)
             assert not any(k.startswith("cluster_max") for k in res)
-    # the static sweep cluster: cpu 10 x 8 CPUs, gpu 4 x (8 CPUs, 1 GPU); Ray's memory ~70 % of the pods'
+    # the static sweep cluster: cpu 10 x 8 CPUs, gpu 4 x (8 CPUs, 1 GPU); Ray's memory: the pods' limits
+    # (KubeRay passes them as ray start --memory)
     cpus, gpus, mem = k8s_manifest.group_maxima(k8s.cluster_spec())
     assert (cpus, gpus) == (10 * 8 + 4 * 8, 4)
-    assert mem == pytest.approx(0.7 * (10 * 16 + 4 * 32) * 2**30 / 1e9)
+    assert mem == pytest.approx((10 * 16 + 4 * 32) * 2**30 / 1e9)
     spec = k8s.cluster_spec()
     spec["workerGroupSpecs"][0]["rayStartParams"]["memory"] = str(10**9)  # set: used as is
-    assert k8s_manifest.group_maxima(spec)[2] == pytest.approx(10 * 1 + 0.7 * 4 * 32 * 2**30 / 1e9)
+    assert k8s_manifest.group_maxima(spec)[2] == pytest.approx(10 * 1 + 4 * 32 * 2**30 / 1e9)
 
 
 def test_rendered_entrypoint_survives_kuberays_two_shells(rendered):
@@ -337,8 +338,15 @@ def test_size_workers_whole_gpus_and_fractional_cpus():
         ),
         (["--max-pods", "1"], "--max-pods"),
         (
-            ["--clients", "1000", "--set", "rounds.clients_per_round=100", "--set", "resources.num_cpus=0.1"],
-            "(20 client actors + the server) x resources.actor_memory_mb=450 MB = 9,450 MB",
+            [
+                "--clients",
+                "5000",
+                "--set",
+                "rounds.clients_per_round=100",
+                "--set",
+                "resources.num_cpus=0.05",
+            ],
+            "(100 client actors + the server) x resources.actor_memory_mb=450 MB = 45,450 MB",
         ),
         (["--name", "Not_A_Dns_Name"], "--name"),
         (["--clients", "0"], "--clients"),

@@ -120,10 +120,19 @@ def _missing_data(path: Path) -> str | None:
     return None
 
 
+RUN_TEST = "test_a_shipped_config_starts_and_runs_a_round_on_two_cpus_without_a_warning"
+
+
 @pytest.fixture(scope="module")
-def shipped_runs(tmp_path_factory) -> dict[str, Any]:
+def shipped_runs(request, tmp_path_factory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("shipped")
-    runnable = [str(p) for p in CONFIGS if _missing_data(p) is None]
+    # only the configs whose run test was selected (`-k ifca` runs one config, not all of them)
+    selected = {
+        item.callspec.params["path"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == RUN_TEST and hasattr(item, "callspec")
+    }
+    runnable = [str(p) for p in CONFIGS if p in selected and _missing_data(p) is None]
     result_file = tmp / "results.json"
     code = (
         "import sys; from tests.test_shipped_configs import run_all; "
@@ -151,6 +160,7 @@ def shipped_runs(tmp_path_factory) -> dict[str, Any]:
 
 def test_the_shipped_configs_are_the_ones_this_test_knows_about():
     assert len(CONFIGS) >= 10, CONFIGS  # the glob is anchored to the repository, not the cwd
+    assert RUN_TEST in globals(), "the fixture selects configs by this test's name"
 
 
 def test_every_algorithm_has_a_shipped_config():

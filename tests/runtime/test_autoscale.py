@@ -280,9 +280,17 @@ try:
     stats = exp.backend.system_stats()
 finally:
     exp.close()
-from ray.autoscaler._private.commands import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
-from ray.experimental.internal_kv import _internal_kv_get
-left = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+from ray.autoscaler.v2.utils import is_autoscaler_v2
+if is_autoscaler_v2(fetch_from_server=True):  # the request is a resource constraint in the GCS
+    from ray._raylet import GcsClient
+    from ray.autoscaler.v2.sdk import get_cluster_resource_state
+    state = get_cluster_resource_state(GcsClient(address))
+    left = [dict(r.request.resources_bundle) for c in state.cluster_resource_constraints for r in c.resource_requests]
+else:  # v1: a JSON list in the internal KV store
+    from ray.autoscaler._private.commands import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+    kv = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    left = None if kv is None else json.loads(kv)
 json.dump(
     {
         "gpus_before": before,
@@ -290,7 +298,8 @@ json.dump(
         "actors": exp.num_hosts,
         "gpu_shares": sorted(s.get("gpu_share", 0.0) for s in stats if s.get("actor", -1) >= 0),
         "run_dir": str(exp.run_dir),
-        "request_left": None if left is None else json.loads(left),
+        "request_left": left,
+        "v2": is_autoscaler_v2(),
     },
     open(out, "w"),
 )
@@ -306,13 +315,26 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_path):
+@pytest.mark.parametrize("version", ["v1", "v2"])  # KubeRay's autoscalerOptions.version
+def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_path, version):
     """Head: 2 CPUs, no GPU; a worker type of (2 CPUs, 1 GPU) at 0 nodes, at most 1. A run of 2
     actors x (0.5 CPU, 0.5 GPU) with cluster_max_gpus=1 is not refused: it asks the autoscaler,
     a GPU node starts, the actors land on its GPU, and the request is withdrawn afterwards."""
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
     port = _free_port()
     cfg_file = tmp_path / "fake-cluster.json"
     cluster = json.loads(json.dumps(FAKE_CLUSTER))
+    head_env: dict[str, str] = {}
+    if (
+        version == "v2"
+    ):  # what the fake provider needs to run Ray's autoscaler v2 (cluster_utils does the same)
+        cluster["provider"].update(launch_multiple=True, head_node_id=FAKE_HEAD_NODE_ID)
+        head_env = {
+            "RAY_enable_autoscaler_v2": "1",
+            "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
+            "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
+        }
     from ray._private.services import get_node_ip_address
 
     ip = get_node_ip_address()  # where the fake provider's worker raylets look for the head
@@ -341,7 +363,7 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
             "--include-dashboard=false",
             "--disable-usage-stats",
         ],  # fmt: skip
-        env=env,
+        env={**env, **head_env},
         start_new_session=True,  # its own process group: stopped below without touching any other Ray
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "head.log").open("w"),
@@ -386,6 +408,7 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
         assert info["actors"] == 2 and info["gpu_shares"] == [0.5, 0.5], info
         assert "asked the Ray autoscaler for the server and 2 client actors" in run.stderr
         assert "the cluster holds the server and 2 client actors" in run.stderr
+        assert info["v2"] == (version == "v2"), info
         assert info["request_left"] in (None, []), info  # withdrawn once the actors were placed
         assert (Path(info["run_dir"]) / "rounds.parquet").is_file()
     finally:

@@ -48,7 +48,8 @@ Bundle = dict[str, float]
 Echo = Callable[[str], None]
 
 
-def _stderr(line: str) -> None:
+def stderr_line(line: str) -> None:
+    """Where progress goes by default: stderr, flushed (a RayJob's log shows it at once)."""
     print(line, file=sys.stderr, flush=True)
 
 
@@ -219,7 +220,7 @@ def request_and_wait(
     wait_s: float,
     arrived: Callable[[], bool],
     what: str = "the run",
-    echo: Echo = _stderr,
+    echo: Echo = stderr_line,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
@@ -258,7 +259,7 @@ def request_and_wait(
     return waited
 
 
-def ensure_room(current: Callable[[], Share], ask: RunAsk, limits: Limits, echo: Echo = _stderr) -> bool:
+def ensure_room(current: Callable[[], Share], ask: RunAsk, limits: Limits, echo: Echo = stderr_line) -> bool:
     """Refuse a run that can never fit, else make sure the cluster holds it now: as before when
     it already fits (or no limit is set: the current cluster is all there is); else check it
     against :func:`cluster_target`, ask the autoscaler for its actors and wait. True when a

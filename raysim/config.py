@@ -289,7 +289,7 @@ class ResourcesConfig(_Section):
         if v is not None and (v < 0 or (v == 0 and not gpus)):
             what = {"cluster_max_cpus": "CPUs", "cluster_max_gpus": "GPUs", "cluster_max_memory_gb": "GB"}
             raise ValueError(
-                f"must be {'>= 0' if gpus else '> 0'}, got {v:g}: the {what[info.field_name]} the Ray "
+                f"must be {'>= 0' if gpus else '> 0'}, got {v:g}: the {what[str(info.field_name)]} the Ray "
                 "cluster can grow to (an autoscaling cluster's maxima); leave it out (null) to size runs "
                 "to the cluster's current resources"
             )

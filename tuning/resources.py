@@ -158,13 +158,12 @@ def scale_for_trial(
     bundles = [dict(b) for b in pgf.bundles if b]
     if not limits.any or autoscale.covers(autoscale.cluster_resources(), bundles):
         return False
-    kwargs = {} if echo is None else {"echo": echo}
     autoscale.request_and_wait(
         bundles,
         limits.wait_s,
         lambda: autoscale.covers(autoscale.cluster_resources(), bundles),
         what="one trial's placement group",
-        **kwargs,
+        echo=echo or autoscale.stderr_line,
     )
     autoscale.release()
     return True

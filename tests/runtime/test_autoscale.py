@@ -329,7 +329,14 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
     if (
         version == "v2"
     ):  # what the fake provider needs to run Ray's autoscaler v2 (cluster_utils does the same)
-        cluster["provider"].update(launch_multiple=True, head_node_id=FAKE_HEAD_NODE_ID)
+        # v2 reads the provider type's default config, which Ray 2.58's wheel lacks for
+        # fake_multinode (example.yaml): the same provider as an "external" one has a built-in default
+        cluster["provider"].update(
+            type="external",
+            module="ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider",
+            launch_multiple=True,
+            head_node_id=FAKE_HEAD_NODE_ID,
+        )
         head_env = {
             "RAY_enable_autoscaler_v2": "1",
             "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,

@@ -7,7 +7,9 @@ against that refuses every GPU run, and ``clients_per_actor: auto`` sizes it to 
 
 * the target (:func:`cluster_target`) is what the cluster can grow to: per resource, the larger of
   what it has now and ``resources.cluster_max_cpus`` / ``cluster_max_gpus`` / ``cluster_max_memory_gb``
-  (what the RayJob passes: its worker groups' ``maxReplicas`` x each pod's share, plus the head's).
+  (what the RayJob passes: its worker groups' ``maxReplicas`` x each pod's share, plus the head's;
+  without ``cluster_max_memory_gb``, a cluster that grows in CPUs or GPUs has unknown memory, checked
+  once the new nodes are there).
   Ray 2.58 has no public, reliable way for a driver to read the autoscaler's node-group maxima:
   ``ray._private.state.state.get_max_resources_from_cluster_config()`` reads a cluster config that
   only a platform reporting it over ``ReportClusterConfig`` writes, and neither Ray's own v1/v2
@@ -32,7 +34,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import ray
 
@@ -86,20 +88,18 @@ def _grow(have: float | None, most: float | None) -> float | None:
 
 def cluster_target(current: Share, limits: Limits) -> Share:
     """What the cluster can grow to: per resource the larger of what it has now and the limit the
-    config gives. Its nodes are the current ones when nothing grows, else unknown (empty: the
-    resource check then checks the totals only)."""
-    target = Share(
-        cpus=float(_grow(current.cpus, limits.cpus) or 0.0),
-        gpus=float(_grow(current.gpus, limits.gpus) or 0.0),
-        memory_mb=_grow(current.memory_mb, limits.memory_mb),
-        nodes=current.nodes,
-    )
-    grows = (
-        target.cpus > current.cpus + EPS
-        or target.gpus > current.gpus + EPS
-        or (target.memory_mb or 0.0) > (current.memory_mb or 0.0) + EPS
-    )
-    return replace(target, nodes=()) if grows else target
+    config gives. When it grows, its nodes are unknown (empty: the resource check then checks the
+    totals only) and so is its memory unless ``cluster_max_memory_gb`` says it (new CPU or GPU
+    nodes bring memory of their own: it is checked once they are there)."""
+    cpus = float(_grow(current.cpus, limits.cpus) or 0.0)
+    gpus = float(_grow(current.gpus, limits.gpus) or 0.0)
+    memory = _grow(current.memory_mb, limits.memory_mb)
+    grows = cpus > current.cpus + EPS or gpus > current.gpus + EPS
+    if not grows and (memory or 0.0) <= (current.memory_mb or 0.0) + EPS:
+        return current
+    if limits.memory_mb is None:
+        memory = None
+    return Share(cpus=cpus, gpus=gpus, memory_mb=memory, nodes=())
 
 
 @dataclass(frozen=True)

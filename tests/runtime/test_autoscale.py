@@ -47,7 +47,7 @@ class FakeAutoscaler:
         self.requests.append([dict(b) for b in bundles])
 
     def share(self) -> Share:
-        if self.requests and self.requests[-1] and self.grown is not None:
+        if any(self.requests) and self.grown is not None:  # (a node stays a while once withdrawn)
             self.reads += 1
             if self.reads > self.delay:
                 return self.grown
@@ -118,8 +118,15 @@ def test_memory_is_checked_against_cluster_max_memory_and_asked_for_with_it(fake
     heavy = RunAsk(
         num_actors=4, num_cpus=1.0, num_gpus=0.25, server_cpus=0, server_gpus=0, actor_memory_mb=5120
     )
-    with pytest.raises(ConfigError, match=r"Ray offers 16.0 GB of memory for actors: at most 2 client"):
-        ensure_room(fake.share, heavy, Limits(gpus=1), echo=lambda s: None)  # memory does not grow
+    # no cluster_max_memory_gb: the GPU node brings memory of its own, checked once it is there
+    # (24 GB for the 25 GB asked: the wait ends at the deadline, naming the memory)
+    with pytest.raises(ConfigError) as err:
+        ensure_room(fake.share, heavy, Limits(gpus=1, wait_s=0.2), echo=lambda s: None)
+    msg = str(err.value)
+    assert "did not provide" in msg and "as it is now: 4 client actors + the server x" in msg, msg
+    assert "Ray offers 24.0 GB of memory for actors: at most 3 client actors fit" in msg, msg
+    assert fake.requests[-2] == [{"CPU": 1.0, "GPU": 0.25}] * 4  # asked without memory
+    fake.requests, fake.reads = [], 0  # the cluster back at its minimum
     with pytest.raises(
         ConfigError, match=r"can grow to 20.0 GB of memory for actors \(resources.cluster_max_"
     ):
@@ -166,6 +173,8 @@ def test_progress_lines_while_waiting(fake):
 
 def test_the_target_grows_each_resource_to_its_limit_and_forgets_the_nodes():
     t = cluster_target(NOW, Limits(gpus=2))
+    assert (t.cpus, t.gpus, t.memory_mb, t.nodes) == (8, 2, None, ())  # new nodes: memory unknown
+    t = cluster_target(NOW, Limits(gpus=2, memory_mb=8 * 1024))
     assert (t.cpus, t.gpus, t.memory_mb, t.nodes) == (8, 2, 16 * 1024, ())
     assert cluster_target(NOW, Limits(cpus=4)) == NOW  # never below what it has: nothing grows
     assert cluster_target(NOW, Limits(memory_mb=64 * 1024)).memory_mb == 64 * 1024

@@ -8,6 +8,7 @@ and runs a GPU experiment on it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -322,22 +324,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("version", ["v1", "v2"])  # KubeRay's autoscalerOptions.version
-def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_path, version):
-    """Head: 2 CPUs, no GPU; a worker type of (2 CPUs, 1 GPU) at 0 nodes, at most 1. A run of 2
-    actors x (0.5 CPU, 0.5 GPU) with cluster_max_gpus=1 is not refused: it asks the autoscaler,
-    a GPU node starts, the actors land on its GPU, and the request is withdrawn afterwards."""
+@contextlib.contextmanager
+def fake_autoscaling_cluster(tmp_path: Path, version: str = "v1") -> Iterator[tuple[str, dict[str, str]]]:
+    """Ray's fake autoscaling cluster (``FAKE_CLUSTER``) with autoscaler ``version``: yields the
+    head's address and the environment for drivers; stops its own process group at the end."""
+    from ray._private.services import get_node_ip_address
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
     port = _free_port()
-    cfg_file = tmp_path / "fake-cluster.json"
     cluster = json.loads(json.dumps(FAKE_CLUSTER))
     head_env: dict[str, str] = {}
-    if (
-        version == "v2"
-    ):  # what the fake provider needs to run Ray's autoscaler v2 (cluster_utils does the same)
+    if version == "v2":  # what the fake provider needs for Ray's autoscaler v2 (as cluster_utils sets)
         # v2 reads the provider type's default config, which Ray 2.58's wheel lacks for
         # fake_multinode (example.yaml): the same provider as an "external" one has a built-in default
         cluster["provider"].update(
@@ -351,10 +348,9 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
             "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID,
             "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID,
         }
-    from ray._private.services import get_node_ip_address
-
     ip = get_node_ip_address()  # where the fake provider's worker raylets look for the head
     cluster["provider"]["gcs_address"] = f"{ip}:{port}"  # not Ray's default 6379
+    cfg_file = tmp_path / "fake-cluster.json"
     cfg_file.write_text(json.dumps(cluster))
     temp = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / f"fake-{port}"
     env = {
@@ -385,52 +381,16 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
         stderr=(tmp_path / "head.log").open("w"),
     )
     try:
-        raw = tiny_config(
-            tmp_path,
-            rounds__num_rounds=1,
-            resources__backend="ray",
-            resources__num_actors=2,
-            resources__num_cpus=0.5,
-            resources__num_gpus=0.5,
-            resources__actor_memory_mb=0,
-            resources__cluster_max_gpus=1,
-            resources__cluster_max_cpus=4,
-            resources__scale_wait_s=240,
-        ).to_dict()
-        raw_path = tmp_path / "raw.json"
-        raw_path.write_text(json.dumps(raw))
-        out = tmp_path / "out.json"
         deadline = time.monotonic() + 120
         while True:  # the head's GCS answers
             try:
                 socket.create_connection((ip, port), timeout=1).close()
                 break
             except OSError:
-                assert head.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "head.log"
-                ).read_text()
+                log = (tmp_path / "head.log").read_text()
+                assert head.poll() is None and time.monotonic() < deadline, log
                 time.sleep(1)
-        run = subprocess.run(
-            [sys.executable, "-c", RUN_ON_FAKE_CLUSTER, f"{ip}:{port}", str(raw_path), str(out)],
-            cwd=REPO,
-            env=env,
-            timeout=600,
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 0, run.stderr[-4000:]
-        info = json.loads(out.read_text())
-        assert info["gpus_before"] == 0 and info["gpus_after"] == 1, info
-        assert info["actors"] == 2 and info["gpu_shares"] == [0.5, 0.5], info
-        assert "asked the Ray autoscaler for the server and 2 client actors" in run.stderr
-        held = [
-            line for line in run.stderr.splitlines() if "the cluster holds the server and 2 client" in line
-        ]
-        assert held, run.stderr[-4000:]
-        print(f"autoscaler {version}: {held[0]}")  # how long the fake GPU node took (pytest -s)
-        assert info["v2"] == (version == "v2"), info
-        assert info["request_left"] in (None, []), info  # withdrawn once the actors were placed
-        assert (Path(info["run_dir"]) / "rounds.parquet").is_file()
+        yield f"{ip}:{port}", env
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the group this test started (head, GCS, raylets, monitor)
         try:
@@ -438,3 +398,104 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+
+
+def gpu_config(tmp_path: Path) -> dict[str, Any]:
+    """2 actors x (0.5 CPU, 0.5 GPU): the fake cluster's head (2 CPUs, no GPU) cannot hold them."""
+    return tiny_config(
+        tmp_path,
+        rounds__num_rounds=1,
+        resources__backend="ray",
+        resources__num_actors=2,
+        resources__num_cpus=0.5,
+        resources__num_gpus=0.5,
+        resources__actor_memory_mb=0,
+        resources__cluster_max_gpus=1,
+        resources__cluster_max_cpus=4,
+        resources__scale_wait_s=240,
+    ).to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("version", ["v1", "v2"])  # KubeRay's autoscalerOptions.version
+def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_path, version):
+    """Head: 2 CPUs, no GPU; a worker type of (2 CPUs, 1 GPU) at 0 nodes, at most 1. A run of 2
+    actors x (0.5 CPU, 0.5 GPU) with cluster_max_gpus=1 is not refused: it asks the autoscaler,
+    a GPU node starts, the actors land on its GPU, and the request is withdrawn afterwards."""
+    with fake_autoscaling_cluster(tmp_path, version) as (address, env):
+        raw_path = tmp_path / "raw.json"
+        raw_path.write_text(json.dumps(gpu_config(tmp_path)))
+        out = tmp_path / "out.json"
+        run = subprocess.run(
+            [sys.executable, "-c", RUN_ON_FAKE_CLUSTER, address, str(raw_path), str(out)],
+            cwd=REPO,
+            env=env,
+            timeout=600,
+            capture_output=True,
+            text=True,
+        )
+    assert run.returncode == 0, run.stderr[-4000:]
+    info = json.loads(out.read_text())
+    assert info["gpus_before"] == 0 and info["gpus_after"] == 1, info
+    assert info["actors"] == 2 and info["gpu_shares"] == [0.5, 0.5], info
+    assert "asked the Ray autoscaler for the server and 2 client actors" in run.stderr
+    held = [line for line in run.stderr.splitlines() if "the cluster holds the server and 2 client" in line]
+    assert held, run.stderr[-4000:]
+    print(f"autoscaler {version}: {held[0]}")  # how long the fake GPU node took (pytest -s)
+    assert info["v2"] == (version == "v2"), info
+    assert info["request_left"] in (None, []), info  # withdrawn once the actors were placed
+    assert (Path(info["run_dir"]) / "rounds.parquet").is_file()
+
+
+SWEEP_ON_FAKE_CLUSTER = """
+import json, sys
+from pathlib import Path
+import ray
+from tuning.spec import spec_from_dict
+from tuning.sweep import run_sweep
+
+address, spec_path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+raw = json.loads(Path(spec_path).read_text())
+ray.init(address=address, log_to_driver=False)
+before = ray.cluster_resources().get("GPU", 0.0)
+res = run_sweep(spec_from_dict(raw, "autoscale sweep", Path(spec_path).parent, probe=False), echo=print, verbose=0)
+json.dump({"gpus_before": before, "trials": res.trials, "errors": res.errors, "dir": str(res.directory)}, open(out, "w"))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_gpu_sweep_scales_the_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_path):
+    """The same GPU experiment as a one-trial sweep, ``cluster_max_*`` in ``fixed:``: not refused,
+    the autoscaler is asked for one trial's placement group, and the trial runs on the GPU node."""
+    base = gpu_config(tmp_path)
+    del base["resources"]["cluster_max_gpus"], base["resources"]["cluster_max_cpus"]
+    spec = {
+        "name": "gpu-sweep",
+        "mode": "grid",
+        "base": base,
+        "storage_path": str(tmp_path / "sweeps"),
+        "fixed": {"resources.cluster_max_gpus": 1, "resources.cluster_max_cpus": 4},
+        "space": {"local.lr": {"grid": [0.05]}},
+    }
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    out = tmp_path / "out.json"
+    with fake_autoscaling_cluster(tmp_path) as (address, env):
+        run = subprocess.run(
+            [sys.executable, "-c", SWEEP_ON_FAKE_CLUSTER, address, str(spec_path), str(out)],
+            cwd=REPO,
+            env=env,
+            timeout=700,
+            capture_output=True,
+            text=True,
+        )
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-4000:])
+    info = json.loads(out.read_text())
+    assert info["gpus_before"] == 0 and info["trials"] == 1 and not info["errors"], info
+    assert "asked the Ray autoscaler for one trial's placement group: 2 x {CPU: 0.5, GPU: 0.5}" in run.stderr
+    held = [line for line in run.stderr.splitlines() if "the cluster holds one trial's" in line]
+    assert held, run.stderr[-4000:]
+    print(f"sweep: {held[0]}")

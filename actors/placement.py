@@ -1,9 +1,10 @@
 """Placement arithmetic: does every actor of a run fit on some node of the share it runs in?
 
 Separate from ``actors.backend`` because it is pure arithmetic over resource numbers (no Ray call,
-no actor): ``RayBackend.prepare`` calls ``check_resources`` before it starts anything, so a
-placement Ray could never satisfy is refused with the numbers of each node instead of an actor
-that waits forever, and the tests check the arithmetic without a cluster.
+no actor): ``RayBackend.start`` calls ``check_resources`` (through ``actors.autoscale``, which on an
+autoscaling cluster checks what it can grow to first) before it starts anything, so a placement
+Ray could never satisfy is refused with the numbers of each node instead of an actor that waits
+forever, and the tests check the arithmetic without a cluster.
 """
 
 from __future__ import annotations

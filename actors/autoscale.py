@@ -201,9 +201,18 @@ def covers(have: Mapping[str, float], bundles: Sequence[Mapping[str, float]]) ->
 def request(bundles: Sequence[Mapping[str, float]]) -> None:
     """Ask the autoscaler for room for ``bundles`` (persistent, cluster-wide: replaces any earlier
     request); an empty list withdraws the request."""
+    asked = [dict(b) for b in bundles]
+    if ray.util.client.ray.is_connected():  # Ray Client (ray://): this process has no GCS client of
+        # its own, which request_resources needs; a task on the cluster asks for it
+        ray.get(ray.remote(num_cpus=0)(_request_here).remote(asked))
+    else:
+        _request_here(asked)
+
+
+def _request_here(bundles: list[Bundle]) -> None:
     from ray.autoscaler.sdk import request_resources
 
-    request_resources(bundles=[dict(b) for b in bundles])
+    request_resources(bundles=bundles)
 
 
 def cluster_resources() -> dict[str, float]:

@@ -292,7 +292,8 @@ try:
 finally:
     exp.close()
 from ray.autoscaler.v2.utils import is_autoscaler_v2
-if is_autoscaler_v2(fetch_from_server=True):  # the request is a resource constraint in the GCS
+v2 = not address.startswith("ray://") and is_autoscaler_v2(fetch_from_server=True)
+if v2:  # the request is a resource constraint in the GCS
     from ray._raylet import GcsClient
     from ray.autoscaler.v2.sdk import get_cluster_resource_state
     state = get_cluster_resource_state(GcsClient(address))
@@ -310,7 +311,7 @@ json.dump(
         "gpu_shares": sorted(s.get("gpu_share", 0.0) for s in stats if s.get("actor", -1) >= 0),
         "run_dir": str(exp.run_dir),
         "request_left": left,
-        "v2": is_autoscaler_v2(),
+        "v2": v2,
     },
     open(out, "w"),
 )
@@ -325,13 +326,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def fake_autoscaling_cluster(tmp_path: Path, version: str = "v1") -> Iterator[tuple[str, dict[str, str]]]:
+def fake_autoscaling_cluster(
+    tmp_path: Path, version: str = "v1", client: bool = False
+) -> Iterator[tuple[str, dict[str, str]]]:
     """Ray's fake autoscaling cluster (``FAKE_CLUSTER``) with autoscaler ``version``: yields the
-    head's address and the environment for drivers; stops its own process group at the end."""
+    address for drivers (its Ray Client server's with ``client``) and their environment; stops
+    its own process group at the end."""
     from ray._private.services import get_node_ip_address
     from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     cluster = json.loads(json.dumps(FAKE_CLUSTER))
     head_env: dict[str, str] = {}
     if version == "v2":  # what the fake provider needs for Ray's autoscaler v2 (as cluster_utils sets)
@@ -374,6 +378,7 @@ def fake_autoscaling_cluster(tmp_path: Path, version: str = "v1") -> Iterator[tu
             f"--temp-dir={temp}",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--ray-client-server-port={client_port}",
         ],  # fmt: skip
         env={**env, **head_env},
         start_new_session=True,  # its own process group: stopped below without touching any other Ray
@@ -390,7 +395,15 @@ def fake_autoscaling_cluster(tmp_path: Path, version: str = "v1") -> Iterator[tu
                 log = (tmp_path / "head.log").read_text()
                 assert head.poll() is None and time.monotonic() < deadline, log
                 time.sleep(1)
-        yield f"{ip}:{port}", env
+        if client:
+            while True:  # its Ray Client server answers too
+                try:
+                    socket.create_connection((ip, client_port), timeout=1).close()
+                    break
+                except OSError:
+                    assert head.poll() is None and time.monotonic() < deadline, "no Ray Client server"
+                    time.sleep(1)
+        yield (f"ray://{ip}:{client_port}" if client else f"{ip}:{port}"), env
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the group this test started (head, GCS, raylets, monitor)
         try:
@@ -418,12 +431,14 @@ def gpu_config(tmp_path: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("version", ["v1", "v2"])  # KubeRay's autoscalerOptions.version
+@pytest.mark.parametrize("version", ["v1", "v2", "v1-client"])  # KubeRay's autoscalerOptions.version
 def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_path, version):
     """Head: 2 CPUs, no GPU; a worker type of (2 CPUs, 1 GPU) at 0 nodes, at most 1. A run of 2
     actors x (0.5 CPU, 0.5 GPU) with cluster_max_gpus=1 is not refused: it asks the autoscaler,
-    a GPU node starts, the actors land on its GPU, and the request is withdrawn afterwards."""
-    with fake_autoscaling_cluster(tmp_path, version) as (address, env):
+    a GPU node starts, the actors land on its GPU, and the request is withdrawn afterwards.
+    ``v1-client``: the driver connects through Ray Client (``ray://``), as from a laptop."""
+    client = version.endswith("-client")
+    with fake_autoscaling_cluster(tmp_path, version.removesuffix("-client"), client=client) as (address, env):
         raw_path = tmp_path / "raw.json"
         raw_path.write_text(json.dumps(gpu_config(tmp_path)))
         out = tmp_path / "out.json"
@@ -443,7 +458,7 @@ def test_a_gpu_run_scales_a_gpu_group_up_from_zero_on_rays_fake_autoscaler(tmp_p
     held = [line for line in run.stderr.splitlines() if "the cluster holds the server and 2 client" in line]
     assert held, run.stderr[-4000:]
     print(f"autoscaler {version}: {held[0]}")  # how long the fake GPU node took (pytest -s)
-    assert info["v2"] == (version == "v2"), info
+    assert info["v2"] == (version == "v2") and address.startswith("ray://") == client, info
     assert info["request_left"] in (None, []), info  # withdrawn once the actors were placed
     assert (Path(info["run_dir"]) / "rounds.parquet").is_file()
 

@@ -279,7 +279,7 @@ class ResourcesConfig(_Section):
     # needs (ray.autoscaler.sdk.request_resources) and waits up to scale_wait_s for it (actors.autoscale)
     cluster_max_cpus: float | None = None
     cluster_max_gpus: float | None = None
-    cluster_max_memory_gb: float | None = None  # Ray's `memory` resource (~70% of a pod's memory on KubeRay)
+    cluster_max_memory_gb: float | None = None  # Ray's `memory` resource (KubeRay: the pods' memory limits)
     scale_wait_s: float = 600.0
 
     @field_validator("cluster_max_cpus", "cluster_max_gpus", "cluster_max_memory_gb")

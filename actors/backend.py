@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.placement import check_resources
+from actors import autoscale
 from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
 from raysim.config import ConfigError
 from raysim.data.federation import ShardTable
@@ -436,6 +436,7 @@ class RayBackend:
         self.server: Any = None
         self._server_node: str | None = None
         self.clients: list[Any] = []
+        self._scale_request = False  # this run asked the autoscaler for room (actors.autoscale)
 
     def share(self) -> Share:
         if self._share is not None:
@@ -471,8 +472,7 @@ class RayBackend:
         from actors.client import ClientActor
 
         ensure_ray(self.address)
-        check_resources(
-            self.share(),
+        ask = autoscale.RunAsk(
             len(spec.host_shards),
             spec.num_cpus,
             spec.num_gpus,
@@ -480,6 +480,10 @@ class RayBackend:
             spec.server_gpus,
             spec.actor_memory_mb,
         )
+        if self._share is not None:  # a share given (a Tune trial's group): it holds what it holds
+            ask.check(self._share)
+        else:  # the cluster: what it can grow to, asking the autoscaler for what is missing
+            self._scale_request = autoscale.ensure_room(self.share, ask, autoscale.Limits.of(spec))
         from actors.plugin_check import check_nodes
 
         check_nodes(  # every node can import the run's plug-ins, or one clear refusal
@@ -538,6 +542,14 @@ class RayBackend:
                 f"{spec.num_cpus:g}, num_gpus={spec.num_gpus:g}; free now: {_free_now()}. Lower them, "
                 "raise resources.clients_per_actor (fewer actors), or add nodes"
             )
+        self._release_scale_request()  # the actors hold their resources now
+
+    def _release_scale_request(self) -> None:
+        """Withdraw the autoscaler request ``start`` made, if any (it is cluster-wide and persistent:
+        left in place it would keep a long-lived cluster at the run's size after the run)."""
+        if self._scale_request and ray.is_initialized():
+            self._scale_request = False
+            autoscale.release()
 
     def restart_server(self) -> None:
         """A fresh server actor over the same client actors (its initial state: the caller
@@ -607,6 +619,7 @@ class RayBackend:
         return self._call("eval_broadcast", self.server.eval_broadcast.remote())
 
     def shutdown(self) -> None:
+        self._release_scale_request()  # a start that failed after asking
         for a in [*self.clients, self.server]:
             if a is not None:
                 ray.kill(a)

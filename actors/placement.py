@@ -1,9 +1,10 @@
 """Placement arithmetic: does every actor of a run fit on some node of the share it runs in?
 
 Separate from ``actors.backend`` because it is pure arithmetic over resource numbers (no Ray call,
-no actor): ``RayBackend.prepare`` calls ``check_resources`` before it starts anything, so a
-placement Ray could never satisfy is refused with the numbers of each node instead of an actor
-that waits forever, and the tests check the arithmetic without a cluster.
+no actor): ``RayBackend.start`` calls ``check_resources`` (through ``actors.autoscale``, which on an
+autoscaling cluster checks what it can grow to first) before it starts anything, so a placement
+Ray could never satisfy is refused with the numbers of each node instead of an actor that waits
+forever, and the tests check the arithmetic without a cluster.
 """
 
 from __future__ import annotations
@@ -105,34 +106,56 @@ def check_resources(
     server_cpus: float,
     server_gpus: float,
     actor_memory_mb: float = 0.0,
+    *,
+    grown_from: Share | None = None,
 ) -> None:
     """Refuse (ConfigError) placements the share can never satisfy, before anything starts: the
     totals first, then, where the nodes are known, each actor on one node (Ray never splits an
-    actor, nor a GPU fraction, over two), with the arithmetic in the message."""
+    actor, nor a GPU fraction, over two), with the arithmetic in the message. ``grown_from``: the
+    share is what an autoscaling cluster that has ``grown_from`` now can grow to
+    (``actors.autoscale.cluster_target``), and the messages say so."""
+
+    def has(total: float, now: float | None, key: str, unit: str = "") -> str:
+        if grown_from is None or now is None or total <= now + 1e-9:
+            return f"the Ray cluster has {total:g}{unit}"
+        return f"the Ray cluster can grow to {total:g}{unit} (resources.{key}; it has {now:g}{unit} now)"
+
+    grow_hint = " (and the autoscaler's maxima)" if grown_from is not None else ""
     need_gpus = num_actors * num_gpus + server_gpus
     need_cpus = num_actors * num_cpus + server_cpus
     if need_gpus > share.gpus + 1e-9:
+        now = grown_from.gpus if grown_from is not None else None
         raise ConfigError(
             f"resources.num_gpus={num_gpus} x {num_actors} client actors"
             + (f" + resources.server_gpus={server_gpus}" if server_gpus else "")
-            + f" needs {need_gpus:g} GPUs, the Ray cluster has {share.gpus:g}: lower num_gpus, raise "
-            "clients_per_actor, or add GPU nodes"
+            + f" needs {need_gpus:g} GPUs, {has(share.gpus, now, 'cluster_max_gpus')}: lower num_gpus, "
+            f"raise clients_per_actor, or add GPU nodes (resources.cluster_max_gpus{grow_hint} on an "
+            "autoscaling cluster)"
         )
     if need_cpus > share.cpus + 1e-9:
+        now = grown_from.cpus if grown_from is not None else None
         raise ConfigError(
             f"resources.num_cpus={num_cpus} x {num_actors} client actors"
             + (f" + resources.server_cpus={server_cpus}" if server_cpus else "")
-            + f" needs {need_cpus:g} CPUs, the Ray cluster has {share.cpus:g}: use clients_per_actor: auto, "
-            "a smaller num_cpus (e.g. 0.25), or a bigger cluster"
+            + f" needs {need_cpus:g} CPUs, {has(share.cpus, now, 'cluster_max_cpus')}: use "
+            "clients_per_actor: auto, a smaller num_cpus (e.g. 0.25), or a bigger cluster "
+            f"(resources.cluster_max_cpus{grow_hint} on an autoscaling cluster)"
         )
     need_mb = (num_actors + 1) * actor_memory_mb  # the server actor is a torch worker too
     if actor_memory_mb > 0 and share.memory_mb is not None and need_mb > share.memory_mb:
         fits = max(int(share.memory_mb // actor_memory_mb) - 1, 0)
+        now_mb = grown_from.memory_mb if grown_from is not None else None
+        offers = f"Ray offers {share.memory_mb / 1024:.1f} GB of memory for actors"
+        if now_mb is not None and share.memory_mb > now_mb + 1e-9:
+            offers = (
+                f"the Ray cluster can grow to {share.memory_mb / 1024:.1f} GB of memory for actors "
+                f"(resources.cluster_max_memory_gb; it has {now_mb / 1024:.1f} GB now)"
+            )
         raise ConfigError(
             f"{num_actors} client actors + the server x resources.actor_memory_mb={actor_memory_mb:g} MB "
-            f"= {need_mb / 1024:.1f} GB, but Ray offers {share.memory_mb / 1024:.1f} GB of memory for "
-            f"actors: at most {fits} client actors fit. Raise resources.clients_per_actor (or use "
-            "clients_per_actor: auto, or fewer num_actors), add nodes, or, if you measured a smaller "
+            f"= {need_mb / 1024:.1f} GB, but {offers}: at most {fits} client actors fit. Raise "
+            "resources.clients_per_actor (or use clients_per_actor: auto, or fewer num_actors), add nodes "
+            "(resources.cluster_max_memory_gb on an autoscaling cluster), or, if you measured a smaller "
             "per-actor cost on your machines, lower resources.actor_memory_mb (0 skips this check)"
         )
     if share.nodes:

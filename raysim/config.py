@@ -275,6 +275,37 @@ class ResourcesConfig(_Section):
     actor_memory_mb: Annotated[float, Field(ge=0)] = 450.0
     server_cpus: Annotated[float, Field(ge=0)] = 0.0  # the server actor: a hypernetwork trains there
     server_gpus: Annotated[float, Field(ge=0)] = 0.0  # the server actor: a hypernetwork trains there
+    # what the Ray cluster can grow to (an autoscaling cluster: its worker groups' maxReplicas x each
+    # pod's CPUs / GPUs / Ray memory, plus the head's); None: what it has now. The resource checks and
+    # clients_per_actor: auto size the run to these, and the run asks the autoscaler for what it
+    # needs (ray.autoscaler.sdk.request_resources) and waits up to scale_wait_s for it (actors.autoscale)
+    cluster_max_cpus: float | None = None
+    cluster_max_gpus: float | None = None
+    cluster_max_memory_gb: float | None = None  # Ray's `memory` resource (KubeRay: the pods' memory limits)
+    scale_wait_s: float = 600.0
+
+    @field_validator("cluster_max_cpus", "cluster_max_gpus", "cluster_max_memory_gb")
+    @classmethod
+    def _cluster_max(cls, v: float | None, info: ValidationInfo) -> float | None:
+        gpus = info.field_name == "cluster_max_gpus"  # a cluster without GPUs is one; without CPUs not
+        if v is not None and (v < 0 or (v == 0 and not gpus)):
+            what = {"cluster_max_cpus": "CPUs", "cluster_max_gpus": "GPUs", "cluster_max_memory_gb": "GB"}
+            raise ValueError(
+                f"must be {'>= 0' if gpus else '> 0'}, got {v:g}: the {what[str(info.field_name)]} the Ray "
+                "cluster can grow to (an autoscaling cluster's maxima); leave it out (null) to size runs "
+                "to the cluster's current resources"
+            )
+        return v
+
+    @field_validator("scale_wait_s")
+    @classmethod
+    def _scale_wait(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(
+                f"must be > 0, got {v:g}: the seconds a run waits for the autoscaler to provide what it "
+                "asked for (default 600)"
+            )
+        return v
 
     @field_validator("num_gpus", "server_gpus")
     @classmethod

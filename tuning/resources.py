@@ -33,13 +33,13 @@ the run sizes itself to the group (``tuning.trainable`` passes the group's share
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ray import tune
 
 from raysim.config import ConfigError, ExperimentConfig
 from raysim.runtime.backend import Share
-from raysim.runtime.packing import ActorPlan, follows_resources, plan_actors
+from raysim.runtime.packing import ActorPlan, follows_resources, grown, plan_actors
 
 EPS = 1e-9
 
@@ -108,11 +108,17 @@ def check_fits(
     cfg: ExperimentConfig, pgf: tune.PlacementGroupFactory, cluster_cpus: float, cluster_gpus: float
 ) -> None:
     """Raise ConfigError, with the arithmetic, when one trial can never fit on the cluster (Tune
-    would otherwise leave it pending forever)."""
+    would otherwise leave it pending forever). ``cluster_cpus``/``cluster_gpus`` are what the
+    cluster has now; an autoscaling cluster is checked against what it can grow to
+    (``resources.cluster_max_cpus``/``cluster_max_gpus``, :func:`raysim.runtime.packing.grown`)."""
     bundles = pgf.bundles
     res = cfg.resources
-    for key, have, what in (("CPU", cluster_cpus, "CPUs"), ("GPU", cluster_gpus, "GPUs")):
+    for key, now, most, what in (
+        ("CPU", cluster_cpus, res.cluster_max_cpus, "CPUs"),
+        ("GPU", cluster_gpus, res.cluster_max_gpus, "GPUs"),
+    ):
         need = _sum(bundles, key)
+        have = float(grown(now, most) or 0.0)
         if need <= have + EPS:
             continue
         parts = []
@@ -127,11 +133,40 @@ def check_fits(
         if res.backend == "ray" and per_client and n:
             parts.append(f"{n} client actors x {per_client:g}")
         detail = " + ".join(parts) if parts else f"{need:g}"
+        knob = f"resources.cluster_max_{'cpus' if key == 'CPU' else 'gpus'}"
+        has = f"the Ray cluster has {have:g}"
+        if have > now + EPS:
+            has = f"the Ray cluster can grow to {have:g} ({knob}; it has {now:g} now)"
         raise ConfigError(
-            f"one trial needs {need:g} {what} ({detail} = {need:g}) but the Ray cluster has "
-            f"{have:g}: it could never start. Lower resources.num_{'cpus' if key == 'CPU' else 'gpus'}"
-            ", set resources.num_actors or clients_per_actor, or add nodes"
+            f"one trial needs {need:g} {what} ({detail} = {need:g}) but {has}: it could never start. "
+            f"Lower resources.num_{'cpus' if key == 'CPU' else 'gpus'}, set resources.num_actors or "
+            f"clients_per_actor, or add nodes ({knob} on an autoscaling cluster)"
         )
+
+
+def scale_for_trial(
+    cfg: ExperimentConfig, pgf: tune.PlacementGroupFactory, echo: Callable[[str], None] | None = None
+) -> bool:
+    """Before a sweep starts: when the cluster as it is cannot hold one trial's placement group and
+    the config says it can grow (``resources.cluster_max_*``), ask the autoscaler for the group's
+    bundles and wait for them (``resources.scale_wait_s``; ``actors.autoscale.request_and_wait``
+    raises ConfigError past it). The request is withdrawn once they are there: Tune's pending
+    placement groups are the autoscaler's demand from then on. True when it asked."""
+    from actors import autoscale
+
+    limits = autoscale.Limits.of(cfg.resources)
+    bundles = [dict(b) for b in pgf.bundles if b]
+    if not limits.any or autoscale.covers(autoscale.cluster_resources(), bundles):
+        return False
+    autoscale.request_and_wait(
+        bundles,
+        limits.wait_s,
+        lambda: autoscale.covers(autoscale.cluster_resources(), bundles),
+        what="one trial's placement group",
+        echo=echo or autoscale.stderr_line,
+    )
+    autoscale.release()
+    return True
 
 
 def trial_share(pgf: tune.PlacementGroupFactory, backend: str) -> Share:

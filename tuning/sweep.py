@@ -247,13 +247,14 @@ def cluster_size(ray: Any) -> tuple[float, float]:
 def _trainable(loaded: LoadedSpec, cpus: float, gpus: float) -> Any:
     from ray import tune
 
-    from tuning.resources import check_fits, trial_resources
+    from tuning.resources import check_fits, scale_for_trial, trial_resources
     from tuning.trainable import make_trainable, trial_config
 
     # the largest trial the space can produce decides whether the sweep can ever run
     cfg = trial_config(loaded.base, {})
-    pgf = trial_resources(cfg, cpus, gpus)
-    check_fits(cfg, pgf, cpus, gpus)
+    pgf = trial_resources(cfg, cpus, gpus)  # sized to resources.cluster_max_* when set
+    check_fits(cfg, pgf, cpus, gpus)  # against what the cluster can grow to
+    scale_for_trial(cfg, pgf)  # an autoscaling cluster short of one trial: ask for it, wait
     # trials read the base config's relative data paths from where the sweep starts (os.getcwd())
     trainable = make_trainable(
         loaded.base, checkpoint_every=loaded.spec.checkpoint_every, workdir=os.getcwd()

@@ -62,6 +62,12 @@ class StartSpec:
     server_kwargs: Mapping[str, Any]
     roam: bool  # clients without state train on any host (each cohort balanced over the hosts)
     reproducible: bool = False  # start the hosts and the server in reproducible mode (raysim.reproducible)
+    # what an autoscaling Ray cluster can grow to (resources.cluster_max_*; None: what it has) and how
+    # long to wait for the autoscaler (actors.autoscale); the serial backend ignores them
+    cluster_max_cpus: float | None = None
+    cluster_max_gpus: float | None = None
+    cluster_max_memory_gb: float | None = None
+    scale_wait_s: float = 600.0
 
 
 class ServerLost(RuntimeError):

@@ -213,6 +213,10 @@ class Experiment:
                 server_gpus=res.server_gpus,
                 max_restarts=res.max_restarts,
                 actor_memory_mb=res.actor_memory_mb,
+                cluster_max_cpus=res.cluster_max_cpus,
+                cluster_max_gpus=res.cluster_max_gpus,
+                cluster_max_memory_gb=res.cluster_max_memory_gb,
+                scale_wait_s=res.scale_wait_s,
                 server_kwargs={
                     "algorithm": self.algorithm,
                     "init_params": params0,

@@ -149,6 +149,15 @@ class ActorPlan:
         )
 
 
+def grown(have: float | None, most: float | None) -> float | None:
+    """What a cluster that has ``have`` of a resource now can grow to, ``most`` being what the
+    config says it can (``resources.cluster_max_*``; None: no growth known). ``have`` None (nothing
+    known, e.g. ``raysim k8s render`` sizing the cluster from the job) stays None."""
+    if have is None or most is None:
+        return have
+    return max(float(have), float(most))
+
+
 def follows_resources(resources: ResourcesConfig) -> bool:
     """The actor count is left to the resources available (``clients_per_actor: auto`` without
     ``num_actors``): whoever fixes a cluster's share first (a Tune trial's placement group, a
@@ -174,12 +183,17 @@ def plan_actors(
     use, the server's share included; the server holds back ``server_cpus``/``server_gpus`` on the
     Ray backend only): as many actors as the GPUs hold (``num_gpus > 0``) and the CPUs hold
     (``num_cpus > 0``), never more than there are clients and at least one (if even one does not
-    fit, the backend's resource check says so with the numbers). With neither known, a caller that
+    fit, the backend's resource check says so with the numbers). On the Ray backend, ``cpus``/``gpus``
+    given are raised to ``resources.cluster_max_cpus``/``cluster_max_gpus`` (:func:`grown`): an
+    autoscaling cluster is sized for what it can grow to (the run asks the autoscaler for it,
+    ``actors.autoscale``). With neither known, a caller that
     sizes the cluster from the job (``raysim k8s render``) passes ``per_actor_default`` and gets
     ``min(ceil(clients / per_actor_default), cohort)``; otherwise ``min(clients, 2)``.
     """
     res, n = resources, num_clients
     ray = res.backend == "ray"
+    if ray:  # an autoscaling cluster: size to what it can grow to, not what it has now
+        cpus, gpus = grown(cpus, res.cluster_max_cpus), grown(gpus, res.cluster_max_gpus)
     server_cpus, server_gpus = (float(res.server_cpus), float(res.server_gpus)) if ray else (0.0, 0.0)
     asked: int | None = None
     rule: ActorRule

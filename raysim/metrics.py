@@ -82,7 +82,8 @@ def cluster_tracking(
     negative ids are unassigned clients and count nowhere. ``truth``: ground-truth group per
     client id (-1: none), or None when the federation has none. Returns ``num_clusters`` (distinct
     clusters with at least one client), ``cluster_stability`` and, with a truth,
-    ``cluster_ari``/``cluster_nmi`` over the clients that have both (NaN with fewer than two).
+    ``cluster_ari``/``cluster_nmi`` over the clients that have both (NaN with fewer than two) and
+    ``cluster_clients``, how many clients that is (e.g. IFCA: the clients sampled so far).
     """
     found = {c: k for c, k in cur.items() if k >= 0}
     out = {
@@ -92,11 +93,11 @@ def cluster_tracking(
     if truth is not None:
         ids = np.array(sorted(found), dtype=np.int64)
         ids = ids[ids < len(truth)]
-        agree = agreement_with_truth(
-            np.asarray(truth)[ids], np.array([found[c] for c in ids], dtype=np.int64)
-        )
+        truth_of = np.asarray(truth)[ids]
+        agree = agreement_with_truth(truth_of, np.array([found[c] for c in ids], dtype=np.int64))
         out["cluster_ari"] = agree.get("ari", float("nan"))
         out["cluster_nmi"] = agree.get("nmi", float("nan"))
+        out["cluster_clients"] = float((truth_of >= 0).sum())
     return out
 
 

@@ -13,7 +13,7 @@ from raysim.runtime.server import cluster_membership, cluster_rows
 from tests.conftest import tiny_config
 from tests.helpers import experiment, resume, run
 
-NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi"]
+NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi", "cluster_clients"]
 
 
 def ifca_config(tmp_path, **over):
@@ -84,9 +84,12 @@ def test_rounds_parquet_gets_the_uniform_cluster_columns(ifca_run):
     for col in NEW_COLS:
         assert col in rounds, col
     assert rounds["cluster_ari"].between(-1, 1).all() and rounds["cluster_nmi"].between(0, 1).all()
-    # the runtime's agreement is IFCA's own (same clients, same truth), which stays as it was
-    np.testing.assert_allclose(rounds["cluster_ari"], rounds["ari"])
-    np.testing.assert_allclose(rounds["cluster_nmi"], rounds["nmi"])
+    # one column per metric: IFCA's own copies (ari, nmi) are gone
+    assert "ari" not in rounds and "nmi" not in rounds
+    # cluster_clients: the clients ARI covers, those that chose a cluster so far (IFCA: sampled ones)
+    covered = clusters[clusters["cluster"] >= 0].groupby("round")["client_id"].nunique()
+    np.testing.assert_array_equal(rounds["cluster_clients"], covered.loc[rounds["round"]].to_numpy())
+    assert rounds["cluster_clients"].is_monotonic_increasing
     per_round = clusters[clusters["cluster"] >= 0].groupby("round")["cluster"].nunique()
     np.testing.assert_array_equal(rounds["num_clusters"], per_round.loc[rounds["round"]].to_numpy())
     stab = rounds["cluster_stability"]

@@ -92,8 +92,10 @@ def run(
     typer.echo(
         json.dumps(
             {
-                k: summary[k]
+                k: summary.get(k)  # a summary.json from before a field existed: null
                 for k in (
+                    "family",
+                    "headline",
                     "final_test_accuracy",
                     "best_test_accuracy",
                     "final_personal_accuracy",

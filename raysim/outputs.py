@@ -488,6 +488,10 @@ SWEEP_FILES: tuple[OutputFile, ...] = (
 
 # -- matching and rendering --------------------------------------------------------------------------
 def _pattern(name: str) -> re.Pattern[str]:
+    """What ``name`` stands for; a bare placeholder (``<metric>``: the columns of another table)
+    stands for nothing here, so it cannot hide a column the registry lacks."""
+    if re.fullmatch(r"<[^>]+>", name):
+        return re.compile(r"(?!)")
     parts = re.split(r"<[^>]+>", name)
     return re.compile("^" + ".+".join(re.escape(p) for p in parts) + "$")
 

@@ -33,6 +33,13 @@ def test_undocumented_matches_placeholders():
     ]
 
 
+def test_a_sweeps_metric_columns_are_checked_against_rounds_parquets():
+    cols = outputs.TRIAL_COLUMNS + outputs.rounds_columns()
+    names = ["trial_id", "config/local.lr", "hparams/lr", "test_accuracy", "clients_cluster/3", "made_up"]
+    assert outputs.undocumented(names, cols) == ["made_up"]
+    assert outputs.undocumented(["test_accuracy"], outputs.TRIAL_COLUMNS) == ["test_accuracy"]
+
+
 def file_documented(rel: str) -> bool:
     """A path under the run directory is one of RUN_FILES (a directory entry covers what it holds)."""
     pats = [

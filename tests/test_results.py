@@ -4,6 +4,7 @@ form the progress view and summary.md use, and a personalised run's summary."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,29 @@ def test_a_personalised_run_reports_mean_and_worst_clients(tmp_path):
     assert list(head) == ["personal_accuracy_mean", "personal_accuracy_worst10"]
     assert 0 <= head["personal_accuracy_worst10"] <= head["personal_accuracy_mean"] <= 1
     assert summary["test_accuracy_means"].startswith("NaN")
+
+
+def test_raysim_run_prints_the_family_and_headline(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from raysim.cli import app
+
+    cfg = tmp_path / "ifca.yaml"
+    raw = tiny_config(
+        tmp_path, algorithm__name="ifca", data__partition="rotation", data__num_groups=2, rounds__num_rounds=2
+    ).to_dict()
+    cfg.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["run", str(cfg), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{") :])
+    assert out["family"] == "clustered"
+    assert set(out["headline"]) == {
+        "personal_accuracy",
+        "cluster_ari",
+        "cluster_nmi",
+        "cluster_clients",
+        "num_clusters",
+    }
+    summary = json.loads((Path(out["run_dir"]) / "summary.json").read_text())
+    assert out["headline"] == summary["headline"] and out["headline"]["cluster_clients"] >= 2

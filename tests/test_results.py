@@ -99,3 +99,15 @@ def test_raysim_run_prints_the_family_and_headline(tmp_path):
     }
     summary = json.loads((Path(out["run_dir"]) / "summary.json").read_text())
     assert out["headline"] == summary["headline"] and out["headline"]["cluster_clients"] >= 2
+
+
+def test_a_misdeclared_family_or_headline_fails_where_the_class_is_defined():
+    with pytest.raises(TypeError, match="family is 'clusterd'; use one of global, clustered, personalised"):
+
+        class Typo(Algorithm):  # noqa: F841 - defining it is the test
+            family = "clusterd"  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="headline must be a tuple"):
+
+        class Bare(Algorithm):  # noqa: F841
+            headline = "test_accuracy"  # type: ignore[assignment]

@@ -493,6 +493,18 @@ class Algorithm(ABC):
     # what test_accuracy measures for this algorithm; "" means the family's (``FAMILY_TEST_ACCURACY``)
     test_accuracy_means: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A misspelt family or a headline that is not a tuple of names fails where the class is
+        defined (a plug-in: when the config names it), not when the finished run is summarised."""
+        super().__init_subclass__(**kwargs)
+        if cls.family not in FAMILIES:
+            raise TypeError(f"{cls.__qualname__}.family is {cls.family!r}; use one of {', '.join(FAMILIES)}")
+        if not isinstance(cls.headline, tuple) or not all(isinstance(m, str) for m in cls.headline):
+            raise TypeError(
+                f"{cls.__qualname__}.headline must be a tuple of rounds.parquet column names, "
+                f"got {cls.headline!r}"
+            )
+
     @classmethod
     def headline_metrics(cls) -> tuple[str, ...]:
         """The metric names a person reads first for this algorithm."""

@@ -434,7 +434,9 @@ TRIAL_COLUMNS = _cols(
     ("config/<knob>", "the trial's value of each knob of the sweep's space, and config/seed"),
     (
         "proposed_by",
-        "who chose the trial's knobs: optuna's random start-up trials, TPE, ... (see summary.md)",
+        "who chose the trial's knobs: 'random start-up (Optuna)' for the trials TPE draws at random before "
+        "optuna.n_startup_trials have finished, 'TPE' for those its model proposed; 'NSGA-II' or 'random' "
+        "for those samplers ('': unknown)",
         "mode optuna",
     ),
     ("placement_group_id", "the Ray placement group the trial ran in"),
@@ -482,7 +484,17 @@ SWEEP_FILES: tuple[OutputFile, ...] = (
         "fANOVA importance of each knob for the metric (Optuna's evaluator)",
         when="two or more knobs varied over at least four finished trials, not PBT",
     ),
-    OutputFile("<trial>/run/", "each trial's own run directory (the files above)"),
+    OutputFile(
+        "validation.json",
+        "the best config rerun on fresh seeds: the seeds, their values and the mean",
+        when="`raysim tune --validate-best SWEEP_DIR`",
+    ),
+    OutputFile(
+        "mlflow.db",
+        "the trials' metrics as MLflow runs, one per trial",
+        when="the base config's output.trackers has mlflow without output.mlflow_uri",
+    ),
+    OutputFile("trial_<id>/run/", "each trial's own run directory (see 'A run directory')"),
 )
 
 
@@ -534,7 +546,8 @@ def _files(files: Sequence[OutputFile], prefix: str) -> list[str]:
         lines.append(f"| `{prefix}{f.path}` | {_cell(f.meaning)} | {_cell(f.when) or 'always'} |")
     for f in files:
         if f.columns:
-            lines += ["", f"### `{prefix}{f.path}`", "", _cell(f.meaning) + ".", ""]
+            meaning = _cell(f.meaning)
+            lines += ["", f"### `{prefix}{f.path}`", "", meaning[:1].upper() + meaning[1:] + ".", ""]
             lines += _table(f.columns, f.columns_title)
     return lines
 

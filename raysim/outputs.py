@@ -279,6 +279,15 @@ SUMMARY_KEYS = _cols(
     ("bytes_up", "bytes_up summed over rounds"),
     ("bytes_down", "bytes_down summed over rounds"),
     ("client_actors", "client actors (hosts) the clients were packed onto"),
+    (
+        "server_node_id",
+        "the Ray node the server actor ran on (on KubeRay: the head); null on the serial backend",
+    ),
+    (
+        "finished",
+        "true: the run reached its end (last round, convergence, a stop rule); "
+        "`raysim run --resume-if-present` then prints this summary instead of running again",
+    ),
     ("run_dir", "this directory"),
 )
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raysim.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, load_yaml_file
+from raysim.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    dotted_keys,
+    load_yaml_file,
+    switch_algorithm,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +64,8 @@ def load_config(source: ConfigSource, overrides: Overrides = None) -> Experiment
     if isinstance(overrides, Mapping):
         from tuning.trainable import merge_dotted  # the sweep's own merge: values kept as they are
 
-        raw = merge_dotted(raw, overrides)
+        # a new algorithm.name starts from that algorithm's defaults, as with --set
+        raw = switch_algorithm(raw, merge_dotted(raw, overrides), dotted_keys(overrides))
     elif overrides:
         if isinstance(overrides, str):
             raise ConfigError(

@@ -139,7 +139,9 @@ def _print_summary(summary: dict[str, object], report_: bool) -> None:
 
 @app.command()
 def validate(config: Path, set_: SetOpt = None) -> None:
-    """Check a config (keys, types, values, data files) and print it fully resolved."""
+    """Check a config (keys, types, values, data files) and print it fully resolved: every value the
+    run uses, the algorithm's and model's defaults included. --set algorithm.name=X starts from X's
+    defaults (the other algorithm's keys are dropped, named on stderr)."""
     try:
         cfg = load_config(config, set_ or [])
         check_data_available(cfg)

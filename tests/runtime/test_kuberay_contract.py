@@ -28,7 +28,7 @@ import yaml
 from typer.testing import CliRunner
 
 from raysim.cli import app
-from raysim.k8s_manifest import IMAGE_WORKDIR, RESULTS_MOUNT
+from raysim.k8s_manifest import CONFIG_MOUNT, IMAGE_WORKDIR, RESULTS_MOUNT
 from tests.runtime.exact import assert_same_learning
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,8 +88,8 @@ def _start_params(group: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "num_cpus": int(params.get("num-cpus", pod.get("cpu", 0))),
         "num_gpus": int(pod.get("nvidia.com/gpu", 0)),
-        # Ray's `memory` resource on a pod: ~70% of its memory limit
-        "memory": int(0.7 * _bytes(pod["memory"])),
+        # Ray's `memory` resource on a pod: KubeRay 1.7 starts it with --memory=<the pod's limit>
+        "memory": int(_bytes(pod["memory"])),
         "object_store_memory": min(
             int(params.get("object-store-memory", OBJECT_STORE_CAP)), OBJECT_STORE_CAP
         ),
@@ -97,7 +97,8 @@ def _start_params(group: dict[str, Any]) -> dict[str, Any]:
     }
     if "resources" in params:  # KubeRay's form: a JSON object in a string, maybe quoted once more
         text = params["resources"].strip()
-        text = text[1:-1].replace('\\"', '"') if text.startswith('"') else text
+        if text[:1] in ("'", '"'):
+            text = text[1:-1].replace('\\"', '"')
         out["resources"] = json.loads(text)
     return out
 
@@ -117,7 +118,10 @@ def render(tmp_path: Path) -> dict[str, Any]:
     out = tmp_path / "job.yaml"
     r = CliRunner().invoke(app, ["k8s", "render", str(path), "--cpus-per-pod", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    return yaml.safe_load(out.read_text())
+    docs = {d["kind"]: d for d in yaml.safe_load_all(out.read_text())}
+    job = docs["RayJob"]
+    job["_config"] = docs["ConfigMap"]["data"]  # what the job mounts at /config
+    return job
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +161,22 @@ def cluster(job) -> Iterator[dict[str, Any]]:
 
 
 def entrypoint(job: dict[str, Any], results: Path) -> str:
-    """The rendered entrypoint with the image's paths mapped to this checkout and a results dir."""
+    """The rendered entrypoint with the image's paths mapped to this checkout and a results dir, its
+    ConfigMap written to a folder beside ``results`` (where the config names the volume, it too)."""
     cmd = job["spec"]["entrypoint"]
     argv = shlex.split(cmd)
     assert argv[:2] == ["raysim", "run"], cmd
-    if "--resume-if-present" not in argv:  # until the renderer adds it (contract.md: it will)
-        cmd = cmd.replace(f"raysim run {argv[2]}", f"raysim run {argv[2]} --resume-if-present", 1)
-    return cmd.replace(RESULTS_MOUNT, str(results)).replace(IMAGE_WORKDIR, str(REPO))
+    assert "--resume-if-present" in argv, cmd  # a retried job continues its run
+    assert argv[2].startswith(CONFIG_MOUNT + "/"), cmd  # the experiment comes from the ConfigMap
+    config_dir = results.parent / f"{results.name}-config"
+    config_dir.mkdir(exist_ok=True)
+    for name, text in job["_config"].items():
+        (config_dir / name).write_text(text.replace(RESULTS_MOUNT, str(results)))
+    return (
+        cmd.replace(RESULTS_MOUNT, str(results))
+        .replace(IMAGE_WORKDIR, str(REPO))
+        .replace(CONFIG_MOUNT + "/", f"{config_dir}/")
+    )
 
 
 def submit(cmd: str, address: str, **kw: Any) -> subprocess.Popen[str]:

@@ -93,6 +93,57 @@ def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
     return table[keep]
 
 
+STARTUP = "random start-up (Optuna)"  # a TPE trial drawn at random before TPE models anything
+
+
+def proposed_by(loaded: LoadedSpec, directory: Path, trials: pd.DataFrame) -> dict[str, str]:
+    """Who chose each trial's knobs in an Optuna sweep ({} in other modes or without the study):
+    TPE draws a trial at random while fewer than ``n_startup_trials`` trials have finished (Optuna's
+    start-up trials), then proposes from its model ("TPE"); other samplers are named as they are.
+
+    ``trials``: one row per Tune trial (``trial_id`` and its ``config/<knob>``), in the order Tune
+    created them (the results' order), which is the order Optuna numbered them; each pair must have
+    the same knobs, else nothing is labelled. A trial's start-up status comes from the study: how
+    many trials had finished when it was drawn."""
+    spec = loaded.spec
+    db = directory / "optuna.db"
+    if spec.mode != "optuna" or not db.is_file() or trials.empty:
+        return {}
+    import optuna
+
+    opts = spec.optuna
+    sampler = opts.sampler if opts is not None else "tpe"
+    if sampler != "tpe":
+        return {str(t): {"nsga2": "NSGA-II", "random": "random"}[sampler] for t in trials["trial_id"]}
+    startup = opts.n_startup_trials if opts is not None and opts.n_startup_trials is not None else 10
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{db}")
+    except KeyError:  # no study of that name: nothing to say
+        return {}
+    studied = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    if len(studied) != len(trials):
+        return {}
+    finished = [t.datetime_complete for t in studied if t.state.is_finished() and t.datetime_complete]
+    out = {}
+    for (_, row), t in zip(trials.iterrows(), studied, strict=True):
+        if any(not _same(row.get(f"config/{k}"), v) for k, v in t.params.items()):
+            return {}  # not the trial we took it for: say nothing rather than something wrong
+        before = sum(1 for c in finished if t.datetime_start is not None and c <= t.datetime_start)
+        out[str(row["trial_id"])] = STARTUP if before < startup else "TPE"
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = _py(a), _py(b)
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return bool(a == b)
+
+
 def grid_points(spec: SweepSpec, finals: list[tuple[Any, list[float]]]) -> list[dict[str, Any]]:
     """Finished trials grouped by their knobs without the seed: a grid point's seeds are one point
     (its mean and 95% CI over seeds); outside grid mode every trial is its own point."""
@@ -130,6 +181,10 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
 
     spec = loaded.spec
     table = trials_table(loaded, results)
+    if "trial_id" in table:
+        who = proposed_by(loaded, directory, table.drop_duplicates("trial_id"))
+        if who:
+            table["proposed_by"] = table["trial_id"].map(who).fillna("")
     write_parquet(table, directory / "trials.parquet")
     errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
     objs = spec.objective_list
@@ -196,8 +251,8 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         "pareto_front": front,
     }
     atomic_write_text(directory / "sweep.json", json.dumps(info, indent=2, default=_py) + "\n")
-    atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info))
-    write_plots(loaded, table, directory / "plots", info)
+    plots = write_plots(loaded, table, directory / "plots", info)
+    atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info, plots.notes()))
     if best is not None:
         over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"trial {best['trial_id']}"
         knobs_shown = {k: v for k, v in best["config"].items() if k != "seed" or len(best["seeds"]) == 1}
@@ -212,17 +267,24 @@ def _py(v: Any) -> Any:
     return v
 
 
-def summary_markdown(loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, Any]) -> str:
+def summary_markdown(
+    loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, Any], plot_notes: list[str] | None = None
+) -> str:
+    """``plot_notes``: one line per promised plot that was not drawn, saying why."""
     spec = loaded.spec
     metric = spec.objective_list[0].metric
     knobs = [*spec.space, "seed"]
+    who = "proposed_by" in table
     lines = [
         f"# Sweep {spec.name} ({spec.mode})",
         "",
         f"{info['trials']} trials, {info['errors']} failed; tuned on seeds {info['tuning_seeds']}.",
         "",
-        "| trial | " + " | ".join(knobs) + f" | rounds | final {metric} | status |",
-        "|" + "---|" * (len(knobs) + 4),
+        "| trial | "
+        + " | ".join(knobs)
+        + f" | rounds | final {metric} | status |"
+        + (" proposed by |" if who else ""),
+        "|" + "---|" * (len(knobs) + 4 + int(who)),
     ]
     points = info.get("points") or []
     if spec.mode == "grid" and any(p["n"] > 1 for p in points):
@@ -249,15 +311,29 @@ def summary_markdown(loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, An
         final = final_value(df, metric)
         cells = [f"{_fmt(last.get(f'config/{k}'))}" for k in knobs]
         rounds = int(df["round"].max()) if df["round"].notna().any() else 0
+        by = f" {last['proposed_by'] or '-'} |" if who else ""
         rows.append(
             (
                 final,
-                f"| {trial_id} | " + " | ".join(cells) + f" | {rounds} | {_fmt(final)} | {last['status']} |",
+                f"| {trial_id} | "
+                + " | ".join(cells)
+                + f" | {rounds} | {_fmt(final)} | {last['status']} |"
+                + by,
             )
         )
     sign = -1.0 if spec.objective_list[0].goal == "max" else 1.0
     rows.sort(key=lambda fr: (math.isnan(fr[0]), sign * fr[0] if not math.isnan(fr[0]) else 0.0))
     lines += [row for _, row in rows]
+    if who and (table["proposed_by"] == STARTUP).any():
+        n = int((table.groupby("trial_id")["proposed_by"].last() == STARTUP).sum())
+        lines += [
+            "",
+            f"{n} of the trials are Optuna's random start-up trials: TPE draws its knobs at random until "
+            "optuna.n_startup_trials trials have finished (Optuna's default is 10), and only the trials "
+            "after them are proposed by TPE's model. A sweep of only start-up trials is random search.",
+        ]
+    if plot_notes:
+        lines += ["", "## Plots not drawn", "", *[f"- {note}" for note in plot_notes]]
     return "\n".join(lines) + "\n"
 
 

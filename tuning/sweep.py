@@ -463,9 +463,12 @@ def validate_best(
         ) from None
     fresh = [max(used, default=-1) + 1 + i for i in range(seeds)]
     best_raw = load_yaml_file(best_path, "best config")
+    # best.yaml names the base's own backend; its fresh-seed trials run as the sweep's trials did
+    ran = (load_sweep(directory).base.get("resources") or {}) if (directory / SPEC_FILE).is_file() else {}
     raw = {
         "name": "validate",
         "base": best_raw,
+        "fixed": {f"resources.{k}": ran[k] for k in ("backend", "address") if k in ran},
         "mode": "grid",
         "metric": metric,
         "goal": goal,

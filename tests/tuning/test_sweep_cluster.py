@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
+from tests.tuning.test_sweep_storage import _mid_trial_state_saved
 
 REPO = Path(__file__).resolve().parents[2]
 RAYSIM = str(Path(sys.executable).parent / "raysim")
@@ -120,13 +121,15 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     )
     deadline = time.time() + 300
     try:
-        while time.time() < deadline:  # wait for the first trial's second FL checkpoint
-            if len(list(sweep.glob("trial_*/checkpoint_*"))) >= 2:
+        # wait until Tune's experiment state records a checkpoint of a trial that is midway: killed
+        # before that, a resume has nothing to continue the trial from and starts it at round 1
+        while time.time() < deadline:
+            if _mid_trial_state_saved(sweep):
                 break
             assert proc.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.5)
+            time.sleep(0.3)
         else:
-            pytest.fail("no checkpoint within 300 s")
+            pytest.fail("no saved experiment state with a trial midway within 300 s")
     finally:
         family = [psutil.Process(proc.pid), *_descendants(proc.pid)]  # the driver and its local Ray
         for p in family:

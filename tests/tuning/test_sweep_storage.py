@@ -242,3 +242,177 @@ def test_resume_if_present_on_a_finished_sweep_prints_its_result_and_exits_0(tmp
 def test_resume_if_present_needs_a_spec(tmp_path):
     res = CliRunner().invoke(app, ["tune", "--resume", str(tmp_path), "--resume-if-present"])
     assert res.exit_code == 2 and "goes with SPEC" in res.output
+
+
+# -- on a real 2-node cluster, and a sweep killed midway ------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+WORKER_NODE = """
+import json, sys
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from tuning.spec import spec_from_dict
+from tuning.sweep import run_sweep
+
+out, worker_tmp = Path(sys.argv[1]), sys.argv[2]
+base = json.loads(Path(sys.argv[3]).read_text())
+# the head has no CPUs, so every trial runs on the worker, whose Ray folders (its trial staging
+# dirs, /tmp/ray/session_*/.../driver_artifacts) are its own, as on another machine
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+worker = cluster.add_node(num_cpus=2, temp_dir=worker_tmp)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+spec = {"name": "wn", "base": base, "mode": "grid", "storage_path": str(out / "sweeps"),
+        "space": {"local.lr": {"grid": [0.05, 0.1]}}}
+outcome = run_sweep(spec_from_dict(spec, "(worker node)", out), echo=print, verbose=0)
+json.dump({"worker": worker.node_id, "errors": outcome.errors, "no_record": outcome.no_record,
+           "dir": str(outcome.directory)}, open(out / "cluster.json", "w"))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_trials_on_a_worker_node_leave_their_run_and_record_under_the_storage_path(tmp_path):
+    import subprocess
+    import sys
+    import tempfile
+
+    base = tiny_config(
+        tmp_path,
+        resources__backend="ray",
+        resources__num_cpus=1.0,
+        resources__num_actors=1,
+        rounds__num_rounds=2,
+    ).to_dict()
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    worker_tmp = tempfile.mkdtemp(prefix="rsw-", dir="/tmp")  # short: Ray's socket paths live there
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER_NODE, str(tmp_path), worker_tmp, str(tmp_path / "base.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads((tmp_path / "cluster.json").read_text())
+    assert info["errors"] == [] and info["no_record"] == []
+    d = Path(info["dir"])
+    table = pd.read_parquet(d / "trials.parquet")
+    assert table["trial_id"].nunique() == 2 and (table["status"] == "done").all()
+    for trial_id, rows in table.groupby("trial_id"):
+        trial = d / f"trial_{trial_id}"
+        assert (trial / REPORTED).is_file()
+        assert [json.loads(x)["round"] for x in (trial / REPORTED).read_text().splitlines()] == [1, 2]
+        assert (trial / "run" / "rounds.parquet").is_file() and (trial / "run" / "summary.json").is_file()
+        system = pd.read_parquet(trial / "run" / "system.parquet")
+        actors = system[system["actor"] >= 0]
+        assert set(actors["node_id"]) == {info["worker"]}  # the trial's client actor ran on the worker
+        assert rows["round"].tolist() == [1, 2]
+    # and nothing of the trials' own stayed behind in the worker's node-local trial folders
+    left = [p for p in Path(worker_tmp).rglob(REPORTED)] + [
+        p for p in Path(worker_tmp).rglob("run") if p.is_dir() and p.parent.name.startswith("trial_")
+    ]
+    assert left == []
+
+
+def _kill_family(pid: int) -> None:
+    import signal
+
+    import psutil
+
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in family:  # the driver and the local Ray it started, all started by this test
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _mid_trial_state_saved(sweep: Path) -> bool:
+    """A trial is midway (2 to 4 of 6 rounds reported) and Tune's experiment state was saved after
+    its newest checkpoint: a resume can continue it from that checkpoint."""
+    states = list(sweep.glob("experiment_state-*.json"))
+    if not states or not (sweep / "tuner.pkl").is_file():
+        return False
+    saved = max(p.stat().st_mtime for p in states)
+    for trial in sweep.glob("trial_*"):
+        record = trial / REPORTED
+        n = len(record.read_text().splitlines()) if record.is_file() else 0
+        ckpts = list(trial.glob("checkpoint_*"))
+        if 2 <= n <= 4 and ckpts and saved > max(c.stat().st_mtime for c in ckpts):
+            return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_sweep_run_again_with_resume_if_present_finishes_and_accounts_for_every_trial(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raysim = str(Path(sys.executable).parent / "raysim")
+    spec = {
+        "name": "again",
+        "base": tiny_config(tmp_path, rounds__num_rounds=6).to_dict(),
+        "mode": "optuna",
+        "num_samples": 3,
+        "optuna": {"sampler": "random", "seed": 0},
+        "storage_path": str(tmp_path / "sweeps"),
+        "checkpoint_every": 1,
+        "max_concurrent_trials": 1,
+        "space": {"local.lr": {"loguniform": [0.02, 0.2]}},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = tmp_path / "sweeps" / "again"
+    env = {**os.environ, "RAY_ADDRESS": ""}  # a local Ray of its own
+    cmd = [raysim, "tune", str(path), "--resume-if-present"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    try:
+        while not _mid_trial_state_saved(sweep):
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            if time.time() > deadline:
+                pytest.fail("no saved experiment state with a trial midway within 300 s")
+            time.sleep(0.3)
+    finally:
+        _kill_family(proc.pid)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (sweep / "trials.parquet").exists()  # it really stopped midway
+
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "continuing the interrupted sweep" in res.stdout
+    table = pd.read_parquet(sweep / "trials.parquet")
+    assert table["trial_id"].nunique() == 3  # num_samples, none lost, none added
+    assert (table.groupby("trial_id")["round"].max() == 6).all()  # every trial ran to the end
+    assert (table["status"] == "done").all()
+    assert (table.groupby("trial_id")["round"].apply(list) == [list(range(1, 7))] * 3).all()
+    # the trial that was midway continued from its own FL checkpoint, not from round 1
+    assert "restored_from_round" in table, "no trial continued from a checkpoint"
+    resumed = table[table["restored_from_round"].notna()]
+    assert len(resumed) >= 1 and (resumed["exploited"] == 0).all()
+    assert (resumed["round"] == resumed["restored_from_round"] + 1).all()
+    assert (resumed["restored_from_round"] >= 1).all()
+    info = json.loads((sweep / "sweep.json").read_text())
+    assert info["trials"] == 3 and info["no_record"] == [] and info["failed"] == []
+    # the study came back with the searcher and was exported whole: every trial, each complete
+    study = optuna.load_study(study_name="again", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    assert res.returncode == 0 and "already finished" in res.stdout, res.stdout + res.stderr

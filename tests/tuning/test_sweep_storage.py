@@ -417,3 +417,28 @@ def test_a_killed_sweep_run_again_with_resume_if_present_finishes_and_accounts_f
 
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
     assert res.returncode == 0 and "already finished" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_in_memory_study_and_its_exporter_pass_the_resume_state_check(tmp_path):
+    """A resume reads the searcher's state (its in-memory study, one trial complete and one
+    running) and tuner.pkl (which holds OptunaExport) through tuning.tune_state before Tune loads
+    them: both must pass."""
+    import ray.cloudpickle as cloudpickle
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.tune_state import check_pickle
+
+    searcher = OptunaSearch(
+        space={"local.lr": tune.loguniform(0.01, 0.1)},
+        metric="test_accuracy",
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=0),
+        study_name="s",
+    )
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", {"test_accuracy": 0.5, "training_iteration": 1})
+    searcher.suggest("t2")  # still running when the sweep stops
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    check_pickle((tmp_path / "searcher.pkl").read_bytes(), "searcher state")
+    check_pickle(cloudpickle.dumps(OptunaExport(searcher, str(tmp_path / "optuna.db"), "s")), "tuner.pkl")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
-from tests.tuning.test_sweep_storage import _mid_trial_state_saved
+from tests.tuning.test_sweep_storage import SAVE_OFTEN, _mid_trial_state_saved
 
 REPO = Path(__file__).resolve().parents[2]
 RAYSIM = str(Path(sys.executable).parent / "raysim")
@@ -110,7 +110,7 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     sweep = tmp_path / "sweeps" / "killed"
-    env = {**os.environ, "RAY_ADDRESS": ""}  # a local Ray of its own
+    env = {**os.environ, "RAY_ADDRESS": "", **SAVE_OFTEN}  # a local Ray of its own
     proc = subprocess.Popen(
         [RAYSIM, "tune", str(path)],
         cwd=REPO,

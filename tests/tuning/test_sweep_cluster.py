@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
-from tests.tuning.test_sweep_storage import SAVE_OFTEN, _mid_trial_state_saved
+from tests.tuning.test_sweep_storage import KILL_ROUNDS, SAVE_OFTEN, _mid_trial_state_saved
 
 REPO = Path(__file__).resolve().parents[2]
 RAYSIM = str(Path(sys.executable).parent / "raysim")
@@ -97,7 +97,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
-    base = tiny_config(tmp_path, rounds__num_rounds=6).to_dict()
+    base = tiny_config(tmp_path, rounds__num_rounds=KILL_ROUNDS).to_dict()
     spec = {
         "name": "killed",
         "base": base,
@@ -152,7 +152,7 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = pd.read_parquet(sweep / "trials.parquet")
     assert sorted(table.groupby("trial_id")["config/local.lr"].first()) == [0.02, 0.05, 0.1]
-    assert (table.groupby("trial_id")["round"].max() == 6).all()  # every trial ran to the end
+    assert (table.groupby("trial_id")["round"].max() == KILL_ROUNDS).all()  # every trial ran to the end
     assert (table["status"] == "done").all()
     # the interrupted trial continued from its own FL checkpoint instead of starting again
     assert "restored_from_round" in table, "no trial continued from a checkpoint"

@@ -434,6 +434,7 @@ class RayBackend:
         self.address = address
         self._share = share
         self.server: Any = None
+        self._server_node: str | None = None
         self.clients: list[Any] = []
 
     def share(self) -> Share:
@@ -491,6 +492,17 @@ class RayBackend:
         table = ShardTable([s for shards in spec.host_shards for s in shards]) if spec.roam else None
         visitors = ray.put(table) if table is not None else None  # flat arrays: zero-copy per node
         self.visitors_ref = visitors  # as ds_ref: what a restarted actor's constructor reads again
+        from actors.server import start_server
+
+        # the server first (placed before the clients take the nodes: on the head where the cluster
+        # has one, actors.server.server_placement); it gets the clients' pool once they exist
+        self._server_args = {
+            "num_cpus": spec.server_cpus,
+            "num_gpus": spec.server_gpus,
+            "runtime_env": actor_runtime_env(spec.reproducible),
+            **spec.server_kwargs,
+        }
+        self.server = start_server(**self._server_args, pool=None)
         self.clients = [
             ClientActor.options(
                 num_cpus=spec.num_cpus,
@@ -503,24 +515,19 @@ class RayBackend:
         ]
         owner = {s.client_id: h for h, shards in enumerate(spec.host_shards) for s in shards}
         sizes = table.sizes() if table is not None else None
-        self._server_args = {
-            "num_cpus": spec.server_cpus,
-            "num_gpus": spec.server_gpus,
-            "runtime_env": actor_runtime_env(spec.reproducible),
-            "pool": RayPool(
-                self.clients,
-                owner,
-                roam_sizes=sizes,
-                client_state=spec.algorithm.traits.client_state,
-                can_restart=spec.max_restarts != 0,
-            ),
-            **spec.server_kwargs,
-        }
+        self._server_args["pool"] = RayPool(
+            self.clients,
+            owner,
+            roam_sizes=sizes,
+            client_state=spec.algorithm.traits.client_state,
+            can_restart=spec.max_restarts != 0,
+        )
+        self.server.attach_pool.remote(self._server_args["pool"])  # before any other call (ordered)
         # the server starts while the client actors do (not after: 4.2 s of the first round at
         # 10,000 clients, raysim bench); both are up before the first round
         t_end = time.monotonic() + START_TIMEOUT_S
         pings = [c.ping.remote() for c in self.clients]
-        self.restart_server()
+        self._await_server()
         ready, pending = ray.wait(pings, num_returns=len(pings), timeout=max(t_end - time.monotonic(), 0.0))
         get(ready)  # a constructor that raised: its exception, as on serial
         if pending:
@@ -540,6 +547,10 @@ class RayBackend:
         if self.server is not None:
             ray.kill(self.server)
         self.server = start_server(**self._server_args)
+        self._await_server()
+
+    def _await_server(self) -> None:
+        """The server actor answers its first ping (placed, constructor ran), or a ConfigError."""
         ref = self.server.ping.remote()
         ready, _ = ray.wait([ref], timeout=START_TIMEOUT_S)
         if not ready:
@@ -549,6 +560,7 @@ class RayBackend:
                 f"server_gpus={self._server_args['num_gpus']:g}; free now: {_free_now()}"
             )
         self._call("its start", ref)  # its constructor raised (algorithm.init ...): that exception
+        self._server_node = str(self._call("its node id", self.server.node_id.remote()))
 
     def _call(self, what: str, ref: Any, deadline: bool = True) -> Any:
         """The server's answer to one call: an exception from code there raised as itself, its
@@ -566,6 +578,11 @@ class RayBackend:
                 f"the server actor did not answer {what} within {wait:g} s (actors/backend.py "
                 "CALL_TIMEOUT_S): a client actor it waits for may hang"
             ) from err
+
+    def server_node_id(self) -> str | None:
+        """The Ray node the server actor runs on (the run's summary.json records it), as it said
+        when it started (no call now: a summary is written after a lost server too)."""
+        return self._server_node
 
     def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
         # no deadline of its own: rounds.deadline_s bounds the clients' work, aggregate takes what it takes

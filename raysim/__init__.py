@@ -34,6 +34,8 @@ _PUBLIC = {
     "experiment": "raysim.api",
     "run": "raysim.api",
     "resume": "raysim.api",
+    "run_or_resume": "raysim.api",
+    "resume_if_present": "raysim.api",
     "Results": "raysim.api",
     "results": "raysim.api",
     # sweeps (Ray Tune)
@@ -61,6 +63,8 @@ __all__ = [  # the public names: _PUBLIC's, spelled out for tools that read __al
     "experiment",
     "run",
     "resume",
+    "run_or_resume",
+    "resume_if_present",
     "Results",
     "results",
     "load_sweep_spec",

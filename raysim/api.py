@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from raysim.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict, load_yaml_file
+from raysim.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    dotted_keys,
+    load_yaml_file,
+    switch_algorithm,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,7 +64,8 @@ def load_config(source: ConfigSource, overrides: Overrides = None) -> Experiment
     if isinstance(overrides, Mapping):
         from tuning.trainable import merge_dotted  # the sweep's own merge: values kept as they are
 
-        raw = merge_dotted(raw, overrides)
+        # a new algorithm.name starts from that algorithm's defaults, as with --set
+        raw = switch_algorithm(raw, merge_dotted(raw, overrides), dotted_keys(overrides))
     elif overrides:
         if isinstance(overrides, str):
             raise ConfigError(
@@ -90,6 +99,43 @@ def resume(run_dir: str | Path, *, address: str | None = None, progress: bool | 
     from raysim.runtime.experiment import Experiment
 
     return Experiment.resume(Path(run_dir), address=address, progress=progress, backends=BACKENDS)
+
+
+def resume_if_present(
+    config: ConfigSource,
+    overrides: Overrides = None,
+    *,
+    address: str | None = None,
+    progress: bool | None = None,
+) -> Experiment | Results:
+    """What ``raysim run CONFIG --resume-if-present`` does before it runs: the run directory is
+    ``output.dir/<output.name or name>`` exactly (a stable name, e.g. a RayJob's, so that a job
+    started again finds it). Returns the results of the run there when it finished already;
+    otherwise an experiment, not started yet, that continues the run there from its newest periodic
+    checkpoint or starts it there (absent or empty directory, or no checkpoint yet). A directory
+    that holds another experiment (a config differing in more than where and how it is shown:
+    ``raysim.runtime.rundir.HARMLESS_KEYS``) raises ``ConfigError``."""
+    from raysim.runtime.experiment import Experiment
+    from raysim.runtime.rundir import stable_run_dir
+
+    cfg = load_config(config, overrides)
+    exp = Experiment.resume_if_present(cfg, address=address, progress=progress, backends=BACKENDS)
+    if exp is None:
+        return Results(stable_run_dir(Path(cfg.output.dir), cfg.output.name or cfg.name))
+    return exp
+
+
+def run_or_resume(
+    config: ConfigSource,
+    overrides: Overrides = None,
+    *,
+    address: str | None = None,
+    progress: bool | None = None,
+) -> Results:
+    """``resume_if_present`` run to the end: the results of the run in the config's run directory,
+    whether it finished before, continued from its newest checkpoint, or started now."""
+    got = resume_if_present(config, overrides, address=address, progress=progress)
+    return got if isinstance(got, Results) else run_experiment(got)
 
 
 def run(

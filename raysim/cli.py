@@ -42,6 +42,14 @@ def run(
         str | None, typer.Option(help="Ray cluster address (default: start Ray locally).")
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue RUN_DIR from its newest checkpoint.")] = None,
+    resume_if_present: Annotated[
+        bool,
+        typer.Option(
+            "--resume-if-present",
+            help="Run in output.dir/<output.name> exactly: continue the run there from its newest "
+            "checkpoint, print its summary if it finished, start it there if absent (a retried job).",
+        ),
+    ] = False,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Progress bar (default: output.progress).")
     ] = None,
@@ -62,6 +70,11 @@ def run(
     from raysim.runtime.server import ClientCodeError
 
     try:
+        if resume is not None and resume_if_present:
+            fail(
+                "--resume RUN_DIR and --resume-if-present exclude each other: --resume continues a "
+                "given directory, --resume-if-present the one CONFIG names (output.dir/output.name)"
+            )
         if resume is not None:
             if config is not None or set_ or reproducible_ is not None:
                 fail(
@@ -77,7 +90,15 @@ def run(
             extra = [] if reproducible_ is None else [f"resources.reproducible={str(reproducible_).lower()}"]
             cfg = api.load_config(config, [*(set_ or []), *extra])
             _reexec_if_reproducible(cfg.resources.reproducible)
-            exp = api.experiment(cfg, address=address, progress=progress)
+            if resume_if_present:
+                got = api.resume_if_present(cfg, address=address, progress=progress)
+                if isinstance(got, api.Results):
+                    typer.echo(f"raysim: {got.run_dir} finished already; its summary:", err=True)
+                    _print_summary(got.summary, report_)
+                    return
+                exp = got
+            else:
+                exp = api.experiment(cfg, address=address, progress=progress)
         summary = api.run_experiment(exp).summary
     except ConfigError as err:
         fail(str(err))
@@ -85,14 +106,19 @@ def run(
     except ClientCodeError as err:  # a bug in client code: its traceback, exit 1 (not a user error)
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    _print_summary(summary, report_)
+
+
+def _print_summary(summary: dict[str, object], report_: bool) -> None:
+    """A run's summary on stdout (the keys `raysim run` prints), and its plots with --report."""
     if report_:
         from raysim.report import write_report
 
-        typer.echo(f"plots and table: {write_report([Path(summary['run_dir'])])}", err=True)
+        typer.echo(f"plots and table: {write_report([Path(str(summary['run_dir']))])}", err=True)
     typer.echo(
         json.dumps(
             {
-                k: summary[k]
+                k: summary.get(k)
                 for k in (
                     "final_test_accuracy",
                     "best_test_accuracy",
@@ -111,7 +137,9 @@ def run(
 
 @app.command()
 def validate(config: Path, set_: SetOpt = None) -> None:
-    """Check a config (keys, types, values, data files) and print it fully resolved."""
+    """Check a config (keys, types, values, data files) and print it fully resolved: every value the
+    run uses, the algorithm's and model's defaults included. --set algorithm.name=X starts from X's
+    defaults (the other algorithm's keys are dropped, named on stderr)."""
     try:
         cfg = load_config(config, set_ or [])
         check_data_available(cfg)

@@ -12,6 +12,8 @@ the disk (data files, output folder) ``raysim.config_checks``'; both are re-expo
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -521,6 +523,83 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     raw = load_yaml_file(p, "config")
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(p))
+
+
+def _param_owners(name: Any) -> dict[str, type] | None:
+    """Each parameter of algorithm ``name`` and the params class that declares it (None: ``name``
+    is no algorithm). Two algorithms share a parameter's meaning when one class declares it for
+    both (FedProx's ``central_lr`` is FedAvg's); the same name declared twice may mean two things
+    (AS-CFL's ``beta`` splits clusters, pFedMe's steps the server)."""
+    from raysim.plugins import PluginError, params_model, resolve
+
+    try:
+        pm = params_model(resolve("algorithms", name))
+    except PluginError:
+        return None
+    if pm is None:
+        return {}
+    owners: dict[str, type] = {}
+    for field in pm.model_fields:
+        owners[field] = next((k for k in pm.__mro__ if field in k.__dict__.get("__annotations__", {})), pm)
+    return owners
+
+
+def switch_algorithm(
+    before: Mapping[str, Any], after: dict[str, Any], set_keys: Iterable[Sequence[str]]
+) -> dict[str, Any]:
+    """``after`` (``before`` with overrides applied, each override's dotted key in ``set_keys``)
+    started from the new algorithm's defaults when the overrides changed ``algorithm.name``.
+
+    The previous algorithm's keys are dropped, with a note on stderr naming them, instead of each
+    failing validation as an unknown key. Kept: the keys the overrides set themselves, and the keys
+    whose parameter both algorithms take from one params class (the same knob, e.g. ``central_lr``
+    from ``fedavg`` to ``fedprox``, or every pFedHT knob to ``pfedhn``). A key of the same name that
+    the new algorithm declares itself is dropped too: its meaning may differ. Nothing is dropped when
+    the new name is no algorithm (validation names that)."""
+    old_section, new_section = before.get("algorithm"), after.get("algorithm")
+    if not isinstance(old_section, Mapping) or not isinstance(new_section, dict):
+        return after
+    old_name = old_section.get("name", DEFAULT_ALGORITHM)
+    new_name = new_section.get("name", DEFAULT_ALGORITHM)
+    if old_name == new_name:
+        return after
+    new_owners = _param_owners(new_name)
+    if new_owners is None:
+        return after
+    old_owners = _param_owners(old_name) or {}
+    explicit = {keys[1] for keys in set_keys if len(keys) >= 2 and keys[0] == "algorithm"}
+    dropped = [
+        key
+        for key in old_section
+        if key != "name"
+        and key not in explicit
+        and key in new_section
+        and not (key in new_owners and old_owners.get(key, new_owners[key]) is new_owners[key])
+    ]
+    if not dropped:
+        return after
+    out = dict(after)
+    out["algorithm"] = {k: v for k, v in new_section.items() if k not in dropped}
+    print(
+        f"note: algorithm.name {old_name!r} -> {new_name!r}: dropped {old_name}'s keys: {', '.join(dropped)}; "
+        f"{new_name} starts from its own defaults (raysim validate prints them; set one with "
+        "algorithm.KEY=VALUE)",
+        file=sys.stderr,
+    )
+    return out
+
+
+def dotted_keys(overrides: Mapping[str, Any]) -> list[list[str]]:
+    """The keys a dict of overrides sets, as ``switch_algorithm`` takes them: ``{"algorithm.name":
+    "ifca"}`` and ``{"algorithm": {"name": "ifca"}}`` both set ``["algorithm", "name"]``."""
+    keys: list[list[str]] = []
+    for key, value in overrides.items():
+        parts = [p for p in str(key).split(".") if p]
+        if isinstance(value, Mapping) and value:
+            keys.extend([*parts, *sub] for sub in dotted_keys(value))
+        else:
+            keys.append(parts)
+    return keys
 
 
 def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:

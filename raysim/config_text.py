@@ -120,9 +120,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``raw`` with each ``KEY=VALUE`` of ``overrides`` set (``raw`` is not changed). When they
+    change ``algorithm.name``, the new algorithm starts from its defaults: the previous one's keys
+    are dropped with a note on stderr (``raysim.config.switch_algorithm``), the keys set here kept."""
     out = dict(raw)
+    set_keys: list[list[str]] = []
     for text in overrides:
         parts, value = parse_override(text)
+        set_keys.append(parts)
         node = out
         for p in parts[:-1]:
             child = node.get(p)
@@ -133,4 +138,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node[p] = child = dict(child)
             node = child
         node[parts[-1]] = value
+    if any(parts[0] == "algorithm" for parts in set_keys):
+        from raysim.config import switch_algorithm  # the algorithm registry: only when it may matter
+
+        out = switch_algorithm(raw, out, set_keys)
     return out

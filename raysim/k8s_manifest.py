@@ -8,6 +8,7 @@ This module must import without Ray (the CLI loads it on a laptop with no cluste
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,15 @@ RAY_UID, RAY_GID = 1000, 100  # the `ray` user of rayproject/ray images
 MEMORY_MI_PER_CPU = 2048
 MEMORY_MI_PER_GPU = 16384
 HEAD_CPUS, HEAD_MEMORY_MI = 2, 8192
+# the custom Ray resource the head advertises; the server actor asks for a sliver of it, so it is
+# placed on the head (docs/kubernetes.md). KubeRay 1.7 writes rayStartParams.resources into the
+# container's `ray start --resources=VALUE` shell command as is, and also parses VALUE as JSON
+# after trimming quotes (addWellKnownAcceleratorResources, for every pod with resource limits):
+# JSON in single quotes, the form KubeRay generates itself, passes both (its samples' double-quoted,
+# backslash-escaped form passes the shell but fails that parse, which the operator logs as an error)
+HEAD_RESOURCE = "raysim_head"
+HEAD_RESOURCES_PARAM = "'" + json.dumps({HEAD_RESOURCE: 1}) + "'"  # '{"raysim_head": 1}'
+CONFIG_MOUNT = "/config"  # a rendered job's ConfigMap (experiment.yaml or sweep.yaml), on every Ray pod
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,14 @@ def _mounts() -> list[dict[str, Any]]:
     return [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "results", "mountPath": RESULTS_MOUNT}]
 
 
+def _add_config_map(pod: dict[str, Any], config_map: str) -> None:
+    """Mount ConfigMap ``config_map`` read-only at :data:`CONFIG_MOUNT` in ``pod``'s container."""
+    pod["volumes"].append({"name": "config", "configMap": {"name": config_map}})
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}
+    )
+
+
 def _head_group(image: str, autoscaling: bool) -> dict[str, Any]:
     shm = HEAD_MEMORY_MI // 4
     pod: dict[str, Any] = {
@@ -135,6 +153,7 @@ def _head_group(image: str, autoscaling: bool) -> dict[str, Any]:
             "num-cpus": "0",
             "dashboard-host": "0.0.0.0",
             "object-store-memory": _object_store_bytes(shm),
+            "resources": HEAD_RESOURCES_PARAM,
         },
         "template": {"metadata": {"labels": {"app.kubernetes.io/name": "raysim"}}, "spec": pod},
     }
@@ -178,8 +197,10 @@ def cluster_spec(
     *,
     autoscaling: bool = True,
     server: GroupSize | None = None,
+    config_map: str | None = None,
 ) -> dict[str, Any]:
-    """A RayCluster ``spec``; with the defaults it is exactly ``k8s/ray-cluster.yaml``'s."""
+    """A RayCluster ``spec``; with the defaults it is exactly ``k8s/ray-cluster.yaml``'s.
+    ``config_map``: mount that ConfigMap at :data:`CONFIG_MOUNT` on every Ray pod (rendered jobs)."""
     spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": autoscaling}
     if autoscaling:
         spec["autoscalerOptions"] = {
@@ -192,7 +213,54 @@ def cluster_spec(
     spec["headGroupSpec"] = _head_group(image, autoscaling)
     groups = [cpu, gpu, *([server] if server is not None else [])]
     spec["workerGroupSpecs"] = [_worker_group(image, g) for g in groups]
+    if config_map is not None:
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            _add_config_map(group["template"]["spec"], config_map)
     return spec
+
+
+def _memory_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return int(float(quantity[: -len(unit)]) * factor)
+    return int(float(quantity))
+
+
+def group_maxima(spec: dict[str, Any]) -> tuple[float, float, float]:
+    """(CPUs, GPUs, memory in GB) Ray can see on the worker groups of RayCluster ``spec`` once every
+    group is at ``maxReplicas``: what the autoscaler can grow the cluster to, per group
+    ``maxReplicas`` x the pod's ``num-cpus``/``num-gpus`` (else its CPU/GPU limits) and Ray's
+    ``memory`` resource: rayStartParams ``memory`` in bytes, else the container's memory limit,
+    which KubeRay 1.7 passes as ``ray start --memory`` (generateRayStartCommand; Ray's own default
+    without it, about 70 % of the node's free memory, does not apply to KubeRay pods). The head is
+    left out: it advertises no CPUs (``num-cpus: "0"``)."""
+    cpus = gpus = mem = 0.0
+    for group in spec.get("workerGroupSpecs", []):
+        n = int(group.get("maxReplicas", group.get("replicas", 0)))
+        params = group.get("rayStartParams", {})
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        cpu = float(params.get("num-cpus", limits.get("cpu", 0)))
+        gpu = float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
+        if "memory" in params:
+            memory = float(params["memory"])
+        else:
+            memory = float(_memory_bytes(str(limits["memory"])))
+        cpus, gpus, mem = cpus + n * cpu, gpus + n * gpu, mem + n * memory
+    return cpus, gpus, mem / 1e9
+
+
+def config_map(name: str, files: dict[str, str], component: str = "run") -> dict[str, Any]:
+    """The ConfigMap a rendered job mounts at :data:`CONFIG_MOUNT` (one key per file)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/name": "raysim", "app.kubernetes.io/component": component},
+        },
+        "data": dict(files),
+    }
 
 
 def submitter_template(image: str) -> dict[str, Any]:
@@ -226,7 +294,8 @@ def rayjob(
     *,
     image: str,
     deadline_s: int = 6 * 3600,
-    backoff_limit: int = 1,
+    backoff_limit: int = 2,
+    pre_running_deadline_s: int | None = 1800,
     ttl_s: int = 600,
     component: str = "run",
     annotations: dict[str, str] | None = None,
@@ -247,6 +316,7 @@ def rayjob(
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": ttl_s,
             "activeDeadlineSeconds": deadline_s,
+            **({"preRunningDeadlineSeconds": pre_running_deadline_s} if pre_running_deadline_s else {}),
             "backoffLimit": backoff_limit,
             "submitterPodTemplate": submitter_template(image),
             "rayClusterSpec": spec,

@@ -18,10 +18,13 @@ Reproducible mode therefore pins, per process:
 
 * ATen's vectorised kernels to AVX2 (``ATEN_CPU_CAPABILITY``); the same machine code runs on any
   AVX2 machine;
-* convolutions and matrix products onto MKL with conditional numerical reproducibility
-  (``MKL_CBWR=AVX2``: Intel's documented promise of the same bits on any CPU that runs the AVX2
-  branch, at a fixed thread count): oneDNN and NNPACK are switched off in-process, and
-  ``ONEDNN_MAX_CPU_ISA`` caps anything that still reaches oneDNN;
+* convolutions and matrix products onto MKL with conditional numerical reproducibility on its
+  COMPATIBLE branch (``MKL_CBWR=COMPATIBLE``: Intel's documented promise of the same bits on Intel
+  and non-Intel x86-64 CPUs alike, at a fixed thread count). Its AVX2 branch (``MKL_CBWR=AVX2``, what
+  this mode first pinned) is honoured on Intel CPUs only: on an AMD EPYC, MKL ignored it and ran its
+  AUTO branch (2: no reproducibility at all), and every pinned loss differed from the Intel
+  machine's at ~1e-7 relative, so only the branch every vendor runs gives one set of bits. oneDNN and NNPACK are
+  switched off in-process, and ``ONEDNN_MAX_CPU_ISA`` caps anything that still reaches oneDNN;
 * numpy's own SIMD dispatch (``NPY_ENABLE_CPU_FEATURES``: float32 ``log``/``exp`` differ between
   dispatch levels) and the OpenBLAS kernels numpy and scipy call (``OPENBLAS_CORETYPE=Haswell``);
 * the thread pools (OpenMP, MKL, OpenBLAS: one thread; torch's own count is the config's
@@ -69,7 +72,7 @@ __all__ = [
 LEVEL = "avx2"  # x86-64-v3: every x86-64 server and laptop of the last decade
 MARKER = "RAYSIM_REPRODUCIBLE"  # set with the rest: "this process was started in reproducible mode"
 NEEDED_FLAGS = ("avx2", "fma")  # what the pinned kernels execute
-MKL_CBWR_AVX2 = 10  # MKL_CBWR_AVX2 in mkl_cbwr.h, what mkl_cbwr_get(MKL_CBWR_BRANCH) returns
+MKL_CBWR_COMPATIBLE = 3  # MKL_CBWR_COMPATIBLE in mkl_cbwr.h, what mkl_cbwr_get(MKL_CBWR_BRANCH) returns
 
 
 def _numpy_features() -> str:
@@ -89,7 +92,7 @@ def environment() -> dict[str, str]:
         MARKER: LEVEL,
         "ATEN_CPU_CAPABILITY": "avx2",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
-        "MKL_CBWR": "AVX2",
+        "MKL_CBWR": "COMPATIBLE",
         "MKL_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -167,7 +170,7 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
 
 
 def _mkl_branch() -> int | None:
-    """MKL's code branch in this process (10 = AVX2), through the MKL that torch links; None where
+    """MKL's code branch in this process (3 = COMPATIBLE, 10 = AVX2, 2 = AUTO: no reproducible branch), through the MKL that torch links; None where
     that MKL does not export it."""
     try:
         import ctypes
@@ -212,8 +215,8 @@ def check() -> list[str]:
         if torch.backends.mkldnn.enabled or torch._C._get_nnpack_enabled():
             problems.append("oneDNN/NNPACK convolutions are on (apply_in_process() was not called)")
         branch = _mkl_branch()
-        if branch is not None and branch != MKL_CBWR_AVX2:
-            problems.append(f"MKL runs code branch {branch}, not AVX2 ({MKL_CBWR_AVX2})")
+        if branch is not None and branch != MKL_CBWR_COMPATIBLE:
+            problems.append(f"MKL runs code branch {branch}, not COMPATIBLE ({MKL_CBWR_COMPATIBLE})")
     if "numpy" in sys.modules:
         cores = [c for c in _openblas_cores() if c.lower() != "haswell"]
         if cores:

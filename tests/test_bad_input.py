@@ -73,7 +73,7 @@ def test_every_numeric_option_of_every_command_has_a_range():
     names = {f"{w} --{p.name}" for w, p in numeric}
     assert {
         "raysim tune --num_samples",
-        "raysim k8s render --gpus_per_client",
+        "raysim k8s render --gpus_per_actor",
         "raysim privacy-eval --batch_size",
     } <= names
     assert len(numeric) >= 20, names  # the walk reached the subcommands
@@ -85,7 +85,9 @@ OUT_OF_RANGE = [
     (["tune", "x.yaml", "--num-samples", "0"], "--num-samples"),
     (["tune", "--validate-best", ".", "--seeds", "0"], "--seeds"),
     (["k8s", "render", "c.yaml", "--clients", "0"], "--clients"),
-    (["k8s", "render", "c.yaml", "--gpus-per-client", "0"], "--gpus-per-client"),
+    (["k8s", "render", "c.yaml", "--gpus-per-actor", "0"], "--gpus-per-actor"),
+    (["k8s", "render", "c.yaml", "--clients-per-actor", "0"], "--clients-per-actor"),
+    (["k8s", "render", "c.yaml", "--max-pods", "1"], "--max-pods"),
     (["k8s", "render", "c.yaml", "--actors", "-3"], "--actors"),
     (["k8s", "render", "c.yaml", "--cpus-per-pod", "0"], "--cpus-per-pod"),
     (["k8s", "render", "c.yaml", "--deadline-hours", "0"], "--deadline-hours"),

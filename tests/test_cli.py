@@ -88,6 +88,46 @@ def test_validate_prints_the_resolved_config(tmp_path):
     assert yaml.safe_load(r.output)["seed"] == 9
 
 
+def test_validate_prints_every_default_of_the_algorithm(tmp_path):
+    """Issue 24: `validate` promised the config "fully resolved" but left out init_noise, select_on."""
+    from raysim.algorithms import ALGORITHMS
+
+    cfg = write_cfg(tmp_path, algorithm={"name": "ifca", "num_clusters": 3})
+    r = runner.invoke(app, ["validate", str(cfg)])
+    assert r.exit_code == 0, r.output
+    algo = yaml.safe_load(r.stdout)["algorithm"]
+    assert algo == {"name": "ifca", **ALGORITHMS["ifca"].params_model(num_clusters=3).model_dump(mode="json")}
+    assert {"init_noise", "select_on", "central_lr"} <= set(algo)
+
+
+def test_validate_switches_algorithm_from_a_config_written_for_another(tmp_path):
+    """The issue's command: an AS-CFL config with --set algorithm.name=ifca validates as IFCA with its
+    defaults, saying on stderr which keys it dropped; stdout stays the YAML."""
+    from raysim.algorithms import ALGORITHMS
+
+    ascfl = {"name": "ascfl", "theta": 0.9, "em_iters": 5, "dp": False}  # write_cfg sorts the keys
+    cfg = write_cfg(
+        tmp_path, data={"dataset": "digits", "num_clients": 4, "public_fraction": 0.1}, algorithm=ascfl
+    )
+    r = runner.invoke(
+        app, ["validate", str(cfg), "--set", "algorithm.name=ifca", "--set", "algorithm.select_on=val"]
+    )
+    assert r.exit_code == 0, r.output
+    algo = yaml.safe_load(r.stdout)["algorithm"]
+    assert algo == {
+        "name": "ifca",
+        **ALGORITHMS["ifca"].params_model(select_on="val").model_dump(mode="json"),
+    }
+    assert "dropped ascfl's keys: dp, em_iters, theta" in r.stderr and "unknown key" not in r.output
+    # without the switch the same file is still AS-CFL's, every default printed
+    r = runner.invoke(app, ["validate", str(cfg)])
+    assert r.exit_code == 0 and r.stderr == ""
+    assert set(yaml.safe_load(r.stdout)["algorithm"]) == {
+        "name",
+        *ALGORITHMS["ascfl"].params_model.model_fields,
+    }
+
+
 def assert_one_error(r, *needles):
     """Exit status 2, exactly one `error:` message naming the problem, no traceback."""
     assert r.exit_code == 2, r.output

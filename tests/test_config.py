@@ -108,6 +108,78 @@ def test_overrides_are_typed_and_nested():
         apply_overrides({"seed": 1}, ["seed.x=2"])
 
 
+ASCFL_KEYS = load_config(CONFIGS / "ascfl_rotated_fmnist.yaml").algorithm.model_extra
+
+
+def test_a_new_algorithm_name_starts_from_its_defaults_and_says_what_it_dropped(capsys):
+    """Issue 24: --set algorithm.name=ifca on the AS-CFL config gave 17 "unknown key" errors."""
+    cfg = load_config(CONFIGS / "ascfl_rotated_fmnist.yaml", ["algorithm.name=ifca"])
+    assert cfg.algorithm.name == "ifca"
+    assert cfg.algorithm.params == cfg.algorithm.params.__class__()  # every one of IFCA's defaults
+    note = capsys.readouterr().err
+    assert "'ascfl' -> 'ifca'" in note and "dropped ascfl's keys: incentive, theta," in note
+    assert all(key in note for key in ASCFL_KEYS)
+    assert len(ASCFL_KEYS) == 17  # the 17 keys the issue's user met, each named once
+    # the rest of the config is the file's
+    assert cfg.data.partition == "rotation" and cfg.local.lr == 0.1 and cfg.rounds.num_rounds == 100
+
+
+@pytest.mark.parametrize("order", ["name first", "name last"])
+def test_keys_set_in_the_same_command_still_apply(order, capsys):
+    sets = ["algorithm.num_clusters=3", "algorithm.select_on=val"]
+    sets = ["algorithm.name=ifca", *sets] if order == "name first" else [*sets, "algorithm.name=ifca"]
+    cfg = load_config(CONFIGS / "ascfl_rotated_fmnist.yaml", sets)
+    assert cfg.algorithm.params.num_clusters == 3 and cfg.algorithm.params.select_on == "val"
+    # a key the user sets that the new algorithm does not take is still an error, with its keys
+    with pytest.raises(ConfigError, match="algorithm.theta: unknown key.*valid keys of algorithm 'ifca'"):
+        load_config(CONFIGS / "ascfl_rotated_fmnist.yaml", ["algorithm.name=ifca", "algorithm.theta=0.5"])
+
+
+def test_a_knob_both_algorithms_share_is_kept_and_a_namesake_is_not(capsys):
+    # FedProx takes central_lr from FedAvg's params: the same knob, kept (mu is dropped going back)
+    raw = {"algorithm": {"name": "fedavg", "central_lr": 0.5}}
+    assert (
+        config_from_dict(apply_overrides(raw, ["algorithm.name=fedprox"])).algorithm.params.central_lr == 0.5
+    )
+    assert capsys.readouterr().err == ""  # nothing dropped, nothing said
+    back = apply_overrides({"algorithm": {"name": "fedprox", "mu": 0.1}}, ["algorithm.name=fedavg"])
+    assert (
+        back == {"algorithm": {"name": "fedavg"}} and "dropped fedprox's keys: mu" in capsys.readouterr().err
+    )
+    # AS-CFL's beta (split threshold 0.8) is not pFedMe's beta (the server's step, default 1)
+    pfedme = load_config(CONFIGS / "ascfl_rotated_fmnist.yaml", ["algorithm.name=pfedme"])
+    assert pfedme.algorithm.params.beta == 1.0
+    assert "beta" in capsys.readouterr().err.split("dropped ascfl's keys:")[1]
+    # pFedHN is pFedHT's machinery: the shipped pFedHT knobs carry over
+    hn = load_config(CONFIGS / "pfedht_fmnist.yaml", ["algorithm.name=pfedhn", "model.name=cnn-small"])
+    assert hn.algorithm.model_extra == load_config(CONFIGS / "pfedht_fmnist.yaml").algorithm.model_extra
+
+
+def test_overrides_that_keep_the_algorithm_drop_nothing(capsys):
+    raw = {"algorithm": {"name": "fedprox", "mu": 0.1}}
+    assert (
+        apply_overrides(raw, ["algorithm.name=fedprox", "rounds.num_rounds=2"])["algorithm"]
+        == raw["algorithm"]
+    )
+    with pytest.raises(ConfigError, match="algorithm.muu: unknown key"):  # a typo stays an error
+        config_from_dict(apply_overrides(raw, ["algorithm.muu=1"]))
+    # an unknown new name drops nothing: the error is about the name
+    with pytest.raises(ConfigError, match="unknown algorithm 'ifcaa'"):
+        load_config(CONFIGS / "ascfl_rotated_fmnist.yaml", ["algorithm.name=ifcaa"])
+    assert capsys.readouterr().err == ""
+    assert raw == {"algorithm": {"name": "fedprox", "mu": 0.1}}  # the input is not changed
+
+
+def test_the_api_switches_algorithms_with_dict_overrides_too(capsys):
+    from raysim import api
+
+    path = CONFIGS / "ascfl_rotated_fmnist.yaml"
+    dotted = api.load_config(path, {"algorithm.name": "ifca", "algorithm.num_clusters": 4})
+    nested = api.load_config(path, {"algorithm": {"name": "ifca", "num_clusters": 4}})
+    assert dotted == nested and dotted.algorithm.model_extra == {"num_clusters": 4}
+    assert capsys.readouterr().err.count("dropped ascfl's keys") == 2
+
+
 def test_actor_count_rule():
     cfg = config_from_dict({"data": {"num_clients": 100}, "resources": {"clients_per_actor": 7}})
     assert cfg.num_client_actors(2, 0) == 15  # ceil(100 / 7)

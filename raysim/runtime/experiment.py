@@ -489,8 +489,17 @@ class Experiment:
             "bytes_up": float(sum(r.get("bytes_up", 0) for r in rounds)),
             "bytes_down": float(sum(r.get("bytes_down", 0) for r in rounds)),
             "client_actors": self.num_hosts,
+            # the Ray node the server actor ran on (None on serial): on a KubeRay cluster, the head's
+            "server_node_id": self._server_node(),
+            # the run reached its end (its last round, convergence, a stop rule), not a break:
+            # ``--resume-if-present`` prints a finished run's summary instead of running it again
+            "finished": self.should_stop(),
             "run_dir": str(self.run_dir),
         }
+
+    def _server_node(self) -> str | None:
+        node = getattr(self.backend, "server_node_id", None)
+        return node() if callable(node) else None
 
     def __enter__(self) -> Experiment:
         return self
@@ -529,6 +538,54 @@ class Experiment:
         t = exp.restore(ckpts[-1])
         exp._logger().reload(upto_round=t)
         return exp
+
+    @classmethod
+    def resume_if_present(
+        cls,
+        cfg: ExperimentConfig,
+        *,
+        address: str | None = None,
+        progress: bool | None = None,
+        backends: Mapping[str, BackendFactory] | None = None,
+    ) -> Experiment | None:
+        """``raysim run --resume-if-present``: the run of ``cfg`` in ``output.dir/<output.name or
+        name>`` exactly (no ``-2``), so that a job started again (a KubeRay retry) finds it: continued
+        from its newest periodic checkpoint (as ``resume``), started there from round 1 when the
+        directory is absent or holds no checkpoint yet, or None when the run there finished (its
+        summary.json says so). A directory holding another experiment (its config.yaml differs from
+        ``cfg`` outside ``rundir.HARMLESS_KEYS``) is refused with a ConfigError, before Ray starts."""
+        check_output_dir(cfg)
+        run_dir = rundir.stable_run_dir(Path(cfg.output.dir), cfg.output.name or cfg.name)
+        state = rundir.run_state(run_dir)
+        if state != "new":
+            import yaml
+
+            # both as config.yaml has them (dump_config: the algorithm's parameters resolved)
+            saved, given = (
+                yaml.safe_load(dump_config(c)) for c in (load_config(run_dir / "config.yaml"), cfg)
+            )
+            diffs = rundir.config_differences(saved, given)
+            if diffs:
+                raise ConfigError(
+                    f"--resume-if-present: {run_dir} holds another experiment under the same name; its "
+                    f"config.yaml differs from this config in {len(diffs)} value(s): "
+                    + "; ".join(diffs[:8])
+                    + (" ..." if len(diffs) > 8 else "")
+                    + ". Give this run another name (--set output.name=NAME), or continue that one with "
+                    f"--resume {run_dir}"
+                )
+        if state == "finished":
+            return None
+        if state == "resume":  # under its saved config; where to find Ray and the view: this one's
+            return cls.resume(
+                run_dir,
+                address=address or cfg.resources.address,
+                progress=cfg.output.progress if progress is None else progress,
+                backends=backends,
+            )
+        if state == "restart":  # stopped before its first checkpoint: round 1 again, same directory
+            rundir.clear_run_files(run_dir)
+        return cls(cfg, address=address, progress=progress, run_dir=run_dir, backends=backends)
 
 
 def driver_stats() -> dict[str, Any]:

@@ -34,7 +34,7 @@ import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -67,6 +67,111 @@ def unique_run_dir(base: Path, name: str) -> Path:
     if path.resolve().parent != Path(base).resolve():
         raise ConfigError(f"run name {name!r}: {path} is not inside output.dir {str(base)!r}")
     return path
+
+
+def stable_run_dir(base: Path, name: str) -> Path:
+    """``base/name`` exactly, existing or not (``--resume-if-present``: a retried job finds its run
+    again by name); ``name`` is checked as in :func:`unique_run_dir`."""
+    problem = path_component_problem(name)
+    if problem is not None:
+        raise ConfigError(f"run name {name!r}: {problem}; set output.name to a plain name")
+    path = Path(base) / name
+    if path.resolve().parent != Path(base).resolve():
+        raise ConfigError(f"run name {name!r}: {path} is not inside output.dir {str(base)!r}")
+    return path
+
+
+# Config keys that may differ between a run directory's config.yaml and the config a
+# ``--resume-if-present`` is given, because they do not change what the run computes: where it is
+# shown or found (progress, trackers, the directory itself, the cluster's address) and how hard
+# the runtime tries to survive faults. The autoscaler's keys (another cluster size on a retry)
+# are here by name whether or not this raysim has them. Any other difference is another
+# experiment under the same name, which is refused.
+HARMLESS_KEYS = frozenset(
+    {
+        "output.dir",
+        "output.name",
+        "output.progress",
+        "output.trackers",
+        "output.mlflow_uri",
+        "output.mlflow_experiment",
+        "resources.address",
+        "resources.max_restarts",
+        "resources.max_server_restarts",
+        "resources.scale_wait_s",
+        "resources.cluster_max_cpus",
+        "resources.cluster_max_gpus",
+        "resources.cluster_max_memory_gb",
+    }
+)
+
+RunState = Literal["new", "restart", "resume", "finished"]
+
+
+def _leaves(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _leaves(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """``key: A there, B here`` for every config value (dotted keys of the two ``to_dict()``s) that
+    differs between a run directory's config (``saved``) and ``given``, except ``HARMLESS_KEYS``."""
+    a, b = _leaves("", saved, {}), _leaves("", given, {})
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in HARMLESS_KEYS or a.get(key, _MISSING) == b.get(key, _MISSING):
+            continue
+        there, here = (repr(d[key]) if key in d else "(absent)" for d in (a, b))
+        out.append(f"{key}: {there} there, {here} here")
+    return out
+
+
+_MISSING = object()
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's summary.json as a dict, or None when there is none (ConfigError: damaged)."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    got = read_json(path)
+    if type(got) is not dict:
+        raise ConfigError(f"{path}: not a summary (a JSON object); not raysim's")
+    return got
+
+
+def run_state(run_dir: Path) -> RunState:
+    """What ``--resume-if-present`` finds in ``run_dir``: ``new`` (absent, or empty but for the
+    temporary files of an interrupted atomic write), ``finished`` (its summary.json says so),
+    ``resume`` (a periodic checkpoint to continue from), ``restart`` (a run that stopped before its
+    first checkpoint: it starts again from round 1). Anything else is refused (ConfigError)."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return "new"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run directory; set output.name to another name")
+    if not (run_dir / "config.yaml").is_file():
+        if all(p.name.startswith(".") and p.name.endswith(".tmp") for p in run_dir.iterdir()):
+            return "new"
+        raise ConfigError(
+            f"{run_dir} exists and is not a raysim run directory (no config.yaml); "
+            "--resume-if-present writes only into its own runs: set output.name to another name"
+        )
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("finished") is True:
+        return "finished"
+    return "resume" if periodic_checkpoints(run_dir) else "restart"
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Remove what an earlier attempt of a run wrote before its first checkpoint (its config,
+    tables, summary and partition), so that it starts again from round 1 in the same directory."""
+    for name in ("config.yaml", "summary.json", "partition.parquet", *RUN_TABLES):
+        (Path(run_dir) / name).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------- checkpoints
@@ -380,6 +485,8 @@ __all__ = [
     "check_checkpoint",
     "check_run_dir",
     "check_table",
+    "clear_run_files",
+    "config_differences",
     "decode_state",
     "encode_state",
     "periodic_checkpoints",
@@ -387,7 +494,10 @@ __all__ = [
     "prune_checkpoints",
     "read_checkpoint",
     "read_json",
+    "read_summary",
     "read_table",
+    "run_state",
+    "stable_run_dir",
     "unique_run_dir",
     "write_checkpoint",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from raysim.atomic import atomic_write_text
 from raysim.config import dump_config
 from raysim.runtime.logger import write_parquet
 from tuning.spec import LoadedSpec, SweepSpec
+
+REPORTED = "reported.jsonl"  # tuning.trainable.REPORTED (not imported: that module loads the runtime)
 
 Echo = Callable[[str], None]
 
@@ -39,6 +41,7 @@ class SweepOutcome:
     trials: int
     errors: list[str]
     best: dict[str, Any] | None
+    no_record: list[str] = field(default_factory=list)  # trials whose record is not on the storage path
 
 
 def final_value(df: pd.DataFrame | None, metric: str) -> float:
@@ -50,8 +53,6 @@ def final_value(df: pd.DataFrame | None, metric: str) -> float:
 def reported_rounds(trial_dir: Path) -> pd.DataFrame | None:
     """Every round a trial reported, from the trainable's own record (``reported.jsonl``). A round
     reported twice (run again after resuming from an earlier checkpoint) keeps its last report."""
-    from tuning.trainable import REPORTED
-
     path = trial_dir / REPORTED
     if not path.is_file():
         return None
@@ -67,22 +68,36 @@ def trial_id_of(result: Any) -> str:
     return Path(result.path).name.removeprefix("trial_")
 
 
-def history(result: Any) -> pd.DataFrame | None:
-    """A Tune result's rounds: the trainable's record, else Tune's (a trial that never reported)."""
+def tune_reported(result: Any) -> bool:
+    """Whether Tune holds any round the trial reported (its own table, kept by the driver)."""
+    df = result.metrics_dataframe
+    return df is not None and not df.empty and "round" in df
+
+
+def trial_record(result: Any) -> tuple[pd.DataFrame | None, str]:
+    """A Tune result's rounds from the trainable's own record (``reported.jsonl`` in the trial's
+    directory on the storage path), and the trial's status: ``done``, ``error`` (Tune recorded an
+    error; its rounds, if any, are kept), or ``no_record``: the trial reported rounds to Tune but
+    its record is not on the storage path (written somewhere no other node sees). Tune's own table
+    is never used in its place: the sweep's outputs come from one source, and a trial whose record
+    is missing is listed as such (``sweep.json``'s ``no_record``), not silently filled in."""
     df = reported_rounds(Path(result.path))
-    return result.metrics_dataframe if df is None else df
+    if df is None and tune_reported(result):
+        return None, "no_record"
+    return df, "error" if result.error is not None else "done"
 
 
 def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
     frames = []
     for r in results:
-        df = history(r)
+        df, status = trial_record(r)
         trial_id = trial_id_of(r)
         if df is None or df.empty:
-            df = pd.DataFrame({"round": pd.Series([], dtype="int64")})
+            # one row without metrics, so the trial is in the table with its knobs and status
+            df = pd.DataFrame({"round": pd.Series([pd.NA], dtype="Int64")})
         df = df.copy()
         df["trial_id"] = trial_id
-        df["status"] = "error" if r.error is not None else "done"
+        df["status"] = status
         for key in [*loaded.spec.space, "seed"]:
             df[f"config/{key}"] = r.config.get(key)
         frames.append(df)
@@ -187,11 +202,14 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
             table["proposed_by"] = table["trial_id"].map(who).fillna("")
     write_parquet(table, directory / "trials.parquet")
     errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
+    statuses = {trial_id_of(r): trial_record(r)[1] for r in results}
+    no_record = sorted(t for t, s in statuses.items() if s == "no_record")
+    failed = sorted(t for t, s in statuses.items() if s == "error")
     objs = spec.objective_list
     by_trial = dict(iter(table.groupby("trial_id"))) if "trial_id" in table else {}
     finals = []
     for r in results:
-        if r.error is None:
+        if r.error is None and statuses[trial_id_of(r)] == "done":
             rows = by_trial.get(trial_id_of(r))
             finals.append((r, [final_value(rows, o.metric) for o in objs]))
     finals = [(r, v) for r, v in finals if all(math.isfinite(x) for x in v)]
@@ -223,6 +241,9 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
             head += "# PBT: the learning rate was a schedule; this is its final value (see trials.parquet)\n"
         raw = yaml.safe_load(dump_config(cfg))
         raw["output"] = dict(loaded.base["output"])
+        # the base's own backend/address, not the one the spec's fixed: set for its trials
+        own = spec.best_resources or {}
+        raw.setdefault("resources", {}).update({k: own[k] for k in ("backend", "address") if k in own})
         atomic_write_text(directory / "best.yaml", head + yaml.safe_dump(raw, sort_keys=False))
     front = None
     if spec.objectives is not None and finals:
@@ -242,6 +263,8 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         "objectives": [o.model_dump() for o in objs],
         "trials": len(results),
         "errors": len(errors),
+        "failed": failed,  # trials Tune recorded an error for (their rounds, if any, are in the table)
+        "no_record": no_record,  # trials that reported to Tune but left no reported.jsonl on storage
         "tuning_seeds": tuning_seeds(loaded),
         "best": best,
         "points": [
@@ -257,8 +280,16 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"trial {best['trial_id']}"
         knobs_shown = {k: v for k, v in best["config"].items() if k != "seed" or len(best["seeds"]) == 1}
         echo(f"best: {objs[0].metric}={best[objs[0].metric]:.4f} ({over}) {knobs_shown}")
+    if no_record:
+        echo(
+            f"error: {len(no_record)} trial(s) reported rounds to Tune but left no {REPORTED} under "
+            f"{directory} ({', '.join(no_record)}): their outputs were written where the storage path "
+            "is not; listed as no_record in sweep.json and left out of the best trial"
+        )
     echo(f"wrote {directory}/trials.parquet, best.yaml, summary.md, plots/")
-    return SweepOutcome(directory=directory, trials=len(results), errors=errors, best=best)
+    return SweepOutcome(
+        directory=directory, trials=len(results), errors=errors, best=best, no_record=no_record
+    )
 
 
 def _py(v: Any) -> Any:

@@ -47,6 +47,7 @@ class KMeansCFL(Algorithm):
     name: ClassVar[str] = "kmeans-cfl"
     params_model: ClassVar[type[AlgoParams]] = KMeansCFLParams
     traits = Traits()  # not linear (the server clusters single updates), no client state
+    family = "clustered"  # summary.json/summary.md lead with ARI/NMI and personalised accuracy
 
     # State: a plain dict of arrays (what a checkpoint stores without running code to load it).
     def init(self, params, ctx) -> dict[str, Any]:

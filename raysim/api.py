@@ -272,14 +272,31 @@ def sweep(
     storage_path: str | Path | None = None,
     echo: Callable[[str], None] = print,
     verbose: int = 1,
+    resume_if_present: bool = False,
+    trust_state: bool = False,
 ) -> SweepOutcome:
     """Run a sweep to the end (what ``raysim tune SPEC`` does): its directory holds trials.parquet,
-    best.yaml, summary.md and plots/ (``sweep_trials`` reads the table back)."""
+    best.yaml, summary.md and plots/ (``sweep_trials`` reads the table back).
+
+    ``resume_if_present`` (``--resume-if-present``): a sweep directory that exists is continued
+    (interrupted) or reported (finished) instead of refused (``tuning.present``); ``trust_state``:
+    ``--trust-sweep-state`` for that resume."""
     from tuning.sweep import run_sweep
 
     loaded = load_sweep_spec(spec, overrides)
     if storage_path is not None:
         loaded.spec = loaded.spec.model_copy(update={"storage_path": str(storage_path)})
+    if resume_if_present:
+        from tuning.present import run_or_resume
+
+        return run_or_resume(
+            loaded,
+            address=address,
+            num_samples=num_samples,
+            echo=echo,
+            verbose=verbose,
+            trust_state=trust_state,
+        )
     return run_sweep(loaded, address=address, num_samples=num_samples, echo=echo, verbose=verbose)
 
 

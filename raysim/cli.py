@@ -118,8 +118,10 @@ def _print_summary(summary: dict[str, object], report_: bool) -> None:
     typer.echo(
         json.dumps(
             {
-                k: summary.get(k)
+                k: summary.get(k)  # a summary.json from before a field existed: null
                 for k in (
+                    "family",
+                    "headline",
                     "final_test_accuracy",
                     "best_test_accuracy",
                     "final_personal_accuracy",

@@ -64,8 +64,6 @@ and the RayJob, which mounts it at ``/config`` on every Ray pod and runs ``raysi
 ``resources.backend=ray``, ``resources.address=null`` and ``output.dir=/mnt/results/runs``, and
 sets job defaults unless the config sets them: ``rounds.checkpoint_every = ceil(rounds / 10)``,
 ``resources.max_restarts = 3`` and ``resources.cluster_max_*`` (the worker groups' maxima).
-``--resume-if-present`` and the ``cluster_max_*`` keys are rendered only while ``raysim run`` and
-``ResourcesConfig`` have them (:func:`accepts`).
 
 This module must import without Ray (the CLI loads it on a laptop with no cluster).
 """
@@ -371,21 +369,6 @@ def _given(config: str | Path, overrides: list[str]) -> dict[str, Any]:
     return given
 
 
-def accepts(command: str, flag: str) -> bool:
-    """Whether ``raysim COMMAND`` has option ``flag`` (rendered entrypoints use only what it has)."""
-    import typer.main
-
-    from raysim.cli import app
-
-    cmd = typer.main.get_command(app)
-    sub = getattr(cmd, "commands", {}).get(command)
-    return sub is not None and any(flag in p.opts for p in sub.params)
-
-
-def _cluster_max_keys() -> bool:
-    return "cluster_max_cpus" in ResourcesConfig.model_fields
-
-
 def cluster_max(spec: dict[str, Any]) -> dict[str, float]:
     """``resources.cluster_max_*`` for a RayCluster spec: its worker groups' maxima
     (:func:`raysim.k8s_manifest.group_maxima`), what the run may count on the autoscaler for."""
@@ -529,10 +512,9 @@ def render_rayjob(
     cm_name = f"{job_name}-config"
     spec = cluster_spec(image, cpu, gpu, autoscaling=False, server=server, config_map=cm_name)
     check_memory(sizing, cfg, spec)
-    if _cluster_max_keys():
-        raw = cfg.to_dict()
-        raw["resources"].update(cluster_max(spec))
-        cfg = config_from_dict(raw, str(config))
+    raw = cfg.to_dict()
+    raw["resources"].update(cluster_max(spec))
+    cfg = config_from_dict(raw, str(config))
     text = experiment_yaml(cfg)
     entrypoint = run_entrypoint(job_name)
     job = rayjob(
@@ -565,20 +547,18 @@ def experiment_yaml(cfg: ExperimentConfig) -> str:
 
 
 def run_entrypoint(job_name: str) -> str:
-    """``raysim run /config/experiment.yaml --resume-if-present --address auto --set output.name=JOB``
-    (``--resume-if-present`` while ``raysim run`` has it)."""
-    resume = ["--resume-if-present"] if accepts("run", "--resume-if-present") else []
+    """``raysim run /config/experiment.yaml --resume-if-present --address auto --set output.name=JOB``:
+    a retried job continues the run directory named after it."""
     return " ".join(
-        ["raysim", "run", f"{CONFIG_MOUNT}/{EXPERIMENT_FILE}", *resume, "--address", "auto",
+        ["raysim", "run", f"{CONFIG_MOUNT}/{EXPERIMENT_FILE}", "--resume-if-present", "--address", "auto",
          "--set", f"output.name={job_name}"]
     )  # fmt: skip
 
 
 def tune_entrypoint() -> str:
     """``raysim tune /config/sweep.yaml --resume-if-present --address auto --storage-path ...``."""
-    resume = ["--resume-if-present"] if accepts("tune", "--resume-if-present") else []
     return " ".join(
-        ["raysim", "tune", f"{CONFIG_MOUNT}/{SWEEP_FILE}", *resume, "--address", "auto",
+        ["raysim", "tune", f"{CONFIG_MOUNT}/{SWEEP_FILE}", "--resume-if-present", "--address", "auto",
          "--storage-path", TUNE_DIR]
     )  # fmt: skip
 
@@ -621,8 +601,7 @@ def render_sweep(
             f"--max-pods {max_pods}; raise --max-pods"
         )
     base = dict(loaded.base)
-    if _cluster_max_keys():
-        base["resources"] = {**base.get("resources", {}), **cluster_max(spec)}
+    base["resources"] = {**base.get("resources", {}), **cluster_max(spec)}
     loaded = loaded.model_copy(update={"base": base})
     text = resolved_spec_yaml(loaded)
     cfg = config_from_dict(yaml.safe_load(text)["base"], "the sweep's base")

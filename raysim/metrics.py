@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,8 @@ def cluster_tracking(
     negative ids are unassigned clients and count nowhere. ``truth``: ground-truth group per
     client id (-1: none), or None when the federation has none. Returns ``num_clusters`` (distinct
     clusters with at least one client), ``cluster_stability`` and, with a truth,
-    ``cluster_ari``/``cluster_nmi`` over the clients that have both (NaN with fewer than two).
+    ``cluster_ari``/``cluster_nmi`` over the clients that have both (NaN with fewer than two) and
+    ``cluster_clients``, how many clients that is (e.g. IFCA: the clients sampled so far).
     """
     found = {c: k for c, k in cur.items() if k >= 0}
     out = {
@@ -92,11 +94,11 @@ def cluster_tracking(
     if truth is not None:
         ids = np.array(sorted(found), dtype=np.int64)
         ids = ids[ids < len(truth)]
-        agree = agreement_with_truth(
-            np.asarray(truth)[ids], np.array([found[c] for c in ids], dtype=np.int64)
-        )
+        truth_of = np.asarray(truth)[ids]
+        agree = agreement_with_truth(truth_of, np.array([found[c] for c in ids], dtype=np.int64))
         out["cluster_ari"] = agree.get("ari", float("nan"))
         out["cluster_nmi"] = agree.get("nmi", float("nan"))
+        out["cluster_clients"] = float((truth_of >= 0).sum())
     return out
 
 
@@ -158,3 +160,43 @@ def mean_relative_test_accuracy(accuracies: np.ndarray, baselines: np.ndarray) -
             f"need paired, non-empty accuracies and baselines, got shapes {a.shape} and {b.shape}"
         )
     return float(relative_test_accuracy(a, b).mean())
+
+
+# short names of headline metrics on one line (the progress line, `raysim run`'s last words)
+HEADLINE_LABELS = {
+    "test_accuracy": "acc",
+    "personal_accuracy": "pers acc",
+    "personal_accuracy_mean": "pers acc mean",
+    "personal_accuracy_worst10": "worst-10% acc",
+    "cluster_ari": "ARI",
+    "cluster_nmi": "NMI",
+    "cluster_clients": "clients scored",
+    "num_clusters": "clusters",
+}
+COUNTS = ("cluster_clients", "num_clusters")  # headline metrics that are whole numbers
+
+
+def headline_values(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float | None]:
+    """Each headline metric's last finite value over the logged rounds ``rows`` (None: never
+    logged, e.g. personalised accuracy with ``rounds.personal_eval`` off)."""
+    out: dict[str, float | None] = {}
+    for name in names:
+        vals = [float(r[name]) for r in rows if name in r and np.isfinite(float(r[name]))]
+        out[name] = vals[-1] if vals else None
+    return out
+
+
+def format_headline(values: Mapping[str, float | None], num_clients: int | None = None) -> str:
+    """``values`` on one line, e.g. ``pers acc 0.8312 ARI 0.9120 NMI 0.9000 (over 80 of 200
+    clients) clusters 4`` (metrics with no value are left out; ``num_clients``: the federation's)."""
+    parts = []
+    for name, v in values.items():
+        if v is None or not np.isfinite(v):
+            continue
+        if name == "cluster_clients":  # whom ARI/NMI cover: said right after them
+            of = f" of {num_clients}" if num_clients else ""
+            parts.append(f"(over {int(v)}{of} clients)")
+            continue
+        shown = f"{int(v)}" if name in COUNTS else f"{v:.4f}"
+        parts.append(f"{HEADLINE_LABELS.get(name, name)} {shown}")
+    return " ".join(parts)

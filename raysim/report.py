@@ -28,8 +28,16 @@ CURVES = (
     ("cluster_nmi", "cluster NMI vs ground truth"),
     ("cluster_stability", "cluster stability (Jaccard)"),
 )
-# the cluster-quality curves drawn under the membership heat-map, in [0, 1] (ARI may dip below 0)
+# the cluster-quality curves drawn under the membership heat-map, in [0, 1] (ARI may dip below 0),
+# in black, grey and purple line styles: never one of the cluster colours above them
 CLUSTER_CURVES = (("cluster_ari", "ARI"), ("cluster_nmi", "NMI"), ("cluster_stability", "stability"))
+CURVE_STYLES = {
+    "cluster_ari": ("black", "-"),
+    "cluster_nmi": ("0.45", "--"),
+    "cluster_stability": ("#7b3294", ":"),
+}
+NO_CLUSTER = "white"  # a client in no cluster (IFCA: not sampled yet); true groups are greys
+MAX_ROUND_TICKS = 25  # more rounds than this: about this many integer round ticks
 MAX_TICK_LABELS = 40  # more clients (or cluster ids) than this: fewer, evenly spaced tick labels
 
 
@@ -98,6 +106,119 @@ def provenance_table(envs: Mapping[str, Mapping[str, Any] | None]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_headline(df: pd.DataFrame, summary: Mapping[str, Any]) -> tuple[str, dict[str, float | None], str]:
+    """A run's family, its headline metrics' last values (from rounds.parquet) and what its
+    test_accuracy means: as its summary.json declares them, else (a run written before they
+    existed) as its algorithm's class declares them ("", {}, "": an algorithm raysim cannot load)."""
+    from raysim.metrics import headline_values
+
+    family, names, means = summary.get("family"), summary.get("headline"), summary.get("test_accuracy_means")
+    if not (family and isinstance(names, Mapping) and means):
+        try:
+            from raysim.algorithms import algorithm_class
+
+            cls = algorithm_class(str(summary.get("algorithm", "")))
+        except (ValueError, ImportError):
+            return "", {}, ""
+        family, names, means = cls.family, cls.headline_metrics(), cls.test_accuracy_meaning()
+    return str(family), headline_values(df.to_dict("records"), list(names)), str(means)
+
+
+def headline_section(runs: list[tuple[str, pd.DataFrame, dict[str, Any]]]) -> str:
+    """summary.md's first lines: each run's headline metrics (what to read first for its family)
+    and what its test_accuracy means."""
+    from raysim.metrics import format_headline
+
+    lines = [
+        "### What to read first",
+        "",
+        "| run | algorithm | family | headline metrics (last value) |",
+        "|---|---|---|---|",
+    ]
+    meanings: dict[str, str] = {}
+    for name, df, s in runs:
+        family, values, means = run_headline(df, s)
+        shown = format_headline(values, s.get("num_clients")) or "-"
+        lines.append(f"| {name} | {s.get('algorithm', '-')} | {family or '-'} | {shown} |")
+        if means:
+            meanings.setdefault(str(s.get("algorithm", "-")), means)
+    lines.append("")
+    for algo, means in meanings.items():
+        lines.append(f"**test_accuracy** ({algo}): {means}.")
+        lines.append("")
+    lines.append(
+        "ARI/NMI (cluster_ari, cluster_nmi) compare the clusters with the ground-truth groups over the "
+        "clients that are in a cluster and have a group (cluster_clients of them: e.g. IFCA's clients "
+        "sampled so far). Every file and column: docs/outputs.md."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _config_of(run_dir: Path) -> dict[str, Any]:
+    """The run's config.yaml as plain data ({}: none or unreadable; only read for the notes)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def why_not_plotted(
+    plot: str, run_dir: Path, df: pd.DataFrame, summary: Mapping[str, Any], clusters: pd.DataFrame | None
+) -> str:
+    """Why ``plot`` (a CURVES column, or "clusters") has nothing to draw for this run ("" when it has)."""
+    algo = summary.get("algorithm", "the algorithm")
+    if plot == "clusters" or plot.startswith("cluster_"):
+        if clusters is None or not len(clusters):
+            return f"{algo} puts no client in a cluster (only clustered algorithms do)"
+        if plot == "clusters":
+            return ""
+    if plot in df and df[plot].notna().any():
+        return ""
+    personal_eval = _config_of(run_dir).get("rounds", {}).get("personal_eval", True)
+    if plot.startswith("personal_") and personal_eval is False:
+        return "rounds.personal_eval is false (set it true to score every client's own model)"
+    if plot.startswith("test_") and plot in df:
+        _, _, means = run_headline(df, summary)
+        return f"NaN in every round: test_accuracy is {means}" if means else "NaN in every round"
+    if plot in ("cluster_ari", "cluster_nmi"):
+        if clusters is not None and not ("true_group" in clusters and (clusters["true_group"] >= 0).any()):
+            return "the federation has no ground-truth groups (a data.partition with groups: rotation, ...)"
+        return "fewer than two clients had both a cluster and a ground-truth group"
+    if plot == "cluster_stability":
+        return "clusters in fewer than two rounds (stability compares consecutive rounds)"
+    if plot == "train_loss":
+        return "no client finished training in any round"
+    return f"no round logged {plot}"
+
+
+def skipped_notes(
+    run_dirs: list[Path],
+    runs: list[tuple[str, pd.DataFrame, dict[str, Any]]],
+    clustered: list[pd.DataFrame | None],
+) -> list[str]:
+    """One line per plot `raysim report` draws that has nothing to draw, saying why (runs that
+    agree on the reason share it)."""
+    notes: dict[str, list[str]] = {}  # reason -> plot files
+    plots = [(col, f"{col}.png") for col, _ in CURVES]
+    for col, fname in plots:
+        reasons = [
+            why_not_plotted(col, Path(d), df, s, c)
+            for d, (_, df, s), c in zip(run_dirs, runs, clustered, strict=True)
+        ]
+        if all(reasons):
+            key = "; ".join(dict.fromkeys(reasons))
+            notes.setdefault(key, []).append(fname)
+    for d, (name, df, s), c in zip(run_dirs, runs, clustered, strict=True):
+        reason = why_not_plotted("clusters", Path(d), df, s, c)
+        if reason:
+            fname = "clusters.png" if len(runs) == 1 else f"clusters_{name}.png"
+            notes.setdefault(reason, []).append(fname)
+    return [", ".join(f"`{f}`" for f in files) + f": {reason}" for reason, files in notes.items()]
+
+
 def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     import matplotlib
 
@@ -138,7 +259,11 @@ def write_report(run_dirs: list[Path], out: Path | None = None) -> Path:
             plot_clusters(clusters, df, name, out / fname)
     envs = {name: provenance.read(Path(d)) for d, (name, _, _) in zip(run_dirs, runs, strict=True)}
     differ = provenance.differences(envs) if len(runs) > 1 else []
-    text = markdown_table(runs) + "\n" + provenance_table(envs)
+    text = headline_section(runs) + "\n" + markdown_table(runs)
+    skipped = skipped_notes([Path(d) for d in run_dirs], runs, clustered)
+    if skipped:
+        text += "\n### Plots not drawn\n\n" + "".join(f"- {line}\n" for line in skipped)
+    text += "\n" + provenance_table(envs)
     if differ:
         head = "the compared runs differ in what decides their numbers (same config and seed need not agree)"
         sys.stderr.write(f"warning: {head}:\n" + "".join(f"  {line}\n" for line in differ))
@@ -169,9 +294,10 @@ def _sparse_ticks(ax_set: Any, labels: list[Any]) -> None:
 def plot_clusters(clusters: pd.DataFrame, rounds: pd.DataFrame, name: str, path: Path) -> Path:
     """Cluster membership over rounds as a heat-map, with the cluster-quality curves under it.
 
-    Rows are clients sorted by ground-truth group, then final cluster, then id; columns are rounds;
-    the colour is the cluster id (a qualitative palette, grey where a client is in no cluster yet).
-    A thin strip on the left shows each client's ground-truth group when the federation has one.
+    Rows are clients sorted by ground-truth group, then final cluster, then id; columns are rounds
+    (ticked and labelled); the colour is the cluster id (a qualitative palette, white where a client
+    is in no cluster yet). A thin strip on the left shows each client's ground-truth group when the
+    federation has one, in greys labelled with the group (so no group shares a cluster's colour).
     """
     import matplotlib
 
@@ -204,8 +330,8 @@ def plot_clusters(clusters: pd.DataFrame, rounds: pd.DataFrame, name: str, path:
     for (i, j), k in np.ndenumerate(grid.to_numpy()):
         if k == k and k >= 0:
             codes[i, j] = index_of[int(k)]
-    # grey: in no cluster (e.g. IFCA: never sampled yet)
-    cmap = ListedColormap(_palette(len(ids))).with_extremes(bad="#d9d9d9")
+    # white: in no cluster (e.g. IFCA: never sampled yet)
+    cmap = ListedColormap(_palette(len(ids))).with_extremes(bad=NO_CLUSTER)
     norm = BoundaryNorm(np.arange(-0.5, max(len(ids), 1) + 0.5), cmap.N)
 
     curves = [(c, lab) for c, lab in CLUSTER_CURVES if c in rounds and rounds[c].notna().any()]
@@ -234,13 +360,17 @@ def plot_clusters(clusters: pd.DataFrame, rounds: pd.DataFrame, name: str, path:
     ax.set_xlabel("round")
     _sparse_ticks(ax.set_yticks, [int(c) for c in grid.index])
     ax.tick_params(axis="y", labelsize=7 if n_clients > 20 else 9)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if n_rounds <= MAX_ROUND_TICKS:
+        ax.set_xticks(range(r0, r1 + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_ROUND_TICKS, integer=True))
     key: list[Patch] = []  # what the colours that are not cluster ids mean
     if has_truth:
         ax.tick_params(axis="y", labelleft=False, left=False)
         strip = fig.add_subplot(gs[0, 0], sharey=ax)
         groups = sorted(int(g) for g in truth.unique() if g >= 0)
-        gcmap = ListedColormap(_palette(len(groups), ("Pastel2", "Pastel1"))).with_extremes(bad="white")
+        shades = [str(v) for v in np.linspace(0.35, 0.8, max(len(groups), 1))]  # greys, dark to light
+        gcmap = ListedColormap(shades).with_extremes(bad="white")
         gindex = {g: i for i, g in enumerate(groups)}
         gcodes = np.array([[gindex[int(g)] if g >= 0 else np.nan] for g in truth], dtype=float)
         strip.imshow(
@@ -252,16 +382,28 @@ def plot_clusters(clusters: pd.DataFrame, rounds: pd.DataFrame, name: str, path:
             extent=(0, 1, n_clients - 0.5, -0.5),
         )
         strip.set_xticks([0.5], labels=["true\ngroup"], fontsize=7)
+        bounds = np.flatnonzero(np.r_[True, np.diff(truth.to_numpy()) != 0, True])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # each group's number in its block
+            if truth.iloc[a] >= 0:
+                strip.text(
+                    0.5,
+                    (a + b - 1) / 2,
+                    str(int(truth.iloc[a])),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if gindex[int(truth.iloc[a])] < len(groups) / 2 else "black",
+                )
         strip.set_ylabel("client (sorted by true group, final cluster)")
         _sparse_ticks(strip.set_yticks, [int(c) for c in grid.index])
         strip.tick_params(axis="y", labelsize=7 if n_clients > 20 else 9)
         for y in np.flatnonzero(np.diff(truth.to_numpy()) != 0):  # a line between true groups
             ax.axhline(y + 0.5, color="black", linewidth=0.8)
-        key += [Patch(color=gcmap(gindex[g]), label=f"true group {g}") for g in groups]
+        key += [Patch(color=gcmap(gindex[g]), label=f"true group {g} (strip)") for g in groups]
     else:
         ax.set_ylabel("client (sorted by final cluster)")
     if np.isnan(codes).any():
-        key.append(Patch(color="#d9d9d9", label="no cluster"))
+        key.append(Patch(facecolor=NO_CLUSTER, edgecolor="0.5", label="no cluster yet"))
     if key:  # right of the colorbar and its label
         ax.legend(handles=key, loc="upper left", bbox_to_anchor=(1.14, 1.0), fontsize=7, frameon=False)
     cax = fig.add_subplot(gs[0, 2])
@@ -272,15 +414,22 @@ def plot_clusters(clusters: pd.DataFrame, rounds: pd.DataFrame, name: str, path:
         cx = fig.add_subplot(gs[1, 1], sharex=ax)
         for col, lab in curves:
             sel = rounds[["round", col]].dropna()
-            cx.plot(sel["round"], sel[col], marker="." if len(sel) < 60 else None, label=lab)
+            colour, style = CURVE_STYLES.get(col, ("black", "-"))
+            cx.plot(
+                sel["round"],
+                sel[col],
+                color=colour,
+                linestyle=style,
+                marker="." if len(sel) < 60 else None,
+                label=lab,
+            )
         cx.set_xlabel("round")
         cx.set_ylabel("score")
         low = float(np.nanmin(rounds[[c for c, _ in curves]].to_numpy()))
         cx.set_ylim(min(-0.05, low - 0.05), 1.05)
         cx.grid(alpha=0.3)
         cx.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-        ax.set_xlabel("")
-        ax.tick_params(axis="x", labelbottom=False)
+        ax.set_xlabel("")  # the rounds stay labelled under the heat-map; "round" names them below
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

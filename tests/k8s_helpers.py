@@ -23,20 +23,9 @@ from raysim import k8s, k8s_manifest
 from raysim.cli import app
 from raysim.config import ExperimentConfig, apply_overrides, config_from_dict
 
-# Flags the contract names whose owners' branches may not have landed yet: a static manifest uses
-# them already; parse_entrypoint drops one the CLI does not have yet (so the tests pass before and
-# after it lands). The lead empties this once `raysim run/tune --resume-if-present` exist.
-PENDING_FLAGS = {"run": ("--resume-if-present",), "tune": ("--resume-if-present",)}
-
 
 class EntrypointError(ValueError):
     """An entrypoint that our own CLI would refuse (renamed flag, unknown command, ...)."""
-
-
-def _has_flag(command: str, flag: str) -> bool:
-    cmd: Any = typer.main.get_command(app)
-    sub = cmd.commands.get(command)
-    return sub is not None and any(flag in p.opts for p in sub.params)
 
 
 def parse_entrypoint(entrypoint: str) -> tuple[str, dict[str, Any]]:
@@ -44,8 +33,7 @@ def parse_entrypoint(entrypoint: str) -> tuple[str, dict[str, Any]]:
 
     Returns the subcommand path (e.g. ``"run"`` or ``"k8s render"``) and its parsed parameters;
     raises :class:`EntrypointError` when the CLI would refuse the command line (unknown command
-    or flag, missing argument, bad value). A flag of :data:`PENDING_FLAGS` that the command does
-    not have yet is dropped first.
+    or flag, missing argument, bad value).
     """
 
     argv = shlex.split(entrypoint)
@@ -53,9 +41,6 @@ def parse_entrypoint(entrypoint: str) -> tuple[str, dict[str, Any]]:
         raise EntrypointError(f"entrypoint must start with 'raysim', got {entrypoint[:40]!r}")
     if "--help" in argv[1:]:
         raise EntrypointError("entrypoint asks for --help: it would print help instead of running")
-    if len(argv) > 1:
-        pending = [f for f in PENDING_FLAGS.get(argv[1], ()) if not _has_flag(argv[1], f)]
-        argv = [a for a in argv if a not in pending]
     cmd: Any = typer.main.get_command(app)  # click's (or typer's vendored click) command tree
     args, parent = argv[1:], None
     path: list[str] = []

@@ -29,11 +29,9 @@ from tests.k8s_helpers import (
     K8S,
     LINKED,
     MANIFESTS,
-    PENDING_FLAGS,
     RAY_PIN,
     ROOT,
     EntrypointError,
-    _has_flag,
     all_objects,
     cluster_specs,
     containers,
@@ -370,13 +368,7 @@ def test_tune_job_entrypoint_parses_with_our_cli():
     assert "--resume-if-present" in argv and argv[argv.index("--address") + 1] == "auto"
 
 
-def test_pending_flags_are_dropped_only_while_the_cli_lacks_them():
-    for command, flags in PENDING_FLAGS.items():
-        for flag in flags:
-            _, params = parse_entrypoint(f"raysim {command} x.yaml {flag} --address auto")
-            assert params["address"] == "auto"
-            if _has_flag(command, flag):  # landed: parsed as the real flag
-                assert params[flag.lstrip("-").replace("-", "_")] is True
+def test_an_unknown_flag_in_an_entrypoint_is_refused():
     with pytest.raises(EntrypointError, match="No such option"):
         parse_entrypoint("raysim run x.yaml --resume-if-absent")
 

@@ -20,7 +20,6 @@ from tests.k8s_helpers import (
     RENDERED,
     ROOT,
     SWEEP,
-    _has_flag,
     actor_capacity,
     containers,
     crd_errors,
@@ -56,7 +55,7 @@ def test_rendered_job_runs_the_sized_experiment_from_its_config_map(rendered_doc
         # the contract: raysim run /config/experiment.yaml [--resume-if-present] --address auto --set output.name=JOB
         assert argv[:3] == ["raysim", "run", f"{k8s_manifest.CONFIG_MOUNT}/{k8s.EXPERIMENT_FILE}"]
         assert argv[argv.index("--address") + 1] == "auto" and argv[-2:] == ["--set", f"output.name={name}"]
-        assert ("--resume-if-present" in argv) == _has_flag("run", "--resume-if-present")
+        assert "--resume-if-present" in argv
         cfg = job_config(job, cm)
         actors = int(job["metadata"]["annotations"]["raysim.io/actors"])
         # the actor count is pinned: the same whatever the cluster turns out to hold
@@ -520,7 +519,7 @@ def test_render_a_sweep_spec(rendered_docs, crd):
     argv = shlex.split(job["spec"]["entrypoint"])
     assert command == "tune" and argv[2] == f"{k8s_manifest.CONFIG_MOUNT}/{k8s.SWEEP_FILE}"
     assert argv[argv.index("--address") + 1] == "auto" and str(params["storage_path"]) == k8s.TUNE_DIR
-    assert ("--resume-if-present" in argv) == _has_flag("tune", "--resume-if-present")
+    assert "--resume-if-present" in argv
     # the ConfigMap holds the spec with its base inlined (as raysim tune saves it): it loads on its own
     saved = tmp_sweep = yaml.safe_load(cm["data"][k8s.SWEEP_FILE])
     assert isinstance(saved["base"], dict) and saved["space"] == yaml.safe_load(SWEEP.read_text())["space"]
@@ -564,18 +563,13 @@ def test_render_refuses_what_a_sweep_cannot_use(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_entrypoints_add_resume_if_present_once_the_commands_have_it(monkeypatch):
-    assert k8s.accepts("run", "--address") and not k8s.accepts("run", "--no-such-flag")
-    assert not k8s.accepts("no-such-command", "--address")
-    monkeypatch.setattr(k8s, "accepts", lambda command, flag: True)
+def test_entrypoints_resume_what_a_previous_attempt_left():
     assert k8s.run_entrypoint("raysim-x") == (
         "raysim run /config/experiment.yaml --resume-if-present --address auto --set output.name=raysim-x"
     )
     assert k8s.tune_entrypoint() == (
         "raysim tune /config/sweep.yaml --resume-if-present --address auto --storage-path /mnt/results/tune"
     )
-    monkeypatch.setattr(k8s, "accepts", lambda command, flag: False)
-    assert "--resume-if-present" not in k8s.run_entrypoint("raysim-x") + k8s.tune_entrypoint()
 
 
 def test_a_value_set_in_the_file_or_with_set_is_not_overridden_by_the_job_defaults():

@@ -48,7 +48,7 @@ def test_tracking_without_truth_or_previous_round() -> None:
     got = cluster_tracking(members(0, 2, 2, -1), None, None)
     assert got["num_clusters"] == 2.0  # ids 0 and 2; -1 is no cluster
     assert math.isnan(got["cluster_stability"])
-    assert "cluster_ari" not in got and "cluster_nmi" not in got
+    assert "cluster_ari" not in got and "cluster_nmi" not in got and "cluster_clients" not in got
 
 
 def test_tracking_against_truth() -> None:
@@ -59,6 +59,7 @@ def test_tracking_against_truth() -> None:
     # prev {0,1,2}{3,4} -> now {0,1}{2,3,4}: i=0,1 2/3; i=2 1/5; i=3,4 2/3
     assert perfect["cluster_stability"] == pytest.approx((4 * 2 / 3 + 1 / 5) / 5)
     assert perfect["num_clusters"] == 2.0
+    assert perfect["cluster_clients"] == 4  # client 4 has no true group
     # crossing truth: {0,2}{1,3} against {0,1}{2,3}. Contingency all ones: sum C(n_ij,2) = 0,
     # rows and columns 2 x C(2,2) = 2, expected 2*2/C(4,2) = 2/3, max 2 -> ARI = -2/3 / (4/3) = -0.5;
     # the two partitions are independent -> NMI = 0
@@ -67,6 +68,7 @@ def test_tracking_against_truth() -> None:
     # fewer than two clients with both a truth and a cluster: NaN, not a missing column
     few = cluster_tracking(members(0, -1, -1, -1, 1), None, truth)
     assert math.isnan(few["cluster_ari"]) and math.isnan(few["cluster_nmi"])
+    assert few["cluster_clients"] == 1
 
 
 # -- classification_metrics, clustering_agreement, mean_ci95 on hand-computed values -------------

@@ -38,11 +38,19 @@ def tune(
         typer.Option(help="Rerun SWEEP_DIR/best.yaml on fresh seeds and compare with the sweep's number."),
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="How many fresh seeds --validate-best runs.")] = 3,
+    resume_if_present: Annotated[
+        bool,
+        typer.Option(
+            "--resume-if-present",
+            help="With SPEC: if its sweep directory exists, continue it (interrupted) or print its "
+            "result (finished) instead of refusing; otherwise start it. For jobs that may be resubmitted.",
+        ),
+    ] = False,
     trust_sweep_state: Annotated[
         bool,
         typer.Option(
             "--trust-sweep-state",
-            help="With --resume: let Ray Tune load SWEEP_DIR's pickled state unchecked (only for a sweep "
+            help="With --resume or --resume-if-present: let Ray Tune load SWEEP_DIR's pickled state unchecked (only for a sweep "
             "you wrote yourself with another raysim or Ray version; loading a pickle runs code from it).",
         ),
     ] = False,
@@ -56,6 +64,8 @@ def tune(
     modes = [spec is not None, resume is not None, validate_best is not None]
     if sum(modes) != 1:
         fail("give exactly one of SPEC, --resume SWEEP_DIR or --validate-best SWEEP_DIR")
+    if resume_if_present and spec is None:
+        fail("--resume-if-present goes with SPEC (the sweep directory is its storage_path/name)")
     echo = typer.echo
     try:
         if validate_best is not None:
@@ -76,10 +86,19 @@ def tune(
                 num_samples=num_samples,
                 storage_path=storage_path,
                 echo=echo,
+                resume_if_present=resume_if_present,
+                trust_state=trust_sweep_state,
             )
     except ConfigError as err:
         fail(str(err))
         return
+    if outcome.no_record:
+        typer.echo(
+            f"error: {len(outcome.no_record)} trial(s) left no record on the storage path "
+            "(sweep.json: no_record); is the storage path a folder every Ray node mounts?",
+            err=True,
+        )
+        raise typer.Exit(1)
     if outcome.errors:
         for e in outcome.errors:
             typer.echo(f"trial failed: {e}", err=True)

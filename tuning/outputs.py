@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from raysim.atomic import atomic_write_text
 from raysim.config import dump_config
 from raysim.runtime.logger import write_parquet
 from tuning.spec import LoadedSpec, SweepSpec
+
+REPORTED = "reported.jsonl"  # tuning.trainable.REPORTED (not imported: that module loads the runtime)
 
 Echo = Callable[[str], None]
 
@@ -39,6 +41,7 @@ class SweepOutcome:
     trials: int
     errors: list[str]
     best: dict[str, Any] | None
+    no_record: list[str] = field(default_factory=list)  # trials whose record is not on the storage path
 
 
 def final_value(df: pd.DataFrame | None, metric: str) -> float:
@@ -50,8 +53,6 @@ def final_value(df: pd.DataFrame | None, metric: str) -> float:
 def reported_rounds(trial_dir: Path) -> pd.DataFrame | None:
     """Every round a trial reported, from the trainable's own record (``reported.jsonl``). A round
     reported twice (run again after resuming from an earlier checkpoint) keeps its last report."""
-    from tuning.trainable import REPORTED
-
     path = trial_dir / REPORTED
     if not path.is_file():
         return None
@@ -67,22 +68,36 @@ def trial_id_of(result: Any) -> str:
     return Path(result.path).name.removeprefix("trial_")
 
 
-def history(result: Any) -> pd.DataFrame | None:
-    """A Tune result's rounds: the trainable's record, else Tune's (a trial that never reported)."""
+def tune_reported(result: Any) -> bool:
+    """Whether Tune holds any round the trial reported (its own table, kept by the driver)."""
+    df = result.metrics_dataframe
+    return df is not None and not df.empty and "round" in df
+
+
+def trial_record(result: Any) -> tuple[pd.DataFrame | None, str]:
+    """A Tune result's rounds from the trainable's own record (``reported.jsonl`` in the trial's
+    directory on the storage path), and the trial's status: ``done``, ``error`` (Tune recorded an
+    error; its rounds, if any, are kept), or ``no_record``: the trial reported rounds to Tune but
+    its record is not on the storage path (written somewhere no other node sees). Tune's own table
+    is never used in its place: the sweep's outputs come from one source, and a trial whose record
+    is missing is listed as such (``sweep.json``'s ``no_record``), not silently filled in."""
     df = reported_rounds(Path(result.path))
-    return result.metrics_dataframe if df is None else df
+    if df is None and tune_reported(result):
+        return None, "no_record"
+    return df, "error" if result.error is not None else "done"
 
 
 def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
     frames = []
     for r in results:
-        df = history(r)
+        df, status = trial_record(r)
         trial_id = trial_id_of(r)
         if df is None or df.empty:
-            df = pd.DataFrame({"round": pd.Series([], dtype="int64")})
+            # one row without metrics, so the trial is in the table with its knobs and status
+            df = pd.DataFrame({"round": pd.Series([pd.NA], dtype="Int64")})
         df = df.copy()
         df["trial_id"] = trial_id
-        df["status"] = "error" if r.error is not None else "done"
+        df["status"] = status
         for key in [*loaded.spec.space, "seed"]:
             df[f"config/{key}"] = r.config.get(key)
         frames.append(df)
@@ -91,6 +106,57 @@ def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True)
     keep = [c for c in table.columns if not c.startswith("config/") or c.count("/") == 1]
     return table[keep]
+
+
+STARTUP = "random start-up (Optuna)"  # a TPE trial drawn at random before TPE models anything
+
+
+def proposed_by(loaded: LoadedSpec, directory: Path, trials: pd.DataFrame) -> dict[str, str]:
+    """Who chose each trial's knobs in an Optuna sweep ({} in other modes or without the study):
+    TPE draws a trial at random while fewer than ``n_startup_trials`` trials have finished (Optuna's
+    start-up trials), then proposes from its model ("TPE"); other samplers are named as they are.
+
+    ``trials``: one row per Tune trial (``trial_id`` and its ``config/<knob>``), in the order Tune
+    created them (the results' order), which is the order Optuna numbered them; each pair must have
+    the same knobs, else nothing is labelled. A trial's start-up status comes from the study: how
+    many trials had finished when it was drawn."""
+    spec = loaded.spec
+    db = directory / "optuna.db"
+    if spec.mode != "optuna" or not db.is_file() or trials.empty:
+        return {}
+    import optuna
+
+    opts = spec.optuna
+    sampler = opts.sampler if opts is not None else "tpe"
+    if sampler != "tpe":
+        return {str(t): {"nsga2": "NSGA-II", "random": "random"}[sampler] for t in trials["trial_id"]}
+    startup = opts.n_startup_trials if opts is not None and opts.n_startup_trials is not None else 10
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{db}")
+    except KeyError:  # no study of that name: nothing to say
+        return {}
+    studied = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    if len(studied) != len(trials):
+        return {}
+    finished = [t.datetime_complete for t in studied if t.state.is_finished() and t.datetime_complete]
+    out = {}
+    for (_, row), t in zip(trials.iterrows(), studied, strict=True):
+        if any(not _same(row.get(f"config/{k}"), v) for k, v in t.params.items()):
+            return {}  # not the trial we took it for: say nothing rather than something wrong
+        before = sum(1 for c in finished if t.datetime_start is not None and c <= t.datetime_start)
+        out[str(row["trial_id"])] = STARTUP if before < startup else "TPE"
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = _py(a), _py(b)
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return bool(a == b)
 
 
 def grid_points(spec: SweepSpec, finals: list[tuple[Any, list[float]]]) -> list[dict[str, Any]]:
@@ -130,13 +196,20 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
 
     spec = loaded.spec
     table = trials_table(loaded, results)
+    if "trial_id" in table:
+        who = proposed_by(loaded, directory, table.drop_duplicates("trial_id"))
+        if who:
+            table["proposed_by"] = table["trial_id"].map(who).fillna("")
     write_parquet(table, directory / "trials.parquet")
     errors = [f"{Path(r.path).name}: {r.error}" for r in results if r.error is not None]
+    statuses = {trial_id_of(r): trial_record(r)[1] for r in results}
+    no_record = sorted(t for t, s in statuses.items() if s == "no_record")
+    failed = sorted(t for t, s in statuses.items() if s == "error")
     objs = spec.objective_list
     by_trial = dict(iter(table.groupby("trial_id"))) if "trial_id" in table else {}
     finals = []
     for r in results:
-        if r.error is None:
+        if r.error is None and statuses[trial_id_of(r)] == "done":
             rows = by_trial.get(trial_id_of(r))
             finals.append((r, [final_value(rows, o.metric) for o in objs]))
     finals = [(r, v) for r, v in finals if all(math.isfinite(x) for x in v)]
@@ -168,6 +241,9 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
             head += "# PBT: the learning rate was a schedule; this is its final value (see trials.parquet)\n"
         raw = yaml.safe_load(dump_config(cfg))
         raw["output"] = dict(loaded.base["output"])
+        # the base's own backend/address, not the one the spec's fixed: set for its trials
+        own = spec.best_resources or {}
+        raw.setdefault("resources", {}).update({k: own[k] for k in ("backend", "address") if k in own})
         atomic_write_text(directory / "best.yaml", head + yaml.safe_dump(raw, sort_keys=False))
     front = None
     if spec.objectives is not None and finals:
@@ -187,6 +263,8 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         "objectives": [o.model_dump() for o in objs],
         "trials": len(results),
         "errors": len(errors),
+        "failed": failed,  # trials Tune recorded an error for (their rounds, if any, are in the table)
+        "no_record": no_record,  # trials that reported to Tune but left no reported.jsonl on storage
         "tuning_seeds": tuning_seeds(loaded),
         "best": best,
         "points": [
@@ -196,14 +274,22 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         "pareto_front": front,
     }
     atomic_write_text(directory / "sweep.json", json.dumps(info, indent=2, default=_py) + "\n")
-    atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info))
-    write_plots(loaded, table, directory / "plots", info)
+    plots = write_plots(loaded, table, directory / "plots", info)
+    atomic_write_text(directory / "summary.md", summary_markdown(loaded, table, info, plots.notes()))
     if best is not None:
         over = f"mean over seeds {best['seeds']}" if len(best["seeds"]) > 1 else f"trial {best['trial_id']}"
         knobs_shown = {k: v for k, v in best["config"].items() if k != "seed" or len(best["seeds"]) == 1}
         echo(f"best: {objs[0].metric}={best[objs[0].metric]:.4f} ({over}) {knobs_shown}")
+    if no_record:
+        echo(
+            f"error: {len(no_record)} trial(s) reported rounds to Tune but left no {REPORTED} under "
+            f"{directory} ({', '.join(no_record)}): their outputs were written where the storage path "
+            "is not; listed as no_record in sweep.json and left out of the best trial"
+        )
     echo(f"wrote {directory}/trials.parquet, best.yaml, summary.md, plots/")
-    return SweepOutcome(directory=directory, trials=len(results), errors=errors, best=best)
+    return SweepOutcome(
+        directory=directory, trials=len(results), errors=errors, best=best, no_record=no_record
+    )
 
 
 def _py(v: Any) -> Any:
@@ -212,17 +298,24 @@ def _py(v: Any) -> Any:
     return v
 
 
-def summary_markdown(loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, Any]) -> str:
+def summary_markdown(
+    loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, Any], plot_notes: list[str] | None = None
+) -> str:
+    """``plot_notes``: one line per promised plot that was not drawn, saying why."""
     spec = loaded.spec
     metric = spec.objective_list[0].metric
     knobs = [*spec.space, "seed"]
+    who = "proposed_by" in table
     lines = [
         f"# Sweep {spec.name} ({spec.mode})",
         "",
         f"{info['trials']} trials, {info['errors']} failed; tuned on seeds {info['tuning_seeds']}.",
         "",
-        "| trial | " + " | ".join(knobs) + f" | rounds | final {metric} | status |",
-        "|" + "---|" * (len(knobs) + 4),
+        "| trial | "
+        + " | ".join(knobs)
+        + f" | rounds | final {metric} | status |"
+        + (" proposed by |" if who else ""),
+        "|" + "---|" * (len(knobs) + 4 + int(who)),
     ]
     points = info.get("points") or []
     if spec.mode == "grid" and any(p["n"] > 1 for p in points):
@@ -249,15 +342,29 @@ def summary_markdown(loaded: LoadedSpec, table: pd.DataFrame, info: dict[str, An
         final = final_value(df, metric)
         cells = [f"{_fmt(last.get(f'config/{k}'))}" for k in knobs]
         rounds = int(df["round"].max()) if df["round"].notna().any() else 0
+        by = f" {last['proposed_by'] or '-'} |" if who else ""
         rows.append(
             (
                 final,
-                f"| {trial_id} | " + " | ".join(cells) + f" | {rounds} | {_fmt(final)} | {last['status']} |",
+                f"| {trial_id} | "
+                + " | ".join(cells)
+                + f" | {rounds} | {_fmt(final)} | {last['status']} |"
+                + by,
             )
         )
     sign = -1.0 if spec.objective_list[0].goal == "max" else 1.0
     rows.sort(key=lambda fr: (math.isnan(fr[0]), sign * fr[0] if not math.isnan(fr[0]) else 0.0))
     lines += [row for _, row in rows]
+    if who and (table["proposed_by"] == STARTUP).any():
+        n = int((table.groupby("trial_id")["proposed_by"].last() == STARTUP).sum())
+        lines += [
+            "",
+            f"{n} of the trials are Optuna's random start-up trials: TPE draws its knobs at random until "
+            "optuna.n_startup_trials trials have finished (Optuna's default is 10), and only the trials "
+            "after them are proposed by TPE's model. A sweep of only start-up trials is random search.",
+        ]
+    if plot_notes:
+        lines += ["", "## Plots not drawn", "", *[f"- {note}" for note in plot_notes]]
     return "\n".join(lines) + "\n"
 
 

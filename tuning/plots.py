@@ -1,9 +1,14 @@
 """A sweep's plots: metric vs round per trial, each knob vs the final metric, the Pareto front of
-a multi-objective sweep, and parameter importance (Optuna's fANOVA evaluator)."""
+a multi-objective sweep, and parameter importance (Optuna's fANOVA evaluator).
+
+``write_plots`` returns what it drew and, for every promised plot it could not draw, why (the
+sweep's summary.md lists them)."""
 
 from __future__ import annotations
 
 import math
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +81,69 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[str, Any]) -> list[Path]:
+MIN_IMPORTANCE_TRIALS = 4  # fANOVA on fewer finished trials says nothing
+
+
+@dataclass
+class Plots:
+    """What ``write_plots`` drew, and each promised plot it did not draw with the reason."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # file name -> why
+
+    def notes(self) -> list[str]:
+        return [f"`plots/{name}`: {why}" for name, why in self.skipped.items()]
+
+
+def importance_skipped(spec: Any, varied: list[str], finished: int) -> str:
+    """Why plots/importance.png is not drawn ("" when it is)."""
+    if spec.mode == "pbt":
+        return "PBT changes the knobs during a trial, so a trial has no one value per knob to rank"
+    if len(varied) < 2:
+        which = f" ({', '.join(varied)})" if varied else ""
+        return (
+            f"parameter importance ranks two or more knobs; this sweep varied {len(varied)}{which}: "
+            "the knob's own effect is plots/knobs.png"
+        )
+    if finished < MIN_IMPORTANCE_TRIALS:
+        return f"fANOVA needs at least {MIN_IMPORTANCE_TRIALS} finished trials; {finished} finished"
+    return ""
+
+
+def _title(fig: Any, text: str, width_in: float) -> None:
+    """A figure title wrapped to the figure's width (about 11 characters an inch at 10 pt)."""
+    fig.suptitle("\n".join(textwrap.wrap(text, max(20, int(width_in * 11)))), fontsize=10)
+
+
+def _axes_title(ax: Any, text: str, width_in: float) -> None:
+    ax.set_title("\n".join(textwrap.wrap(text, max(20, int(width_in * 11)))), fontsize=10)
+
+
+def _log_axis(ax: Any) -> None:
+    """A readable log x axis: ticks at 1, 2 and 5 of each decade, plainly labelled and slanted,
+    and no minor tick labels (which overlap over a narrow range)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+
+
+def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[str, Any]) -> Plots:
     spec = loaded.spec
     objs = spec.objective_list
     metric = objs[0].metric
     out.mkdir(parents=True, exist_ok=True)
     plt = _plt()
-    written: list[Path] = []
+    plots = Plots()
+    written = plots.written
+    multi = spec.objectives is not None and len(objs) >= 2  # a Pareto front is promised
     if table.empty or metric not in table:
-        return written
+        why = f"no trial reported {metric}"
+        plots.skipped = {"curves.png": why, "knobs.png": why, "importance.png": why}
+        return plots
     done = finals(table, metric)
     front = info.get("pareto_front")
     best = (info.get("best") or {}).get("trial_id")
@@ -102,8 +161,8 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
             )
             ax.plot(curve.index, curve["mean"], marker=".", color=f"C{i % 10}", label=label)
             ax.fill_between(curve.index, curve["min"], curve["max"], color=f"C{i % 10}", alpha=0.12)
-        ax.set_title(
-            f"{spec.name}: {metric}, mean over {table['config/seed'].nunique()} seeds (band: min-max)"
+        _axes_title(
+            ax, f"{spec.name}: {metric}, mean over {table['config/seed'].nunique()} seeds (band: min-max)", 7
         )
         ax.legend(fontsize=8)
     else:
@@ -118,7 +177,9 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
                 label=f"{trial_id} (best)" if bold else None,
                 marker="." if len(sel) < 40 else None,
             )
-        ax.set_title(f"{spec.name}: {metric} per trial ({spec.mode}, {table['trial_id'].nunique()} trials)")
+        _axes_title(
+            ax, f"{spec.name}: {metric} per trial ({spec.mode}, {table['trial_id'].nunique()} trials)", 7
+        )
         if best is not None:
             ax.legend(fontsize=8)
     ax.set_xlabel("round")
@@ -130,9 +191,16 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
     plt.close(fig)
 
     if done.empty or not knobs:
-        return written
+        why = (
+            f"no trial finished with a finite {metric}"
+            if done.empty
+            else "the sweep varies no knob besides the seed"
+        )
+        plots.skipped.update({"knobs.png": why, "importance.png": why})
+        return plots
     # 2. each knob against the final metric
-    fig, axes = plt.subplots(1, len(knobs), figsize=(3.6 * len(knobs), 3.4), squeeze=False)
+    width = max(5.5, 3.8 * len(knobs))
+    fig, axes = plt.subplots(1, len(knobs), figsize=(width, 3.8), squeeze=False)
     full = done["rounds"] == done["rounds"].max()
     for ax, key in zip(axes[0], knobs, strict=True):
         x = done[f"config/{key}"]
@@ -148,12 +216,12 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
                 label="stopped early (its last round)",
             )
         if spec.space[key].kind == "loguniform":
-            ax.set_xscale("log")
+            _log_axis(ax)
         ax.set_xlabel(key)
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{spec.name}: each knob vs final {metric}")
+    _title(fig, f"{spec.name}: each knob vs final {metric}", width)
     fig.tight_layout()
     written.append(out / "knobs.png")
     fig.savefig(written[-1], dpi=120)
@@ -176,10 +244,15 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
         written.append(out / "pareto.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
+    elif multi:
+        plots.skipped["pareto.png"] = "no trial finished every objective"
 
     # 4. parameter importance (needs >= 2 varied knobs and a few finished trials)
     varied = [k for k in knobs if done[f"config/{k}"].nunique() > 1]
-    if spec.mode != "pbt" and len(varied) >= 2 and len(done) >= 4:
+    why = importance_skipped(spec, varied, len(done))
+    if why:
+        plots.skipped["importance.png"] = why
+    else:
         common, values = at_common_round(done)
         imp = importance(loaded, done.assign(value=values))
         fig, ax = plt.subplots(figsize=(6, 0.9 + 0.5 * len(imp)))
@@ -191,7 +264,7 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
         written.append(out / "importance.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    return written
+    return plots
 
 
 def _final_of(df: pd.DataFrame, metric: str) -> float:

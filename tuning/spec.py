@@ -150,6 +150,12 @@ class SweepSpec(_Strict):
     seeds: list[int] | None = None  # grid: every point on each seed; others: one seed
     max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # rounds; 0: only after the last round
+    # Tune's FailureConfig: how often a failed trial is retried (from its newest checkpoint, so set
+    # checkpoint_every to lose fewer rounds); 0: never, -1: without limit
+    max_failures: Annotated[int, Field(ge=-1)] = 2
+    # the resources.backend/address best.yaml carries: the base config's own (before fixed: and
+    # with --set), recorded here when the sweep starts; a spec may set them to choose best.yaml's
+    best_resources: dict[str, Any] | None = None
     storage_path: str | None = None  # where the sweep directory goes (default: base output.dir/tune)
     optuna: OptunaOptions | None = None
     pbt: PbtOptions | None = None
@@ -160,6 +166,19 @@ class SweepSpec(_Strict):
         problem = path_component_problem(v)
         if problem is not None:
             raise ValueError(f"name {v!r} names the sweep directory (storage_path/<name>): {problem}")
+        return v
+
+    @field_validator("best_resources")
+    @classmethod
+    def _deploy_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            unknown = sorted(set(v) - {"backend", "address"})
+            if unknown:
+                raise ValueError(
+                    f"best_resources: only backend and address (what best.yaml runs on), got {unknown}"
+                )
+            if v.get("backend", "ray") not in ("ray", "serial"):
+                raise ValueError(f"best_resources.backend: ray or serial, got {v['backend']!r}")
         return v
 
     @model_validator(mode="after")
@@ -266,8 +285,31 @@ def _base_dict(spec: SweepSpec, spec_dir: Path, overrides: list[str]) -> dict[st
         raw = load_yaml_file(path, "base: config")
     from tuning.trainable import merge_dotted
 
+    # --set comes after fixed:, so it overrides a fixed key too (raysim tune SPEC --set KEY=VALUE)
     raw = apply_overrides(merge_dotted(raw, spec.fixed), overrides)
     return config_from_dict(raw, "base (with fixed: and --set)").to_dict()
+
+
+def _own_resources(spec: SweepSpec, spec_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """The base's resources.backend/address without the spec's ``fixed:`` (with ``--set``): what
+    ``best.yaml`` runs on, when a sweep fixes e.g. ``resources.backend: serial`` for its trials."""
+    from raysim.config import apply_overrides
+
+    if spec.best_resources is not None:
+        return dict(spec.best_resources)
+    if isinstance(spec.base, dict):
+        raw = dict(spec.base)
+    else:
+        path = Path(spec.base)
+        raw = load_yaml_file(path if path.is_absolute() else spec_dir / path, "base: config")
+    from raysim.config import ResourcesConfig
+
+    res = apply_overrides(raw, overrides).get("resources") or {}  # validated with fixed: by _base_dict
+    fields = ResourcesConfig.model_fields
+    return {
+        "backend": res.get("backend", fields["backend"].default),
+        "address": res.get("address", fields["address"].default),
+    }
 
 
 def check_space(spec: SweepSpec, base: dict[str, Any]) -> None:
@@ -401,6 +443,8 @@ def spec_from_dict(
     check_space(spec, base)
     if probe:
         check_metrics(spec, base)
+    if spec.best_resources is None:
+        spec.best_resources = _own_resources(spec, spec_dir, overrides or [])
     return LoadedSpec(spec=spec, base=base)
 
 
@@ -415,7 +459,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
 
 
 def resolved_spec_yaml(loaded: LoadedSpec) -> str:
-    """The spec with its base inlined: what ``--resume`` reads back from the sweep directory."""
+    """The spec with its base inlined: what ``--resume`` reads back from the sweep directory (its
+    ``best_resources`` recorded, since the inlined base has ``fixed:`` applied)."""
     raw = loaded.spec.model_dump(mode="json", exclude_none=True)
+    if loaded.spec.best_resources is not None:
+        raw["best_resources"] = dict(loaded.spec.best_resources)  # address: null kept
     raw["base"] = yaml.safe_load(dump_config(config_from_dict(dict(loaded.base), "base")))
     return yaml.safe_dump(raw, sort_keys=False)

@@ -4,7 +4,8 @@ A sweep directory (``<storage_path>/<name>/``) holds Tune's experiment state and
 (each trial's raysim run lives in ``<trial>/run/``), plus what this module writes:
 
 * ``sweep.yaml``: the spec with its base config inlined (what ``--resume`` reads back);
-* ``optuna.db``: the Optuna study (mode optuna), an SQLite RDB storage ``optuna-dashboard`` opens;
+* ``optuna.db``: the Optuna study (mode optuna), an SQLite RDB storage ``optuna-dashboard`` opens,
+  exported whole from the driver's in-memory study after each finished trial (tuning.optuna_store);
 * ``trials.parquet``: one row per trial and round: every reported metric, ``hparams/*`` (the
   hyperparameters that round trained with) and ``config/*`` (the trial's knobs);
 * ``best.yaml``: the best trial's experiment as a config ``raysim run`` accepts;
@@ -161,11 +162,12 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
             sampler = nsga2_sampler(opts.seed)
         else:
             sampler = optuna.samplers.RandomSampler(seed=opts.seed)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{directory / OPTUNA_DB}")
         multi = spec.objectives is not None
+        # the study lives in the driver's memory (OptunaSearch runs there; Tune's searcher
+        # checkpoints carry it to a resume) and OptunaExport copies it to optuna.db: no SQLite file
+        # on the shared volume is ever open while the sweep runs (SQLite's locks are unsafe on NFS)
         searcher = OptunaSearch(
             sampler=sampler,
-            storage=storage,
             study_name=spec.name,
             metric=[o.metric for o in spec.objective_list] if multi else None,
             mode=[o.goal for o in spec.objective_list] if multi else None,
@@ -278,7 +280,12 @@ def _tuner(loaded: LoadedSpec, directory: Path, cpus: float, gpus: float, verbos
     spec = loaded.spec
     trainable = _trainable(loaded, cpus, gpus)  # refuses a sweep that can never fit, before any file
     directory.mkdir(parents=True, exist_ok=True)
-    searcher, scheduler = _searcher_and_scheduler(loaded, directory)  # the study's SQLite file lives here
+    searcher, scheduler = _searcher_and_scheduler(loaded, directory)
+    callbacks = tracker_callbacks(loaded, directory)
+    if spec.mode == "optuna":
+        from tuning.optuna_store import OptunaExport
+
+        callbacks.append(OptunaExport(searcher, str(directory / OPTUNA_DB), spec.name))
     multi = spec.objectives is not None
     obj = spec.objective_list[0]
     return tune.Tuner(
@@ -298,11 +305,37 @@ def _tuner(loaded: LoadedSpec, directory: Path, cpus: float, gpus: float, verbos
             name=directory.name,
             storage_path=str(directory.parent),
             verbose=verbose,
-            callbacks=tracker_callbacks(loaded, directory),
+            callbacks=callbacks,
+            # a failed trial is retried from its newest checkpoint (spec max_failures)
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             # PBT exploits any population member's latest checkpoint, so keep them all there
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if spec.mode == "pbt" else 2),
         ),
     )
+
+
+def with_num_samples(loaded: LoadedSpec, num_samples: int | None) -> LoadedSpec:
+    """``loaded`` with ``--num-samples`` applied (validated like the spec's own num_samples)."""
+    if num_samples is None:
+        return loaded
+    if num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
+    from pydantic import ValidationError
+
+    from raysim.config import _format_validation_error
+
+    try:  # e.g. grid refuses num_samples > 1, TPE's start-up trials must stay below it
+        spec = SweepSpec.model_validate({**loaded.spec.model_dump(), "num_samples": num_samples})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, f"--num-samples {num_samples}")) from None
+    return LoadedSpec(spec=spec, base=loaded.base, path=loaded.path)
+
+
+def tune_state_saved(directory: Path) -> bool:
+    """Whether Ray Tune saved a sweep's experiment state in ``directory`` (its ``tuner.pkl`` and an
+    ``experiment_state-*.json``, written once trials are under way): what a resume needs to
+    continue trials rather than start them again."""
+    return (directory / "tuner.pkl").is_file() and any(directory.glob("experiment_state-*.json"))
 
 
 def run_sweep(
@@ -312,27 +345,20 @@ def run_sweep(
     num_samples: int | None = None,
     echo: Echo = print,
     verbose: int = 1,
+    existing_ok: bool = False,
 ) -> SweepOutcome:
-    """Run the sweep to the end and write its outputs (see the module docstring)."""
-    if num_samples is not None:
-        if num_samples < 1:
-            raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
-        from pydantic import ValidationError
+    """Run the sweep to the end and write its outputs (see the module docstring).
 
-        from raysim.config import _format_validation_error
-
-        try:  # e.g. grid refuses num_samples > 1, TPE's start-up trials must stay below it
-            spec = SweepSpec.model_validate({**loaded.spec.model_dump(), "num_samples": num_samples})
-        except ValidationError as err:
-            raise ConfigError(_format_validation_error(err, f"--num-samples {num_samples}")) from None
-        loaded = LoadedSpec(spec=spec, base=loaded.base, path=loaded.path)
+    ``existing_ok``: start it in a sweep directory that exists already (``tuning.present``: one
+    stopped before Tune saved any state); otherwise an existing directory is refused."""
+    loaded = with_num_samples(loaded, num_samples)
     check_data_available(config_from_dict(dict(loaded.base), "base"))
     check_trackers((loaded.base.get("output") or {}).get("trackers") or [], "base: output.trackers")
     directory = sweep_dir(loaded)
-    if directory.exists():
+    if directory.exists() and not existing_ok:
         raise ConfigError(
-            f"sweep directory {directory} exists: continue it with `raysim tune --resume {directory}`, "
-            "or change name:/storage_path:"
+            f"sweep directory {directory} exists: continue it with `raysim tune --resume {directory}` "
+            "(or `raysim tune SPEC --resume-if-present`), or change name:/storage_path:"
         )
     with ray_session(address, _reproducible(loaded.base)) as ray:
         cpus, gpus = cluster_size(ray)
@@ -438,9 +464,12 @@ def validate_best(
         ) from None
     fresh = [max(used, default=-1) + 1 + i for i in range(seeds)]
     best_raw = load_yaml_file(best_path, "best config")
+    # best.yaml names the base's own backend; its fresh-seed trials run as the sweep's trials did
+    ran = (load_sweep(directory).base.get("resources") or {}) if (directory / SPEC_FILE).is_file() else {}
     raw = {
         "name": "validate",
         "base": best_raw,
+        "fixed": {f"resources.{k}": ran[k] for k in ("backend", "address") if k in ran},
         "mode": "grid",
         "metric": metric,
         "goal": goal,

@@ -38,7 +38,7 @@ ORIGIN = "origin.json"  # in each checkpoint: the trial and round that wrote it
 # result.json loses rows when a trial is paused and resumed often (synchronous PBT pauses every
 # member at every perturbation; on resume Tune copies the not-yet-synced storage copy over the
 # driver's file), so trials.parquet is built from this record instead.
-REPORTED = "reported.jsonl"
+REPORTED = "reported.jsonl"  # tuning.outputs reads it by this name too
 RUN_NAME = "run"  # the experiment's run directory inside the trial directory: run, run-2, ...
 
 
@@ -171,6 +171,30 @@ def run_trial(
     return last
 
 
+def trial_storage_dir(storage: Any) -> Path:
+    """The trial's directory on the sweep's storage path (Tune's ``StorageContext.trial_fs_path``),
+    created if needed: where the trial writes its ``run/`` and ``reported.jsonl``.
+
+    Not ``get_trial_dir()``: in Ray 2.58 that is a node-local staging folder
+    (``/tmp/ray/session_*/.../driver_artifacts/<trial>``) that only the driver's node syncs to
+    storage, so a trial on a worker node would leave nothing there. raysim's storage path is always a
+    mounted folder (``tuning.sweep.sweep_dir``: shared by every node on a multi-node cluster, as the
+    checkpoints Tune persists there require), so the trial writes to it directly, and a file written
+    before a crash is already where the sweep reads it.
+    """
+    import pyarrow.fs
+
+    if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        raise ConfigError(
+            f"sweep storage {storage.storage_path!r} is not a mounted folder "
+            f"({type(storage.storage_filesystem).__name__}); raysim sweeps write each trial's run to "
+            "a shared folder every node mounts (e.g. /mnt/results/tune)"
+        )
+    path = Path(storage.trial_fs_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def make_trainable(
     base: Mapping[str, Any], *, checkpoint_every: int = 1, workdir: str | None = None
 ) -> Callable[[dict[str, Any]], None]:
@@ -202,7 +226,7 @@ def make_trainable(
         if workdir is not None and Path(workdir).is_dir():
             os.chdir(workdir)
         ctx = tune.get_context()
-        trial_dir = Path(ctx.get_trial_dir())
+        trial_dir = trial_storage_dir(ctx.get_storage())
         pgf = ctx.get_trial_resources()
         cfg = trial_config(frozen, config, output_dir=trial_dir)
         share = trial_share(pgf, cfg.resources.backend)

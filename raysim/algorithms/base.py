@@ -44,6 +44,30 @@ GradHook = Callable[[Any, Any], None]  # (flat params tensor, flat grad tensor) 
 GLOBAL = "global"  # the model key of the one shared model
 
 
+Family = Literal["global", "clustered", "personalised"]
+FAMILIES: tuple[Family, ...] = ("global", "clustered", "personalised")
+
+# the metrics a person reads first, per family (rounds.parquet columns; summary.json's "headline")
+FAMILY_HEADLINE: dict[str, tuple[str, ...]] = {
+    "global": ("test_accuracy",),
+    "clustered": ("personal_accuracy", "cluster_ari", "cluster_nmi", "cluster_clients", "num_clusters"),
+    "personalised": ("personal_accuracy_mean", "personal_accuracy_worst10"),
+}
+
+# what ``test_accuracy`` measures, per family (summary.md, summary.json, docs/outputs.md); an
+# algorithm whose ``server_model`` is something else says so in its own ``test_accuracy_means``
+FAMILY_TEST_ACCURACY: dict[str, str] = {
+    "global": "the one global model on the global test set (the dataset's test split, which no client holds)",
+    "clustered": "the largest cluster's model (the cluster most clients are in) on the global test set, "
+    "which is untransformed (e.g. unrotated images, original labels) and so matches few clients' groups: "
+    "it can sit near or below chance while the clustering is right. Read personal_accuracy (each "
+    "client's own cluster model on its own test split) and cluster_ari instead",
+    "personalised": "a shared model on the global test set; NaN when the algorithm has no single model. "
+    "Read personal_accuracy_mean (each client's personalised model on its own test split, averaged "
+    "over clients) and personal_accuracy_worst10 instead",
+}
+
+
 class AlgoParams(BaseModel):
     """Base for each algorithm's own config keys (unknown keys and non-finite numbers are errors)."""
 
@@ -450,7 +474,8 @@ class ClientContext(Protocol):
 class Algorithm(ABC):
     """Base of every algorithm: the declared contract, with defaults for the optional parts.
 
-    Subclasses set ``name``, ``params_model`` and ``traits`` (an instance may set ``self.traits``
+    Subclasses set ``name``, ``params_model``, ``traits`` and ``family`` (optionally ``headline``
+    and ``test_accuracy_means``; see ``FAMILY_HEADLINE``) (an instance may set ``self.traits``
     in ``__init__`` when a trait depends on its parameters) and implement the four abstract
     methods ``init``, ``configure_round``, ``client_update`` and ``aggregate`` (a class missing one
     cannot be instantiated, so the gap shows at start-up, not in round 1).
@@ -459,6 +484,36 @@ class Algorithm(ABC):
     name: ClassVar[str] = ""
     params_model: ClassVar[type[AlgoParams]] = AlgoParams
     traits: Traits = Traits()
+    # what kind of result the algorithm produces: one global model, cluster models, or a model
+    # per client; it picks the headline metrics and what test_accuracy means (``FAMILY_*``)
+    family: ClassVar[Family] = "global"
+    # the rounds.parquet columns summary.json/summary.md and the progress line lead with;
+    # () means the family's (``FAMILY_HEADLINE``)
+    headline: ClassVar[tuple[str, ...]] = ()
+    # what test_accuracy measures for this algorithm; "" means the family's (``FAMILY_TEST_ACCURACY``)
+    test_accuracy_means: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A misspelt family or a headline that is not a tuple of names fails where the class is
+        defined (a plug-in: when the config names it), not when the finished run is summarised."""
+        super().__init_subclass__(**kwargs)
+        if cls.family not in FAMILIES:
+            raise TypeError(f"{cls.__qualname__}.family is {cls.family!r}; use one of {', '.join(FAMILIES)}")
+        if not isinstance(cls.headline, tuple) or not all(isinstance(m, str) for m in cls.headline):
+            raise TypeError(
+                f"{cls.__qualname__}.headline must be a tuple of rounds.parquet column names, "
+                f"got {cls.headline!r}"
+            )
+
+    @classmethod
+    def headline_metrics(cls) -> tuple[str, ...]:
+        """The metric names a person reads first for this algorithm."""
+        return cls.headline or FAMILY_HEADLINE[cls.family]
+
+    @classmethod
+    def test_accuracy_meaning(cls) -> str:
+        """One sentence: what this algorithm's ``test_accuracy`` measures."""
+        return cls.test_accuracy_means or FAMILY_TEST_ACCURACY[cls.family]
 
     def __init__(self, params: AlgoParams | None = None) -> None:
         self.p: Any = params if params is not None else self.params_model()

@@ -51,6 +51,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     RoundContext,
@@ -61,7 +62,6 @@ from raysim.algorithms.base import (
     sample_cohort,
 )
 from raysim.clustering import cosine_similarity_matrix
-from raysim.metrics import agreement_with_truth
 from raysim.models.flat import Params
 
 ASSIGN = "assign"  # eval broadcast: each client's cluster id
@@ -180,6 +180,7 @@ class CFLState:
 
 class CFL(Algorithm):
     name: ClassVar[str] = "cfl"
+    family: ClassVar[Family] = "clustered"
     params_model: ClassVar[type[AlgoParams]] = CFLParams
     traits = Traits(linear=False)  # the split needs every client's individual update
 
@@ -261,7 +262,6 @@ class CFL(Algorithm):
         if mean_norms:
             metrics["mean_update_norm"] = float(max(mean_norms))
             metrics["max_update_norm"] = float(max(max_norms))
-        metrics.update(agreement_with_truth(state.truth, assign))
         new_state = replace(state, models=models, age=age, assign=assign, next_id=next_id)
         return new_state, metrics
 

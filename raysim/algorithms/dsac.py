@@ -104,6 +104,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     GradHook,
     LinearSum,
     Metrics,
@@ -121,7 +122,7 @@ from raysim.algorithms.dsac_math import (
     temporal_decay,
 )
 from raysim.algorithms.pretrain import base_metrics, pretrain
-from raysim.metrics import agreement_with_truth, jain_index
+from raysim.metrics import jain_index
 from raysim.models.flat import Params
 
 
@@ -197,7 +198,9 @@ class DSACState:
     last_round: np.ndarray  # (N,) int64 last round a client contributed (0: the shared start)
     weight_now: np.ndarray  # (N,) weight used in the last aggregation it took part in (0: dropped)
     cum_weight: np.ndarray  # (N,) cumulative share of aggregation weight (Jain's index of Table 2)
-    truth: np.ndarray | None  # ground-truth groups for NMI (-1: none)
+    # ground-truth groups (-1: none); unused since the runtime scores the clusters (cluster_nmi),
+    # kept so saved checkpoints still load
+    truth: np.ndarray | None
     num_rounds: int
     base_accuracy: float = math.nan  # M_base on the test set (round 0), NaN without pre-training
     base_loss: float = math.nan
@@ -234,6 +237,11 @@ def _decay_hook(weight_decay: float) -> GradHook:
 
 class DSAC(Algorithm):
     name: ClassVar[str] = "dsac"
+    family: ClassVar[Family] = "clustered"
+    test_accuracy_means: ClassVar[str] = (
+        "the one global model every client trains, on the global test set; each group's "
+        "personalised model (eq. 13) is scored in personal_accuracy"
+    )
     params_model: ClassVar[type[AlgoParams]] = DSACParams
     p: DSACParams
 
@@ -434,9 +442,6 @@ class DSAC(Algorithm):
             m["rounds_missed_mean"] = float(np.mean(missed))
         if self.p.staleness == "last_model":
             m["versions_held"] = float(len(state.versions) + 1)
-        agree = agreement_with_truth(state.truth, assign)
-        if agree:
-            m["nmi"] = agree["nmi"]
         return state, m
 
     def _held_versions(self, state: DSACState, last: np.ndarray, t: int) -> dict[int, np.ndarray]:

@@ -143,4 +143,7 @@ class Centralised(FedAvg):
     round; with central_lr = 1 the global model is exactly that client's SGD trajectory."""
 
     name: ClassVar[str] = "centralised"
+    test_accuracy_means: ClassVar[str] = (
+        "the one model, trained on every client's data pooled, on the global test set"
+    )
     traits = Traits(linear=True, pooled=True)

@@ -55,6 +55,10 @@ def batchnorm_mask(layout: ParamLayout) -> np.ndarray:
 
 class FedBN(FedPer):
     name: ClassVar[str] = "fedbn"
+    test_accuracy_means: ClassVar[str] = (
+        "NaN: every client keeps its own BatchNorm layers, so there is no single model "
+        "(read personal_accuracy_mean)"
+    )
     params_model: ClassVar[type[AlgoParams]] = FedBNParams
     traits = Traits(linear=True, client_state=True, client_buffers=True)
 

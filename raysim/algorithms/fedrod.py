@@ -52,6 +52,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     GradHook,
     LinearSum,
     Metrics,
@@ -133,6 +134,11 @@ class FedRoDState:
 
 class FedRoD(Algorithm):
     name: ClassVar[str] = "fedrod"
+    family: ClassVar[Family] = "personalised"
+    test_accuracy_means: ClassVar[str] = (
+        "the generic model (shared body and generic head) on the global test set; the personalised "
+        "heads are scored in personal_accuracy_mean"
+    )
     params_model: ClassVar[type[AlgoParams]] = FedRoDParams
     # the generic model's update is a sum (actors pre-sum it); personal heads live on the home actor
     traits = Traits(linear=True, client_state=True)

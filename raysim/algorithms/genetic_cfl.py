@@ -129,6 +129,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     RoundContext,
@@ -292,6 +293,8 @@ class GeneticCFLState:
 
 class GeneticCFL(Algorithm):
     name: ClassVar[str] = "genetic-cfl"
+    family: ClassVar[Family] = "global"  # one shared model: the groups steer hyperparameters only
+    headline: ClassVar[tuple[str, ...]] = ("test_accuracy", "num_clusters")
     params_model: ClassVar[type[AlgoParams]] = GeneticCFLParams
     traits = Traits(linear=True)  # one FedAvg sum; per-client losses arrive with every result
 

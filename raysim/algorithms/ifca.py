@@ -41,6 +41,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     RoundContext,
@@ -51,7 +52,6 @@ from raysim.algorithms.base import (
     sample_cohort,
     sum_by_key,
 )
-from raysim.metrics import agreement_with_truth
 from raysim.models.flat import Params
 
 
@@ -85,11 +85,14 @@ class IFCAParams(AlgoParams):
 class IFCAState:
     models: tuple[np.ndarray, ...]  # theta_j, float32
     choice: np.ndarray  # (num_clients,) int64: each client's latest chosen cluster, -1 = never chosen
-    truth: np.ndarray | None  # ground-truth groups (-1: none), for NMI/ARI
+    # ground-truth groups (-1: none); unused since the runtime scores the clusters (cluster_ari),
+    # kept so saved checkpoints still load
+    truth: np.ndarray | None
 
 
 class IFCA(Algorithm):
     name: ClassVar[str] = "ifca"
+    family: ClassVar[Family] = "clustered"
     params_model: ClassVar[type[AlgoParams]] = IFCAParams
     traits = Traits(linear=True)  # per-key sums; no client state (a client may train anywhere)
 
@@ -135,7 +138,6 @@ class IFCA(Algorithm):
         metrics: Metrics = {f"clients_{cluster_key(j)}": float(c) for j, c in enumerate(counts)}
         metrics["nonempty_clusters"] = float((counts > 0).sum())
         metrics["aggregated_clients"] = float(counts.sum())
-        metrics.update(agreement_with_truth(state.truth, choice))
         return replace(state, models=tuple(models), choice=choice), metrics
 
     def largest_cluster(self, state: IFCAState) -> int:

@@ -15,6 +15,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     ServerContext,
@@ -26,6 +27,10 @@ from raysim.models.flat import Params
 
 class LocalOnly(FedAvg):
     name: ClassVar[str] = "local"
+    family: ClassVar[Family] = "personalised"
+    test_accuracy_means: ClassVar[str] = (
+        "NaN: local training has no shared model (read personal_accuracy_mean)"
+    )
     params_model: ClassVar[type[AlgoParams]] = AlgoParams
     traits = Traits(client_state=True)  # each client's model lives on its home actor
 

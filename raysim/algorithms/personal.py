@@ -37,6 +37,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     RoundContext,
@@ -103,6 +104,10 @@ class SplitState:
 
 class FedPer(Algorithm):
     name: ClassVar[str] = "fedper"
+    family: ClassVar[Family] = "personalised"
+    test_accuracy_means: ClassVar[str] = (
+        "NaN: every client keeps its own head, so there is no single model (read personal_accuracy_mean)"
+    )
     params_model: ClassVar[type[AlgoParams]] = FedPerParams
     # the base update is a sum (actors pre-sum it); the personal layers live on the home actor
     traits = Traits(linear=True, client_state=True)

@@ -85,6 +85,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     RoundContext,
@@ -192,6 +193,11 @@ class PFedHTState:
 
 class PFedHT(Algorithm):
     name: ClassVar[str] = "pfedht"
+    family: ClassVar[Family] = "personalised"
+    test_accuracy_means: ClassVar[str] = (
+        "the population model (the hypernetwork at the training clients' mean embedding) on the "
+        "global test set; each client's generated model is scored in personal_accuracy_mean"
+    )
     params_model: ClassVar[type[AlgoParams]] = PFedHTParams
     # per-client Delta W feeds the hypernetwork's VJP: results are not pre-summed. No client
     # state: W^i comes from the server every round, so a client may train on any actor.

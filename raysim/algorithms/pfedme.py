@@ -54,6 +54,7 @@ from raysim.algorithms.base import (
     ClientContext,
     ClientResult,
     ClientTask,
+    Family,
     LinearSum,
     Metrics,
     ServerContext,
@@ -113,6 +114,11 @@ class MoreauSteps:
 
 class PFedMe(FedAvg):
     name: ClassVar[str] = "pfedme"
+    family: ClassVar[Family] = "personalised"
+    test_accuracy_means: ClassVar[str] = (
+        "the global model w on the global test set; the personalised models theta_i are scored in "
+        "personal_accuracy_mean"
+    )
     params_model: ClassVar[type[AlgoParams]] = PFedMeParams
     # the local copies' deltas are pre-summed; theta_i lives on the client's home actor
     traits = Traits(linear=True, client_state=True)

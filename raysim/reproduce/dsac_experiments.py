@@ -372,10 +372,10 @@ def exp5_groups(c: Ctx) -> str:
     }
     c.prefetch("5 groups", [(a, "rotation", {}) for a in variants.values()])
     by = {m: c.over_seeds(a, "rotation", f"5 {m}") for m, a in variants.items()}
-    hier_nmi = finals(by["DSAC (hierarchical)"], "nmi")
+    hier_nmi = finals(by["DSAC (hierarchical)"], "cluster_nmi")
     rows, names, nmis, rtt = [], [], [], []
     for m, runs in by.items():
-        nmi = finals(runs, "nmi") if m.startswith("DSAC") else []
+        nmi = finals(runs, "cluster_nmi") if m.startswith("DSAC") else []
         reach = [rounds_to(r, c.scale.target) for r in runs]
         reached = [x for x in reach if math.isfinite(x)]
         names.append(m)

@@ -38,6 +38,7 @@ from raysim.config import (
     dump_config,
     load_config,
 )
+from raysim.metrics import headline_values
 from raysim.models.flat import init_params
 from raysim.runtime import rundir
 from raysim.runtime.backend import (
@@ -457,7 +458,13 @@ class Experiment:
         """Every round (up to ``until``) with a progress view; the run's summary."""
         if self.backend is None:
             self.prepare()
-        with ProgressView(self.cfg.rounds.num_rounds, self.next_round, enabled=self.progress) as view:
+        with ProgressView(
+            self.cfg.rounds.num_rounds,
+            self.next_round,
+            enabled=self.progress,
+            headline=self.algorithm.headline_metrics(),
+            num_clients=self.cfg.data.num_clients,
+        ) as view:
             for report in self.rounds(until):
                 view.update(report.round, report.metrics)
             if self.last is not None and self.last.stop and self.next_round <= self.cfg.rounds.num_rounds:
@@ -471,9 +478,15 @@ class Experiment:
         acc = [a for a in acc if a == a]
         pacc = [r["personal_accuracy"] for r in rounds if "personal_accuracy" in r]
         peak = [r.get("peak_rss_mb", 0.0) for r in logger.system]
+        algo = self.algorithm
         return {
             "name": self.cfg.name,
             "algorithm": self.cfg.algorithm.name,
+            # what to read first (docs/outputs.md): the family's headline metrics, last values
+            "family": algo.family,
+            "headline": headline_values(rounds, algo.headline_metrics()),
+            "test_accuracy_means": algo.test_accuracy_meaning(),
+            "num_clients": self.cfg.data.num_clients,
             "rounds": len(rounds),
             "final_test_accuracy": acc[-1] if acc else None,
             "best_test_accuracy": max(acc) if acc else None,

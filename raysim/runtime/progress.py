@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from raysim.metrics import format_headline
 
 
 class ProgressView:
-    """A rich progress bar (round, accuracy, ETA) on a terminal; a plain line per evaluation
+    """A rich progress bar (round, the headline metrics, ETA) on a terminal; a plain line per evaluation
     otherwise (CI logs, files)."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        enabled: bool,
+        headline: Sequence[str] = ("test_accuracy",),
+        num_clients: int | None = None,
+    ) -> None:
+        """``headline``: the metrics to show (the algorithm's ``headline_metrics()``), each as soon
+        as a round logs it."""
         self.total, self.start, self.enabled = total, start, enabled
+        self.headline, self.num_clients = tuple(headline), num_clients
         self.tty = sys.stderr.isatty()
         self.bar: Any = None
         self.t0 = time.perf_counter()
@@ -36,11 +49,8 @@ class ProgressView:
     def update(self, t: int, m: dict[str, float]) -> None:
         if not self.enabled:
             return
-        info = []
-        if m.get("test_accuracy", float("nan")) == m.get("test_accuracy"):
-            info.append(f"acc {m['test_accuracy']:.4f}")
-        if "personal_accuracy" in m:
-            info.append(f"pers {m['personal_accuracy']:.4f}")
+        shown = format_headline({k: m.get(k) for k in self.headline}, self.num_clients)
+        info = [shown] if shown else []
         if m.get("dropouts"):
             info.append(f"drop {int(m['dropouts'])}")
         if self.bar is not None:

@@ -203,7 +203,8 @@ def test_flat_grouping_and_nmi() -> None:
     feats = [(1.0, 0.0), (1.1, 0.0), (0.0, 1.0), (0.0, 1.2)]
     res = [result(state, c, {c % 3: 1.0}, feature=f) for c, f in enumerate(feats)]
     new, m = aggregate(algo, state, 1, res, rng())
-    assert m["nmi"] == pytest.approx(1.0)
+    assert "nmi" not in m  # the runtime scores the groups: one column, cluster_nmi
+    assert scored(algo, new, [0, 0, 1, 1])["cluster_nmi"] == pytest.approx(1.0)
     assert len(set(new.assign.tolist())) == 2
 
 
@@ -284,7 +285,7 @@ def test_switches_run_end_to_end(tmp_path):
         )
     ).unpack("summary", "rounds", "clients")
     assert np.isfinite(r["test_accuracy"]).all() and np.isfinite(r["personal_accuracy"]).all()
-    assert "nmi" in r.columns and (r["dropped_by_floor"] == 0).all()
+    assert "cluster_nmi" in r.columns and "nmi" not in r.columns and (r["dropped_by_floor"] == 0).all()
 
 
 def test_pretraining_broadcasts_the_base_model_and_feature_mapping_keeps_an_adapter(tmp_path):
@@ -512,3 +513,11 @@ def test_each_switch_changes_the_run(tmp_path, complete_run, switch, value):
     elif switch == "staleness":
         assert (alt["versions_held"] > 1).any()
         assert clients["model_key"].str.startswith("version/").any()
+
+
+def scored(algo, state, truth):
+    """The runtime's cluster columns (cluster_ari/nmi/clients) of the algorithm's annotations."""
+    from raysim.metrics import cluster_tracking
+    from raysim.runtime.server import cluster_membership
+
+    return cluster_tracking(cluster_membership(algo.client_annotations(state)), None, np.asarray(truth))

@@ -134,7 +134,10 @@ def test_per_key_aggregation_by_hand_with_presummed_results():
     assert m["clients_cluster/0"] == 2 and m["clients_cluster/1"] == 1 and m["clients_cluster/2"] == 0
     assert m["nonempty_clusters"] == 2
     # clients 0, 1, 2 (3 never chose) with truth [0, 1, 0] and choice [0, 1, 0]: perfect agreement
-    assert m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
+    assert "nmi" not in m and "ari" not in m  # the runtime scores the clusters
+    got = scored(algo, state, [0, 1, 0, 1])
+    assert got["cluster_nmi"] == pytest.approx(1.0) and got["cluster_ari"] == pytest.approx(1.0)
+    assert got["cluster_clients"] == 3  # client 3 never chose: ARI covers the sampled clients
     assert algo.client_annotations(state) == {
         0: {"cluster": 0.0},
         1: {"cluster": 1.0},
@@ -174,8 +177,8 @@ def test_end_to_end_on_rotated_digits(tmp_path):
         "train_loss",
         "personal_accuracy",
         "nonempty_clusters",
-        "nmi",
-        "ari",
+        "cluster_nmi",
+        "cluster_ari",
     ):
         assert np.isfinite(rounds[col]).all(), col
     assert (rounds["clients_cluster/0"] + rounds["clients_cluster/1"] == 3).all()
@@ -183,3 +186,11 @@ def test_end_to_end_on_rotated_digits(tmp_path):
     part = clients[clients["participated"] & ~clients["dropped"]]
     assert part["cluster"].isin([0.0, 1.0]).all()
     assert (part["model_key"] == part["cluster"].map(lambda j: f"cluster/{int(j)}")).all()
+
+
+def scored(algo, state, truth):
+    """The runtime's cluster columns (cluster_ari/nmi/clients) of the algorithm's annotations."""
+    from raysim.metrics import cluster_tracking
+    from raysim.runtime.server import cluster_membership
+
+    return cluster_tracking(cluster_membership(algo.client_annotations(state)), None, np.asarray(truth))

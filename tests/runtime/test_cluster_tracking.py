@@ -13,7 +13,7 @@ from raysim.runtime.server import cluster_membership, cluster_rows
 from tests.conftest import tiny_config
 from tests.helpers import experiment, resume, run
 
-NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi"]
+NEW_COLS = ["num_clusters", "cluster_stability", "cluster_ari", "cluster_nmi", "cluster_clients"]
 
 
 def ifca_config(tmp_path, **over):
@@ -84,9 +84,12 @@ def test_rounds_parquet_gets_the_uniform_cluster_columns(ifca_run):
     for col in NEW_COLS:
         assert col in rounds, col
     assert rounds["cluster_ari"].between(-1, 1).all() and rounds["cluster_nmi"].between(0, 1).all()
-    # the runtime's agreement is IFCA's own (same clients, same truth), which stays as it was
-    np.testing.assert_allclose(rounds["cluster_ari"], rounds["ari"])
-    np.testing.assert_allclose(rounds["cluster_nmi"], rounds["nmi"])
+    # one column per metric: IFCA's own copies (ari, nmi) are gone
+    assert "ari" not in rounds and "nmi" not in rounds
+    # cluster_clients: the clients ARI covers, those that chose a cluster so far (IFCA: sampled ones)
+    covered = clusters[clusters["cluster"] >= 0].groupby("round")["client_id"].nunique()
+    np.testing.assert_array_equal(rounds["cluster_clients"], covered.loc[rounds["round"]].to_numpy())
+    assert rounds["cluster_clients"].is_monotonic_increasing
     per_round = clusters[clusters["cluster"] >= 0].groupby("round")["cluster"].nunique()
     np.testing.assert_array_equal(rounds["num_clusters"], per_round.loc[rounds["round"]].to_numpy())
     stab = rounds["cluster_stability"]
@@ -180,3 +183,49 @@ def test_dsac_groups_are_tracked_as_clusters_of_one_global_model(tmp_path):
     assert len(grouped) > 0 and set(grouped["model_key"]) == {"global"}
     rounds = pd.read_parquet(d / "rounds.parquet")
     assert rounds["cluster_nmi"].between(0, 1).any()
+
+
+def test_an_ifca_run_leads_with_its_headline(ifca_run):
+    """summary.json, summary.md and the report say what to read for a clustered run: ARI/NMI over
+    the clients scored so far, the number of clusters, personalised accuracy, and what its
+    test_accuracy means (issue 24)."""
+    import json
+
+    summary = json.loads((ifca_run / "summary.json").read_text())
+    rounds = pd.read_parquet(ifca_run / "rounds.parquet")
+    assert summary["family"] == "clustered" and summary["num_clients"] == 6
+    head = summary["headline"]
+    assert list(head) == [
+        "personal_accuracy",
+        "cluster_ari",
+        "cluster_nmi",
+        "cluster_clients",
+        "num_clusters",
+    ]
+    for name, value in head.items():
+        assert value == pytest.approx(rounds[name].dropna().iloc[-1]), name
+    assert "largest cluster's model" in summary["test_accuracy_means"]
+
+    assert CliRunner().invoke(app, ["report", str(ifca_run)]).exit_code == 0
+    md = (ifca_run / "plots" / "summary.md").read_text()
+    row = next(line for line in md.splitlines() if "| clustered |" in line)
+    assert row.startswith("| tiny | ifca | clustered |")
+    assert f"ARI {head['cluster_ari']:.4f}" in row and f"pers acc {head['personal_accuracy']:.4f}" in row
+    assert f"(over {int(head['cluster_clients'])} of 6 clients)" in row
+    assert "**test_accuracy** (ifca): the largest cluster's model" in md
+    assert "Plots not drawn" not in md  # every plot had something to draw
+
+
+def test_a_global_run_says_which_plots_it_skipped_and_why(tmp_path):
+    d = run(tiny_config(tmp_path, rounds__num_rounds=1, rounds__personal_eval=False)).run_dir
+    assert CliRunner().invoke(app, ["report", str(d)]).exit_code == 0
+    md = (d / "plots" / "summary.md").read_text()
+    notes = md[md.index("### Plots not drawn") :].split("###")[1]
+    assert "`personal_accuracy.png`: rounds.personal_eval is false" in notes
+    assert (
+        "`cluster_ari.png`, `cluster_nmi.png`, `cluster_stability.png`, `clusters.png`: fedavg puts no client"
+        in notes
+    )
+    for drawn in ("test_accuracy.png", "train_loss.png"):
+        assert (d / "plots" / drawn).is_file() and drawn not in notes
+    assert "| fedavg | global | acc " in md and "**test_accuracy** (fedavg): the one global model" in md

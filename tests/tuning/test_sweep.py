@@ -132,6 +132,15 @@ def test_optuna_tpe_proposes_after_its_start_up_trials_asha_stops_weak_ones_and_
     assert set(rounds_by_lr.loc[rounds_by_lr["lr"] == good, "ran"]) == {4}, rounds_by_lr
     assert set(rounds_by_lr.loc[rounds_by_lr["lr"] == bad, "ran"]) == {1}, rounds_by_lr
 
+    # the two start-up trials are labelled as Optuna's random ones, the rest as TPE's (issue 24)
+    from raysim import outputs as reference
+    from tuning.outputs import STARTUP
+
+    first = table.drop_duplicates("trial_id")
+    assert first["proposed_by"].tolist() == [STARTUP, STARTUP, "TPE", "TPE", "TPE"], first
+    assert "2 of the trials are Optuna's random start-up trials" in (out.directory / "summary.md").read_text()
+    assert reference.undocumented(table.columns, reference.TRIAL_COLUMNS + reference.rounds_columns()) == []
+
 
 def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_cluster, tmp_path):
     loaded = _loaded(

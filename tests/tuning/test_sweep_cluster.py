@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
+from tests.tuning.test_sweep_storage import KILL_ROUNDS, SAVE_OFTEN, _mid_trial_state_saved
 
 REPO = Path(__file__).resolve().parents[2]
 RAYSIM = str(Path(sys.executable).parent / "raysim")
@@ -96,7 +97,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
-    base = tiny_config(tmp_path, rounds__num_rounds=6).to_dict()
+    base = tiny_config(tmp_path, rounds__num_rounds=KILL_ROUNDS).to_dict()
     spec = {
         "name": "killed",
         "base": base,
@@ -109,7 +110,7 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     sweep = tmp_path / "sweeps" / "killed"
-    env = {**os.environ, "RAY_ADDRESS": ""}  # a local Ray of its own
+    env = {**os.environ, "RAY_ADDRESS": "", **SAVE_OFTEN}  # a local Ray of its own
     proc = subprocess.Popen(
         [RAYSIM, "tune", str(path)],
         cwd=REPO,
@@ -120,13 +121,15 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     )
     deadline = time.time() + 300
     try:
-        while time.time() < deadline:  # wait for the first trial's second FL checkpoint
-            if len(list(sweep.glob("trial_*/checkpoint_*"))) >= 2:
+        # wait until Tune's experiment state records a checkpoint of a trial that is midway: killed
+        # before that, a resume has nothing to continue the trial from and starts it at round 1
+        while time.time() < deadline:
+            if _mid_trial_state_saved(sweep):
                 break
             assert proc.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(0.5)
+            time.sleep(0.3)
         else:
-            pytest.fail("no checkpoint within 300 s")
+            pytest.fail("no saved experiment state with a trial midway within 300 s")
     finally:
         family = [psutil.Process(proc.pid), *_descendants(proc.pid)]  # the driver and its local Ray
         for p in family:
@@ -149,7 +152,7 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     table = pd.read_parquet(sweep / "trials.parquet")
     assert sorted(table.groupby("trial_id")["config/local.lr"].first()) == [0.02, 0.05, 0.1]
-    assert (table.groupby("trial_id")["round"].max() == 6).all()  # every trial ran to the end
+    assert (table.groupby("trial_id")["round"].max() == KILL_ROUNDS).all()  # every trial ran to the end
     assert (table["status"] == "done").all()
     # the interrupted trial continued from its own FL checkpoint instead of starting again
     assert "restored_from_round" in table, "no trial continued from a checkpoint"

@@ -1,4 +1,4 @@
-"""Regenerate the numbers README.md quotes from full Fashion-MNIST runs, on this machine.
+"""Regenerate the numbers docs/results.md quotes from full Fashion-MNIST runs, on this machine.
 
     python benchmarks/readme_numbers.py quickstart   # configs/quickstart.yaml on Ray and on the serial backend
     python benchmarks/readme_numbers.py fedavg       # configs/fedavg_fmnist.yaml (50 rounds)
@@ -6,7 +6,7 @@
 Each run is exactly what a user types, ``raysim run CONFIG --no-progress`` (plus
 ``--set output.dir=<a temporary folder>`` and, for the serial run, ``--set resources.backend=serial``),
 timed from outside the process, so Ray start-up and data loading are included. Prints one Markdown
-row per run: final test accuracy, accuracy at the rounds README names, the test loss of the first
+row per run: final test accuracy, accuracy at the rounds docs/results.md names, the test loss of the first
 evaluated round (how many significant digits two backends share), the run's own ``total_seconds`` and the wall clock.
 Accuracies are deterministic for a given backend and seed; times depend on what else the machine runs.
 """

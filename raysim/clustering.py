@@ -2,7 +2,7 @@
 
 Equation numbers refer to the DSAC paper, "Dynamic Sub-Model Aggregation and Clustering for
 Intelligence Data via Hierarchical Federated Learning with Pre-Training"
-(``shared/papers/000_c9e0d5e7274c04a0.txt``): K-means on client updates (eq. 4, 6), cosine client
+(paper 000, docs/papers.md): K-means on client updates (eq. 4, 6), cosine client
 similarity (eq. 11), a hierarchical dendrogram plus spherical K-means / central-client grouping
 (eq. 12).
 
@@ -533,7 +533,7 @@ def intra_cluster_distance(X: np.ndarray, labels: np.ndarray, cluster: int) -> f
 
 def dbscan(X: np.ndarray, eps: float, min_samples: int, metric: str = "euclidean") -> np.ndarray:
     """DBSCAN labels (int64, -1 = noise) via scikit-learn; the grouping of the genetic-CFL notebook
-    (``shared/papers/001``: eps 0.15, min_samples 2). Not a DSAC equation. No points: empty labels."""
+    (paper 001, docs/papers.md: eps 0.15, min_samples 2). Not a DSAC equation. No points: empty labels."""
     from sklearn.cluster import DBSCAN
 
     A = _as_points(X)

@@ -1,5 +1,5 @@
 """AS-CFL (Yang et al. 2025, "Clustered Federated Learning with Adaptive Similarity for Non-IID
-Data", ``shared/papers/002_9476586cceb6208e.txt``, Algorithm 1). Pure rules: ``ascfl_math``.
+Data", paper 002 in docs/papers.md, Algorithm 1). Pure rules: ``ascfl_math``.
 
 Each round the sampled clients train from their cluster's model (``cluster/<id>``; a client never
 clustered trains from ``global``) for the local epochs of ``local_epochs_rule`` and upload their

@@ -1,6 +1,6 @@
 """Pure functions of AS-CFL (numpy / scikit-learn / dp_accounting; no Ray, no torch).
 
-Equation numbers follow the paper text ``shared/papers/002_9476586cceb6208e.txt`` ("Clustered
+Equation numbers follow paper 002 (docs/papers.md) ("Clustered
 Federated Learning with Adaptive Similarity for Non-IID Data"), numbered in order of appearance:
 (1) the cluster objective, (2) cosine similarity of updates, (3) the positive-incentive test,
 (4) the low-rank factorisation M ~ U Sigma V^T, (5) local epochs T_i = ceil(BS / |D_i|), (6) the

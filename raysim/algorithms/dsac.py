@@ -1,7 +1,7 @@
 """DSAC: Dynamic Sub-model Aggregation and Clustering via hierarchical FL with pre-training.
 
 Paper: J. Wang et al., "Dynamic Sub-Model Aggregation and Clustering for Intelligence Data via
-Hierarchical Federated Learning with Pre-Training" (``shared/papers/000_c9e0d5e7274c04a0.txt``),
+Hierarchical Federated Learning with Pre-Training" (paper 000, docs/papers.md),
 Algorithm 1. The pure math lives in ``raysim.algorithms.dsac_math`` and ``raysim.clustering``; this
 module wires it into the round loop. Every mechanism has a switch (``DSACParams``), so the ablation of
 Table 6 is a config change. docs/dsac.md explains each reading of the paper and why.

@@ -2,7 +2,7 @@
 
 Paper: J. Wang, L. Ma, X. Pei, R. Shi, Q. Jing, C. Yang, "Dynamic Sub-Model Aggregation and Clustering
 for Intelligence Data via Hierarchical Federated Learning with Pre-Training"
-(``shared/papers/000_c9e0d5e7274c04a0.txt``). Implemented here:
+(paper 000, docs/papers.md). Implemented here:
 
 * eq. (1) / (7): a fixed, structured decomposition of the flat parameter vector into K sub-models
   (``SubModelPartition.split`` / ``recombine``) and the rotation that hands them to clients

@@ -1,4 +1,4 @@
-"""Genetic clustered FL: the notebook "Final Project Simulation" (``shared/papers/001``).
+"""Genetic clustered FL: the notebook "Final Project Simulation" (paper 001, docs/papers.md).
 
 Every client carries its own local learning rate and batch size. The clients are grouped once by
 DBSCAN (eps 0.15, min_samples 2) on their normalised hyperparameters, and every round each group

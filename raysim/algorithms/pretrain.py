@@ -1,6 +1,6 @@
 """Pre-training on the server's public split: one helper for DSAC (eq. 9) and the baselines.
 
-DSAC (``shared/papers/000_c9e0d5e7274c04a0.txt``, eq. 9 and Algorithm 1 line 1) starts federated
+DSAC (paper 000 in docs/papers.md, eq. 9 and Algorithm 1 line 1) starts federated
 training from a base model M_base "pre-trained on a publicly available dataset ... that contains no
 overlapping samples". In raysim that dataset is the public split (``data.public_fraction`` > 0): a
 slice of the training set that no client holds. So that a comparison with FedAvg, FedProx or SCAFFOLD

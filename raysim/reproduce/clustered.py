@@ -1,4 +1,4 @@
-"""`raysim reproduce clustered`: the clustered-FL experiments of AS-CFL (``shared/papers/002``), scaled.
+"""`raysim reproduce clustered`: the clustered-FL experiments of AS-CFL (paper 002, docs/papers.md), scaled.
 
     raysim reproduce clustered --seeds 3 --jobs 2 --out results/clustered   # full scale (Fashion-MNIST)
     raysim reproduce clustered --only 1 --seeds 3                           # a subset

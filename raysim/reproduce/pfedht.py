@@ -1,4 +1,4 @@
-"""`raysim reproduce pfedht`: the personalised-FL experiments of pFedHT (``shared/papers/003``), scaled.
+"""`raysim reproduce pfedht`: the personalised-FL experiments of pFedHT (paper 003, docs/papers.md), scaled.
 
     raysim reproduce pfedht --seeds 3 --jobs 2 --out results/pfedht   # full scale (Fashion-MNIST)
     raysim reproduce pfedht --only 1,4 --seeds 3                       # a subset

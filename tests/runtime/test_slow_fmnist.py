@@ -8,11 +8,11 @@ from tests.helpers import experiment
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-# README's FedAvg row (configs/fedavg_fmnist.yaml, seed 0): test accuracy at rounds 10, 15 and 50.
+# docs/results.md's FedAvg row (configs/fedavg_fmnist.yaml, seed 0): test accuracy at rounds 10, 15, 50.
 # Measured by this test on a 2-core AVX-512 Xeon: 0.8149, 0.8244, 0.8727 (3 min 27 s).
 README_FEDAVG = {10: 0.815, 15: 0.825, 50: 0.873}
 # The run is seeded and, on one CPU, bit-identical from run to run (Ray equals serial for any
-# packing), so on the machine that measured them the numbers come back exactly; README rounds them
+# packing), so on the machine that measured them the numbers come back exactly; the docs round them
 # to 3 decimals (+-0.0005). On another CPU model other kernels round differently (losses ~1e-7
 # relative), which moved the quick start's accuracy by 4e-4 (0.8315 -> 0.8311, issue 19): 0.005 is
 # ten times that, and a tenth of what the old bound (>= 0.82) let a regression take away.

@@ -622,7 +622,7 @@ def switch_algorithm(
 
 def dotted_keys(overrides: Mapping[str, Any]) -> list[list[str]]:
     """The keys a dict of overrides sets, as ``switch_algorithm`` takes them: ``{"algorithm.name":
-    "ifca"}`` and ``{"algorithm": {"name": "ifca"}}`` both set ``["algorithm", "name"]``."""
+    "X"}`` and ``{"algorithm": {"name": "X"}}`` both set ``["algorithm", "name"]``."""
     keys: list[list[str]] = []
     for key, value in overrides.items():
         parts = [p for p in str(key).split(".") if p]

@@ -229,7 +229,8 @@ class Pinned:
     @staticmethod
     def options(**kw):
         where.append("server_a" if not where else "server_b")
-        return ServerActor.options(resources={where[-1]: 1}, **kw)
+        # start_server passes its own placement (none here: no node advertises raysim_head)
+        return ServerActor.options(**{**kw, "resources": {**kw.get("resources", {}), where[-1]: 1}})
 
 
 actors.server.ServerActor = Pinned  # start_server reads it at each start

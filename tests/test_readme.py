@@ -277,6 +277,7 @@ def tiny(argv: list[str]) -> list[str] | None:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~6 min here; CI's fast tier parses every command, `make test-slow` runs them
 @pytest.mark.ray
 @pytest.mark.timeout(1800)  # a loaded 2-core machine runs it many times slower than a quiet one
 def test_readmes_commands_run_at_tiny_sizes(ray_cluster, tmp_path, monkeypatch):

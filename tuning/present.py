@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
 from raysim.config import ConfigError
+from raysim.runtime.rundir import config_differences
 from tuning.outputs import Echo, SweepOutcome
 from tuning.spec import LoadedSpec, resolved_spec_yaml
 
@@ -45,21 +46,16 @@ def sweep_state(directory: Path) -> State:
     return "interrupted" if tune_state_saved(directory) else "unstarted"
 
 
-def _differences(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    keys = sorted(set(saved) | set(given))
-    return [k for k in keys if saved.get(k) != given.get(k)]
-
-
 def check_same_sweep(loaded: LoadedSpec, directory: Path) -> None:
     """Refuse a spec that is not the sweep saved in ``directory`` (naming the keys that differ)."""
     from tuning.sweep import SPEC_FILE
 
     saved = yaml.safe_load((directory / SPEC_FILE).read_text())
     given = yaml.safe_load(resolved_spec_yaml(loaded))
-    diff = _differences(saved or {}, given)
+    diff = config_differences(saved or {}, given, ignore=frozenset())
     if diff:
         raise ConfigError(
-            f"{directory} holds another sweep than this spec (they differ in {', '.join(diff)}): "
+            f"{directory} holds another sweep than this spec (they differ in {'; '.join(diff)}): "
             "--resume-if-present continues only the same sweep; give it another name: or "
             f"storage_path:, or continue the saved one with `raysim tune --resume {directory}`"
         )

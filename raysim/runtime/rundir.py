@@ -109,7 +109,7 @@ RunState = Literal["new", "restart", "resume", "finished"]
 
 
 def _leaves(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and (value or not prefix):  # an empty mapping is a value of its own
         for k, v in value.items():
             _leaves(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
@@ -117,13 +117,16 @@ def _leaves(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_differences(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    """``key: A there, B here`` for every config value (dotted keys of the two ``to_dict()``s) that
-    differs between a run directory's config (``saved``) and ``given``, except ``HARMLESS_KEYS``."""
+def config_differences(
+    saved: Mapping[str, Any], given: Mapping[str, Any], ignore: frozenset[str] = HARMLESS_KEYS
+) -> list[str]:
+    """``key: A there, B here`` for every value (dotted keys of two nested dicts: a run directory's
+    config and ``given``'s ``to_dict()``, or a sweep's saved and given spec) that differs, except the
+    keys in ``ignore`` (for a run: ``HARMLESS_KEYS``)."""
     a, b = _leaves("", saved, {}), _leaves("", given, {})
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in HARMLESS_KEYS or a.get(key, _MISSING) == b.get(key, _MISSING):
+        if key in ignore or a.get(key, _MISSING) == b.get(key, _MISSING):
             continue
         there, here = (repr(d[key]) if key in d else "(absent)" for d in (a, b))
         out.append(f"{key}: {there} there, {here} here")

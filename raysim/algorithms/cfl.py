@@ -48,6 +48,7 @@ from raysim.algorithms.aggregate import weighted_mean
 from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -280,8 +281,8 @@ class CFL(Algorithm):
         out[ASSIGN] = state.assign
         return out
 
-    def client_annotations(self, state: CFLState) -> Mapping[int, Mapping[str, float]]:
-        return {c: {"cluster": float(k)} for c, k in enumerate(state.assign)}
+    def client_annotations(self, state: CFLState) -> ClientColumns:
+        return ClientColumns.of({"cluster": np.asarray(state.assign).astype(np.float64)})
 
     # -- client ----------------------------------------------------------------------------
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:

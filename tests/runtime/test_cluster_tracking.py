@@ -40,13 +40,15 @@ def test_cluster_rows_from_annotations():
     }
     membership = cluster_membership(notes)
     assert membership == {0: -1, 2: 4, 3: 2} and list(membership) == [0, 2, 3]
-    rows = cluster_rows(5, membership, notes, np.array([1, 0, -1, 0]))
-    assert rows == [
+    block = cluster_rows(5, membership, notes, np.array([1, 0, -1, 0]))
+    assert block.rows() == [
         {"round": 5, "client_id": 0, "cluster": -1, "model_key": "", "true_group": 1},
         {"round": 5, "client_id": 2, "cluster": 4, "model_key": "group/4", "true_group": -1},
         {"round": 5, "client_id": 3, "cluster": 2, "model_key": "cluster/2", "true_group": 0},
     ]
-    assert "true_group" not in cluster_rows(5, membership, notes, None)[0]
+    # column-wise: arrays, not a dict per client
+    assert block.cluster.dtype == np.int64 and block.model_key.dtype == object and len(block) == 3
+    assert "true_group" not in cluster_rows(5, membership, notes, None).rows()[0]
 
 
 @pytest.fixture(scope="module")

@@ -94,10 +94,18 @@ class Membership(Mapping[int, int]):
         return out
 
 
+def _dense(x: np.ndarray) -> np.ndarray:
+    """Non-negative int codes with the same equalities as ``x``: itself when its values are small
+    non-negative ints (cluster ids: no sort), else their rank among the distinct values."""
+    if len(x) and x.dtype.kind in "iu" and int(x.min()) >= 0 and int(x.max()) < 1 << 20:
+        return x.astype(np.int64)
+    return np.unique(x, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
 def _counts(codes: np.ndarray) -> np.ndarray:
     """For each element, how many elements equal it."""
-    _, inv, n = np.unique(codes, return_inverse=True, return_counts=True)
-    return n[inv.reshape(-1)]
+    d = _dense(codes)
+    return np.bincount(d)[d]
 
 
 def cluster_stability(prev: Mapping[int, int], cur: Mapping[int, int]) -> float:
@@ -119,15 +127,14 @@ def cluster_stability(prev: Mapping[int, int], cur: Mapping[int, int]) -> float:
     pair of clients (O(|S|^2) memory, 10 GB at 10^5 clients).
     """
     p, c = Membership.of(prev), Membership.of(cur)
-    a = p.lookup(c.client_id)
+    same_clients = len(p.client_id) == len(c.client_id) and np.array_equal(p.client_id, c.client_id)
+    a = p.cluster if same_clients else p.lookup(c.client_id)  # every client both rounds (IFCA, CFL)
     keep = (c.cluster >= 0) & (a >= 0)
     if not keep.any():
         return float("nan")
-    a, b = a[keep], c.cluster[keep]
-    _, ia = np.unique(a, return_inverse=True)
-    _, ib = np.unique(b, return_inverse=True)
-    inter = _counts(ia.reshape(-1).astype(np.int64) * (int(ib.max()) + 1) + ib.reshape(-1))
-    union = _counts(a) + _counts(b) - inter  # >= 1: i is in both of its own sets
+    ia, ib = _dense(a[keep]), _dense(c.cluster[keep])
+    inter = _counts(ia * (int(ib.max()) + 1) + ib)
+    union = _counts(ia) + _counts(ib) - inter  # >= 1: i is in both of its own sets
     return float((inter / union).mean())
 
 
@@ -147,7 +154,7 @@ def cluster_tracking(
     members = Membership.of(cur)
     found = members.cluster >= 0
     out = {
-        "num_clusters": float(len(np.unique(members.cluster[found]))),
+        "num_clusters": float(np.count_nonzero(np.bincount(_dense(members.cluster[found])))),
         "cluster_stability": float("nan") if prev is None else cluster_stability(prev, members),
     }
     if truth is not None:

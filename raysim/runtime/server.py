@@ -135,17 +135,26 @@ def cluster_membership(notes: Mapping[int, Mapping[str, Any]]) -> Membership:
 @dataclass(frozen=True, eq=False)
 class ClusterRows:
     """clusters.parquet's rows of one round, column-wise (like ``PersonalEval``): one entry per
-    client annotated with a cluster, sorted by client id. ``model_key`` is an object array whose
-    entries share a few str objects (8 bytes a row); ``true_group`` is None without a truth."""
+    client annotated with a cluster, sorted by client id. ``model_key`` travels as codes into a
+    few distinct names (``model_keys``), so the round's report crosses to the driver as three or
+    four int arrays; ``true_group`` is None without a truth."""
 
     round: int
     client_id: np.ndarray  # int64
     cluster: np.ndarray  # int64, -1: unassigned
-    model_key: np.ndarray  # object (str)
+    model_key_code: np.ndarray  # int64 index into model_keys
+    model_keys: tuple[str, ...]
     true_group: np.ndarray | None = None  # int64, -1: none
 
     def __len__(self) -> int:
         return len(self.client_id)
+
+    @property
+    def model_key(self) -> np.ndarray:
+        """Each row's model key (an object array whose entries share the few str objects)."""
+        names = np.empty(len(self.model_keys), dtype=object)
+        names[:] = list(self.model_keys)
+        return names[self.model_key_code]
 
     def columns(self) -> dict[str, np.ndarray]:
         """The file's columns, in its order."""
@@ -165,12 +174,13 @@ class ClusterRows:
         return [{k: v[i] for k, v in cols.items()} for i in range(len(self))]
 
 
-def _names(keys: np.ndarray, name: Any) -> np.ndarray:
-    """``name(key)`` of each of ``keys``, one call per distinct key (an object array)."""
+def _codes(keys: np.ndarray, name: Any) -> tuple[np.ndarray, list[str]]:
+    """(index of each of ``keys`` into the names, ``name(key)`` of each distinct key): one call a
+    distinct key. Small non-negative ints (cluster ids + 1) are their own codes: no sort."""
+    if keys.dtype.kind in "iu" and len(keys) and 0 <= int(keys.min()) and int(keys.max()) < 1 << 16:
+        return keys.astype(np.int64), [name(k) for k in range(int(keys.max()) + 1)]
     uniq, inv = np.unique(keys, return_inverse=True)
-    table = np.empty(len(uniq), dtype=object)
-    table[:] = [name(u) for u in uniq.tolist()]
-    return table[inv.reshape(-1)]
+    return inv.reshape(-1).astype(np.int64), [name(u) for u in uniq.tolist()]
 
 
 def cluster_rows(
@@ -186,7 +196,7 @@ def cluster_rows(
     members = Membership.of(membership)
     cols = ClientColumns.from_mapping(notes)
     ids, ks = members.client_id, members.cluster
-    model_key = _names(ks, lambda k: cluster_key(k) if k >= 0 else "")
+    code, names = _codes(np.maximum(ks, -1) + 1, lambda k: cluster_key(k - 1) if k > 0 else "")
     if CLUSTER_MODEL_KEY in cols.columns and len(ids):
         pos, hit = cols.positions(ids)
         given = cols.columns[CLUSTER_MODEL_KEY][pos]
@@ -194,13 +204,22 @@ def cluster_rows(
         if given.dtype == object:
             ok &= np.fromiter((g is not None for g in given), bool, len(given))
         if ok.any():
-            model_key[ok] = _names(given[ok].astype(str), str)
+            sub, more = _codes(given[ok].astype(str), str)
+            code[ok] = sub + len(names)
+            names += more
     true_group = None
     if truth is not None:
         true_group = np.full(len(ids), -1, dtype=np.int64)
         inside = (ids >= 0) & (ids < len(truth))
         true_group[inside] = np.asarray(truth, dtype=np.int64)[ids[inside]]
-    return ClusterRows(round=t, client_id=ids, cluster=ks, model_key=model_key, true_group=true_group)
+    return ClusterRows(
+        round=t,
+        client_id=ids,
+        cluster=ks,
+        model_key_code=code,
+        model_keys=tuple(names),
+        true_group=true_group,
+    )
 
 
 class ServerSplits:

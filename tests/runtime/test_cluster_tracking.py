@@ -300,3 +300,20 @@ def test_a_global_run_says_which_plots_it_skipped_and_why(tmp_path):
     for drawn in ("test_accuracy.png", "train_loss.png"):
         assert (d / "plots" / drawn).is_file() and drawn not in notes
     assert "| fedavg | global | acc " in md and "**test_accuracy** (fedavg): the one global model" in md
+
+
+@pytest.mark.parametrize("name", ["ifca", "cfl", "ascfl", "dsac", "genetic-cfl"])
+def test_the_clustered_algorithms_annotate_column_wise(tmp_path, name):
+    """No dict per client: every in-tree algorithm that annotates clients returns arrays, and its
+    round's cluster rows reach the driver as arrays (issue 21: 10^5 clients a round)."""
+    exp = experiment(ifca_config(tmp_path, algorithm__name=name, rounds__personal_eval=False))
+    try:
+        report = exp.step()
+        server = exp.backend.server
+        notes = server.algorithm.client_annotations(server.state)
+    finally:
+        exp.close()
+    assert isinstance(notes, ClientColumns) and list(notes.client_id) == list(range(6))
+    assert all(isinstance(col, np.ndarray) for col in notes.columns.values())
+    assert isinstance(report.clusters, ClusterRows) and report.clusters.cluster.dtype == np.int64
+    assert list(report.clusters.client_id) == list(range(6))

@@ -306,8 +306,13 @@ def test_a_global_run_says_which_plots_it_skipped_and_why(tmp_path):
 def test_the_clustered_algorithms_annotate_column_wise(tmp_path, name):
     """No dict per client: every in-tree algorithm that annotates clients returns arrays, and its
     round's cluster rows reach the driver as arrays (issue 21: 10^5 clients a round)."""
-    exp = experiment(ifca_config(tmp_path, algorithm__name=name, rounds__personal_eval=False))
+    # the server-side steps that need a public split: on for AS-CFL, off for DSAC
+    extra = {"ascfl": {"data__public_fraction": 0.05}, "dsac": {"algorithm__pretraining": False}}.get(
+        name, {}
+    )
+    exp = experiment(ifca_config(tmp_path, algorithm__name=name, rounds__personal_eval=False, **extra))
     try:
+        exp.prepare()
         report = exp.step()
         server = exp.backend.server
         notes = server.algorithm.client_annotations(server.state)

@@ -13,7 +13,11 @@ Measures, in one run on this machine:
     thread) over exactly the same cohorts, training the clients one after the other.
     Target: raysim round <= 1.25 x (reference / number of cores).
 
-    python benchmarks/fedavg_w1.py [--rounds 8]
+    python benchmarks/fedavg_w1.py [--rounds 8] [--profile DIR]
+
+``--profile DIR``: every host profiles its training calls (``raysim.runtime.host.PROFILE_ENV``):
+the client actors' profiles go to DIR/actors, the plain processes' to DIR/plain and DIR/tuned; each
+file is one process's sum over the rounds (``python -m pstats FILE``; the first round included).
 
 The two are interleaved round by round (raysim round t, then the loop's round t), because this
 machine's speed drifts by +-20% over minutes; the ratio is the median of the per-round ratios.
@@ -211,7 +215,16 @@ def main() -> int:
     ap.add_argument(
         "--rounds", type=int, default=8, help="rounds of each (the first is warm-up, not counted)"
     )
+    ap.add_argument("--profile", metavar="DIR", default=None, help="profile every host's rounds into DIR")
     args = ap.parse_args()
+    prof: dict[str, dict[str, str]] = {"actors": {}, "plain": {}, "tuned": {}}
+    if args.profile:
+        from raysim.runtime.host import PROFILE_ENV
+
+        for k in prof:
+            os.makedirs(os.path.join(args.profile, k), exist_ok=True)
+            prof[k] = {PROFILE_ENV: os.path.join(args.profile, k)}
+        os.environ.update(prof["actors"])  # the local Ray started by exp.prepare() passes it on
     cores = os.cpu_count() or 1
     load0 = tuple(round(x, 2) for x in os.getloadavg())
     ref = ReferenceLoop()
@@ -229,8 +242,8 @@ def main() -> int:
             exp.prepare()
             from actors.backend import ACTOR_ENV
 
-            plain = PlainProcesses(exp.num_hosts)
-            tuned = PlainProcesses(exp.num_hosts, env=ACTOR_ENV)
+            plain = PlainProcesses(exp.num_hosts, env=prof["plain"])
+            tuned = PlainProcesses(exp.num_hosts, env={**ACTOR_ENV, **prof["tuned"]})
             ours, theirs, busy, inproc, procs, tprocs, faults = [], [], [], [], [], [], []
             # interleaved, round by round: every side sees the same machine at the same time
             for t in range(1, args.rounds + 1):

@@ -89,7 +89,9 @@ def system_checks(rows: Sequence[Mapping[str, Any]], actors: int, share: float) 
     that share (``actors.client.gpu_memory_cap``), and a finite peak of GPU memory above zero."""
     last: dict[int, Mapping[str, Any]] = {}
     for r in rows:
-        if int(r["actor"]) >= 0 and (int(r["actor"]) not in last or r["round"] >= last[int(r["actor"])]["round"]):
+        if int(r["actor"]) >= 0 and (
+            int(r["actor"]) not in last or r["round"] >= last[int(r["actor"])]["round"]
+        ):
             last[int(r["actor"])] = r
     checks = [Check("client actors in system.parquet", str(actors), str(len(last)), len(last) == actors)]
     for a, r in sorted(last.items()):
@@ -298,18 +300,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     actor = exp.backend.clients[0]
                     for times_cap, want in ((0.5, "ok"), (1.1, "OOM")):
                         seen = ray.get(actor.__ray_call__.remote(_try_alloc, times_cap))
-                        checks.append(Check(f"actor 0 allocates {times_cap} x its cap", want, seen, seen == want))
+                        checks.append(
+                            Check(f"actor 0 allocates {times_cap} x its cap", want, seen, seen == want)
+                        )
                 else:
                     dev, peak = ray.get(exp.backend.server.__ray_call__.remote(_server_device))
                     checks.append(Check("server trainer device", "cuda:*", dev, dev.startswith("cuda")))
                     checks.append(
-                        Check("server peak GPU MB", "finite, > 0", _fmt(peak), math.isfinite(peak) and peak > 0)
+                        Check(
+                            "server peak GPU MB", "finite, > 0", _fmt(peak), math.isfinite(peak) and peak > 0
+                        )
                     )
             except Exception as exc:  # the check goes on to say what else it saw; the traceback is printed
                 import traceback
 
                 traceback.print_exc()
-                checks.append(Check(f"run {name!r}", "completes", f"{type(exc).__name__}: {exc}"[:120], False))
+                checks.append(
+                    Check(f"run {name!r}", "completes", f"{type(exc).__name__}: {exc}"[:120], False)
+                )
             finally:
                 if exp is not None:
                     exp.close()
@@ -320,7 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(checks))
     print()
     for name, ts in times.items():
-        print(f"W1 s/round, clients on {name}: median {statistics.median(ts):.3f}  {[round(t, 3) for t in ts]}")
+        print(
+            f"W1 s/round, clients on {name}: median {statistics.median(ts):.3f}  {[round(t, 3) for t in ts]}"
+        )
     if "gpu" in times and "cpu" in times:
         ratio = statistics.median(times["gpu"]) / statistics.median(times["cpu"])
         print(f"W1 round gpu / cpu: {ratio:.2f} (4 actors x 0.25 GPU against one actor per CPU core)")

@@ -80,7 +80,7 @@ class ReferenceLoop:
             self.host = w1_host(0, load_dataset("fashion-mnist"), home=list(self.fed.clients))
         threads = torch.get_num_threads()
         params = self.params.numpy().astype(np.float32)
-        seconds = self.host.run(t, w1_tasks(t), {"global": params}).seconds
+        seconds = trained(self.host.run(t, w1_tasks(t), {"global": params}), "in-process trainer").seconds
         torch.set_num_threads(threads)
         return seconds
 
@@ -138,11 +138,21 @@ def w1_host(host_id: int, ds: Any, home: Sequence[Any] = (), visitors: Sequence[
 
 def w1_tasks(t: int) -> list[Any]:
     """Round t's tasks: raysim's cohort of round t (its FedAvg server's draw) with W1's settings."""
-    from raysim.algorithms.base import ClientTask
+    from raysim.algorithms.base import ClientTask, LocalHParams
 
     cohort = sample_cohort(range(1000), 100, round_rng(0, t, SALT_CONFIGURE))
-    hp = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+    hp = LocalHParams.of(**W1["local"])  # a task's hyperparameters are the typed record, not a dict
     return [ClientTask(client_id=c, model_key="global", hparams=hp) for c in cohort]
+
+
+def trained(reply: Any, where: str) -> Any:
+    """``reply`` (a HostReply) when every client it was given trained; else an error naming the first
+    failure. A host turns a failing client into a counted dropout, so without this check a broken
+    task (a dict for hparams did, once) makes the plain processes look fast while training nothing."""
+    if reply.dropouts:
+        cid, why = reply.dropouts[0]
+        raise RuntimeError(f"{where}: {len(reply.dropouts)} clients dropped out, e.g. client {cid}: {why}")
+    return reply
 
 
 def _plain_worker(conn: Any, host_id: int) -> None:
@@ -155,7 +165,11 @@ def _plain_worker(conn: Any, host_id: int) -> None:
     conn.send("ready")
     while (msg := conn.recv()) is not None:
         t, tasks, params = msg
-        conn.send(host.run(t, tasks, {"global": params}).seconds)
+        try:
+            conn.send(trained(host.run(t, tasks, {"global": params}), f"plain process {host_id}").seconds)
+        except Exception as exc:  # to the parent, which raises it (it would wait forever otherwise)
+            conn.send(exc)
+            raise
 
 
 class PlainProcesses:
@@ -196,7 +210,8 @@ class PlainProcesses:
         for h, ts in groups.items():
             self.pipes[h].send((t, ts, params))
         for h in groups:
-            self.pipes[h].recv()
+            if isinstance(answer := self.pipes[h].recv(), BaseException):
+                raise answer
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -250,6 +265,8 @@ def main() -> int:
                 params = exp.backend.eval_broadcast()["global"]  # raysim's global model before round t
                 f0 = _faults(exp)
                 m = exp.run_round(t).metrics
+                if m.get("dropouts", 0):
+                    raise RuntimeError(f"raysim's round {t}: {m['dropouts']:g} clients dropped out")
                 f1 = _faults(exp)
                 p = plain.round(t, params)
                 q = tuned.round(t, params)

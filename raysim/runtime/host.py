@@ -11,6 +11,7 @@ updates into counted dropouts, and pre-sums results when the algorithm is linear
 
 from __future__ import annotations
 
+import cProfile
 import os
 import resource
 import time
@@ -40,6 +41,12 @@ from raysim.runtime.pool import ClientError, HostReply
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer, pick_device
 
 SALT_NOISY_LABELS = 7  # RNG purpose of a noisy client's random labels
+
+# Set to a folder, every host (client actor, serial backend, a benchmark's plain process) profiles
+# its training calls (``ClientHost.run``) with cProfile and keeps the sum of them there, rewritten
+# after each call, as ``host-<id>-<pid>.prof`` (read with ``python -m pstats``). Off when unset: the
+# round loop then pays nothing for it. A Ray actor inherits it from the driver that starts Ray.
+PROFILE_ENV = "RAYSIM_PROFILE_DIR"
 
 
 def client_seed(seed: int, round_idx: int, client_id: int, purpose: int = 0) -> int:
@@ -223,6 +230,8 @@ class ClientHost:
         self.staged_singles: dict[int, LinearSum] = {}
         self._proc = psutil.Process(os.getpid())
         self._peak_rss = self._proc.memory_info().rss
+        self._profile_dir = os.environ.get(PROFILE_ENV) or None
+        self._profiler: cProfile.Profile | None = cProfile.Profile() if self._profile_dir else None
 
     def _hosted(self, s: Any, state: dict[str, Any] | None = None) -> HostedClient:
         ytr, yva, yte = make_client_labels(
@@ -270,6 +279,25 @@ class ClientHost:
         update is a dropout with its reason (the server decides whether a cohort-wide failure is a
         bug). Each accepted client's new state is staged until ``commit``; ``cancelled`` (the round
         deadline passed) stops the loop between clients."""
+        if self._profiler is None:
+            return self._run(round_idx, tasks, broadcast, cancelled)
+        self._profiler.enable()
+        try:
+            return self._run(round_idx, tasks, broadcast, cancelled)
+        finally:
+            self._profiler.disable()
+            assert self._profile_dir is not None
+            self._profiler.dump_stats(
+                os.path.join(self._profile_dir, f"host-{self.host_id}-{os.getpid()}.prof")
+            )
+
+    def _run(
+        self,
+        round_idx: int,
+        tasks: Sequence[ClientTask],
+        broadcast: Mapping[str, np.ndarray],
+        cancelled: Callable[[], bool] | None,
+    ) -> HostReply:
         t0 = time.perf_counter()
         self.staged = {}
         self.staged_singles = {}

@@ -7,7 +7,8 @@
 Experiments (the paper's tables and figures they stand in for):
 
 1. ``1_methods`` (Table 1/2): every method on four federations: pathological (2 classes per client)
-   and Dirichlet(0.2) label skew, 50 and 100 clients.
+   and Dirichlet(0.2) label skew (``--alpha`` sets it, e.g. 0.5 for more classes per client), 50 and
+   100 clients.
 2. ``2_alpha`` (Table 3): pFedHT, FedAvg* and Local over Dirichlet alpha in {0.1, 0.3, 0.5, 0.7, 0.9}.
 3. ``3_hypernetwork`` (Table 4 / Figure 10): pFedHT with and without its hypernetwork (without: each
    client keeps its own Q/K/V projections, ``fedper`` with ``personal: qkv``, the paper's "ours*").
@@ -19,14 +20,19 @@ Fairness: every method of a setting gets the same data section (so the same shar
 cohort size and local budget (epochs, batch, lr). Model: the transformer ``vit-tiny`` for every method
 whose idea is about it or is model-agnostic (pFedHT, ours*, FedAvg*, FedProx*, FedPer, Local, FedRoD,
 pFedMe); pFedHN generates a whole ``cnn-small`` (the paper's pFedHN baseline is a hypernetwork over a
-small CNN), and FedBN needs batch-norm layers (``cnn-bn``). Reported seeds are 1..N; seed 0 was the
-one pFedHT's defaults were chosen on (``raysim/algorithms/pfedht.py``'s docstring).
+small CNN) and, as a variant row, a whole ``vit-tiny`` (model and method not confounded); FedBN needs
+batch-norm layers (``cnn-bn``). pFedHN runs at its reference optimiser settings (its defaults: SGD
+1e-2, momentum 0.9, weight decay 1e-3, clipping at 50, embedding lr = lr), not pFedHT's. Reported
+seeds are 1..N; seed 0 was the one pFedHT's defaults were chosen on (``raysim/algorithms/pfedht.py``'s
+docstring).
 
 Metrics, last round: ``personal_accuracy`` (each client's own model on its own test split,
 example-weighted), the mean of the worst 10% of clients (``personal_accuracy_worst10``), RTA (eq. 24:
 a method's personal accuracy over Local's on the same setting and seed) and MRTA (the mean RTA over
-every setting and seed of the experiment). Means carry a 95% t-interval over seeds; p-values are
-paired t-tests on the same seeds against FedAvg*. pFedHT's server cost per round (hypernetwork
+every setting and seed of the experiment). Experiments 1-2 also score every method after one common
+local fine-tuning step (``--finetune-epochs``, default 1: plain SGD at the local lr from each client's
+personalised model, computed from the last round's checkpoint; ``personal_finetune.py``). Means
+carry a 95% t-interval over seeds; p-values are paired t-tests on the same seeds against FedAvg*. pFedHT's server cost per round (hypernetwork
 generate + update seconds, its state in MB, the server's RSS) is read from ``rounds.parquet``.
 """
 

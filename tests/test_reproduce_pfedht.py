@@ -74,10 +74,12 @@ def test_pfedhn_runs_at_its_reference_defaults_on_both_models_and_alpha_sets_the
     from raysim.algorithms import build_algorithm
 
     ms = methods()
-    # no optimiser keys in the reproduction: pFedHN's own defaults (the reference settings) apply
-    assert ms[PFEDHN].algorithm == {"name": "pfedhn"} == ms[PFEDHN_VIT].algorithm
+    # pFedHN's own defaults (the reference settings), spelled out so that a run at others is not reused
+    hn = ms[PFEDHN].algorithm
+    assert hn == ms[PFEDHN_VIT].algorithm and hn["name"] == "pfedhn" and hn["hn_optimizer"] == "sgd"
+    defaults = build_algorithm("pfedhn").p
+    assert all(getattr(defaults, k) == v for k, v in hn.items() if k != "name")
     assert (ms[PFEDHN].model, ms[PFEDHN_VIT].model) == ("cnn-small", "vit-tiny")
-    assert build_algorithm("pfedhn").p.hn_optimizer == "sgd"
     sc = SCALES["full"]
     raws = [config(sc, 1, m, data_section(sc, "pathological", sc.clients)) for m in ms.values()]
     assert all(r["rounds"]["checkpoint_every"] == sc.rounds for r in raws)  # the fine-tuning reads it

@@ -125,8 +125,11 @@ class PFedHTParams(AlgoParams):
     hn_lr: Annotated[float, Field(gt=0)] = 0.01  # beta of eq. 19 (Adam: a step of ~hn_lr per entry)
     hn_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0  # SGD only
     hn_weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    # phi's gradient (the cohort's, all tensors together) is rescaled to this L2 norm when longer
+    # phi's gradient (all tensors together) is rescaled to this L2 norm when longer
     hn_clip: Annotated[float, Field(gt=0)] | None = None
+    # phi's steps a round: "cohort", one on the cohort's data-weighted gradient (eq. 17); "client",
+    # one per client of the cohort, each on its own gradient (pFedHN's server loop)
+    hn_step: Literal["cohort", "client"] = "cohort"
     embed_lr: Annotated[float, Field(gt=0)] = 1.0  # beta of eq. 20 (plain gradient step on z_i)
     # z_i's SGD step: momentum (one buffer per client, moved only when the client trains) and
     # weight decay (0, 0: eq. 20's plain step); embed_clip rescales each client's gradient to
@@ -163,6 +166,7 @@ class PFedHNParams(PFedHTParams):
     hn_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     hn_weight_decay: Annotated[float, Field(ge=0)] = 1e-3
     hn_clip: Annotated[float, Field(gt=0)] | None = 50.0
+    hn_step: Literal["cohort", "client"] = "client"
     embed_lr: Annotated[float, Field(gt=0)] = 0.01
     embed_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     embed_weight_decay: Annotated[float, Field(ge=0)] = 1e-3
@@ -398,18 +402,28 @@ class PFedHT(Algorithm):
         hn = self._module(state)
         opt = self._optimizer(hn, state.opt)
         idx = np.asarray(ids, dtype=np.int64)
-        g_phi, g_z = vjp_grads(
-            hn,
-            torch.from_numpy(state.z[idx]),
-            torch.from_numpy(np.ascontiguousarray(deltas[:, mask], dtype=np.float32)),
-            torch.from_numpy(weights.astype(np.float32)),
-            train_phi=True,
+        dw = torch.from_numpy(np.ascontiguousarray(deltas[:, mask], dtype=np.float32))
+        z = torch.from_numpy(state.z[idx])
+        # "cohort": one step on the data-weighted cohort gradient; "client": one step per client
+        # (client-id order, each unweighted at the phi the previous step left)
+        steps = (
+            [slice(0, len(idx))] if self.p.hn_step == "cohort" else [slice(j, j + 1) for j in range(len(idx))]
         )
-        for param, g in zip(hn.parameters(), g_phi, strict=True):
-            param.grad = g
-        norm = clip_norm(g_phi, self.p.hn_clip)
-        opt.step()  # eq. (19)
-        state = self.step_embeddings(state, idx, g_z.numpy())  # eq. (20)
+        w = (
+            torch.from_numpy(weights.astype(np.float32))
+            if self.p.hn_step == "cohort"
+            else torch.ones(len(idx))
+        )
+        norms, rows = [], []
+        for sl in steps:
+            g_phi, g_z = vjp_grads(hn, z[sl], dw[sl], w[sl], train_phi=True)
+            for param, g in zip(hn.parameters(), g_phi, strict=True):
+                param.grad = g
+            norms.append(clip_norm(g_phi, self.p.hn_clip))
+            opt.step()  # eq. (19)
+            rows.append(g_z.numpy())
+        state = self.step_embeddings(state, idx, np.concatenate(rows))  # eq. (20)
+        norm = float(np.mean(norms))
         return replace(
             state,
             shared=shared.astype(np.float32),
@@ -514,11 +528,14 @@ class PFedHN(PFedHT):
 
     Differences from the published algorithm, all shared with pFedHT above: one linear output
     head for the whole flat vector (the same function class as pFedHN's one head per layer,
-    stacked), its bias starting at the runtime's initial model, and one hypernetwork step per
-    round on the cohort's data-weighted VJPs instead of one step per sampled client.
+    stacked), its bias starting at the runtime's initial model, and the clients of a round all
+    training from the round's start (the reference trains one client at a time).
 
     Defaults (``PFedHNParams``): the optimiser settings of the authors' experiments, not pFedHT's
-    Adam at 0.01. Adam moves every generated weight by about hn_lr x ||h||_1 in its first steps
+    Adam at 0.01, and their server loop's one hypernetwork step per client (``hn_step: client``:
+    each client of the cohort in turn, on its own unweighted gradient; the reference generates
+    each client's model from the phi the previous step left, here every client of a round trained
+    from the round's start). Adam moves every generated weight by about hn_lr x ||h||_1 in its first steps
     whatever the layer's scale, which a whole generated CNN (weights ~ +-0.025) does not survive.
     Here phi takes SGD at 1e-2 with momentum 0.9 and weight decay 1e-3, its gradient's norm clipped
     at 50; the embeddings take the same SGD (lr 1e-2, momentum 0.9, weight decay 1e-3) with each

@@ -145,6 +145,17 @@ class Method:
     model: str = "vit-tiny"
 
 
+def pfedhn_reference() -> dict[str, Any]:
+    """pFedHN's algorithm section: its reference optimiser settings (PFedHN's defaults) spelled
+    out, so that the runs' keys change with them (a run made at other settings is not reused)."""
+    from raysim.algorithms.pfedht import PFedHNParams
+
+    ref = PFedHNParams()
+    keys = ("hn_optimizer", "hn_lr", "hn_momentum", "hn_weight_decay", "hn_clip", "hn_step")
+    keys += ("embed_lr", "embed_momentum", "embed_weight_decay", "embed_clip")
+    return {"name": "pfedhn", **{k: getattr(ref, k) for k in keys}}
+
+
 def methods() -> dict[str, Method]:
     """Table 1's methods. FedBN, FedRoD and pFedMe join when their algorithms are registered."""
     from raysim.algorithms import ALGORITHMS
@@ -153,9 +164,9 @@ def methods() -> dict[str, Method]:
         PFEDHT: Method({"name": "pfedht"}),
         # pFedHN at its own defaults, the reference settings (SGD 1e-2, momentum 0.9, weight decay
         # 1e-3, clipping at 50, embedding lr = lr; raysim/algorithms/pfedht.py, PFedHN), not pFedHT's
-        PFEDHN: Method({"name": "pfedhn"}, model="cnn-small"),
+        PFEDHN: Method(pfedhn_reference(), model="cnn-small"),
         # the same method on pFedHT's transformer: model and method not confounded
-        PFEDHN_VIT: Method({"name": "pfedhn"}, model="vit-tiny"),
+        PFEDHN_VIT: Method(pfedhn_reference(), model="vit-tiny"),
         "FedPer": Method({"name": "fedper", "personal": "head"}),
         FEDAVG: Method({"name": "fedavg"}),
         "FedProx*": Method({"name": "fedprox", "mu": 0.01}),

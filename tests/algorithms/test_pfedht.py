@@ -273,6 +273,29 @@ def test_clipping_bounds_the_step_of_phi_and_of_each_embedding():
         build_algorithm("pfedhn", {"hn_optimizer": "adam"})  # pFedHN's momentum 0.9 is SGD's
 
 
+def test_one_step_per_client_is_the_clients_taken_one_at_a_time():
+    knobs = {"embed_dim": 2, "hidden": 3, "hidden_layers": 2, "hn_optimizer": "sgd", "hn_momentum": 0.9}
+    knobs |= {"hn_clip": 0.05, "embed_momentum": 0.5}
+    per_client = build_algorithm("pfedht", {**knobs, "hn_step": "client"})
+    cohort = build_algorithm("pfedht", knobs)
+    state = per_client.init(np.arange(9, dtype=np.float32) / 9, ctx(TINY, clients=4, seed=1))
+    deltas = np.random.default_rng(0).normal(size=(2, 9)).astype(np.float32)
+    res = [
+        ClientResult(client_id=c, num_examples=10 * (c + 1), delta=d, model_key=client_key(c))
+        for c, d in zip([2, 0], deltas, strict=True)
+    ]
+    both, m = aggregate(per_client, state, 1, res)
+    one = state
+    for r in sorted(res, key=lambda r: r.client_id):  # client-id order, each alone: weight 1
+        one, _ = aggregate(cohort, one, 1, [r])
+    for a, b in zip(both.phi, one.phi, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(both.z, one.z, rtol=1e-6, atol=1e-7)
+    together, _ = aggregate(cohort, state, 1, res)
+    assert not np.allclose(together.phi[0], both.phi[0])  # a cohort step is another step
+    assert np.isfinite(m["hn_grad_norm"])
+
+
 def test_pfedhn_defaults_are_the_reference_settings_and_pfedht_keeps_its_own():
     hn, ht = build_algorithm("pfedhn").p, build_algorithm("pfedht").p
     assert (hn.hn_optimizer, hn.hn_lr, hn.hn_momentum, hn.hn_weight_decay, hn.hn_clip) == (
@@ -283,6 +306,7 @@ def test_pfedhn_defaults_are_the_reference_settings_and_pfedht_keeps_its_own():
         50.0,
     )
     assert (hn.embed_lr, hn.embed_momentum, hn.embed_weight_decay, hn.embed_clip) == (0.01, 0.9, 1e-3, 50.0)
+    assert (hn.hn_step, ht.hn_step) == ("client", "cohort")
     assert (ht.hn_optimizer, ht.hn_lr, ht.embed_lr, ht.hn_clip, ht.embed_clip) == (
         "adam",
         0.01,

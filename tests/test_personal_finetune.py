@@ -13,10 +13,8 @@ from tests.conftest import tiny_config
 from tests.helpers import run
 
 
-@pytest.mark.parametrize(
-    "algo, model",
-    [("fedavg", "mlp"), ("fedper", "mlp"), ("pfedhn", "mlp"), ("fedbn", "cnn-bn")],
-)
+# a client state (FedPer's head), a server-generated model (pFedHN), client buffers (FedBN)
+@pytest.mark.parametrize("algo, model", [("fedper", "mlp"), ("pfedhn", "mlp"), ("fedbn", "cnn-bn")])
 def test_without_fine_tuning_it_is_the_runs_own_personal_accuracy(tmp_path, algo, model):
     over = {"algorithm__name": algo, "model__name": model, "rounds__checkpoint_every": 3}
     d = run(tiny_config(tmp_path, **over)).run_dir

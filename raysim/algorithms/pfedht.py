@@ -245,7 +245,7 @@ class PFedHTState:
     opt: Mapping[str, Any]  # its optimiser's state_dict (deep copy)
     z: np.ndarray  # (N, embed_dim) float32 client embeddings
     # z_i's momentum buffers (N, embed_dim) and the initial embeddings (for ``embed_drift``);
-    # None in a checkpoint written before they existed (zeros / z are taken then)
+    # None in a state made without them (zero buffers; no drift: NaN)
     z_mom: np.ndarray | None = None
     z0: np.ndarray | None = None
     new: np.ndarray  # held-out (new) client ids, sorted

@@ -16,10 +16,10 @@ from raysim.reproduce.harness import Run, run_key
 from raysim.reproduce.pfedht import (
     FEDAVG,
     LOCAL,
-    PFEDHT,
-    SCALES,
     PFEDHN,
     PFEDHN_VIT,
+    PFEDHT,
+    SCALES,
     config,
     data_section,
     methods,

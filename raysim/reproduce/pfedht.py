@@ -151,8 +151,8 @@ def pfedhn_reference() -> dict[str, Any]:
     from raysim.algorithms.pfedht import PFedHNParams
 
     ref = PFedHNParams()
-    keys = ("hn_optimizer", "hn_lr", "hn_momentum", "hn_weight_decay", "hn_clip", "hn_step")
-    keys += ("embed_lr", "embed_momentum", "embed_weight_decay", "embed_clip")
+    keys: tuple[str, ...] = ("hn_optimizer", "hn_lr", "hn_momentum", "hn_weight_decay", "hn_clip")
+    keys += ("hn_step", "embed_lr", "embed_momentum", "embed_weight_decay", "embed_clip")
     return {"name": "pfedhn", **{k: getattr(ref, k) for k in keys}}
 
 

@@ -232,6 +232,8 @@ ALGORITHM_COLUMNS: dict[str, tuple[Column, ...]] = {
         ("hn_update_s", "seconds updating the hypernetwork"),
         ("hn_generate_s", "seconds generating client models"),
         ("hn_generated", "client models generated this round"),
+        ("hn_grad_norm", "L2 norm of the hypernetwork's gradient this round, before clipping"),
+        ("embed_drift", "mean over clients of ||z_i - z_i(0)|| / ||z_i(0)||: how far the embeddings moved"),
         ("hn_params", "hypernetwork parameters"),
         ("hn_state_mb", "the server state's size in MB"),
         ("server_rss_mb", "the server process's resident memory in MB"),

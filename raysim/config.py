@@ -288,6 +288,19 @@ def personal_eval_count(setting: bool | str | int | float, num_clients: int) -> 
     raise ValueError(f"rounds.personal_eval: {setting!r} is not all, auto, false, a count or a fraction")
 
 
+def describe_personal_eval(setting: bool | str | int | float, num_clients: int) -> str:
+    """One line: what ``rounds.personal_eval`` does for a federation of ``num_clients`` (``raysim validate``)."""
+    k = personal_eval_count(setting, num_clients)
+    if k == 0:
+        return f"rounds.personal_eval: {setting}: no personalised evaluation"
+    if k >= num_clients:
+        return f"rounds.personal_eval: {setting}: every one of the {num_clients:,} clients each evaluated round (exact)"
+    return (
+        f"rounds.personal_eval: {setting}: a seeded sample of {k:,} of the {num_clients:,} clients each "
+        "evaluated round, with 95% intervals in rounds.parquet"
+    )
+
+
 class ResourcesConfig(_Section):
     backend: Literal["ray", "serial"] = "ray"
     address: str | None = None  # Ray cluster address; None starts a local Ray in-process

@@ -191,14 +191,14 @@ class IFCA(Algorithm):
         examples), the lowest mean loss wins. The losses are the batched pass's, so a client whose
         two best models tie to the last bits may pick differently from ``select`` alone."""
         keys = [k for k in self.keys() if k in broadcast]
-        split = self.p.select_on
-        losses = np.stack([clients.evaluate(broadcast[k], split).loss for k in keys])
-        if split == "val" and len(keys):
-            empty = clients.evaluate(broadcast[keys[0]], "val").n == 0
-            if empty.any():
-                on_train = np.stack([clients.evaluate(broadcast[k], "train").loss for k in keys])
-                losses[:, empty] = on_train[:, empty]
         if not keys:
             return PersonalKeys.per_client(len(clients.client_ids))
+        split = self.p.select_on
+        evals = [clients.evaluate(broadcast[k], split) for k in keys]
+        losses = np.stack([e.loss for e in evals])
+        empty = evals[0].n == 0
+        if split == "val" and empty.any():
+            on_train = np.stack([clients.evaluate(broadcast[k], "train").loss for k in keys])
+            losses[:, empty] = on_train[:, empty]
         pick = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=0)  # ties: lowest, as pick_cluster
         return PersonalKeys(keys=tuple(keys), which=pick.astype(np.int64))

@@ -152,7 +152,8 @@ def validate(config: Path, set_: SetOpt = None) -> None:
         fail(str(err))
         return
     typer.echo(dump_config(cfg), nl=False)
-    typer.echo(describe_personal_eval(cfg.rounds.personal_eval, cfg.data.num_clients), err=True)
+    # a YAML comment: stdout stays the config
+    typer.echo(f"# {describe_personal_eval(cfg.rounds.personal_eval, cfg.data.num_clients)}")
 
 
 @app.command()

@@ -292,11 +292,11 @@ def describe_personal_eval(setting: bool | str | int | float, num_clients: int) 
     """One line: what ``rounds.personal_eval`` does for a federation of ``num_clients`` (``raysim validate``)."""
     k = personal_eval_count(setting, num_clients)
     if k == 0:
-        return f"rounds.personal_eval: {setting}: no personalised evaluation"
+        return f"rounds.personal_eval {setting}: no personalised evaluation"
     if k >= num_clients:
-        return f"rounds.personal_eval: {setting}: every one of the {num_clients:,} clients each evaluated round (exact)"
+        return f"rounds.personal_eval {setting}: every one of the {num_clients:,} clients each evaluated round (exact)"
     return (
-        f"rounds.personal_eval: {setting}: a seeded sample of {k:,} of the {num_clients:,} clients each "
+        f"rounds.personal_eval {setting}: a seeded sample of {k:,} of the {num_clients:,} clients each "
         "evaluated round, with 95% intervals in rounds.parquet"
     )
 

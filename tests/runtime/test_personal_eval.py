@@ -157,3 +157,19 @@ def test_the_default_is_auto_and_configs_with_true_still_load(tmp_path):
 def test_a_bad_personal_eval_names_the_key(tmp_path, bad):
     with pytest.raises(ConfigError, match="personal_eval"):
         tiny_config(tmp_path, rounds__personal_eval=bad)
+
+
+def test_validate_says_what_the_default_does_at_a_million_clients(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from raysim._testing_runs import tiny_raw
+    from raysim.cli import app
+
+    raw = tiny_raw(tmp_path)
+    raw["data"]["num_clients"] = 1_000_000
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["validate", str(tmp_path / "c.yaml")])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load(r.stdout)["rounds"]["personal_eval"] == "auto"  # still the YAML: a comment
+    assert "# rounds.personal_eval auto: a seeded sample of 10,000 of the 1,000,000 clients" in r.stdout

@@ -51,6 +51,15 @@ class PersonalColumns:
     def __len__(self) -> int:
         return len(self.client_id)
 
+    def row(self, i: int) -> dict[str, float]:
+        """Client ``i``'s figures as one dict (for tests and small federations)."""
+        return {
+            "client_id": int(self.client_id[i]),
+            "n": int(self.n[i]),
+            "correct": int(self.correct[i]),
+            "loss": float(self.loss[i]),
+        }
+
     @staticmethod
     def concat(parts: Sequence[PersonalColumns]) -> PersonalColumns:
         if not parts:

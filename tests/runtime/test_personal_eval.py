@@ -173,3 +173,27 @@ def test_validate_says_what_the_default_does_at_a_million_clients(tmp_path):
     assert r.exit_code == 0, r.output
     assert yaml.safe_load(r.stdout)["rounds"]["personal_eval"] == "auto"  # still the YAML: a comment
     assert "# rounds.personal_eval auto: a seeded sample of 10,000 of the 1,000,000 clients" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["cfl", "ascfl", "local", "pfedme", "fedrod", "fedper", "fedbn"])
+def test_each_algorithms_keys_agree_with_its_personal_params(tmp_path, name):
+    """personal_model_keys must send every client to the model personal_params gives it: the
+    batched run's figures equal those of the same algorithm with every client on the per-client path."""
+    from raysim.algorithms import ALGORITHMS
+
+    cls = ALGORITHMS[name]
+    reference = type(f"PerClient{cls.__name__}", (PerClient, cls), {})
+    over: dict[str, Any] = {"data__public_fraction": 0.1, "algorithm__name": name}
+    if name == "fedbn":
+        over["model__name"] = "cnn-bn"
+    cfg = tiny_config(tmp_path, rounds__num_rounds=2, **over)
+    a = run(cfg, algorithm=cls(cls.params_model()))
+    b = run(cfg, algorithm=reference(cls.params_model()))
+    pa, pb = personal_rows(a), personal_rows(b)
+    pd.testing.assert_frame_equal(pa[COLS[:3]], pb[COLS[:3]])
+    np.testing.assert_allclose(pa["personal_loss"], pb["personal_loss"], rtol=1e-5)
+    assert (b.rounds["personal_eval_shared"] == 0).all()
+    if name == "fedbn":  # its clients' own BatchNorm statistics: never a shared pass
+        assert (a.rounds["personal_eval_shared"] == 0).all()
+    else:  # cluster models, or the global model for clients that never trained (3 of 6 after round 1)
+        assert a.rounds["personal_eval_shared"].iloc[0] > 0

@@ -84,6 +84,7 @@ from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
     ClientBatch,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -400,8 +401,8 @@ class ASCFL(Algorithm):
         out[ASSIGN] = state.assign
         return out
 
-    def client_annotations(self, state: ASCFLState) -> Mapping[int, Mapping[str, float]]:
-        return {c: {"cluster": float(k)} for c, k in enumerate(state.assign)}
+    def client_annotations(self, state: ASCFLState) -> ClientColumns:
+        return ClientColumns.of({"cluster": np.asarray(state.assign).astype(np.float64)})
 
     # -- client ----------------------------------------------------------------------------
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:

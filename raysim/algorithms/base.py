@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -472,6 +472,104 @@ class ClientContext(Protocol):
 
 
 @dataclass(frozen=True, eq=False)
+class ClientColumns(Mapping[int, Mapping[str, Any]]):
+    """Per-client annotations (``Algorithm.client_annotations``), column-wise: one array per
+    column, one entry per annotated client, sorted by client id. Every in-tree algorithm returns
+    one (a round at 10^5 clients costs arrays, not 10^5 dicts); the runtime reads the columns.
+
+    It is also a read-only ``Mapping`` client id -> {column: value} (``notes[cid]``, ``==`` a dict
+    of dicts) whose values are Python scalars (``float`` for a float64 column), so a test or a
+    plug-in that reads annotations as dicts still can. A sparse column (a value only for some of
+    the annotated clients) carries a ``present`` mask; a client's dict then lacks that key where
+    the mask is False."""
+
+    client_id: np.ndarray  # int64, sorted, distinct
+    columns: Mapping[str, np.ndarray]  # name -> array of len(client_id)
+    present: Mapping[str, np.ndarray] = field(default_factory=dict)  # sparse column -> bool mask
+
+    def __post_init__(self) -> None:
+        n = len(self.client_id)
+        for name, col in [*self.columns.items(), *self.present.items()]:
+            if len(col) != n:
+                raise ValueError(f"annotation column {name!r} has {len(col)} values for {n} clients")
+        if n > 1 and not bool((self.client_id[1:] > self.client_id[:-1]).all()):
+            raise ValueError("ClientColumns.client_id must be sorted and distinct")
+
+    @classmethod
+    def of(cls, columns: Mapping[str, Any], client_id: Any = None) -> ClientColumns:
+        """Columns of equal length; ``client_id`` None: clients 0..n-1 (a per-client state array)."""
+        cols = {k: np.asarray(v) for k, v in columns.items()}
+        if client_id is None:
+            n = len(next(iter(cols.values()))) if cols else 0
+            ids = np.arange(n, dtype=np.int64)
+        else:
+            ids = np.asarray(client_id, dtype=np.int64)
+        return cls(client_id=ids, columns=cols)
+
+    @classmethod
+    def from_mapping(cls, notes: Mapping[int, Mapping[str, Any]]) -> ClientColumns:
+        """A plug-in's dict of dicts, its values kept as they are (object columns; O(N) Python,
+        as the dicts already are). Columns in order of first appearance over sorted client ids."""
+        if isinstance(notes, ClientColumns):
+            return notes
+        ids = sorted(int(c) for c in notes)
+        rows = [notes[c] for c in ids]
+        names: dict[str, None] = {}
+        for r in rows:
+            names.update(dict.fromkeys(r))
+        columns: dict[str, np.ndarray] = {}
+        present: dict[str, np.ndarray] = {}
+        for name in names:
+            col = np.empty(len(rows), dtype=object)
+            col[:] = [r.get(name) for r in rows]
+            columns[name] = col
+            has = np.fromiter((name in r for r in rows), bool, len(rows))
+            if not has.all():
+                present[name] = has
+        return cls(client_id=np.asarray(ids, dtype=np.int64), columns=columns, present=present)
+
+    def has(self, name: str) -> np.ndarray:
+        """Which annotated clients have a value in column ``name`` (bool, per client)."""
+        if name not in self.columns:
+            return np.zeros(len(self.client_id), dtype=bool)
+        mask = self.present.get(name)
+        return np.ones(len(self.client_id), dtype=bool) if mask is None else np.asarray(mask, bool)
+
+    def positions(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Each of ``ids``' row (clipped to a valid one) and whether it is annotated at all."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.client_id):
+            return np.zeros(len(ids), dtype=np.int64), np.zeros(len(ids), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.client_id, ids), len(self.client_id) - 1)
+        return pos, self.client_id[pos] == ids
+
+    def rows_for(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The annotation dict of each of ``ids`` ({} for one not annotated): O(len(ids))."""
+        pos, hit = self.positions(ids)
+        values = {k: col[pos].tolist() for k, col in self.columns.items()}
+        masks = {k: np.asarray(m, bool)[pos].tolist() for k, m in self.present.items()}
+        out: list[dict[str, Any]] = []
+        for i, ok in enumerate(hit.tolist()):
+            if not ok:
+                out.append({})
+                continue
+            out.append({k: v[i] for k, v in values.items() if k not in masks or masks[k][i]})
+        return out
+
+    def __getitem__(self, cid: int) -> dict[str, Any]:
+        pos, hit = self.positions([cid])
+        if not hit[0]:
+            raise KeyError(cid)
+        return self.rows_for([cid])[0]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.client_id.tolist())
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+
+@dataclass(frozen=True, eq=False)
 class BatchEval:
     """Per-client figures of one model on many clients' splits (``ClientBatch.evaluate``), one
     entry per client of the batch, in its order: examples, correct predictions and the sum of the
@@ -608,7 +706,10 @@ class Algorithm(ABC):
         return False
 
     def client_annotations(self, state: Any) -> Mapping[int, Mapping[str, Any]]:
-        """Per-client columns for clients.parquet this round (e.g. cluster id, weight)."""
+        """Per-client columns for clients.parquet this round (e.g. cluster id, weight): a
+        :class:`ClientColumns` (arrays, what the runtime reads without a per-client object) or,
+        from a plug-in, any mapping client id -> {column: value}. A ``"cluster"`` column puts the
+        clients in clusters (clusters.parquet, rounds.parquet's cluster_* columns)."""
         return {}
 
     # -- client ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
     ClientBatch,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -282,8 +283,8 @@ class CFL(Algorithm):
         out[ASSIGN] = state.assign
         return out
 
-    def client_annotations(self, state: CFLState) -> Mapping[int, Mapping[str, float]]:
-        return {c: {"cluster": float(k)} for c, k in enumerate(state.assign)}
+    def client_annotations(self, state: CFLState) -> ClientColumns:
+        return ClientColumns.of({"cluster": np.asarray(state.assign).astype(np.float64)})
 
     # -- client ----------------------------------------------------------------------------
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:

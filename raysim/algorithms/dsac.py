@@ -101,6 +101,7 @@ from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
     Algorithm,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -551,16 +552,18 @@ class DSAC(Algorithm):
         """The client's eq. (10) input map for its personalised evaluation (None when off)."""
         return client.state.get("adapter") if self.p.feature_mapping else None
 
-    def client_annotations(self, state: DSACState) -> Mapping[int, Mapping[str, Any]]:
+    def client_annotations(self, state: DSACState) -> ClientColumns:
         """Per-client columns for clients.parquet: group id and the last aggregation weight. The
         group is also the runtime's ``cluster`` (clusters.parquet, ARI/NMI, stability); every
         client trains the one global model, its group only picks its personalised model M_g."""
-        return {
-            int(c): {
-                "group": float(state.assign[c]),
-                "cluster": float(state.assign[c]),
-                "cluster_model_key": GLOBAL,
-                "weight": float(state.weight_now[c]),
+        group = np.asarray(state.assign).astype(np.float64)
+        key = np.empty(len(group), dtype=object)
+        key[:] = GLOBAL  # one str object, referenced per client
+        return ClientColumns.of(
+            {
+                "group": group,
+                "cluster": group.copy(),
+                "cluster_model_key": key,
+                "weight": np.asarray(state.weight_now).astype(np.float64),
             }
-            for c in range(len(state.assign))
-        }
+        )

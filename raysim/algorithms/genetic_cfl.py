@@ -113,7 +113,7 @@ TRAINED with that round (a generation runs at the start of the next round).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -126,6 +126,7 @@ from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
     Algorithm,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -433,18 +434,18 @@ class GeneticCFL(Algorithm):
     def server_model(self, state: GeneticCFLState) -> Params:
         return state.params
 
-    def client_annotations(self, state: GeneticCFLState) -> Mapping[int, Mapping[str, float]]:
-        return {
-            c: {
-                "lr": float(state.lr[c]),
-                "batch_size": float(state.batch[c]),
-                "cluster": float(state.group[c]),
-                "val_loss": float(state.val_loss[c]),
-                "elite": float(state.role[c] == ELITE),
-                "redrawn": float(state.role[c] == REDRAWN),
+    def client_annotations(self, state: GeneticCFLState) -> ClientColumns:
+        f64 = np.float64
+        return ClientColumns.of(
+            {
+                "lr": np.asarray(state.lr).astype(f64),
+                "batch_size": np.asarray(state.batch).astype(f64),
+                "cluster": np.asarray(state.group).astype(f64),
+                "val_loss": np.asarray(state.val_loss).astype(f64),
+                "elite": (np.asarray(state.role) == ELITE).astype(f64),
+                "redrawn": (np.asarray(state.role) == REDRAWN).astype(f64),
             }
-            for c in range(len(state.lr))
-        }
+        )
 
     # -- client ----------------------------------------------------------------------------
     @staticmethod

@@ -39,6 +39,7 @@ from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
     ClientBatch,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -156,8 +157,9 @@ class IFCA(Algorithm):
     def eval_broadcast(self, state: IFCAState) -> Mapping[str, np.ndarray]:
         return dict(zip(self.keys(), state.models, strict=True))
 
-    def client_annotations(self, state: IFCAState) -> Mapping[int, Mapping[str, float]]:
-        return {c: {"cluster": float(j)} for c, j in enumerate(state.choice)}
+    def client_annotations(self, state: IFCAState) -> ClientColumns:
+        """Each client's latest chosen cluster (-1: never sampled), column-wise."""
+        return ClientColumns.of({"cluster": state.choice.astype(np.float64)})
 
     # -- client ----------------------------------------------------------------------------
     def select(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> str:

@@ -88,6 +88,7 @@ from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
     Algorithm,
+    ClientColumns,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -489,8 +490,9 @@ class PFedHT(Algorithm):
         everyone = self.generate(state, list(range(state.z.shape[0])))
         return {GLOBAL: state.shared, PERSONAL_RANGES: state.ranges, ALL_PERSONAL: everyone}
 
-    def client_annotations(self, state: PFedHTState) -> Mapping[int, Mapping[str, float]]:
-        return {int(c): {"new_client": 1.0} for c in state.new}
+    def client_annotations(self, state: PFedHTState) -> ClientColumns:
+        new = np.unique(np.asarray(state.new, dtype=np.int64))
+        return ClientColumns.of({"new_client": np.ones(len(new))}, client_id=new)
 
     # -- client ------------------------------------------------------------------------------
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:

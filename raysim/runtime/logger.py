@@ -7,6 +7,8 @@ clients.parquet has, per round, one row per client of the cohort (trained or dro
 evaluated round with ``rounds.personal_eval``, one row per client of the federation. The cohort's
 rows are kept as dicts (O(cohort) a round); the personal-evaluation rows as the column-wise
 blocks the server made (``PersonalEval``: 24 bytes a row instead of a 384-byte dict, issue 13).
+clusters.parquet's rows (one per annotated client per round, O(N) a round) are kept the same way,
+as each round's columns (``ClusterRows.columns``), never as dicts.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pandas as pd
 from raysim.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from raysim.runtime.server import PersonalEval
+    from raysim.runtime.server import ClusterRows, PersonalEval
     from raysim.runtime.trackers import Tracker
 
 FILES = {
@@ -50,7 +52,8 @@ class RunLogger:
         self.rounds: list[dict[str, Any]] = []
         self.cohort: list[dict[str, Any]] = []  # clients.parquet's cohort rows, every round's
         self.system: list[dict[str, Any]] = []
-        self.clusters: list[dict[str, Any]] = []
+        # clusters.parquet's rows: one block of columns per logged round (or per reloaded file)
+        self.clusters: list[dict[str, np.ndarray]] = []
         # clients.parquet's rows in log order: per logged round, how many cohort rows (the next
         # ones of self.cohort) and its personal-evaluation block (None: none)
         self._log: list[tuple[int, PersonalEval | None]] = []
@@ -65,7 +68,7 @@ class RunLogger:
         self,
         metrics: dict[str, float],
         client_rows: list[dict[str, Any]],
-        cluster_rows: Sequence[dict[str, Any]] = (),
+        cluster_rows: ClusterRows | None = None,
         personal: PersonalEval | None = None,
     ) -> None:
         self.rounds.append(dict(metrics))
@@ -87,8 +90,11 @@ class RunLogger:
                 personal_loss=np.array(personal.personal_loss),
             )
         self._log.append((len(client_rows), block))
-        self.clusters.extend(cluster_rows)
-        self._dirty.update(["rounds", "clients"] + (["clusters"] if cluster_rows else []))
+        has_clusters = cluster_rows is not None and len(cluster_rows) > 0
+        if cluster_rows is not None and has_clusters:
+            # the driver's own copy (read-only object-store views otherwise, as for ``personal``)
+            self.clusters.append({k: np.array(v) for k, v in cluster_rows.columns().items()})
+        self._dirty.update(["rounds", "clients"] + (["clusters"] if has_clusters else []))
 
     def log_system(self, round_idx: int, rows: list[dict[str, Any]]) -> None:
         self.system.extend({"round": round_idx, **r} for r in rows)
@@ -129,6 +135,14 @@ class RunLogger:
             out.loc[personal, c] = np.concatenate([getattr(b, c) for b in blocks])
         return out
 
+    def clusters_frame(self) -> pd.DataFrame:
+        """clusters.parquet: every block's columns, one after the other (the frame of one dict a
+        row: the same columns in the same order, with the same dtypes)."""
+        names = list(self.clusters[0])
+        if all(list(b) == names for b in self.clusters):
+            return pd.DataFrame({c: np.concatenate([b[c] for b in self.clusters]) for c in names})
+        return pd.concat([pd.DataFrame(b) for b in self.clusters], ignore_index=True)
+
     def flush(self) -> None:
         """Write the files with rows logged since they were last written (each file whole)."""
         for attr, name in FILES.items():
@@ -139,6 +153,9 @@ class RunLogger:
                     df = self.clients_frame()
                     if len(df):
                         write_parquet(df, self.run_dir / name)
+            elif attr == "clusters":
+                if self.clusters:
+                    write_parquet(self.clusters_frame(), self.run_dir / name)
             elif rows := getattr(self, attr):
                 write_parquet(pd.DataFrame(rows), self.run_dir / name)
         self._dirty.clear()
@@ -155,6 +172,8 @@ class RunLogger:
                 df = df[df["round"] <= upto_round].reset_index(drop=True)
             if attr == "clients":
                 self._reload_clients(df, path)
+            elif attr == "clusters":
+                self.clusters = [] if df is None or not len(df) else [{c: df[c].to_numpy() for c in df}]
             else:
                 rows = [] if df is None else _records(df)
                 setattr(self, attr, rows)

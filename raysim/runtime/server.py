@@ -18,6 +18,7 @@ import torch
 from raysim import reproducible
 from raysim.algorithms.base import (
     Algorithm,
+    ClientColumns,
     ClientResult,
     LinearSum,
     LocalHParams,
@@ -27,7 +28,7 @@ from raysim.algorithms.base import (
     SetupContext,
 )
 from raysim.config import personal_eval_count
-from raysim.metrics import classification_metrics, cluster_tracking, worst_fraction_mean
+from raysim.metrics import Membership, classification_metrics, cluster_tracking, worst_fraction_mean
 from raysim.models.flat import Params
 from raysim.runtime.pool import Pool, PoolReply
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer
@@ -149,8 +150,9 @@ class RoundReport:
     metrics: dict[str, float]
     clients: list[dict[str, Any]]  # one row per client of this round's cohort
     stop: bool = False  # the algorithm has converged: no further rounds
-    # clustered algorithms: one row per client annotated with a "cluster" (``cluster_rows``)
-    clusters: list[dict[str, Any]] = field(default_factory=list)
+    # clustered algorithms: one row per client annotated with a "cluster" (``cluster_rows``;
+    # None: no client is)
+    clusters: ClusterRows | None = None
     # clients whose actor restarted (state back to initial): the driver restores them from a checkpoint
     restarted: list[int] = field(default_factory=list)
     # an evaluated round with rounds.personal_eval: every client's personal figures (None: none)
@@ -166,15 +168,68 @@ def cluster_key(cid: int) -> str:
     return f"cluster/{cid}"
 
 
-def cluster_membership(notes: Mapping[int, Mapping[str, Any]]) -> dict[int, int]:
+def cluster_membership(notes: Mapping[int, Mapping[str, Any]]) -> Membership:
     """Client id -> cluster id of every client annotated with a ``"cluster"`` (-1: unassigned,
-    also for a non-finite annotation), sorted by client id."""
-    out: dict[int, int] = {}
-    for cid in sorted(notes):
-        if CLUSTER in notes[cid]:
-            v = float(notes[cid][CLUSTER])
-            out[int(cid)] = int(v) if np.isfinite(v) and v >= 0 else -1
-    return out
+    also for a non-finite annotation), sorted by client id: column-wise, O(N) in arrays."""
+    cols = ClientColumns.from_mapping(notes)
+    if CLUSTER not in cols.columns:
+        return Membership(client_id=np.zeros(0, np.int64), cluster=np.zeros(0, np.int64))
+    has = cols.has(CLUSTER)
+    v = np.asarray(cols.columns[CLUSTER][has], dtype=np.float64)
+    ok = np.isfinite(v) & (v >= 0)
+    k = np.where(ok, np.where(ok, v, 0.0).astype(np.int64), -1)
+    return Membership(client_id=cols.client_id[has], cluster=k)
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterRows:
+    """clusters.parquet's rows of one round, column-wise (like ``PersonalEval``): one entry per
+    client annotated with a cluster, sorted by client id. ``model_key`` travels as codes into a
+    few distinct names (``model_keys``), so the round's report crosses to the driver as three or
+    four int arrays; ``true_group`` is None without a truth."""
+
+    round: int
+    client_id: np.ndarray  # int64
+    cluster: np.ndarray  # int64, -1: unassigned
+    model_key_code: np.ndarray  # int64 index into model_keys
+    model_keys: tuple[str, ...]
+    true_group: np.ndarray | None = None  # int64, -1: none
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+    @property
+    def model_key(self) -> np.ndarray:
+        """Each row's model key (an object array whose entries share the few str objects)."""
+        names = np.empty(len(self.model_keys), dtype=object)
+        names[:] = list(self.model_keys)
+        return names[self.model_key_code]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The file's columns, in its order."""
+        out = {
+            "round": np.full(len(self), self.round, dtype=np.int64),
+            "client_id": self.client_id,
+            "cluster": self.cluster,
+            "model_key": self.model_key,
+        }
+        if self.true_group is not None:
+            out["true_group"] = self.true_group
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row as one dict (O(clients) Python objects: for tests and small federations)."""
+        cols = {k: v.tolist() for k, v in self.columns().items()}
+        return [{k: v[i] for k, v in cols.items()} for i in range(len(self))]
+
+
+def _codes(keys: np.ndarray, name: Any) -> tuple[np.ndarray, list[str]]:
+    """(index of each of ``keys`` into the names, ``name(key)`` of each distinct key): one call a
+    distinct key. Small non-negative ints (cluster ids + 1) are their own codes: no sort."""
+    if keys.dtype.kind in "iu" and len(keys) and 0 <= int(keys.min()) and int(keys.max()) < 1 << 16:
+        return keys.astype(np.int64), [name(k) for k in range(int(keys.max()) + 1)]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return inv.reshape(-1).astype(np.int64), [name(u) for u in uniq.tolist()]
 
 
 def cluster_rows(
@@ -182,24 +237,38 @@ def cluster_rows(
     membership: Mapping[int, int],
     notes: Mapping[int, Mapping[str, Any]],
     truth: np.ndarray | None,
-) -> list[dict[str, Any]]:
+) -> ClusterRows:
     """clusters.parquet rows of round ``t``: round, client_id, cluster (int, -1: unassigned),
     model_key (the ``"cluster_model_key"`` annotation when the algorithm gives one, else
     ``cluster/{id}``; "" when unassigned) and, when the federation has ground-truth groups,
-    true_group (-1: none)."""
-    rows = []
-    for cid, k in membership.items():
-        key = notes[cid].get(CLUSTER_MODEL_KEY)
-        row: dict[str, Any] = {
-            "round": t,
-            "client_id": cid,
-            "cluster": k,
-            "model_key": str(key) if key is not None else (cluster_key(k) if k >= 0 else ""),
-        }
-        if truth is not None:
-            row["true_group"] = int(truth[cid]) if 0 <= cid < len(truth) else -1
-        rows.append(row)
-    return rows
+    true_group (-1: none). Column-wise: O(N) in arrays."""
+    members = Membership.of(membership)
+    cols = ClientColumns.from_mapping(notes)
+    ids, ks = members.client_id, members.cluster
+    code, names = _codes(np.maximum(ks, -1) + 1, lambda k: cluster_key(k - 1) if k > 0 else "")
+    if CLUSTER_MODEL_KEY in cols.columns and len(ids):
+        pos, hit = cols.positions(ids)
+        given = cols.columns[CLUSTER_MODEL_KEY][pos]
+        ok = hit & cols.has(CLUSTER_MODEL_KEY)[pos]
+        if given.dtype == object:
+            ok &= np.fromiter((g is not None for g in given), bool, len(given))
+        if ok.any():
+            sub, more = _codes(given[ok].astype(str), str)
+            code[ok] = sub + len(names)
+            names += more
+    true_group = None
+    if truth is not None:
+        true_group = np.full(len(ids), -1, dtype=np.int64)
+        inside = (ids >= 0) & (ids < len(truth))
+        true_group[inside] = np.asarray(truth, dtype=np.int64)[ids[inside]]
+    return ClusterRows(
+        round=t,
+        client_id=ids,
+        cluster=ks,
+        model_key_code=code,
+        model_keys=tuple(names),
+        true_group=true_group,
+    )
 
 
 class ServerSplits:
@@ -261,7 +330,7 @@ class Server:
         # ground-truth groups (rotation, label-permutation partitions); None when the federation has none
         self.truth = groups if groups is not None and (groups >= 0).any() else None
         # cluster membership after the last finished round (None: none yet); checkpointed
-        self.clusters: dict[int, int] | None = None
+        self.clusters: Membership | None = None
 
     # -- one round -------------------------------------------------------------------------
     def run_round(self, t: int, hparams: LocalHParams) -> RoundReport:
@@ -317,7 +386,8 @@ class Server:
         m["transfer_bytes_up"] = float(reply.transfer_bytes_up)
         losses = [r.metrics["train_loss"] for r in reply.results if "train_loss" in r.metrics]
         m["train_loss"] = float(np.mean(losses)) if losses else float("nan")
-        notes = algo.client_annotations(self.state)  # e.g. cluster id and weight this round
+        # e.g. cluster id and weight this round, column-wise (arrays, no per-client dict)
+        notes = ClientColumns.from_mapping(algo.client_annotations(self.state))
         rows = self._client_rows(t, plan, reply, notes)
         clusters = self._track_clusters(t, notes, m)
 
@@ -383,14 +453,13 @@ class Server:
             float(len(bad)),
         )
 
-    def _track_clusters(
-        self, t: int, notes: Mapping[int, Mapping[str, Any]], m: dict[str, float]
-    ) -> list[dict[str, Any]]:
-        """clusters.parquet rows of this round, and the uniform columns of ``cluster_tracking`` into
-        ``m`` (an algorithm's own metric of the same name, e.g. CFL's num_clusters, is kept)."""
+    def _track_clusters(self, t: int, notes: ClientColumns, m: dict[str, float]) -> ClusterRows | None:
+        """clusters.parquet rows of this round (None: no client in a cluster), and the uniform
+        columns of ``cluster_tracking`` into ``m`` (an algorithm's own metric of the same name,
+        e.g. CFL's num_clusters, is kept)."""
         membership = cluster_membership(notes)
-        if not membership:
-            return []
+        if not len(membership):
+            return None
         for k, v in cluster_tracking(membership, self.clusters, self.truth).items():
             m.setdefault(k, v)
         self.clusters = membership
@@ -409,7 +478,7 @@ class Server:
             )
 
     def _client_rows(
-        self, t: int, plan: RoundPlan, reply: PoolReply, notes: Mapping[int, Mapping[str, Any]]
+        self, t: int, plan: RoundPlan, reply: PoolReply, notes: ClientColumns
     ) -> list[dict[str, Any]]:
         by_task = {task.client_id: task for task in plan.tasks}
 
@@ -440,9 +509,9 @@ class Server:
             row(cid, True, reason, 0, float("nan"), by_task[cid].model_key if cid in by_task else "")
             for cid, reason in reply.dropouts
         ]
-        if notes:
-            for r in rows:
-                r.update(notes.get(r["client_id"], {}))
+        if len(notes):  # the cohort's annotations: O(cohort), looked up in the columns
+            for r, extra in zip(rows, notes.rows_for([r["client_id"] for r in rows]), strict=True):
+                r.update(extra)
         return rows
 
     def evaluate(self, t: int) -> tuple[dict[str, float], PersonalEval | None]:
@@ -504,7 +573,8 @@ class Server:
         self.state = ckpt["state"]
         self.pool.set_state(ckpt["client_states"])
         self.lost = set(ckpt.get("lost", []))
-        self.clusters = ckpt.get("clusters")
+        prev = ckpt.get("clusters")  # a dict in checkpoints written before it was column-wise
+        self.clusters = None if prev is None else Membership.of(prev)
 
     def restore_clients(self, states: Mapping[int, dict[str, Any]]) -> None:
         """The state of the clients of restarted hosts, from a checkpoint (the rest is untouched)."""

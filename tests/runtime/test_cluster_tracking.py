@@ -8,8 +8,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from raysim.algorithms.base import ClientColumns
 from raysim.cli import app
-from raysim.runtime.server import cluster_membership, cluster_rows
+from raysim.metrics import Membership
+from raysim.runtime.logger import RunLogger
+from raysim.runtime.server import ClusterRows, cluster_membership, cluster_rows
 from tests.conftest import tiny_config
 from tests.helpers import experiment, resume, run
 
@@ -40,13 +43,81 @@ def test_cluster_rows_from_annotations():
     }
     membership = cluster_membership(notes)
     assert membership == {0: -1, 2: 4, 3: 2} and list(membership) == [0, 2, 3]
-    rows = cluster_rows(5, membership, notes, np.array([1, 0, -1, 0]))
-    assert rows == [
+    block = cluster_rows(5, membership, notes, np.array([1, 0, -1, 0]))
+    assert block.rows() == [
         {"round": 5, "client_id": 0, "cluster": -1, "model_key": "", "true_group": 1},
         {"round": 5, "client_id": 2, "cluster": 4, "model_key": "group/4", "true_group": -1},
         {"round": 5, "client_id": 3, "cluster": 2, "model_key": "cluster/2", "true_group": 0},
     ]
-    assert "true_group" not in cluster_rows(5, membership, notes, None)[0]
+    # column-wise: arrays, not a dict per client
+    assert block.cluster.dtype == np.int64 and block.model_key.dtype == object and len(block) == 3
+    assert "true_group" not in cluster_rows(5, membership, notes, None).rows()[0]
+
+
+def test_client_columns_read_as_the_dicts_they_stand_for():
+    cols = ClientColumns.of({"cluster": np.array([1.0, -1.0, 0.0]), "weight": np.array([0.5, 0.0, 2.0])})
+    assert cols == {
+        0: {"cluster": 1.0, "weight": 0.5},
+        1: {"cluster": -1.0, "weight": 0.0},
+        2: {"cluster": 0.0, "weight": 2.0},
+    }
+    assert type(cols[2]["cluster"]) is float and 7 not in cols and list(cols) == [0, 1, 2]
+    # the cohort's lookups: {} for a client that is not annotated
+    assert cols.rows_for([2, 7, 0]) == [{"cluster": 0.0, "weight": 2.0}, {}, {"cluster": 1.0, "weight": 0.5}]
+    with pytest.raises(ValueError, match="'weight' has 2 values for 3 clients"):
+        ClientColumns.of({"cluster": np.zeros(3), "weight": np.zeros(2)})
+    with pytest.raises(ValueError, match="sorted and distinct"):
+        ClientColumns.of({"cluster": np.zeros(2)}, client_id=[3, 1])
+
+
+def test_a_plug_ins_dict_annotations_keep_their_values_and_missing_keys():
+    notes = {5: {"cluster": 1, "tag": "a"}, 2: {"tag": "b"}, 9: {"cluster": 2.5}}
+    cols = ClientColumns.from_mapping(notes)
+    assert list(cols.client_id) == [2, 5, 9] and list(cols.columns) == ["tag", "cluster"]
+    assert cols == notes and cols.rows_for([9, 2]) == [{"cluster": 2.5}, {"tag": "b"}]
+    assert type(cols[5]["cluster"]) is int  # as given, not cast
+    assert cluster_membership(notes) == {5: 1, 9: 2}
+
+
+def test_cluster_stability_at_scale_needs_no_client_by_client_matrix():
+    rng = np.random.default_rng(0)
+    n = 200_000  # a 200,000 x 200,000 comparison would need 40 GB
+    prev = Membership(client_id=np.arange(n), cluster=rng.integers(-1, 4, n))
+    cur = Membership(client_id=np.arange(n), cluster=np.where(prev.cluster >= 0, 3 - prev.cluster, 0))
+    from raysim.metrics import cluster_stability, cluster_tracking
+
+    assert cluster_stability(prev, cur) == 1.0  # relabelled, same grouping
+    got = cluster_tracking(cur, prev, rng.integers(0, 4, n))
+    assert got["num_clusters"] == 4.0 and got["cluster_clients"] == float(n)
+
+
+def test_the_logged_cluster_columns_make_the_frame_of_one_dict_a_row(tmp_path):
+    notes = ClientColumns.of(
+        {
+            "cluster": np.array([0.0, np.nan, 1.0, 3.0]),
+            "cluster_model_key": np.array(["g", None, "g", "h"], dtype=object),
+        },
+        client_id=[1, 4, 6, 8],
+    )
+    truth = np.array([0, 1, 1, 0, 2, 0, 1])
+    blocks = [cluster_rows(t, cluster_membership(notes), notes, truth) for t in (1, 2)]
+    assert isinstance(blocks[0], ClusterRows)
+    logger = RunLogger(tmp_path)
+    for t, b in enumerate(blocks, 1):
+        logger.log_round({"round": float(t)}, [], b)
+    logger.flush()
+    want = pd.DataFrame([r for b in blocks for r in b.rows()])
+    got = pd.read_parquet(tmp_path / "clusters.parquet")
+    pd.testing.assert_frame_equal(got, pd.read_parquet(_written(want, tmp_path)), check_exact=True)
+    assert list(got["model_key"][:4]) == ["g", "", "g", "h"] and list(got["true_group"][:4]) == [1, 2, 1, -1]
+    logger.reload(1)  # a resumed run keeps round 1's rows, as columns
+    assert len(logger.clusters_frame()) == 4 and set(logger.clusters_frame()["round"]) == {1}
+
+
+def _written(df: pd.DataFrame, tmp_path) -> object:
+    path = tmp_path / "want.parquet"
+    df.to_parquet(path, index=False)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +300,25 @@ def test_a_global_run_says_which_plots_it_skipped_and_why(tmp_path):
     for drawn in ("test_accuracy.png", "train_loss.png"):
         assert (d / "plots" / drawn).is_file() and drawn not in notes
     assert "| fedavg | global | acc " in md and "**test_accuracy** (fedavg): the one global model" in md
+
+
+@pytest.mark.parametrize("name", ["ifca", "cfl", "ascfl", "dsac", "genetic-cfl"])
+def test_the_clustered_algorithms_annotate_column_wise(tmp_path, name):
+    """No dict per client: every in-tree algorithm that annotates clients returns arrays, and its
+    round's cluster rows reach the driver as arrays (issue 21: 10^5 clients a round)."""
+    # the server-side steps that need a public split: on for AS-CFL, off for DSAC
+    extra = {"ascfl": {"data__public_fraction": 0.05}, "dsac": {"algorithm__pretraining": False}}.get(
+        name, {}
+    )
+    exp = experiment(ifca_config(tmp_path, algorithm__name=name, rounds__personal_eval=False, **extra))
+    try:
+        exp.prepare()
+        report = exp.step()
+        server = exp.backend.server
+        notes = server.algorithm.client_annotations(server.state)
+    finally:
+        exp.close()
+    assert isinstance(notes, ClientColumns) and list(notes.client_id) == list(range(6))
+    assert all(isinstance(col, np.ndarray) for col in notes.columns.values())
+    assert isinstance(report.clusters, ClusterRows) and report.clusters.cluster.dtype == np.int64
+    assert list(report.clusters.client_id) == list(range(6))

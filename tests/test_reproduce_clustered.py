@@ -171,7 +171,8 @@ def test_each_ablation_row_changes_one_switch_of_the_papers_method():
     # IFCA's reference is the table's IFCA row, at the algorithm's defaults (independent, train)
     ref, *options = ifca_variants(4).values()
     assert ref == methods(4)["IFCA"] and "init" not in ref and "select_on" not in ref
-    assert [o.get("init", "independent") for o in options] == ["perturbed", "independent", "perturbed"]
+    assert [o.get("init", "independent") for o in options] == ["perturbed", "independent"]
+    assert [o.get("select_on", "train") for o in options] == ["train", "val"]
 
 
 def test_a_switch_whose_mechanism_never_fired_is_labelled_as_not_differing():

@@ -531,11 +531,6 @@ def ifca_variants(num_groups: int) -> dict[str, dict[str, Any]]:
         "IFCA (independent init, choice on train: the paper's)": ref,
         "init: perturbed (initial model + N(0, 0.01))": {**ref, "init": "perturbed"},
         "select_on: val": {**ref, "select_on": "val"},
-        "init: perturbed, select_on: val (this table's IFCA before issue 22)": {
-            **ref,
-            "init": "perturbed",
-            "select_on": "val",
-        },
     }
 
 

@@ -201,7 +201,7 @@ ALGORITHM_COLUMNS: dict[str, tuple[Column, ...]] = {
     "ascfl": _cols(
         (
             "similarity_rank",
-            "rank of the low-rank update embedding the similarity is computed on",
+            "rank of the low-rank embedding of the compared block (algorithm.similarity_layers)",
             "algorithm.low_rank",
         ),
         ("clusters_initial", "clusters after the greedy seed-and-expand stage"),
@@ -212,6 +212,17 @@ ALGORITHM_COLUMNS: dict[str, tuple[Column, ...]] = {
         ("merges", "clusters merged by the dispersion/separation rule", "algorithm.dynamic_adjustment"),
         ("g_max", "largest dispersion/separation ratio G_k over the clusters", "two or more clusters"),
         ("g_min", "smallest dispersion/separation ratio G_k", "two or more clusters"),
+        (
+            "g_truth_max",
+            "largest G_k of the ground-truth partition of the participants (a true group with G_k > beta is split)",
+            "client groups known, two or more among the participants",
+        ),
+        (
+            "g_truth_min",
+            "smallest G_k of the ground-truth partition of the participants",
+            "client groups known, two or more among the participants",
+        ),
+        ("beta_used", "the split threshold beta of the round", "algorithm.dynamic_adjustment"),
         ("dp_clipped_fraction", "fraction of updates clipped by differential privacy", "algorithm.dp"),
         ("dp_sigma", "the Gaussian noise multiplier", "algorithm.dp"),
         ("epsilon_spent", "privacy budget spent so far (epsilon at algorithm.delta)", "algorithm.dp"),

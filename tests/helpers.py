@@ -73,6 +73,7 @@ def setup_ctx(
     cohort: int | None = None,
     groups: Sequence[int] | np.ndarray | None = None,
     data: Any = None,
+    init_params: Any = None,
 ) -> SetupContext:
     """What ``init`` gets: ``clients`` clients of 10 examples each (or ``sizes``), every one in the
     cohort unless ``cohort`` says fewer; ``layout`` a ParamLayout or a flat vector's length."""
@@ -87,6 +88,7 @@ def setup_ctx(
         clients_per_round=cohort if cohort is not None else clients,
         client_groups=None if groups is None else np.asarray(groups),
         data=data,
+        init_params=init_params,
     )
 
 

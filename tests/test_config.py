@@ -69,7 +69,7 @@ def test_an_unknown_key_lists_the_valid_keys_of_its_section():
         {"colour": 1}
     )
     # the algorithm section's keys depend on the algorithm it names
-    ifca = "central_lr, init_noise, name, num_clusters, select_on"
+    ifca = "central_lr, init, init_noise, name, num_clusters, select_on"
     assert f"valid keys of algorithm 'ifca': {ifca}" in message({"algorithm": {"name": "ifca", "muu": 1}})
     assert "valid keys of algorithm 'fedavg': central_lr," in message({"algorithm": {"mu": 1}})
 
@@ -119,7 +119,9 @@ def test_a_new_algorithm_name_starts_from_its_defaults_and_says_what_it_dropped(
     note = capsys.readouterr().err
     assert "'ascfl' -> 'ifca'" in note and "dropped ascfl's keys: incentive, theta," in note
     assert all(key in note for key in ASCFL_KEYS)
-    assert len(ASCFL_KEYS) == 17  # the 17 keys the issue's user met, each named once
+    # the 17 keys the issue's user met, each named once, plus issue 22's similarity_layers,
+    # beta_calibration and beta_margin
+    assert len(ASCFL_KEYS) == 20
     # the rest of the config is the file's
     assert cfg.data.partition == "rotation" and cfg.local.lr == 0.1 and cfg.rounds.num_rounds == 100
 

@@ -16,12 +16,15 @@ from raysim.reproduce.clustered import (
     EXPERIMENTS,
     GENETIC_NOTEBOOK,
     SCALES,
+    ascfl_ablation,
     config,
     genetic_config,
+    ifca_variants,
     methods,
     parse_only,
     rounds_to_frac_of_peak,
 )
+from raysim.reproduce.clustered_tables import PAPER_ROW, ablation_acts, ari_last
 from raysim.reproduce.harness import Run, paired_p, run_key
 
 METHODS = list(methods(4))
@@ -65,6 +68,17 @@ def test_quick_reproduction_writes_every_table_and_reuses_runs(tmp_path):
                 assert 0 <= number(cells[9]) <= 1, (name, m)
             else:
                 assert cells[6].startswith("n/a"), cells
+        for m, cells in rows.items():  # ARI averaged over the last 5 rounds (ari_last5), last column
+            assert math.isfinite(number(cells[11])) if m in CLUSTERED else cells[11].startswith("n/a"), cells
+    md5 = (out / "5_ablation" / "table.md").read_text()
+    abl, ifca = md5.split("### IFCA")
+    abl_rows = [line.split("|") for line in abl.splitlines() if line.startswith("| ") and "±" in line]
+    assert [r[1].strip() for r in abl_rows] == list(ascfl_ablation(4))
+    assert all(-1 <= number(r[6]) <= 1 for r in abl_rows)  # the last-5-rounds ARI of every variant
+    acts = {r[1].strip(): r[12].strip() for r in abl_rows}
+    assert acts["w/o low-rank factorisation (output layer, exact cosine)"].startswith("yes")
+    ifca_rows = [line.split("|") for line in ifca.splitlines() if line.startswith("| ") and "±" in line]
+    assert [r[1].strip() for r in ifca_rows] == list(ifca_variants(4))
     md1 = (out / "1_rotation" / "table.md").read_text()
     dp = md1.split("### Differential privacy")[1]
     dp_rows = [line.split("|") for line in dp.splitlines() if line.startswith("| AS-CFL + DP (C = ")]
@@ -127,6 +141,45 @@ def test_paired_t_test_and_options():
     # a constant shift on the same seeds is significant for the paired test ...
     assert paired_p([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80]) != "1"
     assert float(paired_p([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80])) < 0.05
-    assert parse_only("") == [1, 2, 3, 4] and parse_only("3, 1") == [1, 3]
+    assert parse_only("") == [1, 2, 3, 4, 5] and parse_only("3, 1") == [1, 3]
     with pytest.raises(Exception, match="no experiment"):
         parse_only("7")
+
+
+def test_ari_last5_averages_the_last_five_rounds_that_report_one():
+    aris = [0.0, 1.0, float("nan"), 0.2, 0.4, 0.6, 0.8, 1.0]
+    run = Run(
+        raw={}, rounds=pd.DataFrame({"round": range(1, 9), "cluster_ari": aris}), summary={}, path=Path(".")
+    )
+    assert ari_last(run) == pytest.approx((0.2 + 0.4 + 0.6 + 0.8 + 1.0) / 5)
+    assert ari_last(run, 2) == pytest.approx(0.9)
+    assert math.isnan(ari_last(_run([0.5])))  # no clustering column: FedAvg
+
+
+def test_each_ablation_row_changes_one_switch_of_the_papers_method():
+    variants = ascfl_ablation(4)
+    paper = variants[PAPER_ROW]
+    assert paper == methods(4)["AS-CFL"]
+    for name, algo in variants.items():
+        changed = {k for k in set(algo) | set(paper) if algo.get(k) != paper.get(k)}
+        if name.startswith("several"):
+            assert len(changed) == 4
+        elif name == PAPER_ROW:
+            assert not changed
+        else:  # one switch (beta calibration: its switch and its margin)
+            assert len(changed - {"beta_margin"}) == 1, (name, changed)
+    # IFCA's reference is the table's IFCA row, at the algorithm's defaults (independent, train)
+    ref, *options = ifca_variants(4).values()
+    assert ref == methods(4)["IFCA"] and "init" not in ref and "select_on" not in ref
+    assert [o.get("init", "independent") for o in options] == ["perturbed", "independent"]
+    assert [o.get("select_on", "train") for o in options] == ["train", "val"]
+
+
+def test_a_switch_whose_mechanism_never_fired_is_labelled_as_not_differing():
+    def runs(rejections):
+        rounds = pd.DataFrame({"round": [1, 2], "incentive_rejections": rejections})
+        return [Run(raw={}, rounds=rounds, summary={}, path=Path("."))]
+
+    row = "w/o positive incentive"
+    assert ablation_acts(row, runs([0.0, 0.0]), runs([0.0, 0.0])).startswith("no: ")
+    assert ablation_acts(row, runs([3.0, 1.0]), runs([0.0, 0.0])).startswith("yes: ")

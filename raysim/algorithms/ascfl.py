@@ -5,11 +5,14 @@ Each round the sampled clients train from their cluster's model (``cluster/<id>`
 clustered trains from ``global``) for the local epochs of ``local_epochs_rule`` and upload their
 updates one by one (the algorithm is not linear). The server then runs the paper's three stages.
 
-Stage 1, initial clustering (Section 3.2). Cosine similarity (eq. 2) of the updates. With
+Stage 1, initial clustering (Section 3.2). Cosine similarity (eq. 2) of the updates, restricted
+to the block ``similarity_layers`` names: ``output`` (the paper's "weights near the output layer",
+the last module of the model: ``OutputLayer``), ``first`` (the first module) or ``all``. With
 ``low_rank`` it is computed through the truncated SVD (scikit-learn's randomized SVD) of the
-m x d_out matrix of output-layer updates (the last module of the model: ``OutputLayer``), at the
-smallest rank keeping ``variance_kept`` (95%) of its energy (eq. 4); without it, exactly on the
-full update vectors (Table 4's "w/o Low-Rank Factorization"). Greedy seed-and-expand: the most
+m x d_block matrix of those updates, at the smallest rank keeping ``variance_kept`` (95%) of its
+energy (eq. 4); without it, exactly on the same block (Table 4's "w/o Low-Rank Factorization": the
+two switches are independent, so the ablation of the factorisation does not also widen the layers
+compared; before they were split, ``low_rank: false`` meant ``all`` layers, exact). Greedy seed-and-expand: the most
 representative unassigned client (data-size weighted centrality) seeds a cluster, its
 ``candidate_fraction`` (top 20%) most similar unassigned clients are tested in order with the
 positive incentive on the server's public split (the IID proxy set the paper's D_test is) and the
@@ -29,7 +32,13 @@ Stage 2, dynamic adjustment (Section 3.3, Alg. 1 lines 18-24; ``dynamic_adjustme
 from the Stage-1 clusters, at most ``em_iters`` iterations, then one pass of split (G_k > beta = 0.8:
 2-means on the members) / merge (G_k < alpha = 0.2: into the nearest centroid's cluster) with
 G_k = d_in / d_out of eq. (8)-(10). EM and G_k act on the vectors the similarity used: the rank-r
-coordinates U_r Sigma_r of the output-layer updates with ``low_rank``, the full updates without.
+coordinates U_r Sigma_r of the compared block with ``low_rank``, the block itself without. When the
+federation has ground-truth groups (``data.num_groups``), every round also reports the G_k of the
+TRUE partition of the participants on those vectors (``g_truth_max`` / ``g_truth_min``): a true
+group whose G_k exceeds beta is split by the rule, so beta below ``g_truth_max`` cuts correct
+clusters. ``beta_calibration: truth`` is a variant (an oracle: it reads the ground truth, which the
+method cannot know) that sets each round's beta to ``beta_margin`` x ``g_truth_max`` (reported as
+``beta_used``; the fixed ``beta`` in a round whose participants span fewer than two groups).
 As written, the rule merges every singleton (d_in = 0) into its nearest cluster, and it merges
 compact, well-separated clusters too (small G); with one cluster there is no foreign centroid and
 nothing happens.
@@ -120,9 +129,16 @@ class ASCFLParams(AlgoParams):
     candidate_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2  # top 20% most similar are tested
     # Stage 1: similarity through a low-rank factorisation (Section 3.2.2) and low-rank uploads (3.5)
     variance_kept: Annotated[float, Field(gt=0, le=1)] = 0.95
+    # which part of the update Stage 1 compares (and Stage 2 clusters): the paper's output layer, the
+    # first layer, or all of it; independent of ``low_rank`` (which only says whether through the SVD)
+    similarity_layers: Literal["output", "first", "all"] = "output"
     # Stage 2: EM and split/merge on G_k = d_in / d_out (Section 3.3)
     em_iters: Annotated[int, Field(ge=1, le=100)] = 10  # "typically within 5-10 iterations"
     beta: Annotated[float, Field(gt=0)] = 0.8  # split when G_k > beta
+    # "truth" (a variant, an oracle): each round beta = beta_margin x the largest G_k of the
+    # ground-truth partition on that round's vectors (needs client groups, e.g. partition: rotation)
+    beta_calibration: Literal["fixed", "truth"] = "fixed"
+    beta_margin: Annotated[float, Field(gt=0)] = 1.1
     alpha: Annotated[float, Field(ge=0)] = 0.2  # merge when G_k < alpha
     # Stage 3: Gaussian noise on clipped updates (Alg. 1 line 31), (epsilon, delta) per round
     dp: bool = True
@@ -161,9 +177,12 @@ class ASCFLState:
     seed: int
     sampling_q: float  # the chance a client is in a round's cohort (for the accountant)
     dp_rounds: int  # rounds in which noise was added
-    # ground-truth groups (-1: none); unused since the runtime scores the clusters (cluster_ari),
-    # kept so saved checkpoints still load
+    # ground-truth groups (-1: none): for the G of the true partition (g_truth_*) and the
+    # beta_calibration "truth" variant only; the runtime scores the clusters (cluster_ari) itself
     truth: np.ndarray | None
+    # [start, stop) of the block Stage 1 compares (similarity_layers); None in checkpoints saved
+    # before the option existed, which compared the output layer
+    sim_block: tuple[int, int] | None = None
 
 
 class ASCFL(Algorithm):
@@ -193,7 +212,14 @@ class ASCFL(Algorithm):
     # -- server ----------------------------------------------------------------------------
     def init(self, params: Params, ctx: SetupContext) -> ASCFLState:
         truth = None if ctx.client_groups is None else np.asarray(ctx.client_groups, dtype=np.int64)
+        if self.p.beta_calibration == "truth" and (truth is None or np.unique(truth[truth >= 0]).size < 2):
+            raise ValueError(
+                "algorithm.beta_calibration: truth calibrates beta from the ground-truth client groups, "
+                "and this federation has fewer than two: use a partition with groups (e.g. data.partition: "
+                "rotation with data.num_groups >= 2), or set algorithm.beta_calibration: fixed"
+            )
         n = int(ctx.num_clients)
+        block = am.similarity_block(ctx.layout, self.p.similarity_layers)
         return ASCFLState(
             models=(),
             global_model=params.astype(np.float32),
@@ -204,6 +230,7 @@ class ASCFL(Algorithm):
             sampling_q=min(1.0, min(int(ctx.clients_per_round), n) / max(n, 1)),
             dp_rounds=0,
             truth=truth,
+            sim_block=(int(block.start), int(block.stop)),
         )
 
     def model_key(self, state: ASCFLState, client_id: int) -> str:
@@ -271,13 +298,19 @@ class ASCFL(Algorithm):
 
         # Stage 1: similarity (eq. 2, 4) and greedy seed-and-expand with the incentive (eq. 3)
         svd_seed = int(server.rng.integers(2**31))
+        block = out.block if state.sim_block is None else slice(*state.sim_block)
         if p.low_rank:
-            feats = am.lowrank_embedding(deltas[:, out.block], p.variance_kept, svd_seed)
+            feats = am.lowrank_embedding(deltas[:, block], p.variance_kept, svd_seed)
             M = am.similarity(feats)
             metrics["similarity_rank"] = float(feats.shape[1])
         else:
-            feats = deltas
-            M = cosine_similarity_matrix(deltas)
+            feats = deltas[:, block]
+            M = cosine_similarity_matrix(feats)
+        # the ground-truth partition's G_k on the same vectors: which beta would keep it whole
+        g_truth = None if state.truth is None else am.true_partition_g(feats, state.truth[ids])
+        if g_truth is not None:
+            metrics["g_truth_max"] = float(g_truth.max())
+            metrics["g_truth_min"] = float(g_truth.min())
         locals_ = [s.astype(np.float64) + d for s, d in zip(starts, deltas, strict=True)]
         greedy = am.seed_and_expand(
             M,
@@ -295,8 +328,12 @@ class ASCFL(Algorithm):
         if p.dynamic_adjustment and len(res) >= 2:
             labels = am.em_refine(feats, labels, p.em_iters)
             metrics["clusters_em"] = float(labels.max() + 1)
+            beta = p.beta
+            if p.beta_calibration == "truth" and g_truth is not None and np.isfinite(g_truth.max()):
+                beta = p.beta_margin * float(g_truth.max())
+            metrics["beta_used"] = beta
             labels, splits, merges = am.adjust_clusters(
-                feats, labels, alpha=p.alpha, beta=p.beta, rng=server.rng
+                feats, labels, alpha=p.alpha, beta=beta, rng=server.rng
             )
             metrics["splits"], metrics["merges"] = float(splits), float(merges)
             if labels.max() >= 1:

@@ -47,6 +47,8 @@ __all__ = [
     "representativeness",
     "seed_and_expand",
     "similarity",
+    "similarity_block",
+    "true_partition_g",
     "truncated_svd",
 ]
 
@@ -105,6 +107,29 @@ class OutputLayer:
 
 
 # ------------------------------------------------------------------------ Stage 1: similarity
+
+
+SimilarityLayers = Literal["output", "first", "all"]
+
+
+def similarity_block(layout: ParamLayout, layers: SimilarityLayers) -> slice:
+    """The part of the flat update vector Stage 1 compares (``algorithm.similarity_layers``).
+
+    ``output``: the last module's parameters (weight and bias), the paper's "weights near the
+    output layer" (Section 3.2.2; the ``block`` of :class:`OutputLayer`). ``first``: the first
+    module's parameters (the layer that sees the input, where a feature skew such as a rotation
+    shows first). ``all``: the whole update vector. Independent of the low-rank factorisation, which
+    then acts on whichever block this is."""
+    blocks = layout.module_blocks()
+    if not blocks:
+        raise ValueError("the model has no parameters")
+    if layers == "output":
+        return blocks[-1][1]
+    if layers == "first":
+        return blocks[0][1]
+    if layers == "all":
+        return slice(0, int(layout.size))
+    raise ValueError(f"similarity_layers must be 'output', 'first' or 'all', got {layers!r}")
 
 
 def truncated_svd(
@@ -339,6 +364,19 @@ def dispersion_separation(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         G = np.where(d_out > 0, d_in / np.where(d_out > 0, d_out, 1.0), np.where(d_in > 0, np.inf, 0.0))
     return G, d_in, nearest
+
+
+def true_partition_g(X: np.ndarray, truth: np.ndarray) -> np.ndarray | None:
+    """G_k of eq. (8) for the ground-truth partition of the rows of ``X`` (``truth[i]`` the group
+    of row i; -1: none, left out), on the same vectors Stage 2 uses. It says which beta would keep
+    the true clusters whole: the split rule G_k > beta cuts true group k whenever beta is below its
+    G_k. None with fewer than two groups present (no foreign centroid, G undefined)."""
+    t = np.asarray(truth, dtype=np.int64)
+    keep = t >= 0
+    if np.unique(t[keep]).size < 2:
+        return None
+    G, _, _ = dispersion_separation(np.asarray(X, dtype=np.float64)[keep], canonical_labels(t[keep]))
+    return G
 
 
 def adjust_clusters(

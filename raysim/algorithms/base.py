@@ -404,6 +404,10 @@ class SetupContext:
     client_groups: np.ndarray | None = None
     # fit/evaluate on server-held splits; None when the runtime gives none (unit tests)
     data: ServerData | None = None
+    # a fresh initialisation of the run's model under the given seed (the model registry's init,
+    # as for the run's initial model), for an algorithm that starts further models independently
+    # (IFCA); None when the runtime gives none (unit tests)
+    init_params: Callable[[int], Params] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,15 +4,21 @@ Algorithm 1 with model averaging, i.e. the "IFCA with model averaging" variant o
 The server keeps k cluster models theta_0..theta_{k-1} (broadcast keys ``cluster/0`` ..
 ``cluster/{k-1}``) and sends all of them to every sampled client. Client i estimates its cluster
 identity as argmin_j F_i(theta_j) (its empirical loss on its own training split, or on its
-validation split with ``select_on="val"``), runs local SGD from theta_{j_i} and returns the
+validation split with ``select_on: val``), runs local SGD from theta_{j_i} and returns the
 update for THAT model key. The server averages the updates per cluster, weighted by examples:
 theta_j <- theta_j + eta_g * sum_{i: j_i = j} n_i delta_i / sum_{i: j_i = j} n_i. A cluster no
 client picked keeps its model.
 
-Initialisation: the paper draws the k models at random (independent random initialisations).
-Here cluster 0 is the runtime's initial model and cluster j >= 1 is that model plus small
-independent Gaussian noise (``init_noise``, seeded from the run seed), so that k = 1 is exactly
-FedAvg and every cluster model starts from a well-scaled network.
+Initialisation (``init``). ``independent`` (the default, as the paper and its reference code):
+cluster 0 is the runtime's initial model and cluster j >= 1 a fresh initialisation of the same
+model by the model registry (``SetupContext.init_params``) under its own seed, derived from (run
+seed, j) (``model_seed``), so k = 1 is exactly FedAvg and every model is a well-scaled network.
+``perturbed``: cluster j >= 1 is the initial model plus independent Gaussian noise of std
+``init_noise`` (seeded from the run seed); the k models then start almost equal, so the first
+choices are decided by the noise.
+
+Cluster choice (``select_on``): ``train`` (the default, as the paper: the empirical loss the client
+trains on) or ``val`` (its validation split, an option; cheaper: one pass over a smaller split).
 
 Linearity: the server update is a per-key sum, so client actors pre-sum per model key
 (``sum_by_key``), bit-identically for any packing. Which cluster each client chose (for the
@@ -77,9 +83,20 @@ def pick_cluster(losses: Sequence[float]) -> int:
     return int(np.argmin(arr))
 
 
+MODEL_SALT = 0x1FCA  # RNG purpose of the cluster models' initialisations
+
+
+def model_seed(seed: int, j: int) -> int:
+    """The seed of cluster j's independent initialisation in run ``seed`` (j >= 1; cluster 0 is the
+    runtime's initial model, drawn under the run seed itself)."""
+    return int(np.random.SeedSequence([int(seed), MODEL_SALT, int(j)]).generate_state(1)[0])
+
+
 class IFCAParams(AlgoParams):
     num_clusters: Annotated[int, Field(ge=1)] = 2
-    init_noise: Annotated[float, Field(ge=0)] = 0.01  # std of the perturbation of clusters 1..k-1
+    # clusters 1..k-1: fresh initialisations ("independent", the paper) or the initial model + noise
+    init: Literal["independent", "perturbed"] = "independent"
+    init_noise: Annotated[float, Field(ge=0)] = 0.01  # "perturbed": std of the noise
     select_on: Literal["train", "val"] = "train"  # the split each client scores the k models on
     central_lr: Annotated[float, Field(gt=0)] = 1.0
 
@@ -102,11 +119,23 @@ class IFCA(Algorithm):
     # -- server ----------------------------------------------------------------------------
     def init(self, params: Params, ctx: SetupContext) -> IFCAState:
         base = params.astype(np.float32)
-        rng = np.random.default_rng([ctx.seed, 0x1FCA])
         models = [base]
-        for _ in range(1, self.p.num_clusters):
-            noise = rng.normal(0.0, self.p.init_noise, size=base.shape)
-            models.append((base.astype(np.float64) + noise).astype(np.float32))
+        if self.p.init == "independent" and self.p.num_clusters > 1:
+            if ctx.init_params is None:
+                raise RuntimeError(
+                    "IFCA's independent initialisations need SetupContext.init_params (the runtime "
+                    "gives it); in a hand-made context pass one, or set algorithm.init: perturbed"
+                )
+            for j in range(1, self.p.num_clusters):
+                fresh = np.asarray(ctx.init_params(model_seed(ctx.seed, j)), dtype=np.float32)
+                if fresh.shape != base.shape:
+                    raise ValueError(f"init_params gave {fresh.shape} parameters, the model has {base.shape}")
+                models.append(fresh)
+        else:
+            rng = np.random.default_rng([ctx.seed, MODEL_SALT])
+            for _ in range(1, self.p.num_clusters):
+                noise = rng.normal(0.0, self.p.init_noise, size=base.shape)
+                models.append((base.astype(np.float64) + noise).astype(np.float32))
         truth = None if ctx.client_groups is None else np.asarray(ctx.client_groups, dtype=np.int64)
         return IFCAState(
             models=tuple(models), choice=np.full(ctx.num_clients, -1, dtype=np.int64), truth=truth

@@ -33,6 +33,16 @@ def rounds_to_frac_of_peak(run: Run, col: str = "personal_accuracy", frac: float
     return float(hit["round"].iloc[0])
 
 
+def ari_last(run: Run, n: int = 5) -> float:
+    """``ari_last5``: the ARI against the ground-truth groups averaged over the last ``n`` rounds that
+    report one. A method that re-clusters from scratch every round (AS-CFL) swings from round to
+    round, so its final-round ARI alone is noisy."""
+    if "cluster_ari" not in run.rounds:
+        return math.nan
+    v = run.rounds["cluster_ari"].dropna()
+    return float(v.iloc[-n:].mean()) if len(v) else math.nan
+
+
 def uplink_mb(run: Run, col: str = "bytes_up") -> float:
     """Mean bytes uploaded per round, in MB (10^6 bytes)."""
     return run.mean(col) / 1e6
@@ -43,6 +53,7 @@ class MethodStats:
     acc: list[float]  # final personal accuracy per seed
     r90: list[float]
     ari: list[float]
+    ari5: list[float]  # ari_last5
     nmi: list[float]
     stability: list[float]
     clusters: list[float]
@@ -56,6 +67,7 @@ class MethodStats:
             acc=[r.final("personal_accuracy") for r in runs],
             r90=[rounds_to_frac_of_peak(r) for r in runs],
             ari=[r.final("cluster_ari") for r in runs],
+            ari5=[ari_last(r) for r in runs],
             nmi=[r.final("cluster_nmi") for r in runs],
             stability=[r.mean("cluster_stability") for r in runs],
             clusters=[r.final("num_clusters") for r in runs],
@@ -77,6 +89,7 @@ MAIN_HEADER = [
     "clusters",
     "stability",
     "uplink MB / round",
+    "ARI, last 5 rounds",
 ]
 
 
@@ -99,6 +112,7 @@ def main_rows(setting: str, by: dict[str, list[Run]]) -> list[list[Any]]:
                 ci_or(s.clusters, 1, why="1"),
                 ci_or(s.stability, 3, why="n/a"),
                 ci(s.up, 3),
+                ci_or(s.ari5, 3, why="n/a (one model)"),
             ]
         )
     return rows
@@ -164,3 +178,128 @@ def plot_memberships(d: Path, by: dict[str, list[Run]], tag: str) -> list[str]:
             plot_clusters(clusters, run.rounds, f"{m} (seed {run.raw['seed']})", d / fname)
         names.append(fname)
     return names
+
+
+# ----------------------------------------------------------------------------- AS-CFL ablation (issue 22)
+
+PAPER_ROW = "AS-CFL (the paper's switches)"
+
+
+def _per_round(runs: Sequence[Run], col: str) -> float:
+    """The mean over seeds of a run's per-round mean of ``col`` (NaN when no run reports it)."""
+    vals = [r.mean(col) for r in runs]
+    finite = [v for v in vals if math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else math.nan
+
+
+def ablation_acts(row: str, paper: Sequence[Run], this: Sequence[Run]) -> str:
+    """Whether the switch of ``row`` can change the computation in this setting, by construction,
+    with the evidence of the paper row's runs: a switch whose mechanism never fired there cannot
+    make the row differ, and is labelled so."""
+    if row == PAPER_ROW:
+        return "/"
+    if row.startswith("w/o positive incentive"):
+        rej = _per_round(paper, "incentive_rejections")
+        if rej == 0:
+            return "no: the paper row's test never rejected a candidate, so the partitions are the same by construction"
+        return f"yes: the paper row's test rejected {rej:.1f} candidates a round (each one ends its seed's search)"
+    if row.startswith("w/o dynamic adjustment"):
+        s, m = _per_round(paper, "splits"), _per_round(paper, "merges")
+        k0, k = _per_round(paper, "clusters_initial"), _per_round(paper, "num_clusters")
+        return (
+            f"yes: in the paper row EM, split and merge took {k0:.1f} greedy clusters a round to {k:.1f} "
+            f"({s:.1f} splits, {m:.1f} merges a round)"
+        )
+    if row.startswith("β calibrated"):
+        g, b = _per_round(this, "g_truth_max"), _per_round(this, "beta_used")
+        g0 = _per_round(paper, "g_truth_max")
+        return (
+            f"yes when a cluster's G falls between 0.8 and β_t: true partition's largest G {g:.2f} a round "
+            f"(paper row: {g0:.2f}), β used {b:.2f} on average; an oracle (reads the ground truth)"
+        )
+    if row.startswith("w/o low-rank"):
+        r = _per_round(paper, "similarity_rank")
+        n = _per_round(paper, "aggregated_clients")
+        return (
+            f"yes: exact cosine of the output layer instead of its rank-{r:.1f} embedding (of at most {n:.0f}), "
+            "and dense output-layer uploads"
+        )
+    if row.startswith("similarity:"):
+        return "yes: another block of the update is compared (and clustered by Stage 2)"
+    return "yes: several switches at once (not an ablation of one)"
+
+
+ABLATION_HEADER = [
+    "variant",
+    "personal acc (%)",
+    "Δ vs paper row (points)",
+    "p (paired)",
+    "ARI, last round",
+    "ARI, last 5 rounds",
+    "clusters",
+    "incentive rejections / round",
+    "G of the true partition (max, mean over rounds)",
+    "β used",
+    "splits / round",
+    "acts?",
+]
+
+
+def ablation_rows(by: dict[str, list[Run]]) -> list[list[Any]]:
+    paper = by[PAPER_ROW]
+    base = [r.final("personal_accuracy") for r in paper]
+    rows = []
+    for m, runs in by.items():
+        acc = [r.final("personal_accuracy") for r in runs]
+        first = m == PAPER_ROW
+        rows.append(
+            [
+                m,
+                ci(acc, 2, 100),
+                "/" if first else ci([a - b for a, b in zip(acc, base, strict=True)], 2, 100),
+                "/" if first else paired_p(acc, base),
+                ci_or([r.final("cluster_ari") for r in runs], 3),
+                ci_or([ari_last(r) for r in runs], 3),
+                ci_or([r.final("num_clusters") for r in runs], 1),
+                ci_or([r.mean("incentive_rejections") for r in runs], 1),
+                ci_or([r.mean("g_truth_max") for r in runs], 2),
+                ci_or([r.mean("beta_used") for r in runs], 2, why="- (no adjustment)"),
+                ci_or([r.mean("splits") for r in runs], 1, why="- (no adjustment)"),
+                ablation_acts(m, paper, runs),
+            ]
+        )
+    return rows
+
+
+IFCA_HEADER = [
+    "variant",
+    "personal acc (%)",
+    "Δ vs reference (points)",
+    "p (paired)",
+    "ARI, last round",
+    "ARI, last 5 rounds",
+    "clusters used",
+    "seeds with ARI 1.0 (last round)",
+]
+
+
+def ifca_rows(by: dict[str, list[Run]]) -> list[list[Any]]:
+    ref = next(iter(by.values()))
+    base = [r.final("personal_accuracy") for r in ref]
+    rows = []
+    for i, (m, runs) in enumerate(by.items()):
+        acc = [r.final("personal_accuracy") for r in runs]
+        aris = [r.final("cluster_ari") for r in runs]
+        rows.append(
+            [
+                m,
+                ci(acc, 2, 100),
+                "/" if i == 0 else ci([a - b for a, b in zip(acc, base, strict=True)], 2, 100),
+                "/" if i == 0 else paired_p(acc, base),
+                ci_or(aris, 3),
+                ci_or([ari_last(r) for r in runs], 3),
+                ci_or([r.final("nonempty_clusters") for r in runs], 1),
+                f"{sum(a >= 1.0 - 1e-9 for a in aris)} of {len(aris)}",
+            ]
+        )
+    return rows

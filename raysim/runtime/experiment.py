@@ -16,6 +16,7 @@ is handed in (``backends``; ``raysim.api.experiment`` does it): the core has onl
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -180,6 +181,9 @@ class Experiment:
             num_rounds=cfg.rounds.num_rounds,
             clients_per_round=min(cfg.rounds.clients_per_round, len(shards)),
             client_groups=np.array([s.group for s in shards]),
+            init_params=functools.partial(
+                init_params, cfg.model.name, tuple(ds.input_shape), ds.num_classes, params=cfg.model.params
+            ),
         )
         pub = np.asarray(fed.public_idx, dtype=np.int64)
         eval_spec = EvalSpec(

@@ -5,6 +5,7 @@ server half on literal updates, and a short end-to-end run with a save/restore r
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -495,3 +496,149 @@ def scored(algo, state, truth):
     from raysim.runtime.server import cluster_membership
 
     return cluster_tracking(cluster_membership(algo.client_annotations(state)), None, np.asarray(truth))
+
+
+# ------------------------------------------------- the ablation's switches, one at a time (issue 22)
+
+
+def test_similarity_block_names_the_output_first_or_all_layers():
+    layout = ParamLayout.of(build_model("cnn-small", (1, 8, 8), 10))
+    blocks = layout.module_blocks()
+    assert am.similarity_block(layout, "output") == am.OutputLayer.of(layout).block == blocks[-1][1]
+    first = am.similarity_block(layout, "first")
+    assert first == blocks[0][1] and first.start == 0 and first.stop < blocks[1][1].start + 1
+    assert am.similarity_block(layout, "all") == slice(0, layout.size)
+    with pytest.raises(ValueError, match="similarity_layers"):
+        am.similarity_block(layout, "middle")  # type: ignore[arg-type]
+
+
+# a two-module model: "inp" (4 parameters, the first layer) then "fc" (a 2 x 3 weight and a bias of 2)
+TWO_LAYERS = ParamLayout(
+    names=("inp.weight", "fc.weight", "fc.bias"), shapes=((4,), (2, 3), (2,)), offsets=(0, 4, 10), size=12
+)
+
+
+def layered_updates():
+    """Clients 0, 1 share the first layer's direction and 2, 3 another; the output layer pairs them
+    the other way round (0 with 2, 1 with 3)."""
+    first = {0: [1, 0, 0, 0], 1: [1, 0.1, 0, 0], 2: [0, 0, 1, 0], 3: [0, 0, 1, 0.1]}
+    out = {0: [1, 1, 1, 0, 0, 0, 0, 0], 2: [1, 1, 0.9, 0, 0, 0, 0, 0], 1: [0, 0, 0, 1, 1, 1, 0, 0]}
+    out[3] = [0, 0, 0, 1, 0.9, 1, 0, 0]
+    return [res(c, first[c] + out[c], 20) for c in range(4)]
+
+
+@pytest.mark.parametrize("low_rank", [True, False])
+@pytest.mark.parametrize(("layers", "partition"), [("output", [0, 1, 0, 1]), ("first", [0, 0, 1, 1])])
+def test_similarity_layers_pick_the_partition_and_are_independent_of_the_factorisation(
+    layers, partition, low_rank
+):
+    params = {
+        "dp": False,
+        "positive_incentive": False,
+        "dynamic_adjustment": False,
+        "candidate_fraction": 0.25,
+    }
+    algo = build_algorithm("ascfl", params | {"similarity_layers": layers, "low_rank": low_rank})
+    sc = setup_ctx(TWO_LAYERS, clients=4, sizes=[20] * 4)
+    state0 = algo.init(np.zeros(12, np.float32), sc)
+    assert state0.sim_block == {"output": (4, 12), "first": (0, 4)}[layers]
+    state, m = algo.aggregate(state0, layered_updates(), server())
+    np.testing.assert_array_equal(state.assign, partition)  # the same with or without the SVD
+    assert ("similarity_rank" in m) == low_rank
+    assert m["incentive_evals"] == 0 and m["incentive_rejections"] == 0  # the incentive is off
+
+
+def test_all_layers_exact_is_the_old_low_rank_false():
+    # before the switches were split, low_rank: false compared the full update vectors exactly
+    params = {
+        "dp": False,
+        "positive_incentive": False,
+        "dynamic_adjustment": False,
+        "candidate_fraction": 0.5,
+    }
+    old = build_algorithm("ascfl", params | {"low_rank": False, "similarity_layers": "all"})
+    state0 = old.init(np.zeros(12, np.float32), setup_ctx(TWO_LAYERS, clients=4, sizes=[20] * 4))
+    assert state0.sim_block == (0, 12)
+    updates = layered_updates()
+    state, _ = old.aggregate(state0, updates, server())
+    full = np.stack([r.delta for r in updates]).astype(np.float64)
+    expected = am.seed_and_expand(
+        cosine_similarity_matrix(full),
+        np.full(4, 20.0),
+        candidate_fraction=0.5,
+        accuracy=None,
+        rule=am.IncentiveRule(mode="relative"),
+    )
+    np.testing.assert_array_equal(state.assign, expected.labels)
+    # a checkpoint from before the option (no sim_block) compares the output layer
+    legacy = build_algorithm("ascfl", params | {"low_rank": False, "candidate_fraction": 0.25})
+    a, _ = legacy.aggregate(replace(state0, sim_block=None), updates, server())
+    np.testing.assert_array_equal(a.assign, [0, 1, 0, 1])
+
+
+def test_incentive_rejections_are_reported_with_the_incentive_on():
+    params = {"dp": False, "dynamic_adjustment": False, "candidate_fraction": 0.25, "incentive": "absolute"}
+    algo = build_algorithm("ascfl", params | {"theta": 0.5})
+    state0 = algo.init(np.zeros(12, np.float32), setup_ctx(TWO_LAYERS, clients=4, sizes=[20] * 4))
+    _, m = algo.aggregate(state0, layered_updates(), server(fn=lambda p: 0.1))  # every test fails
+    # four singletons: each of the first three seeds tests its one candidate, which fails; the last
+    # seed has nobody left to test
+    assert m["incentive_rejections"] == 3 and m["incentive_evals"] == 3 and m["clusters_initial"] == 4
+
+
+def test_g_of_the_true_partition_on_literal_vectors():
+    X = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [10.0, 2.0], [50.0, 50.0]])
+    # groups {0, 1} (centroid (1, 0), d_in 1) and {2, 3} (centroid (10, 1), d_in 1); row 4 has none
+    G = am.true_partition_g(X, np.array([0, 0, 1, 1, -1]))
+    np.testing.assert_allclose(G, [1 / math.sqrt(82)] * 2)
+    assert am.true_partition_g(X, np.array([0, 0, 0, -1, -1])) is None  # one group: G undefined
+    assert am.true_partition_g(X, np.full(5, -1)) is None
+
+
+def test_a_beta_below_the_true_partitions_g_splits_correct_clusters_and_the_calibrated_one_does_not():
+    # two true groups, each two points 2 apart, centroids 1.2 apart: G = 1 / 1.2 = 0.83 > 0.8
+    X = np.array([[-1.0, 0.0], [1.0, 0.0], [-1.0, 1.2], [1.0, 1.2]])
+    truth = np.array([0, 0, 1, 1])
+    g = am.true_partition_g(X, truth)
+    np.testing.assert_allclose(g, [1 / 1.2, 1 / 1.2])
+    rng = np.random.default_rng(0)
+    split, s, _ = am.adjust_clusters(X, truth, alpha=0.2, beta=0.8, rng=rng)
+    # the paper's beta cuts the first correct cluster (after which the second's nearest centroid is a
+    # half of it, 1.56 away: G 0.64, kept)
+    assert s == 1 and len(set(split.tolist())) == 3 and split[0] != split[1]
+    kept, s, mg = am.adjust_clusters(X, truth, alpha=0.2, beta=1.1 * float(g.max()), rng=rng)
+    np.testing.assert_array_equal(kept, truth)
+    assert (s, mg) == (0, 0)
+
+
+def test_beta_calibration_truth_uses_the_rounds_true_partition_and_needs_groups():
+    params = {"dp": False, "positive_incentive": False, "candidate_fraction": 0.25, "low_rank": False}
+    sc = setup_ctx(TWO_LAYERS, clients=4, sizes=[20] * 4, groups=[0, 1, 0, 1])
+    fixed = build_algorithm("ascfl", params)
+    _, mf = fixed.aggregate(fixed.init(np.zeros(12, np.float32), sc), layered_updates(), server())
+    cal = build_algorithm("ascfl", params | {"beta_calibration": "truth", "beta_margin": 1.5})
+    _, mc = cal.aggregate(cal.init(np.zeros(12, np.float32), sc), layered_updates(), server())
+    # the true partition's G is reported either way (the output layer pairs 0-2 and 1-3: the truth)
+    X = np.stack([r.delta for r in layered_updates()]).astype(np.float64)[:, 4:12]
+    g = am.true_partition_g(X, np.array([0, 1, 0, 1]))
+    assert mf["g_truth_max"] == pytest.approx(g.max()) == mc["g_truth_max"]
+    assert mf["g_truth_min"] == pytest.approx(g.min())
+    assert mf["beta_used"] == 0.8 and mc["beta_used"] == pytest.approx(1.5 * g.max())
+    # no groups known: no g_truth, and the calibrated variant refuses to start
+    _, mn = fixed.aggregate(
+        fixed.init(np.zeros(12, np.float32), setup_ctx(TWO_LAYERS, clients=4)), layered_updates(), server()
+    )
+    assert "g_truth_max" not in mn
+    with pytest.raises(ValueError, match="algorithm.beta_calibration"):
+        cal.init(np.zeros(12, np.float32), setup_ctx(TWO_LAYERS, clients=4, groups=[0, 0, 0, -1]))
+
+
+def test_the_defaults_stay_the_papers_method():
+    p = build_algorithm("ascfl").p
+    assert (p.similarity_layers, p.low_rank, p.positive_incentive, p.dynamic_adjustment) == (
+        "output",
+        True,
+        True,
+        True,
+    )
+    assert (p.beta_calibration, p.beta) == ("fixed", 0.8)

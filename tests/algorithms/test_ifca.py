@@ -9,7 +9,7 @@ import pytest
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
 from raysim.algorithms.base import ClientResult, LinearSum
-from raysim.algorithms.ifca import IFCA, pick_cluster
+from raysim.algorithms.ifca import IFCA, model_seed, pick_cluster
 from raysim.runtime.trainer import FitResult
 from tests.conftest import tiny_config
 from tests.helpers import aggregate, configure, run, setup_ctx
@@ -44,8 +44,17 @@ class LossClient:
         )
 
 
-def ctx(n_params=3, clients=4, groups=None):
-    return setup_ctx(n_params, clients=clients, groups=groups)
+def fresh_init(n_params):
+    """A stand-in for the model registry's init: seed -> a vector drawn under that seed."""
+
+    def init(seed):
+        return np.random.default_rng(seed).normal(size=n_params).astype(np.float32)
+
+    return init
+
+
+def ctx(n_params=3, clients=4, groups=None, seed=0):
+    return setup_ctx(n_params, clients=clients, groups=groups, seed=seed, init_params=fresh_init(n_params))
 
 
 def two_models():
@@ -60,6 +69,7 @@ def test_registered_with_defaults():
     assert ALGORITHMS["ifca"] is IFCA
     algo = build_algorithm("ifca")
     assert algo.p.num_clusters == 2 and algo.p.init_noise == 0.01 and algo.p.select_on == "train"
+    assert algo.p.init == "independent"  # the paper's (and its reference code's) initialisation
     assert algo.traits.linear and not algo.traits.client_state
 
 
@@ -69,8 +79,44 @@ def test_pick_cluster_argmin_nan_is_inf_ties_lowest():
     assert pick_cluster([0.3, 0.3]) == 0
 
 
-def test_init_perturbs_all_but_cluster_zero_seeded():
-    algo = build_algorithm("ifca", {"num_clusters": 3, "init_noise": 0.01})
+def test_init_independent_by_default_each_model_from_its_own_derived_seed():
+    algo = build_algorithm("ifca", {"num_clusters": 3})
+    assert algo.p.init == "independent"
+    p0 = np.full(1000, 7.0, np.float32)
+    state = algo.init(p0, ctx(1000, seed=5))
+    np.testing.assert_array_equal(state.models[0], p0)  # cluster 0: the runtime's initial model
+    for j in (1, 2):  # the others: the registry's init under (run seed, j)'s own seed
+        np.testing.assert_array_equal(state.models[j], fresh_init(1000)(model_seed(5, j)))
+    assert len({model_seed(5, 1), model_seed(5, 2), model_seed(6, 1)}) == 3
+    # unrelated to the initial model (not a perturbation of it) and reproducible from the run seed
+    assert abs(np.corrcoef(state.models[1], state.models[2])[0, 1]) < 0.1
+    np.testing.assert_array_equal(algo.init(p0, ctx(1000, seed=5)).models[2], state.models[2])
+    assert not np.array_equal(algo.init(p0, ctx(1000, seed=6)).models[1], state.models[1])
+    # k = 1 is FedAvg and needs no further initialisation
+    one = build_algorithm("ifca", {"num_clusters": 1}).init(p0, setup_ctx(1000))
+    assert len(one.models) == 1
+    with pytest.raises(RuntimeError, match="algorithm.init: perturbed"):
+        algo.init(p0, setup_ctx(1000))  # a hand-made context without the registry's init
+
+
+def test_independent_init_uses_the_model_registrys_init():
+    from functools import partial
+
+    from raysim.models.flat import init_params
+
+    make = partial(init_params, "mlp", (1, 8, 8), 10, params=None)
+    base = make(0)
+    algo = build_algorithm("ifca", {"num_clusters": 2})
+    state = algo.init(base, setup_ctx(base.size, init_params=make))
+    np.testing.assert_array_equal(state.models[1], make(model_seed(0, 1)))
+    assert not np.array_equal(state.models[1], base)
+    # each layer at the registry's scale, not the initial model plus 0.01 noise
+    assert 0.5 < state.models[1].std() / base.std() < 2.0
+    assert np.abs(state.models[1] - base).std() > 0.5 * base.std()
+
+
+def test_init_perturbed_all_but_cluster_zero_seeded():
+    algo = build_algorithm("ifca", {"num_clusters": 3, "init_noise": 0.01, "init": "perturbed"})
     p0 = np.zeros(1000, np.float32)
     s1, s2 = algo.init(p0, ctx(1000)), algo.init(p0, ctx(1000))
     assert len(s1.models) == 3
@@ -115,7 +161,7 @@ def test_select_on_val_falls_back_to_train_when_val_is_empty():
 
 
 def test_per_key_aggregation_by_hand_with_presummed_results():
-    algo = build_algorithm("ifca", {"num_clusters": 3, "init_noise": 0.0})
+    algo = build_algorithm("ifca", {"num_clusters": 3, "init": "perturbed", "init_noise": 0.0})
     state = algo.init(np.zeros(2, np.float32), ctx(2, groups=np.array([0, 1, 0, 1])))
     # cluster 0: clients 0 (n=10, delta [1, 0]) and 2 (n=30, delta [0, 2]) pre-summed on an actor
     # -> mean (10 [1, 0] + 30 [0, 2]) / 40 = [0.25, 1.5]; cluster 1: client 1 alone, [-1, 1]
@@ -150,7 +196,7 @@ def test_per_key_aggregation_by_hand_with_presummed_results():
 
 
 def test_central_lr_scales_the_cluster_step():
-    algo = build_algorithm("ifca", {"init_noise": 0.0, "central_lr": 0.5})
+    algo = build_algorithm("ifca", {"init": "perturbed", "init_noise": 0.0, "central_lr": 0.5})
     state = algo.init(np.zeros(2, np.float32), ctx(2))
     state, _ = aggregate(algo, state, 1, [result(3, "cluster/1", 4, [2, -2])])
     np.testing.assert_allclose(state.models[1], [1.0, -1.0])

@@ -329,6 +329,14 @@ class GeneticCFL(Algorithm):
             searched=p.init != "grid",
         )
 
+    def ignored_config_keys(self) -> frozenset[str]:
+        """The per-client lr and batch size replace local.lr and local.batch_size in every task,
+        ``optimizer`` replaces local.optimizer, and ``epochs`` (unless null) local.epochs."""
+        keys = {"local.lr", "local.batch_size", "local.optimizer"}
+        if self.p.epochs is not None:
+            keys.add("local.epochs")
+        return frozenset(keys)
+
     def groups(self, lr: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.p
         return group_clients(lr, batch, eps=p.dbscan_eps, min_samples=p.dbscan_min_samples, noise=p.noise)

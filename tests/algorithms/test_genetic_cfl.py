@@ -550,3 +550,23 @@ def test_end_to_end_grid_start_searches_every_client_in_round_one(tmp_path):
     chosen = part[part["round"] == first]
     assert set(chosen["lr"]) <= grid and set(chosen["batch_size"]) <= {16.0, 32.0, 64.0, 128.0}
     assert np.isfinite(chosen["val_loss"]).all()
+
+
+def test_the_local_keys_it_declares_ignored_never_reach_a_task():
+    """``ignored_config_keys`` (what `raysim tune` refuses as knobs) is what configure_round does:
+    local.lr, local.batch_size, local.optimizer and local.epochs change no task; with
+    ``epochs: null`` local.epochs does."""
+    algo = build_algorithm("genetic-cfl")
+    assert algo.ignored_config_keys() == {"local.lr", "local.batch_size", "local.optimizer", "local.epochs"}
+    state = algo.init(np.zeros(3, np.float32), gcfl_setup())
+    other = replace(LOCAL, lr=0.9, batch_size=7, epochs=5, optimizer="adam")
+
+    def genes(hp):
+        return [(t.hparams.lr, t.hparams.batch_size, t.hparams.epochs, t.hparams.optimizer) for t in plan(algo, state, hparams=hp)[1]]
+
+    assert genes(LOCAL) == genes(other)
+    assert not {lr for lr, *_ in genes(LOCAL)} & {LOCAL.lr, other.lr}
+    free = build_algorithm("genetic-cfl", {"epochs": None})
+    assert "local.epochs" not in free.ignored_config_keys()
+    state = free.init(np.zeros(3, np.float32), gcfl_setup())
+    assert {t.hparams.epochs for t in plan(free, state, hparams=other)[1]} == {5}

@@ -126,7 +126,10 @@ class OptunaOptions(_Strict):
 class PbtOptions(_Strict):
     perturbation_interval: Annotated[int, Field(ge=1)] = 2  # rounds between exploit/explore steps
     lr_key: str = "local.lr"  # mutated by paper 001's genetic rule
-    lr_scale: Annotated[float, Field(gt=0, lt=1)] = 0.1  # lr x (1 - s), x 1, or x (1 + s)
+    lr_scale: Annotated[float, Field(gt=0, lt=1)] = 0.1  # lr x (1 - s) or x (1 + s)
+    # also x 1 (paper 001's d = 0): off, since an exploit at x 1 re-runs its donor exactly when the
+    # lr is the only knob (tuning.sweep.GeneticExplore)
+    lr_unchanged: bool = False
     quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
     resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25  # for the other knobs
     seed: int = 0  # the explore step's own random stream
@@ -419,8 +422,8 @@ def probe_metrics(base: dict[str, Any]) -> frozenset[str]:
         exp = Experiment(cfg, progress=False)
         try:
             exp.prepare()
-            hparams = exp.hparams().as_dict()
             report = exp.step()
+            hparams = report.hparams  # what the cohort's tasks carried (tuning.trainable.round_metrics)
         finally:
             exp.close()
     names = {*tune_metrics(report.metrics), *ALWAYS_REPORTED}

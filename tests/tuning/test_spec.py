@@ -154,13 +154,21 @@ def test_cli_bad_spec_exits_2_with_the_key_and_leaves_no_sweep_directory(tmp_pat
     assert res.exit_code == 2 and "no sweep spec at" in res.output
 
 
-def test_genetic_explore_multiplies_the_lr_by_exactly_the_three_factors():
+def test_genetic_explore_multiplies_the_lr_by_exactly_its_factors_and_never_clones_by_default():
     explore = genetic_explore("local.lr", 0.1, seed=7)
     seen = [explore({"local.lr": 0.05, "x": 1})["local.lr"] / 0.05 for _ in range(300)]
-    assert set(np.round(seen, 12)) == {0.9, 1.0, 1.1}
+    # x 1 left out: an exploit at x 1 would re-run the donor exactly
+    assert set(np.round(seen, 12)) == {0.9, 1.1}
     # seeded: the same stream twice
     again = genetic_explore("local.lr", 0.1, seed=7)
     assert [again({"local.lr": 0.05})["local.lr"] / 0.05 for _ in range(300)] == seen
+    # paper 001's three factors on request (pbt.lr_unchanged: true)
+    three = genetic_explore("local.lr", 0.1, seed=7, unchanged=True)
+    assert set(np.round([three({"local.lr": 0.05})["local.lr"] / 0.05 for _ in range(300)], 12)) == {
+        0.9,
+        1.0,
+        1.1,
+    }
 
 
 def test_pareto_mask_on_hand_made_points():

@@ -302,6 +302,9 @@ def schedule_plot(plt: Any, spec: Any, table: pd.DataFrame, keys: list[str], pat
                 ax.scatter(hit["round"], hit[col], marker="x", s=60, color=f"C{i % 10}", zorder=3)
         if spec.space[key].kind == "loguniform":
             ax.set_yscale("log")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -159,6 +159,7 @@ def run_trial(
 
     exp = Experiment(cfg, progress=False, share=share, backends=BACKENDS)
     last = 0
+    closed = False
     try:
         exp.prepare()
         if checkpoint_dir is not None:
@@ -180,13 +181,15 @@ def run_trial(
                     exp.save(tmp)
                     if done:
                         exp.close()
+                        closed = True
                     report(metrics, tmp)
             else:
                 report(metrics, None)
-        if exp.logger is not None:
+        if exp.logger is not None and not closed:
             exp.logger.flush()
     finally:
-        exp.close()
+        if not closed:
+            exp.close()
     return last
 
 

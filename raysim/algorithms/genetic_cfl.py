@@ -108,7 +108,9 @@ unless set to null; ``optimizer`` (adam) overrides ``local.optimizer``. ``local.
 ``hparams`` carry the client's lr, batch size, epochs and optimizer; ``ignored_config_keys`` names
 the ``local.*`` keys it replaces, so ``raysim tune`` refuses them as knobs (a PBT ``lr_key:
 local.lr`` would label identical trials apart), and a sweep's ``hparams/lr_cohort_mean`` (min,
-max) records the per-client learning rates the cohort trained with.
+max) records the per-client learning rates the cohort trained with (except in the ``init: "grid"``
+search round, where each client trains its whole grid from the task's extras: that round's
+summary is of the tasks' initial draws).
 
 State and outputs
 -----------------

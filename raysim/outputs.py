@@ -473,6 +473,12 @@ TRIAL_COLUMNS = _cols(
         "the first report after a restore",
     ),
     ("restored_from_round", "that checkpoint's round", "the first report after a restore"),
+    (
+        "exploited",
+        "1: the checkpoint was another trial's (a PBT exploit); 0: the trial's own (a resume or a "
+        "synchronous PBT pause)",
+        "the first report after a restore",
+    ),
 )
 
 SWEEP_FILES: tuple[OutputFile, ...] = (

@@ -189,6 +189,9 @@ def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_clu
     summary = (out.directory / "summary.md").read_text()
     assert "## Schedules" in summary and ", from " in summary
     assert (out.directory / "plots" / "schedule.png").is_file()
+    from raysim import outputs as reference
+
+    assert reference.undocumented(table.columns, reference.TRIAL_COLUMNS + reference.rounds_columns()) == []
     policy = list(out.directory.glob("pbt_policy_*.txt")) + list(out.directory.glob("pbt_global.txt"))
     assert policy, "Tune's PBT log of exploits is missing"
 

@@ -261,6 +261,10 @@ ALGORITHM_COLUMNS: dict[str, tuple[Column, ...]] = {
         ("val_loss", "mean validation loss of the clients that trained"),
         ("groups", "hyperparameter groups (DBSCAN clusters and noise clients)"),
         ("dbscan_clusters", "DBSCAN clusters among the groups"),
+        (
+            "largest_group",
+            "clients in the largest group (near num_clients: DBSCAN found one population, not clusters)",
+        ),
         ("noise_clients", "clients DBSCAN left as noise (each its own group)"),
         ("elites", "clients that kept their hyperparameters this generation"),
         ("redrawn", "clients whose hyperparameters were re-drawn this generation"),
@@ -482,8 +486,22 @@ TRIAL_COLUMNS = _cols(
     ("round", "the round this row reports"),
     ("<metric>", "every numeric column of the trial's rounds.parquet, as that round reported it"),
     ("driver_peak_rss_mb", "the trial process's peak resident memory, MB"),
-    ("hparams/<name>", "the client hyperparameter the round trained with (PBT changes them during a trial)"),
-    ("config/<knob>", "the trial's value of each knob of the sweep's space, and config/seed"),
+    (
+        "hparams/<name>",
+        "the client hyperparameter the round's tasks carried, when every client had the same (PBT changes "
+        "them during a trial; an algorithm may replace the config's local.*)",
+    ),
+    (
+        "hparams/<name>_cohort_<stat>",
+        "a client hyperparameter that differed between the round's clients (e.g. genetic CFL's per-client "
+        "lr): its mean, min and max over the cohort",
+        "an algorithm that sets it per client",
+    ),
+    (
+        "config/<knob>",
+        "the value of each knob of the sweep's space, and config/seed, that this round ran with (a PBT trial's "
+        "schedule, round by round)",
+    ),
     (
         "proposed_by",
         "who chose the trial's knobs: 'random start-up (Optuna)' for the trials TPE draws at random before "
@@ -498,6 +516,12 @@ TRIAL_COLUMNS = _cols(
         "the first report after a restore",
     ),
     ("restored_from_round", "that checkpoint's round", "the first report after a restore"),
+    (
+        "exploited",
+        "1: the checkpoint was another trial's (a PBT exploit); 0: the trial's own (a resume or a "
+        "synchronous PBT pause)",
+        "the first report after a restore",
+    ),
 )
 
 SWEEP_FILES: tuple[OutputFile, ...] = (

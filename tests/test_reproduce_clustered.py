@@ -93,6 +93,11 @@ def test_quick_reproduction_writes_every_table_and_reuses_runs(tmp_path):
     assert set(rows4) == {"FedAvg", "Genetic CFL"}
     assert all(0 < number(r[2]) <= 100 for r in rows4.values())
     assert rows4["FedAvg"][5].strip() == "-4 (fixed)" and number(rows4["Genetic CFL"][5]) < -2
+    # DBSCAN's group count and largest group, per seed (one seed here), for genetic CFL only
+    assert rows4["FedAvg"][6].strip() == "/" and rows4["FedAvg"][7].strip() == "/"
+    groups, largest = int(rows4["Genetic CFL"][6]), int(rows4["Genetic CFL"][7])
+    assert 1 <= groups and 1 <= largest <= SCALES["quick"].gen_clients
+    assert "0.7642" in md4 and "0.770 vs" not in md4  # the notebook's round-10 cell, not its round-7 peak
 
     index = (out / "README.md").read_text()
     assert "Command: `raysim reproduce clustered --seeds 1" in index and "--quick" in index

@@ -124,6 +124,9 @@ def _missing_data(path: Path) -> str | None:
 # with their data installed in 951 s (AS-CFL 219 s and DSAC 193 s, which keep their public split;
 # the others 29 to 67 s each), the 6 added for issue 24 in 345 s (39 to 59 s each)
 RUN_TEST = "test_a_shipped_config_starts_and_runs_a_round_on_two_cpus_without_a_warning"
+# configs whose one round costs minutes (the notebook's CNN on 30 clients: about 60 CPU s a round
+# at the tiny size, benchmarks/genetic_notebook_cost.py): extended, which CI's slow tier skips
+EXTENDED = {"genetic_cfl_notebook.yaml", "fedavg_genetic_notebook.yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +192,11 @@ def test_a_shipped_config_validates_and_says_what_it_is(path):
     load_config(path, _overrides(path, Path("runs")))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=[pytest.mark.extended] if p.name in EXTENDED else []) for p in CONFIGS],
+    ids=[p.stem for p in CONFIGS],
+)
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(1800)

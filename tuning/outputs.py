@@ -99,7 +99,11 @@ def trials_table(loaded: LoadedSpec, results: Any) -> pd.DataFrame:
         df["trial_id"] = trial_id
         df["status"] = status
         for key in [*loaded.spec.space, "seed"]:
-            df[f"config/{key}"] = r.config.get(key)
+            # each round's own knobs (the trainable records them: PBT changes them within a
+            # trial); Tune's final config only where no record says (a trial with no rounds)
+            col = f"config/{key}"
+            final = r.config.get(key)
+            df[col] = df[col].where(df[col].notna(), final) if col in df else final
         frames.append(df)
     if not frames:
         return pd.DataFrame()
@@ -219,7 +223,7 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
         sign = 1.0 if objs[0].goal == "max" else -1.0
         top = max(points, key=lambda p: sign * p["mean"])
         r, values = top["trials"][0]
-        knobs = {k: r.config[k] for k in [*spec.space, "seed"] if k in r.config}
+        knobs = final_knobs(by_trial.get(trial_id_of(r)), r.config, [*spec.space, "seed"])
         best = {
             "trial_id": trial_id_of(r),
             "config": {k: _py(v) for k, v in knobs.items()},
@@ -238,7 +242,10 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
             f"#   raysim tune --validate-best {directory}   # on fresh seeds\n"
         )
         if spec.mode == "pbt":
-            head += "# PBT: the learning rate was a schedule; this is its final value (see trials.parquet)\n"
+            head += (
+                "# PBT: the knobs were a schedule (summary.md, plots/schedule.png); these are the values "
+                "its last round trained with\n"
+            )
         raw = yaml.safe_load(dump_config(cfg))
         raw["output"] = dict(loaded.base["output"])
         # the base's own backend/address, not the one the spec's fixed: set for its trials
@@ -290,6 +297,47 @@ def write_outputs(loaded: LoadedSpec, results: Any, directory: Path, echo: Echo)
     return SweepOutcome(
         directory=directory, trials=len(results), errors=errors, best=best, no_record=no_record
     )
+
+
+def final_knobs(df: pd.DataFrame | None, config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The knobs a trial's last reported round ran with (its record's ``config/<key>``), falling
+    back to Tune's final config for a key the record lacks."""
+    out = {}
+    for k in keys:
+        col = f"config/{k}"
+        if df is not None and col in df and df[col].notna().any():
+            out[k] = _py(df[col].dropna().iloc[-1])
+        elif k in config:
+            out[k] = config[k]
+    return out
+
+
+def schedule(df: pd.DataFrame, key: str) -> list[dict[str, Any]]:
+    """One trial's ``key`` round by round as runs of equal values: ``{"first", "last", "value",
+    "from"}`` where ``from`` names the checkpoint a PBT exploit started the run from (``trial
+    round``), "" otherwise."""
+    col = f"config/{key}"
+    if col not in df or "round" not in df:
+        return []
+    runs: list[dict[str, Any]] = []
+    for _, row in df.dropna(subset=["round"]).sort_values("round").iterrows():
+        value, rnd = _py(row[col]), int(row["round"])
+        exploited = bool(row.get("exploited", 0) == 1)
+        source = f"{row['restored_from_trial']} round {int(row['restored_from_round'])}" if exploited else ""
+        if runs and not exploited and _same(runs[-1]["value"], value) and runs[-1]["last"] == rnd - 1:
+            runs[-1]["last"] = rnd
+        else:
+            runs.append({"first": rnd, "last": rnd, "value": value, "from": source})
+    return runs
+
+
+def schedule_text(runs: list[dict[str, Any]]) -> str:
+    """``0.002 (rounds 1-2) -> 0.0022 (rounds 3-4, from abc round 2)``."""
+    parts = []
+    for r in runs:
+        span = f"round {r['first']}" if r["first"] == r["last"] else f"rounds {r['first']}-{r['last']}"
+        parts.append(f"{_fmt(r['value'])} ({span}{', from ' + r['from'] if r['from'] else ''})")
+    return " → ".join(parts)
 
 
 def _py(v: Any) -> Any:
@@ -363,9 +411,33 @@ def summary_markdown(
             "optuna.n_startup_trials trials have finished (Optuna's default is 10), and only the trials "
             "after them are proposed by TPE's model. A sweep of only start-up trials is random search.",
         ]
+    changing = [k for k in spec.space if k != "seed" and changes_within_trial(table, k)]
+    if spec.mode == "pbt" or changing:
+        lines += [
+            "",
+            "## Schedules",
+            "",
+            "Each trial's knobs round by round, as its rounds trained with them (PBT exploits a donor's "
+            "checkpoint and explores new values during a trial; `from` names the donor's checkpoint). "
+            "The table above shows the values of the last round. plots/schedule.png draws them.",
+            "",
+            "| trial | " + " | ".join(k for k in spec.space if k != "seed") + " |",
+            "|" + "---|" * (1 + len([k for k in spec.space if k != "seed"])),
+        ]
+        for trial_id, df in table.groupby("trial_id", sort=False) if not table.empty else []:
+            cells = [schedule_text(schedule(df, k)) or "-" for k in spec.space if k != "seed"]
+            lines.append(f"| {trial_id} | " + " | ".join(cells) + " |")
     if plot_notes:
         lines += ["", "## Plots not drawn", "", *[f"- {note}" for note in plot_notes]]
     return "\n".join(lines) + "\n"
+
+
+def changes_within_trial(table: pd.DataFrame, key: str) -> bool:
+    """Whether some trial's ``key`` differs between its rounds."""
+    col = f"config/{key}"
+    if table.empty or col not in table:
+        return False
+    return bool((table.groupby("trial_id")[col].nunique(dropna=True) > 1).any())
 
 
 def _fmt(v: Any) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tuning.outputs import changes_within_trial
 from tuning.spec import LoadedSpec
 
 
@@ -190,6 +191,13 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
 
+    # 1b. each knob round by round per trial, where it changes during a trial (PBT)
+    changing = [k for k in knobs if changes_within_trial(table, k)]
+    if changing:
+        written.append(schedule_plot(plt, spec, table, changing, out / "schedule.png", best))
+    elif spec.mode == "pbt":
+        plots.skipped["schedule.png"] = "no trial's knobs changed during the sweep (no exploit happened)"
+
     if done.empty or not knobs:
         why = (
             f"no trial finished with a finite {metric}"
@@ -217,7 +225,8 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
             )
         if spec.space[key].kind == "loguniform":
             _log_axis(ax)
-        ax.set_xlabel(key)
+        # a PBT trial's knob is a schedule: the value its last round trained with (schedule.png)
+        ax.set_xlabel(f"{key} (its last round's)" if spec.mode == "pbt" else key)
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
@@ -265,6 +274,46 @@ def write_plots(loaded: LoadedSpec, table: pd.DataFrame, out: Path, info: dict[s
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     return plots
+
+
+def schedule_plot(plt: Any, spec: Any, table: pd.DataFrame, keys: list[str], path: Path, best: Any) -> Path:
+    """Each knob round by round per trial (the value each round trained with), exploits marked."""
+    width = max(6.0, 4.5 * len(keys))
+    fig, axes = plt.subplots(1, len(keys), figsize=(width, 4.0), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        col = f"config/{key}"
+        for i, (trial_id, df) in enumerate(table.groupby("trial_id", sort=False)):
+            sel = df[["round", col, *[c for c in ("exploited",) if c in df]]].dropna(subset=["round", col])
+            sel = sel.sort_values("round")
+            if sel.empty or not pd.api.types.is_numeric_dtype(sel[col]):
+                continue
+            bold = trial_id == best
+            ax.plot(
+                sel["round"],
+                sel[col],
+                drawstyle="steps-mid",
+                marker=".",
+                lw=2.5 if bold else 1.2,
+                color=f"C{i % 10}",
+                label=f"{trial_id}{' (best)' if bold else ''}",
+            )
+            if "exploited" in sel:
+                hit = sel[sel["exploited"] == 1]
+                ax.scatter(hit["round"], hit[col], marker="x", s=60, color=f"C{i % 10}", zorder=3)
+        if spec.space[key].kind == "loguniform":
+            ax.set_yscale("log")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("round")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    _title(fig, f"{spec.name}: each trial's knobs as its rounds trained with them (x: an exploit)", width)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _final_of(df: pd.DataFrame, metric: str) -> float:

@@ -126,7 +126,10 @@ class OptunaOptions(_Strict):
 class PbtOptions(_Strict):
     perturbation_interval: Annotated[int, Field(ge=1)] = 2  # rounds between exploit/explore steps
     lr_key: str = "local.lr"  # mutated by paper 001's genetic rule
-    lr_scale: Annotated[float, Field(gt=0, lt=1)] = 0.1  # lr x (1 - s), x 1, or x (1 + s)
+    lr_scale: Annotated[float, Field(gt=0, lt=1)] = 0.1  # lr x (1 - s) or x (1 + s)
+    # also x 1 (paper 001's d = 0): off, since an exploit at x 1 re-runs its donor exactly when the
+    # lr is the only knob (tuning.sweep.GeneticExplore)
+    lr_unchanged: bool = False
     quantile_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.25
     resample_probability: Annotated[float, Field(ge=0, le=1)] = 0.25  # for the other knobs
     seed: int = 0  # the explore step's own random stream
@@ -328,6 +331,7 @@ def check_space(spec: SweepSpec, base: dict[str, Any]) -> None:
                 lines = str(err).splitlines()
                 why = "; ".join(line.strip() for line in lines[1:]) if len(lines) > 1 else str(err)
                 raise ConfigError(f"space.{key}: value {value!r} is not a valid experiment: {why}") from None
+    check_knobs_read(spec, base)
     every = int(base.get("rounds", {}).get("eval_every", 1))
     for obj in spec.objective_list:
         if not obj.metric:
@@ -336,6 +340,36 @@ def check_space(spec: SweepSpec, base: dict[str, Any]) -> None:
             raise ConfigError(
                 f"base rounds.eval_every is {every}, but the sweep judges trials on {obj.metric!r} "
                 "every round (schedulers compare trials round by round): set rounds.eval_every: 1"
+            )
+
+
+def check_knobs_read(spec: SweepSpec, base: dict[str, Any]) -> None:
+    """Every knob is one the trial's algorithm reads: a key the algorithm declares it never reads
+    (``Algorithm.ignored_config_keys``, e.g. a ``local.lr`` it replaces with its own per-client
+    learning rate) would give every trial the same run under different labels. PBT's ``lr_key``
+    is checked first, with its own message. The algorithm is built from each value the space can
+    produce for the knob (an ``algorithm.*`` knob may change what the algorithm reads)."""
+    from raysim.algorithms import build_algorithm
+    from tuning.trainable import trial_config
+
+    keys = list(spec.space)
+    if spec.pbt is not None and spec.pbt.lr_key in keys:
+        keys.remove(spec.pbt.lr_key)
+        keys.insert(0, spec.pbt.lr_key)
+    for key in keys:
+        for value in spec.space[key].probes():
+            cfg = trial_config(base, {key: value})
+            algo = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
+            ignored = algo.ignored_config_keys()
+            if key not in ignored:
+                continue
+            field = "pbt.lr_key" if spec.pbt is not None and key == spec.pbt.lr_key else f"space.{key}"
+            raise ConfigError(
+                f"{field}: algorithm {cfg.algorithm.name!r} does not read {key} (it sets that client "
+                f"hyperparameter itself in every task; it ignores {', '.join(sorted(ignored))}), so "
+                "every trial would run the same experiment under a different label. Tune one of the "
+                "algorithm's own keys (algorithm.*) instead, or a base algorithm that reads "
+                f"{key}"
             )
 
 
@@ -388,8 +422,8 @@ def probe_metrics(base: dict[str, Any]) -> frozenset[str]:
         exp = Experiment(cfg, progress=False)
         try:
             exp.prepare()
-            hparams = exp.hparams().as_dict()
             report = exp.step()
+            hparams = report.hparams  # what the cohort's tasks carried (tuning.trainable.round_metrics)
         finally:
             exp.close()
     names = {*tune_metrics(report.metrics), *ALWAYS_REPORTED}

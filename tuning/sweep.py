@@ -81,14 +81,19 @@ def param_space(loaded: LoadedSpec) -> dict[str, Any]:
 
 
 class GeneticExplore:
-    """Paper 001's mutation as PBT's explore step: the learning rate times (1 - s), 1 or (1 + s),
-    each with probability 1/3, from the explore step's own seeded stream. A class, not a closure:
-    Tune pickles it into the sweep state, and a class pickles by name (a closure would pickle its
-    code, which ``tuning.tune_state`` refuses to let a resume load)."""
+    """Paper 001's mutation as PBT's explore step: the learning rate times (1 - s) or (1 + s), each
+    with probability 1/2, from the explore step's own seeded stream. Paper 001 also draws x 1 (its
+    d = 0); ``unchanged=True`` restores that third factor, each then with probability 1/3. It is
+    left out by default because an exploit at x 1 restores the donor's checkpoint with the donor's
+    own learning rate: with no other knob in the space, the trial then re-runs its donor round for
+    round (same state, same seed), and the population has one member fewer than it seems.
 
-    def __init__(self, key: str, scale: float, seed: int) -> None:
+    A class, not a closure: Tune pickles it into the sweep state, and a class pickles by name (a
+    closure would pickle its code, which ``tuning.tune_state`` refuses to let a resume load)."""
+
+    def __init__(self, key: str, scale: float, seed: int, unchanged: bool = False) -> None:
         self.key = key
-        self.factors = (1.0 - scale, 1.0, 1.0 + scale)
+        self.factors = (1.0 - scale, 1.0, 1.0 + scale) if unchanged else (1.0 - scale, 1.0 + scale)
         self.rng = random.Random(seed)
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -96,9 +101,11 @@ class GeneticExplore:
         return config
 
 
-def genetic_explore(key: str, scale: float, seed: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def genetic_explore(
+    key: str, scale: float, seed: int, unchanged: bool = False
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The explore step for ``key`` (see GeneticExplore)."""
-    return GeneticExplore(key, scale, seed)
+    return GeneticExplore(key, scale, seed, unchanged)
 
 
 class PicklableLock:
@@ -194,7 +201,7 @@ def _searcher_and_scheduler(loaded: LoadedSpec, directory: Path) -> tuple[Any, A
             time_attr="round",
             perturbation_interval=pbt.perturbation_interval,
             hyperparam_mutations=mutations,  # type: ignore[arg-type]
-            custom_explore_fn=genetic_explore(pbt.lr_key, pbt.lr_scale, pbt.seed),
+            custom_explore_fn=genetic_explore(pbt.lr_key, pbt.lr_scale, pbt.seed, pbt.lr_unchanged),
             quantile_fraction=pbt.quantile_fraction,
             resample_probability=pbt.resample_probability,
             synch=pbt.synch,

@@ -39,6 +39,7 @@ ORIGIN = "origin.json"  # in each checkpoint: the trial and round that wrote it
 # member at every perturbation; on resume Tune copies the not-yet-synced storage copy over the
 # driver's file), so trials.parquet is built from this record instead.
 REPORTED = "reported.jsonl"  # tuning.outputs reads it by this name too
+CONFIG_PREFIX = "config/"  # a record's knobs: config/<dotted key>, the value its round ran with
 RUN_NAME = "run"  # the experiment's run directory inside the trial directory: run, run-2, ...
 
 
@@ -114,6 +115,21 @@ def tune_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+DONE = "done"  # Tune's result key (ray.tune.result.DONE): the trial's last report
+
+
+def round_metrics(metrics: Mapping[str, Any], hparams: Mapping[str, Any], rnd: int) -> dict[str, Any]:
+    """One round's report to Tune: the round's finite metrics, ``round``, the driver's peak RSS and
+    ``hparams/<name>``: what the cohort's tasks carried (``RoundReport.hparams``; a value that
+    differs between clients, such as a per-client learning rate, as ``hparams/<name>_cohort_mean``
+    / ``_min`` / ``_max``), not the config's local.* (which an algorithm may replace)."""
+    out = tune_metrics(metrics)
+    out["round"] = int(rnd)
+    out["driver_peak_rss_mb"] = float(driver_stats()["peak_rss_mb"])
+    out.update({f"hparams/{k}": v for k, v in tune_metrics(hparams).items()})
+    return out
+
+
 def run_trial(
     config: Mapping[str, Any],
     base: Mapping[str, Any],
@@ -143,31 +159,37 @@ def run_trial(
 
     exp = Experiment(cfg, progress=False, share=share, backends=BACKENDS)
     last = 0
+    closed = False
     try:
         exp.prepare()
         if checkpoint_dir is not None:
             last = exp.restore(checkpoint_dir)
         while not exp.should_stop():
-            hparams = exp.hparams().as_dict()
             rep = exp.step()
             last = rep.round
-            metrics = tune_metrics(rep.metrics)
-            metrics["round"] = int(rep.round)
-            metrics["driver_peak_rss_mb"] = float(driver_stats()["peak_rss_mb"])
-            metrics.update({f"hparams/{k}": v for k, v in tune_metrics(hparams).items()})
+            metrics = round_metrics(rep.metrics, rep.hparams, rep.round)
             done = exp.should_stop()
+            if done:
+                # the last report says so: Tune then ends the trial instead of handing the result
+                # to its scheduler, so PBT never exploits after the last round (a config no round
+                # trained with). Tune may stop the trial at that report, so the run is closed first
+                metrics[DONE] = True
             if done or (checkpoint_every and rep.round % checkpoint_every == 0):
                 if exp.logger is not None:
                     exp.logger.flush()
                 with tempfile.TemporaryDirectory(prefix="raysim-ckpt-") as tmp:
                     exp.save(tmp)
+                    if done:
+                        exp.close()
+                        closed = True
                     report(metrics, tmp)
             else:
                 report(metrics, None)
-        if exp.logger is not None:
+        if exp.logger is not None and not closed:
             exp.logger.flush()
     finally:
-        exp.close()
+        if not closed:
+            exp.close()
     return last
 
 
@@ -237,6 +259,10 @@ def make_trainable(
         group = ray.get_runtime_context().get_placement_group_id() or ""  # the trial's own group
         restored: dict[str, Any] = {}  # where this trial's FL state came from, on its first report
 
+        # the knobs this run trains with (PBT changes them between runs of one trial): each
+        # record carries the config its round ran with, so a schedule is read from the record
+        knobs = {f"{CONFIG_PREFIX}{k}": _plain(v) for k, v in config.items()}
+
         def report(metrics: dict[str, Any], directory: str | None) -> None:
             metrics = {**metrics, **restored, "placement_group_id": group}
             restored.clear()
@@ -245,8 +271,9 @@ def make_trainable(
                 origin = {"trial_id": trial_id, "round": metrics["round"]}
                 (Path(directory) / ORIGIN).write_text(json.dumps(origin))
                 ckpt = tune.Checkpoint.from_directory(directory)
+            record = {k: v for k, v in metrics.items() if k != DONE}
             with (trial_dir / REPORTED).open("a") as f:  # before Tune may pause us at this report
-                f.write(json.dumps({**metrics, "trial_id": trial_id}) + "\n")
+                f.write(json.dumps({**record, **knobs, "trial_id": trial_id}, default=str) + "\n")
             tune.report(metrics, checkpoint=ckpt)  # persists the checkpoint before returning
 
         kwargs: dict[str, Any] = {

@@ -678,6 +678,14 @@ class Algorithm(ABC):
     def __init__(self, params: AlgoParams | None = None) -> None:
         self.p: Any = params if params is not None else self.params_model()
 
+    def ignored_config_keys(self) -> frozenset[str]:
+        """Dotted config keys (``local.<field>``) that this algorithm, with these parameters,
+        never reads: it sets that client hyperparameter itself in every task (e.g. a learning
+        rate drawn per client). Varying one changes nothing, so ``raysim tune`` refuses a knob
+        named here; what the clients trained with is each round's ``RoundReport.hparams``.
+        Default: none (every ``local.*`` key reaches the tasks)."""
+        return frozenset()
+
     # -- server ----------------------------------------------------------------------------
     @abstractmethod
     def init(self, params: Params, ctx: SetupContext) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from raysim.algorithms.base import (
     Algorithm,
     ClientColumns,
     ClientResult,
+    ClientTask,
     LinearSum,
     LocalHParams,
     RoundContext,
@@ -157,6 +158,31 @@ class RoundReport:
     restarted: list[int] = field(default_factory=list)
     # an evaluated round with rounds.personal_eval: every client's personal figures (None: none)
     personal: PersonalEval | None = None
+    # the client hyperparameters the cohort's tasks carried (``cohort_hparams``): what clients
+    # trained with, which an algorithm may set per client over the config's local.*
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+def cohort_hparams(tasks: Sequence[ClientTask]) -> dict[str, Any]:
+    """What a round's tasks asked the clients to train with: each ``LocalHParams`` field under its
+    own name when every task carries the same value; a field that differs between clients (e.g. a
+    learning rate per client) as ``<name>_cohort_mean``, ``_cohort_min`` and ``_cohort_max`` when
+    numeric, else the sorted distinct values joined by commas under ``<name>_cohort``. No tasks: {}."""
+    out: dict[str, Any] = {}
+    if not tasks:
+        return out
+    for name in LocalHParams.names():
+        values = [getattr(t.hparams, name) for t in tasks]
+        if all(v == values[0] for v in values):
+            out[name] = values[0]
+        elif all(isinstance(v, int | float) for v in values):
+            arr = np.asarray(values, dtype=np.float64)
+            out[f"{name}_cohort_mean"] = float(arr.mean())
+            out[f"{name}_cohort_min"] = float(arr.min())
+            out[f"{name}_cohort_max"] = float(arr.max())
+        else:
+            out[f"{name}_cohort"] = ",".join(sorted({str(v) for v in values}))
+    return out
 
 
 CLUSTER = "cluster"  # the client annotation that makes the runtime track clusters
@@ -408,6 +434,7 @@ class Server:
             clusters=clusters,
             restarted=restarted,
             personal=personal,
+            hparams=cohort_hparams(plan.tasks),
         )
 
     def _quarantine(self, t: int, reply: PoolReply) -> tuple[PoolReply, float]:

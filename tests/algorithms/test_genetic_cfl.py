@@ -285,6 +285,8 @@ def test_aggregate_averages_records_losses_and_annotates():
     np.testing.assert_array_equal(new.loss_round, [7, -1, 7, 7])
     assert m["aggregated_clients"] == 2 and m["diverged_clients"] == 1
     assert m["val_loss"] == pytest.approx(0.3)
+    assert m["groups"] == len(np.unique(new.group))
+    assert m["largest_group"] == np.bincount(new.group).max()
     notes = algo.client_annotations(new)
     assert set(notes) == {0, 1, 2, 3}
     assert notes[2]["lr"] == new.lr[2] and notes[2]["batch_size"] == new.batch[2]
@@ -550,3 +552,39 @@ def test_end_to_end_grid_start_searches_every_client_in_round_one(tmp_path):
     chosen = part[part["round"] == first]
     assert set(chosen["lr"]) <= grid and set(chosen["batch_size"]) <= {16.0, 32.0, 64.0, 128.0}
     assert np.isfinite(chosen["val_loss"]).all()
+
+
+def test_the_local_keys_it_declares_ignored_never_reach_a_task():
+    """``ignored_config_keys`` (what `raysim tune` refuses as knobs) is what configure_round does:
+    local.lr, local.batch_size, local.optimizer and local.epochs change no task; with
+    ``epochs: null`` local.epochs does."""
+    algo = build_algorithm("genetic-cfl")
+    assert algo.ignored_config_keys() == {"local.lr", "local.batch_size", "local.optimizer", "local.epochs"}
+    state = algo.init(np.zeros(3, np.float32), gcfl_setup())
+    other = replace(LOCAL, lr=0.9, batch_size=7, epochs=5, optimizer="adam")
+
+    def genes(hp):
+        return [
+            (t.hparams.lr, t.hparams.batch_size, t.hparams.epochs, t.hparams.optimizer)
+            for t in plan(algo, state, hparams=hp)[1]
+        ]
+
+    assert genes(LOCAL) == genes(other)
+    assert not {lr for lr, *_ in genes(LOCAL)} & {LOCAL.lr, other.lr}
+    free = build_algorithm("genetic-cfl", {"epochs": None})
+    assert "local.epochs" not in free.ignored_config_keys()
+    state = free.init(np.zeros(3, np.float32), gcfl_setup())
+    assert {t.hparams.epochs for t in plan(free, state, hparams=other)[1]} == {5}
+
+
+def test_at_100_clients_dbscan_finds_one_population_and_at_30_several_groups():
+    """What docs/clustered.md quotes: the notebook's eps 0.15 on 100 clients' initial draws puts
+    87-100 clients in one group (seeds 0-9); its own 30 clients split into several groups."""
+    largest, counts = [], []
+    for seed in range(10):
+        for n, out in ((100, largest), (30, counts)):
+            algo = build_algorithm("genetic-cfl", {"noise": "group"})
+            state = algo.init(np.zeros(2, np.float32), gcfl_setup(n, seed=seed, n_params=2))
+            out.append(np.bincount(state.group).max() if n == 100 else len(np.unique(state.group)))
+    assert min(largest) >= 87 and max(largest) == 100, largest
+    assert min(counts) >= 5, counts

@@ -154,16 +154,86 @@ def test_cli_bad_spec_exits_2_with_the_key_and_leaves_no_sweep_directory(tmp_pat
     assert res.exit_code == 2 and "no sweep spec at" in res.output
 
 
-def test_genetic_explore_multiplies_the_lr_by_exactly_the_three_factors():
+def test_genetic_explore_multiplies_the_lr_by_exactly_its_factors_and_never_clones_by_default():
     explore = genetic_explore("local.lr", 0.1, seed=7)
     seen = [explore({"local.lr": 0.05, "x": 1})["local.lr"] / 0.05 for _ in range(300)]
-    assert set(np.round(seen, 12)) == {0.9, 1.0, 1.1}
+    # x 1 left out: an exploit at x 1 would re-run the donor exactly
+    assert set(np.round(seen, 12)) == {0.9, 1.1}
     # seeded: the same stream twice
     again = genetic_explore("local.lr", 0.1, seed=7)
     assert [again({"local.lr": 0.05})["local.lr"] / 0.05 for _ in range(300)] == seen
+    # paper 001's three factors on request (pbt.lr_unchanged: true)
+    three = genetic_explore("local.lr", 0.1, seed=7, unchanged=True)
+    assert set(np.round([three({"local.lr": 0.05})["local.lr"] / 0.05 for _ in range(300)], 12)) == {
+        0.9,
+        1.0,
+        1.1,
+    }
 
 
 def test_pareto_mask_on_hand_made_points():
     # (accuracy max, seconds min): b dominates d; a, b, c trade off
     v = np.array([[0.9, 10.0], [0.8, 5.0], [0.7, 1.0], [0.75, 6.0], [0.9, 12.0]])
     assert pareto_mask(v, ["max", "min"]).tolist() == [True, True, True, False, False]
+
+
+def _genetic_base(tmp_path: Path, **algo: Any) -> dict[str, Any]:
+    base = tiny_config(tmp_path).to_dict()
+    base["algorithm"] = {"name": "genetic-cfl", **algo}
+    return base
+
+
+def test_a_pbt_lr_key_the_algorithm_never_reads_is_refused_naming_key_and_algorithm(tmp_path):
+    # genetic CFL draws each client's own lr: PBT's local.lr would label identical trials apart
+    raw = _spec(
+        tmp_path,
+        base=_genetic_base(tmp_path),
+        mode="pbt",
+        checkpoint_every=1,
+        pbt={"perturbation_interval": 1},
+    )
+    with pytest.raises(ConfigError, match=r"pbt\.lr_key: algorithm 'genetic-cfl' does not read local\.lr"):
+        spec_from_dict(raw, "spec.yaml", tmp_path)
+    # the same knob on an algorithm that reads it is a sweep (the base tiny config is FedAvg)
+    spec_from_dict({**raw, "base": tiny_config(tmp_path).to_dict()}, "spec.yaml", tmp_path)
+
+
+def test_any_knob_the_algorithm_ignores_is_refused_and_its_own_keys_are_not(tmp_path):
+    base = _genetic_base(tmp_path)
+    for key, dim in (("local.batch_size", {"choice": [8, 16]}), ("local.epochs", {"int": [1, 2]})):
+        with pytest.raises(ConfigError, match=rf"space\.{key}: algorithm 'genetic-cfl' does not read"):
+            spec_from_dict(_spec(tmp_path, base=base, space={key: dim}), "spec.yaml", tmp_path)
+    # with algorithm.epochs null, genetic CFL trains local.epochs: then it is a knob
+    spec_from_dict(
+        _spec(tmp_path, base=_genetic_base(tmp_path, epochs=None), space={"local.epochs": {"int": [1, 2]}}),
+        "spec.yaml",
+        tmp_path,
+    )
+    spec_from_dict(
+        _spec(tmp_path, base=base, space={"algorithm.mutation_scale": {"uniform": [0.05, 0.2]}}),
+        "spec.yaml",
+        tmp_path,
+    )
+
+
+def test_cli_refuses_an_ignored_knob_with_exit_2_and_writes_nothing(tmp_path):
+    raw = _spec(tmp_path, base=_genetic_base(tmp_path), storage_path=str(tmp_path / "sw"))
+    path = tmp_path / "ignored.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["tune", str(path)])
+    assert res.exit_code == 2, res.output
+    assert "space.local.lr" in res.output and "genetic-cfl" in res.output
+    assert not (tmp_path / "sw").exists()
+
+
+def test_every_algorithm_declares_only_local_keys():
+    """What tuning trusts is a set of local.* fields (genetic CFL's behaviour behind its
+    declaration is tested in tests/algorithms/test_genetic_cfl.py)."""
+    from raysim.algorithms import ALGORITHMS, build_algorithm
+    from raysim.algorithms.base import LocalHParams
+
+    fields = {f"local.{n}" for n in LocalHParams.names()}
+    for name in ALGORITHMS:
+        ignored = build_algorithm(name).ignored_config_keys()
+        assert ignored <= fields, (name, ignored - fields)
+    assert build_algorithm("fedavg").ignored_config_keys() == frozenset()

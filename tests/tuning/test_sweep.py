@@ -171,12 +171,29 @@ def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_clu
         assert len(donor) == 1
         # the restored round continues the donor's FL state ...
         assert row["round"] == row["restored_from_round"] + 1
-        # ... with the donor's learning rate times one of the genetic factors
+        # ... with the donor's learning rate times one of the genetic factors (never x 1: that
+        # would re-run the donor exactly)
         ratio = row["hparams/lr"] / float(donor["hparams/lr"].iloc[0])
-        assert min(abs(ratio - f) for f in (0.9, 1.0, 1.1)) < 1e-9, ratio
+        assert min(abs(ratio - f) for f in (0.9, 1.1)) < 1e-9, ratio
+    # each round's knob is what it trained with
+    assert (table["hparams/lr"] == table["config/local.lr"]).all()
+    # no exploit after the last round: every trial ran round 4 with the lr it ends with, and the
+    # restores all continue a round before the last
+    assert set(table.groupby("trial_id")["round"].max()) == {4}
+    assert (exploits["restored_from_round"] < 4).all()
+    assert "done" not in table
+    best = yaml.safe_load((out.directory / "best.yaml").read_text())
+    info = json.loads((out.directory / "sweep.json").read_text())
+    last = table[(table["trial_id"] == info["best"]["trial_id"]) & (table["round"] == 4)]
+    assert best["local"]["lr"] == float(last["hparams/lr"].iloc[0])
+    summary = (out.directory / "summary.md").read_text()
+    assert "## Schedules" in summary and ", from " in summary
+    assert (out.directory / "plots" / "schedule.png").is_file()
+    from raysim import outputs as reference
+
+    assert reference.undocumented(table.columns, reference.TRIAL_COLUMNS + reference.rounds_columns()) == []
     policy = list(out.directory.glob("pbt_policy_*.txt")) + list(out.directory.glob("pbt_global.txt"))
     assert policy, "Tune's PBT log of exploits is missing"
-    assert yaml.safe_load((out.directory / "best.yaml").read_text())["local"]["lr"] > 0
 
 
 def test_batch_runner_runs_fixed_configs_as_trials_and_names_a_failed_one(ray_cluster, tmp_path):

@@ -109,3 +109,102 @@ def test_two_knobs_with_too_few_trials_say_so(tmp_path):
     table["config/local.batch_size"] = table["trial_id"].map({"t0": 8, "t1": 16, "t2": 8})
     plots = write_plots(loaded, table, tmp_path / "plots", {})
     assert plots.skipped == {"importance.png": "fANOVA needs at least 4 finished trials; 3 finished"}
+
+
+def _pbt_table() -> pd.DataFrame:
+    """Two PBT trials of 4 rounds: t1 exploits t0's round-2 checkpoint and trains rounds 3-4 at
+    t0's lr x 1.1 (the record's config/local.lr is what each round trained with)."""
+    rows = []
+    for trial, lrs in (("t0", [0.1, 0.1, 0.1, 0.1]), ("t1", [0.01, 0.01, 0.11, 0.11])):
+        for t, lr in enumerate(lrs, start=1):
+            row = {
+                "round": t,
+                "test_accuracy": 0.5 + 0.01 * t + (0.05 if lr >= 0.1 else 0.0),
+                "trial_id": trial,
+                "status": "done",
+                "config/local.lr": lr,
+                "config/seed": 0,
+                "hparams/lr": lr,
+            }
+            if trial == "t1" and t == 3:
+                row.update(exploited=1, restored_from_trial="t0", restored_from_round=2)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pbt_loaded(tmp_path: Path):
+    return _loaded(
+        tmp_path,
+        mode="pbt",
+        num_samples=2,
+        checkpoint_every=1,
+        optuna=None,
+        pbt={"perturbation_interval": 2},
+    )
+
+
+def test_pbt_summary_shows_each_trials_schedule_and_its_last_rounds_values(tmp_path):
+    from tuning.outputs import schedule, schedule_text
+
+    table = _pbt_table()
+    t1 = table[table["trial_id"] == "t1"]
+    assert schedule(t1, "local.lr") == [
+        {"first": 1, "last": 2, "value": 0.01, "from": ""},
+        {"first": 3, "last": 4, "value": 0.11, "from": "t0 round 2"},
+    ]
+    assert schedule_text(schedule(t1, "local.lr")) == "0.01 (rounds 1-2) → 0.11 (rounds 3-4, from t0 round 2)"
+    info = {"trials": 2, "errors": 0, "tuning_seeds": [0]}
+    md = summary_markdown(_pbt_loaded(tmp_path), table, info)
+    assert "## Schedules" in md
+    assert "| t1 | 0.01 (rounds 1-2) → 0.11 (rounds 3-4, from t0 round 2) |" in md
+    assert "| t0 | 0.1 (rounds 1-4) |" in md
+    # the trials table shows the value the last round trained with (t1: 0.11, not its start 0.01)
+    assert "| t1 | 0.11 | 0 | 4 |" in md
+
+
+def test_pbt_plots_draw_the_schedules_and_the_knobs_each_last_round_trained_with(tmp_path):
+    from tuning.plots import finals
+
+    loaded = _pbt_loaded(tmp_path)
+    table = _pbt_table()
+    plots = write_plots(loaded, table, tmp_path / "plots", {"best": {"trial_id": "t1"}})
+    assert [p.name for p in plots.written] == ["curves.png", "schedule.png", "knobs.png"]
+    assert (tmp_path / "plots" / "schedule.png").stat().st_size > 10_000
+    assert finals(table, "test_accuracy").set_index("trial_id")["config/local.lr"].to_dict() == {
+        "t0": 0.1,
+        "t1": 0.11,
+    }
+    # no knob changed (no exploit): the promised schedule is named as not drawn, with the reason
+    flat = table.assign(**{"config/local.lr": table["trial_id"].map({"t0": 0.1, "t1": 0.01})})
+    plots = write_plots(loaded, flat, tmp_path / "plots2", {})
+    assert "no exploit happened" in plots.skipped["schedule.png"]
+
+
+class _Result:
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        self.path, self.config, self.error = str(path), config, None
+        self.metrics_dataframe = None
+
+
+def test_trials_table_takes_each_rounds_knobs_from_the_trials_record(tmp_path):
+    """The record's config/<knob> (what each round ran with) wins over Tune's final config, which
+    is only used where the record has none (an older record)."""
+    import json
+
+    from tuning.outputs import REPORTED, trials_table
+
+    loaded = _pbt_loaded(tmp_path)
+    rows = [
+        {"round": 1, "test_accuracy": 0.5, "config/local.lr": 0.01, "config/seed": 0},
+        {"round": 2, "test_accuracy": 0.6, "config/local.lr": 0.011, "config/seed": 0},
+    ]
+    (tmp_path / "trial_a").mkdir()
+    (tmp_path / "trial_a" / REPORTED).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "trial_b").mkdir()
+    (tmp_path / "trial_b" / REPORTED).write_text(json.dumps({"round": 1, "test_accuracy": 0.4}) + "\n")
+    results = [
+        _Result(tmp_path / "trial_a", {"local.lr": 0.5, "seed": 0}),
+        _Result(tmp_path / "trial_b", {"local.lr": 0.02, "seed": 0}),
+    ]
+    table = trials_table(loaded, results)
+    assert table["config/local.lr"].tolist() == [0.01, 0.011, 0.02]

@@ -90,7 +90,11 @@ TIMING = ("_s", "_mb")  # wall-clock and memory readings differ between any two 
 
 
 def _learning(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if not k.endswith(TIMING) and not k.startswith("hparams/")}
+    return {
+        k: v
+        for k, v in metrics.items()
+        if not k.endswith(TIMING) and not k.startswith("hparams/") and k != "done"
+    }
 
 
 def test_trial_config_merges_dotted_keys_and_refuses_bad_ones(tmp_path):
@@ -219,3 +223,50 @@ def test_ray_backend_trial_creates_its_actors_inside_its_placement_group(ray_clu
     assert list(result.metrics_dataframe["round"]) == [1, 2]
     system = pd.read_parquet(Path(result.path) / "run" / "system.parquet")
     assert sorted(set(system["actor"]) - {-1}) == [0, 1]  # two client actors, sized to the group
+
+
+def test_only_the_last_report_is_marked_done(tmp_path):
+    """Tune ends a trial at a result marked done without handing it to the scheduler: PBT cannot
+    exploit after the last round (the trial's final config is the one its last round trained with)."""
+    calls: list[dict[str, Any]] = []
+    run_trial({"local.lr": 0.1}, tiny_config(tmp_path).to_dict(), None, lambda m, d: calls.append(m))
+    assert [m.get("done") for m in calls] == [None, None, True]
+
+
+def test_cohort_hparams_name_a_value_shared_by_every_task_or_summarise_one_that_differs():
+    from dataclasses import replace
+
+    from raysim.algorithms.base import ClientTask
+    from raysim.runtime.server import cohort_hparams
+    from tests.helpers import client_hparams
+
+    hp = client_hparams(lr=0.1, epochs=2, batch_size=16, momentum=0.0, weight_decay=0.0, optimizer="sgd")
+
+    tasks = [
+        ClientTask(client_id=i, model_key="global", hparams=replace(hp, lr=lr))
+        for i, lr in enumerate((0.1, 0.3))
+    ]
+    out = cohort_hparams(tasks)
+    assert "lr" not in out
+    assert (out["lr_cohort_mean"], out["lr_cohort_min"], out["lr_cohort_max"]) == pytest.approx(
+        (0.2, 0.1, 0.3)
+    )
+    assert out["epochs"] == 2 and out["batch_size"] == 16 and out["optimizer"] == "sgd"
+    assert cohort_hparams(tasks[:1])["lr"] == 0.1
+    assert cohort_hparams([]) == {}
+
+
+def test_hparams_record_what_clients_trained_with_not_the_configs_local_lr(tmp_path):
+    """Genetic CFL trains every client at its own lr: the trial reports the cohort's mean (named
+    so), equal to clients.parquet's, and no hparams/lr (the config's local.lr, which nothing used)."""
+    base = tiny_config(tmp_path, algorithm={"name": "genetic-cfl"}, local__lr=0.05).to_dict()
+    calls: list[dict[str, Any]] = []
+    run_trial({}, base, None, lambda m, d: calls.append(m), output_dir=tmp_path / "trial")
+    clients = pd.read_parquet(tmp_path / "trial" / "run" / "clients.parquet")
+    for m in calls:
+        assert "hparams/lr" not in m and "hparams/batch_size" not in m
+        lrs = clients.loc[clients["round"] == m["round"], "lr"]
+        assert m["hparams/lr_cohort_mean"] == pytest.approx(lrs.mean())
+        assert m["hparams/lr_cohort_min"] == pytest.approx(lrs.min())
+        assert m["hparams/lr_cohort_max"] == pytest.approx(lrs.max())
+        assert m["hparams/epochs"] == 2  # the algorithm's epochs, not local.epochs

@@ -33,7 +33,9 @@ def _macro_prf(labels: np.ndarray, preds: np.ndarray) -> tuple[float, float, flo
 
     precision = divide(tp_sum, pred_sum)
     recall = divide(tp_sum, true_sum)
-    f1 = divide(2.0 * tp_sum.astype(np.float64), 1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64))
+    f1 = divide(
+        2.0 * tp_sum.astype(np.float64), 1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64)
+    )
     return float(np.nanmean(precision)), float(np.nanmean(recall)), float(np.nanmean(f1))
 
 

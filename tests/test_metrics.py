@@ -145,7 +145,11 @@ def test_hot_processes_do_not_import_heavy_libraries() -> None:
         "print(json.dumps(sorted(b for b in sys.argv[2:] if b in sys.modules)))\n"
     )
     checks = {
-        "actors.client,actors.server,raysim.runtime.host,raysim.runtime.server": (*heavy, "pandas", "pyarrow"),
+        "actors.client,actors.server,raysim.runtime.host,raysim.runtime.server": (
+            *heavy,
+            "pandas",
+            "pyarrow",
+        ),
         "raysim.cli,raysim.runtime.experiment": heavy,
     }
     for modules, banned in checks.items():

@@ -379,6 +379,13 @@ def _keys(tasks: Sequence[ClientTask]) -> list[str]:
 
 NEW_LOCAL_RAY = "local"  # Ray's address for "start a new local instance" (not the algorithm)
 
+# Ray's system settings for a local Ray that raysim starts. By default the raylet starts one idle
+# Python worker per CPU when the first driver connects, for tasks; raysim runs actors whose
+# runtime_env (ACTOR_ENV) differs from those workers', so Ray starts fresh workers for them and the
+# prestarted ones sit idle for the whole run: ~40 MB USS, ~100 MB RSS each
+# (benchmarks/memory_per_process.py, docs/scaling.md).
+LOCAL_RAY_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+
 
 def check_reachable(address: str, timeout_s: float | None = None) -> None:
     """Refuse (ConfigError) a cluster address that nothing answers at, within seconds: Ray's own
@@ -415,6 +422,8 @@ def ensure_ray(address: str | None, **init_kwargs: Any) -> None:
     target = address or os.environ.get("RAY_ADDRESS") or NEW_LOCAL_RAY
     check_reachable(target)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    if target == NEW_LOCAL_RAY:  # settings of a Ray this process starts (a cluster keeps its own)
+        kwargs["_system_config"] = dict(LOCAL_RAY_SYSTEM_CONFIG)
     kwargs.update(init_kwargs)
     try:
         ray.init(address=target, **kwargs)

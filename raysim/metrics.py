@@ -10,22 +10,49 @@ import numpy as np
 
 # scikit-learn is imported inside the functions that use it: importing it costs every process that
 # imports this module (each client actor among them) ~1.3 s and ~137 MB (measured by raysim bench).
+# The server's per-round metrics (classification_metrics) do not use it at all: it would be
+# imported by the server actor's first evaluation, ~110 MB USS (benchmarks/memory_per_process.py).
+
+
+def _macro_prf(labels: np.ndarray, preds: np.ndarray) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 over the classes present in ``labels`` or ``preds``, a
+    class's score 0 where it is undefined: scikit-learn's ``precision_recall_fscore_support(...,
+    average="macro", zero_division=0)``, the same operations in the same order (the same bits;
+    tests/test_metrics.py compares them)."""
+    classes, codes = np.unique(np.concatenate([labels, preds]), return_inverse=True)
+    k = len(classes)
+    true_code, pred_code = codes[: len(labels)], codes[len(labels) :]
+    true_sum = np.bincount(true_code, minlength=k)
+    pred_sum = np.bincount(pred_code, minlength=k)
+    tp_sum = np.bincount(true_code[true_code == pred_code], minlength=k)
+
+    def divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        zero = den == 0
+        out = np.asarray(num, dtype=np.float64) / np.where(zero, 1, den).astype(np.float64)
+        out[zero] = 0.0
+        return out
+
+    precision = divide(tp_sum, pred_sum)
+    recall = divide(tp_sum, true_sum)
+    f1 = divide(
+        2.0 * tp_sum.astype(np.float64), 1.0 * true_sum.astype(np.float64) + pred_sum.astype(np.float64)
+    )
+    return float(np.nanmean(precision)), float(np.nanmean(recall)), float(np.nanmean(f1))
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, loss: float) -> dict[str, float]:
     """accuracy, mean loss, macro precision/recall/F1 (classes absent from both count 0)."""
-    from sklearn.metrics import f1_score, precision_score, recall_score
-
     labels = np.asarray(labels)
     preds = np.asarray(preds)
     if len(labels) == 0:
         return {"accuracy": float("nan"), "loss": float("nan"), "macro_f1": float("nan")}
+    precision, recall, f1 = _macro_prf(labels, preds)
     return {
         "accuracy": float((labels == preds).mean()),
         "loss": float(loss),
-        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
-        "macro_precision": float(precision_score(labels, preds, average="macro", zero_division=0)),
-        "macro_recall": float(recall_score(labels, preds, average="macro", zero_division=0)),
+        "macro_f1": f1,
+        "macro_precision": precision,
+        "macro_recall": recall,
     }
 
 

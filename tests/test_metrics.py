@@ -103,6 +103,62 @@ def test_classification_metrics_undefined_ratios_count_zero_and_no_examples_is_n
     assert all(math.isnan(empty[k]) for k in ("accuracy", "loss", "macro_f1"))
 
 
+def test_classification_metrics_match_scikit_learn_bit_for_bit() -> None:
+    """The numpy macro scores are scikit-learn's (which the server no longer imports), to the bit,
+    on random labels with missing, extra and never-predicted classes."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from raysim.metrics import classification_metrics
+
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(rng.integers(1, 400))
+        k = int(rng.integers(1, 12))
+        labels = rng.integers(0, k, size=n)
+        preds = np.where(rng.random(n) < rng.random(), labels, rng.integers(0, k + 2, size=n))
+        got = classification_metrics(labels, preds, loss=0.0)
+        want = {
+            "macro_f1": f1_score(labels, preds, average="macro", zero_division=0),
+            "macro_precision": precision_score(labels, preds, average="macro", zero_division=0),
+            "macro_recall": recall_score(labels, preds, average="macro", zero_division=0),
+        }
+        for key, value in want.items():
+            assert got[key] == float(value), (trial, key, got[key], value)
+
+
+def test_hot_processes_do_not_import_heavy_libraries() -> None:
+    """The hot processes import only what they use (each of these libraries costs every process
+    that loads it tens to hundreds of MB; docs/scaling.md): the client and server actors' modules,
+    and the server's per-round metrics, load neither scikit-learn, SciPy, pandas, pyarrow,
+    matplotlib, optuna nor torchvision; the driver's run path none of them but pandas and pyarrow
+    (it writes the run's tables)."""
+    import subprocess
+    import sys
+
+    heavy = ("sklearn", "scipy", "matplotlib", "optuna", "torchvision")
+    code = (
+        "import importlib, json, sys\n"
+        "import numpy as np\n"
+        "for m in sys.argv[1].split(','): importlib.import_module(m)\n"
+        "from raysim.metrics import classification_metrics\n"
+        "classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), 0.5)\n"
+        "print(json.dumps(sorted(b for b in sys.argv[2:] if b in sys.modules)))\n"
+    )
+    checks = {
+        "actors.client,actors.server,raysim.runtime.host,raysim.runtime.server": (
+            *heavy,
+            "pandas",
+            "pyarrow",
+        ),
+        "raysim.cli,raysim.runtime.experiment": heavy,
+    }
+    for modules, banned in checks.items():
+        out = subprocess.run(
+            [sys.executable, "-c", code, modules, *banned], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "[]", f"import {modules} loads {out.stdout.strip()}"
+
+
 def test_clustering_agreement_by_hand() -> None:
     from raysim.metrics import clustering_agreement
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from raysim.data import partition as P
 from raysim.data.budget import check_federation_fits
 from raysim.data.datasets import Dataset
 from raysim.data.schemes import GROUP_SCHEMES, SCHEMES, SchemeKnobs, partition_pool, plugin_partition
+
+if TYPE_CHECKING:  # pyarrow is imported where a table is written: hosts import this module too
+    import pyarrow as pa
 
 MAX_ROTATION_GROUPS = 4
 
@@ -510,6 +511,8 @@ def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
     ``label_hist`` counts the client's train labels in the dataset's original label space (length
     ``num_classes``). The table's schema metadata records the scheme, dataset and group count.
     """
+    import pyarrow as pa
+
     hists = _label_hists(ds.y_train, [c.train_idx for c in fed.clients], ds.num_classes).tolist()
     schema = pa.schema(
         [
@@ -542,6 +545,8 @@ def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
 
 def write_summary(fed: Federation, ds: Dataset, path: str | Path) -> Path:
     """Write :func:`summary_table` as Parquet to ``path`` (its directory must exist); returns the path."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
     pq.write_table(summary_table(fed, ds), path)
     return path

@@ -262,6 +262,24 @@ def test_channel_stats_hand_computed() -> None:
     assert mean == pytest.approx((0.5, 0.2)) and std == pytest.approx((0.5, 0.0))
 
 
+def test_channel_stats_by_blocks_equal_one_bincount(monkeypatch: pytest.MonkeyPatch) -> None:
+    """channel_stats counts a block of images at a time (no int64 copy of the whole array): the
+    same bits as one bincount over everything, blocks that do not divide the images included."""
+    import raysim.data.datasets as D
+
+    x = np.random.default_rng(3).integers(0, 256, size=(101, 3, 5, 4), dtype=np.uint8)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    want_m, want_s = [], []
+    for c in range(3):
+        counts = np.bincount(x[:, c].reshape(-1), minlength=256).astype(np.float64)
+        m = float(counts @ levels / counts.sum())
+        want_m.append(m)
+        want_s.append(float(np.sqrt(float(counts @ (levels - m) ** 2 / counts.sum()))))
+    for block in (1, 7, 100, 101, 4096):
+        monkeypatch.setattr(D, "_STATS_BLOCK", block)
+        assert channel_stats(x) == (tuple(want_m), tuple(want_s)), block
+
+
 # ------------------------------------------------------------------------------- missing / unknown
 
 

@@ -742,15 +742,37 @@ def build_federation(
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
+def summary_table(fed: Federation, ds: Dataset, rows: slice | None = None) -> pa.Table:
     """One row per client: client_id, group, rotation, n_train, n_val, n_test, label_hist.
 
     ``label_hist`` counts the client's train labels in the dataset's original label space (length
     ``num_classes``). The table's schema metadata records the scheme, dataset and group count.
+    ``rows``: only the clients of these table rows (``write_summary`` writes the table in parts).
     """
     t = fed.table
-    hists = _flat_hists(ds.y_train, t.train_idx, t.train_off, ds.num_classes)
-    schema = pa.schema(
+    lo, hi, _ = (rows or slice(None)).indices(len(t))
+    hi = max(lo, hi)
+    off = t.train_off[lo : hi + 1]
+    hists = _flat_hists(ds.y_train, t.train_idx[off[0] : off[-1]], off - off[0], ds.num_classes)
+    # columns straight from the table's arrays (10^6 clients: no Python object per client)
+    label_hist = pa.ListArray.from_arrays(
+        pa.array(np.arange(hi - lo + 1, dtype=np.int32) * ds.num_classes), pa.array(hists.reshape(-1))
+    )
+    cols = [
+        pa.array(t.client_ids[lo:hi]),
+        pa.array(t.group[lo:hi]),
+        pa.array(t.rotation[lo:hi]),
+        pa.array(np.diff(t.train_off[lo : hi + 1])),
+        pa.array(np.diff(t.val_off[lo : hi + 1])),
+        pa.array(np.diff(t.test_off[lo : hi + 1])),
+        label_hist,
+    ]
+    return pa.Table.from_arrays(cols, schema=summary_schema(fed, ds))
+
+
+def summary_schema(fed: Federation, ds: Dataset) -> pa.Schema:
+    """``partition.parquet``'s schema, with the scheme, dataset, group count and public size."""
+    return pa.schema(
         [
             ("client_id", pa.int64()),
             ("group", pa.int64()),
@@ -767,24 +789,16 @@ def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
             "n_public": str(len(fed.public_idx)),
         },
     )
-    # columns straight from the table's arrays (10^6 clients: no Python object per client)
-    label_hist = pa.ListArray.from_arrays(
-        pa.array(np.arange(len(t) + 1, dtype=np.int32) * ds.num_classes), pa.array(hists.reshape(-1))
-    )
-    cols = [
-        pa.array(t.client_ids),
-        pa.array(t.group),
-        pa.array(t.rotation),
-        pa.array(np.diff(t.train_off)),
-        pa.array(np.diff(t.val_off)),
-        pa.array(np.diff(t.test_off)),
-        label_hist,
-    ]
-    return pa.Table.from_arrays(cols, schema=schema)
+
+
+SUMMARY_ROWS = 1 << 18  # clients per part of partition.parquet (bounded memory at 10^6 clients)
 
 
 def write_summary(fed: Federation, ds: Dataset, path: str | Path) -> Path:
-    """Write :func:`summary_table` as Parquet to ``path`` (its directory must exist); returns the path."""
+    """Write :func:`summary_table` as Parquet to ``path`` (its directory must exist), in parts of
+    ``SUMMARY_ROWS`` clients; returns the path."""
     path = Path(path)
-    pq.write_table(summary_table(fed, ds), path)
+    with pq.ParquetWriter(path, summary_schema(fed, ds)) as writer:
+        for lo in range(0, max(len(fed.table), 1), SUMMARY_ROWS):
+            writer.write_table(summary_table(fed, ds, slice(lo, lo + SUMMARY_ROWS)))
     return path

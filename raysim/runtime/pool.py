@@ -168,7 +168,7 @@ def owner_map(host_tables: Sequence[Any]) -> ClientMap:
     if not host_tables:
         return ClientMap(np.zeros(0, np.int64), np.zeros(0, np.int64))
     ids = np.concatenate([t.client_ids for t in host_tables])
-    hosts = np.repeat(np.arange(len(host_tables), dtype=np.int64), [len(t) for t in host_tables])
+    hosts = np.repeat(np.arange(len(host_tables), dtype=np.int64), [len(t.client_ids) for t in host_tables])
     return ClientMap(ids, hosts)
 
 

@@ -528,7 +528,7 @@ class RayBackend:
             for h, t in enumerate(tables)
         ]
         owner = owner_map(tables)  # arrays: the pool travels to the server actor
-        sizes = ClientMap(table.client_ids, table.n_train()) if table is not None else None
+        sizes = ClientMap(table.client_ids, table.n_train()) if table is not None and spec.roam else None
         self._server_args["pool"] = RayPool(
             self.clients,
             owner,

@@ -19,7 +19,15 @@ from raysim.config import ConfigError
 from raysim.data.federation import TableView
 from raysim.reproducible import environment as reproducible_env
 from raysim.runtime.backend import NodeShare, ServerLost, Share, StartSpec
-from raysim.runtime.pool import ClientIndex, ClientMap, PoolReply, ReplyCollector, assign_tasks, owner_map
+from raysim.runtime.pool import (
+    ClientIndex,
+    ClientMap,
+    PersonalColumns,
+    PoolReply,
+    ReplyCollector,
+    assign_tasks,
+    owner_map,
+)
 from raysim.runtime.server import RoundReport
 
 # The environment of every raysim actor process. glibc hands freed blocks above its (dynamic) mmap
@@ -347,9 +355,14 @@ class RayPool:
                 self._check_alive(h)
         return out
 
-    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    def evaluate(
+        self, broadcast: Mapping[str, np.ndarray], client_ids: np.ndarray | None = None
+    ) -> PersonalColumns:
         refs = {k: ray.put(v) for k, v in broadcast.items()}
-        return [row for _, rows in self._all_live("evaluate", refs, strict=False) for row in rows]
+        ids = None if client_ids is None else ray.put(np.asarray(client_ids, dtype=np.int64))
+        return PersonalColumns.concat(
+            [cols for _, cols in self._all_live("evaluate", refs, ids, strict=False)]
+        )
 
     def get_state(self) -> dict[int, dict[str, Any]]:
         parts = self._all_live("get_state", strict=True)

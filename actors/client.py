@@ -15,7 +15,7 @@ import torch
 from raysim.algorithms.base import ClientTask, LinearSum
 from raysim.data.federation import ShardTable, TableView
 from raysim.runtime.host import ClientHost, HostSpec
-from raysim.runtime.pool import HostReply
+from raysim.runtime.pool import HostReply, PersonalColumns
 
 
 def gpu_memory_cap(gpu_share: float, cuda_available: bool) -> float | None:
@@ -94,10 +94,10 @@ class ClientActorImpl:
     def withdraw(self, round_idx: int, client_ids: Sequence[int]) -> list[LinearSum]:
         return self.host.withdraw(round_idx, client_ids)
 
-    def evaluate(self, refs: Mapping[str, Any]) -> list[dict[str, float]]:
+    def evaluate(self, refs: Mapping[str, Any], client_ids: np.ndarray | None = None) -> PersonalColumns:
         keys = list(refs)
         values = ray.get([refs[k] for k in keys])
-        return self.host.evaluate(dict(zip(keys, values, strict=True)))
+        return self.host.evaluate(dict(zip(keys, values, strict=True)), client_ids)
 
     def get_state(self) -> dict[int, dict[str, Any]]:
         return self.host.get_state()

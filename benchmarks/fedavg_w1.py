@@ -13,7 +13,11 @@ Measures, in one run on this machine:
     thread) over exactly the same cohorts, training the clients one after the other.
     Target: raysim round <= 1.25 x (reference / number of cores).
 
-    python benchmarks/fedavg_w1.py [--rounds 8]
+    python benchmarks/fedavg_w1.py [--rounds 8] [--profile DIR]
+
+``--profile DIR``: every host profiles its training calls (``raysim.runtime.host.PROFILE_ENV``):
+the client actors' profiles go to DIR/actors, the plain processes' to DIR/plain and DIR/tuned; each
+file is one process's sum over the rounds (``python -m pstats FILE``; the first round included).
 
 The two are interleaved round by round (raysim round t, then the loop's round t), because this
 machine's speed drifts by +-20% over minutes; the ratio is the median of the per-round ratios.
@@ -76,7 +80,7 @@ class ReferenceLoop:
             self.host = w1_host(0, load_dataset("fashion-mnist"), home=list(self.fed.clients))
         threads = torch.get_num_threads()
         params = self.params.numpy().astype(np.float32)
-        seconds = self.host.run(t, w1_tasks(t), {"global": params}).seconds
+        seconds = trained(self.host.run(t, w1_tasks(t), {"global": params}), "in-process trainer").seconds
         torch.set_num_threads(threads)
         return seconds
 
@@ -134,11 +138,21 @@ def w1_host(host_id: int, ds: Any, home: Sequence[Any] = (), visitors: Sequence[
 
 def w1_tasks(t: int) -> list[Any]:
     """Round t's tasks: raysim's cohort of round t (its FedAvg server's draw) with W1's settings."""
-    from raysim.algorithms.base import ClientTask
+    from raysim.algorithms.base import ClientTask, LocalHParams
 
     cohort = sample_cohort(range(1000), 100, round_rng(0, t, SALT_CONFIGURE))
-    hp = {"epochs": 1, "batch_size": 32, "lr": 0.05}
+    hp = LocalHParams.of(**W1["local"])  # a task's hyperparameters are the typed record, not a dict
     return [ClientTask(client_id=c, model_key="global", hparams=hp) for c in cohort]
+
+
+def trained(reply: Any, where: str) -> Any:
+    """``reply`` (a HostReply) when every client it was given trained; else an error naming the first
+    failure. A host turns a failing client into a counted dropout, so without this check a broken
+    task (a dict for hparams did, once) makes the plain processes look fast while training nothing."""
+    if reply.dropouts:
+        cid, why = reply.dropouts[0]
+        raise RuntimeError(f"{where}: {len(reply.dropouts)} clients dropped out, e.g. client {cid}: {why}")
+    return reply
 
 
 def _plain_worker(conn: Any, host_id: int) -> None:
@@ -151,7 +165,11 @@ def _plain_worker(conn: Any, host_id: int) -> None:
     conn.send("ready")
     while (msg := conn.recv()) is not None:
         t, tasks, params = msg
-        conn.send(host.run(t, tasks, {"global": params}).seconds)
+        try:
+            conn.send(trained(host.run(t, tasks, {"global": params}), f"plain process {host_id}").seconds)
+        except Exception as exc:  # to the parent, which raises it (it would wait forever otherwise)
+            conn.send(exc)
+            raise
 
 
 class PlainProcesses:
@@ -192,7 +210,8 @@ class PlainProcesses:
         for h, ts in groups.items():
             self.pipes[h].send((t, ts, params))
         for h in groups:
-            self.pipes[h].recv()
+            if isinstance(answer := self.pipes[h].recv(), BaseException):
+                raise answer
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -211,7 +230,16 @@ def main() -> int:
     ap.add_argument(
         "--rounds", type=int, default=8, help="rounds of each (the first is warm-up, not counted)"
     )
+    ap.add_argument("--profile", metavar="DIR", default=None, help="profile every host's rounds into DIR")
     args = ap.parse_args()
+    prof: dict[str, dict[str, str]] = {"actors": {}, "plain": {}, "tuned": {}}
+    if args.profile:
+        from raysim.runtime.host import PROFILE_ENV
+
+        for k in prof:
+            os.makedirs(os.path.join(args.profile, k), exist_ok=True)
+            prof[k] = {PROFILE_ENV: os.path.join(args.profile, k)}
+        os.environ.update(prof["actors"])  # the local Ray started by exp.prepare() passes it on
     cores = os.cpu_count() or 1
     load0 = tuple(round(x, 2) for x in os.getloadavg())
     ref = ReferenceLoop()
@@ -229,14 +257,16 @@ def main() -> int:
             exp.prepare()
             from actors.backend import ACTOR_ENV
 
-            plain = PlainProcesses(exp.num_hosts)
-            tuned = PlainProcesses(exp.num_hosts, env=ACTOR_ENV)
+            plain = PlainProcesses(exp.num_hosts, env=prof["plain"])
+            tuned = PlainProcesses(exp.num_hosts, env={**ACTOR_ENV, **prof["tuned"]})
             ours, theirs, busy, inproc, procs, tprocs, faults = [], [], [], [], [], [], []
             # interleaved, round by round: every side sees the same machine at the same time
             for t in range(1, args.rounds + 1):
                 params = exp.backend.eval_broadcast()["global"]  # raysim's global model before round t
                 f0 = _faults(exp)
                 m = exp.run_round(t).metrics
+                if m.get("dropouts", 0):
+                    raise RuntimeError(f"raysim's round {t}: {m['dropouts']:g} clients dropped out")
                 f1 = _faults(exp)
                 p = plain.round(t, params)
                 q = tuned.round(t, params)

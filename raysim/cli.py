@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from raysim import reproducible
-from raysim.config import ConfigError, check_data_available, dump_config, load_config
+from raysim.config import ConfigError, check_data_available, describe_personal_eval, dump_config, load_config
 
 app = typer.Typer(
     add_completion=False,
@@ -152,6 +152,8 @@ def validate(config: Path, set_: SetOpt = None) -> None:
         fail(str(err))
         return
     typer.echo(dump_config(cfg), nl=False)
+    # a YAML comment: stdout stays the config
+    typer.echo(f"# {describe_personal_eval(cfg.rounds.personal_eval, cfg.data.num_clients)}")
 
 
 @app.command()

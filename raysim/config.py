@@ -12,6 +12,7 @@ the disk (data files, output folder) ``raysim.config_checks``'; both are re-expo
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -237,7 +238,18 @@ class RoundsConfig(_Section):
     num_rounds: Annotated[int, Field(ge=1)] = 50
     clients_per_round: Annotated[int, Field(ge=1)] = 10
     eval_every: Annotated[int, Field(ge=1)] = 1
-    personal_eval: bool = True  # also evaluate every client's model on its local test split
+    # personalised evaluation: every evaluated round (rounds.eval_every, and the last), clients
+    # score their own model (personalised, cluster or global) on their local test split.
+    #   all (or true): every client; an int k: a seeded sample of k clients; a float f in (0, 1]:
+    #   a seeded sample of ceil(f x N) clients; false: none.
+    #   auto (the default): every client up to AUTO_PERSONAL_EVAL clients (10,000), above that a
+    #   seeded sample of 10,000. Why: a sample of 10,000 puts the 95% interval of the mean personal
+    #   accuracy within about +-0.003 (client accuracies spread ~0.15), costs the same whatever N
+    #   (10^6 clients included) and, for algorithms that score clients with a per-client model,
+    #   bounds the per-client path (one forward pass a client); all of 10^4 clients is exact and
+    #   cheap. A sample is drawn from the round's seeded stream (the same clients whatever the
+    #   packing); rounds.parquet then has the interval (personal_accuracy_ci95_low/high).
+    personal_eval: bool | Literal["all", "auto"] | Annotated[int, Field(ge=1)] | float = "auto"
     deadline_s: Annotated[float, Field(gt=0)] | None = None
     # a client whose update norm is >= this many times the round's median update norm is
     # quarantined for that round: left out of the aggregate (exactly, pre-summed or not), its state
@@ -245,6 +257,48 @@ class RoundsConfig(_Section):
     # 0 switches it off. (NaN/Inf updates are always dropped.)
     quarantine_factor: Annotated[float, Field(ge=0)] = 1000.0
     checkpoint_every: Annotated[int, Field(ge=0)] = 0  # 0: no checkpoints
+
+    @field_validator("personal_eval")
+    @classmethod
+    def _personal_eval(cls, v: bool | str | int | float) -> bool | str | int | float:
+        if isinstance(v, float) and not isinstance(v, bool) and not 0.0 < v <= 1.0:
+            raise ValueError(
+                f"rounds.personal_eval: a float is a fraction of the clients in (0, 1], got {v}; "
+                "use all, auto, false, a count (an int >= 1) or a fraction such as 0.01"
+            )
+        return v
+
+
+AUTO_PERSONAL_EVAL = 10_000  # rounds.personal_eval auto: every client up to this many, else a sample of it
+
+
+def personal_eval_count(setting: bool | str | int | float, num_clients: int) -> int:
+    """How many clients ``rounds.personal_eval`` scores in an evaluated round of a federation of
+    ``num_clients``: 0 (off) to ``num_clients`` (every client: exact)."""
+    if setting is False:
+        return 0
+    if setting is True or setting == "all":
+        return num_clients
+    if setting == "auto":
+        return min(num_clients, AUTO_PERSONAL_EVAL)
+    if isinstance(setting, int):
+        return min(num_clients, setting)
+    if isinstance(setting, float):
+        return min(num_clients, math.ceil(setting * num_clients))
+    raise ValueError(f"rounds.personal_eval: {setting!r} is not all, auto, false, a count or a fraction")
+
+
+def describe_personal_eval(setting: bool | str | int | float, num_clients: int) -> str:
+    """One line: what ``rounds.personal_eval`` does for a federation of ``num_clients`` (``raysim validate``)."""
+    k = personal_eval_count(setting, num_clients)
+    if k == 0:
+        return f"rounds.personal_eval {setting}: no personalised evaluation"
+    if k >= num_clients:
+        return f"rounds.personal_eval {setting}: every one of the {num_clients:,} clients each evaluated round (exact)"
+    return (
+        f"rounds.personal_eval {setting}: a seeded sample of {k:,} of the {num_clients:,} clients each "
+        "evaluated round, with 95% intervals in rounds.parquet"
+    )
 
 
 class ResourcesConfig(_Section):

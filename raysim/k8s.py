@@ -88,6 +88,7 @@ from raysim.config import (
     dump_config,
     load_config,
     load_yaml_file,
+    personal_eval_count,
     resolved_dict,
 )
 from raysim.k8s_manifest import (
@@ -656,13 +657,13 @@ def evaluation(sizing: Sizing, cfg: ExperimentConfig, coef: Any) -> tuple[int, f
     test_pc = float(d.test_per_client) if d.test_per_client else train_pc * test_total / train_total
     fwd = coef.example_s / 3
     server_s = fwd * test_total
-    if not r.personal_eval:
+    n = personal_eval_count(r.personal_eval, d.num_clients)
+    if not n:
         return evals, server_s, f"the global model on {test_total:,} test examples (personal_eval off)"
     parallel = max(1.0, min(float(sizing.actors), sizing.sized.replicas * float(sizing.sized.shape.cpus)))
-    n = d.num_clients
     personal_s = (coef.task_s * n + fwd * n * test_pc) / parallel
     what = (
-        f"personal_eval of all {n:,} clients ({test_pc:,.0f} test examples each, {parallel:g} actors at once) "
+        f"personal_eval of {'all' if n == d.num_clients else 'a seeded sample of'} {n:,} clients ({test_pc:,.0f} test examples each, {parallel:g} actors at once) "
         f"{personal_s:,.1f} s + the global model on {test_total:,} test examples {server_s:.1f} s"
     )
     return evals, server_s + personal_s, what

@@ -41,7 +41,10 @@ def _cols(*rows: tuple[str, ...]) -> tuple[Column, ...]:
 
 # -- rounds.parquet ---------------------------------------------------------------------------------
 EVAL = "in evaluated rounds (every rounds.eval_every and the last); NaN or absent in the others"
-PERSONAL = "in evaluated rounds with rounds.personal_eval (the default)"
+PERSONAL = (
+    "in evaluated rounds with rounds.personal_eval (the default, auto); over the clients scored "
+    "(every client, or a seeded sample: see personal_eval_clients)"
+)
 CLUSTERS = "clustered algorithms (those that put clients in clusters: ifca, cfl, ascfl, dsac, genetic-cfl)"
 TRUTH = CLUSTERS + ", when the partition has ground-truth groups (rotation, label permutation)"
 
@@ -77,6 +80,33 @@ ROUND_COLUMNS = _cols(
         "the mean personal accuracy of the worst 10% of clients (at least one)",
         PERSONAL,
     ),
+    (
+        "personal_eval_clients",
+        "clients scored this round: all of them (rounds.personal_eval all, or auto up to 10,000 "
+        "clients) or a sample drawn from the round's seeded stream (a count, a fraction, auto above 10,000)",
+        PERSONAL,
+    ),
+    (
+        "personal_eval_shared",
+        "of those, the clients scored in a batched pass over a shared model (the global or a cluster "
+        "model); the others one forward pass each with their own model",
+        PERSONAL,
+    ),
+    (
+        "personal_accuracy_ci95_low",
+        "lower end of the 95% interval of personal_accuracy as an estimate of the whole federation's: "
+        "normal, ratio estimator over the sampled clients with the finite-population correction "
+        "(equal to personal_accuracy when every client is scored)",
+        PERSONAL,
+    ),
+    ("personal_accuracy_ci95_high", "upper end of the same interval", PERSONAL),
+    (
+        "personal_accuracy_mean_ci95_low",
+        "lower end of the 95% interval of personal_accuracy_mean (normal, sample mean of the "
+        "clients' accuracies, finite-population correction)",
+        PERSONAL,
+    ),
+    ("personal_accuracy_mean_ci95_high", "upper end of the same interval", PERSONAL),
     # cluster tracking (the runtime's, for every algorithm that annotates clusters)
     (
         "num_clusters",
@@ -232,6 +262,8 @@ ALGORITHM_COLUMNS: dict[str, tuple[Column, ...]] = {
         ("hn_update_s", "seconds updating the hypernetwork"),
         ("hn_generate_s", "seconds generating client models"),
         ("hn_generated", "client models generated this round"),
+        ("hn_grad_norm", "L2 norm of the hypernetwork's gradient this round, before clipping"),
+        ("embed_drift", "mean over clients of ||z_i - z_i(0)|| / ||z_i(0)||: how far the embeddings moved"),
         ("hn_params", "hypernetwork parameters"),
         ("hn_state_mb", "the server state's size in MB"),
         ("server_rss_mb", "the server process's resident memory in MB"),
@@ -336,8 +368,8 @@ RUN_FILES: tuple[OutputFile, ...] = (
     OutputFile(
         "clients.parquet",
         "per round, one row per client of the cohort (participated true) and, in evaluated rounds "
-        "with rounds.personal_eval, one row per client of the federation (participated false) with "
-        "its personal figures",
+        "with rounds.personal_eval, one row per client scored (participated false: every client of "
+        "the federation, or the round's seeded sample) with its personal figures",
         _cols(
             ("round", "the round"),
             ("client_id", "the client"),

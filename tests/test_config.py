@@ -150,9 +150,13 @@ def test_a_knob_both_algorithms_share_is_kept_and_a_namesake_is_not(capsys):
     pfedme = load_config(CONFIGS / "ascfl_rotated_fmnist.yaml", ["algorithm.name=pfedme"])
     assert pfedme.algorithm.params.beta == 1.0
     assert "beta" in capsys.readouterr().err.split("dropped ascfl's keys:")[1]
-    # pFedHN is pFedHT's machinery: the shipped pFedHT knobs carry over
+    # pFedHN is pFedHT's machinery: the architecture's knobs carry over; the optimiser's, which
+    # pFedHN re-declares with its reference defaults, are dropped (pFedHT's Adam would be kept else)
     hn = load_config(CONFIGS / "pfedht_fmnist.yaml", ["algorithm.name=pfedhn", "model.name=cnn-small"])
-    assert hn.algorithm.model_extra == load_config(CONFIGS / "pfedht_fmnist.yaml").algorithm.model_extra
+    ht = load_config(CONFIGS / "pfedht_fmnist.yaml").algorithm.model_extra
+    assert "hn_optimizer, hn_lr, embed_lr" in capsys.readouterr().err
+    kept = {k: v for k, v in ht.items() if k not in ("hn_optimizer", "hn_lr", "embed_lr")}
+    assert hn.algorithm.model_extra == kept and hn.algorithm.params.hn_optimizer == "sgd"
 
 
 def test_overrides_that_keep_the_algorithm_drop_nothing(capsys):

@@ -16,6 +16,8 @@ from raysim.reproduce.harness import Run, run_key
 from raysim.reproduce.pfedht import (
     FEDAVG,
     LOCAL,
+    PFEDHN,
+    PFEDHN_VIT,
     PFEDHT,
     SCALES,
     config,
@@ -23,6 +25,7 @@ from raysim.reproduce.pfedht import (
     methods,
     new_client_accuracy,
     rta,
+    settings,
 )
 
 
@@ -63,6 +66,27 @@ def test_every_method_of_a_setting_shares_data_seed_and_budget():
         assert r["local"] == raws[0]["local"] and r["rounds"] == raws[0]["rounds"]
     assert len({run_key(r) for r in raws}) == len(raws)
     assert {PFEDHT, FEDAVG, LOCAL} <= set(methods())
+
+
+def test_pfedhn_runs_at_its_reference_defaults_on_both_models_and_alpha_sets_the_label_skew():
+    from dataclasses import replace
+
+    from raysim.algorithms import build_algorithm
+
+    ms = methods()
+    # pFedHN's own defaults (the reference settings), spelled out so that a run at others is not reused
+    hn = ms[PFEDHN].algorithm
+    assert hn == ms[PFEDHN_VIT].algorithm and hn["name"] == "pfedhn" and hn["hn_optimizer"] == "sgd"
+    defaults = build_algorithm("pfedhn").p
+    assert all(getattr(defaults, k) == v for k, v in hn.items() if k != "name")
+    assert (ms[PFEDHN].model, ms[PFEDHN_VIT].model) == ("cnn-small", "vit-tiny")
+    sc = SCALES["full"]
+    raws = [config(sc, 1, m, data_section(sc, "pathological", sc.clients)) for m in ms.values()]
+    assert all(r["rounds"]["checkpoint_every"] == sc.rounds for r in raws)  # the fine-tuning reads it
+    labels = list(settings(replace(sc, dirichlet=0.5)))
+    assert labels[1] == "Dirichlet(0.5), 50 clients" and labels[0] == "pathological, 50 clients"
+    assert settings(replace(sc, dirichlet=0.5))[labels[1]]["alpha"] == 0.5
+    assert settings(sc)["Dirichlet(0.2), 50 clients"]["alpha"] == 0.2
 
 
 def test_quick_reproduction_tables_come_from_the_runs(tmp_path):

@@ -83,12 +83,14 @@ from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
     Algorithm,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
     Family,
     LinearSum,
     Metrics,
+    PersonalKeys,
     RoundContext,
     RoundPlan,
     ServerContext,
@@ -437,3 +439,8 @@ class ASCFL(Algorithm):
     def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
         k = int(broadcast[ASSIGN][client.client_id])
         return broadcast[cluster_key(k)] if k >= 0 else broadcast[GLOBAL]
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """Every client's cluster model, the global one while unclustered (``personal_params``)."""
+        ks = np.asarray(broadcast[ASSIGN]).astype(np.int64)[clients.client_ids]
+        return PersonalKeys.by_label(np.maximum(ks, -1), lambda k: cluster_key(k) if k >= 0 else GLOBAL)

@@ -471,6 +471,64 @@ class ClientContext(Protocol):
     def embed(self, params: Params) -> np.ndarray: ...
 
 
+@dataclass(frozen=True, eq=False)
+class BatchEval:
+    """Per-client figures of one model on many clients' splits (``ClientBatch.evaluate``), one
+    entry per client of the batch, in its order: examples, correct predictions and the sum of the
+    examples' cross-entropies (float64 sums of float32 per-example losses)."""
+
+    n: np.ndarray  # int64
+    correct: np.ndarray  # int64
+    loss_sum: np.ndarray  # float64
+
+    @property
+    def loss(self) -> np.ndarray:
+        """The mean loss of each client (0 where it has no examples, as ``Trainer.evaluate``)."""
+        return self.loss_sum / np.maximum(self.n, 1)
+
+
+class ClientBatch(Protocol):
+    """Many hosted clients at once, for deciding which model each is scored with
+    (``Algorithm.personal_model_keys``) without building one client object each."""
+
+    client_ids: np.ndarray  # int64, sorted
+    stateless: np.ndarray  # bool per client: its persistent state is empty (it never trained, or keeps none)
+
+    def evaluate(self, params: Params, split: str = "val") -> BatchEval:
+        """``params`` on every client's ``split`` ("train", "val", "test") in one batched pass."""
+        ...
+
+
+PER_CLIENT = -1  # PersonalKeys.which: the client is scored through ``personal_params``
+
+
+@dataclass(frozen=True, eq=False)
+class PersonalKeys:
+    """Which broadcast model each client of a ``ClientBatch`` is scored with, unchanged and with no
+    adapter or buffers of its own: ``keys[which[i]]``; ``which[i] == PER_CLIENT`` sends client i
+    through the per-client path (``personal_params``, ``personal_adapter``, ``personal_buffers``)."""
+
+    keys: tuple[str, ...]
+    which: np.ndarray  # int64, one per client of the batch
+
+    @staticmethod
+    def per_client(n: int) -> PersonalKeys:
+        return PersonalKeys(keys=(), which=np.full(n, PER_CLIENT, dtype=np.int64))
+
+    @staticmethod
+    def by_label(labels: np.ndarray, key_of: Callable[[int], str]) -> PersonalKeys:
+        """Client i scored with model ``key_of(labels[i])`` (a cluster id, say), every client shared."""
+        uniq, inverse = np.unique(np.asarray(labels, dtype=np.int64), return_inverse=True)
+        return PersonalKeys(
+            keys=tuple(key_of(int(u)) for u in uniq), which=inverse.astype(np.int64).reshape(-1)
+        )
+
+    @staticmethod
+    def shared(key: str, mask: np.ndarray) -> PersonalKeys:
+        """``key`` for the clients where ``mask`` is true, the per-client path for the others."""
+        return PersonalKeys(keys=(key,), which=np.where(mask, 0, PER_CLIENT).astype(np.int64))
+
+
 class Algorithm(ABC):
     """Base of every algorithm: the declared contract, with defaults for the optional parts.
 
@@ -562,6 +620,29 @@ class Algorithm(ABC):
         """The model a client is scored with on its local test split (on the hosting actor), from
         ``eval_broadcast`` and the client's own state. Default: the global model."""
         return broadcast[GLOBAL]
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """Which ``broadcast`` model each client is scored with, for the clients whose
+        ``personal_params`` would be exactly that array with no adapter and no buffers of their own:
+        those are scored in one batched pass per model (and input rotation) instead of one small
+        forward pass each. It must agree with ``personal_params``; a client it leaves to the
+        per-client path (``PER_CLIENT``) is scored as before.
+
+        Default: the global model for every client when the class keeps the base
+        ``personal_params``, ``personal_adapter`` and ``personal_buffers`` (FedAvg-like
+        algorithms); otherwise every client goes the per-client path (always right, only slower).
+        """
+        cls = type(self)
+        plain = (
+            cls.personal_params is Algorithm.personal_params
+            and cls.personal_adapter is Algorithm.personal_adapter
+            and cls.personal_buffers is Algorithm.personal_buffers
+            and not self.traits.client_buffers
+        )
+        n = len(clients.client_ids)
+        if plain and GLOBAL in broadcast:
+            return PersonalKeys.shared(GLOBAL, np.ones(n, dtype=bool))
+        return PersonalKeys.per_client(n)
 
     def personal_adapter(self, client: ClientContext) -> Any:
         """A per-client input map applied when the client is scored (DSAC eq. 10); None: none."""

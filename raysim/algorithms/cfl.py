@@ -48,12 +48,14 @@ from raysim.algorithms.aggregate import weighted_mean
 from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
     Family,
     LinearSum,
     Metrics,
+    PersonalKeys,
     RoundContext,
     RoundPlan,
     ServerContext,
@@ -298,3 +300,7 @@ class CFL(Algorithm):
     def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
         assign = broadcast[ASSIGN]
         return broadcast[cluster_key(int(assign[client.client_id]))]
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """Every client's cluster model (``personal_params`` for all of them at once)."""
+        return PersonalKeys.by_label(np.asarray(broadcast[ASSIGN])[clients.client_ids], cluster_key)

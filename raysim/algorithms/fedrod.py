@@ -49,6 +49,7 @@ from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
     Algorithm,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
@@ -56,6 +57,7 @@ from raysim.algorithms.base import (
     GradHook,
     LinearSum,
     Metrics,
+    PersonalKeys,
     RoundContext,
     RoundPlan,
     ServerContext,
@@ -228,3 +230,7 @@ class FedRoD(Algorithm):
         out = np.array(broadcast[GLOBAL], dtype=np.float32)
         out[h0:h1] += own
         return out
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """The global model for the clients that never trained (no state); the others their own."""
+        return PersonalKeys.shared(GLOBAL, clients.stateless)

@@ -38,12 +38,14 @@ from raysim.algorithms.aggregate import fedavg_step
 from raysim.algorithms.base import (
     AlgoParams,
     Algorithm,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
     Family,
     LinearSum,
     Metrics,
+    PersonalKeys,
     RoundContext,
     RoundPlan,
     ServerContext,
@@ -182,3 +184,21 @@ class IFCA(Algorithm):
 
     def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
         return broadcast[self.select(broadcast, client)]
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """``select`` for many clients at once: each cluster model scored on every client's
+        ``select_on`` split in one batched pass (the training split for a client with no validation
+        examples), the lowest mean loss wins. The losses are the batched pass's, so a client whose
+        two best models tie to the last bits may pick differently from ``select`` alone."""
+        keys = [k for k in self.keys() if k in broadcast]
+        if not keys:
+            return PersonalKeys.per_client(len(clients.client_ids))
+        split = self.p.select_on
+        evals = [clients.evaluate(broadcast[k], split) for k in keys]
+        losses = np.stack([e.loss for e in evals])
+        empty = evals[0].n == 0
+        if split == "val" and empty.any():
+            on_train = np.stack([clients.evaluate(broadcast[k], "train").loss for k in keys])
+            losses[:, empty] = on_train[:, empty]
+        pick = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=0)  # ties: lowest, as pick_cluster
+        return PersonalKeys(keys=tuple(keys), which=pick.astype(np.int64))

@@ -12,12 +12,14 @@ import numpy as np
 from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
     Family,
     LinearSum,
     Metrics,
+    PersonalKeys,
     ServerContext,
     Traits,
 )
@@ -58,3 +60,7 @@ class LocalOnly(FedAvg):
 
     def personal_params(self, broadcast: Mapping[str, np.ndarray], client: ClientContext) -> Params:
         return client.state.get("params", broadcast[GLOBAL])
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """The global model for the clients that never trained (no state); the others their own."""
+        return PersonalKeys.shared(GLOBAL, clients.stateless)

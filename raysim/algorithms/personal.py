@@ -34,12 +34,14 @@ from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
     Algorithm,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
     Family,
     LinearSum,
     Metrics,
+    PersonalKeys,
     RoundContext,
     RoundPlan,
     ServerContext,
@@ -167,3 +169,10 @@ class FedPer(Algorithm):
         if own is not None:
             base[ranges_to_mask(broadcast[PERSONAL_RANGES], base.size)] = own
         return base
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """The shared base for the clients that never trained (no personal layers yet); the others,
+        and every client of an algorithm that keeps client buffers (FedBN), their own."""
+        if self.traits.client_buffers:
+            return PersonalKeys.per_client(len(clients.client_ids))
+        return PersonalKeys.shared(GLOBAL, clients.stateless)

@@ -51,12 +51,14 @@ from raysim.algorithms.aggregate import fedavg_step
 from raysim.algorithms.base import (
     GLOBAL,
     AlgoParams,
+    ClientBatch,
     ClientContext,
     ClientResult,
     ClientTask,
     Family,
     LinearSum,
     Metrics,
+    PersonalKeys,
     ServerContext,
     Traits,
 )
@@ -152,3 +154,7 @@ class PFedMe(FedAvg):
         """theta_i from the client's last round; the global model before it first trains."""
         theta = client.state.get("theta")
         return broadcast[GLOBAL] if theta is None else theta
+
+    def personal_model_keys(self, broadcast: Mapping[str, np.ndarray], clients: ClientBatch) -> PersonalKeys:
+        """The global model for the clients that never trained (no state); the others their own."""
+        return PersonalKeys.shared(GLOBAL, clients.stateless)

@@ -264,6 +264,10 @@ class TableView:
         """Training examples per client (in ``client_ids`` order)."""
         return self.table.n_train()[np.searchsorted(self.table.client_ids, self.client_ids)]
 
+    def copy(self) -> ShardTable:
+        """These clients as a table of their own (what a host keeps: its own clients' arrays)."""
+        return self.table.take(np.searchsorted(self.table.client_ids, self.client_ids))
+
 
 class ClientShards(Sequence[ClientShard]):
     """A federation's clients as a sequence of ``ClientShard`` built on access from its

@@ -7,7 +7,8 @@
 Experiments (the paper's tables and figures they stand in for):
 
 1. ``1_methods`` (Table 1/2): every method on four federations: pathological (2 classes per client)
-   and Dirichlet(0.2) label skew, 50 and 100 clients.
+   and Dirichlet(0.2) label skew (``--alpha`` sets it, e.g. 0.5 for more classes per client), 50 and
+   100 clients.
 2. ``2_alpha`` (Table 3): pFedHT, FedAvg* and Local over Dirichlet alpha in {0.1, 0.3, 0.5, 0.7, 0.9}.
 3. ``3_hypernetwork`` (Table 4 / Figure 10): pFedHT with and without its hypernetwork (without: each
    client keeps its own Q/K/V projections, ``fedper`` with ``personal: qkv``, the paper's "ours*").
@@ -19,14 +20,19 @@ Fairness: every method of a setting gets the same data section (so the same shar
 cohort size and local budget (epochs, batch, lr). Model: the transformer ``vit-tiny`` for every method
 whose idea is about it or is model-agnostic (pFedHT, ours*, FedAvg*, FedProx*, FedPer, Local, FedRoD,
 pFedMe); pFedHN generates a whole ``cnn-small`` (the paper's pFedHN baseline is a hypernetwork over a
-small CNN), and FedBN needs batch-norm layers (``cnn-bn``). Reported seeds are 1..N; seed 0 was the
-one pFedHT's defaults were chosen on (``raysim/algorithms/pfedht.py``'s docstring).
+small CNN) and, as a variant row, a whole ``vit-tiny`` (model and method not confounded); FedBN needs
+batch-norm layers (``cnn-bn``). pFedHN runs at its reference optimiser settings (its defaults: SGD
+1e-2, momentum 0.9, weight decay 1e-3, clipping at 50, embedding lr = lr), not pFedHT's. Reported
+seeds are 1..N; seed 0 was the one pFedHT's defaults were chosen on (``raysim/algorithms/pfedht.py``'s
+docstring).
 
 Metrics, last round: ``personal_accuracy`` (each client's own model on its own test split,
 example-weighted), the mean of the worst 10% of clients (``personal_accuracy_worst10``), RTA (eq. 24:
 a method's personal accuracy over Local's on the same setting and seed) and MRTA (the mean RTA over
-every setting and seed of the experiment). Means carry a 95% t-interval over seeds; p-values are
-paired t-tests on the same seeds against FedAvg*. pFedHT's server cost per round (hypernetwork
+every setting and seed of the experiment). Experiments 1-2 also score every method after one common
+local fine-tuning step (``--finetune-epochs``, default 1: plain SGD at the local lr from each client's
+personalised model, computed from the last round's checkpoint; ``personal_finetune.py``). Means
+carry a 95% t-interval over seeds; p-values are paired t-tests on the same seeds against FedAvg*. pFedHT's server cost per round (hypernetwork
 generate + update seconds, its state in MB, the server's RSS) is read from ``rounds.parquet``.
 """
 
@@ -35,7 +41,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +86,12 @@ class Scale:
     public_fraction: float = 0.0  # a server-held slice no client sees (quick: fewer training images)
     # experiment 1's 100-client federations run only these methods (None: every method)
     big_methods: tuple[str, ...] | None = None
+    # the label-skew federations of experiments 1, 3 and 4 (beside the pathological split):
+    # Dirichlet(dirichlet); 0.2 is the paper's, --alpha 0.5 gives clients more classes each
+    dirichlet: float = 0.2
+    # experiments 1-2 also score every method after this many local epochs of plain SGD from each
+    # client's personalised model (personal_finetune.py; 0: no such column)
+    finetune_epochs: int = 1
 
 
 SCALES: dict[str, Scale] = {
@@ -120,6 +132,8 @@ SCALES: dict[str, Scale] = {
 # ------------------------------------------------------------------------------------------- methods
 
 PFEDHT = "pFedHT"
+PFEDHN = "pFedHN"
+PFEDHN_VIT = "pFedHN (vit-tiny)"
 OURS_STAR = "pFedHT w/o HN (ours*)"
 FEDAVG = "FedAvg*"
 LOCAL = "Local"
@@ -131,13 +145,28 @@ class Method:
     model: str = "vit-tiny"
 
 
+def pfedhn_reference() -> dict[str, Any]:
+    """pFedHN's algorithm section: its reference optimiser settings (PFedHN's defaults) spelled
+    out, so that the runs' keys change with them (a run made at other settings is not reused)."""
+    from raysim.algorithms.pfedht import PFedHNParams
+
+    ref = PFedHNParams()
+    keys: tuple[str, ...] = ("hn_optimizer", "hn_lr", "hn_momentum", "hn_weight_decay", "hn_clip")
+    keys += ("hn_step", "embed_lr", "embed_momentum", "embed_weight_decay", "embed_clip")
+    return {"name": "pfedhn", **{k: getattr(ref, k) for k in keys}}
+
+
 def methods() -> dict[str, Method]:
     """Table 1's methods. FedBN, FedRoD and pFedMe join when their algorithms are registered."""
     from raysim.algorithms import ALGORITHMS
 
     out = {
         PFEDHT: Method({"name": "pfedht"}),
-        "pFedHN": Method({"name": "pfedhn"}, model="cnn-small"),
+        # pFedHN at its own defaults, the reference settings (SGD 1e-2, momentum 0.9, weight decay
+        # 1e-3, clipping at 50, embedding lr = lr; raysim/algorithms/pfedht.py, PFedHN), not pFedHT's
+        PFEDHN: Method(pfedhn_reference(), model="cnn-small"),
+        # the same method on pFedHT's transformer: model and method not confounded
+        PFEDHN_VIT: Method(pfedhn_reference(), model="vit-tiny"),
         "FedPer": Method({"name": "fedper", "personal": "head"}),
         FEDAVG: Method({"name": "fedavg"}),
         "FedProx*": Method({"name": "fedprox", "mu": 0.01}),
@@ -178,6 +207,8 @@ def config(sc: Scale, seed: int, method: Method, data: dict[str, Any]) -> dict[s
             "clients_per_round": sc.cohort,
             "eval_every": sc.eval_every,
             "personal_eval": True,
+            # the last round's state, for the fine-tuned personal accuracy (personal_finetune.py)
+            "checkpoint_every": sc.rounds,
         },
         "resources": {"backend": "serial", "torch_threads": 1},
         "output": {"progress": False},
@@ -227,13 +258,24 @@ METHOD_HEADER = [
     "method",
     "model",
     "personal acc (%)",
+    "+ fine-tuning (%)",
     "p vs FedAvg*",
     "worst-10% clients (%)",
     "RTA vs Local",
 ]
 
 
-def method_rows(setting: str, by: dict[str, list[Run]], models: dict[str, str]) -> list[list[Any]]:
+def tuned(runs: Sequence[Run], epochs: int) -> list[float]:
+    """Each run's personal accuracy after ``epochs`` local epochs of plain SGD from every client's
+    personalised model: the same step for every method (raysim/reproduce/personal_finetune.py)."""
+    from raysim.reproduce.personal_finetune import finetuned_personal_accuracy
+
+    return [finetuned_personal_accuracy(r.path, epochs) for r in runs]
+
+
+def method_rows(
+    setting: str, by: dict[str, list[Run]], models: dict[str, str], finetune_epochs: int
+) -> list[list[Any]]:
     rows = []
     base = accs(by[FEDAVG]) if FEDAVG in by else None
     for name, runs in by.items():
@@ -244,6 +286,7 @@ def method_rows(setting: str, by: dict[str, list[Run]], models: dict[str, str]) 
                 name,
                 models.get(name, "vit-tiny"),
                 ci(a, 2, 100),
+                ci(tuned(runs, finetune_epochs), 2, 100) if finetune_epochs > 0 else "-",
                 "/" if name == FEDAVG or base is None else paired_p(a, base),
                 ci(accs(runs, "personal_accuracy_worst10"), 2, 100),
                 ci(rta(runs, by[LOCAL]), 3) if LOCAL in by else "-",
@@ -256,11 +299,12 @@ def method_rows(setting: str, by: dict[str, list[Run]], models: dict[str, str]) 
 
 
 def settings(sc: Scale) -> dict[str, dict[str, Any]]:
+    a = sc.dirichlet
     return {
         f"pathological, {sc.clients} clients": data_section(sc, "pathological", sc.clients),
-        f"Dirichlet(0.2), {sc.clients} clients": data_section(sc, "dirichlet", sc.clients, 0.2),
+        f"Dirichlet({a:g}), {sc.clients} clients": data_section(sc, "dirichlet", sc.clients, a),
         f"pathological, {sc.big_clients} clients": data_section(sc, "pathological", sc.big_clients),
-        f"Dirichlet(0.2), {sc.big_clients} clients": data_section(sc, "dirichlet", sc.big_clients, 0.2),
+        f"Dirichlet({a:g}), {sc.big_clients} clients": data_section(sc, "dirichlet", sc.big_clients, a),
     }
 
 
@@ -279,7 +323,7 @@ def exp1_methods(c: Ctx) -> str:
             picked = {k: m for k, m in ms.items() if k in sc.big_methods}
         by = c.setting(data, f"1 {setting}", picked)
         panels[setting] = by
-        rows += method_rows(setting, by, models)
+        rows += method_rows(setting, by, models, sc.finetune_epochs)
         for k, runs in by.items():
             all_rta[k] += rta(runs, by[LOCAL])
         cost_rows.append([setting, *hn_cost(by[PFEDHT])])
@@ -293,7 +337,10 @@ def exp1_methods(c: Ctx) -> str:
         f"{sc.batch}; seeds {c.seeds[0]}..{c.seeds[-1]}. Personal acc: each client's own model on its own "
         "test split, last round, example-weighted. Worst-10%: the mean of the lowest 10% of client "
         "accuracies. RTA (eq. 24): personal accuracy over Local's on the same setting and seed. p: paired "
-        "t-test against FedAvg* (FedAvg with the same transformer) on the same seeds.\n\n"
+        "t-test against FedAvg* (FedAvg with the same transformer) on the same seeds. + fine-tuning: "
+        f"every method's personal accuracy after {sc.finetune_epochs} local epoch(s) of plain SGD at lr "
+        f"{sc.lr} from each client's personalised model, the same step for every method (computed "
+        "from the last round's checkpoint; '-': not computed).\n\n"
         + table(METHOD_HEADER, rows)
         + (
             f"\n\nThe {sc.big_clients}-client federations run {', '.join(sc.big_methods)} only (time)."
@@ -326,7 +373,7 @@ def exp2_alpha(c: Ctx) -> str:
     series: dict[str, tuple[Sequence[float], list[list[float]]]] = {k: (sc.alphas, []) for k in ms}
     for alpha in sc.alphas:
         by = c.setting(data_section(sc, "dirichlet", sc.clients, alpha), f"2 alpha={alpha}", ms)
-        rows += method_rows(f"α = {alpha}", by, {k: m.model for k, m in ms.items()})
+        rows += method_rows(f"α = {alpha}", by, {k: m.model for k, m in ms.items()}, sc.finetune_epochs)
         for k, runs in by.items():
             series[k][1].append([100 * a for a in accs(runs)])
     plot_points(d / "alpha.png", series, "Dirichlet α", "personal accuracy (%)")
@@ -479,10 +526,26 @@ def reproduce_pfedht(
             min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
         ),
     ] = 1,
+    finetune_epochs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="experiments 1-2 also report every method's personal accuracy after this many local "
+            "epochs of plain SGD from each client's personalised model (0: not computed)",
+        ),
+    ] = 1,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Dirichlet α of experiments 1, 3 and 4's label-skew federations (0.2: the paper's; "
+            "0.3-0.5 gives each client more classes, so Local is further from the ceiling)",
+        ),
+    ] = 0.2,
 ) -> None:
     """Personalised FL: pFedHT against pFedHN, FedPer, FedAvg*, FedProx*, Local (+ FedBN, FedRoD, pFedMe)."""
     picked = parse_only(only)
-    sc = SCALES["quick" if quick else "full"]
+    sc = replace(SCALES["quick" if quick else "full"], dirichlet=alpha, finetune_epochs=finetune_epochs)
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
@@ -490,7 +553,8 @@ def reproduce_pfedht(
     done = run_reproduction(picked, EXPERIMENTS, ctx)
     times, total, load = done.times, done.total, done.load
     cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + (" --quick" if quick else "")
-    cmd += only_flag(picked, EXPERIMENTS)
+    cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha != 0.2 else "")
+    cmd += f" --finetune-epochs {finetune_epochs}" if finetune_epochs != 1 else ""
     lines = [
         "# pFedHT reproduction (paper 003; scaled down)",
         "",

@@ -11,6 +11,7 @@ updates into counted dropouts, and pre-sums results when the algorithm is linear
 
 from __future__ import annotations
 
+import cProfile
 import os
 import resource
 import time
@@ -25,7 +26,9 @@ import torch
 
 from raysim import reproducible
 from raysim.algorithms.base import (
+    PER_CLIENT,
     Algorithm,
+    BatchEval,
     ClientResult,
     ClientTask,
     GradHook,
@@ -36,10 +39,17 @@ from raysim.algorithms.base import (
 )
 from raysim.data.federation import ShardTable, TableView
 from raysim.models.flat import Params
-from raysim.runtime.pool import ClientError, HostReply
+from raysim.runtime.pool import ClientError, HostReply, PersonalColumns
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer, pick_device
 
+EVAL_BLOCK = 1000  # dataset indices per block of the batched personal evaluation (its fixed chunking)
 SALT_NOISY_LABELS = 7  # RNG purpose of a noisy client's random labels
+
+# Set to a folder, every host (client actor, serial backend, a benchmark's plain process) profiles
+# its training calls (``ClientHost.run``) with cProfile and keeps the sum of them there, rewritten
+# after each call, as ``host-<id>-<pid>.prof`` (read with ``python -m pstats``). Off when unset: the
+# round loop then pays nothing for it. A Ray actor inherits it from the driver that starts Ray.
+PROFILE_ENV = "RAYSIM_PROFILE_DIR"
 
 
 def client_seed(seed: int, round_idx: int, client_id: int, purpose: int = 0) -> int:
@@ -214,7 +224,15 @@ class ClientHost:
             device=self.device,
         )
         self.visitors = visitors
-        self.own = shards if isinstance(shards, ShardTable | TableView) else ShardTable(list(shards))
+        # its own clients' arrays, copied out of the run's one table when given a view of it (the
+        # batched evaluation reads them by row)
+        self.own: ShardTable = (
+            shards
+            if isinstance(shards, ShardTable)
+            else shards.copy()
+            if isinstance(shards, TableView)
+            else ShardTable(list(shards))
+        )
         self.home: list[int] = self.own.client_ids.tolist()  # sorted
         self.state: dict[int, dict[str, Any]] = {}  # own clients' persistent state (non-empty only)
         self.staged: dict[int, dict[str, Any]] = {}  # accepted clients' new state, until commit
@@ -224,6 +242,8 @@ class ClientHost:
         self.staged_singles: dict[int, LinearSum] = {}
         self._proc = psutil.Process(os.getpid())
         self._peak_rss = self._proc.memory_info().rss
+        self._profile_dir = os.environ.get(PROFILE_ENV) or None
+        self._profiler: cProfile.Profile | None = cProfile.Profile() if self._profile_dir else None
 
     def _hosted(self, s: Any, state: dict[str, Any] | None = None) -> HostedClient:
         ytr, yva, yte = make_client_labels(
@@ -271,6 +291,25 @@ class ClientHost:
         update is a dropout with its reason (the server decides whether a cohort-wide failure is a
         bug). Each accepted client's new state is staged until ``commit``; ``cancelled`` (the round
         deadline passed) stops the loop between clients."""
+        if self._profiler is None:
+            return self._run(round_idx, tasks, broadcast, cancelled)
+        self._profiler.enable()
+        try:
+            return self._run(round_idx, tasks, broadcast, cancelled)
+        finally:
+            self._profiler.disable()
+            assert self._profile_dir is not None
+            self._profiler.dump_stats(
+                os.path.join(self._profile_dir, f"host-{self.host_id}-{os.getpid()}.prof")
+            )
+
+    def _run(
+        self,
+        round_idx: int,
+        tasks: Sequence[ClientTask],
+        broadcast: Mapping[str, np.ndarray],
+        cancelled: Callable[[], bool] | None,
+    ) -> HostReply:
         t0 = time.perf_counter()
         self.staged = {}
         self.staged_singles = {}
@@ -385,19 +424,49 @@ class ClientHost:
         self.staged = {}
         return n
 
-    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
-        """Every hosted client's personalised model on its local test split."""
-        rows = []
-        for cid in self.home:
-            c = self.client(cid)
+    def evaluate(
+        self, broadcast: Mapping[str, np.ndarray], client_ids: np.ndarray | None = None
+    ) -> PersonalColumns:
+        """Every hosted client's personalised model on its local test split (``client_ids``: only
+        those of them, a sorted sample), column-wise; clients without test examples are left out.
+
+        Clients the algorithm scores with a shared broadcast model (``personal_model_keys``) are
+        scored together: one pass per (model, input rotation) over the union of their test
+        examples (``score_batch``), each client's figures then gathered and summed from the
+        per-example results. The last-bit policy: correct counts are exact integers, the same as
+        one forward pass per client gives (barring an argmax tie broken differently in the last
+        bit); a client's loss is the float64 sum, in its own example order, of its examples'
+        float32 cross-entropies from the shared pass, divided by its count, so it may differ
+        from the per-client path's (float32 batch sums) in the last bits. Every example is
+        computed in a fixed block of the dataset (``EVAL_BLOCK``) whatever else is needed, so the
+        figures do not depend on which clients an actor hosts. The other clients are scored one
+        by one with ``personal_params`` (and their adapter and buffers)."""
+        rows = np.arange(len(self.own), dtype=np.int64)
+        if client_ids is not None and len(rows):
+            want = np.asarray(client_ids, dtype=np.int64)
+            pos = np.minimum(np.searchsorted(self.own.client_ids, want), len(rows) - 1)
+            rows = np.unique(pos[self.own.client_ids[pos] == want])
+        off = self.own.test_off
+        rows = rows[off[rows + 1] > off[rows]]  # no test examples: not scored
+        ids = self.own.client_ids[rows]
+        keys = self.algorithm.personal_model_keys(broadcast, _Batch(self, rows))
+        which = np.asarray(keys.which, dtype=np.int64)
+        if which.shape != rows.shape or ((which < PER_CLIENT) | (which >= len(keys.keys))).any():
+            raise ValueError(
+                f"{type(self.algorithm).__name__}.personal_model_keys returned {which.shape[0]} indices "
+                f"for {len(rows)} clients, or one outside -1..{len(keys.keys) - 1}: a bug in the algorithm"
+            )
+        ev = self.score_batch(rows, "test", [broadcast[k] for k in keys.keys], which)
+        n, correct = ev.n.copy(), ev.correct.copy()
+        loss = ev.loss_sum / np.maximum(ev.n, 1)
+        for i in np.flatnonzero(which == PER_CLIENT).tolist():
+            c = self.client(int(ids[i]))
             assert c is not None  # one of this host's own
-            if len(c.test_idx) == 0:
-                continue
             ctx = _Context(self, c, -1, broadcast)
             params = self.algorithm.personal_params(broadcast, ctx)
             adapter = self.algorithm.personal_adapter(ctx)  # e.g. DSAC's eq. (10) input map
             buffers = self.algorithm.personal_buffers(ctx)  # e.g. FedBN's local BatchNorm statistics
-            ev = self.trainer.evaluate(
+            one = self.trainer.evaluate(
                 params,
                 self.x_test,
                 c.y_test,
@@ -406,9 +475,79 @@ class ClientHost:
                 adapter=adapter,
                 buffers=buffers,
             )
-            rows.append({"client_id": cid, "n": ev.n, "correct": ev.correct, "loss": ev.loss})
+            n[i], correct[i], loss[i] = one.n, one.correct, one.loss
         self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
-        return rows
+        return PersonalColumns(
+            client_id=ids.copy(), n=n, correct=correct, loss=loss, shared=int((which >= 0).sum())
+        )
+
+    def _split(self, split: str) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        t = self.own
+        if split == "test":
+            return self.x_test, self.y_test_all, t.test_idx, t.test_off
+        if split == "val":
+            return self.x_train, self.y_train_all, t.val_idx, t.val_off
+        if split == "train":
+            return self.x_train, self.y_train_all, t.train_idx, t.train_off
+        raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+
+    def score_batch(
+        self, rows: np.ndarray, split: str, params: Sequence[Params], model: np.ndarray
+    ) -> BatchEval:
+        """Own clients ``rows`` (of the ShardTable) on their ``split``, client i with
+        ``params[model[i]]`` (``model[i] < 0``: not scored, zeros), in one pass per (model, input
+        rotation): the union of the examples needed, in whole fixed blocks of ``EVAL_BLOCK``
+        dataset indices (sorted), so that an example's result never depends on what else is
+        evaluated; then per-example correctness and float32 loss in each client's label space,
+        summed per client (``np.bincount``: in each client's own example order)."""
+        x, y_all, flat, off = self._split(split)
+        m = len(rows)
+        starts = off[rows]
+        lens = np.where(model >= 0, off[rows + 1] - starts, 0)
+        total = int(lens.sum())
+        owner = np.repeat(np.arange(m, dtype=np.int64), lens)
+        ends = np.cumsum(lens)
+        within = np.arange(total, dtype=np.int64) - np.repeat(ends - lens, lens)
+        ex = flat[np.repeat(starts, lens) + within]
+        y = np.asarray(y_all[ex], dtype=np.int64)
+        pid = self.own.perm_id[rows][owner]
+        mapped = pid >= 0
+        if mapped.any():
+            y[mapped] = self.own.perms[pid[mapped], y[mapped]]
+        if split != "test" and self.spec.noisy_clients:  # their train/val labels are their random ones
+            cids = self.own.client_ids[rows]
+            for i in np.flatnonzero(np.isin(cids, list(self.spec.noisy_clients)) & (lens > 0)).tolist():
+                ytr, yva, _ = make_client_labels(
+                    self.own.shard(int(cids[i])),
+                    self.y_train_all,
+                    self.y_test_all,
+                    self.spec.num_classes,
+                    True,
+                    self.spec.seed,
+                )
+                y[ends[i] - lens[i] : ends[i]] = ytr if split == "train" else yva
+        rot = self.own.rotation[rows][owner]
+        group = model[owner] * 4 + rot
+        loss = np.zeros(total, dtype=np.float64)
+        hit = np.zeros(total, dtype=np.float64)
+        order = np.argsort(group, kind="stable")
+        for seg in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
+            if not len(seg):
+                continue
+            k, r = divmod(int(group[seg[0]]), 4)
+            e = ex[seg]
+            blocks = np.unique(e // EVAL_BLOCK)
+            need = (blocks[:, None] * EVAL_BLOCK + np.arange(EVAL_BLOCK)).reshape(-1)
+            need = need[need < len(x)]
+            preds, logp = self.trainer.predict_examples(params[k], x, need, rotation=r, batch_size=EVAL_BLOCK)
+            at, yy = np.searchsorted(need, e), y[seg]
+            loss[seg] = -logp[at, yy]
+            hit[seg] = preds[at] == yy
+        return BatchEval(
+            n=np.bincount(owner, minlength=m).astype(np.int64),
+            correct=np.bincount(owner, weights=hit, minlength=m).astype(np.int64),
+            loss_sum=np.bincount(owner, weights=loss, minlength=m),
+        )
 
     def get_state(self) -> dict[int, dict[str, Any]]:
         return {cid: dict(st) for cid, st in sorted(self.state.items()) if st}
@@ -436,6 +575,20 @@ class ClientHost:
             "device": str(self.device),
             "gpu_ids": ",".join(str(g) for g in self.gpu_ids),
         }
+
+
+class _Batch:
+    """``ClientBatch``: rows of a host's own clients, scored in batched passes."""
+
+    def __init__(self, host: ClientHost, rows: np.ndarray) -> None:
+        self._host, self._rows = host, rows
+        self.client_ids = host.own.client_ids[rows]
+        with_state = np.fromiter(host.state.keys(), dtype=np.int64, count=len(host.state))
+        self.stateless = ~np.isin(self.client_ids, with_state)
+
+    def evaluate(self, params: Params, split: str = "val") -> BatchEval:
+        model = np.zeros(len(self._rows), dtype=np.int64)
+        return self._host.score_batch(self._rows, split, [params], model)
 
 
 def client_error(client_id: int, exc: BaseException) -> ClientError:

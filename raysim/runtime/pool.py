@@ -36,6 +36,44 @@ class HostReply:
     incarnation: str = ""
 
 
+@dataclass(frozen=True, eq=False)
+class PersonalColumns:
+    """Personal evaluation figures of many clients, column-wise (never a dict a client): each
+    client's personalised model on its local test split. ``shared``: how many of them were scored
+    in a batched pass over a shared model (the rest one by one)."""
+
+    client_id: np.ndarray  # int64
+    n: np.ndarray  # int64, test examples
+    correct: np.ndarray  # int64
+    loss: np.ndarray  # float64, the mean cross-entropy over the client's test examples
+    shared: int = 0
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+    def row(self, i: int) -> dict[str, float]:
+        """Client ``i``'s figures as one dict (for tests and small federations)."""
+        return {
+            "client_id": int(self.client_id[i]),
+            "n": int(self.n[i]),
+            "correct": int(self.correct[i]),
+            "loss": float(self.loss[i]),
+        }
+
+    @staticmethod
+    def concat(parts: Sequence[PersonalColumns]) -> PersonalColumns:
+        if not parts:
+            z = np.zeros(0, dtype=np.int64)
+            return PersonalColumns(client_id=z, n=z, correct=z, loss=np.zeros(0, dtype=np.float64))
+        return PersonalColumns(
+            client_id=np.concatenate([p.client_id for p in parts]).astype(np.int64),
+            n=np.concatenate([p.n for p in parts]).astype(np.int64),
+            correct=np.concatenate([p.correct for p in parts]).astype(np.int64),
+            loss=np.concatenate([p.loss for p in parts]).astype(np.float64),
+            shared=sum(p.shared for p in parts),
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class PoolReply:
     results: list[ClientResult]
@@ -83,7 +121,13 @@ class Pool(Protocol):
         """Set the state of these clients (all clients of the hosts that own them) only."""
         ...
 
-    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]: ...
+    def evaluate(
+        self, broadcast: Mapping[str, np.ndarray], client_ids: np.ndarray | None = None
+    ) -> PersonalColumns:
+        """Personal evaluation of every live hosted client (``client_ids`` None) or of those of
+        ``client_ids`` (sorted) that live hosts own."""
+        ...
+
     def get_state(self) -> dict[int, dict[str, Any]]: ...
     def set_state(self, states: Mapping[int, dict[str, Any]]) -> None: ...
     def stats(self) -> list[dict[str, Any]]: ...

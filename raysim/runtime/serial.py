@@ -12,7 +12,15 @@ import numpy as np
 from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
 from raysim.runtime.backend import Share, StartSpec
 from raysim.runtime.host import ClientHost
-from raysim.runtime.pool import ClientIndex, ClientMap, PoolReply, ReplyCollector, assign_tasks, owner_map
+from raysim.runtime.pool import (
+    ClientIndex,
+    ClientMap,
+    PersonalColumns,
+    PoolReply,
+    ReplyCollector,
+    assign_tasks,
+    owner_map,
+)
 from raysim.runtime.server import RoundReport, Server
 
 
@@ -60,8 +68,10 @@ class SerialPool:
         for h in sorted({self.owner[c] for c in states}):
             self.hosts[h].set_state(states)
 
-    def evaluate(self, broadcast: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
-        return [row for host in self.hosts for row in host.evaluate(broadcast)]
+    def evaluate(
+        self, broadcast: Mapping[str, np.ndarray], client_ids: np.ndarray | None = None
+    ) -> PersonalColumns:
+        return PersonalColumns.concat([host.evaluate(broadcast, client_ids) for host in self.hosts])
 
     def get_state(self) -> dict[int, dict[str, Any]]:
         return {cid: st for host in self.hosts for cid, st in host.get_state().items()}

@@ -26,6 +26,7 @@ from raysim.algorithms.base import (
     ServerContext,
     SetupContext,
 )
+from raysim.config import personal_eval_count
 from raysim.metrics import classification_metrics, cluster_tracking, worst_fraction_mean
 from raysim.models.flat import Params
 from raysim.runtime.pool import Pool, PoolReply
@@ -34,12 +35,60 @@ from raysim.runtime.trainer import EvalResult, FitResult, Trainer
 # RNG purposes of the server's per-round streams (round_rng's last argument)
 SALT_CONFIGURE = 0
 SALT_AGGREGATE = 1
+SALT_PERSONAL_EVAL = 2  # the sample of clients a sampled personal evaluation scores
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def round_rng(seed: int, round_idx: int, purpose: int) -> np.random.Generator:
     """Server randomness of one round: a function of (seed, round, purpose) only, so a resumed
     run draws exactly what the uninterrupted run drew."""
     return np.random.default_rng([seed, round_idx, 1_000_003, purpose])
+
+
+def personal_intervals(correct: np.ndarray, n: np.ndarray, fpc: float) -> dict[str, float]:
+    """95% intervals of the personal accuracies from the clients scored (a simple random sample
+    without replacement of the federation's clients; ``fpc`` = 1 - sample/population, 0 when
+    every client was scored, and the intervals then have width 0: the figures are exact).
+
+    The sampled unit is the client, not the example, so a binomial (Wilson) interval over the
+    examples would be too narrow (examples of one client are correlated); a bootstrap costs
+    resamples and randomness. With samples of hundreds to thousands of clients the normal
+    approximation is sound, so both are normal intervals with the finite-population correction:
+
+    * ``personal_accuracy`` (correct / examples over the scored clients) is a ratio estimator:
+      standard error sqrt(fpc * s_d^2 / m) / mean(n), s_d^2 the sample variance of
+      d_i = correct_i - R * n_i (Cochran, Sampling Techniques, 6.2);
+    * ``personal_accuracy_mean`` (the mean over clients of their accuracies): standard error
+      sqrt(fpc * s^2 / m), s^2 the sample variance of the accuracies.
+
+    Clipped to [0, 1]; NaN with a single sampled client (no variance to estimate) unless fpc is 0."""
+    m = len(n)
+    nf = n.astype(np.float64)
+    ratio = float(correct.sum()) / float(nf.sum())
+    accs = correct / nf
+    fpc = max(0.0, fpc)
+    if fpc == 0.0:
+        se_ratio = se_mean = 0.0
+    elif m < 2:
+        se_ratio = se_mean = float("nan")
+    else:
+        d = correct - ratio * nf
+        se_ratio = math.sqrt(fpc * float(np.var(d, ddof=1)) / m) / float(nf.mean())
+        se_mean = math.sqrt(fpc * float(np.var(accs, ddof=1)) / m)
+    mean = float(accs.mean())
+
+    def lo(x: float, se: float) -> float:
+        return max(0.0, x - Z95 * se) if math.isfinite(se) else float("nan")
+
+    def hi(x: float, se: float) -> float:
+        return min(1.0, x + Z95 * se) if math.isfinite(se) else float("nan")
+
+    return {
+        "personal_accuracy_ci95_low": lo(ratio, se_ratio),
+        "personal_accuracy_ci95_high": hi(ratio, se_ratio),
+        "personal_accuracy_mean_ci95_low": lo(mean, se_mean),
+        "personal_accuracy_mean_ci95_high": hi(mean, se_mean),
+    }
 
 
 class ClientCodeError(RuntimeError):
@@ -50,7 +99,7 @@ class ClientCodeError(RuntimeError):
 class EvalSpec:
     every: int
     num_rounds: int
-    personal: bool
+    personal: bool | str | int | float  # rounds.personal_eval: all/true, auto, a count, a fraction, false
     test_x: Any
     test_y: np.ndarray
     public_x: Any = None  # the public split (pre-training data no client holds), or None
@@ -410,22 +459,26 @@ class Server:
             out.update(
                 {"test_accuracy": float("nan"), "test_loss": float("nan"), "test_macro_f1": float("nan")}
             )
-        if not self.eval.personal:
+        available = self.pool.available()
+        population = len(available)
+        count = personal_eval_count(self.eval.personal, population)
+        if count == 0:
             return out, None
-        per = self.pool.evaluate(self.algorithm.eval_broadcast(self.state))
-        if not per:
+        sample = None
+        if count < population:  # a seeded sample: a function of (seed, round) only, never of the packing
+            rng = round_rng(self.seed, t, SALT_PERSONAL_EVAL)
+            sample = np.sort(available[rng.choice(population, size=count, replace=False)])
+        cols = self.pool.evaluate(self.algorithm.eval_broadcast(self.state), sample)
+        if not len(cols):
             return out, None
-
-        def column(key: str, dtype: type) -> np.ndarray:
-            return np.fromiter((p[key] for p in per), dtype, len(per))
-
         # client order, not actor order: the float sums below must not depend on the packing
-        cid = column("client_id", np.int64)
-        order = np.argsort(cid, kind="stable")
-        cid, n = cid[order], column("n", np.int64)[order]
-        correct, loss = column("correct", np.int64)[order], column("loss", np.float64)[order]
+        order = np.argsort(cols.client_id, kind="stable")
+        cid, n = cols.client_id[order], cols.n[order]
+        correct, loss = cols.correct[order], cols.loss[order]
         accs = correct / n
         total = int(n.sum())
+        out["personal_eval_clients"] = float(len(cid))
+        out["personal_eval_shared"] = float(cols.shared)
         if total:
             out["personal_accuracy"] = int(correct.sum()) / total
             # left to right like the sum() over the clients it replaced: the same float, bit for bit
@@ -433,6 +486,7 @@ class Server:
             out["personal_accuracy_mean"] = float(accs.mean())
             out["personal_accuracy_p10"] = float(np.percentile(accs, 10))
             out["personal_accuracy_worst10"] = worst_fraction_mean(accs, 0.1)  # mean of the worst 10%
+            out.update(personal_intervals(correct, n, 1.0 - count / population))
         return out, PersonalEval(round=t, client_id=cid, personal_accuracy=accs, personal_loss=loss)
 
     # -- checkpoint ------------------------------------------------------------------------

@@ -282,6 +282,30 @@ class Trainer:
         )
 
     @torch.no_grad()
+    def predict_examples(
+        self, params: Params, x: np.ndarray, idx: np.ndarray, *, rotation: int = 0, batch_size: int = 1000
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-example results of ``params`` on ``x[idx]``: the predicted class (int64) and the
+        log-softmax of the logits (float32, one row per example), for any label space: the
+        cross-entropy of example j under label l is ``-logp[j, l]``, as ``F.cross_entropy``
+        computes it. The module's buffers are left as they are (no per-client buffers here).
+        Batches are ``idx`` in order, ``batch_size`` at a time: the caller fixes the chunking
+        (the batched personal evaluation evaluates whole fixed blocks of the dataset, so every
+        example's figures are the same whichever other examples are needed)."""
+        fm = self.fm
+        fm.load(params)
+        fm.module.eval()
+        n = len(idx)
+        preds = np.empty(n, dtype=np.int64)
+        logp = np.empty((n, self.num_classes), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            out = fm.module(self._inputs(x[idx[rows]], rotation))
+            logp[rows] = F.log_softmax(out.float(), dim=1).cpu().numpy()
+            preds[rows] = out.argmax(1).cpu().numpy()
+        return preds, logp
+
+    @torch.no_grad()
     def embed(
         self,
         params: Params,

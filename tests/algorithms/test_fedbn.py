@@ -182,7 +182,7 @@ def test_two_clients_on_one_host_keep_their_own_statistics():
     host.run(1, [task_a], bc)
     assert host.commit(1) == 1
     a_stats = {k: v.copy() for k, v in host.state[0]["buffers"].items()}
-    a_eval = host.evaluate(bc)[0]
+    a_eval = host.evaluate(bc).row(0)
 
     (task_b,) = configure(algo, state, 2, [1], hparams=hp)
     host.run(2, [task_b], bc)
@@ -192,7 +192,7 @@ def test_two_clients_on_one_host_keep_their_own_statistics():
         np.testing.assert_array_equal(host.state[0]["buffers"][k], v)
     # brighter inputs (raw 180..255 against 0..60): far larger first-layer activations
     assert np.abs(b_stats["1.running_mean"]).mean() > 2 * np.abs(a_stats["1.running_mean"]).mean()
-    assert host.evaluate(bc)[0] == a_eval  # A is scored with its own statistics, as before
+    assert host.evaluate(bc).row(0) == a_eval  # A is scored with its own statistics, as before
     # the module now holds B's statistics: scoring A without its own would differ (the leak)
     np.testing.assert_array_equal(host.trainer.fm.read_buffers()["1.running_mean"], b_stats["1.running_mean"])
     a_params = algo.personal_params(bc, SimpleNamespace(state=host.state[0]))

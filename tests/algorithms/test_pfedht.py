@@ -176,6 +176,147 @@ def test_phi_and_z_updates_equal_autograd_and_the_explicit_jacobian():
     np.testing.assert_array_equal(new.z[[1, 3]], state.z[[1, 3]])  # not in the cohort: untouched
 
 
+def _pseudo_grads(state, deltas, n, ids, mask, dims=(2, 3, 2, 6)):
+    """Reference gradients of sum_i w_i <HN(phi, z_i), -dW_i>: phi's (weighted) and each z_i's
+    (unweighted), by backward on a fresh copy of the hypernetwork."""
+    hn = build_hypernet(*dims)
+    with torch.no_grad():
+        for p, a in zip(hn.parameters(), state.phi, strict=True):
+            p.copy_(torch.from_numpy(a))
+    w = torch.tensor(n / n.sum(), dtype=torch.float32)
+    dw = torch.from_numpy(deltas[:, mask])
+    (w[:, None] * hn(torch.from_numpy(state.z[ids])) * -dw).sum().backward()
+    z = torch.from_numpy(state.z[ids]).requires_grad_(True)
+    (g_z,) = torch.autograd.grad((hn(z) * -dw).sum(), [z])  # phi's .grad stays the first loss's
+    return [p.grad.double().numpy() for p in hn.parameters()], g_z.double().numpy()
+
+
+def test_sgd_momentum_weight_decay_and_clipping_match_a_hand_computation():
+    lr, mu, wd, clip, lr_z, mu_z, wd_z, clip_z = 0.3, 0.9, 0.01, 0.05, 0.7, 0.5, 0.02, 0.04
+    algo = build_algorithm(
+        "pfedht",
+        {
+            "embed_dim": 2,
+            "hidden": 3,
+            "hidden_layers": 2,
+            "hn_optimizer": "sgd",
+            "hn_lr": lr,
+            "hn_momentum": mu,
+            "hn_weight_decay": wd,
+            "hn_clip": clip,
+            "embed_lr": lr_z,
+            "embed_momentum": mu_z,
+            "embed_weight_decay": wd_z,
+            "embed_clip": clip_z,
+        },
+    )
+    state = algo.init(np.arange(9, dtype=np.float32) / 9, ctx(TINY, clients=4, seed=1))
+    mask = ranges_to_mask(state.ranges, 9)
+    rng = np.random.default_rng(0)
+    phi = [a.astype(np.float64) for a in state.phi]
+    z = state.z.astype(np.float64)
+    buf_phi = [np.zeros_like(a) for a in phi]
+    buf_z = np.zeros_like(z)
+    # round 1 trains clients 0 and 2, round 2 clients 0 and 1: client 0's buffer carries over
+    for t, ids in ((1, [0, 2]), (2, [0, 1])):
+        n = np.array([10.0, 30.0])
+        deltas = rng.normal(size=(2, 9)).astype(np.float32)
+        g_phi, g_z = _pseudo_grads(state, deltas, n, ids, mask)
+        norm = np.sqrt(sum((g**2).sum() for g in g_phi))
+        assert norm > clip  # the clip is active in this case
+        scale = clip / norm
+        for k, g in enumerate(g_phi):
+            buf_phi[k] = (mu * buf_phi[k] if t > 1 else 0) + g * scale + wd * phi[k]
+            phi[k] = phi[k] - lr * buf_phi[k]
+        for row, c in enumerate(ids):
+            g = g_z[row] * min(1.0, clip_z / np.linalg.norm(g_z[row]))
+            buf_z[c] = mu_z * buf_z[c] + g + wd_z * z[c]
+            z[c] = z[c] - lr_z * buf_z[c]
+        results = [
+            ClientResult(client_id=c, num_examples=int(k), delta=d, model_key=client_key(c))
+            for c, k, d in zip(ids, n, deltas, strict=True)
+        ]
+        state, m = aggregate(algo, state, t, results)
+        assert m["hn_grad_norm"] == pytest.approx(norm, rel=1e-5)
+        for a, b in zip(state.phi, phi, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state.z, z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(state.z[3], state.z0[3])  # never trained: never decayed
+    moved = np.linalg.norm(state.z - state.z0, axis=1) / np.linalg.norm(state.z0, axis=1)
+    assert m["embed_drift"] == pytest.approx(moved.mean(), rel=1e-5) and m["embed_drift"] > 0
+
+
+def test_clipping_bounds_the_step_of_phi_and_of_each_embedding():
+    def step(**knobs):
+        algo = build_algorithm(
+            "pfedht", {"embed_dim": 2, "hidden": 3, "hidden_layers": 2, "hn_optimizer": "sgd", **knobs}
+        )
+        state = algo.init(np.arange(9, dtype=np.float32) / 9, ctx(TINY, clients=4, seed=1))
+        deltas = np.random.default_rng(0).normal(0, 1e3, size=(2, 9)).astype(np.float32)  # huge
+        results = [
+            ClientResult(client_id=c, num_examples=10, delta=d, model_key=client_key(c))
+            for c, d in zip([0, 2], deltas, strict=True)
+        ]
+        new, _ = aggregate(algo, state, 1, results)
+        d_phi = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(new.phi, state.phi, strict=True)))
+        return d_phi, np.linalg.norm(new.z - state.z, axis=1)
+
+    lr, lr_z = 0.1, 0.2
+    free_phi, free_z = step(hn_lr=lr, embed_lr=lr_z)
+    assert free_phi > 10 * lr and free_z.max() > 10 * lr_z  # unclipped, these steps are large
+    d_phi, d_z = step(hn_lr=lr, embed_lr=lr_z, hn_clip=1.0, embed_clip=1.0)
+    assert d_phi == pytest.approx(lr * 1.0, rel=1e-4)  # the step's length is lr x the clip
+    assert d_z.max() == pytest.approx(lr_z * 1.0, rel=1e-4) and d_z[[1, 3]].max() == 0
+    with pytest.raises(ValueError, match="hn_clip"):
+        build_algorithm("pfedht", {"hn_clip": 0})
+    with pytest.raises(ValueError, match="hn_momentum is an SGD knob"):
+        build_algorithm("pfedhn", {"hn_optimizer": "adam"})  # pFedHN's momentum 0.9 is SGD's
+
+
+def test_one_step_per_client_is_the_clients_taken_one_at_a_time():
+    knobs = {"embed_dim": 2, "hidden": 3, "hidden_layers": 2, "hn_optimizer": "sgd", "hn_momentum": 0.9}
+    knobs |= {"hn_clip": 0.05, "embed_momentum": 0.5}
+    per_client = build_algorithm("pfedht", {**knobs, "hn_step": "client"})
+    cohort = build_algorithm("pfedht", knobs)
+    state = per_client.init(np.arange(9, dtype=np.float32) / 9, ctx(TINY, clients=4, seed=1))
+    deltas = np.random.default_rng(0).normal(size=(2, 9)).astype(np.float32)
+    res = [
+        ClientResult(client_id=c, num_examples=10 * (c + 1), delta=d, model_key=client_key(c))
+        for c, d in zip([2, 0], deltas, strict=True)
+    ]
+    both, m = aggregate(per_client, state, 1, res)
+    one = state
+    for r in sorted(res, key=lambda r: r.client_id):  # client-id order, each alone: weight 1
+        one, _ = aggregate(cohort, one, 1, [r])
+    for a, b in zip(both.phi, one.phi, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(both.z, one.z, rtol=1e-6, atol=1e-7)
+    together, _ = aggregate(cohort, state, 1, res)
+    assert not np.allclose(together.phi[0], both.phi[0])  # a cohort step is another step
+    assert np.isfinite(m["hn_grad_norm"])
+
+
+def test_pfedhn_defaults_are_the_reference_settings_and_pfedht_keeps_its_own():
+    hn, ht = build_algorithm("pfedhn").p, build_algorithm("pfedht").p
+    assert (hn.hn_optimizer, hn.hn_lr, hn.hn_momentum, hn.hn_weight_decay, hn.hn_clip) == (
+        "sgd",
+        0.01,
+        0.9,
+        1e-3,
+        50.0,
+    )
+    assert (hn.embed_lr, hn.embed_momentum, hn.embed_weight_decay, hn.embed_clip) == (0.01, 0.9, 1e-3, 50.0)
+    assert (hn.hn_step, ht.hn_step) == ("client", "cohort")
+    assert (ht.hn_optimizer, ht.hn_lr, ht.embed_lr, ht.hn_clip, ht.embed_clip) == (
+        "adam",
+        0.01,
+        1.0,
+        None,
+        None,
+    )
+    assert (ht.embed_momentum, ht.embed_weight_decay) == (0.0, 0.0)
+
+
 def test_checkpointed_state_restores_the_hypernetwork_and_adam_exactly():
     algo, state, _, layout = vit_setup(clients=4, hn_lr=0.01)
     rng = np.random.default_rng(0)

@@ -16,10 +16,18 @@ import ray
 from actors import autoscale
 from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
 from raysim.config import ConfigError
-from raysim.data.federation import ShardTable
+from raysim.data.federation import TableView
 from raysim.reproducible import environment as reproducible_env
 from raysim.runtime.backend import NodeShare, ServerLost, Share, StartSpec
-from raysim.runtime.pool import ClientIndex, PersonalColumns, PoolReply, ReplyCollector, assign_tasks
+from raysim.runtime.pool import (
+    ClientIndex,
+    ClientMap,
+    PersonalColumns,
+    PoolReply,
+    ReplyCollector,
+    assign_tasks,
+    owner_map,
+)
 from raysim.runtime.server import RoundReport
 
 # The environment of every raysim actor process. glibc hands freed blocks above its (dynamic) mmap
@@ -134,13 +142,13 @@ class RayPool:
         can_restart: bool = False,
     ) -> None:
         self.handles = list(handles)
-        self.owner = dict(owner)
+        self.owner = ClientMap.of(owner)  # arrays, not a dict of N entries
         self.index = ClientIndex(self.owner)
         # which process answers for each actor; None until it first answers. A fresh pool's first
         # answer is never a restart: at a run's start the clients have no state yet, and after a
         # lost server the restore sets every actor's state and records who answered
         self.incarnation: list[str | None] = [None] * len(self.handles)
-        self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
+        self.roam_sizes = ClientMap.of(roam_sizes) if roam_sizes is not None else None
         self.client_state = client_state
         self.can_restart = can_restart
         self.dead: set[int] = set()
@@ -159,7 +167,7 @@ class RayPool:
         return [h for h in range(len(self.handles)) if h not in self.dead and h not in self.late]
 
     def _hosted_by(self, h: int) -> list[int]:
-        return [c for c, o in self.owner.items() if o == h]
+        return self.owner.keys_with(h)
 
     def _answered_by(self, h: int, incarnation: str) -> bool:
         """Record which process answers for host ``h``; True when it is a new one whose clients
@@ -507,9 +515,19 @@ class RayBackend:
         # Kept referenced for as long as the backend lives, so that a restarted actor can read it again.
         # Without client state every actor can train every client (index arrays only), and the
         # server balances each round's cohort over the actors.
-        table = ShardTable([s for shards in spec.host_shards for s in shards]) if spec.roam else None
-        visitors = ray.put(table) if table is not None else None  # flat arrays: zero-copy per node
-        self.visitors_ref = visitors  # as ds_ref: what a restarted actor's constructor reads again
+        # The run's one ShardTable, put once (flat arrays: zero-copy in every actor of a node); each
+        # actor gets it and its own clients' ids (a TableView there), visitors or not. Kept
+        # referenced, as ds_ref: what a restarted actor's constructor reads again.
+        tables = spec.host_tables()
+        table = spec.everyone(tables) if spec.roam or spec.clients is not None else None
+        self.table_ref = table_ref = ray.put(table) if table is not None else None
+        visitors = table_ref if spec.roam else None
+
+        def own(t: Any) -> tuple[Any, Any]:  # (shards, home ids) of one actor's constructor
+            if table_ref is not None and isinstance(t, TableView) and t.table is table:
+                return table_ref, t.client_ids
+            return t, None
+
         from actors.server import start_server
 
         # the server first (placed before the clients take the nodes: on the head where the cluster
@@ -528,11 +546,11 @@ class RayBackend:
                 max_restarts=spec.max_restarts,
                 max_task_retries=0,
                 runtime_env=actor_runtime_env(spec.reproducible),
-            ).remote(h, spec.algorithm, ds_ref, ShardTable(shards), spec.host_spec, visitors)
-            for h, shards in enumerate(spec.host_shards)
+            ).remote(h, spec.algorithm, ds_ref, own(t)[0], spec.host_spec, visitors, home=own(t)[1])
+            for h, t in enumerate(tables)
         ]
-        owner = {s.client_id: h for h, shards in enumerate(spec.host_shards) for s in shards}
-        sizes = table.sizes() if table is not None else None
+        owner = owner_map(tables)  # arrays: the pool travels to the server actor
+        sizes = ClientMap(table.client_ids, table.n_train()) if table is not None and spec.roam else None
         self._server_args["pool"] = RayPool(
             self.clients,
             owner,

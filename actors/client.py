@@ -13,7 +13,7 @@ import ray
 import torch
 
 from raysim.algorithms.base import ClientTask, LinearSum
-from raysim.data.federation import ShardTable
+from raysim.data.federation import ShardTable, TableView
 from raysim.runtime.host import ClientHost, HostSpec
 from raysim.runtime.pool import HostReply, PersonalColumns
 
@@ -41,7 +41,10 @@ class ClientActorImpl:
         shards: Sequence[Any] | ShardTable,
         spec: HostSpec,
         visitors: ShardTable | None = None,
+        home: np.ndarray | None = None,
     ) -> None:
+        """``home``: this actor's client ids when ``shards`` is the run's whole table (its own
+        clients are then a ``TableView`` of it); None when ``shards`` holds exactly its own."""
         # a new one every time Ray (re)creates this actor: a restarted actor has lost its clients' state
         self.incarnation = uuid.uuid4().hex
         self._host: ClientHost | None = None
@@ -51,8 +54,9 @@ class ClientActorImpl:
         try:
             ctx = ray.get_runtime_context()
             gpu_ids = ctx.get_accelerator_ids().get("GPU", [])
+            mine = TableView(shards, home) if home is not None and isinstance(shards, ShardTable) else shards
             self._host = ClientHost(
-                host_id, algorithm, dataset, shards, spec, gpu_ids=gpu_ids, visitors=visitors
+                host_id, algorithm, dataset, mine, spec, gpu_ids=gpu_ids, visitors=visitors
             )
             self.gpu_share = float(ctx.get_assigned_resources().get("GPU", 0.0))
             self.cuda = self._host.device.type == "cuda"

@@ -297,6 +297,19 @@ def test_goals_verdicts():
     by[10_000]["time_to_first_round_s"] = 19.9
     assert R.goals(rows)[2][2] == "met"
     assert [v for _, _, v in R.goals(rows[:2])] == ["not measured"] * 3
+    million = {
+        **by[10_000],
+        "n_clients": 1_000_000,
+        "setup_s": 14.0,
+        "driver_rss_mb": 1600.0,
+        "total_rss_mb": 3900.0,
+    }
+    extra = R.goals([*rows, million])[3:]  # issue 21's goals appear with a 10^6 run only
+    assert [(g.split(" at ")[0], v) for g, _, v in extra] == [
+        ("set-up", "met"),
+        ("driver peak RSS", "MISSED"),
+        ("all processes' peak RSS", "met"),
+    ]
 
 
 def test_tables_and_plots_are_written(tmp_path):
@@ -323,7 +336,7 @@ def test_tables_and_plots_are_written(tmp_path):
         "leave_one_out": M.validate_each(data),
     }
     report = R.render_report(rows, actors, fit, quick=False, costs=R.actor_costs(actors, 20_000))
-    assert "Goals (issue 13)" in report and "validation: fitted without N=10,000" in report
+    assert "Goals (issues 13 and 21)" in report and "validation: fitted without N=10,000" in report
     assert "| 1,000 | " in report.split("Leave-one-out")[1]  # each size held out in turn
     assert "one client actor (runs with 4, 8, 16 actors)" in report
 
@@ -522,7 +535,7 @@ def test_quick_bench_end_to_end(tmp_path):
     fit = json.loads((out / "model.json").read_text())
     assert fit["validation"]["held_out"] == 400 and set(fit["validation"]["figures"]) == set(M.VALIDATED)
     assert (out / "scale.png").stat().st_size > 10_000 and (out / "actors.png").stat().st_size > 10_000
-    assert "N=1,000: stops because" in r.stdout and "Goals (issue 13)" in r.stdout
+    assert "N=1,000: stops because" in r.stdout and "Goals (issues 13 and 21)" in r.stdout
     assert not (out / "host.parquet").exists()  # the retired N^2 / A term's in-process timing
     # the fit again from the tables alone: the same coefficients
     (out / "model.json").rename(out / "first.json")

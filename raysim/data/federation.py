@@ -7,10 +7,10 @@ and ``map_labels(y, shard.label_perm)`` to its labels (train, val and test alike
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from pydantic import BaseModel
@@ -52,46 +52,147 @@ class ClientShard:
                 arr.setflags(write=False)
 
 
+def _index_dtype(top: int) -> type[np.signedinteger[Any]]:
+    """The narrowest of int32/int64 that holds positions up to ``top``: half the memory of a
+    federation's index arrays for every dataset below 2^31 examples."""
+    return np.int32 if top < 2**31 else np.int64
+
+
+def _flat(arrays: Sequence[np.ndarray], dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays concatenated (as ``dtype``) with their offsets (``len(arrays) + 1``)."""
+    off = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays)), out=off[1:])
+    cat = np.concatenate(arrays).astype(dtype, copy=False) if len(arrays) else np.zeros(0, dtype)
+    return cat, off
+
+
+def _gather(values: np.ndarray, off: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The segments ``rows`` of a flat array with offsets ``off``, concatenated, and their offsets."""
+    lens = off[rows + 1] - off[rows]
+    new_off = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lens, out=new_off[1:])
+    # position j of the result comes from off[row] + (j - new_off[k]) for the k-th row
+    start = np.repeat(off[rows] - new_off[:-1], lens)
+    return values[start + np.arange(new_off[-1], dtype=np.int64)], new_off
+
+
 class ShardTable:
     """Many clients' shards as a few flat arrays: what a roaming actor needs to train any client.
 
     Every client's ``train_idx`` (and ``val_idx``, ``test_idx``) concatenated, with offsets; group,
-    rotation and the index of its label map per client. Pickled, it is a handful of numpy arrays
-    (zero-copy in every actor of a node under Ray) instead of N ``ClientShard`` objects that each
-    actor would unpickle into N x 7 Python objects (issue 13: 744-934 bytes per client per actor,
-    4.6 GB a roaming actor at 10^6 clients in the cost model). ``shard(cid)`` builds one client's
-    ``ClientShard`` (views, no copies) when a round asks for it.
+    rotation and the index of its label map per client, rows sorted by client id. Pickled, it is a
+    handful of numpy arrays (zero-copy in every actor of a node under Ray) instead of N
+    ``ClientShard`` objects that each actor would unpickle into N x 7 Python objects (issue 13:
+    744-934 bytes per client per actor, 4.6 GB a roaming actor at 10^6 clients in the cost model).
+    The driver holds the federation as one too (issue 21: no Python object per client anywhere in
+    set-up). Positions are stored as int32 below 2^31 examples; ``shard(cid)`` builds one client's
+    ``ClientShard`` (int64, read-only) when a round asks for it.
     """
+
+    client_ids: np.ndarray
+    train_idx: np.ndarray
+    train_off: np.ndarray
+    val_idx: np.ndarray
+    val_off: np.ndarray
+    test_idx: np.ndarray
+    test_off: np.ndarray
+    group: np.ndarray
+    rotation: np.ndarray
+    perm_id: np.ndarray
+    perms: np.ndarray
 
     def __init__(self, shards: Sequence[ClientShard]) -> None:
         order = sorted(shards, key=lambda s: s.client_id)
-        self.client_ids = np.fromiter((s.client_id for s in order), dtype=np.int64, count=len(order))
-        if len(np.unique(self.client_ids)) != len(order):
-            raise ValueError("ShardTable: two shards with the same client id")
-
-        def flat(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            off = np.zeros(len(arrays) + 1, dtype=np.int64)
-            np.cumsum([len(a) for a in arrays], out=off[1:])
-            cat = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
-            return cat, off
-
-        self.train_idx, self.train_off = flat([s.train_idx for s in order])
-        self.val_idx, self.val_off = flat([s.val_idx for s in order])
-        self.test_idx, self.test_off = flat([s.test_idx for s in order])
-        self.group = np.fromiter((s.group for s in order), dtype=np.int64, count=len(order))
-        self.rotation = np.fromiter((s.rotation for s in order), dtype=np.int64, count=len(order))
+        ids = np.fromiter((s.client_id for s in order), dtype=np.int64, count=len(order))
+        top = max((int(a.max()) for s in order for a in (s.train_idx, s.val_idx) if len(a)), default=0)
+        dt = _index_dtype(max(top, max((int(s.test_idx.max()) for s in order if len(s.test_idx)), default=0)))
+        train_idx, train_off = _flat([s.train_idx for s in order], dt)
+        val_idx, val_off = _flat([s.val_idx for s in order], dt)
+        test_idx, test_off = _flat([s.test_idx for s in order], dt)
         # label maps: few distinct ones (one per group), stored once each
         perms: list[np.ndarray] = []
         seen: dict[bytes, int] = {}
-        self.perm_id = np.full(len(order), -1, dtype=np.int64)
+        perm_id = np.full(len(order), -1, dtype=np.int64)
         for i, s in enumerate(order):
             if s.label_perm is not None:
                 key = np.asarray(s.label_perm, dtype=np.int64).tobytes()
                 if key not in seen:
                     seen[key] = len(perms)
                     perms.append(np.asarray(s.label_perm, dtype=np.int64))
-                self.perm_id[i] = seen[key]
-        self.perms = np.stack(perms) if perms else np.zeros((0, 0), dtype=np.int64)
+                perm_id[i] = seen[key]
+        self._set(
+            dict(
+                client_ids=ids,
+                train_idx=train_idx,
+                train_off=train_off,
+                val_idx=val_idx,
+                val_off=val_off,
+                test_idx=test_idx,
+                test_off=test_off,
+                group=np.fromiter((s.group for s in order), dtype=np.int64, count=len(order)),
+                rotation=np.fromiter((s.rotation for s in order), dtype=np.int64, count=len(order)),
+                perm_id=perm_id,
+                perms=np.stack(perms) if perms else np.zeros((0, 0), dtype=np.int64),
+            )
+        )
+
+    def _set(self, arrays: dict[str, np.ndarray], check: bool = True) -> None:
+        ids = arrays["client_ids"]
+        if check and len(ids) > 1 and not (np.diff(ids) > 0).all():
+            if (np.diff(np.sort(ids)) == 0).any():
+                raise ValueError("ShardTable: two shards with the same client id")
+            raise ValueError("ShardTable: client ids must be sorted")
+        for name, a in arrays.items():
+            a.setflags(write=False)
+            setattr(self, name, a)
+
+    @classmethod
+    def from_arrays(cls, **arrays: np.ndarray) -> ShardTable:
+        """A table from its arrays (the names of the attributes; rows sorted by client id, ids
+        distinct); ``perm_id`` and ``perms`` may be left out (no label maps)."""
+        n = len(arrays["client_ids"])
+        arrays.setdefault("perm_id", np.full(n, -1, dtype=np.int64))
+        arrays.setdefault("perms", np.zeros((0, 0), dtype=np.int64))
+        table = cls.__new__(cls)
+        table._set({k: np.asarray(v) for k, v in arrays.items()})
+        return table
+
+    @classmethod
+    def concat(cls, tables: Sequence[ShardTable]) -> ShardTable:
+        """The clients of several tables (distinct ids, the same label maps) in one table."""
+        if len(tables) == 1:
+            return tables[0]
+        perms = [t.perms for t in tables if t.perms.size]
+        if any(not np.array_equal(p, perms[0]) for p in perms):
+            raise ValueError("ShardTable.concat: the tables hold different label maps")
+        out: dict[str, np.ndarray] = {"client_ids": np.concatenate([t.client_ids for t in tables])}
+        for name in ("train", "val", "test"):
+            offs = [getattr(t, f"{name}_off") for t in tables]
+            base = np.cumsum([0] + [int(o[-1]) for o in offs])
+            out[f"{name}_idx"] = np.concatenate([getattr(t, f"{name}_idx") for t in tables])
+            out[f"{name}_off"] = np.concatenate(
+                [o[:-1] + b for o, b in zip(offs, base[:-1], strict=True)] + [base[-1:]]
+            )
+        for name in ("group", "rotation", "perm_id"):
+            out[name] = np.concatenate([getattr(t, name) for t in tables])
+        out["perms"] = perms[0] if perms else np.zeros((0, 0), dtype=np.int64)
+        table = cls.__new__(cls)
+        table._set(out, check=False)  # rows in table order, sorted next
+        return table.take(np.argsort(out["client_ids"], kind="stable"))
+
+    def take(self, rows: np.ndarray) -> ShardTable:
+        """The clients at positions ``rows`` of this table (their ids in ascending order), as a
+        table of their own."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out: dict[str, np.ndarray] = {"client_ids": self.client_ids[rows]}
+        for name in ("train", "val", "test"):
+            out[f"{name}_idx"], out[f"{name}_off"] = _gather(
+                getattr(self, f"{name}_idx"), getattr(self, f"{name}_off"), rows
+            )
+        for name in ("group", "rotation", "perm_id"):
+            out[name] = getattr(self, name)[rows]
+        out["perms"] = self.perms
+        return ShardTable.from_arrays(**out)
 
     def __len__(self) -> int:
         return len(self.client_ids)
@@ -103,40 +204,115 @@ class ShardTable:
     def __contains__(self, client_id: object) -> bool:
         return isinstance(client_id, (int, np.integer)) and self._row(int(client_id)) is not None
 
+    def n_train(self) -> np.ndarray:
+        """Training examples per client (row order: by client id)."""
+        return np.diff(self.train_off)
+
     def sizes(self) -> dict[int, int]:
-        """Training examples per client."""
-        return dict(zip(self.client_ids.tolist(), np.diff(self.train_off).tolist(), strict=True))
+        """Training examples per client, as a dict (small tables; ``n_train`` for arrays)."""
+        return dict(zip(self.client_ids.tolist(), self.n_train().tolist(), strict=True))
 
     def shard(self, client_id: int) -> ClientShard:
         i = self._row(client_id)
         if i is None:
             raise KeyError(f"client {client_id} is not in this ShardTable")
+        return self.shard_at(i)
+
+    def shard_at(self, i: int) -> ClientShard:
+        """The client in row ``i`` (0 <= i < len)."""
         p = int(self.perm_id[i])
         return ClientShard(
-            client_id=int(client_id),
-            train_idx=self.train_idx[self.train_off[i] : self.train_off[i + 1]],
-            val_idx=self.val_idx[self.val_off[i] : self.val_off[i + 1]],
-            test_idx=self.test_idx[self.test_off[i] : self.test_off[i + 1]],
+            client_id=int(self.client_ids[i]),
+            train_idx=self.train_idx[self.train_off[i] : self.train_off[i + 1]].astype(np.int64, copy=False),
+            val_idx=self.val_idx[self.val_off[i] : self.val_off[i + 1]].astype(np.int64, copy=False),
+            test_idx=self.test_idx[self.test_off[i] : self.test_off[i + 1]].astype(np.int64, copy=False),
             group=int(self.group[i]),
             rotation=int(self.rotation[i]),
             label_perm=self.perms[p] if p >= 0 else None,
         )
 
 
+class TableView:
+    """Some clients of a ``ShardTable`` (a host's own), without copying its arrays: what a client
+    actor reads its clients from when every actor of a node shares one table in Ray's object store
+    (issue 21: the driver ships one table and each actor's client ids, not a table per actor).
+    Answers what a host asks of its own clients: ``client_ids``, ``in``, ``shard``, ``len``."""
+
+    def __init__(self, table: ShardTable, client_ids: np.ndarray) -> None:
+        ids = np.unique(np.asarray(client_ids, dtype=np.int64))  # sorted, distinct
+        rows = np.searchsorted(table.client_ids, ids)
+        if len(ids) and (rows.max() >= len(table) or not np.array_equal(table.client_ids[rows], ids)):
+            missing = ids[(rows >= len(table)) | (table.client_ids[np.minimum(rows, len(table) - 1)] != ids)]
+            raise KeyError(f"clients {missing[:5].tolist()} are not in the table")
+        ids.setflags(write=False)
+        self.table, self.client_ids = table, ids
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    def __contains__(self, client_id: object) -> bool:
+        if not isinstance(client_id, (int, np.integer)) or isinstance(client_id, bool):
+            return False
+        i = int(np.searchsorted(self.client_ids, int(client_id)))
+        return i < len(self.client_ids) and self.client_ids[i] == client_id
+
+    def shard(self, client_id: int) -> ClientShard:
+        if client_id not in self:
+            raise KeyError(f"client {client_id} is not in this TableView")
+        return self.table.shard(client_id)
+
+    def n_train(self) -> np.ndarray:
+        """Training examples per client (in ``client_ids`` order)."""
+        return self.table.n_train()[np.searchsorted(self.table.client_ids, self.client_ids)]
+
+    def copy(self) -> ShardTable:
+        """These clients as a table of their own (what a host keeps: its own clients' arrays)."""
+        return self.table.take(np.searchsorted(self.table.client_ids, self.client_ids))
+
+
+class ClientShards(Sequence[ClientShard]):
+    """A federation's clients as a sequence of ``ClientShard`` built on access from its
+    ``ShardTable`` (client ``k`` is ``clients[k]``): nothing is kept per client."""
+
+    def __init__(self, table: ShardTable) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @overload
+    def __getitem__(self, i: int) -> ClientShard: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ClientShard]: ...
+    def __getitem__(self, i: int | slice) -> ClientShard | list[ClientShard]:
+        if isinstance(i, slice):
+            return [self._table.shard_at(k) for k in range(*i.indices(len(self)))]
+        k = range(len(self))[i]  # IndexError past the end, negative indices from the end
+        return self._table.shard_at(k)
+
+    def __iter__(self) -> Iterator[ClientShard]:
+        return (self._table.shard_at(k) for k in range(len(self)))
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Federation:
-    """All clients of an experiment. ``public_idx`` (into ``x_train``) is held by no client.
-
-    ``num_groups`` is the number of ground-truth groups (0 when the scheme has none).
+    """All clients of an experiment, as one ``ShardTable`` (client ids 0..N-1, in row order);
+    ``clients`` shows them as ``ClientShard`` objects, built on access. ``public_idx`` (into
+    ``x_train``) is held by no client. ``num_groups`` is the number of ground-truth groups (0 when
+    the scheme has none).
     """
 
-    clients: tuple[ClientShard, ...]
+    table: ShardTable
     public_idx: np.ndarray
     scheme: str
     num_groups: int
 
     def __post_init__(self) -> None:
         self.public_idx.setflags(write=False)
+
+    @property
+    def clients(self) -> ClientShards:
+        return ClientShards(self.table)
 
 
 # ------------------------------------------------------------------------------------- transforms
@@ -332,10 +508,13 @@ def _draw_test(want: np.ndarray, test_by_class: list[np.ndarray], rng: np.random
 
 def _draw_tests_at_once(
     want: np.ndarray, test_by_class: list[np.ndarray], rng: np.random.Generator
-) -> list[np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Every client's test positions (``want``: (K, C) per class) in one draw per class, *with*
     replacement within a client (partition ``sampled`` only: its clients overlap anyway, and one
-    ``Generator.choice`` per client and class cost 16 s at 100,000 clients). Sorted per client."""
+    ``Generator.choice`` per client and class cost 16 s at 100,000 clients). Flat, sorted within
+    each client, with the clients' offsets."""
+    off = np.zeros(len(want) + 1, dtype=np.int64)
+    np.cumsum(want.sum(axis=1), out=off[1:])
     owners, picks = [], []
     for c, cand in enumerate(test_by_class):
         m = want[:, c]
@@ -344,10 +523,54 @@ def _draw_tests_at_once(
             owners.append(np.repeat(np.arange(len(want), dtype=np.int64), m))
             picks.append(cand[rng.integers(0, len(cand), size=total)])
     if not picks:
-        return [np.empty(0, dtype=np.int64) for _ in range(len(want))]
-    owner, pos = np.concatenate(owners), np.concatenate(picks).astype(np.int64)
-    order = np.lexsort((pos, owner))
-    return np.split(pos[order], np.cumsum(want.sum(axis=1))[:-1])
+        return np.empty(0, dtype=np.int64), off
+    # one int64 key per pick, (owner, position): a plain sort of the keys is a lexsort, 10x faster
+    span = max(int(max(len(c) and c.max() for c in test_by_class)) + 1, 1)
+    key = np.concatenate(owners) * span
+    del owners
+    key += np.concatenate(picks)
+    del picks
+    key.sort()
+    return key % span, off
+
+
+def _split_val_rows(
+    draws: np.ndarray, pool: np.ndarray | None, val_fraction: float, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_split_val`` for K clients of equal size at once (row ``k`` of ``draws``, positions into
+    the pool, ``pool`` None when it is the whole training set): ``(train, val)`` as ``(K, n - v)``
+    and ``(K, v)`` arrays of dataset positions, val sorted; the same validation size rule as
+    ``_split_val``. No shuffle is needed: a row of ``sampled_draws`` is already in random order
+    (independent uniform draws, or a ``Generator.choice`` without replacement), so its first ``v``
+    draws are a uniformly random subset and the rest a random order of the others."""
+    k, n = draws.shape
+    n_val = int(round(val_fraction * n))
+    n_val = min(max(n_val, 1), n - 1) if val_fraction > 0 and n >= 2 else 0
+    train = np.empty((k, n - n_val), dtype=dtype)
+    val = np.empty((k, n_val), dtype=dtype)
+    for lo in range(0, k, P.SAMPLED_CHUNK):
+        block = draws[lo : lo + P.SAMPLED_CHUNK]
+        if pool is not None:
+            block = pool[block]
+        train[lo : lo + len(block)] = block[:, n_val:]
+        val[lo : lo + len(block)] = np.sort(block[:, :n_val], axis=1)
+    return train, val
+
+
+def _flat_hists(y: np.ndarray, idx: np.ndarray, off: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(K, num_classes)`` label counts of ``y`` over each client's segment of a flat index array
+    (``off``: K + 1 offsets), in bincounts over chunks of clients (bounded temporaries)."""
+    k = len(off) - 1
+    out = np.zeros((k, num_classes), dtype=np.int64)
+    for lo in range(0, k, P.SAMPLED_CHUNK):
+        hi = min(lo + P.SAMPLED_CHUNK, k)
+        lens = np.diff(off[lo : hi + 1])
+        owner = np.repeat(np.arange(hi - lo, dtype=np.int64), lens)
+        labels = y[idx[off[lo] : off[hi]]].astype(np.int64)
+        out[lo:hi] = np.bincount(owner * num_classes + labels, minlength=(hi - lo) * num_classes).reshape(
+            hi - lo, num_classes
+        )
+    return out
 
 
 def _label_hists(y: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
@@ -419,6 +642,7 @@ def build_federation(
     )
     y = ds.y_train
     n = len(y)
+    dt = _index_dtype(max(n, len(ds.y_test)))
 
     if public_fraction > 0:
         public_idx, pool = P.stratified_split(y, public_fraction, rng_public)
@@ -432,89 +656,132 @@ def build_federation(
     rotations = np.zeros(num_clients, dtype=np.int64)
     perms: np.ndarray | None = None
     fed_groups = 0
-    if scheme == "natural":
-        assert ds.natural_train is not None
-        shards = [np.asarray(p, dtype=np.int64) for p in ds.natural_train]
-    elif scheme in GROUP_SCHEMES:
-        groups = P.assign_groups(num_clients, num_groups, rng_part)
-        local = _group_dirichlet(y_pool, groups, num_groups, alpha, rng_part, min_size)
-        shards = [pool[p] for p in local]
-        fed_groups = num_groups
-        if scheme == "rotation":
-            rotations = groups.copy()
-        else:
-            perms = P.label_permutations(num_groups, ds.num_classes, rng_part)
-    elif scheme in SCHEMES:
-        knobs = SchemeKnobs(
-            alpha=alpha,
-            classes_per_client=classes_per_client,
-            sigma=sigma,
-            examples_per_client=examples_per_client,
-            min_size=min_size,
-        )
-        shards = [pool[p] for p in partition_pool(scheme, y_pool, num_clients, rng_part, knobs)]
-    else:
-        shards = [pool[p] for p in plugin_partition(scheme, y_pool, num_clients, rng_part, partition_params)]
-
     test_by_class = [np.flatnonzero(ds.y_test == c) for c in range(ds.num_classes)]
     pool_size = max(len(pool), 1)
-    # the validation split of every client first (its own random stream), then the test draws: the
-    # label histograms and per-class test counts of all clients at once, the draws client by client
-    splits = [_split_val(shard, val_fraction, rng_val) for shard in shards]
-    want = None
-    if scheme != "natural" and len(ds.y_test) > 0:
-        sizes = np.array(
-            [
-                test_per_client or max(10, int(round(len(ds.y_test) * len(train_idx) / pool_size)))
-                for train_idx, _ in splits
-            ],
-            dtype=np.int64,
-        )
-        hists = _label_hists(y, [train_idx for train_idx, _ in splits], ds.num_classes)
-        want = _test_counts(hists, sizes, test_by_class)
-    drawn = (
-        _draw_tests_at_once(want, test_by_class, rng_test)
-        if scheme == "sampled" and want is not None
-        else None
-    )
-    clients = []
-    for k, (train_idx, val_idx) in enumerate(splits):
-        if drawn is not None:
-            test_idx = drawn[k]
-        elif scheme == "natural":
-            assert ds.natural_test is not None
-            test_idx = np.sort(np.asarray(ds.natural_test[k], dtype=np.int64))
-        elif want is None:
-            test_idx = np.empty(0, dtype=np.int64)
+    if scheme == "sampled":
+        # flat arrays all the way (10^6 clients: no Python object per client); every client's
+        # validation split at once, its first draws (docs/data.md, "Partition 'sampled'")
+        draws = P.sampled_draws(len(y_pool), num_clients, examples_per_client, rng_part)
+        train2d, val2d = _split_val_rows(draws, None if public_fraction == 0 else pool, val_fraction, dt)
+        del draws
+        n_tr, n_va = train2d.shape[1], val2d.shape[1]
+        train_idx, val_idx = train2d.reshape(-1), val2d.reshape(-1)
+        train_off = np.arange(num_clients + 1, dtype=np.int64) * n_tr
+        val_off = np.arange(num_clients + 1, dtype=np.int64) * n_va
+        if len(ds.y_test) > 0:
+            size = test_per_client or max(10, int(round(len(ds.y_test) * n_tr / pool_size)))
+            hists = _flat_hists(y, train_idx, train_off, ds.num_classes)
+            want = _test_counts(hists, np.full(num_clients, size, dtype=np.int64), test_by_class)
+            del hists
+            test_idx, test_off = _draw_tests_at_once(want, test_by_class, rng_test)
+            test_idx = test_idx.astype(dt)
         else:
-            test_idx = _draw_test(want[k], test_by_class, rng_test)
-        clients.append(
-            ClientShard(
-                client_id=k,
-                train_idx=train_idx,
-                val_idx=val_idx,
-                test_idx=test_idx,
-                group=int(groups[k]),
-                rotation=int(rotations[k]),
-                label_perm=None if perms is None else perms[groups[k]].copy(),
+            test_idx, test_off = np.zeros(0, dt), np.zeros(num_clients + 1, dtype=np.int64)
+    else:
+        if scheme == "natural":
+            assert ds.natural_train is not None
+            shards = [np.asarray(p, dtype=np.int64) for p in ds.natural_train]
+        elif scheme in GROUP_SCHEMES:
+            groups = P.assign_groups(num_clients, num_groups, rng_part)
+            local = _group_dirichlet(y_pool, groups, num_groups, alpha, rng_part, min_size)
+            shards = [pool[p] for p in local]
+            fed_groups = num_groups
+            if scheme == "rotation":
+                rotations = groups.copy()
+            else:
+                perms = P.label_permutations(num_groups, ds.num_classes, rng_part)
+        elif scheme in SCHEMES:
+            knobs = SchemeKnobs(
+                alpha=alpha,
+                classes_per_client=classes_per_client,
+                sigma=sigma,
+                examples_per_client=examples_per_client,
+                min_size=min_size,
             )
-        )
-    return Federation(clients=tuple(clients), public_idx=public_idx, scheme=scheme, num_groups=fed_groups)
+            shards = [pool[p] for p in partition_pool(scheme, y_pool, num_clients, rng_part, knobs)]
+        else:
+            shards = [
+                pool[p] for p in plugin_partition(scheme, y_pool, num_clients, rng_part, partition_params)
+            ]
+
+        # the validation split of every client first (its own random stream), then the test draws:
+        # the label histograms and per-class test counts of all clients at once, the draws client
+        # by client (N is at most the dataset's size here)
+        splits = [_split_val(shard, val_fraction, rng_val) for shard in shards]
+        del shards
+        train_idx, train_off = _flat([t for t, _ in splits], dt)
+        val_idx, val_off = _flat([v for _, v in splits], dt)
+        del splits
+        tests: list[np.ndarray]
+        if scheme == "natural":
+            assert ds.natural_test is not None
+            tests = [np.sort(np.asarray(t, dtype=np.int64)) for t in ds.natural_test]
+        elif len(ds.y_test) == 0:
+            tests = [np.empty(0, dtype=np.int64)] * num_clients
+        else:
+            n_train = np.diff(train_off)
+            sizes = (
+                np.full(num_clients, test_per_client, dtype=np.int64)
+                if test_per_client
+                else np.maximum(10, np.round(len(ds.y_test) * n_train / pool_size).astype(np.int64))
+            )
+            want = _test_counts(_flat_hists(y, train_idx, train_off, ds.num_classes), sizes, test_by_class)
+            tests = [_draw_test(w, test_by_class, rng_test) for w in want]
+        test_idx, test_off = _flat(tests, dt)
+    table = ShardTable.from_arrays(
+        client_ids=np.arange(num_clients, dtype=np.int64),
+        train_idx=train_idx,
+        train_off=train_off,
+        val_idx=val_idx,
+        val_off=val_off,
+        test_idx=test_idx,
+        test_off=test_off,
+        group=groups,
+        rotation=rotations,
+        perm_id=groups.copy() if perms is not None else np.full(num_clients, -1, dtype=np.int64),
+        perms=perms if perms is not None else np.zeros((0, 0), dtype=np.int64),
+    )
+    return Federation(table=table, public_idx=public_idx, scheme=scheme, num_groups=fed_groups)
 
 
 # ------------------------------------------------------------------------------------------ summary
 
 
-def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
+def summary_table(fed: Federation, ds: Dataset, rows: slice | None = None) -> pa.Table:
     """One row per client: client_id, group, rotation, n_train, n_val, n_test, label_hist.
 
     ``label_hist`` counts the client's train labels in the dataset's original label space (length
     ``num_classes``). The table's schema metadata records the scheme, dataset and group count.
+    ``rows``: only the clients of these table rows (``write_summary`` writes the table in parts).
     """
     import pyarrow as pa
 
-    hists = _label_hists(ds.y_train, [c.train_idx for c in fed.clients], ds.num_classes).tolist()
-    schema = pa.schema(
+    t = fed.table
+    lo, hi, _ = (rows or slice(None)).indices(len(t))
+    hi = max(lo, hi)
+    off = t.train_off[lo : hi + 1]
+    hists = _flat_hists(ds.y_train, t.train_idx[off[0] : off[-1]], off - off[0], ds.num_classes)
+    # columns straight from the table's arrays (10^6 clients: no Python object per client)
+    label_hist = pa.ListArray.from_arrays(
+        pa.array(np.arange(hi - lo + 1, dtype=np.int32) * ds.num_classes), pa.array(hists.reshape(-1))
+    )
+    cols = [
+        pa.array(t.client_ids[lo:hi]),
+        pa.array(t.group[lo:hi]),
+        pa.array(t.rotation[lo:hi]),
+        pa.array(np.diff(t.train_off[lo : hi + 1])),
+        pa.array(np.diff(t.val_off[lo : hi + 1])),
+        pa.array(np.diff(t.test_off[lo : hi + 1])),
+        label_hist,
+    ]
+    return pa.Table.from_arrays(cols, schema=summary_schema(fed, ds))
+
+
+def summary_schema(fed: Federation, ds: Dataset) -> pa.Schema:
+    """``partition.parquet``'s schema, with the scheme, dataset, group count and public size."""
+    import pyarrow as pa
+
+    return pa.schema(
         [
             ("client_id", pa.int64()),
             ("group", pa.int64()),
@@ -531,22 +798,18 @@ def summary_table(fed: Federation, ds: Dataset) -> pa.Table:
             "n_public": str(len(fed.public_idx)),
         },
     )
-    cols = {
-        "client_id": [c.client_id for c in fed.clients],
-        "group": [c.group for c in fed.clients],
-        "rotation": [c.rotation for c in fed.clients],
-        "n_train": [len(c.train_idx) for c in fed.clients],
-        "n_val": [len(c.val_idx) for c in fed.clients],
-        "n_test": [len(c.test_idx) for c in fed.clients],
-        "label_hist": hists,
-    }
-    return pa.Table.from_pydict(cols, schema=schema)
+
+
+SUMMARY_ROWS = 1 << 18  # clients per part of partition.parquet (bounded memory at 10^6 clients)
 
 
 def write_summary(fed: Federation, ds: Dataset, path: str | Path) -> Path:
-    """Write :func:`summary_table` as Parquet to ``path`` (its directory must exist); returns the path."""
+    """Write :func:`summary_table` as Parquet to ``path`` (its directory must exist), in parts of
+    ``SUMMARY_ROWS`` clients; returns the path."""
     import pyarrow.parquet as pq
 
     path = Path(path)
-    pq.write_table(summary_table(fed, ds), path)
+    with pq.ParquetWriter(path, summary_schema(fed, ds)) as writer:
+        for lo in range(0, max(len(fed.table), 1), SUMMARY_ROWS):
+            writer.write_table(summary_table(fed, ds, slice(lo, lo + SUMMARY_ROWS)))
     return path

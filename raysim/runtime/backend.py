@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from raysim.algorithms.base import Algorithm, LocalHParams
+from raysim.data.federation import ShardTable, TableView
 from raysim.runtime.host import HostSpec
 from raysim.runtime.server import RoundReport
 
@@ -51,7 +52,9 @@ class StartSpec:
 
     algorithm: Algorithm
     dataset: Any
-    host_shards: Sequence[Sequence[Any]]
+    # each host's clients: a TableView of ``clients`` (what the runtime passes: one table for all
+    # hosts, each its client ids), a ShardTable, or ClientShards
+    host_shards: Sequence[TableView | ShardTable | Sequence[Any]]
     host_spec: HostSpec
     num_cpus: float  # per client actor
     num_gpus: float
@@ -68,6 +71,21 @@ class StartSpec:
     cluster_max_gpus: float | None = None
     cluster_max_memory_gb: float | None = None
     scale_wait_s: float = 600.0
+    # every client of the run as one table (the federation's), for roaming clients; None: the
+    # hosts' tables joined
+    clients: ShardTable | None = None
+
+    def host_tables(self) -> list[ShardTable | TableView]:
+        """Each host's clients as flat arrays (a ``TableView`` or a ``ShardTable``)."""
+        return [s if isinstance(s, ShardTable | TableView) else ShardTable(list(s)) for s in self.host_shards]
+
+    def everyone(self, tables: Sequence[ShardTable | TableView]) -> ShardTable:
+        """Every client of the run in one table (the visitors a roaming host may train)."""
+        if self.clients is not None:
+            return self.clients
+        if any(isinstance(t, TableView) for t in tables):
+            raise ValueError("StartSpec: hosts given as TableViews need the table they view (clients=)")
+        return ShardTable.concat([t for t in tables if isinstance(t, ShardTable)])
 
 
 class ServerLost(RuntimeError):

@@ -53,7 +53,7 @@ from raysim.runtime.backend import (
 )
 from raysim.runtime.host import HostSpec
 from raysim.runtime.logger import RunLogger
-from raysim.runtime.packing import pack_clients, pick_noisy, pooled_shard, roams
+from raysim.runtime.packing import pack_hosts, pick_noisy, pooled_table, roams
 from raysim.runtime.progress import ProgressView
 from raysim.runtime.server import EvalSpec, RoundReport
 from raysim.runtime.trackers import check_trackers, open_trackers
@@ -102,7 +102,7 @@ class Experiment:
 
     # -- set-up: everything that can fail on user input happens here ----------------------
     def prepare(self) -> None:
-        from raysim.data import build_federation, load_dataset, write_summary
+        from raysim.data import TableView, build_federation, load_dataset, write_summary
         from raysim.data.budget import check_dataset_fits
 
         cfg, d = self.cfg, self.cfg.data
@@ -140,18 +140,20 @@ class Experiment:
             )
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError(f"data: {exc}") from None
-        shards = list(fed.clients)
-        if self.algorithm.traits.pooled:
-            shards = [pooled_shard(shards)]
-        self.dataset, self.federation, self.shards = ds, fed, shards
+        # the clients as flat arrays from here to the actors (issue 21: no Python object per client)
+        table = pooled_table(fed.table) if self.algorithm.traits.pooled else fed.table
+        self.dataset, self.federation, self.table = ds, fed, table
 
         backend = make_backend(
             cfg.resources.backend, self.address or cfg.resources.address, self.share, self.backends
         )
         share = backend.share()
-        n_hosts = min(len(shards), cfg.num_client_actors(share.cpus, share.gpus))
-        host_shards = pack_clients(shards, n_hosts)
-        self.num_hosts = len(host_shards)
+        n_hosts = max(1, min(len(table), cfg.num_client_actors(share.cpus, share.gpus)))
+        host_of = pack_hosts(table.client_ids, table.n_train(), n_hosts)
+        # each host's clients as a view of the one table (its client ids): the backends ship the
+        # table once (Ray: once per node, zero-copy) and each actor its ids
+        host_tables = [TableView(table, table.client_ids[host_of == h]) for h in range(n_hosts)]
+        self.num_hosts = len(host_tables)
         host_spec = HostSpec(
             model=cfg.model.name,
             model_params=cfg.model.params,
@@ -161,7 +163,7 @@ class Experiment:
             std=tuple(ds.std),
             seed=cfg.seed,
             torch_threads=cfg.resources.torch_threads,
-            noisy_clients=pick_noisy(len(shards), d.label_noise, cfg.seed),
+            noisy_clients=pick_noisy(len(table), d.label_noise, cfg.seed),
         )
         params0 = init_params(
             cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.seed, cfg.model.params
@@ -172,15 +174,15 @@ class Experiment:
             build_model(cfg.model.name, tuple(ds.input_shape), ds.num_classes, cfg.model.params)
         )
         ctx = SetupContext(
-            num_clients=len(shards),
-            client_sizes=np.array([len(s.train_idx) for s in shards]),
+            num_clients=len(table),
+            client_sizes=table.n_train(),
             layout=layout,
             num_classes=ds.num_classes,
             seed=cfg.seed,
             local=LocalHParams.of(cfg.local),
             num_rounds=cfg.rounds.num_rounds,
-            clients_per_round=min(cfg.rounds.clients_per_round, len(shards)),
-            client_groups=np.array([s.group for s in shards]),
+            clients_per_round=min(cfg.rounds.clients_per_round, len(table)),
+            client_groups=table.group.copy(),
             init_params=functools.partial(
                 init_params, cfg.model.name, tuple(ds.input_shape), ds.num_classes, params=cfg.model.params
             ),
@@ -210,7 +212,8 @@ class Experiment:
             StartSpec(
                 algorithm=self.algorithm,
                 dataset=ds,
-                host_shards=host_shards,
+                host_shards=host_tables,
+                clients=table,
                 host_spec=host_spec,
                 num_cpus=res.num_cpus,
                 num_gpus=res.num_gpus,
@@ -231,7 +234,7 @@ class Experiment:
                     "deadline_s": cfg.rounds.deadline_s,
                     "quarantine_factor": cfg.rounds.quarantine_factor,
                 },
-                roam=roams(self.algorithm.traits.client_state, len(host_shards), res.clients_per_actor),
+                roam=roams(self.algorithm.traits.client_state, len(host_tables), res.clients_per_actor),
                 reproducible=res.reproducible,
             )
         )

@@ -37,7 +37,7 @@ from raysim.algorithms.base import (
     UpdateTooLarge,
     sum_by_key,
 )
-from raysim.data.federation import ShardTable
+from raysim.data.federation import ShardTable, TableView
 from raysim.models.flat import Params
 from raysim.runtime.pool import ClientError, HostReply, PersonalColumns
 from raysim.runtime.trainer import EvalResult, FitResult, Trainer, pick_device
@@ -194,7 +194,7 @@ class ClientHost:
         host_id: int,
         algorithm: Algorithm,
         dataset: Any,
-        shards: Sequence[Any] | ShardTable,
+        shards: Sequence[Any] | ShardTable | TableView,
         spec: HostSpec,
         gpu_ids: list | None = None,
         visitors: ShardTable | None = None,
@@ -202,8 +202,9 @@ class ClientHost:
         """``shards`` are this host's own clients (their state, their personalised evaluation);
         ``visitors`` are further clients it may be asked to train when the algorithm keeps no
         client state. Both are kept as flat index arrays (``ShardTable``: the data stays in the
-        shared dataset) and a client object is built only for the call that trains or evaluates
-        it, so a host keeps no Python object per client but its clients' state."""
+        shared dataset; ``shards`` may be a ``TableView``, its own clients of the run's one table)
+        and a client object is built only for the call that trains or evaluates it, so a host
+        keeps no Python object per client but its clients' state."""
         torch.set_num_threads(spec.torch_threads)
         reproducible.apply_in_process()  # a process started in reproducible mode: oneDNN off, ...
         self.host_id = host_id
@@ -223,7 +224,15 @@ class ClientHost:
             device=self.device,
         )
         self.visitors = visitors
-        self.own = shards if isinstance(shards, ShardTable) else ShardTable(list(shards))
+        # its own clients' arrays, copied out of the run's one table when given a view of it (the
+        # batched evaluation reads them by row)
+        self.own: ShardTable = (
+            shards
+            if isinstance(shards, ShardTable)
+            else shards.copy()
+            if isinstance(shards, TableView)
+            else ShardTable(list(shards))
+        )
         self.home: list[int] = self.own.client_ids.tolist()  # sorted
         self.state: dict[int, dict[str, Any]] = {}  # own clients' persistent state (non-empty only)
         self.staged: dict[int, dict[str, Any]] = {}  # accepted clients' new state, until commit

@@ -10,35 +10,68 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from raysim.data.federation import ShardTable
+
 if TYPE_CHECKING:
     from raysim.config import ResourcesConfig
 
 SALT_NOISY_CLIENTS = 424242  # RNG purpose of the draw of label-noise clients
 
 
-def pack_clients(shards: list[Any], num_hosts: int) -> list[list[Any]]:
-    """Spread clients over ``num_hosts`` actors so that each holds about the same number of
-    training examples (greedy: biggest client first onto the lightest actor that has fewer
-    than ceil(C / A) clients; ties by id).
+def pack_hosts(client_ids: np.ndarray, sizes: np.ndarray, num_hosts: int) -> np.ndarray:
+    """The host of each client (``client_ids[k]`` with ``sizes[k]`` training examples) when
+    ``num_hosts`` actors share them so that each holds about the same number of training examples
+    (greedy: biggest client first onto the lightest actor that has fewer than ceil(C / A) clients;
+    ties by id).
 
     A round waits for its slowest actor, so balancing work matters more than contiguous ids.
     Which actor hosts a client never changes its results (its RNG depends on the client only).
+    Clients of equal size (partition ``sampled``) are dealt round-robin in id order, which is
+    what the greedy rule does then, without a Python step per client.
     """
-    num_hosts = max(1, min(num_hosts, len(shards)))
-    cap = math.ceil(len(shards) / num_hosts)
-    hosts: list[list[Any]] = [[] for _ in range(num_hosts)]
+    ids, sizes = np.asarray(client_ids, dtype=np.int64), np.asarray(sizes, dtype=np.int64)
+    num_hosts = max(1, min(num_hosts, len(ids)))
+    cap = math.ceil(len(ids) / num_hosts)
+    order = np.lexsort((ids, -sizes))
+    host = np.empty(len(ids), dtype=np.int64)
+    if len(ids) == 0:
+        return host
+    if sizes.min() == sizes.max():  # every actor equally loaded after each pass: round-robin
+        host[order] = np.arange(len(ids), dtype=np.int64) % num_hosts
+        return host
     # the actors that still have room, lightest first: (load, clients, index); an actor leaves for
     # good once full, so the heap's top is always the (load, count, index)-smallest actor with room.
     # O(C log A) instead of scanning every actor for every client.
     room = [(0, 0, i) for i in range(num_hosts)]
-    for s in sorted(shards, key=lambda s: (-len(s.train_idx), s.client_id)):
+    out = host.tolist()
+    size_of = sizes.tolist()
+    for k in order.tolist():
         load, count, h = room[0]
-        hosts[h].append(s)
+        out[k] = h
         if count + 1 < cap:
-            heapq.heapreplace(room, (load + len(s.train_idx), count + 1, h))
+            heapq.heapreplace(room, (load + size_of[k], count + 1, h))
         else:
             heapq.heappop(room)
-    return [sorted(h, key=lambda s: s.client_id) for h in hosts]
+    return np.asarray(out, dtype=np.int64)
+
+
+def pack_clients(shards: list[Any], num_hosts: int) -> list[list[Any]]:
+    """``pack_hosts`` for a list of ``ClientShard``: each host's shards, sorted by id."""
+    if not shards:
+        return [[]]
+    ids = np.fromiter((s.client_id for s in shards), dtype=np.int64, count=len(shards))
+    sizes = np.fromiter((len(s.train_idx) for s in shards), dtype=np.int64, count=len(shards))
+    host = pack_hosts(ids, sizes, num_hosts)
+    return [
+        [shards[k] for k in sorted(np.flatnonzero(host == h).tolist(), key=lambda k: shards[k].client_id)]
+        for h in range(max(1, min(num_hosts, len(shards))))
+    ]
+
+
+def pack_table(table: ShardTable, num_hosts: int) -> list[ShardTable]:
+    """``pack_hosts`` for a ``ShardTable``: each host's clients as a table of their own."""
+    host = pack_hosts(table.client_ids, table.n_train(), num_hosts)
+    return [table.take(np.flatnonzero(host == h)) for h in range(max(1, min(num_hosts, len(table))))]
 
 
 def pick_noisy(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
@@ -46,6 +79,23 @@ def pick_noisy(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
     k = int(round(fraction * num_clients))
     rng = np.random.default_rng([seed, SALT_NOISY_CLIENTS])
     return frozenset(int(c) for c in rng.choice(num_clients, size=k, replace=False)) if k else frozenset()
+
+
+def pooled_table(table: ShardTable) -> ShardTable:
+    """All clients as one (an algorithm with ``Traits.pooled``: the centralised reference), in
+    client order."""
+    one = np.array([0, len(table.train_idx)], dtype=np.int64)
+    return ShardTable.from_arrays(
+        client_ids=np.zeros(1, dtype=np.int64),
+        train_idx=table.train_idx,
+        train_off=one,
+        val_idx=table.val_idx,
+        val_off=np.array([0, len(table.val_idx)], dtype=np.int64),
+        test_idx=table.test_idx,
+        test_off=np.array([0, len(table.test_idx)], dtype=np.int64),
+        group=np.full(1, -1, dtype=np.int64),
+        rotation=np.zeros(1, dtype=np.int64),
+    )
 
 
 def pooled_shard(shards: list[Any]) -> Any:

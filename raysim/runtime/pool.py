@@ -3,7 +3,7 @@ collector. A pool is the set of client hosts the server talks to (in-process or 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -141,22 +141,79 @@ def group_tasks(tasks: Sequence[ClientTask], owner: Mapping[int, int]) -> dict[i
     return out
 
 
+class ClientMap(Mapping[int, int]):
+    """A read-only ``{client id: int}`` held as two arrays (ids sorted): what a pool keeps per
+    client (its home host, its training examples) without a Python object per client (issue 21:
+    10^6 clients)."""
+
+    def __init__(self, ids: np.ndarray, values: np.ndarray) -> None:
+        ids, values = np.asarray(ids, dtype=np.int64), np.asarray(values, dtype=np.int64)
+        if ids.shape != values.shape or ids.ndim != 1:
+            raise ValueError(
+                f"ClientMap: ids and values must be 1-d of one length, got {ids.shape}, {values.shape}"
+            )
+        order = np.argsort(ids, kind="stable")
+        self.ids, self.vals = ids[order], values[order]
+        if len(self.ids) > 1 and (np.diff(self.ids) == 0).any():
+            raise ValueError("ClientMap: a client id appears twice")
+        self.ids.setflags(write=False)
+        self.vals.setflags(write=False)
+
+    @classmethod
+    def of(cls, mapping: Mapping[int, int]) -> ClientMap:
+        if isinstance(mapping, ClientMap):
+            return mapping
+        ids = np.fromiter(mapping.keys(), dtype=np.int64, count=len(mapping))
+        return cls(ids, np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping)))
+
+    def _row(self, key: object) -> int:
+        if not isinstance(key, (int, np.integer)) or isinstance(key, bool):
+            return -1
+        i = int(np.searchsorted(self.ids, int(key)))
+        return i if i < len(self.ids) and self.ids[i] == key else -1
+
+    def __getitem__(self, key: int) -> int:
+        i = self._row(key)
+        if i < 0:
+            raise KeyError(key)
+        return int(self.vals[i])
+
+    def __contains__(self, key: object) -> bool:
+        return self._row(key) >= 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def keys_with(self, value: int) -> list[int]:
+        """The ids whose value is ``value`` (a host's clients), sorted."""
+        return self.ids[self.vals == value].tolist()
+
+
 class ClientIndex:
     """Every client id, sorted, with its home host: the pool's per-round ``available()`` as one
     vectorised mask (it was a sort of all N ids a round: 0.7 s at 10^6 clients, issue 13)."""
 
     def __init__(self, owner: Mapping[int, int]) -> None:
-        ids = np.fromiter(owner.keys(), dtype=np.int64, count=len(owner))
-        hosts = np.fromiter(owner.values(), dtype=np.int64, count=len(owner))
-        order = np.argsort(ids, kind="stable")
-        self.ids, self.hosts = ids[order], hosts[order]
-        self.ids.setflags(write=False)
+        m = ClientMap.of(owner)
+        self.ids, self.hosts = m.ids, m.vals
 
     def on_hosts_except(self, dead: Collection[int]) -> np.ndarray:
         """The sorted ids of clients whose home host is not in ``dead``."""
         if not dead:
             return self.ids
         return self.ids[~np.isin(self.hosts, np.fromiter(dead, dtype=np.int64, count=len(dead)))]
+
+
+def owner_map(host_tables: Sequence[Any]) -> ClientMap:
+    """Each client's home host, from the hosts' ``ShardTable``s (host ``h`` is ``host_tables[h]``)."""
+    if not host_tables:
+        return ClientMap(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    ids = np.concatenate([t.client_ids for t in host_tables])
+    hosts = np.repeat(np.arange(len(host_tables), dtype=np.int64), [len(t.client_ids) for t in host_tables])
+    return ClientMap(ids, hosts)
 
 
 def balance_tasks(

@@ -10,18 +10,25 @@ from typing import Any
 import numpy as np
 
 from raysim.algorithms.base import ClientTask, LinearSum, LocalHParams
-from raysim.data.federation import ShardTable
 from raysim.runtime.backend import Share, StartSpec
 from raysim.runtime.host import ClientHost
-from raysim.runtime.pool import ClientIndex, PersonalColumns, PoolReply, ReplyCollector, assign_tasks
+from raysim.runtime.pool import (
+    ClientIndex,
+    ClientMap,
+    PersonalColumns,
+    PoolReply,
+    ReplyCollector,
+    assign_tasks,
+    owner_map,
+)
 from raysim.runtime.server import RoundReport, Server
 
 
 class SerialPool:
     def __init__(self, hosts: Sequence[ClientHost], roam_sizes: Mapping[int, int] | None = None) -> None:
         self.hosts = list(hosts)
-        self.owner = {cid: h for h, host in enumerate(self.hosts) for cid in host.client_ids()}
-        self.roam_sizes = dict(roam_sizes) if roam_sizes is not None else None
+        self.owner = owner_map([host.own for host in self.hosts])  # arrays, not a dict of N entries
+        self.roam_sizes = ClientMap.of(roam_sizes) if roam_sizes is not None else None
         self.index = ClientIndex(self.owner)
 
     def available(self) -> np.ndarray:
@@ -89,12 +96,13 @@ class SerialBackend:
         return self._share or Share(cpus=float(os.cpu_count() or 1))
 
     def start(self, spec: StartSpec) -> None:
-        everyone = ShardTable([s for shards in spec.host_shards for s in shards]) if spec.roam else None
+        tables = spec.host_tables()
+        everyone = spec.everyone(tables) if spec.roam else None
         self.hosts = [
-            ClientHost(h, spec.algorithm, spec.dataset, shards, spec.host_spec, visitors=everyone)
-            for h, shards in enumerate(spec.host_shards)
+            ClientHost(h, spec.algorithm, spec.dataset, table, spec.host_spec, visitors=everyone)
+            for h, table in enumerate(tables)
         ]
-        sizes = everyone.sizes() if everyone is not None else None
+        sizes = ClientMap(everyone.client_ids, everyone.n_train()) if everyone is not None else None
         self.server = Server(pool=SerialPool(self.hosts, roam_sizes=sizes), **spec.server_kwargs)
 
     def _srv(self) -> Server:

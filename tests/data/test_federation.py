@@ -353,3 +353,59 @@ def test_sampled_partition_holds_more_clients_than_the_dataset_and_says_so_when_
         assert np.all(np.diff(c.test_idx) >= 0)
     with pytest.raises(ValueError, match="examples_per_client must be between 2 and the 1000"):
         build_federation(ds, scheme="sampled", num_clients=10, seed=0, examples_per_client=1001)
+
+
+def test_table_views_slices_and_joins_give_back_the_same_clients(ds: Dataset) -> None:
+    """A host's TableView, a table's take/concat and partition.parquet written in parts all show
+    the federation's clients unchanged (issue 21: the runtime ships one table and ids)."""
+    from raysim.data import ShardTable, TableView
+
+    fed = build_federation(ds, scheme="label-permutation", num_clients=12, seed=2, num_groups=3)
+    table = fed.table
+    assert table.train_idx.dtype == np.int32  # positions below 2^31: half the memory
+    view = TableView(table, np.array([7, 2, 9]))
+    assert view.client_ids.tolist() == [2, 7, 9] and len(view) == 3
+    assert 7 in view and 3 not in view and "7" not in view
+    assert view.n_train().tolist() == [len(fed.clients[c].train_idx) for c in (2, 7, 9)]
+    with pytest.raises(KeyError, match="client 3"):
+        view.shard(3)
+    with pytest.raises(KeyError, match=r"\[40\]"):
+        TableView(table, np.array([1, 40]))
+    parts = [table.take(np.array([0, 3, 5, 11])), table.take(np.array([1, 2, 4, 6, 7, 8, 9, 10]))]
+    for joined in (ShardTable.concat(parts[::-1]), ShardTable(list(fed.clients))):
+        assert joined.client_ids.tolist() == list(range(12))
+        for c in range(12):
+            a, b = joined.shard(c), fed.clients[c]
+            for name in ("train_idx", "val_idx", "test_idx", "label_perm"):
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            assert a.train_idx.dtype == np.int64 and (a.group, a.rotation) == (b.group, b.rotation)
+    np.testing.assert_array_equal(view.shard(9).test_idx, fed.clients[9].test_idx)
+    assert fed.clients[-1].client_id == 11 and [c.client_id for c in fed.clients[2:4]] == [2, 3]
+
+
+def test_partition_parquet_in_parts_is_the_whole_table(
+    ds: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import raysim.data.federation as F
+
+    fed = build_federation(ds, scheme="dirichlet", num_clients=10, seed=1)
+    monkeypatch.setattr(F, "SUMMARY_ROWS", 3)
+    got = pq.read_table(write_summary(fed, ds, tmp_path / "p.parquet"))
+    assert got.equals(summary_table(fed, ds)) and got.num_rows == 10
+    assert (
+        got.column("label_hist").to_pylist()[4]
+        == np.bincount(ds.y_train[fed.clients[4].train_idx], minlength=10).tolist()
+    )
+
+
+def test_sampled_validation_is_each_clients_first_draws(ds: Dataset) -> None:
+    """Partition 'sampled' at scale: its validation split is the first draws of each client (its
+    draws are in random order already), no per-client shuffle (docs/scaling.md)."""
+    from raysim.data import partition as P
+
+    fed = build_federation(ds, scheme="sampled", num_clients=30, seed=4, examples_per_client=20)
+    rng_part = np.random.default_rng(np.random.SeedSequence(4).spawn(4)[1])
+    draws = P.sampled_draws(len(ds.y_train), 30, 20, rng_part)
+    for c in fed.clients:
+        np.testing.assert_array_equal(c.val_idx, np.sort(draws[c.client_id, :2]))
+        np.testing.assert_array_equal(c.train_idx, draws[c.client_id, 2:])

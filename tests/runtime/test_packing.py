@@ -116,3 +116,36 @@ def test_an_algorithm_that_keeps_state_it_did_not_declare_fails_loudly_on_a_visi
     )
     with pytest.raises(RuntimeError, match="client_state=True"):
         host.commit(1)
+
+
+def test_equal_sizes_pack_round_robin_as_the_greedy_rule_does():
+    from raysim.bench.profile import old_pack
+    from raysim.runtime.packing import pack_hosts
+
+    for n, a in ((10, 3), (7, 7), (100, 8), (5, 9)):
+        shards = [shard(i, 4) for i in range(n)]
+        got = pack_clients(shards, a)  # the round-robin path
+        assert [[s.client_id for s in h] for h in got] == [
+            [s.client_id for s in h] for h in old_pack(shards, a)
+        ]
+    host = pack_hosts(np.array([5, 1, 3]), np.array([2, 2, 9]), 2)
+    assert host.tolist() == [1, 1, 0]  # 9 first onto actor 0, then id 1, then id 5
+
+
+def test_client_map_is_a_mapping_over_two_arrays():
+    from raysim.runtime.pool import ClientIndex, ClientMap, owner_map
+
+    m = ClientMap(np.array([9, 2, 5]), np.array([1, 0, 1]))
+    assert dict(m) == {2: 0, 5: 1, 9: 1} and len(m) == 3
+    assert m[5] == 1 and m.get(4, -1) == -1 and 9 in m and "9" not in m and True not in m
+    assert m.keys_with(1) == [5, 9]
+    with pytest.raises(KeyError):
+        m[4]
+    with pytest.raises(ValueError, match="twice"):
+        ClientMap(np.array([1, 1]), np.array([0, 1]))
+    assert ClientMap.of({3: 1, 1: 0}).ids.tolist() == [1, 3]
+    owner = owner_map(
+        [SimpleNamespace(client_ids=np.array([0, 4])), SimpleNamespace(client_ids=np.array([2]))]
+    )
+    assert dict(owner) == {0: 0, 2: 1, 4: 0}
+    assert ClientIndex(owner).on_hosts_except({0}).tolist() == [2]

@@ -44,7 +44,6 @@ def finetuned_personal_accuracy(run_dir: Path, epochs: int = 1) -> float:
 def _score(run_dir: Path, epochs: int) -> float:
     from raysim.api import load_config
     from raysim.runtime.experiment import Experiment
-    from raysim.runtime.host import _Context  # the hosts' ClientContext: the same as their evaluate's
     from raysim.runtime.serial import SerialBackend
 
     cfg = load_config(
@@ -68,7 +67,6 @@ def _score(run_dir: Path, epochs: int) -> float:
                 )
             backend = exp.backend
             assert isinstance(backend, SerialBackend) and backend.server is not None
-            algo = backend.server.algorithm
             broadcast = backend.server.eval_broadcast()
             hp = plain_sgd(lr=cfg.local.lr, epochs=max(epochs, 1), batch_size=cfg.local.batch_size)
             correct = total = 0
@@ -78,24 +76,7 @@ def _score(run_dir: Path, epochs: int) -> float:
                     assert c is not None  # one of this host's own
                     if len(c.test_idx) == 0:
                         continue
-                    ctx = _Context(host, c, -1, broadcast)
-                    params = algo.personal_params(broadcast, ctx)
-                    adapter = algo.personal_adapter(ctx)
-                    buffers = algo.personal_buffers(ctx)
-                    if epochs > 0 and len(c.train_idx) > 0:
-                        fit = ctx.fit(params, hparams=hp, adapter=adapter, buffers=buffers)
-                        params = fit.params
-                        adapter = fit.adapter if adapter is not None else None
-                        buffers = fit.buffers if buffers is not None else None
-                    ev = host.trainer.evaluate(
-                        params,
-                        host.x_test,
-                        c.y_test,
-                        idx=c.test_idx,
-                        rotation=c.rotation,
-                        adapter=adapter,
-                        buffers=buffers,
-                    )
+                    ev = host.score_one(cid, broadcast, hp if epochs > 0 else None)
                     correct += int(ev.correct)
                     total += int(ev.n)
         finally:

@@ -460,25 +460,38 @@ class ClientHost:
         n, correct = ev.n.copy(), ev.correct.copy()
         loss = ev.loss_sum / np.maximum(ev.n, 1)
         for i in np.flatnonzero(which == PER_CLIENT).tolist():
-            c = self.client(int(ids[i]))
-            assert c is not None  # one of this host's own
-            ctx = _Context(self, c, -1, broadcast)
-            params = self.algorithm.personal_params(broadcast, ctx)
-            adapter = self.algorithm.personal_adapter(ctx)  # e.g. DSAC's eq. (10) input map
-            buffers = self.algorithm.personal_buffers(ctx)  # e.g. FedBN's local BatchNorm statistics
-            one = self.trainer.evaluate(
-                params,
-                self.x_test,
-                c.y_test,
-                idx=c.test_idx,
-                rotation=c.rotation,
-                adapter=adapter,
-                buffers=buffers,
-            )
+            one = self.score_one(int(ids[i]), broadcast)
             n[i], correct[i], loss[i] = one.n, one.correct, one.loss
         self._peak_rss = max(self._peak_rss, self._proc.memory_info().rss)
         return PersonalColumns(
             client_id=ids.copy(), n=n, correct=correct, loss=loss, shared=int((which >= 0).sum())
+        )
+
+    def score_one(
+        self, client_id: int, broadcast: Mapping[str, np.ndarray], finetune: LocalHParams | None = None
+    ) -> EvalResult:
+        """One hosted client's personalised model (``personal_params`` with its adapter and
+        buffers) on its local test split; with ``finetune``, after that much local training on its
+        own training split first (a common fine-tuning step, reproductions' scoring)."""
+        c = self.client(client_id)
+        assert c is not None  # one of this host's own
+        ctx = _Context(self, c, -1, broadcast)
+        params = self.algorithm.personal_params(broadcast, ctx)
+        adapter = self.algorithm.personal_adapter(ctx)  # e.g. DSAC's eq. (10) input map
+        buffers = self.algorithm.personal_buffers(ctx)  # e.g. FedBN's local BatchNorm statistics
+        if finetune is not None and len(c.train_idx) > 0:
+            fit = ctx.fit(params, hparams=finetune, adapter=adapter, buffers=buffers)
+            params = fit.params
+            adapter = fit.adapter if adapter is not None else None
+            buffers = fit.buffers if buffers is not None else None
+        return self.trainer.evaluate(
+            params,
+            self.x_test,
+            c.y_test,
+            idx=c.test_idx,
+            rotation=c.rotation,
+            adapter=adapter,
+            buffers=buffers,
         )
 
     def _split(self, split: str) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:

@@ -244,3 +244,19 @@ def test_the_memory_check_counts_the_server_and_says_how_many_actors_fit():
         check_resources(share, 4, 1.0, 0.0, 0.0, 0.0, actor_memory_mb=450.0)  # 2250 MB
     check_resources(share, 400, 0.1, 0.0, 0.0, 0.0, actor_memory_mb=0.0)  # 0: not checked
     check_resources(Share(cpus=64.0), 400, 0.1, 0.0, 0.0, 0.0, actor_memory_mb=450.0)  # memory unknown
+
+
+def test_python_dash_m_raysim_is_the_raysim_command(tmp_path):
+    """``python -m raysim validate`` (the issue texts' spelling) runs the CLI: a bad config exits 2."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: {num_rounds: 0}\n")
+    ok = subprocess.run([sys.executable, "-m", "raysim", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "validate" in ok.stdout
+    res = subprocess.run(
+        [sys.executable, "-m", "raysim", "validate", str(bad)], capture_output=True, text=True
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "num_rounds" in res.stdout + res.stderr

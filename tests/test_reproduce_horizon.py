@@ -167,3 +167,24 @@ def test_pfedht_table_1_reads_round_12_and_the_flattening_off_the_same_curves(tm
     assert "horizon 48 is NOT adequate: pFedHT, pFedHN of the leaders" in md
     assert "less than 0.5 points" in md
     assert (tmp_path / "1_methods" / "accuracy.png").is_file()
+
+
+# ------------------------------------------------------- clustered: AS-CFL at the paper's budget
+
+
+def test_clustered_converge_scale_is_the_papers_budget_for_every_method_and_full_is_unchanged():
+    from raysim.reproduce.clustered import SCALES, config, methods, rotation_data
+
+    sc = SCALES["converge"]
+    data = rotation_data(sc.num_clients, sc.focus_alpha, sc.num_groups)
+    raws = [config(sc, 1, a, data) for a in methods(sc.num_groups).values()]
+    for r in raws:  # every method alike: cnn-small, 10 epochs, lr 0.1 x 0.99 a round, all 20 train
+        assert r["model"] == {"name": "cnn-small"}
+        assert r["local"] == {"epochs": 10, "batch_size": 32, "lr": 0.1, "lr_decay": 0.99}
+        assert r["rounds"]["clients_per_round"] == r["data"]["num_clients"] == 20
+        assert r["rounds"]["num_rounds"] == sc.rounds
+    ascfl = next(r for r in raws if r["algorithm"]["name"] == "ascfl")["algorithm"]
+    assert ascfl["lr_decay"] == 1.0 and ascfl["local_epochs_rule"] == "config"  # no double decay
+    full = SCALES["full"]
+    raw = config(full, 1, methods(4)["FedAvg"], rotation_data(20, 0.6, 4))
+    assert "lr_decay" not in raw["local"]  # full's run keys (and cached runs) unchanged

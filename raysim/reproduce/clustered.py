@@ -3,6 +3,7 @@
     raysim reproduce clustered --seeds 3 --jobs 2 --out results/clustered   # full scale (Fashion-MNIST)
     raysim reproduce clustered --only 1 --seeds 3                           # a subset
     raysim reproduce clustered --quick --seeds 1                            # digits, a CI smoke test
+    raysim reproduce clustered --scale converge --only 1 --seeds 3 --jobs 2 # AS-CFL at the paper's budget
 
 Five methods (FedAvg, CFL, IFCA, AS-CFL, genetic CFL) on federations with ground-truth client groups:
 
@@ -70,22 +71,32 @@ from raysim.reproduce.clustered_tables import (
     rounds_to_frac_of_peak,
 )
 from raysim.reproduce.harness import (
+    EARLY_ROUND,
+    FLAT_DELTA,
     Context,
+    Flat,
     Run,
     Runner,
     ci,
     ci_or,
+    criterion_text,
     echo_err,
+    horizon_cells,
+    horizon_header,
+    horizon_verdict,
     images_md,
     index_sections,
     load_note,
+    method_flattening,
     only_flag,
     paired_p,
     parse_experiments,
+    pick_scale,
     plot_bars,
     plot_curves,
     reproduce_app,
     run_reproduction,
+    scale_flag,
     table,
 )
 
@@ -116,6 +127,11 @@ class Scale:
     gen_cohort: int = 30
     gen_rounds: int = 10
     gen_model: str = "cnn-small"
+    # every method's clients train round t at lr * lr_decay^(t-1) (local.lr_decay; 1.0: no decay,
+    # and then the key is left out of the configs, so runs made before it existed are reused)
+    lr_decay: float = 1.0
+    # the convergence criterion's window W, in evaluated rounds (every round here; harness.flattening)
+    flat_window: int = 5
 
 
 SCALES: dict[str, Scale] = {
@@ -153,6 +169,27 @@ SCALES: dict[str, Scale] = {
         batch=32,
         public_fraction=0.05,
         alphas=(0.8, 0.6, 0.4),
+        focus_alpha=0.6,
+        big_clients=100,
+        big_cohort=20,
+        num_groups=4,
+    ),
+    # issue 22: AS-CFL at the paper's training budget in the rotated setting: CNN (cnn-small), 10 local
+    # epochs, lr 0.1 decaying 0.99 a round (local.lr_decay, every method alike), 20 clients all
+    # training; experiment 1 at the focus alpha only. Horizon: HORIZON_NOTE.
+    "converge": Scale(
+        name="converge",
+        dataset="fashion-mnist",
+        model="cnn-small",
+        num_clients=20,
+        cohort=20,
+        rounds=100,
+        epochs=10,
+        lr=0.1,
+        lr_decay=0.99,
+        batch=32,
+        public_fraction=0.05,
+        alphas=(0.6,),
         focus_alpha=0.6,
         big_clients=100,
         big_cohort=20,
@@ -220,7 +257,12 @@ def config(
         "data": {"dataset": sc.dataset, "public_fraction": sc.public_fraction, **data},
         "model": {"name": sc.model},
         "algorithm": dict(algorithm),
-        "local": {"epochs": sc.epochs, "batch_size": sc.batch, "lr": sc.lr},
+        "local": {
+            "epochs": sc.epochs,
+            "batch_size": sc.batch,
+            "lr": sc.lr,
+            **({"lr_decay": sc.lr_decay} if sc.lr_decay != 1.0 else {}),
+        },
         "rounds": {
             "num_rounds": sc.rounds,
             "clients_per_round": sc.cohort,
@@ -268,12 +310,17 @@ def exp1_rotation(c: Ctx) -> str:
     rows: list[list[Any]] = []
     arows: list[list[Any]] = []
     focus: dict[str, list[Run]] = {}
+    flats: dict[str, dict[str, Flat]] = {}
+    verdicts: list[str] = []
     for alpha in sc.alphas:
         data = rotation_data(sc.num_clients, alpha, sc.num_groups)
         by = c.setting(data, f"1 alpha={alpha}")
         title = f"α = {alpha}"
         panels[title] = by
-        rows += main_rows(title, by)
+        flats[title] = method_flattening(by, "personal_accuracy", sc.flat_window)
+        verdicts.append(f"- **{title}**: " + horizon_verdict(by, flats[title], "personal_accuracy"))
+        extra = horizon_cells(sc.rounds, by, flats[title])
+        rows += [[*row, *extra[row[1]]] for row in main_rows(title, by)]
         arows += ascfl_rows(title, by)
         if alpha == sc.focus_alpha:
             focus = by
@@ -301,7 +348,13 @@ def exp1_rotation(c: Ctx) -> str:
     for name, over in ASCFL_DP.items():
         runs = c.setting(data, f"1 {name}", algos={name: {**methods(sc.num_groups)[ASCFL], **over}})[name]
         dp_rows.append(dp_row(name, runs))
-    plot_curves(d / "accuracy.png", panels, "personal_accuracy", "personal accuracy (own cluster model)")
+    plot_curves(
+        d / "accuracy.png",
+        panels,
+        "personal_accuracy",
+        "personal accuracy (own cluster model)",
+        flats=flats,
+    )
     plot_curves(
         d / "ari.png",
         {t: {m: v for m, v in by.items() if m != FEDAVG} for t, by in panels.items()},
@@ -329,13 +382,25 @@ def exp1_rotation(c: Ctx) -> str:
         "Dirichlet α (paper 002, Section 4.1)\n\n"
         f"Groups rotate their images by 0/90/180/270°; inside each group labels follow Dirichlet(α). "
         f"{sc.cohort} of {sc.num_clients} clients a round, {sc.rounds} rounds, {sc.model}, {sc.epochs} local "
-        f"epoch(s) at lr {sc.lr}, batch {sc.batch}. Personal acc: each client's own (cluster) model on its "
+        f"epoch(s) at lr {sc.lr}{decay_text(sc)}, batch {sc.batch}. Personal acc: each client's own (cluster) model on its "
         "local test split (rotated like its training data), last round, example-weighted over clients. "
         "Rounds to 90% of peak: first round the personal-accuracy curve reaches 90% of its own maximum. "
         "ARI / NMI: final clustering vs the rotation groups; stability: mean Jaccard of memberships between "
         "consecutive rounds; uplink: bytes uploaded per round as transported (dense float32). p: paired "
-        "t-test against FedAvg on the same seeds.\n\n"
-        + table(MAIN_HEADER, rows)
+        "t-test against FedAvg on the same seeds. "
+        + (
+            f"Early: the same runs' personal accuracy at round {EARLY_ROUND} (no extra runs). "
+            if sc.rounds > EARLY_ROUND
+            else ""
+        )
+        + f"Flattened by round: where the method's mean curve flattened (W = {sc.flat_window} evaluated "
+        f"rounds, δ = {FLAT_DELTA * 100:g} points; criterion and verdict below the table; triangles in "
+        "the plot).\n\n"
+        + table(MAIN_HEADER + horizon_header(sc.rounds), rows)
+        + "\n\n#### Horizon: have the leaders' curves flattened?\n\n"
+        + criterion_text(sc.flat_window)
+        + "\n\n"
+        + "\n".join(verdicts)
         + "\n\n### AS-CFL's claims: rounds vs CFL, low-rank uplink\n\n"
         "The paper reports ~20% fewer rounds than CFL to 90% of peak accuracy and uplink 28.3 → 19.8 MB "
         "per round with low-rank updates. AS-CFL's uplink is its own accounting from the array sizes: "
@@ -376,6 +441,10 @@ def exp1_rotation(c: Ctx) -> str:
     imgs = ["accuracy.png", "ari.png", "dropout.png", *members]
     (d / "table.md").write_text(md + "\n\n" + images_md(imgs) + "\n")
     return md
+
+
+def decay_text(sc: Scale) -> str:
+    return f" decaying ×{sc.lr_decay:g} a round" if sc.lr_decay != 1.0 else ""
 
 
 def exp2_rotation_many(c: Ctx) -> str:
@@ -628,10 +697,17 @@ def reproduce_clustered(
             min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
         ),
     ] = 1,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="full (mlp, 15 rounds, 1 epoch), quick (= --quick) or converge (AS-CFL's paper budget: "
+            "cnn-small, 10 epochs, lr 0.1 x 0.99 a round; use with --only 1)"
+        ),
+    ] = "full",
 ) -> None:
     """Clustered FL on groups with ground truth: FedAvg, CFL, IFCA, AS-CFL, genetic CFL (paper 002)."""
     picked = parse_only(only)
-    sc = SCALES["quick" if quick else "full"]
+    sc = SCALES[pick_scale(scale, quick, SCALES)]
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
@@ -654,8 +730,7 @@ def write_index(
     quick: bool,
     load: tuple[float, float],
 ) -> None:
-    quick_flag = " --quick" if quick else ""
-    cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{quick_flag}"
+    cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{scale_flag(sc.name)}"
     cmd += only_flag(picked, EXPERIMENTS)
     lines = [
         "# Clustered FL reproduction (paper 002, AS-CFL; scaled down)",
@@ -664,7 +739,7 @@ def write_index(
         "",
         f"Scale `{sc.name}`: {sc.dataset}, model {sc.model}, {sc.num_clients} clients ({sc.cohort} a round; "
         f"{sc.big_clients} clients, {sc.big_cohort} a round, in experiment 2), {sc.rounds} rounds, "
-        f"{sc.epochs} local epoch(s), lr {sc.lr}, batch {sc.batch}, {sc.num_groups} ground-truth groups, "
+        f"{sc.epochs} local epoch(s), lr {sc.lr}{decay_text(sc)}, batch {sc.batch}, {sc.num_groups} ground-truth groups, "
         f"public proxy split {sc.public_fraction:.0%} (held by no client; the same shards for every method), "
         f"seeds 1..{seeds}. The paper: MNIST / EMNIST, 20 clients, 100 rounds, lr 0.1 decayed 0.99, ~10 "
         "local epochs, CNN.",

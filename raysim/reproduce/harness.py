@@ -274,7 +274,9 @@ class Flat:
         return str(self.round)
 
 
-def flattening(rounds: Sequence[float], values: Sequence[float], window: int, delta: float) -> Flat:
+def flattening(
+    rounds: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray, window: int, delta: float
+) -> Flat:
     """The criterion on one mean curve (``rounds`` ascending, the evaluated rounds; ``values`` their
     means): at evaluated index i >= 2W - 1, flat(i) = |mean(v[i-W+1..i]) - mean(v[i-2W+1..i-W])| < delta.
     The curve has flattened by the round of the first index from which flat holds through the last."""
@@ -333,7 +335,7 @@ def horizon_verdict(
         f = flats[m]
         return f"{m}: from round {f.round}" if f.round is not None else f"{m}: {f.cell()}"
 
-    ok = [m for m in top if flats[m].round is not None and flats[m].round < last]
+    ok = [m for m in top if (flats[m].round or last) < last]
     named = "; ".join(said(m) for m in top)
     if top and len(ok) == len(top):
         return f"horizon {last} is adequate: the leaders all flattened before it ({named})."
@@ -366,6 +368,30 @@ def at_round(runs: Sequence[Run], col: str, rnd: int) -> list[float]:
 
 
 EARLY_ROUND = 12  # the old horizons' round: the "early rounds" column of a longer horizon
+
+
+def horizon_header(rounds: int) -> list[str]:
+    """The columns ``horizon_cells`` adds to a table at a horizon of ``rounds``."""
+    early = [f"early: round {EARLY_ROUND} (%)"] if rounds > EARLY_ROUND else []
+    return [*early, "flattened by round"]
+
+
+def horizon_cells(
+    rounds: int, by: Mapping[str, Sequence[Run]], flats: Mapping[str, Flat], col: str = "personal_accuracy"
+) -> dict[str, list[str]]:
+    """Per method: ``col`` at round ``EARLY_ROUND`` read off the same runs when the horizon is longer
+    (the last evaluated round before it, named, when that round was not evaluated) and where its mean
+    curve flattened (``Flat.cell``)."""
+    out = {}
+    for name, runs in by.items():
+        cells = []
+        if rounds > EARLY_ROUND:
+            r = evaluated_round_at_most(runs, col, EARLY_ROUND)
+            vals = at_round(runs, col, r) if r is not None else []
+            cells.append(ci(vals, 2, 100) + ("" if r == EARLY_ROUND else f" (round {r})") if vals else "-")
+        cells.append(flats[name].cell())
+        out[name] = cells
+    return out
 
 
 def pyplot() -> Any:

@@ -56,11 +56,11 @@ from raysim.reproduce.harness import (
     Flat,
     Run,
     Runner,
-    at_round,
     ci,
     criterion_text,
     echo_err,
-    evaluated_round_at_most,
+    horizon_cells,
+    horizon_header,
     horizon_verdict,
     index_sections,
     load_note,
@@ -336,26 +336,6 @@ def method_rows(
     return rows
 
 
-def horizon_header(sc: Scale) -> list[str]:
-    """The columns ``horizon_cells`` adds: the early round's accuracy when the horizon is longer, and
-    where each method's mean curve flattened."""
-    early = [f"early: round {EARLY_ROUND} (%)"] if sc.rounds > EARLY_ROUND else []
-    return [*early, "flattened by round"]
-
-
-def horizon_cells(sc: Scale, by: dict[str, list[Run]], flats: dict[str, Flat]) -> dict[str, list[str]]:
-    out = {}
-    for name, runs in by.items():
-        cells = []
-        if sc.rounds > EARLY_ROUND:
-            r = evaluated_round_at_most(runs, "personal_accuracy", EARLY_ROUND)
-            vals = at_round(runs, "personal_accuracy", r) if r is not None else []
-            cells.append(ci(vals, 2, 100) + ("" if r == EARLY_ROUND else f" (round {r})") if vals else "-")
-        cells.append(flats[name].cell())
-        out[name] = cells
-    return out
-
-
 # ---------------------------------------------------------------------------------------- experiments
 
 
@@ -388,7 +368,7 @@ def exp1_methods(c: Ctx) -> str:
         panels[setting] = by
         flats[setting] = method_flattening(by, "personal_accuracy", sc.flat_window)
         verdicts.append(f"- **{setting}**: " + horizon_verdict(by, flats[setting], "personal_accuracy"))
-        extra = horizon_cells(sc, by, flats[setting])
+        extra = horizon_cells(sc.rounds, by, flats[setting])
         rows += method_rows(setting, by, models, sc.finetune_epochs, extra)
         for k, runs in by.items():
             all_rta[k] += rta(runs, by[LOCAL])
@@ -419,7 +399,7 @@ def exp1_methods(c: Ctx) -> str:
         + f"Flattened by round: where the method's mean curve over seeds flattened (W = {sc.flat_window} "
         f"evaluated rounds, δ = {FLAT_DELTA * 100:g} points; the criterion and each setting's verdict are "
         "below the table; the plot marks the round with a triangle).\n\n"
-        + table(METHOD_HEADER + horizon_header(sc), rows)
+        + table(METHOD_HEADER + horizon_header(sc.rounds), rows)
         + "\n\n#### Horizon: have the leaders' curves flattened?\n\n"
         + criterion_text(sc.flat_window)
         + "\n\n"

@@ -265,7 +265,7 @@ class Flat:
     def too_few(self) -> bool:
         return self.points < 2 * self.window
 
-    def cell(self, horizon: int | None = None) -> str:
+    def cell(self) -> str:
         """The table's "flattened by round" cell."""
         if self.too_few:
             return f"too few points ({self.points} evaluated rounds < 2 × {self.window})"

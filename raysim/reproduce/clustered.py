@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -132,6 +132,8 @@ class Scale:
     lr_decay: float = 1.0
     # the convergence criterion's window W, in evaluated rounds (every round here; harness.flattening)
     flat_window: int = 5
+    # experiment 1's side tables at the focus alpha (10% dropout: every method again; AS-CFL + DP)
+    side_rows: bool = True
 
 
 SCALES: dict[str, Scale] = {
@@ -176,7 +178,11 @@ SCALES: dict[str, Scale] = {
     ),
     # issue 22: AS-CFL at the paper's training budget in the rotated setting: CNN (cnn-small), 10 local
     # epochs, lr 0.1 decaying 0.99 a round (local.lr_decay, every method alike), 20 clients all
-    # training; experiment 1 at the focus alpha only. Horizon: HORIZON_NOTE.
+    # training; experiment 1 at the focus alpha only, without its dropout and DP side tables (each
+    # would cost as much again). 100 rounds is the paper's horizon; --rounds shortens it. Measured on
+    # the shared 2-core machine (load ~24): one round of AS-CFL here took 171 CPU-seconds (setup
+    # included; 667 s of wall time at that load), so a 100-round run is ~4.6 h of one idle core and
+    # experiment 1 (5 methods x 3 seeds) ~34 h with --jobs 2 on 2 idle cores (~10 h at --rounds 30).
     "converge": Scale(
         name="converge",
         dataset="fashion-mnist",
@@ -187,6 +193,7 @@ SCALES: dict[str, Scale] = {
         epochs=10,
         lr=0.1,
         lr_decay=0.99,
+        side_rows=False,
         batch=32,
         public_fraction=0.05,
         alphas=(0.6,),
@@ -324,30 +331,6 @@ def exp1_rotation(c: Ctx) -> str:
         arows += ascfl_rows(title, by)
         if alpha == sc.focus_alpha:
             focus = by
-    # 10% random dropout at the focus alpha: a random 90% of the cohort trains each round
-    data = rotation_data(sc.num_clients, sc.focus_alpha, sc.num_groups)
-    drop_cohort = max(1, round(0.9 * sc.cohort))
-    dropped = c.setting(data, f"1 alpha={sc.focus_alpha} dropout", cohort=drop_cohort)
-    drows = []
-    for m, runs in dropped.items():
-        base = [r.final("personal_accuracy") for r in focus[m]]
-        acc = [r.final("personal_accuracy") for r in runs]
-        drows.append(
-            [
-                m,
-                ci(base, 2, 100),
-                ci(acc, 2, 100),
-                ci([a - b for a, b in zip(acc, base, strict=True)], 2, 100),
-                paired_p(acc, base),
-                ci_or([r.final("cluster_ari") for r in runs], 3, why="n/a (one model)"),
-            ]
-        )
-    # AS-CFL with the paper's differential privacy, each variant its own batch. A variant whose
-    # models diverge is not a failed run: its clients' non-finite updates are counted dropouts
-    dp_rows = [dp_row("AS-CFL (no DP)", focus[ASCFL])]
-    for name, over in ASCFL_DP.items():
-        runs = c.setting(data, f"1 {name}", algos={name: {**methods(sc.num_groups)[ASCFL], **over}})[name]
-        dp_rows.append(dp_row(name, runs))
     plot_curves(
         d / "accuracy.png",
         panels,
@@ -363,19 +346,6 @@ def exp1_rotation(c: Ctx) -> str:
     )
     members = plot_memberships(
         d, {m: v for m, v in focus.items() if m in CLUSTERED}, f"alpha{sc.focus_alpha}"
-    )
-    plot_bars(
-        d / "dropout.png",
-        [f"{m}\n{lab}" for m in dropped for lab in ("all", "10% drop")],
-        [
-            v
-            for m in dropped
-            for v in (
-                [r.final("personal_accuracy") for r in focus[m]],
-                [r.final("personal_accuracy") for r in dropped[m]],
-            )
-        ],
-        "personal accuracy",
     )
     md = (
         f"## 1. Rotated {sc.dataset}: {sc.num_clients} clients in {sc.num_groups} rotation groups × "
@@ -406,7 +376,59 @@ def exp1_rotation(c: Ctx) -> str:
         "per round with low-rank updates. AS-CFL's uplink is its own accounting from the array sizes: "
         "every update dense vs the output-layer weight sent as rank-r factors (r keeps 95% of its energy).\n\n"
         + table(ASCFL_HEADER, arows)
-        + f"\n\n### 10% random dropout (α = {sc.focus_alpha})\n\n"
+    )
+    imgs = ["accuracy.png", "ari.png", *members]
+    if sc.side_rows:
+        side, side_imgs = dropout_and_dp(c, d, focus)
+        md += side
+        imgs += side_imgs
+    (d / "table.md").write_text(md + "\n\n" + images_md(imgs) + "\n")
+    return md
+
+
+def dropout_and_dp(c: Ctx, d: Path, focus: dict[str, list[Run]]) -> tuple[str, list[str]]:
+    """Experiment 1's side tables at the focus alpha: 10% random dropout (every method) and AS-CFL with
+    the paper's differential privacy; their Markdown and PNGs."""
+    sc = c.scale
+    # 10% random dropout at the focus alpha: a random 90% of the cohort trains each round
+    data = rotation_data(sc.num_clients, sc.focus_alpha, sc.num_groups)
+    drop_cohort = max(1, round(0.9 * sc.cohort))
+    dropped = c.setting(data, f"1 alpha={sc.focus_alpha} dropout", cohort=drop_cohort)
+    drows = []
+    for m, runs in dropped.items():
+        base = [r.final("personal_accuracy") for r in focus[m]]
+        acc = [r.final("personal_accuracy") for r in runs]
+        drows.append(
+            [
+                m,
+                ci(base, 2, 100),
+                ci(acc, 2, 100),
+                ci([a - b for a, b in zip(acc, base, strict=True)], 2, 100),
+                paired_p(acc, base),
+                ci_or([r.final("cluster_ari") for r in runs], 3, why="n/a (one model)"),
+            ]
+        )
+    # AS-CFL with the paper's differential privacy, each variant its own batch. A variant whose
+    # models diverge is not a failed run: its clients' non-finite updates are counted dropouts
+    dp_rows = [dp_row("AS-CFL (no DP)", focus[ASCFL])]
+    for name, over in ASCFL_DP.items():
+        runs = c.setting(data, f"1 {name}", algos={name: {**methods(sc.num_groups)[ASCFL], **over}})[name]
+        dp_rows.append(dp_row(name, runs))
+    plot_bars(
+        d / "dropout.png",
+        [f"{m}\n{lab}" for m in dropped for lab in ("all", "10% drop")],
+        [
+            v
+            for m in dropped
+            for v in (
+                [r.final("personal_accuracy") for r in focus[m]],
+                [r.final("personal_accuracy") for r in dropped[m]],
+            )
+        ],
+        "personal accuracy",
+    )
+    md = (
+        f"\n\n### 10% random dropout (α = {sc.focus_alpha})\n\n"
         f"Emulated: a uniformly random {drop_cohort} of the {sc.cohort} clients train each round (raysim has "
         "no random-dropout knob; see the module docstring). p: paired t-test, dropout vs no dropout. "
         "The paper: AS-CFL 0.905 with dropout vs 0.908 without.\n\n"
@@ -438,9 +460,7 @@ def exp1_rotation(c: Ctx) -> str:
             dp_rows,
         )
     )
-    imgs = ["accuracy.png", "ari.png", "dropout.png", *members]
-    (d / "table.md").write_text(md + "\n\n" + images_md(imgs) + "\n")
-    return md
+    return md, ["dropout.png"]
 
 
 def decay_text(sc: Scale) -> str:
@@ -701,20 +721,28 @@ def reproduce_clustered(
         str,
         typer.Option(
             help="full (mlp, 15 rounds, 1 epoch), quick (= --quick) or converge (AS-CFL's paper budget: "
-            "cnn-small, 10 epochs, lr 0.1 x 0.99 a round; use with --only 1)"
+            "cnn-small, 10 epochs, lr 0.1 x 0.99 a round, 100 rounds; use with --only 1)"
         ),
     ] = "full",
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="the horizon in rounds (default: the scale's; e.g. 30 with --scale converge)"
+        ),
+    ] = None,
 ) -> None:
     """Clustered FL on groups with ground truth: FedAvg, CFL, IFCA, AS-CFL, genetic CFL (paper 002)."""
     picked = parse_only(only)
     sc = SCALES[pick_scale(scale, quick, SCALES)]
+    if rounds is not None:
+        sc = replace(sc, rounds=rounds)
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
     done = run_reproduction(picked, EXPERIMENTS, ctx)
     times, total = done.times, done.total
-    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, done.load)
+    write_index(out, sc, seeds, picked, times, total, runner, jobs, rounds, done.load)
     echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
 
@@ -727,10 +755,11 @@ def write_index(
     total: float,
     runner: Runner,
     jobs: int,
-    quick: bool,
+    rounds: int | None,
     load: tuple[float, float],
 ) -> None:
     cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{scale_flag(sc.name)}"
+    cmd += f" --rounds {rounds}" if rounds is not None else ""
     cmd += only_flag(picked, EXPERIMENTS)
     lines = [
         "# Clustered FL reproduction (paper 002, AS-CFL; scaled down)",

@@ -145,7 +145,9 @@ SCALES: dict[str, Scale] = {
     # evaluation every 4 rounds (12 points: the criterion, W = 3, is testable from round 24), and the
     # label-skew federations at Dirichlet(0.5), more classes per client than the paper's 0.2, so that
     # Local is not at the ceiling. Tables add the round-12 ("early") numbers read off the same curves.
-    # Wall time with --jobs 2: see the estimate in docs/pfedht.md (measured per-run times x runs / 2).
+    # Wall time, estimated from a timed 4-round pFedHT run (14.1 CPU-s, 8.6 s of it setup; load ~20)
+    # and full's 29 s a run: experiment 1's 84 runs ~110-140 s each, ~1.3-1.7 h with --jobs 2 on 2
+    # idle cores, ~2.5 h for all four experiments (docs/pfedht.md).
     "converge": Scale(
         name="converge",
         dataset="fashion-mnist",

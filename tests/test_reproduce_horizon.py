@@ -183,8 +183,19 @@ def test_clustered_converge_scale_is_the_papers_budget_for_every_method_and_full
         assert r["local"] == {"epochs": 10, "batch_size": 32, "lr": 0.1, "lr_decay": 0.99}
         assert r["rounds"]["clients_per_round"] == r["data"]["num_clients"] == 20
         assert r["rounds"]["num_rounds"] == sc.rounds
+    assert sc.rounds == 100 and not sc.side_rows and sc.alphas == (0.6,)
     ascfl = next(r for r in raws if r["algorithm"]["name"] == "ascfl")["algorithm"]
     assert ascfl["lr_decay"] == 1.0 and ascfl["local_epochs_rule"] == "config"  # no double decay
     full = SCALES["full"]
     raw = config(full, 1, methods(4)["FedAvg"], rotation_data(20, 0.6, 4))
     assert "lr_decay" not in raw["local"]  # full's run keys (and cached runs) unchanged
+
+
+def test_clustered_rounds_option_is_range_checked(tmp_path):
+    from typer.testing import CliRunner
+
+    from raysim.reproduce import reproduce_app
+
+    res = CliRunner().invoke(reproduce_app, ["clustered", "--rounds", "0", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--rounds" in res.output
+    assert not (tmp_path / "x").exists()

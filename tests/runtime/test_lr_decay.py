@@ -32,7 +32,8 @@ def _fit_lrs(monkeypatch, cfg, rounds: int) -> tuple[list[set[float]], list[dict
     try:
         for _ in range(rounds):
             seen.clear()
-            metrics.append(exp.step().metrics)
+            report = exp.step()
+            metrics.append({**report.metrics, **{f"hparams/{k}": v for k, v in report.hparams.items()}})
             per_round.append(set(seen))
     finally:
         exp.close()
@@ -45,6 +46,8 @@ def test_round_three_trains_at_lr_times_decay_squared(tmp_path, monkeypatch, alg
     lrs, metrics = _fit_lrs(monkeypatch, cfg, 3)
     assert lrs == [{0.1}, {0.1 * 0.5}, {0.1 * 0.5**2}]
     assert [m["lr"] for m in metrics] == [0.1, 0.05, 0.1 * 0.5**2]  # rounds.parquet's lr column
+    # what a sweep records as hparams/lr (the cohort's tasks, tuning/trainable.py): the decayed lr
+    assert [m["hparams/lr"] for m in metrics] == [0.1, 0.05, 0.1 * 0.5**2]
 
 
 def test_no_decay_by_default_and_no_lr_column(tmp_path, monkeypatch):

@@ -485,6 +485,15 @@ def test_model_curves_pass_through_the_fitted_sizes():
     assert ys[0] == pytest.approx(data.scale[0]["total_rss_mb"]) and ys[-1] == pytest.approx(
         data.scale[-1]["total_rss_mb"]
     )
+    xs, ys = curves["Median round time"]
+    assert ys[0] == pytest.approx(data.scale[0]["median_round_s"]) and ys[-1] == pytest.approx(
+        data.scale[-1]["median_round_s"]
+    )
+    # partition sampled: the same examples a round at every N, so the same round time at every N
+    # (the curve once assumed examples per round fall as 1 / N: 10^4 times too much work at N = 100)
+    flat = [dict(r, examples_per_round=5400.0, median_round_s=math.nan) for r in data.scale]
+    rounds = M.scale_curves(TRUE, flat)["Median round time"][1]
+    assert max(rounds) - min(rounds) == pytest.approx(TRUE.overhead_per_client_s * (10_000 - 100), rel=1e-6)
 
 
 def fake_run(tmp_path: Path, launch: float) -> S.RunResult:

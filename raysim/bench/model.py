@@ -632,10 +632,25 @@ def scale_curves(
         return {}
     ns = [float(x) for x in np.geomspace(ok[0]["n_clients"], ok[-1]["n_clients"], 30)]
     ref = ok[-1]
-    per_round = ref["examples_per_round"] * ref["n_clients"]  # examples per round scale as 1 / N here
+    # the examples a round trains and the clients an evaluation scores, between the sizes that ran:
+    # log-log interpolation of the measured figures (Dirichlet: examples per round fall as 1 / N;
+    # partition sampled: constant; personal_eval auto: N up to 10,000, then 10,000), exact at each size
+    log_n = np.log([float(r["n_clients"]) for r in ok])
+
+    def between(col: str, n: float) -> float:
+        ys = np.array([_finite(r.get(col)) for r in ok])
+        if (ys <= 0).any():
+            return float(np.interp(np.log(n), log_n, ys))
+        return float(np.exp(np.interp(np.log(n), log_n, np.log(ys))))
+
     out_t, out_r, out_m = [], [], []
     for n in ns:
-        row = {**ref, "n_clients": n, "examples_per_round": per_round / n}
+        row = {
+            **ref,
+            "n_clients": n,
+            "examples_per_round": between("examples_per_round", n),
+            "personal_eval_clients": between("personal_eval_clients", n),
+        }
         w = bench_workload(row, coef)
         w = Workload(**{**asdict(w), "n_clients": int(round(n))})
         e = predict(coef, w)

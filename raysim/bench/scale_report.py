@@ -344,7 +344,8 @@ def plot_scale(
         ("Time to first round", "s", [("time_to_first_round_s", "measured"), ("setup_s", "of which set-up")],
          GOAL_FIRST_ROUND_S, f"goal <= {GOAL_FIRST_ROUND_S:g} s at N={GOAL_N:,}"),
         ("Median round time", "s (log scale)", [("median_round_s", "round"), ("median_busy_s", "busiest actor"),
-                                    ("median_overhead_s", "overhead (round - busiest)")],
+                                    ("median_overhead_s", "overhead (round - busiest)"),
+                                    ("median_evaluate_s", "evaluation (an evaluated round adds)")],
          base["median_round_s"] * GOAL_RATIO if base else None, f"goal: {GOAL_RATIO}x N={GOAL_BASE_N}"),
         ("Peak RSS by process", "MB", [("driver_rss_mb", "driver"), ("server_rss_mb", "server actor"),
                                        ("client_rss_mb_max", "client actor (largest)"),
@@ -387,8 +388,8 @@ def plot_scale(
             ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
     fig.suptitle(
-        "raysim bench scale: FedAvg, cnn-small, a fixed cohort a round (the examples it trains fall as 1/N), "
-        "clients_per_actor: auto"
+        "raysim bench scale: FedAvg, cnn-small, a fixed cohort a round, clients_per_actor: auto; evaluation "
+        "every 2nd round and the last"
     )
     fig.savefig(path, dpi=110)
     plt.close(fig)

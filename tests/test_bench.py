@@ -302,6 +302,19 @@ def test_personal_eval_option_takes_what_the_config_takes():
     assert config_from_dict(cfg).rounds.personal_eval == 5000  # raysim run takes it as it is
 
 
+def test_bench_scale_refuses_a_bad_personal_eval_and_writes_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from raysim.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(
+        app, ["bench", "scale", "--clients", "100", "--personal-eval", "1.5", "--out", "b"]
+    )
+    assert r.exit_code == 2 and "error: --personal-eval '1.5': give all, auto, false" in r.output
+    assert not any(tmp_path.iterdir())
+
+
 def test_validate_holds_back_the_largest_size_and_reports_the_error():
     data = synthetic(TRUE, sizes=(100, 1000, 3000, 10_000))
     v = M.validate(data)
@@ -670,11 +683,15 @@ def test_quick_bench_end_to_end(tmp_path):
     assert (ok["actors"] == 2).all() and (ok["time_to_first_round_s"] > ok["setup_s"]).all()
     assert (ok["total_rss_mb"] > ok["driver_rss_mb"] + ok["server_rss_mb"]).all()
     assert (ok["object_store_mb"] > 0).all()
+    # personal evaluation auto (every client up to 10,000) in round 2, the last of two
+    assert list(ok["personal_eval_clients"]) == [20.0, 100.0, 400.0] and (ok["median_evaluate_s"] > 0).all()
+    assert (ok["evaluated_rounds"] == 1).all() and (ok["test_per_client"] > 0).all()
     actors = pd.read_parquet(out / "actors.parquet")
     assert list(actors["n_clients"]) == [2, 4] and list(actors["actors"]) == [2, 4]
     assert (actors["client_uss_mb_mean"] < actors["client_rss_mb_mean"]).all()
     fit = json.loads((out / "model.json").read_text())
     assert fit["validation"]["held_out"] == 400 and set(fit["validation"]["figures"]) == set(M.VALIDATED)
+    assert M.eval_fitted(M.Coefficients.from_dict(fit["coefficients"]))
     assert (out / "scale.png").stat().st_size > 10_000 and (out / "actors.png").stat().st_size > 10_000
     assert "N=1,000: stops because" in r.stdout and "Goals (issues 13 and 21)" in r.stdout
     assert not (out / "host.parquet").exists()  # the retired N^2 / A term's in-process timing

@@ -691,11 +691,7 @@ def cost_estimate(sizing: Sizing, cfg: ExperimentConfig) -> list[str]:
         )
     coef = model.Coefficients.from_dict(DEFAULT)
     evals, each, what = evaluation(sizing, cfg, coef)
-    how = (
-        "evaluation terms fitted by raysim bench scale"
-        if model.eval_fitted(coef)
-        else "a test example timed as 1/3 of a training step"
-    )
+    how = model.eval_rule(coef)
     rounds = cfg.rounds.num_rounds
     total = est.first_round_s + (rounds - 1) * est.round_s + evals * each
     return [

@@ -207,11 +207,19 @@ def test_the_evaluation_term_by_hand_and_zero_when_personal_eval_is_off():
     assert e.eval_fitted and e.evaluate_s == pytest.approx(0.3 + 0.05 + 2e-5 * 10_000 * 10 / 12)
     off = M.predict(TRUE, replace(w, eval_clients=0), M.Cluster(nodes=3, cpus_per_node=4))
     assert off.evaluate_s == pytest.approx(0.3) and off.round_s == e.round_s  # the round apart
-    # fitted on runs that never scored a client: the personal terms are 0, not guessed
+    # fitted on runs that never scored a client: the server model's term is fitted, the personal ones
+    # are not measured (NaN), so a workload that scores clients is timed by the forward-pass rule for
+    # them, not as free; personal evaluation off: the fitted server model alone
     got = M.fit(synthetic(TRUE, personal=(False, False)))
-    assert got.eval_overhead_s == 0.0 and got.eval_example_s == 0.0
-    assert got.eval_s == pytest.approx(TRUE.eval_s, rel=1e-9) and M.eval_fitted(got)
-    assert M.predict(got, w).evaluate_s == pytest.approx(TRUE.eval_s)
+    assert math.isnan(got.eval_overhead_s) and math.isnan(got.eval_example_s) and not M.eval_fitted(got)
+    assert got.eval_s == pytest.approx(TRUE.eval_s, rel=1e-9)
+    assert M.predict(got, replace(w, eval_clients=0)).evaluate_s == pytest.approx(TRUE.eval_s)
+    assert M.predict(got, replace(w, eval_clients=0)).eval_fitted
+    fwd = got.example_s / 3
+    e = M.predict(got, w)
+    assert not e.eval_fitted
+    assert e.evaluate_s == pytest.approx(TRUE.eval_s + (got.task_s * 10_000 + fwd * 10_000 * 10) / 2)
+    assert M.eval_rule(got).startswith("the server model's evaluation fitted")
     # every run scored clients: [K > 0] is the intercept again, so eval_s holds the overhead too
     on = M.fit(synthetic(TRUE, personal=(True, True)))
     assert on.eval_overhead_s == 0.0 and on.eval_s == pytest.approx(TRUE.eval_s + TRUE.eval_overhead_s)
@@ -225,6 +233,8 @@ def test_unfitted_evaluation_falls_back_to_the_forward_pass_rule():
     old = {k: v for k, v in TRUE.to_dict().items() if not k.startswith("eval_")}
     c = M.Coefficients.from_dict(old)
     assert not M.eval_fitted(c) and math.isnan(c.eval_s)
+    assert M.eval_rule(c) == "a test example timed as 1/3 of a training step"
+    assert M.eval_rule(TRUE) == "evaluation terms fitted by raysim bench scale"
     w = M.Workload(n_clients=1000, cohort=100, examples_per_client=54, actors=2, eval_clients=1000,
                    test_per_client=9.0)  # fmt: skip
     fwd = TRUE.example_s / 3

@@ -290,6 +290,6 @@ def estimate(
     typer.echo(
         f"(coefficients fitted on {coef.cores} cores, {coef.model}/{coef.dataset}; network and GPU speed not "
         "modelled; RSS sums: an upper bound; eval s: what an evaluated round adds, "
-        + ("fitted" if M.eval_fitted(coef) else "not fitted (a test example timed as 1/3 of a training step)")
+        + M.eval_rule(coef)
         + f", {test_pc:.3g} test examples a scored client)"
     )

@@ -21,9 +21,10 @@ where ``eval_s`` is the server model on the dataset's test set, K the clients
 to 10,000 and a seeded sample of 10,000 above), t their local test examples each (mean) and
 P_e = min(A, CPUs for the actors) the actors that evaluate at once (every actor evaluates, not only
 the cohort's). With personal evaluation off (K = 0) only ``eval_s`` is left. Coefficients fitted
-before the bench measured evaluation have these three as NaN: then a test example is timed as a
-forward pass, a third of a training step (``example_s / 3``), and each scored client as a training
-call (``task_s``), as ``raysim k8s render`` did before (:func:`evaluate_seconds`).
+before the bench measured evaluation have these three as NaN (and a bench whose runs never scored
+a client leaves the personal two NaN): then a test example is timed as a forward pass, a third of a
+training step (``example_s / 3``), and each scored client as a training call (``task_s``), as
+``raysim k8s render`` did before (:func:`evaluate_seconds`).
 
 Time to the first round::
 
@@ -259,21 +260,43 @@ def predict(coef: Coefficients, w: Workload, cluster: Cluster | None = None) -> 
 
 
 def eval_fitted(coef: Coefficients) -> bool:
-    """Whether ``coef`` has the evaluation terms (a bench that measured evaluation fitted them)."""
+    """Whether ``coef`` has every evaluation term (a bench whose runs scored clients fitted them)."""
     return all(math.isfinite(v) for v in (coef.eval_s, coef.eval_overhead_s, coef.eval_example_s))
+
+
+def _personal_fitted(coef: Coefficients) -> bool:
+    return math.isfinite(coef.eval_overhead_s) and math.isfinite(coef.eval_example_s)
+
+
+def eval_rule(coef: Coefficients) -> str:
+    """How :func:`evaluate_seconds` times an evaluated round with these coefficients, in words."""
+    if eval_fitted(coef):
+        return "evaluation terms fitted by raysim bench scale"
+    if math.isfinite(coef.eval_s):
+        return (
+            "the server model's evaluation fitted by raysim bench scale; a scored client's test example timed "
+            "as 1/3 of a training step"
+        )
+    return "a test example timed as 1/3 of a training step"
 
 
 def evaluate_seconds(coef: Coefficients, w: Workload, parallel: float) -> tuple[float, bool]:
     """(seconds, fitted) an evaluated round of ``w`` adds, ``parallel`` actors evaluating at once:
     the fitted terms (module docstring) where ``coef`` has them, else the forward-pass rule (a test
-    example a third of a training step, a scored client a training call), unfitted."""
+    example a third of a training step, a scored client a training call) for the part it lacks: the
+    server model's (``eval_s``) or the personal one (a bench whose runs never scored a client leaves
+    ``eval_overhead_s`` and ``eval_example_s`` unfitted). ``fitted``: every part used was fitted."""
     k, t, p = float(w.eval_clients), float(w.test_per_client), max(1.0, parallel)
-    if eval_fitted(coef):
-        personal = coef.eval_overhead_s + coef.eval_example_s * k * t / p if k > 0 else 0.0
-        return coef.eval_s + personal, True
     fwd = coef.example_s / 3
-    server = fwd * TEST_EXAMPLES.get(w.dataset, TEST_EXAMPLES["fashion-mnist"])
-    return server + ((coef.task_s * k + fwd * k * t) / p if k > 0 else 0.0), False
+    server_fitted = math.isfinite(coef.eval_s)
+    server = (
+        coef.eval_s if server_fitted else fwd * TEST_EXAMPLES.get(w.dataset, TEST_EXAMPLES["fashion-mnist"])
+    )
+    if k <= 0:
+        return server, server_fitted
+    if _personal_fitted(coef):
+        return server + coef.eval_overhead_s + coef.eval_example_s * k * t / p, server_fitted
+    return server + (coef.task_s * k + fwd * k * t) / p, False
 
 
 def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None) -> dict[str, Any]:
@@ -520,9 +543,10 @@ def evaluated(row: dict[str, Any]) -> bool:
 def fit_evaluation(rounds: Sequence[dict[str, Any]], cores: float) -> tuple[float, float, float]:
     """``eval_s``, ``eval_overhead_s``, ``eval_example_s`` (module docstring) by relative non-negative
     least squares on the evaluated rounds (round 2 on) of the bench's runs. Personal evaluation off
-    in every run: the personal terms are 0. On in every run: ``[K > 0]`` is the intercept's column
-    again, so ``eval_overhead_s`` is 0 and ``eval_s`` holds both (the server model's part is not
-    separable). No evaluated round: NaN (not fitted)."""
+    in every run: the personal terms are NaN (not measured: a prediction that scores clients falls
+    back to the forward-pass rule for them, not to 0). On in every run: ``[K > 0]`` is the
+    intercept's column again, so ``eval_overhead_s`` is 0 and ``eval_s`` holds both (the server
+    model's part is not separable). No evaluated round: all three NaN (not fitted)."""
     rows = [
         r
         for r in rounds
@@ -539,6 +563,8 @@ def fit_evaluation(rounds: Sequence[dict[str, Any]], cores: float) -> tuple[floa
     y = np.array([float(r["evaluate_s"]) for r in rows])
     on = (k > 0).astype(np.float64)
     x = np.column_stack([np.ones(len(rows)), on, k * t / par])
+    if not on.any():  # only the server model was ever evaluated: its mean (relative) time
+        return float(nonneg_lstsq(x[:, :1] / y[:, None], np.ones(len(rows)))[0]), math.nan, math.nan
     keep = [0, 2] if on.all() else [0, 1, 2]
     sol = np.zeros(3)
     sol[keep] = nonneg_lstsq(x[:, keep] / y[:, None], np.ones(len(rows)))

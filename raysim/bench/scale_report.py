@@ -37,7 +37,7 @@ def _median(xs: Sequence[float]) -> float:
     return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
 
 
-def test_per_client(run_dir: Path) -> float:
+def mean_n_test(run_dir: Path) -> float:
     """The mean local test examples of a run's clients (``partition.parquet``'s ``n_test``): what a
     scored client evaluates; NaN without the table."""
     import pyarrow.parquet as pq
@@ -57,7 +57,7 @@ def round_rows(res: RunResult) -> list[dict[str, Any]]:
 
     if res.run_dir is None:
         return []
-    test_pc = test_per_client(res.run_dir)
+    test_pc = mean_n_test(res.run_dir)
     rounds = pd.read_parquet(res.run_dir / "rounds.parquet")
     clients = pd.read_parquet(res.run_dir / "clients.parquet")
     trained = clients[clients["participated"] & ~clients["dropped"]]

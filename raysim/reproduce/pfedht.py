@@ -35,6 +35,11 @@ local fine-tuning step (``--finetune-epochs``, default 1: plain SGD at the local
 personalised model, computed from the last round's checkpoint; ``personal_finetune.py``). Means
 carry a 95% t-interval over seeds; p-values are paired t-tests on the same seeds against FedAvg*. pFedHT's server cost per round (hypernetwork
 generate + update seconds, its state in MB, the server's RSS) is read from ``rounds.parquet``.
+
+Horizon (issue 22): experiment 1's table says where each method's mean curve flattened
+(``harness.flattening``: the last W = 3 evaluated points vs the 3 before, < 0.5 points, to the end),
+whether the top 3 methods all flattened before the last round (else "NOT adequate"), and, at
+horizons over 12 rounds, the round-12 accuracy of the same runs; ``--scale converge`` runs 48 rounds.
 """
 
 from __future__ import annotations

@@ -424,7 +424,7 @@ def plot_curves(
                 y = float(m[list(x).index(f.round)])
                 ax.plot([f.round], [y], marker="v", markersize=9, color=line.get_color(), markeredgecolor="k")
         if flats:
-            ax.plot([], [], "v", color="grey", markeredgecolor="k", label="flattened from")
+            ax.plot([], [], "v", color="grey", markeredgecolor="k", label="flattened by (criterion)")
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)

@@ -160,3 +160,29 @@ def test_quick_tuned_reproduction_end_to_end(tmp_path):
     again = CliRunner().invoke(reproduce_app, args)  # the finished sweeps and runs are reused
     assert again.exit_code == 0, again.output
     assert "to do" not in again.output and "trials on seed 0" in again.output
+
+
+def test_the_record_is_tuned_json_and_a_table_appended_to_table_md(tmp_path):
+    import json
+    import math
+
+    tuner = fair.FairTuner(tmp_path, trials=2, experiment="3_x")
+    lr = fair.Choice("fedavg", ["local.lr"], {"local.lr": 0.05}, {"local.lr": 0.025}, 0.7, [], "grid", "s")
+    none = fair.Choice("genetic-cfl", [], {}, {}, math.nan, [], "none", "")
+    tuner.records["3_x"] = {"setting A": {"FedAvg": lr, "Genetic CFL": none}}
+    folder = tmp_path / "3_x"
+    folder.mkdir()
+    (folder / "table.md").write_text("### 3. x\n\n| a |\n|---|\n| 1 |\n")
+    tuner.write(folder)
+    body = json.loads((folder / "tuned.json").read_text())
+    assert body["settings"]["setting A"]["FedAvg"]["chosen"] == {"local.lr": 0.025}
+    assert body["settings"]["setting A"]["Genetic CFL"]["objective"] is None  # strict JSON, no NaN
+    md = (folder / "table.md").read_text()
+    assert md.startswith("### 3. x") and "#### Tuned learning rates (seed 0, 2 trials each)" in md
+    assert "| setting A | FedAvg | grid | local.lr 0.025 | local.lr 0.05 | 70.00 |" in md
+    assert "| setting A | Genetic CFL | none: sets its own lr | - | - | - |" in md
+
+
+def test_with_tuning_leaves_the_experiments_alone_without_a_tuner():
+    exps = {1: ("1_a", lambda ctx: "md")}
+    assert fair.with_tuning(exps, None) == exps

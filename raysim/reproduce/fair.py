@@ -167,8 +167,10 @@ def slug(label: str) -> str:
 
 
 def spec_name(label: str, spec_body: Mapping[str, Any]) -> str:
-    """A sweep's directory name: the method's label and a hash of everything that defines the sweep
-    (its base config, space and budget), so a changed sweep never reuses another's results."""
+    """A sweep's directory name: ``label`` (the algorithm's name) and a hash of everything that
+    defines the sweep (its base config, space and budget), so a changed sweep never reuses another's
+    results, and two rows that run the same config (one experiment's reference row and another's
+    method) share one sweep."""
     body = {k: v for k, v in spec_body.items() if k not in ("name", "storage_path", "max_concurrent_trials")}
     digest = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:10]
     return f"{slug(label)}-{digest}"
@@ -231,7 +233,7 @@ class FairTuner:
             return none
         storage = (self.out / "tune").resolve()
         raw = sweep_spec("x", base, self.trials, metric, storage, self.jobs)
-        raw["name"] = spec_name(method, raw)
+        raw["name"] = spec_name(algo, raw)
         choice = self._memo.get(raw["name"])
         if choice is None:
             choice = self._run(raw, algo, metric, label, method)
@@ -245,6 +247,12 @@ class FairTuner:
 
         directory = Path(raw["storage_path"]) / raw["name"]
         fresh = sweep_state(directory) != "finished"
+        saved = directory / "sweep.yaml"
+        if saved.is_file():  # the same sweep run with another --jobs: keep the concurrency it ran at
+            import yaml
+
+            ran = yaml.safe_load(saved.read_text()) or {}
+            raw["max_concurrent_trials"] = ran.get("max_concurrent_trials", raw["max_concurrent_trials"])
         # the tuning layer's own loader validates the spec (every grid point / range end against the
         # experiment schema, every knob one the algorithm reads, the metric one a probe round reports)
         loaded = spec_from_dict(raw, f"fair tuning of {method}", self.out, probe=fresh)

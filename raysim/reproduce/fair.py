@@ -28,7 +28,7 @@ test metric); nothing else of the reproduction's config changes.
 
 Each method's chosen values (the best trial's) are merged into its evaluation configs, so their
 run keys change with them (a run cached at another lr is not reused by mistake). The sweeps live
-under ``<out>/tune/<method>-<hash of the sweep>``; rerunning the command reuses a finished one.
+under ``<out>/tune/<algorithm>-<hash of the sweep>``; rerunning the command reuses a finished one.
 Each experiment's ``tuned.json`` records, per setting and method, the knobs, the values tried with
 their objective, and the choice; its ``table.md`` gets a table of the chosen values.
 """

@@ -171,7 +171,10 @@ def test_the_record_is_tuned_json_and_a_table_appended_to_table_md(tmp_path):
     import math
 
     tuner = fair.FairTuner(tmp_path, trials=2, experiment="3_x")
-    lr = fair.Choice("fedavg", ["local.lr"], {"local.lr": 0.05}, {"local.lr": 0.025}, 0.7, [], "grid", "s")
+    tried = [{"local.lr": v, "personal_accuracy": 0.5} for v in (0.0125, 0.025, 0.05)]
+    lr = fair.Choice("fedavg", ["local.lr"], {"local.lr": 0.05}, {"local.lr": 0.025}, 0.7, tried, "grid", "s")
+    top = fair.Choice("fedavg", ["local.lr"], {"local.lr": 0.05}, {"local.lr": 0.05}, 0.7, tried, "grid", "s")
+    assert fair.edge_note(top) == " (top of the grid)" and fair.edge_note(lr) == ""
     none = fair.Choice("genetic-cfl", [], {}, {}, math.nan, [], "none", "")
     tuner.records["3_x"] = {"setting A": {"FedAvg": lr, "Genetic CFL": none}}
     folder = tmp_path / "3_x"

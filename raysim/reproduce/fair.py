@@ -317,6 +317,20 @@ def fmt_values(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
 
 
+def edge_note(c: Choice) -> str:
+    """ " (top of the grid)" / " (bottom of the grid)" when a one-knob method's choice is an end of
+    its grid (the best value may lie beyond it: a wider range or more trials would tell)."""
+    if c.mode != "grid" or len(c.knobs) != 1 or not c.trials:
+        return ""
+    (key,) = c.knobs
+    tried = [t[key] for t in c.trials]
+    if c.chosen[key] == max(tried):
+        return " (top of the grid)"
+    if c.chosen[key] == min(tried):
+        return " (bottom of the grid)"
+    return ""
+
+
 def tuned_table(rec: Mapping[str, Mapping[str, Choice]], trials: int) -> str:
     rows = []
     for setting, by in rec.items():
@@ -327,7 +341,7 @@ def tuned_table(rec: Mapping[str, Mapping[str, Choice]], trials: int) -> str:
                     setting,
                     method,
                     search,
-                    fmt_values(c.chosen) or "-",
+                    (fmt_values(c.chosen) or "-") + edge_note(c),
                     fmt_values(c.start) or "-",
                     f"{100 * c.objective:.2f}" if math.isfinite(c.objective) else "-",
                 ]
@@ -336,7 +350,8 @@ def tuned_table(rec: Mapping[str, Mapping[str, Choice]], trials: int) -> str:
         f"#### Tuned learning rates (seed {TUNING_SEED}, {trials} trials each)\n\n"
         "Each method's learning rates tuned alike before the evaluation runs (`--tune`; "
         "raysim/reproduce/fair.py): chosen = the best of its trials on the tuning seed, by the last "
-        "round's metric there; the rows above ran at these values on the evaluation seeds.\n\n"
+        "round's metric there; the rows above ran at these values on the evaluation seeds. A choice at an "
+        "end of its grid may have its best beyond it.\n\n"
         + table(["setting", "method", "search", "chosen", "untuned", "seed-0 metric (%)"], rows)
     )
 

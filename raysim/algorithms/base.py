@@ -618,6 +618,8 @@ def subset_positions(n: int | np.ndarray, limit: int | None) -> np.ndarray:
     take = sizes if limit is None else np.minimum(sizes, int(limit))
     ends = np.cumsum(take)
     k = np.arange(int(take.sum()), dtype=np.int64) - np.repeat(ends - take, take)
+    if limit is None:
+        return k
     return (k * np.repeat(sizes, take)) // np.maximum(np.repeat(take, take), 1)
 
 

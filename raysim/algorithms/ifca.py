@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -206,12 +206,16 @@ class IFCA(Algorithm):
         """The cluster key whose model has the lowest loss on the client's ``select_on`` split.
         With ``select_on="val"`` and an empty validation split, the training split decides."""
         keys = [k for k in self.keys() if k in broadcast]
-        split = self.p.select_on
-        # only an explicit subset passes the keyword (a hand-made context may not take it)
-        lim: dict[str, int] = {} if self.p.select_examples is None else {"limit": self.p.select_examples}
-        evals = [client.evaluate(broadcast[k], split, **lim) for k in keys]
-        if split == "val" and evals and evals[0].n == 0:
-            evals = [client.evaluate(broadcast[k], "train", **lim) for k in keys]
+        limit = self.p.select_examples
+
+        def score(key: str, split: str) -> Any:
+            if limit is None:  # only an explicit subset passes the keyword (a hand-made context may lack it)
+                return client.evaluate(broadcast[key], split)
+            return client.evaluate(broadcast[key], split, limit=limit)
+
+        evals = [score(k, self.p.select_on) for k in keys]
+        if self.p.select_on == "val" and evals and evals[0].n == 0:
+            evals = [score(k, "train") for k in keys]
         return keys[pick_cluster([e.loss for e in evals])]
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
@@ -238,12 +242,12 @@ class IFCA(Algorithm):
         if not keys:
             return PersonalKeys.per_client(len(clients.client_ids))
         split = self.p.select_on
-        lim: dict[str, int] = {} if self.p.select_examples is None else {"limit": self.p.select_examples}
-        evals = [clients.evaluate(broadcast[k], split, **lim) for k in keys]
+        limit = self.p.select_examples
+        evals = [clients.evaluate(broadcast[k], split, limit=limit) for k in keys]
         losses = np.stack([e.loss for e in evals])
         empty = evals[0].n == 0
         if split == "val" and empty.any():
-            on_train = np.stack([clients.evaluate(broadcast[k], "train", **lim).loss for k in keys])
+            on_train = np.stack([clients.evaluate(broadcast[k], "train", limit=limit).loss for k in keys])
             losses[:, empty] = on_train[:, empty]
         pick = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=0)  # ties: lowest, as pick_cluster
         return PersonalKeys(keys=tuple(keys), which=pick.astype(np.int64))

@@ -44,6 +44,7 @@ from raysim.config_text import path_component_problem as path_component_problem
 from raysim.config_text import yaml_loads as yaml_loads
 from raysim.data import DATASETS, SCHEMES
 from raysim.data.datasets import NOT_NATURAL
+from raysim.data.schemes import GROUP_SCHEMES
 from raysim.plugins import SINGULAR
 
 
@@ -508,6 +509,17 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"algorithm {self.algorithm.name!r} as configured trains or evaluates on the server's "
                 f"public split, which no client holds: set data.public_fraction > 0 (e.g. 0.05), or {off}"
+            )
+        if traits.truth_groups and not (d.partition in GROUP_SCHEMES and d.num_groups >= 2):
+            has = (
+                f"data.num_groups={d.num_groups}"
+                if d.partition in GROUP_SCHEMES
+                else f"data.partition {d.partition!r} makes no groups"
+            )
+            raise ValueError(
+                f"algorithm {self.algorithm.name!r} as configured reads the federation's ground-truth "
+                f"client groups, and {has}: use a partition with groups (data.partition: "
+                f"{' or '.join(GROUP_SCHEMES)} with data.num_groups >= 2), or set {traits.truth_groups_off}"
             )
         return self
 

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,7 +88,6 @@ from raysim.config import (
     dump_config,
     load_config,
     load_yaml_file,
-    personal_eval_count,
     resolved_dict,
 )
 from raysim.k8s_manifest import (
@@ -115,7 +114,6 @@ PRE_RUNNING_DEADLINE_S = 1800  # a job whose cluster is not running it after 30 
 EXPERIMENT_FILE = "experiment.yaml"  # the ConfigMap's key for a run, mounted at /config
 SWEEP_FILE = "sweep.yaml"  # ... and for a sweep
 TUNE_DIR = f"{RESULTS_MOUNT}/tune"  # rendered sweeps' --storage-path
-TEST_EXAMPLES = {"fashion-mnist": 10_000, "mnist": 10_000, "emnist": 18_800, "cifar10": 10_000, "digits": 359}
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
@@ -642,31 +640,29 @@ def dump_objects(objects: list[dict[str, Any]], header: str = "") -> str:
 
 
 def evaluation(sizing: Sizing, cfg: ExperimentConfig, coef: Any) -> tuple[int, float, str]:
-    """(evaluated rounds, seconds each, what it is) for the evaluation the cost model leaves out of a
-    round: every ``rounds.eval_every`` rounds the server tests the global model on the test set and,
-    with ``rounds.personal_eval``, every client of the federation tests its model on its own test
-    split on the client actors. A test example is timed as a forward pass, 1/3 of a training step
-    (``example_s``), and each client call as ``task_s``; no more actors work at once than CPUs."""
+    """(evaluated rounds, seconds each, what it is) for the evaluation of an evaluated round (every
+    ``rounds.eval_every`` rounds and the last): the server tests the global model on the test set and,
+    with ``rounds.personal_eval``, the clients it scores test their models on their own test splits
+    on the client actors, no more at once than CPUs (``raysim.bench.model.evaluate_seconds``: the
+    fitted evaluation terms where the coefficients have them, else a test example timed as a forward
+    pass, 1/3 of a training step, and each scored client as a training call)."""
     from raysim.bench import model
 
     d, r = cfg.data, cfg.rounds
     evals = math.ceil(r.num_rounds / r.eval_every)
-    test_total = TEST_EXAMPLES.get(d.dataset, TEST_EXAMPLES["fashion-mnist"])
-    train_pc = float(model.workload_of(cfg, actors=sizing.actors)["examples_per_client"])
-    train_total = model.TRAIN_EXAMPLES.get(d.dataset, model.TRAIN_EXAMPLES["fashion-mnist"])
-    test_pc = float(d.test_per_client) if d.test_per_client else train_pc * test_total / train_total
-    fwd = coef.example_s / 3
-    server_s = fwd * test_total
-    n = personal_eval_count(r.personal_eval, d.num_clients)
+    test_total = model.TEST_EXAMPLES.get(d.dataset, model.TEST_EXAMPLES["fashion-mnist"])
+    w = model.Workload(**model.workload_of(cfg, actors=sizing.actors))
+    parallel = max(1.0, min(float(sizing.actors), sizing.sized.replicas * float(sizing.sized.shape.cpus)))
+    each, _ = model.evaluate_seconds(coef, w, parallel)
+    server_s, _ = model.evaluate_seconds(coef, replace(w, eval_clients=0), parallel)
+    n = w.eval_clients
     if not n:
         return evals, server_s, f"the global model on {test_total:,} test examples (personal_eval off)"
-    parallel = max(1.0, min(float(sizing.actors), sizing.sized.replicas * float(sizing.sized.shape.cpus)))
-    personal_s = (coef.task_s * n + fwd * n * test_pc) / parallel
     what = (
-        f"personal_eval of {'all' if n == d.num_clients else 'a seeded sample of'} {n:,} clients ({test_pc:,.0f} test examples each, {parallel:g} actors at once) "
-        f"{personal_s:,.1f} s + the global model on {test_total:,} test examples {server_s:.1f} s"
+        f"personal_eval of {'all' if n == d.num_clients else 'a seeded sample of'} {n:,} clients ({w.test_per_client:,.0f} test examples each, {parallel:g} actors at once) "
+        f"{each - server_s:,.1f} s + the global model on {test_total:,} test examples {server_s:.1f} s"
     )
-    return evals, server_s + personal_s, what
+    return evals, each, what
 
 
 def cost_estimate(sizing: Sizing, cfg: ExperimentConfig) -> list[str]:
@@ -693,13 +689,15 @@ def cost_estimate(sizing: Sizing, cfg: ExperimentConfig) -> list[str]:
             f"{sizing.sized.shape.memory_mi / 1024:g} GiB limit (an upper bound: RSS counts shared pages in "
             "every process); if pods are OOM-killed, fewer actors a pod (--cpus-per-pod) or more CPUs each."
         )
-    evals, each, what = evaluation(sizing, cfg, model.Coefficients.from_dict(DEFAULT))
+    coef = model.Coefficients.from_dict(DEFAULT)
+    evals, each, what = evaluation(sizing, cfg, coef)
+    how = model.eval_rule(coef)
     rounds = cfg.rounds.num_rounds
     total = est.first_round_s + (rounds - 1) * est.round_s + evals * each
     return [
         *lines[:2],
         f"Evaluation: {evals} evaluated rounds (every {cfg.rounds.eval_every}) of about {each:,.1f} s each: "
-        f"{what}; {evals * each / 60:,.1f} min in all (a test example timed as 1/3 of a training step).",
+        f"{what}; {evals * each / 60:,.1f} min in all ({how}).",
         f"Run: about {total / 60:,.1f} min ({rounds} rounds of {est.round_s:.2f} s, the first "
         f"{est.first_round_s:.0f} s after the start, + evaluation).",
         *lines[2:],

@@ -52,6 +52,9 @@ TRUE = M.Coefficients(
     setup_s=6.0,
     setup_per_client_s=3e-4,
     actor_start_s=1.7,
+    eval_s=0.3,
+    eval_overhead_s=0.05,
+    eval_example_s=2e-5,
     driver_mb=700.0,
     driver_per_client_mb=0.004,
     server_mb=650.0,
@@ -66,25 +69,42 @@ TRUE = M.Coefficients(
 )
 
 
-def synthetic(coef: M.Coefficients, sizes=(100, 1000, 10_000), actor_counts=(4, 8, 16)) -> M.BenchData:
-    """Bench tables as a machine that follows ``coef`` exactly would measure them."""
+EVALUATED = (2, 4, 5)  # the bench's evaluated rounds of five (every 2nd and the last)
+TEST_PER_CLIENT = 9.0
+
+
+def synthetic(
+    coef: M.Coefficients,
+    sizes=(100, 1000, 10_000),
+    actor_counts=(4, 8, 16),
+    personal: tuple[bool, bool] = (True, False),
+) -> M.BenchData:
+    """Bench tables as a machine that follows ``coef`` exactly would measure them; ``personal``:
+    whether the scale runs and the actor runs score clients (auto: up to 10,000) in their evaluated
+    rounds."""
     scale, actors, rounds = [], [], []
     rng = np.random.default_rng(0)
-    for kind, runs in (
-        ("scale", [(n, 2, 100) for n in sizes]),
-        ("actors", [(a, a, a) for a in actor_counts]),
+    for kind, runs, on in (
+        ("scale", [(n, 2, 100) for n in sizes], personal[0]),
+        ("actors", [(a, a, a) for a in actor_counts], personal[1]),
     ):
         for n, a, cohort in runs:
             cohort = min(cohort, n)
             per_client = 54_000 / n
+            scored = min(n, 10_000) if on else 0
             for t in range(1, 6):
                 x = cohort * per_client * float(rng.uniform(0.7, 1.3))  # cohorts differ round to round
-                w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=x / cohort, actors=a)
+                w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=x / cohort, actors=a,
+                               eval_clients=scored, test_per_client=TEST_PER_CLIENT)  # fmt: skip
                 e = M.predict(coef, w)
+                ev = e.evaluate_s if t in EVALUATED else 0.0
                 rounds.append({"kind": kind, "n_clients": n, "actors": a, "round": t, "cohort": float(cohort),
-                               "examples": x, "round_s": e.round_s + 0.5, "evaluate_s": 0.5, "busy_s": e.busy_s,
-                               "train_s": e.busy_s, "epochs": 1})  # fmt: skip
-            w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=per_client, actors=a)
+                               "examples": x, "round_s": e.round_s + ev, "evaluate_s": ev, "busy_s": e.busy_s,
+                               "train_s": e.busy_s, "epochs": 1, "evaluated": t in EVALUATED,
+                               "personal_eval_clients": float(scored if t in EVALUATED else 0),
+                               "test_per_client": TEST_PER_CLIENT})  # fmt: skip
+            w = M.Workload(n_clients=n, cohort=cohort, examples_per_client=per_client, actors=a,
+                           eval_clients=scored, test_per_client=TEST_PER_CLIENT)  # fmt: skip
             e = M.predict(coef, w)
             med = e.round_s  # the round of the run's median cohort (examples_per_round below)
             row = {
@@ -92,6 +112,8 @@ def synthetic(coef: M.Coefficients, sizes=(100, 1000, 10_000), actor_counts=(4, 
                 "import_s": coef.import_s, "setup_s": e.setup_s, "first_round_s": med + coef.warmup_s,
                 "time_to_first_round_s": coef.import_s + e.setup_s + med + coef.warmup_s,
                 "median_round_s": med, "examples_per_round": cohort * per_client, "epochs": 1,
+                "median_evaluate_s": e.evaluate_s, "personal_eval_clients": float(scored),
+                "test_per_client": TEST_PER_CLIENT,
                 "driver_rss_mb": e.driver_mb, "server_rss_mb": e.server_mb, "client_rss_mb_mean": e.actor_mb,
                 "client_rss_mb_max": e.actor_mb, "client_uss_mb_mean": coef.actor_uss_mb,
                 "ray_system_rss_mb": coef.ray_mb, "object_store_mb": e.store_mb,
@@ -171,8 +193,62 @@ def test_fit_recovers_the_coefficients_of_synthetic_measurements():
     for name in ("overhead_s", "overhead_per_client_s", "overhead_per_actor_s", "task_s", "example_s",
                  "warmup_s", "import_s", "setup_s", "setup_per_client_s", "actor_start_s", "driver_mb",
                  "driver_per_client_mb", "server_mb", "server_per_client_mb", "actor_mb",
-                 "actor_per_hosted_mb", "ray_mb", "store_mb", "store_per_client_mb"):  # fmt: skip
+                 "actor_per_hosted_mb", "ray_mb", "store_mb", "store_per_client_mb", "eval_s",
+                 "eval_overhead_s", "eval_example_s"):  # fmt: skip
         assert getattr(got, name) == pytest.approx(getattr(TRUE, name), rel=1e-6, abs=1e-9), name
+
+
+def test_the_evaluation_term_by_hand_and_zero_when_personal_eval_is_off():
+    """An evaluated round adds eval_s + eval_overhead_s + eval_example_s x K t / P (P: every actor,
+    up to the CPUs; not the cohort's), and only eval_s with personal evaluation off (K = 0)."""
+    w = M.Workload(n_clients=1_000_000, cohort=100, examples_per_client=54, actors=20,
+                   eval_clients=10_000, test_per_client=10.0)  # fmt: skip
+    e = M.predict(TRUE, w, M.Cluster(nodes=3, cpus_per_node=4))  # 12 CPUs: 12 of the 20 at once
+    assert e.eval_fitted and e.evaluate_s == pytest.approx(0.3 + 0.05 + 2e-5 * 10_000 * 10 / 12)
+    off = M.predict(TRUE, replace(w, eval_clients=0), M.Cluster(nodes=3, cpus_per_node=4))
+    assert off.evaluate_s == pytest.approx(0.3) and off.round_s == e.round_s  # the round apart
+    # fitted on runs that never scored a client: the server model's term is fitted, the personal ones
+    # are not measured (NaN), so a workload that scores clients is timed by the forward-pass rule for
+    # them, not as free; personal evaluation off: the fitted server model alone
+    got = M.fit(synthetic(TRUE, personal=(False, False)))
+    assert math.isnan(got.eval_overhead_s) and math.isnan(got.eval_example_s) and not M.eval_fitted(got)
+    assert got.eval_s == pytest.approx(TRUE.eval_s, rel=1e-9)
+    assert M.predict(got, replace(w, eval_clients=0)).evaluate_s == pytest.approx(TRUE.eval_s)
+    assert M.predict(got, replace(w, eval_clients=0)).eval_fitted
+    fwd = got.example_s / 3
+    e = M.predict(got, w)
+    assert not e.eval_fitted
+    assert e.evaluate_s == pytest.approx(TRUE.eval_s + (got.task_s * 10_000 + fwd * 10_000 * 10) / 2)
+    assert M.eval_rule(got).startswith("the server model's evaluation fitted")
+    # every run scored clients: [K > 0] is the intercept again, so eval_s holds the overhead too
+    on = M.fit(synthetic(TRUE, personal=(True, True)))
+    assert on.eval_overhead_s == 0.0 and on.eval_s == pytest.approx(TRUE.eval_s + TRUE.eval_overhead_s)
+    assert on.eval_example_s == pytest.approx(TRUE.eval_example_s, rel=1e-6)
+    assert M.predict(on, w).evaluate_s == pytest.approx(M.predict(TRUE, w).evaluate_s)
+
+
+def test_unfitted_evaluation_falls_back_to_the_forward_pass_rule():
+    """Coefficients from before the bench measured evaluation (no eval_* keys): a test example is a
+    third of a training step, a scored client a training call, the server model on the test set."""
+    old = {k: v for k, v in TRUE.to_dict().items() if not k.startswith("eval_")}
+    c = M.Coefficients.from_dict(old)
+    assert not M.eval_fitted(c) and math.isnan(c.eval_s)
+    assert M.eval_rule(c) == "a test example timed as 1/3 of a training step"
+    assert M.eval_rule(TRUE) == "evaluation terms fitted by raysim bench scale"
+    w = M.Workload(n_clients=1000, cohort=100, examples_per_client=54, actors=2, eval_clients=1000,
+                   test_per_client=9.0)  # fmt: skip
+    fwd = TRUE.example_s / 3
+    e = M.predict(c, w)
+    assert not e.eval_fitted
+    assert e.evaluate_s == pytest.approx(fwd * 10_000 + (TRUE.task_s * 1000 + fwd * 1000 * 9) / 2)
+    # a bench with no evaluated round (an older table: only evaluate_s of the last round, 5 here, is
+    # above a millisecond, and only rounds 2.. count) fits the terms from that round
+    data = synthetic(TRUE)
+    rounds = [{k: v for k, v in r.items() if k not in ("evaluated", "personal_eval_clients")}
+              for r in data.rounds if r["round"] != 5]  # fmt: skip
+    for r in rounds:
+        r["evaluate_s"] = 1e-5  # the runtime's timer around a round that did not evaluate
+    assert math.isnan(M.fit(replace(data, rounds=rounds)).eval_s)
 
 
 def test_fit_takes_a_rows_hosted_clients():
@@ -207,12 +283,46 @@ def test_old_coefficient_files_still_load_and_estimate(tmp_path):
     args = ["bench", "estimate", "--clients", "10000,1000000", "--actors", "20", "--fit", str(path)]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    w = M.Workload(n_clients=1_000_000, cohort=100, examples_per_client=50.0, actors=20)
+    # personal_eval auto: a sample of 10,000; 50 / 6 test examples a client (Fashion-MNIST's ratio)
+    w = M.Workload(n_clients=1_000_000, cohort=100, examples_per_client=50.0, actors=20, eval_clients=10_000,
+                   test_per_client=50.0 / 6)  # fmt: skip
     e = M.predict(TRUE, w, M.Cluster(nodes=3, cpus_per_node=7.0))
-    assert f"| 1,000,000 | 100 | 20 | 3 | {e.round_s:.2f} | " in r.output
+    assert f"| 1,000,000 | 100 | 20 | 3 | {e.round_s:.2f} | {e.evaluate_s:.2f} | 10,000 | " in r.output
+    assert e.evaluate_s == pytest.approx(0.3 + 0.05 + 2e-5 * 10_000 * 50 / 6 / 20)
+    off = runner.invoke(app, [*args, "--personal-eval", "false", "--test-per-client", "12"])
+    assert off.exit_code == 0 and f"| 1,000,000 | 100 | 20 | 3 | {e.round_s:.2f} | 0.30 | 0 | " in off.output
+    bad = runner.invoke(app, [*args, "--personal-eval", "some"])
+    assert bad.exit_code == 2 and "--personal-eval 'some': give all, auto, false" in bad.output
     assert f"| {e.first_round_s:.0f} | {e.actor_mb:,.0f} | " in r.output
     for gone in ("--pinned", "--without-host-defect"):
         assert runner.invoke(app, [*args, gone]).exit_code == 2
+
+
+def test_personal_eval_option_takes_what_the_config_takes():
+    assert [S.parse_personal_eval(t) for t in ("auto", "ALL", "true", "false", "off", "5000", "10_000", "0.01")] == [
+        "auto", "all", "all", False, False, 5000, 10_000, 0.01]  # fmt: skip
+    for bad in ("0", "-3", "1.5", "1.0", "most", ""):
+        with pytest.raises(ValueError, match="--personal-eval"):
+            S.parse_personal_eval(bad)
+    cfg = S.base_config(quick=False, rounds=5, examples_per_client=60, personal_eval=5000)
+    assert cfg["rounds"]["personal_eval"] == 5000 and cfg["rounds"]["eval_every"] == S.EVAL_EVERY == 2
+    assert S.base_config(quick=True, rounds=2)["rounds"]["personal_eval"] == "auto"  # what users get
+    from raysim.config import config_from_dict
+
+    assert config_from_dict(cfg).rounds.personal_eval == 5000  # raysim run takes it as it is
+
+
+def test_bench_scale_refuses_a_bad_personal_eval_and_writes_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from raysim.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(
+        app, ["bench", "scale", "--clients", "100", "--personal-eval", "1.5", "--out", "b"]
+    )
+    assert r.exit_code == 2 and "error: --personal-eval '1.5': give all, auto, false" in r.output
+    assert not any(tmp_path.iterdir())
 
 
 def test_validate_holds_back_the_largest_size_and_reports_the_error():
@@ -226,6 +336,34 @@ def test_validate_holds_back_the_largest_size_and_reports_the_error():
     rows[-1]["total_rss_mb"] *= 1.1
     v = M.validate(replace(data, scale=rows))
     assert v["figures"]["total_rss_mb"]["error"] == pytest.approx(1 / 1.1 - 1, rel=1e-6)
+
+
+def test_validation_at_a_million_holds_it_back_and_predicts_its_evaluation():
+    """The hold-out the bench's README writes at 10^6: fitted on 100..10^5, predicting 10^6's round,
+    evaluation (auto: a sample of 10,000) and memory; the fit with it recovers the coefficients."""
+    sizes = (100, 10_000, 100_000, 1_000_000)
+    data = synthetic(TRUE, sizes=sizes)
+    v = M.validate(data)
+    assert v["held_out"] == 1_000_000 and v["fitted_on"] == [100, 10_000, 100_000]
+    assert set(v["figures"]) == set(M.VALIDATED) and "median_evaluate_s" in v["figures"]
+    for fig in v["figures"].values():
+        assert fig["error"] == pytest.approx(0.0, abs=1e-6)
+    ev = v["figures"]["median_evaluate_s"]
+    assert ev["measured"] == pytest.approx(0.3 + 0.05 + 2e-5 * 10_000 * TEST_PER_CLIENT / 2)
+    rows = [dict(r) for r in data.scale]
+    rows[-1]["median_evaluate_s"] *= 2.0  # the million's evaluation twice what the model says
+    v = M.validate(replace(data, scale=rows))
+    assert v["figures"]["median_evaluate_s"]["error"] == pytest.approx(-0.5, rel=1e-6)
+    full = M.fit(data)
+    for name in ("driver_per_client_mb", "store_per_client_mb", "eval_example_s", "setup_per_client_s"):
+        assert getattr(full, name) == pytest.approx(getattr(TRUE, name), rel=1e-6), name
+    # a table from before the bench measured evaluation: the figure is left out, not a NaN error
+    old = [{k: val for k, val in r.items() if k != "median_evaluate_s"} for r in data.scale]
+    assert "median_evaluate_s" not in M.validate(replace(data, scale=old))["figures"]
+    report = R.render_report(old, [], {"coefficients": full.to_dict(), "validation": M.validate(data),
+                                       "leave_one_out": M.validate_each(replace(data, scale=old))}, quick=False)  # fmt: skip
+    assert "evaluation, an evaluated round: 0.300 s" in report and "20.00 s per 10^6 test examples" in report
+    assert "| 1,000,000 | " in report and " | - |" in report
 
 
 def test_fit_needs_two_sizes_and_validate_needs_three():
@@ -304,12 +442,19 @@ def test_goals_verdicts():
         "driver_rss_mb": 1600.0,
         "total_rss_mb": 3900.0,
     }
+    million.update(median_round_s=0.6, median_evaluate_s=2.0, personal_eval_clients=10_000.0)
     extra = R.goals([*rows, million])[3:]  # issue 21's goals appear with a 10^6 run only
     assert [(g.split(" at ")[0], v) for g, _, v in extra] == [
         ("set-up", "met"),
         ("driver peak RSS", "MISSED"),
         ("all processes' peak RSS", "met"),
+        ("a round with evaluation", "met"),
     ]
+    assert extra[-1][1] == "2.60 s (personal evaluation of 10,000 clients)"
+    million["median_evaluate_s"] = 4.5
+    assert R.goals([*rows, million])[-1][2] == "MISSED"
+    del million["median_evaluate_s"]
+    assert R.goals([*rows, million])[-1][1:] == ("not measured", "not measured")
 
 
 def test_tables_and_plots_are_written(tmp_path):
@@ -363,14 +508,26 @@ def test_model_curves_pass_through_the_fitted_sizes():
     assert ys[0] == pytest.approx(data.scale[0]["total_rss_mb"]) and ys[-1] == pytest.approx(
         data.scale[-1]["total_rss_mb"]
     )
+    xs, ys = curves["Median round time"]
+    assert ys[0] == pytest.approx(data.scale[0]["median_round_s"]) and ys[-1] == pytest.approx(
+        data.scale[-1]["median_round_s"]
+    )
+    # partition sampled: the same examples a round at every N, so the same round time at every N
+    # (the curve once assumed examples per round fall as 1 / N: 10^4 times too much work at N = 100)
+    flat = [dict(r, examples_per_round=5400.0, median_round_s=math.nan) for r in data.scale]
+    rounds = M.scale_curves(TRUE, flat)["Median round time"][1]
+    assert max(rounds) - min(rounds) == pytest.approx(TRUE.overhead_per_client_s * (10_000 - 100), rel=1e-6)
 
 
 def fake_run(tmp_path: Path, launch: float) -> S.RunResult:
     """A finished run directory as raysim writes it, and a probe that saw its processes."""
     run = tmp_path / "runs" / "scale-1000"
     run.mkdir(parents=True)
-    pd.DataFrame([{"round": t, "round_s": s, "evaluate_s": e, "actor_busy_max_s": b, "cohort": 100.0}
-                  for t, s, e, b in [(1, 2.0, 0.0, 1.5), (2, 1.0, 0.0, 0.8), (3, 1.2, 0.0, 1.0), (4, 3.1, 2.0, 0.9)]]
+    # rounds 2 and 4 evaluate (the bench's eval_every 2 and the last): 1000 clients scored in both
+    pd.DataFrame([{"round": t, "round_s": s, "evaluate_s": e, "actor_busy_max_s": b, "cohort": 100.0,
+                   "test_loss": 0.5 if e else math.nan, "personal_eval_clients": 1000.0 if e else math.nan,
+                   "personal_eval_shared": 1000.0 if e else math.nan}
+                  for t, s, e, b in [(1, 2.0, 0.0, 1.5), (2, 2.5, 1.5, 0.8), (3, 1.2, 0.0, 1.0), (4, 3.1, 2.0, 0.9)]]
                  ).to_parquet(run / "rounds.parquet")  # fmt: skip
     pd.DataFrame([{"round": t, "client_id": c, "participated": True, "dropped": c == 2, "num_examples": 10}
                   for t in (1, 2, 3, 4) for c in range(3)]).to_parquet(run / "clients.parquet")  # fmt: skip
@@ -378,7 +535,9 @@ def fake_run(tmp_path: Path, launch: float) -> S.RunResult:
                   {"round": 4, "actor": 0, "pid": 11, "peak_rss_mb": 850.0},
                   {"round": 4, "actor": 1, "pid": 12, "peak_rss_mb": 700.0}]).to_parquet(run / "system.parquet")  # fmt: skip
     (run / "summary.json").write_text(json.dumps({"setup_seconds": 6.0, "client_actors": 2}))
-    (run / "partition.parquet").write_bytes(b"")
+    pd.DataFrame({"client_id": np.arange(1000), "n_test": np.tile([8, 10], 500)}).to_parquet(
+        run / "partition.parquet"
+    )
     os.utime(run / "partition.parquet", (launch + 10.0, launch + 10.0))
     probe = TreeProbe(root_pid=1)
     for pid, role, rss, uss in [(1, DRIVER, 800.0, 500.0), (11, CLIENT, 800.0, 400.0), (12, CLIENT, 760.0, 390.0),
@@ -399,7 +558,12 @@ def test_summarize_a_run(tmp_path):
         12.0, abs=1e-3
     )  # 10 s to the end of set-up + round 1
     assert row["import_s"] == pytest.approx(4.0, abs=1e-3) and row["setup_s"] == 6.0
-    assert row["median_round_s"] == pytest.approx(1.1)  # rounds 2..4, the last one's evaluation left out
+    assert row["median_round_s"] == pytest.approx(1.1)  # rounds 2..4, their evaluation left out
+    assert row["median_evaluate_s"] == pytest.approx(1.75) and row["evaluated_rounds"] == 2  # rounds 2, 4
+    assert row["personal_eval_clients"] == 1000.0 and row["test_per_client"] == pytest.approx(9.0)
+    rr = R.round_rows(fake_run(tmp_path / "again", launch))
+    assert [r["evaluated"] for r in rr] == [False, True, False, True]
+    assert [r["personal_eval_clients"] for r in rr] == [0.0, 1000.0, 0.0, 1000.0]
     assert row["median_busy_s"] == pytest.approx(0.9) and row["median_overhead_s"] == pytest.approx(0.2)
     assert row["examples_per_round"] == 20  # two clients trained, one dropped
     assert row["driver_rss_mb"] == 900.0  # the driver's own ru_maxrss beats the sampled 800
@@ -529,11 +693,15 @@ def test_quick_bench_end_to_end(tmp_path):
     assert (ok["actors"] == 2).all() and (ok["time_to_first_round_s"] > ok["setup_s"]).all()
     assert (ok["total_rss_mb"] > ok["driver_rss_mb"] + ok["server_rss_mb"]).all()
     assert (ok["object_store_mb"] > 0).all()
+    # personal evaluation auto (every client up to 10,000) in round 2, the last of two
+    assert list(ok["personal_eval_clients"]) == [20.0, 100.0, 400.0] and (ok["median_evaluate_s"] > 0).all()
+    assert (ok["evaluated_rounds"] == 1).all() and (ok["test_per_client"] > 0).all()
     actors = pd.read_parquet(out / "actors.parquet")
     assert list(actors["n_clients"]) == [2, 4] and list(actors["actors"]) == [2, 4]
     assert (actors["client_uss_mb_mean"] < actors["client_rss_mb_mean"]).all()
     fit = json.loads((out / "model.json").read_text())
     assert fit["validation"]["held_out"] == 400 and set(fit["validation"]["figures"]) == set(M.VALIDATED)
+    assert M.eval_fitted(M.Coefficients.from_dict(fit["coefficients"]))
     assert (out / "scale.png").stat().st_size > 10_000 and (out / "actors.png").stat().st_size > 10_000
     assert "N=1,000: stops because" in r.stdout and "Goals (issues 13 and 21)" in r.stdout
     assert not (out / "host.parquet").exists()  # the retired N^2 / A term's in-process timing

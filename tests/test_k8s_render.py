@@ -442,6 +442,20 @@ def test_render_prints_the_cost_models_estimate(tmp_path, monkeypatch):
         ln.startswith(f"Caveat: the estimate's {worst:.2f} GB per worker pod is more than the pod's 14 GiB")
         for ln in k8s.cost_estimate(sizing, cfg)
     )
+    # fitted evaluation terms (raysim bench scale measured evaluation): they replace the forward-pass rule
+    fitted = model.Coefficients.from_dict(
+        {**coef.to_dict(), "eval_s": 0.2, "eval_overhead_s": 0.1, "eval_example_s": 3e-5}
+    )
+    evals, got, what = k8s.evaluation(sizing, cfg, fitted)
+    assert evals == 10 and got == pytest.approx(0.2 + 0.1 + 3e-5 * 1000 * 9 / 20)
+    assert "personal_eval of all 1,000 clients (9 test examples each, 20 actors at once)" in what
+    assert k8s.evaluation(sizing, off, fitted)[1] == pytest.approx(0.2)  # the server model only
+    monkeypatch.setattr(coefficients, "DEFAULT", fitted.to_dict())
+    lines = k8s.cost_estimate(sizing, cfg)
+    assert any(
+        ln.startswith(f"Evaluation: 10 evaluated rounds (every 1) of about {got:,.1f} s each") for ln in lines
+    )
+    assert any("(evaluation terms fitted by raysim bench scale)" in ln for ln in lines)
     monkeypatch.setattr(coefficients, "DEFAULT", {})
     assert k8s.cost_estimate(sizing, cfg)[0].startswith("Estimate: none (no fitted coefficients")
 

@@ -203,6 +203,8 @@ class ASCFL(Algorithm):
             linear=False,
             public_split=bool(self.p.positive_incentive),
             public_split_off="algorithm.positive_incentive: false",
+            truth_groups=self.p.beta_calibration == "truth",
+            truth_groups_off="algorithm.beta_calibration: fixed",
         )
 
     @property

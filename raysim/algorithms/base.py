@@ -174,6 +174,11 @@ class Traits:
     # them for every fit and score (``personal_buffers``); a model with buffers needs it, or the
     # statistics would be shared by whichever clients an actor hosts
     client_buffers: bool = False
+    # the algorithm reads the federation's ground-truth client groups (an oracle variant): the
+    # partition must make at least two (data.partition in GROUP_SCHEMES, data.num_groups >= 2)
+    truth_groups: bool = False
+    # the option that makes it read them, for the config error (e.g. "algorithm.beta_calibration: fixed")
+    truth_groups_off: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,9 +71,18 @@ def scale(
             "Default: Dirichlet(0.5) over the dataset, clients hold fewer examples as N grows.",
         ),
     ] = None,
+    personal_eval: Annotated[
+        str,
+        typer.Option(
+            help="rounds.personal_eval of the runs: auto (the default users get: every client up to "
+            "10,000, a seeded sample of 10,000 above), all, false, a count or a fraction. Rounds 2, 4, ... "
+            "and the last evaluate.",
+        ),
+    ] = "auto",
 ) -> None:
     """FedAvg on Fashion-MNIST at growing N (cohort fixed at 100): time to the first round, round time,
-    peak RSS of every process, object store, actors; then the actor-per-client mode; then a fitted
+    evaluation (server model + personal), peak RSS of every process, object store, actors; then the
+    actor-per-client mode; then a fitted
     cost model. Each run is a fresh `raysim run` subprocess; progress goes to stderr."""
     from raysim.bench import scale as S
 
@@ -90,6 +99,11 @@ def scale(
     if not n_list:
         typer.echo("error: --clients: give at least one size", err=True)
         raise typer.Exit(2)
+    try:
+        pe = S.parse_personal_eval(personal_eval)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     t0 = time.perf_counter()
     result = S.run_bench(
         out,
@@ -100,6 +114,7 @@ def scale(
         timeout_s=timeout_min * 60,
         max_memory_gb=max_memory_gb,
         examples_per_client=examples_per_client,
+        personal_eval=pe,
     )
     typer.echo(result["report"], nl=False)
     names = ("scale.parquet", "actors.parquet", "processes.parquet", "rounds.parquet", "model.json",
@@ -189,6 +204,21 @@ def estimate(
     fit: Annotated[
         Path | None, typer.Option(help="A bench's model.json (default: raysim.bench.coefficients).")
     ] = None,
+    personal_eval: Annotated[
+        str,
+        typer.Option(
+            help="rounds.personal_eval: auto (default: every client up to 10,000, a sample of 10,000 "
+            "above), all, false, a count or a fraction; the 'eval s' column is what an evaluated round adds."
+        ),
+    ] = "auto",
+    test_per_client: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Local test examples of a scored client (default: Fashion-MNIST's 1 test example per 6 "
+            "training ones, of --examples-per-client).",
+        ),
+    ] = None,
 ) -> None:
     """The cost model's figures for N clients, cohort C, A actors on K nodes (docs/scaling.md).
 
@@ -196,7 +226,19 @@ def estimate(
     get the same figures: either way an actor holds its own ceil(N / A) clients."""
 
     from raysim.bench import model as M
+    from raysim.bench.scale import parse_personal_eval
+    from raysim.config import personal_eval_count
 
+    try:
+        pe = parse_personal_eval(personal_eval)
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    test_pc = (
+        test_per_client
+        if test_per_client is not None
+        else examples_per_client * M.TEST_EXAMPLES["fashion-mnist"] / M.TRAIN_EXAMPLES["fashion-mnist"]
+    )
     if fit is not None:
         from raysim.config import ConfigError
         from raysim.runtime.rundir import read_json
@@ -220,8 +262,11 @@ def estimate(
     if len(a_list) not in (1, len(ns)) or len(k_list) not in (1, len(ns)):
         typer.echo("error: --actors and --nodes take one value, or one per --clients value", err=True)
         raise typer.Exit(2)
-    head = "| N | C | A | K | round s | busy s | runtime s | first round s | MB/actor | GB/worker pod | GB head | GB in all |"
-    rows = [head, "|" + "---|" * 12]
+    head = (
+        "| N | C | A | K | round s | eval s | scored | busy s | runtime s | first round s | MB/actor | "
+        "GB/worker pod | GB head | GB in all |"
+    )
+    rows = [head, "|" + "---|" * 14]
     for i, n in enumerate(ns):
         a = a_list[i] if len(a_list) > 1 else a_list[0]
         k = k_list[i] if len(k_list) > 1 else k_list[0]
@@ -231,15 +276,20 @@ def estimate(
             epochs=epochs,
             examples_per_client=examples_per_client,
             actors=a,
+            eval_clients=personal_eval_count(pe, n),
+            test_per_client=test_pc,
         )
         e = M.predict(coef, w, M.Cluster(nodes=k, cpus_per_node=cpus_per_node))
         rows.append(
-            f"| {n:,} | {w.cohort:,} | {a:,} | {k:,} | {e.round_s:.2f} | {e.busy_s:.2f} | {e.overhead_s:.3f} | "
+            f"| {n:,} | {w.cohort:,} | {a:,} | {k:,} | {e.round_s:.2f} | {e.evaluate_s:.2f} | {w.eval_clients:,} | "
+            f"{e.busy_s:.2f} | {e.overhead_s:.3f} | "
             f"{e.first_round_s:.0f} | {e.actor_mb:,.0f} | {e.worker_mb / 1024:.2f} | {e.head_mb / 1024:.2f} | "
             f"{e.total_mb / 1024:,.1f} |"
         )
     typer.echo("\n".join(rows))
     typer.echo(
         f"(coefficients fitted on {coef.cores} cores, {coef.model}/{coef.dataset}; network and GPU speed not "
-        "modelled; RSS sums: an upper bound)"
+        "modelled; RSS sums: an upper bound; eval s: what an evaluated round adds, "
+        + M.eval_rule(coef)
+        + f", {test_pc:.3g} test examples a scored client)"
     )

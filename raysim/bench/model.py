@@ -2,7 +2,7 @@
 a cohort of C, A client actors on K nodes. Fitted by least squares to ``raysim bench scale``'s
 measurements (docs/scaling.md has the fit, its validation and worked examples).
 
-Round time (per round, no evaluation)::
+Round time (per round, its evaluation apart)::
 
     round  = overhead + busy
     busy   = (task_s * C + example_s * E * X) / P        the busiest actor: C clients, X examples
@@ -10,6 +10,21 @@ Round time (per round, no evaluation)::
 
 where X = C * n_bar is the examples the cohort holds (n_bar = training examples per client), E the
 local epochs and P = min(A, CPUs for the actors, C) the actors that really work at once.
+
+Evaluation (an evaluated round: every ``rounds.eval_every`` rounds and the last), added to
+that round's time::
+
+    evaluate = eval_s + [K > 0] * (eval_overhead_s + eval_example_s * K * t / P_e)
+
+where ``eval_s`` is the server model on the dataset's test set, K the clients
+``rounds.personal_eval`` scores (``raysim.config.personal_eval_count``: auto scores every client up
+to 10,000 and a seeded sample of 10,000 above), t their local test examples each (mean) and
+P_e = min(A, CPUs for the actors) the actors that evaluate at once (every actor evaluates, not only
+the cohort's). With personal evaluation off (K = 0) only ``eval_s`` is left. Coefficients fitted
+before the bench measured evaluation have these three as NaN (and a bench whose runs never scored
+a client leaves the personal two NaN): then a test example is timed as a forward pass, a third of a
+training step (``example_s / 3``), and each scored client as a training call (``task_s``), as
+``raysim k8s render`` did before (:func:`evaluate_seconds`).
 
 Time to the first round::
 
@@ -80,6 +95,8 @@ DATASET_MB = {
     "cifar10": (60_000 * 3073 + 60_000 * 7) / 2**20,
     "digits": 129_384 / 2**20,
 }
+# test examples of each dataset (the server model is evaluated on all of them)
+TEST_EXAMPLES = {"fashion-mnist": 10_000, "mnist": 10_000, "emnist": 18_800, "cifar10": 10_000, "digits": 359}
 MIN_EXAMPLES = 2  # raysim.data.partition.DEFAULT_MIN_SIZE: every client holds at least this many
 
 
@@ -100,6 +117,10 @@ class Coefficients:
     setup_s: float = 0.0
     setup_per_client_s: float = 0.0
     actor_start_s: float = 0.0
+    # an evaluated round's evaluation (NaN: not fitted, the forward-pass rule of evaluate_seconds)
+    eval_s: float = math.nan
+    eval_overhead_s: float = math.nan
+    eval_example_s: float = math.nan
     # memory, MB
     driver_mb: float = 0.0
     driver_per_client_mb: float = 0.0
@@ -137,6 +158,8 @@ class Workload:
     actors: int = 2
     dataset: str = "fashion-mnist"
     model: str = "cnn-small"
+    eval_clients: int = 0  # clients rounds.personal_eval scores in an evaluated round (0: off)
+    test_per_client: float = 0.0  # local test examples of a scored client (mean)
 
     @property
     def hosted(self) -> float:
@@ -169,6 +192,8 @@ class Estimate:
     head_mb: float  # driver + server + Ray + store (a cluster's head pod)
     worker_mb: float  # actors of one worker pod + Ray + store
     total_mb: float  # head + every worker pod
+    evaluate_s: float = 0.0  # what an evaluated round adds: the server model + personal evaluation
+    eval_fitted: bool = False  # evaluate_s from fitted eval terms (else the forward-pass rule)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -187,6 +212,7 @@ def predict(coef: Coefficients, w: Workload, cluster: Cluster | None = None) -> 
     busy = (coef.task_s * c + coef.example_s * w.epochs * examples) / max(1.0, min(parallel, float(c)))
     overhead = coef.overhead_s + coef.overhead_per_client_s * n + coef.overhead_per_actor_s * a
     rnd = busy + overhead
+    evaluate, eval_fitted = evaluate_seconds(coef, w, max(1.0, min(float(a), cl.nodes * cl.cpus_per_node)))
     waves = a / (cl.nodes * max(cl.cpus_per_node, 1.0))
     setup = coef.setup_s + coef.setup_per_client_s * n + coef.actor_start_s * waves
     first = coef.import_s + setup + rnd + coef.warmup_s
@@ -227,8 +253,50 @@ def predict(coef: Coefficients, w: Workload, cluster: Cluster | None = None) -> 
         head_mb=head,
         worker_mb=worker,
         total_mb=total,
+        evaluate_s=evaluate,
+        eval_fitted=eval_fitted,
         notes=tuple(notes),
     )
+
+
+def eval_fitted(coef: Coefficients) -> bool:
+    """Whether ``coef`` has every evaluation term (a bench whose runs scored clients fitted them)."""
+    return all(math.isfinite(v) for v in (coef.eval_s, coef.eval_overhead_s, coef.eval_example_s))
+
+
+def _personal_fitted(coef: Coefficients) -> bool:
+    return math.isfinite(coef.eval_overhead_s) and math.isfinite(coef.eval_example_s)
+
+
+def eval_rule(coef: Coefficients) -> str:
+    """How :func:`evaluate_seconds` times an evaluated round with these coefficients, in words."""
+    if eval_fitted(coef):
+        return "evaluation terms fitted by raysim bench scale"
+    if math.isfinite(coef.eval_s):
+        return (
+            "the server model's evaluation fitted by raysim bench scale; a scored client's test example timed "
+            "as 1/3 of a training step"
+        )
+    return "a test example timed as 1/3 of a training step"
+
+
+def evaluate_seconds(coef: Coefficients, w: Workload, parallel: float) -> tuple[float, bool]:
+    """(seconds, fitted) an evaluated round of ``w`` adds, ``parallel`` actors evaluating at once:
+    the fitted terms (module docstring) where ``coef`` has them, else the forward-pass rule (a test
+    example a third of a training step, a scored client a training call) for the part it lacks: the
+    server model's (``eval_s``) or the personal one (a bench whose runs never scored a client leaves
+    ``eval_overhead_s`` and ``eval_example_s`` unfitted). ``fitted``: every part used was fitted."""
+    k, t, p = float(w.eval_clients), float(w.test_per_client), max(1.0, parallel)
+    fwd = coef.example_s / 3
+    server_fitted = math.isfinite(coef.eval_s)
+    server = (
+        coef.eval_s if server_fitted else fwd * TEST_EXAMPLES.get(w.dataset, TEST_EXAMPLES["fashion-mnist"])
+    )
+    if k <= 0:
+        return server, server_fitted
+    if _personal_fitted(coef):
+        return server + coef.eval_overhead_s + coef.eval_example_s * k * t / p, server_fitted
+    return server + (coef.task_s * k + fwd * k * t) / p, False
 
 
 def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None) -> dict[str, Any]:
@@ -245,6 +313,11 @@ def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None)
     else:
         per_client = train * (1 - d.public_fraction) * (1 - d.val_fraction) / n
     a = actors if actors is not None else cfg.num_client_actors(cores if cores is not None else 2.0)
+    from raysim.config import personal_eval_count
+
+    test_total = TEST_EXAMPLES.get(d.dataset, TEST_EXAMPLES["fashion-mnist"])
+    # a client's test split: test_per_client, else in proportion to its training examples
+    test_pc = float(d.test_per_client) if d.test_per_client else per_client * test_total / train
     return asdict(
         Workload(
             n_clients=n,
@@ -254,6 +327,8 @@ def workload_of(cfg: Any, actors: int | None = None, cores: float | None = None)
             actors=a,
             dataset=d.dataset,
             model=cfg.model.name,
+            eval_clients=personal_eval_count(cfg.rounds.personal_eval, n),
+            test_per_client=test_pc,
         )
     )
 
@@ -424,6 +499,7 @@ def fit(data: BenchData) -> Coefficients:
         u for u in (r.get("client_uss_mb_mean", math.nan) for r in scale) if math.isfinite(u)
     ]
     st0, st1 = _line([r["n_clients"] for r in scale], [r.get("object_store_mb", math.nan) for r in scale])
+    e0, e1, e2 = fit_evaluation(data.rounds, cores)
     return Coefficients(
         overhead_s=float(o0),
         overhead_per_client_s=float(o1),
@@ -435,6 +511,9 @@ def fit(data: BenchData) -> Coefficients:
         setup_s=float(s0),
         setup_per_client_s=float(s1),
         actor_start_s=float(s_actor),
+        eval_s=e0,
+        eval_overhead_s=e1,
+        eval_example_s=e2,
         driver_mb=d0,
         driver_per_client_mb=d1,
         server_mb=v0,
@@ -450,6 +529,46 @@ def fit(data: BenchData) -> Coefficients:
         model=data.model,
         fitted_on=data.fitted_on,
     )
+
+
+def evaluated(row: dict[str, Any]) -> bool:
+    """Whether a round row of the bench evaluated (tables written before the bench recorded it:
+    a round whose ``evaluate_s`` is above a millisecond, i.e. the last one)."""
+    flag = row.get("evaluated")
+    if flag is not None and not (isinstance(flag, float) and math.isnan(flag)):
+        return bool(flag)
+    return float(row.get("evaluate_s", 0.0)) > 1e-3
+
+
+def fit_evaluation(rounds: Sequence[dict[str, Any]], cores: float) -> tuple[float, float, float]:
+    """``eval_s``, ``eval_overhead_s``, ``eval_example_s`` (module docstring) by relative non-negative
+    least squares on the evaluated rounds (round 2 on) of the bench's runs. Personal evaluation off
+    in every run: the personal terms are NaN (not measured: a prediction that scores clients falls
+    back to the forward-pass rule for them, not to 0). On in every run: ``[K > 0]`` is the
+    intercept's column again, so ``eval_overhead_s`` is 0 and ``eval_s`` holds both (the server
+    model's part is not separable). No evaluated round: all three NaN (not fitted)."""
+    rows = [
+        r
+        for r in rounds
+        if r["round"] >= 2 and evaluated(r) and math.isfinite(float(r.get("evaluate_s", math.nan)))
+    ]
+    rows = [r for r in rows if float(r["evaluate_s"]) > 0]
+    if not rows:
+        return math.nan, math.nan, math.nan
+    k = np.array([float(r.get("personal_eval_clients", 0.0) or 0.0) for r in rows])
+    k[~np.isfinite(k)] = 0.0
+    t = np.array([float(r.get("test_per_client", 0.0) or 0.0) for r in rows])
+    t[~np.isfinite(t)] = 0.0
+    par = np.array([max(1.0, min(float(r["actors"]), cores)) for r in rows])
+    y = np.array([float(r["evaluate_s"]) for r in rows])
+    on = (k > 0).astype(np.float64)
+    x = np.column_stack([np.ones(len(rows)), on, k * t / par])
+    if not on.any():  # only the server model was ever evaluated: its mean (relative) time
+        return float(nonneg_lstsq(x[:, :1] / y[:, None], np.ones(len(rows)))[0]), math.nan, math.nan
+    keep = [0, 2] if on.all() else [0, 1, 2]
+    sol = np.zeros(3)
+    sol[keep] = nonneg_lstsq(x[:, keep] / y[:, None], np.ones(len(rows)))
+    return float(sol[0]), float(sol[1]), float(sol[2])
 
 
 def bench_workload(row: dict[str, Any], coef: Coefficients, train_examples: float | None = None) -> Workload:
@@ -469,7 +588,15 @@ def bench_workload(row: dict[str, Any], coef: Coefficients, train_examples: floa
         actors=int(row.get("actors") or coef.cores),
         dataset=coef.dataset,
         model=coef.model,
+        eval_clients=int(_finite(row.get("personal_eval_clients"))),
+        test_per_client=_finite(row.get("test_per_client")),
     )
+
+
+def _finite(v: Any) -> float:
+    """A table's number, 0 where the row has none (NaN, None: an older bench's table)."""
+    x = float(v) if v is not None else 0.0
+    return x if math.isfinite(x) else 0.0
 
 
 def total_rss(e: Estimate, actors: int) -> float:
@@ -482,6 +609,7 @@ VALIDATED = {
     "time_to_first_round_s": lambda e, w: e.first_round_s,
     "median_round_s": lambda e, w: e.round_s,
     "total_rss_mb": lambda e, w: total_rss(e, w.actors),
+    "median_evaluate_s": lambda e, w: e.evaluate_s,
 }
 
 
@@ -501,6 +629,8 @@ def validate(data: BenchData, hold_out: int | None = None) -> dict[str, Any]:
     e = predict(coef, w)
     figures = {}
     for key, get in VALIDATED.items():
+        if not math.isfinite(float(row.get(key, math.nan))):  # an older bench's table has no evaluation
+            continue
         p, m = float(get(e, w)), float(row[key])
         figures[key] = {"predicted": p, "measured": m, "error": p / m - 1 if m else math.nan}
     return {
@@ -528,10 +658,25 @@ def scale_curves(
         return {}
     ns = [float(x) for x in np.geomspace(ok[0]["n_clients"], ok[-1]["n_clients"], 30)]
     ref = ok[-1]
-    per_round = ref["examples_per_round"] * ref["n_clients"]  # examples per round scale as 1 / N here
+    # the examples a round trains and the clients an evaluation scores, between the sizes that ran:
+    # log-log interpolation of the measured figures (Dirichlet: examples per round fall as 1 / N;
+    # partition sampled: constant; personal_eval auto: N up to 10,000, then 10,000), exact at each size
+    log_n = np.log([float(r["n_clients"]) for r in ok])
+
+    def between(col: str, n: float) -> float:
+        ys = np.array([_finite(r.get(col)) for r in ok])
+        if (ys <= 0).any():
+            return float(np.interp(np.log(n), log_n, ys))
+        return float(np.exp(np.interp(np.log(n), log_n, np.log(ys))))
+
     out_t, out_r, out_m = [], [], []
     for n in ns:
-        row = {**ref, "n_clients": n, "examples_per_round": per_round / n}
+        row = {
+            **ref,
+            "n_clients": n,
+            "examples_per_round": between("examples_per_round", n),
+            "personal_eval_clients": between("personal_eval_clients", n),
+        }
         w = bench_workload(row, coef)
         w = Workload(**{**asdict(w), "n_clients": int(round(n))})
         e = predict(coef, w)

@@ -8,8 +8,9 @@
 The workload: FedAvg, cnn-small, Dirichlet(0.5) label skew (or, with ``--examples-per-client``, partition
 ``sampled``: every client draws that many examples, clients overlap), a fixed cohort (100 clients a round),
 1 local epoch of batch 32 at lr 0.05, one torch thread per actor, ``clients_per_actor: auto`` (one
-client actor per CPU), no personalised evaluation and no evaluation before the last round (the
-runtime always evaluates the last round; ``system.parquet`` is written then). Each N runs as a fresh
+client actor per CPU), evaluation every ``EVAL_EVERY`` = 2 rounds and in the last (rounds 2, 4 and 5
+of five) with ``rounds.personal_eval`` as ``--personal-eval`` says (default ``auto``, what users get:
+every client up to 10,000, a seeded sample of 10,000 above; ``false``: the server model only). Each N runs as a fresh
 ``raysim run`` subprocess that starts its own local Ray, watched from outside by
 :class:`raysim.bench.probe.TreeProbe`.
 
@@ -19,8 +20,10 @@ Per N (``scale.parquet``, one row each):
   directory's ``partition.parquet`` (written the moment set-up ends) minus the launch time, plus
   round 1's ``round_s``; split into ``import_s`` (interpreter, imports, config), ``setup_s`` (data,
   partition, Ray, actors: ``summary.json``'s ``setup_seconds``) and ``first_round_s``;
-- ``median_round_s``: median of ``round_s - evaluate_s`` over rounds 2.. (round 1 warms up, the
-  last one evaluates); ``median_busy_s`` (the busiest actor's time) and ``median_overhead_s``
+- ``median_round_s``: median of ``round_s - evaluate_s`` over rounds 2.. (round 1 warms up);
+  ``median_evaluate_s``: median ``evaluate_s`` of the evaluated rounds from 2 (the server model on
+  the test set + personal evaluation), ``personal_eval_clients`` the clients scored, and
+  ``test_per_client`` their mean local test examples (``partition.parquet``); ``median_busy_s`` (the busiest actor's time) and ``median_overhead_s``
   (round minus busiest actor: the runtime's own cost); ``examples_per_round`` (median);
 - peak RSS of every process of the run's tree, summed by role: driver, server actor, client actors
   (each, and their sum), Ray's own processes (GCS, raylet, agents, idle workers); ``total_rss_mb``
@@ -77,6 +80,7 @@ QUICK_CLIENTS = (20, 100, 400)
 QUICK_ACTOR_COUNTS = (2, 4)
 COHORT = 100
 QUICK_COHORT = 10
+EVAL_EVERY = 2  # evaluated rounds: 2, 4, ... and the last (round 1 warms up, never evaluated)
 
 Log = Callable[[str], None]
 
@@ -89,12 +93,17 @@ def _stderr(msg: str) -> None:
 
 
 def base_config(
-    *, quick: bool, rounds: int, cohort: int | None = None, examples_per_client: int | None = None
+    *,
+    quick: bool,
+    rounds: int,
+    cohort: int | None = None,
+    examples_per_client: int | None = None,
+    personal_eval: bool | str | int | float = "auto",
 ) -> dict[str, Any]:
     """The bench's experiment (sizes and packing are set per run with --set). ``examples_per_client``:
     partition ``sampled`` (every client draws that many examples, clients overlap), so the work of a
     round stays the same at every N and N may exceed the dataset; None: Dirichlet(0.5) over the
-    dataset (clients hold fewer examples as N grows)."""
+    dataset (clients hold fewer examples as N grows). ``personal_eval``: ``rounds.personal_eval``."""
     data: dict[str, Any] = {"dataset": "digits" if quick else "fashion-mnist", "num_clients": 100}
     if examples_per_client is None:
         data.update(partition="dirichlet", alpha=0.5)
@@ -110,8 +119,8 @@ def base_config(
         "rounds": {
             "num_rounds": rounds,
             "clients_per_round": cohort or (QUICK_COHORT if quick else COHORT),
-            "eval_every": 1_000_000,  # only the last round evaluates (the runtime always does)
-            "personal_eval": False,
+            "eval_every": EVAL_EVERY,
+            "personal_eval": personal_eval,
         },
         "resources": {"backend": "ray", "clients_per_actor": "auto", "torch_threads": 1},
         "output": {"dir": "runs", "progress": False},
@@ -311,6 +320,35 @@ def _error_line(text: str) -> str:
 # ------------------------------------------------------------------------------------------ the bench
 
 
+def parse_personal_eval(text: str) -> bool | str | int | float:
+    """``--personal-eval``: all, auto, false (off), a count (an int >= 1) or a fraction in (0, 1],
+    as ``rounds.personal_eval`` takes them; ValueError with the fix otherwise."""
+    t = text.strip().lower()
+    if t in ("all", "true"):
+        return "all"
+    if t == "auto":
+        return "auto"
+    if t in ("false", "off", "none", "no"):
+        return False
+    try:
+        count = int(t.replace("_", ""))
+    except ValueError:
+        pass
+    else:
+        if count >= 1:
+            return count
+    try:
+        frac = float(t)
+    except ValueError:
+        frac = math.nan
+    if 0.0 < frac <= 1.0 and not frac.is_integer():
+        return frac
+    raise ValueError(
+        f"--personal-eval {text!r}: give all, auto, false, a count (an int >= 1) or a fraction in (0, 1) "
+        "such as 0.01"
+    )
+
+
 def cpu_count() -> int:
     import psutil
 
@@ -327,16 +365,19 @@ def run_bench(
     timeout_s: float = 1800.0,
     max_memory_gb: float | None = None,
     examples_per_client: int | None = None,
+    personal_eval: bool | str | int | float = "auto",
     log: Log = _stderr,
 ) -> dict[str, Any]:
     """Run every size and actor count, write the tables, the fit and the plots into ``out``
-    (``examples_per_client``: see :func:`base_config`)."""
+    (``examples_per_client``, ``personal_eval``: see :func:`base_config`)."""
     import psutil
 
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
-    cfg = base_config(quick=quick, rounds=rounds, examples_per_client=examples_per_client)
+    cfg = base_config(
+        quick=quick, rounds=rounds, examples_per_client=examples_per_client, personal_eval=personal_eval
+    )
     config_path = out / "config.yaml"
     config_path.write_text(
         "# the bench's experiment; sizes are set per run with --set (see scale.parquet)\n"
@@ -364,7 +405,8 @@ def run_bench(
         if res.status == "ok":
             log(
                 f"    first round after {row['time_to_first_round_s']:.1f} s (set-up {row['setup_s']:.1f} s), "
-                f"median round {row['median_round_s']:.2f} s, total peak RSS {row['total_rss_mb'] / 1024:.2f} GB, "
+                f"median round {row['median_round_s']:.2f} s + evaluation {row['median_evaluate_s']:.2f} s "
+                f"({row['personal_eval_clients']:,.0f} clients scored), total peak RSS {row['total_rss_mb'] / 1024:.2f} GB, "
                 f"object store {row['object_store_mb']:.0f} MB, {row['actors']} client actor(s)"
             )
     write_table(scale_rows, out / "scale.parquet")

@@ -642,3 +642,29 @@ def test_the_defaults_stay_the_papers_method():
         True,
     )
     assert (p.beta_calibration, p.beta) == ("fixed", 0.8)
+
+
+def test_calibrated_beta_without_groups_is_refused_at_config_time():
+    from raysim.config import ConfigError, config_from_dict
+
+    def raw(data: dict) -> dict:
+        algo = {"name": "ascfl", "beta_calibration": "truth", "positive_incentive": False}
+        return {
+            "data": {"dataset": "digits", "num_clients": 8, **data},
+            "algorithm": algo,
+            "rounds": {"clients_per_round": 4},
+        }
+
+    # a federation with two or more groups: accepted
+    config_from_dict(raw({"partition": "rotation", "num_groups": 2}), "t")
+    for data, why in (
+        ({"partition": "dirichlet", "alpha": 0.5}, "data.partition 'dirichlet' makes no groups"),
+        ({"partition": "rotation", "num_groups": 1}, "data.num_groups=1"),
+    ):
+        with pytest.raises(ConfigError, match="algorithm.beta_calibration: fixed") as err:
+            config_from_dict(raw(data), "t")
+        assert why in str(err.value) and "ground-truth client groups" in str(err.value)
+    # the fixed beta needs no groups
+    config_from_dict(
+        {**raw({"partition": "dirichlet"}), "algorithm": {"name": "ascfl", "positive_incentive": False}}, "t"
+    )

@@ -40,11 +40,13 @@ def host_and_models(select_examples: int | None, seed: int, select_on: str = "tr
     return host, algo, {cluster_key(j): m for j, m in enumerate(models)}
 
 
-@pytest.mark.parametrize("select_examples", [None, 7])
-def test_the_batched_choice_equals_each_clients_select(select_examples):
+@pytest.mark.parametrize(
+    ("select_examples", "select_on"), [(None, "train"), (7, "train"), (None, "val"), (3, "val")]
+)
+def test_the_batched_choice_equals_each_clients_select(select_examples, select_on):
     picked: set[str] = set()
     for seed in range(3):
-        host, algo, broadcast = host_and_models(select_examples, seed)
+        host, algo, broadcast = host_and_models(select_examples, seed, select_on)
         rows = np.arange(len(host.own), dtype=np.int64)
         keys = algo.personal_model_keys(broadcast, _Batch(host, rows))
         batched = [keys.keys[w] for w in keys.which]

@@ -89,8 +89,8 @@ def measure(algorithm: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "train_s": med("train_s"),
         "aggregate_s": med("aggregate_s"),
         "actor_busy_s": med("actor_busy_max_s"),  # the busiest client actor's own time in the round
-        # the same actor work in CPU seconds (the actors' processes), which a loaded machine does
-        # not stretch as it stretches the wall-clock figures: the ratio to read on a shared machine
+        # the same actor work in CPU seconds (the actors' processes), which a loaded machine
+        # stretches far less than the wall-clock figures: the ratio to read on a shared machine
         "actor_cpu_s": med("actor_cpu_max_s"),
         "flush_s": flush,
     }
@@ -152,7 +152,7 @@ def main() -> int:
     )
     for name, r in runs[1:]:
         print(
-            f"{name}: ratio of the busiest actor's CPU seconds to FedAvg's (what load does not inflate): "
+            f"{name}: ratio of the busiest actor's CPU seconds to FedAvg's (what load inflates least): "
             f"{r['actor_cpu_s'] / fedavg['actor_cpu_s']:.2f}x; of the driver's round "
             f"{r['round_wall_s'] / fedavg['round_wall_s']:.2f}x"
         )

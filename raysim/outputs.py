@@ -166,7 +166,7 @@ ROUND_COLUMNS = _cols(
     (
         "actor_cpu_max_s",
         "the largest CPU seconds one client actor's process spent on the round's clients (its work, "
-        "which a loaded machine stretches in actor_busy_max_s but not here)",
+        "which a loaded machine stretches far less than actor_busy_max_s: waiting for a core is not counted)",
         "when actors report it",
     ),
     (

@@ -35,7 +35,8 @@ class HostReply:
     # a new one and has lost its clients' state); empty for in-process hosts
     incarnation: str = ""
     # the host process's CPU seconds over the round (``time.process_time``): its work, which a busy
-    # machine stretches in ``seconds`` but not here
+    # machine stretches far less than ``seconds`` (waiting for a core is not counted; contention
+    # for caches still is)
     cpu_seconds: float = float("nan")
 
 

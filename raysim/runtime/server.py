@@ -389,7 +389,7 @@ class Server:
             m["actor_busy_max_s"] = max(reply.host_seconds)
             m["actor_busy_mean_s"] = float(np.mean(reply.host_seconds))
         cpu = [c for c in reply.host_cpu_seconds if np.isfinite(c)]
-        if cpu:  # the same work in CPU seconds, which a loaded machine does not stretch
+        if cpu:  # the same work in CPU seconds, which a loaded machine stretches far less
             m["actor_cpu_max_s"] = max(cpu)
             m["actor_cpu_mean_s"] = float(np.mean(cpu))
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +70,7 @@ from raysim.reproduce.clustered_tables import (
     plot_memberships,
     rounds_to_frac_of_peak,
 )
+from raysim.reproduce.fair import DEFAULT_TRIALS, FairTuner, tuned_raws, with_tuning
 from raysim.reproduce.harness import (
     Context,
     Run,
@@ -251,7 +253,11 @@ class Ctx(Context):
         if algos is None:
             algos = methods(int(data.get("num_groups", self.scale.num_groups)))
         rounds = None if cohort is None else {"clients_per_round": cohort}
-        raws = [config(self.scale, s, a, data, rounds=rounds) for a in algos.values() for s in self.seeds]
+        # with --tune, each method at its learning rates tuned on seed 0 first (raysim/reproduce/fair.py)
+        make = {
+            k: partial(config, self.scale, algorithm=a, data=data, rounds=rounds) for k, a in algos.items()
+        }
+        raws = tuned_raws(self.tuner, label, make, self.seeds)
         runs = self.runner.run(raws, label)
         n = len(self.seeds)
         return {m: runs[i * n : (i + 1) * n] for i, m in enumerate(algos)}
@@ -628,6 +634,17 @@ def reproduce_clustered(
             min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
         ),
     ] = 1,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="first tune every method's learning rates alike with the sweeps layer of `raysim tune` "
+            "(seed 0, --tune-trials runs each; raysim/reproduce/fair.py), then run it at the chosen values",
+        ),
+    ] = False,
+    tune_trials: Annotated[
+        int, typer.Option(min=2, help="with --tune: runs per method and setting (the same for every method)")
+    ] = DEFAULT_TRIALS,
 ) -> None:
     """Clustered FL on groups with ground truth: FedAvg, CFL, IFCA, AS-CFL, genetic CFL (paper 002)."""
     picked = parse_only(only)
@@ -635,10 +652,16 @@ def reproduce_clustered(
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
-    ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
-    done = run_reproduction(picked, EXPERIMENTS, ctx)
+    tuner = FairTuner(out, tune_trials, jobs, echo_err) if tune else None
+    ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner, tuner=tuner)
+    try:
+        done = run_reproduction(picked, with_tuning(EXPERIMENTS, tuner), ctx)
+    finally:
+        if tuner is not None:
+            tuner.close()
     times, total = done.times, done.total
-    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, done.load)
+    flags = f" --tune --tune-trials {tune_trials}" if tune else ""
+    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, done.load, flags)
     echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
 
@@ -653,10 +676,11 @@ def write_index(
     jobs: int,
     quick: bool,
     load: tuple[float, float],
+    flags: str = "",
 ) -> None:
     quick_flag = " --quick" if quick else ""
     cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{quick_flag}"
-    cmd += only_flag(picked, EXPERIMENTS)
+    cmd += only_flag(picked, EXPERIMENTS) + flags
     lines = [
         "# Clustered FL reproduction (paper 002, AS-CFL; scaled down)",
         "",

@@ -19,7 +19,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,9 @@ class Context:
     seeds: list[int]
     out: Path
     runner: Runner
+    tuner: Any = field(
+        default=None, kw_only=True
+    )  # raysim.reproduce.fair.FairTuner with --tune: each method's lrs tuned first
 
     def folder(self, name: str) -> Path:
         d = self.out / name

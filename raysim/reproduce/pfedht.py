@@ -42,12 +42,14 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
 import typer
 
+from raysim.reproduce.fair import DEFAULT_TRIALS, FairTuner, tuned_raws, with_tuning
 from raysim.reproduce.harness import (
     Context,
     Run,
@@ -246,8 +248,10 @@ class Ctx(Context):
     scale: Scale
 
     def setting(self, data: dict[str, Any], label: str, picked: dict[str, Method]) -> dict[str, list[Run]]:
-        """``picked`` methods over the seeds on one setting, as one batch of runs."""
-        raws = [config(self.scale, s, m, data) for m in picked.values() for s in self.seeds]
+        """``picked`` methods over the seeds on one setting, as one batch of runs (with ``--tune``,
+        each method at its learning rates tuned on seed 0 first: raysim/reproduce/fair.py)."""
+        make = {k: partial(config, self.scale, method=m, data=data) for k, m in picked.items()}
+        raws = tuned_raws(self.tuner, label, make, self.seeds)
         runs = self.runner.run(raws, label)
         n = len(self.seeds)
         return {name: runs[i * n : (i + 1) * n] for i, name in enumerate(picked)}
@@ -542,6 +546,17 @@ def reproduce_pfedht(
             "0.3-0.5 gives each client more classes, so Local is further from the ceiling)",
         ),
     ] = 0.2,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="first tune every method's learning rates alike with the sweeps layer of `raysim tune` "
+            "(seed 0, --tune-trials runs each; raysim/reproduce/fair.py), then run it at the chosen values",
+        ),
+    ] = False,
+    tune_trials: Annotated[
+        int, typer.Option(min=2, help="with --tune: runs per method and setting (the same for every method)")
+    ] = DEFAULT_TRIALS,
 ) -> None:
     """Personalised FL: pFedHT against pFedHN, FedPer, FedAvg*, FedProx*, Local (+ FedBN, FedRoD, pFedMe)."""
     picked = parse_only(only)
@@ -549,12 +564,18 @@ def reproduce_pfedht(
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
-    ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner)
-    done = run_reproduction(picked, EXPERIMENTS, ctx)
+    tuner = FairTuner(out, tune_trials, jobs, echo_err) if tune else None
+    ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner, tuner=tuner)
+    try:
+        done = run_reproduction(picked, with_tuning(EXPERIMENTS, tuner), ctx)
+    finally:
+        if tuner is not None:
+            tuner.close()
     times, total, load = done.times, done.total, done.load
     cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + (" --quick" if quick else "")
     cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha != 0.2 else "")
     cmd += f" --finetune-epochs {finetune_epochs}" if finetune_epochs != 1 else ""
+    cmd += f" --tune --tune-trials {tune_trials}" if tune else ""
     lines = [
         "# pFedHT reproduction (paper 003; scaled down)",
         "",

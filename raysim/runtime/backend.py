@@ -95,6 +95,11 @@ class ServerLost(RuntimeError):
 
 
 class Backend(Protocol):
+    """What the experiment drives. Optional, looked up by name: ``nodes()`` (the cluster's nodes,
+    for environment.json) and ``store_clients(table) -> table`` (a backend that keeps the run's
+    table in shared memory stores it before ``start`` and returns its copy, which the driver keeps
+    instead of its own: ``actors.backend.RayBackend``)."""
+
     def share(self) -> Share:
         """What this backend can use (the cluster, or the share it was given)."""
         ...

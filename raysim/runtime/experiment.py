@@ -16,6 +16,7 @@ is handed in (``backends``; ``raysim.api.experiment`` does it): the core has onl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -148,6 +149,16 @@ class Experiment:
             cfg.resources.backend, self.address or cfg.resources.address, self.share, self.backends
         )
         share = backend.share()
+        # a backend that keeps the table in shared memory (Ray's object store) stores it now and
+        # hands back its copy: the driver keeps that one and frees its own before anything else
+        # starts (10^6 clients: ~280 MB less in the driver's RSS, and its peak)
+        store = getattr(backend, "store_clients", None)
+        if callable(store):
+            stored = store(table)
+            if fed.table is table:
+                fed = dataclasses.replace(fed, table=stored)
+            table = stored
+            self.federation, self.table = fed, table
         n_hosts = max(1, min(len(table), cfg.num_client_actors(share.cpus, share.gpus)))
         host_of = pack_hosts(table.client_ids, table.n_train(), n_hosts)
         # each host's clients as a view of the one table (its client ids): the backends ship the

@@ -409,3 +409,36 @@ def test_sampled_validation_is_each_clients_first_draws(ds: Dataset) -> None:
     for c in fed.clients:
         np.testing.assert_array_equal(c.val_idx, np.sort(draws[c.client_id, :2]))
         np.testing.assert_array_equal(c.train_idx, draws[c.client_id, 2:])
+
+
+# sha256 (first 16 hex digits) of every table array (as int64) and public_idx of partition
+# 'sampled' federations of fake_images(), recorded before issue 21's memory work (int32 draws,
+# test counts in chunks of clients, test keys class by class): these federations must not change
+SAMPLED_DIGESTS = {
+    (30, 4, 20, 0.0): "1e76b66da73eeafe",
+    (257, 0, 50, 0.0): "81c3c0002a051dbc",
+    (1000, 7, 5, 0.2): "952717a32f3108a4",
+    (64, 2, 900, 0.1): "d6558605593d0b05",  # the whole pool each: every row redrawn
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLED_DIGESTS))
+def test_sampled_federations_are_unchanged(
+    case: tuple[int, int, int, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    import raysim.data.partition as P
+
+    monkeypatch.setattr(P, "SAMPLED_CHUNK", 64)  # several chunks of clients in every step
+    n, seed, k, pub = case
+    fed = build_federation(
+        fake_images(), scheme="sampled", num_clients=n, seed=seed, examples_per_client=k, public_fraction=pub
+    )
+    h = hashlib.sha256()
+    for name in ("client_ids", "train_idx", "train_off", "val_idx", "val_off", "test_idx", "test_off"):
+        h.update(np.ascontiguousarray(getattr(fed.table, name), dtype=np.int64).tobytes())
+    for name in ("group", "rotation", "perm_id"):
+        h.update(np.ascontiguousarray(getattr(fed.table, name), dtype=np.int64).tobytes())
+    h.update(np.asarray(fed.public_idx, dtype=np.int64).tobytes())
+    assert h.hexdigest()[:16] == SAMPLED_DIGESTS[case]

@@ -262,6 +262,33 @@ def test_sampled_fits_more_clients_than_examples_each_without_repeats() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
+def _sampled_draws_int64(n: int, k: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """The draw as it was before issue 21's memory work: int64, all rows at once."""
+    draws = rng.integers(0, n, size=(k, m), dtype=np.int64)
+    s = np.sort(draws, axis=1)
+    for i in np.flatnonzero((s[:, 1:] == s[:, :-1]).any(axis=1)):
+        draws[i] = rng.choice(n, size=m, replace=False)
+    return draws
+
+
+@pytest.mark.parametrize(
+    "n,k,m,seed",
+    [(60_000, 3_000, 50, 0), (100, 500, 30, 1), (7, 40, 7, 2), (1, 3, 1, 3), (5_000, 70_001, 3, 4)],
+)
+def test_sampled_draws_in_int32_are_the_int64_draws(
+    n: int, k: int, m: int, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draws are int32 (half the memory at 10^6 clients) and the same numbers as the int64
+    draw, repeats redrawn in the same order, and the generator left in the same state; also when
+    the repeat check runs over several chunks of rows."""
+    monkeypatch.setattr(P, "SAMPLED_CHUNK", 1 << 10)
+    a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+    got = P.sampled_draws(n, k, m, a)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, _sampled_draws_int64(n, k, m, b))
+    assert a.bit_generator.state == b.bit_generator.state
+
+
 def test_sampled_rejects_impossible_sizes() -> None:
     with pytest.raises(ValueError, match="between 1 and the 10 examples"):
         P.sampled(10, 5, 11, np.random.default_rng(0))

@@ -169,6 +169,17 @@ ROUND_COLUMNS = _cols(
     ("train_s", "seconds from dispatch until the last client result came back"),
     ("actor_busy_max_s", "the busiest client actor's seconds of work this round", "when actors report it"),
     ("actor_busy_mean_s", "the mean client actor's seconds of work this round", "when actors report it"),
+    (
+        "actor_cpu_max_s",
+        "the largest CPU seconds one client actor's process spent on the round's clients (its work, "
+        "which a loaded machine stretches far less than actor_busy_max_s: waiting for a core is not counted)",
+        "when actors report it",
+    ),
+    (
+        "actor_cpu_mean_s",
+        "the mean client actor's CPU seconds on the round's clients",
+        "when actors report it",
+    ),
     ("aggregate_s", "seconds in the algorithm's aggregate"),
     ("evaluate_s", "seconds evaluating (0 in rounds without evaluation)"),
     ("round_s", "the whole round's wall-clock seconds"),

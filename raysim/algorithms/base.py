@@ -474,8 +474,15 @@ class ClientContext(Protocol):
         buffers: Mapping[str, np.ndarray] | None = None,
         adapter: Any = None,  # (scale, shift) input map trained with the model (DSAC eq. 10); None: none
     ) -> Any: ...
+    # ``limit``: score on at most that many of the split's examples, a fixed evenly spaced subset
+    # (``subset_positions``); None: all of them
     def evaluate(
-        self, params: Params, split: str = "val", *, buffers: Mapping[str, np.ndarray] | None = None
+        self,
+        params: Params,
+        split: str = "val",
+        *,
+        buffers: Mapping[str, np.ndarray] | None = None,
+        limit: int | None = None,
     ) -> Any: ...
     def embed(self, params: Params) -> np.ndarray: ...
 
@@ -601,9 +608,24 @@ class ClientBatch(Protocol):
     client_ids: np.ndarray  # int64, sorted
     stateless: np.ndarray  # bool per client: its persistent state is empty (it never trained, or keeps none)
 
-    def evaluate(self, params: Params, split: str = "val") -> BatchEval:
-        """``params`` on every client's ``split`` ("train", "val", "test") in one batched pass."""
+    def evaluate(self, params: Params, split: str = "val", *, limit: int | None = None) -> BatchEval:
+        """``params`` on every client's ``split`` ("train", "val", "test") in one batched pass
+        (``limit``: on each client's ``subset_positions`` of it, as ``ClientContext.evaluate``)."""
         ...
+
+
+def subset_positions(n: int | np.ndarray, limit: int | None) -> np.ndarray:
+    """The positions, within a split of ``n`` examples, that a score with ``limit`` reads: all
+    of them when ``limit`` is None or >= n, else ``limit`` evenly spaced ones, (i * n) // limit for
+    i < limit (a fixed subset, no randomness; spread over the split whatever order it is in).
+    ``n`` an array: the positions of every split, concatenated."""
+    sizes = np.atleast_1d(np.asarray(n, dtype=np.int64))
+    take = sizes if limit is None else np.minimum(sizes, int(limit))
+    ends = np.cumsum(take)
+    k = np.arange(int(take.sum()), dtype=np.int64) - np.repeat(ends - take, take)
+    if limit is None:
+        return k
+    return (k * np.repeat(sizes, take)) // np.maximum(np.repeat(take, take), 1)
 
 
 PER_CLIENT = -1  # PersonalKeys.which: the client is scored through ``personal_params``

@@ -20,6 +20,14 @@ choices are decided by the noise.
 Cluster choice (``select_on``): ``train`` (the default, as the paper: the empirical loss the client
 trains on) or ``val`` (its validation split, an option; cheaper: one pass over a smaller split).
 
+Cost of the choice (``select_examples``). Scoring k models is k forward passes over the client's
+``select_on`` split; with the training split and one local epoch that is about k/3 of the training's
+own arithmetic (a training step is a forward and a backward pass), so at k = 4 a client costs about
+twice what FedAvg's does (docs/scaling.md, "IFCA"). ``select_examples: N`` scores every model on a
+fixed, evenly spaced subset of at most N of the split's examples (``subset_positions``; the same
+subset for every model and every round) instead: an option, not the paper's rule (the choice is made
+on a smaller sample and can differ from the full split's), off by default.
+
 Linearity: the server update is a per-key sum, so client actors pre-sum per model key
 (``sum_by_key``), bit-identically for any packing. Which cluster each client chose (for the
 clustering metrics and the ``cluster`` column) comes from the per-client results that reach
@@ -35,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -98,6 +106,9 @@ class IFCAParams(AlgoParams):
     init: Literal["independent", "perturbed"] = "independent"
     init_noise: Annotated[float, Field(ge=0)] = 0.01  # "perturbed": std of the noise
     select_on: Literal["train", "val"] = "train"  # the split each client scores the k models on
+    # score the k models on at most this many of the split's examples (a fixed evenly spaced
+    # subset); None: all of them (the paper)
+    select_examples: Annotated[int, Field(ge=1)] | None = None
     central_lr: Annotated[float, Field(gt=0)] = 1.0
 
 
@@ -195,10 +206,16 @@ class IFCA(Algorithm):
         """The cluster key whose model has the lowest loss on the client's ``select_on`` split.
         With ``select_on="val"`` and an empty validation split, the training split decides."""
         keys = [k for k in self.keys() if k in broadcast]
-        split = self.p.select_on
-        evals = [client.evaluate(broadcast[k], split) for k in keys]
-        if split == "val" and evals and evals[0].n == 0:
-            evals = [client.evaluate(broadcast[k], "train") for k in keys]
+        limit = self.p.select_examples
+
+        def score(key: str, split: str) -> Any:
+            if limit is None:  # only an explicit subset passes the keyword (a hand-made context may lack it)
+                return client.evaluate(broadcast[key], split)
+            return client.evaluate(broadcast[key], split, limit=limit)
+
+        evals = [score(k, self.p.select_on) for k in keys]
+        if self.p.select_on == "val" and evals and evals[0].n == 0:
+            evals = [score(k, "train") for k in keys]
         return keys[pick_cluster([e.loss for e in evals])]
 
     def client_update(self, task: ClientTask, params: Params, client: ClientContext) -> ClientResult:
@@ -225,11 +242,12 @@ class IFCA(Algorithm):
         if not keys:
             return PersonalKeys.per_client(len(clients.client_ids))
         split = self.p.select_on
-        evals = [clients.evaluate(broadcast[k], split) for k in keys]
+        limit = self.p.select_examples
+        evals = [clients.evaluate(broadcast[k], split, limit=limit) for k in keys]
         losses = np.stack([e.loss for e in evals])
         empty = evals[0].n == 0
         if split == "val" and empty.any():
-            on_train = np.stack([clients.evaluate(broadcast[k], "train").loss for k in keys])
+            on_train = np.stack([clients.evaluate(broadcast[k], "train", limit=limit).loss for k in keys])
             losses[:, empty] = on_train[:, empty]
         pick = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=0)  # ties: lowest, as pick_cluster
         return PersonalKeys(keys=tuple(keys), which=pick.astype(np.int64))

@@ -35,6 +35,7 @@ from raysim.algorithms.base import (
     LinearSum,
     LocalHParams,
     UpdateTooLarge,
+    subset_positions,
     sum_by_key,
 )
 from raysim.data.federation import ShardTable, TableView
@@ -141,6 +142,7 @@ class _Context:
         adapter: Any = None,
         *,
         buffers: Mapping[str, np.ndarray] | None = None,
+        limit: int | None = None,
     ) -> EvalResult:
         c, h = self._c, self._host
         if split == "val":
@@ -151,6 +153,9 @@ class _Context:
             x, idx, y = h.x_train, c.train_idx, c.y_train
         else:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if limit is not None and len(idx) > limit:
+            pos = subset_positions(len(idx), limit)
+            idx, y = idx[pos], y[pos]
         return h.trainer.evaluate(
             params, x, y, idx=idx, rotation=c.rotation, adapter=adapter, buffers=buffers
         )
@@ -310,7 +315,7 @@ class ClientHost:
         broadcast: Mapping[str, np.ndarray],
         cancelled: Callable[[], bool] | None,
     ) -> HostReply:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.staged = {}
         self.staged_singles = {}
         self.staged_round = round_idx
@@ -388,6 +393,7 @@ class ClientHost:
             errors=errors,
             seconds=time.perf_counter() - t0,
             transfer_bytes=nbytes,
+            cpu_seconds=time.process_time() - c0,
         )
 
     def withdraw(self, round_idx: int, client_ids: Sequence[int]) -> list[LinearSum]:
@@ -505,22 +511,29 @@ class ClientHost:
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
 
     def score_batch(
-        self, rows: np.ndarray, split: str, params: Sequence[Params], model: np.ndarray
+        self,
+        rows: np.ndarray,
+        split: str,
+        params: Sequence[Params],
+        model: np.ndarray,
+        limit: int | None = None,
     ) -> BatchEval:
         """Own clients ``rows`` (of the ShardTable) on their ``split``, client i with
         ``params[model[i]]`` (``model[i] < 0``: not scored, zeros), in one pass per (model, input
         rotation): the union of the examples needed, in whole fixed blocks of ``EVAL_BLOCK``
         dataset indices (sorted), so that an example's result never depends on what else is
         evaluated; then per-example correctness and float32 loss in each client's label space,
-        summed per client (``np.bincount``: in each client's own example order)."""
+        summed per client (``np.bincount``: in each client's own example order). ``limit``: each
+        client's ``subset_positions`` of its split only."""
         x, y_all, flat, off = self._split(split)
         m = len(rows)
         starts = off[rows]
-        lens = np.where(model >= 0, off[rows + 1] - starts, 0)
+        sizes = np.where(model >= 0, off[rows + 1] - starts, 0)
+        lens = sizes if limit is None else np.minimum(sizes, int(limit))
         total = int(lens.sum())
         owner = np.repeat(np.arange(m, dtype=np.int64), lens)
         ends = np.cumsum(lens)
-        within = np.arange(total, dtype=np.int64) - np.repeat(ends - lens, lens)
+        within = subset_positions(sizes, limit)  # 0..len-1 for each client without a limit
         ex = flat[np.repeat(starts, lens) + within]
         y = np.asarray(y_all[ex], dtype=np.int64)
         pid = self.own.perm_id[rows][owner]
@@ -538,7 +551,8 @@ class ClientHost:
                     True,
                     self.spec.seed,
                 )
-                y[ends[i] - lens[i] : ends[i]] = ytr if split == "train" else yva
+                mine = within[ends[i] - lens[i] : ends[i]]
+                y[ends[i] - lens[i] : ends[i]] = (ytr if split == "train" else yva)[mine]
         rot = self.own.rotation[rows][owner]
         group = model[owner] * 4 + rot
         loss = np.zeros(total, dtype=np.float64)
@@ -599,9 +613,9 @@ class _Batch:
         with_state = np.fromiter(host.state.keys(), dtype=np.int64, count=len(host.state))
         self.stateless = ~np.isin(self.client_ids, with_state)
 
-    def evaluate(self, params: Params, split: str = "val") -> BatchEval:
+    def evaluate(self, params: Params, split: str = "val", *, limit: int | None = None) -> BatchEval:
         model = np.zeros(len(self._rows), dtype=np.int64)
-        return self._host.score_batch(self._rows, split, [params], model)
+        return self._host.score_batch(self._rows, split, [params], model, limit)
 
 
 def client_error(client_id: int, exc: BaseException) -> ClientError:

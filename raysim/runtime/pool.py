@@ -34,6 +34,10 @@ class HostReply:
     # which process of the host answered (a Ray actor restarted by Ray or by the pool answers with
     # a new one and has lost its clients' state); empty for in-process hosts
     incarnation: str = ""
+    # the host process's CPU seconds over the round (``time.process_time``): its work, which a busy
+    # machine stretches far less than ``seconds`` (waiting for a core is not counted; contention
+    # for caches still is)
+    cpu_seconds: float = float("nan")
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +89,7 @@ class PoolReply:
     transfer_bytes_up: int
     lost_clients: list[int] = field(default_factory=list)  # clients whose actor died for good
     host_seconds: list[float] = field(default_factory=list)  # busy time of each actor that replied
+    host_cpu_seconds: list[float] = field(default_factory=list)  # and its CPU seconds (HostReply.cpu_seconds)
     partial_hosts: list[int] = field(default_factory=list)  # the host of each entry of ``partials``
     host_clients: dict[int, list[int]] = field(default_factory=dict)  # accepted clients by host
 
@@ -256,6 +261,7 @@ class ReplyCollector:
         self.errors: list[ClientError] = []
         self.nbytes = 0
         self.busy: list[float] = []
+        self.cpu: list[float] = []
         self.lost: list[int] = []
         self.partial_hosts: list[int] = []
         self.host_clients: dict[int, list[int]] = {}
@@ -268,6 +274,7 @@ class ReplyCollector:
         self.errors += reply.errors
         self.nbytes += reply.transfer_bytes
         self.busy.append(reply.seconds)
+        self.cpu.append(reply.cpu_seconds)
         self.partials += reply.partials
 
     def drop(self, tasks: Sequence[ClientTask], reason: str) -> None:
@@ -285,6 +292,7 @@ class ReplyCollector:
             train_s=train_s,
             transfer_bytes_up=self.nbytes,
             host_seconds=self.busy,
+            host_cpu_seconds=self.cpu,
             lost_clients=self.lost,
             partial_hosts=self.partial_hosts,
             host_clients=self.host_clients,

@@ -388,6 +388,10 @@ class Server:
         if reply.host_seconds:  # train_s minus the slowest actor's busy time is the runtime's overhead
             m["actor_busy_max_s"] = max(reply.host_seconds)
             m["actor_busy_mean_s"] = float(np.mean(reply.host_seconds))
+        cpu = [c for c in reply.host_cpu_seconds if np.isfinite(c)]
+        if cpu:  # the same work in CPU seconds, which a loaded machine stretches far less
+            m["actor_cpu_max_s"] = max(cpu)
+            m["actor_cpu_mean_s"] = float(np.mean(cpu))
 
         t1 = time.perf_counter()
         # every accepted client's result (its update may be inside a pre-summed partial)

@@ -45,3 +45,10 @@ def test_a_host_profiles_its_training_calls_into_the_folder_when_asked(tmp_path,
     for a, b in zip(replies, plain, strict=True):
         np.testing.assert_array_equal(a.partials[0].fixed_delta, b.partials[0].fixed_delta)
     assert not (tmp_path / "unused").exists()
+
+
+def test_a_host_reports_its_cpu_seconds_beside_its_busy_time(tmp_path, monkeypatch):
+    """HostReply.cpu_seconds (rounds.parquet's actor_cpu_max_s): the work, which load does not stretch."""
+    for r in _run_digits_host(tmp_path, monkeypatch, profile=False):
+        assert 0 < r.cpu_seconds and np.isfinite(r.cpu_seconds)
+        assert r.seconds > 0

@@ -211,6 +211,11 @@ class ModelConfig(BaseModel):
         return _plugin_params("models", self.name, self.params)  # type: ignore[no-any-return]
 
 
+# local.* knobs that schedule the rounds rather than describe one fit: the round loop applies them
+# (Experiment.round_hparams), so the fit record (algorithms.base.LocalHParams) does not carry them
+ROUND_SCHEDULE = ("lr_decay",)
+
+
 class LocalConfig(_Section):
     """Client-side training knobs (the design's local_* knobs)."""
 
@@ -226,6 +231,11 @@ class LocalConfig(_Section):
     # m(x) the softmax output, summed over classes and averaged over examples. Evaluation losses
     # (test_loss, val_loss) stay cross-entropy so that runs with either loss are comparable.
     loss: Literal["cross_entropy", "squared_error"] = "cross_entropy"
+    # a per-round learning-rate decay for every algorithm's clients: round t trains at
+    # lr * lr_decay ** (t - 1) (lr: local.lr or a set_hparams override). 1.0 (the default): no decay.
+    # Paper 002's budget is lr 0.1 with 0.99. Applied by the round loop (Experiment.round_hparams),
+    # on top of anything an algorithm does itself (ascfl's own algorithm.lr_decay compounds with it).
+    lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     @model_validator(mode="after")
     def _a_valid_record(self) -> LocalConfig:

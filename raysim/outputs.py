@@ -142,6 +142,12 @@ ROUND_COLUMNS = _cols(
     ("train_loss", "mean final training loss of the clients that finished this round"),
     ("aggregated_clients", "clients whose updates the algorithm aggregated"),
     ("cohort", "clients asked to train this round"),
+    (
+        "lr",
+        "the learning rate the round's clients were given: local.lr (or its override) x "
+        "local.lr_decay^(round-1), before anything an algorithm changes per client",
+        "local.lr_decay < 1",
+    ),
     ("completed", "clients whose results came back"),
     ("dropouts", "clients of the cohort that failed, missed rounds.deadline_s or were quarantined"),
     (

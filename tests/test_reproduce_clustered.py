@@ -80,6 +80,9 @@ def test_quick_reproduction_writes_every_table_and_reuses_runs(tmp_path):
     ifca_rows = [line.split("|") for line in ifca.splitlines() if line.startswith("| ") and "±" in line]
     assert [r[1].strip() for r in ifca_rows] == list(ifca_variants(4))
     md1 = (out / "1_rotation" / "table.md").read_text()
+    # 3 rounds: no early column, and the criterion refuses to judge so few points (issue 22)
+    assert all(c[-1] == "too few points (3 evaluated rounds < 2 × 5)" for c in main_table(md1).values())
+    assert "horizon 3 is NOT adequate" in md1 and "Convergence criterion:" in md1
     dp = md1.split("### Differential privacy")[1]
     dp_rows = [line.split("|") for line in dp.splitlines() if line.startswith("| AS-CFL + DP (C = ")]
     assert len(dp_rows) == 2

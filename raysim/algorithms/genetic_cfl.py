@@ -342,8 +342,9 @@ class GeneticCFL(Algorithm):
 
     def ignored_config_keys(self) -> frozenset[str]:
         """The per-client lr and batch size replace local.lr and local.batch_size in every task,
-        ``optimizer`` replaces local.optimizer, and ``epochs`` (unless null) local.epochs."""
-        keys = {"local.lr", "local.batch_size", "local.optimizer"}
+        ``optimizer`` replaces local.optimizer, and ``epochs`` (unless null) local.epochs. The
+        per-client lr replaces the round's decayed lr too, so local.lr_decay does not reach it."""
+        keys = {"local.lr", "local.lr_decay", "local.batch_size", "local.optimizer"}
         if self.p.epochs is not None:
             keys.add("local.epochs")
         return frozenset(keys)

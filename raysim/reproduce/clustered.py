@@ -3,6 +3,7 @@
     raysim reproduce clustered --seeds 3 --jobs 2 --out results/clustered   # full scale (Fashion-MNIST)
     raysim reproduce clustered --only 1 --seeds 3                           # a subset
     raysim reproduce clustered --quick --seeds 1                            # digits, a CI smoke test
+    raysim reproduce clustered --scale converge --only 1 --seeds 3 --jobs 2 # AS-CFL at the paper's budget
 
 Five methods (FedAvg, CFL, IFCA, AS-CFL, genetic CFL) on federations with ground-truth client groups:
 
@@ -20,6 +21,12 @@ Five methods (FedAvg, CFL, IFCA, AS-CFL, genetic CFL) on federations with ground
 5. ``5_ablation``: AS-CFL's switches one at a time at the focus alpha (similarity layers, the
    low-rank factorisation, the positive incentive, the dynamic adjustment, beta calibrated from the
    true partition), and IFCA's initialisation and cluster-choice options against its reference.
+
+Horizon (issue 22): experiment 1's table says where each method's mean curve flattened
+(``harness.flattening``: the last W = 5 evaluated rounds vs the 5 before, < 0.5 points, to the end),
+whether the top 3 methods all flattened before the last round (else "NOT adequate"), and, at
+horizons over 12 rounds, the round-12 accuracy of the same runs. ``--scale converge`` is AS-CFL's
+paper budget (cnn-small, 10 epochs, lr 0.1 x 0.99 a round via ``local.lr_decay``, 100 rounds).
 
 Every method of a setting gets the same config apart from its ``algorithm`` section: the same data
 section (so the same shards, public split included), the same seed (so the same initial model and,
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,22 +79,32 @@ from raysim.reproduce.clustered_tables import (
 )
 from raysim.reproduce.fair import DEFAULT_TRIALS, FairTuner, tuned_raws, with_tuning
 from raysim.reproduce.harness import (
+    EARLY_ROUND,
+    FLAT_DELTA,
     Context,
+    Flat,
     Run,
     Runner,
     ci,
     ci_or,
+    criterion_text,
     echo_err,
+    horizon_cells,
+    horizon_header,
+    horizon_verdict,
     images_md,
     index_sections,
     load_note,
+    method_flattening,
     only_flag,
     paired_p,
     parse_experiments,
+    pick_scale,
     plot_bars,
     plot_curves,
     reproduce_app,
     run_reproduction,
+    scale_flag,
     table,
 )
 
@@ -118,6 +135,13 @@ class Scale:
     gen_cohort: int = 30
     gen_rounds: int = 10
     gen_model: str = "cnn-small"
+    # every method's clients train round t at lr * lr_decay^(t-1) (local.lr_decay; 1.0: no decay,
+    # and then the key is left out of the configs, so runs made before it existed are reused)
+    lr_decay: float = 1.0
+    # the convergence criterion's window W, in evaluated rounds (every round here; harness.flattening)
+    flat_window: int = 5
+    # experiment 1's side tables at the focus alpha (10% dropout: every method again; AS-CFL + DP)
+    side_rows: bool = True
 
 
 SCALES: dict[str, Scale] = {
@@ -155,6 +179,32 @@ SCALES: dict[str, Scale] = {
         batch=32,
         public_fraction=0.05,
         alphas=(0.8, 0.6, 0.4),
+        focus_alpha=0.6,
+        big_clients=100,
+        big_cohort=20,
+        num_groups=4,
+    ),
+    # issue 22: AS-CFL at the paper's training budget in the rotated setting: CNN (cnn-small), 10 local
+    # epochs, lr 0.1 decaying 0.99 a round (local.lr_decay, every method alike), 20 clients all
+    # training; experiment 1 at the focus alpha only, without its dropout and DP side tables (each
+    # would cost as much again). 100 rounds is the paper's horizon; --rounds shortens it. Measured on
+    # the shared 2-core machine (load ~24): one round of AS-CFL here took 171 CPU-seconds (setup
+    # included; 667 s of wall time at that load), so a 100-round run is ~4.6 h of one idle core and
+    # experiment 1 (5 methods x 3 seeds) ~34 h with --jobs 2 on 2 idle cores (~10 h at --rounds 30).
+    "converge": Scale(
+        name="converge",
+        dataset="fashion-mnist",
+        model="cnn-small",
+        num_clients=20,
+        cohort=20,
+        rounds=100,
+        epochs=10,
+        lr=0.1,
+        lr_decay=0.99,
+        side_rows=False,
+        batch=32,
+        public_fraction=0.05,
+        alphas=(0.6,),
         focus_alpha=0.6,
         big_clients=100,
         big_cohort=20,
@@ -222,7 +272,12 @@ def config(
         "data": {"dataset": sc.dataset, "public_fraction": sc.public_fraction, **data},
         "model": {"name": sc.model},
         "algorithm": dict(algorithm),
-        "local": {"epochs": sc.epochs, "batch_size": sc.batch, "lr": sc.lr},
+        "local": {
+            "epochs": sc.epochs,
+            "batch_size": sc.batch,
+            "lr": sc.lr,
+            **({"lr_decay": sc.lr_decay} if sc.lr_decay != 1.0 else {}),
+        },
         "rounds": {
             "num_rounds": sc.rounds,
             "clients_per_round": sc.cohort,
@@ -274,15 +329,79 @@ def exp1_rotation(c: Ctx) -> str:
     rows: list[list[Any]] = []
     arows: list[list[Any]] = []
     focus: dict[str, list[Run]] = {}
+    flats: dict[str, dict[str, Flat]] = {}
+    verdicts: list[str] = []
     for alpha in sc.alphas:
         data = rotation_data(sc.num_clients, alpha, sc.num_groups)
         by = c.setting(data, f"1 alpha={alpha}")
         title = f"α = {alpha}"
         panels[title] = by
-        rows += main_rows(title, by)
+        flats[title] = method_flattening(by, "personal_accuracy", sc.flat_window)
+        verdicts.append(f"- **{title}**: " + horizon_verdict(by, flats[title], "personal_accuracy"))
+        extra = horizon_cells(sc.rounds, by, flats[title])
+        rows += [[*row, *extra[row[1]]] for row in main_rows(title, by)]
         arows += ascfl_rows(title, by)
         if alpha == sc.focus_alpha:
             focus = by
+    plot_curves(
+        d / "accuracy.png",
+        panels,
+        "personal_accuracy",
+        "personal accuracy (own cluster model)",
+        flats=flats,
+    )
+    plot_curves(
+        d / "ari.png",
+        {t: {m: v for m, v in by.items() if m != FEDAVG} for t, by in panels.items()},
+        "cluster_ari",
+        "ARI vs rotation groups",
+    )
+    members = plot_memberships(
+        d, {m: v for m, v in focus.items() if m in CLUSTERED}, f"alpha{sc.focus_alpha}"
+    )
+    md = (
+        f"## 1. Rotated {sc.dataset}: {sc.num_clients} clients in {sc.num_groups} rotation groups × "
+        "Dirichlet α (paper 002, Section 4.1)\n\n"
+        f"Groups rotate their images by 0/90/180/270°; inside each group labels follow Dirichlet(α). "
+        f"{sc.cohort} of {sc.num_clients} clients a round, {sc.rounds} rounds, {sc.model}, {sc.epochs} local "
+        f"epoch(s) at lr {sc.lr}{decay_text(sc)}, batch {sc.batch}. Personal acc: each client's own (cluster) model on its "
+        "local test split (rotated like its training data), last round, example-weighted over clients. "
+        "Rounds to 90% of peak: first round the personal-accuracy curve reaches 90% of its own maximum. "
+        "ARI / NMI: final clustering vs the rotation groups; stability: mean Jaccard of memberships between "
+        "consecutive rounds; uplink: bytes uploaded per round as transported (dense float32). p: paired "
+        "t-test against FedAvg on the same seeds. "
+        + (
+            f"Early: the same runs' personal accuracy at round {EARLY_ROUND} (no extra runs). "
+            if sc.rounds > EARLY_ROUND
+            else ""
+        )
+        + f"Flattened by round: where the method's mean curve flattened (W = {sc.flat_window} evaluated "
+        f"rounds, δ = {FLAT_DELTA * 100:g} points; criterion and verdict below the table; triangles in "
+        "the plot).\n\n"
+        + table(MAIN_HEADER + horizon_header(sc.rounds), rows)
+        + "\n\n#### Horizon: have the leaders' curves flattened?\n\n"
+        + criterion_text(sc.flat_window)
+        + "\n\n"
+        + "\n".join(verdicts)
+        + "\n\n### AS-CFL's claims: rounds vs CFL, low-rank uplink\n\n"
+        "The paper reports ~20% fewer rounds than CFL to 90% of peak accuracy and uplink 28.3 → 19.8 MB "
+        "per round with low-rank updates. AS-CFL's uplink is its own accounting from the array sizes: "
+        "every update dense vs the output-layer weight sent as rank-r factors (r keeps 95% of its energy).\n\n"
+        + table(ASCFL_HEADER, arows)
+    )
+    imgs = ["accuracy.png", "ari.png", *members]
+    if sc.side_rows:
+        side, side_imgs = dropout_and_dp(c, d, focus)
+        md += side
+        imgs += side_imgs
+    (d / "table.md").write_text(md + "\n\n" + images_md(imgs) + "\n")
+    return md
+
+
+def dropout_and_dp(c: Ctx, d: Path, focus: dict[str, list[Run]]) -> tuple[str, list[str]]:
+    """Experiment 1's side tables at the focus alpha: 10% random dropout (every method) and AS-CFL with
+    the paper's differential privacy; their Markdown and PNGs."""
+    sc = c.scale
     # 10% random dropout at the focus alpha: a random 90% of the cohort trains each round
     data = rotation_data(sc.num_clients, sc.focus_alpha, sc.num_groups)
     drop_cohort = max(1, round(0.9 * sc.cohort))
@@ -307,16 +426,6 @@ def exp1_rotation(c: Ctx) -> str:
     for name, over in ASCFL_DP.items():
         runs = c.setting(data, f"1 {name}", algos={name: {**methods(sc.num_groups)[ASCFL], **over}})[name]
         dp_rows.append(dp_row(name, runs))
-    plot_curves(d / "accuracy.png", panels, "personal_accuracy", "personal accuracy (own cluster model)")
-    plot_curves(
-        d / "ari.png",
-        {t: {m: v for m, v in by.items() if m != FEDAVG} for t, by in panels.items()},
-        "cluster_ari",
-        "ARI vs rotation groups",
-    )
-    members = plot_memberships(
-        d, {m: v for m, v in focus.items() if m in CLUSTERED}, f"alpha{sc.focus_alpha}"
-    )
     plot_bars(
         d / "dropout.png",
         [f"{m}\n{lab}" for m in dropped for lab in ("all", "10% drop")],
@@ -331,23 +440,7 @@ def exp1_rotation(c: Ctx) -> str:
         "personal accuracy",
     )
     md = (
-        f"## 1. Rotated {sc.dataset}: {sc.num_clients} clients in {sc.num_groups} rotation groups × "
-        "Dirichlet α (paper 002, Section 4.1)\n\n"
-        f"Groups rotate their images by 0/90/180/270°; inside each group labels follow Dirichlet(α). "
-        f"{sc.cohort} of {sc.num_clients} clients a round, {sc.rounds} rounds, {sc.model}, {sc.epochs} local "
-        f"epoch(s) at lr {sc.lr}, batch {sc.batch}. Personal acc: each client's own (cluster) model on its "
-        "local test split (rotated like its training data), last round, example-weighted over clients. "
-        "Rounds to 90% of peak: first round the personal-accuracy curve reaches 90% of its own maximum. "
-        "ARI / NMI: final clustering vs the rotation groups; stability: mean Jaccard of memberships between "
-        "consecutive rounds; uplink: bytes uploaded per round as transported (dense float32). p: paired "
-        "t-test against FedAvg on the same seeds.\n\n"
-        + table(MAIN_HEADER, rows)
-        + "\n\n### AS-CFL's claims: rounds vs CFL, low-rank uplink\n\n"
-        "The paper reports ~20% fewer rounds than CFL to 90% of peak accuracy and uplink 28.3 → 19.8 MB "
-        "per round with low-rank updates. AS-CFL's uplink is its own accounting from the array sizes: "
-        "every update dense vs the output-layer weight sent as rank-r factors (r keeps 95% of its energy).\n\n"
-        + table(ASCFL_HEADER, arows)
-        + f"\n\n### 10% random dropout (α = {sc.focus_alpha})\n\n"
+        f"\n\n### 10% random dropout (α = {sc.focus_alpha})\n\n"
         f"Emulated: a uniformly random {drop_cohort} of the {sc.cohort} clients train each round (raysim has "
         "no random-dropout knob; see the module docstring). p: paired t-test, dropout vs no dropout. "
         "The paper: AS-CFL 0.905 with dropout vs 0.908 without.\n\n"
@@ -379,9 +472,11 @@ def exp1_rotation(c: Ctx) -> str:
             dp_rows,
         )
     )
-    imgs = ["accuracy.png", "ari.png", "dropout.png", *members]
-    (d / "table.md").write_text(md + "\n\n" + images_md(imgs) + "\n")
-    return md
+    return md, ["dropout.png"]
+
+
+def decay_text(sc: Scale) -> str:
+    return f" decaying ×{sc.lr_decay:g} a round" if sc.lr_decay != 1.0 else ""
 
 
 def exp2_rotation_many(c: Ctx) -> str:
@@ -634,6 +729,19 @@ def reproduce_clustered(
             min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
         ),
     ] = 1,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="full (mlp, 15 rounds, 1 epoch), quick (= --quick) or converge (AS-CFL's paper budget: "
+            "cnn-small, 10 epochs, lr 0.1 x 0.99 a round, 100 rounds; use with --only 1)"
+        ),
+    ] = "full",
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="the horizon in rounds (default: the scale's; e.g. 30 with --scale converge)"
+        ),
+    ] = None,
     tune: Annotated[
         bool,
         typer.Option(
@@ -648,7 +756,9 @@ def reproduce_clustered(
 ) -> None:
     """Clustered FL on groups with ground truth: FedAvg, CFL, IFCA, AS-CFL, genetic CFL (paper 002)."""
     picked = parse_only(only)
-    sc = SCALES["quick" if quick else "full"]
+    sc = SCALES[pick_scale(scale, quick, SCALES)]
+    if rounds is not None:
+        sc = replace(sc, rounds=rounds)
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
@@ -661,7 +771,7 @@ def reproduce_clustered(
             tuner.close()
     times, total = done.times, done.total
     flags = f" --tune --tune-trials {tune_trials}" if tune else ""
-    write_index(out, sc, seeds, picked, times, total, runner, jobs, quick, done.load, flags)
+    write_index(out, sc, seeds, picked, times, total, runner, jobs, rounds, done.load, flags)
     echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 
 
@@ -674,12 +784,12 @@ def write_index(
     total: float,
     runner: Runner,
     jobs: int,
-    quick: bool,
+    rounds: int | None,
     load: tuple[float, float],
     flags: str = "",
 ) -> None:
-    quick_flag = " --quick" if quick else ""
-    cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{quick_flag}"
+    cmd = f"raysim reproduce clustered --seeds {seeds} --jobs {jobs} --out {out}{scale_flag(sc.name)}"
+    cmd += f" --rounds {rounds}" if rounds is not None else ""
     cmd += only_flag(picked, EXPERIMENTS) + flags
     lines = [
         "# Clustered FL reproduction (paper 002, AS-CFL; scaled down)",
@@ -688,7 +798,7 @@ def write_index(
         "",
         f"Scale `{sc.name}`: {sc.dataset}, model {sc.model}, {sc.num_clients} clients ({sc.cohort} a round; "
         f"{sc.big_clients} clients, {sc.big_cohort} a round, in experiment 2), {sc.rounds} rounds, "
-        f"{sc.epochs} local epoch(s), lr {sc.lr}, batch {sc.batch}, {sc.num_groups} ground-truth groups, "
+        f"{sc.epochs} local epoch(s), lr {sc.lr}{decay_text(sc)}, batch {sc.batch}, {sc.num_groups} ground-truth groups, "
         f"public proxy split {sc.public_fraction:.0%} (held by no client; the same shards for every method), "
         f"seeds 1..{seeds}. The paper: MNIST / EMNIST, 20 clients, 100 rounds, lr 0.1 decayed 0.99, ~10 "
         "local epochs, CNN.",

@@ -238,6 +238,162 @@ def curves(runs: Sequence[Run], col: str) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.asarray(xs), np.asarray(ms), np.asarray(hs)
 
 
+# ------------------------------------------------------------------------------ convergence horizon
+
+# The convergence criterion every reproduction states in its tables (``flattening``): a method's mean
+# curve over seeds has flattened by evaluated round r when, at r and at every evaluated round after
+# it, the mean of the last W evaluated points differs from the mean of the W points before them by
+# less than delta. W is counted in evaluated rounds (each reproduction picks it for its eval_every);
+# delta is in the curve's own units (accuracy as a fraction: 0.005 = 0.5 points).
+FLAT_WINDOW = 3
+FLAT_DELTA = 0.005
+LEADERS = 3  # a horizon is adequate when the top LEADERS methods by final mean have all flattened
+
+
+@dataclass(frozen=True)
+class Flat:
+    """Where a mean curve flattened: ``round`` the first evaluated round from which the criterion holds
+    to the end (None: it does not hold at the last evaluated round, or too few points); ``last_change``
+    the difference of the last two windows' means (NaN with too few points)."""
+
+    round: int | None
+    last_change: float
+    points: int  # evaluated rounds on the curve
+    window: int
+
+    @property
+    def too_few(self) -> bool:
+        return self.points < 2 * self.window
+
+    def cell(self) -> str:
+        """The table's "flattened by round" cell."""
+        if self.too_few:
+            return f"too few points ({self.points} evaluated rounds < 2 × {self.window})"
+        if self.round is None:
+            return f"not flat (last change {self.last_change * 100:+.2f} points)"
+        return str(self.round)
+
+
+def flattening(
+    rounds: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray, window: int, delta: float
+) -> Flat:
+    """The criterion on one mean curve (``rounds`` ascending, the evaluated rounds; ``values`` their
+    means): at evaluated index i >= 2W - 1, flat(i) = |mean(v[i-W+1..i]) - mean(v[i-2W+1..i-W])| < delta.
+    The curve has flattened by the round of the first index from which flat holds through the last."""
+    if window < 1 or delta <= 0:
+        raise ValueError(f"flattening needs window >= 1 and delta > 0, got {window}, {delta}")
+    x = np.asarray(rounds, np.float64)
+    v = np.asarray(values, np.float64)
+    if x.shape != v.shape:
+        raise ValueError(f"rounds and values differ in length: {x.shape} vs {v.shape}")
+    n = len(v)
+    if n < 2 * window:
+        return Flat(None, math.nan, n, window)
+    change = np.full(n, np.nan)
+    for i in range(2 * window - 1, n):
+        change[i] = v[i - window + 1 : i + 1].mean() - v[i - 2 * window + 1 : i - window + 1].mean()
+    first: int | None = None
+    for i in range(n - 1, 2 * window - 2, -1):  # walk back while the curve stays flat
+        if not (abs(change[i]) < delta):
+            break
+        first = i
+    return Flat(None if first is None else int(x[first]), float(change[-1]), n, window)
+
+
+def method_flattening(
+    by_method: Mapping[str, Sequence[Run]], col: str, window: int = FLAT_WINDOW, delta: float = FLAT_DELTA
+) -> dict[str, Flat]:
+    """``flattening`` of every method's mean curve over its seeds."""
+    out = {}
+    for method, runs in by_method.items():
+        x, m, _ = curves(runs, col)
+        out[method] = flattening(x, m, window, delta)
+    return out
+
+
+def criterion_text(window: int, delta: float = FLAT_DELTA, leaders: int = LEADERS) -> str:
+    """The convergence criterion as a table states it."""
+    return (
+        f"Convergence criterion: a method's mean curve over seeds has flattened by evaluated round r when, "
+        f"at r and at every evaluated round after it, the mean of its last {window} evaluated points "
+        f"differs from the mean of the {window} before them by less than {delta * 100:g} points (r is "
+        f"where the second window ends, so the plateau began up to {2 * window - 1} evaluations earlier). "
+        f"A horizon is adequate when the top {leaders} methods by final mean all flattened before it."
+    )
+
+
+def horizon_verdict(
+    by_method: Mapping[str, Sequence[Run]], flats: Mapping[str, Flat], col: str, leaders: int = LEADERS
+) -> str:
+    """One line for a table: the leaders (top ``leaders`` by final mean) and whether they all flattened
+    before the last round (``criterion_text``); says plainly when they have not."""
+    final = {m: float(np.nanmean(finals(runs, col))) for m, runs in by_method.items() if runs}
+    top = sorted((m for m in final if math.isfinite(final[m])), key=lambda m: -final[m])[:leaders]
+    last = max((int(r.rounds["round"].max()) for runs in by_method.values() for r in runs), default=0)
+
+    def said(m: str) -> str:
+        f = flats[m]
+        return f"{m}: from round {f.round}" if f.round is not None else f"{m}: {f.cell()}"
+
+    ok = [m for m in top if (flats[m].round or last) < last]
+    named = "; ".join(said(m) for m in top)
+    if top and len(ok) == len(top):
+        return f"horizon {last} is adequate: the leaders all flattened before it ({named})."
+    missing = ", ".join(m for m in top if m not in ok)
+    return (
+        f"horizon {last} is NOT adequate: {missing} of the leaders had not flattened before it ({named}); "
+        "its final-round numbers rank methods mid-training, not at convergence."
+    )
+
+
+def evaluated_round_at_most(runs: Sequence[Run], col: str, rnd: int) -> int | None:
+    """The last round <= ``rnd`` at which every run evaluated ``col`` (None: there is none)."""
+    common: set[int] | None = None
+    for r in runs:
+        if col not in r.rounds:
+            return None
+        got = {int(x) for x in r.rounds.loc[r.rounds[col].notna(), "round"]}
+        common = got if common is None else common & got
+    picked = [x for x in (common or set()) if x <= rnd]
+    return max(picked) if picked else None
+
+
+def at_round(runs: Sequence[Run], col: str, rnd: int) -> list[float]:
+    """Each run's ``col`` at round ``rnd`` (NaN where it was not evaluated then)."""
+    out = []
+    for r in runs:
+        v = r.rounds.loc[r.rounds["round"] == rnd, col].dropna() if col in r.rounds else pd.Series([])
+        out.append(float(v.iloc[0]) if len(v) else math.nan)
+    return out
+
+
+EARLY_ROUND = 12  # the old horizons' round: the "early rounds" column of a longer horizon
+
+
+def horizon_header(rounds: int) -> list[str]:
+    """The columns ``horizon_cells`` adds to a table at a horizon of ``rounds``."""
+    early = [f"early: round {EARLY_ROUND} (%)"] if rounds > EARLY_ROUND else []
+    return [*early, "flattened by round"]
+
+
+def horizon_cells(
+    rounds: int, by: Mapping[str, Sequence[Run]], flats: Mapping[str, Flat], col: str = "personal_accuracy"
+) -> dict[str, list[str]]:
+    """Per method: ``col`` at round ``EARLY_ROUND`` read off the same runs when the horizon is longer
+    (the last evaluated round before it, named, when that round was not evaluated) and where its mean
+    curve flattened (``Flat.cell``)."""
+    out = {}
+    for name, runs in by.items():
+        cells = []
+        if rounds > EARLY_ROUND:
+            r = evaluated_round_at_most(runs, col, EARLY_ROUND)
+            vals = at_round(runs, col, r) if r is not None else []
+            cells.append(ci(vals, 2, 100) + ("" if r == EARLY_ROUND else f" (round {r})") if vals else "-")
+        cells.append(flats[name].cell())
+        out[name] = cells
+    return out
+
+
 def pyplot() -> Any:
     import matplotlib
 
@@ -247,14 +403,28 @@ def pyplot() -> Any:
     return plt
 
 
-def plot_curves(path: Path, panels: dict[str, dict[str, list[Run]]], col: str, ylabel: str) -> None:
+def plot_curves(
+    path: Path,
+    panels: dict[str, dict[str, list[Run]]],
+    col: str,
+    ylabel: str,
+    flats: Mapping[str, Mapping[str, Flat]] | None = None,
+) -> None:
+    """One panel per setting, one line per method (mean over seeds) with its 95% band; with
+    ``flats`` (panel -> method -> ``Flat``) each curve that flattened gets a marker at that round."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, by_method) in zip(axes[0], panels.items(), strict=True):
         for method, runs in by_method.items():
             x, m, h = curves(runs, col)
-            ax.plot(x, m, label=method)
-            ax.fill_between(x, m - h, m + h, alpha=0.2)
+            (line,) = ax.plot(x, m, label=method)
+            ax.fill_between(x, m - h, m + h, alpha=0.2, color=line.get_color())
+            f = (flats or {}).get(title, {}).get(method)
+            if f is not None and f.round is not None and f.round in set(x.tolist()):
+                y = float(m[list(x).index(f.round)])
+                ax.plot([f.round], [y], marker="v", markersize=9, color=line.get_color(), markeredgecolor="k")
+        if flats:
+            ax.plot([], [], "v", color="grey", markeredgecolor="k", label="flattened by (criterion)")
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
@@ -391,6 +561,23 @@ def index_sections(
 def echo_err(msg: str) -> None:
     """Progress of a reproduction, on stderr (stdout stays free for the result)."""
     typer.echo(msg, err=True)
+
+
+def pick_scale(scale: str, quick: bool, scales: Mapping[str, Any]) -> str:
+    """The scale named by ``--scale`` (``--quick`` is ``--scale quick``); a bad name or a clash is a
+    usage error (exit 2) naming the option and the valid names."""
+    if scale not in scales:
+        raise typer.BadParameter(f"no scale {scale!r}; valid: {', '.join(scales)}", param_hint="--scale")
+    if quick and scale not in ("quick", "full"):
+        raise typer.BadParameter(
+            f"--quick is --scale quick; it clashes with --scale {scale}", param_hint="--scale"
+        )
+    return "quick" if quick else scale
+
+
+def scale_flag(name: str) -> str:
+    """The scale's flag for a README's command line (nothing for the default, full)."""
+    return {"full": "", "quick": " --quick"}.get(name, f" --scale {name}")
 
 
 def only_flag(picked: Sequence[int], experiments: Mapping[int, Any]) -> str:

@@ -3,6 +3,7 @@
     raysim reproduce pfedht --seeds 3 --jobs 2 --out results/pfedht   # full scale (Fashion-MNIST)
     raysim reproduce pfedht --only 1,4 --seeds 3                       # a subset
     raysim reproduce pfedht --quick --seeds 2                          # digits, a CI smoke test
+    raysim reproduce pfedht --scale converge --only 1 --seeds 3 --jobs 2  # 48 rounds: until curves flatten
 
 Experiments (the paper's tables and figures they stand in for):
 
@@ -34,6 +35,11 @@ local fine-tuning step (``--finetune-epochs``, default 1: plain SGD at the local
 personalised model, computed from the last round's checkpoint; ``personal_finetune.py``). Means
 carry a 95% t-interval over seeds; p-values are paired t-tests on the same seeds against FedAvg*. pFedHT's server cost per round (hypernetwork
 generate + update seconds, its state in MB, the server's RSS) is read from ``rounds.parquet``.
+
+Horizon (issue 22): experiment 1's table says where each method's mean curve flattened
+(``harness.flattening``: the last W = 3 evaluated points vs the 3 before, < 0.5 points, to the end),
+whether the top 3 methods all flattened before the last round (else "NOT adequate"), and, at
+horizons over 12 rounds, the round-12 accuracy of the same runs; ``--scale converge`` runs 48 rounds.
 """
 
 from __future__ import annotations
@@ -51,20 +57,30 @@ import typer
 
 from raysim.reproduce.fair import DEFAULT_TRIALS, FairTuner, tuned_raws, with_tuning
 from raysim.reproduce.harness import (
+    EARLY_ROUND,
+    FLAT_DELTA,
     Context,
+    Flat,
     Run,
     Runner,
     ci,
+    criterion_text,
     echo_err,
+    horizon_cells,
+    horizon_header,
+    horizon_verdict,
     index_sections,
     load_note,
+    method_flattening,
     only_flag,
     paired_p,
     parse_experiments,
+    pick_scale,
     plot_curves,
     plot_points,
     reproduce_app,
     run_reproduction,
+    scale_flag,
     table,
 )
 
@@ -94,6 +110,8 @@ class Scale:
     # experiments 1-2 also score every method after this many local epochs of plain SGD from each
     # client's personalised model (personal_finetune.py; 0: no such column)
     finetune_epochs: int = 1
+    # the convergence criterion's window W, in evaluated rounds (harness.flattening; delta 0.5 points)
+    flat_window: int = 3
 
 
 SCALES: dict[str, Scale] = {
@@ -128,6 +146,30 @@ SCALES: dict[str, Scale] = {
         alphas=(0.1, 0.3, 0.5, 0.7, 0.9),
         new_client_round=9,
         big_methods=("pFedHT", "FedPer", "FedAvg*", "Local"),
+    ),
+    # issue 22: `full`'s federations run until the curves flatten. 48 rounds (about 9.6 trainings per
+    # client at 50 clients; issue 22 saw the pathological split's curves flatten there), personalised
+    # evaluation every 4 rounds (12 points: the criterion, W = 3, is testable from round 24), and the
+    # label-skew federations at Dirichlet(0.5), more classes per client than the paper's 0.2, so that
+    # Local is not at the ceiling. Tables add the round-12 ("early") numbers read off the same curves.
+    # Wall time, estimated from a timed 4-round pFedHT run (14.1 CPU-s, 8.6 s of it setup; load ~20)
+    # and full's 29 s a run: experiment 1's 84 runs ~110-140 s each, ~1.3-1.7 h with --jobs 2 on 2
+    # idle cores, ~2.5 h for all four experiments (docs/pfedht.md).
+    "converge": Scale(
+        name="converge",
+        dataset="fashion-mnist",
+        clients=50,
+        big_clients=100,
+        cohort=10,
+        rounds=48,
+        eval_every=4,
+        epochs=1,
+        batch=32,
+        lr=0.05,
+        alphas=(0.1, 0.3, 0.5, 0.7, 0.9),
+        new_client_round=37,
+        big_methods=("pFedHT", "FedPer", "FedAvg*", "Local"),
+        dirichlet=0.5,
     ),
 }
 
@@ -278,8 +320,13 @@ def tuned(runs: Sequence[Run], epochs: int) -> list[float]:
 
 
 def method_rows(
-    setting: str, by: dict[str, list[Run]], models: dict[str, str], finetune_epochs: int
+    setting: str,
+    by: dict[str, list[Run]],
+    models: dict[str, str],
+    finetune_epochs: int,
+    extra: dict[str, list[str]] | None = None,
 ) -> list[list[Any]]:
+    """One row per method; ``extra``: cells appended to each method's row (e.g. ``horizon_cells``)."""
     rows = []
     base = accs(by[FEDAVG]) if FEDAVG in by else None
     for name, runs in by.items():
@@ -294,6 +341,7 @@ def method_rows(
                 "/" if name == FEDAVG or base is None else paired_p(a, base),
                 ci(accs(runs, "personal_accuracy_worst10"), 2, 100),
                 ci(rta(runs, by[LOCAL]), 3) if LOCAL in by else "-",
+                *(extra or {}).get(name, []),
             ]
         )
     return rows
@@ -321,19 +369,28 @@ def exp1_methods(c: Ctx) -> str:
     cost_rows: list[list[Any]] = []
     panels: dict[str, dict[str, list[Run]]] = {}
     all_rta: dict[str, list[float]] = {k: [] for k in ms}
+    flats: dict[str, dict[str, Flat]] = {}
+    verdicts: list[str] = []
     for setting, data in settings(sc).items():
         picked = ms
         if sc.big_methods is not None and data["num_clients"] == sc.big_clients:
             picked = {k: m for k, m in ms.items() if k in sc.big_methods}
         by = c.setting(data, f"1 {setting}", picked)
         panels[setting] = by
-        rows += method_rows(setting, by, models, sc.finetune_epochs)
+        flats[setting] = method_flattening(by, "personal_accuracy", sc.flat_window)
+        verdicts.append(f"- **{setting}**: " + horizon_verdict(by, flats[setting], "personal_accuracy"))
+        extra = horizon_cells(sc.rounds, by, flats[setting])
+        rows += method_rows(setting, by, models, sc.finetune_epochs, extra)
         for k, runs in by.items():
             all_rta[k] += rta(runs, by[LOCAL])
         cost_rows.append([setting, *hn_cost(by[PFEDHT])])
     mrta_rows = [[k, ci(v, 3), len(v)] for k, v in all_rta.items()]
     plot_curves(
-        d / "accuracy.png", panels, "personal_accuracy", "personal accuracy (own model, own test split)"
+        d / "accuracy.png",
+        panels,
+        "personal_accuracy",
+        "personal accuracy (own model, own test split)",
+        flats=flats,
     )
     md = (
         f"### 1. Every method on four federations ({sc.dataset}; the paper's Table 1/2)\n\n"
@@ -344,8 +401,20 @@ def exp1_methods(c: Ctx) -> str:
         "t-test against FedAvg* (FedAvg with the same transformer) on the same seeds. + fine-tuning: "
         f"every method's personal accuracy after {sc.finetune_epochs} local epoch(s) of plain SGD at lr "
         f"{sc.lr} from each client's personalised model, the same step for every method (computed "
-        "from the last round's checkpoint; '-': not computed).\n\n"
-        + table(METHOD_HEADER, rows)
+        "from the last round's checkpoint; '-': not computed). "
+        + (
+            f"Early: the same runs' personal accuracy at round {EARLY_ROUND} (no extra runs). "
+            if sc.rounds > EARLY_ROUND
+            else ""
+        )
+        + f"Flattened by round: where the method's mean curve over seeds flattened (W = {sc.flat_window} "
+        f"evaluated rounds, δ = {FLAT_DELTA * 100:g} points; the criterion and each setting's verdict are "
+        "below the table; the plot marks the round with a triangle).\n\n"
+        + table(METHOD_HEADER + horizon_header(sc.rounds), rows)
+        + "\n\n#### Horizon: have the leaders' curves flattened?\n\n"
+        + criterion_text(sc.flat_window)
+        + "\n\n"
+        + "\n".join(verdicts)
         + (
             f"\n\nThe {sc.big_clients}-client federations run {', '.join(sc.big_methods)} only (time)."
             if sc.big_methods is not None
@@ -539,13 +608,21 @@ def reproduce_pfedht(
         ),
     ] = 1,
     alpha: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.01,
-            help="Dirichlet α of experiments 1, 3 and 4's label-skew federations (0.2: the paper's; "
-            "0.3-0.5 gives each client more classes, so Local is further from the ceiling)",
+            help="Dirichlet α of experiments 1, 3 and 4's label-skew federations (default: the scale's; "
+            "0.2, the paper's, in quick and full; 0.5 in converge: more classes per client, so Local is "
+            "further from the ceiling)",
         ),
-    ] = 0.2,
+    ] = None,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="full (12 rounds), quick (= --quick) or converge (48 rounds, until the curves flatten; "
+            "Dirichlet 0.5 beside the pathological split)"
+        ),
+    ] = "full",
     tune: Annotated[
         bool,
         typer.Option(
@@ -560,7 +637,9 @@ def reproduce_pfedht(
 ) -> None:
     """Personalised FL: pFedHT against pFedHN, FedPer, FedAvg*, FedProx*, Local (+ FedBN, FedRoD, pFedMe)."""
     picked = parse_only(only)
-    sc = replace(SCALES["quick" if quick else "full"], dirichlet=alpha, finetune_epochs=finetune_epochs)
+    name = pick_scale(scale, quick, SCALES)
+    base = SCALES[name]
+    sc = replace(base, dirichlet=base.dirichlet if alpha is None else alpha, finetune_epochs=finetune_epochs)
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
@@ -572,8 +651,8 @@ def reproduce_pfedht(
         if tuner is not None:
             tuner.close()
     times, total, load = done.times, done.total, done.load
-    cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + (" --quick" if quick else "")
-    cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha != 0.2 else "")
+    cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + scale_flag(name)
+    cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha is not None else "")
     cmd += f" --finetune-epochs {finetune_epochs}" if finetune_epochs != 1 else ""
     cmd += f" --tune --tune-trials {tune_trials}" if tune else ""
     lines = [

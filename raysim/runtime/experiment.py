@@ -281,6 +281,13 @@ class Experiment:
         (and ``changes``, for one round)."""
         return LocalHParams.of(self.cfg.local, **{**self.overrides, **changes})
 
+    def round_hparams(self, t: int, **changes: Any) -> LocalHParams:
+        """The client hyperparameters round ``t`` trains with: ``hparams`` with the config's
+        per-round decay applied (lr * local.lr_decay ** (t - 1); the record is unchanged at 1.0)."""
+        hp = self.hparams(**changes)
+        decay = self.cfg.local.lr_decay
+        return hp if decay == 1.0 else dataclasses.replace(hp, lr=hp.lr * decay ** (t - 1))
+
     def set_hparams(self, **overrides: Any) -> None:
         """Override client hyperparameters from the next round on (a schedule, a mutation);
         checked like the config's local.* (names, ranges, the optimizer's rules) right here."""
@@ -322,7 +329,10 @@ class Experiment:
         """Every call to the server that round ``t`` makes, before anything is logged: a lost
         server anywhere in them means the round runs again."""
         backend = self._backend()
-        report = backend.run_round(t, self.hparams(**(hparams or {})))
+        hp = self.round_hparams(t, **(hparams or {}))
+        report = backend.run_round(t, hp)
+        if self.cfg.local.lr_decay != 1.0:  # the decayed lr, in rounds.parquet (absent without decay)
+            report.metrics["lr"] = hp.lr
         if report.restarted:
             self._restore_restarted(t, report.restarted)
         stats = None

@@ -559,7 +559,13 @@ def test_the_local_keys_it_declares_ignored_never_reach_a_task():
     local.lr, local.batch_size, local.optimizer and local.epochs change no task; with
     ``epochs: null`` local.epochs does."""
     algo = build_algorithm("genetic-cfl")
-    assert algo.ignored_config_keys() == {"local.lr", "local.batch_size", "local.optimizer", "local.epochs"}
+    assert algo.ignored_config_keys() == {
+        "local.lr",
+        "local.lr_decay",
+        "local.batch_size",
+        "local.optimizer",
+        "local.epochs",
+    }
     state = algo.init(np.zeros(3, np.float32), gcfl_setup())
     other = replace(LOCAL, lr=0.9, batch_size=7, epochs=5, optimizer="adam")
 

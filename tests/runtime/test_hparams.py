@@ -12,17 +12,19 @@ import pytest
 from pydantic import ValidationError
 
 from raysim.algorithms.base import LocalHParams, plain_sgd
-from raysim.config import ConfigError, LocalConfig
+from raysim.config import ROUND_SCHEDULE, ConfigError, LocalConfig
 from raysim.runtime import rundir
 from tests.conftest import tiny_config
 from tests.helpers import experiment
 
 
 def test_the_record_has_localconfigs_fields_and_defaults_and_no_others():
-    assert LocalHParams.names() == tuple(LocalConfig.model_fields)
-    assert LocalHParams.of().as_dict() == LocalConfig().model_dump()
+    # every local.* knob but the per-round schedule (lr_decay), which the round loop applies to lr
+    fit_knobs = tuple(k for k in LocalConfig.model_fields if k not in ROUND_SCHEDULE)
+    assert LocalHParams.names() == fit_knobs
+    assert LocalHParams.of().as_dict() == LocalConfig().model_dump(include=set(fit_knobs))
     cfg = LocalConfig(epochs=3, lr=0.2, momentum=0.5, loss="squared_error")
-    assert LocalHParams.of(cfg).as_dict() == cfg.model_dump()
+    assert LocalHParams.of(cfg).as_dict() == cfg.model_dump(exclude=set(ROUND_SCHEDULE))
     assert LocalHParams.of(cfg, lr=0.3) == replace(LocalHParams.of(cfg), lr=0.3)
     with pytest.raises(ValidationError, match="nope"):
         LocalHParams.of(nope=1)  # the config's own checks: unknown names, ranges

@@ -230,9 +230,9 @@ def test_every_algorithm_declares_only_local_keys():
     """What tuning trusts is a set of local.* fields (genetic CFL's behaviour behind its
     declaration is tested in tests/algorithms/test_genetic_cfl.py)."""
     from raysim.algorithms import ALGORITHMS, build_algorithm
-    from raysim.algorithms.base import LocalHParams
+    from raysim.config import LocalConfig
 
-    fields = {f"local.{n}" for n in LocalHParams.names()}
+    fields = {f"local.{n}" for n in LocalConfig.model_fields}  # the fit's knobs and local.lr_decay
     for name in ALGORITHMS:
         ignored = build_algorithm(name).ignored_config_keys()
         assert ignored <= fields, (name, ignored - fields)

@@ -520,6 +520,14 @@ class ExperimentConfig(_Section):
                 f"algorithm {self.algorithm.name!r} as configured trains or evaluates on the server's "
                 f"public split, which no client holds: set data.public_fraction > 0 (e.g. 0.05), or {off}"
             )
+        own_decay = getattr(self.algorithm.params, "lr_decay", None)
+        if own_decay not in (None, 1.0) and self.local.lr_decay != 1.0:
+            # an algorithm with its own per-round decay (e.g. AS-CFL's) would decay twice
+            raise ValueError(
+                f"algorithm.lr_decay={own_decay} and local.lr_decay={self.local.lr_decay} would both decay "
+                f"algorithm {self.algorithm.name!r}'s learning rate every round (compounded): set one of "
+                "them to 1 (local.lr_decay applies to every algorithm alike)"
+            )
         if traits.truth_groups and not (d.partition in GROUP_SCHEMES and d.num_groups >= 2):
             has = (
                 f"data.num_groups={d.num_groups}"

@@ -69,7 +69,7 @@ def test_an_unknown_key_lists_the_valid_keys_of_its_section():
         {"colour": 1}
     )
     # the algorithm section's keys depend on the algorithm it names
-    ifca = "central_lr, init, init_noise, name, num_clusters, select_on"
+    ifca = "central_lr, init, init_noise, name, num_clusters, select_examples, select_on"
     assert f"valid keys of algorithm 'ifca': {ifca}" in message({"algorithm": {"name": "ifca", "muu": 1}})
     assert "valid keys of algorithm 'fedavg': central_lr," in message({"algorithm": {"mu": 1}})
 

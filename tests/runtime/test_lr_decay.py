@@ -78,3 +78,18 @@ def test_a_bad_lr_decay_is_refused_naming_the_key(tmp_path, bad):
     assert res.exit_code == 2, res.output
     assert "lr_decay" in res.output
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_an_algorithms_own_decay_and_local_lr_decay_together_are_refused(tmp_path):
+    raw = {
+        "data": {"dataset": "digits", "num_clients": 8},
+        "algorithm": {"name": "ascfl", "lr_decay": 0.99, "positive_incentive": False},
+        "rounds": {"clients_per_round": 4},
+        "local": {"lr_decay": 0.99},
+    }
+    with pytest.raises(ConfigError, match="would both decay") as err:
+        config_from_dict(raw, "t")
+    assert "algorithm.lr_decay=0.99" in str(err.value) and "local.lr_decay=0.99" in str(err.value)
+    # either one alone is accepted
+    config_from_dict({**raw, "local": {"lr_decay": 1.0}}, "t")
+    config_from_dict({**raw, "algorithm": {"name": "ascfl", "positive_incentive": False}}, "t")

@@ -9,34 +9,37 @@ from pathlib import Path
 from typing import Any
 
 COMMAND = "raysim bench scale --clients 100,1000,3000,10000,30000 --write-coefficients"
-WHEN = "2026-11-24 05:36"
+WHEN = "2026-12-07 01:16"
 DEFAULT: dict[str, Any] = json.loads(
     """
 {
-    "actor_mb": 694.8600173406801,
-    "actor_per_hosted_mb": 0.0018389419782540058,
-    "actor_start_s": 3.237983169627704,
-    "actor_uss_mb": 334.2353515625,
+    "actor_mb": 802.901580810547,
+    "actor_per_hosted_mb": 0.0,
+    "actor_start_s": 3.29111987536533,
+    "actor_uss_mb": 420.3564453125,
     "cores": 2,
     "dataset": "fashion-mnist",
-    "driver_mb": 1008.5054264743669,
-    "driver_per_client_mb": 6.451985248928274e-06,
-    "example_s": 0.00020654840909343778,
+    "driver_mb": 801.5874915424513,
+    "driver_per_client_mb": 0.0005916574830128417,
+    "eval_example_s": 0.0,
+    "eval_overhead_s": 0.0,
+    "eval_s": 1.655220414190105,
+    "example_s": 0.00020039221345245745,
     "fitted_on": "results/bench-scale: N = 100, 1000, 3000, 10000, 30000; actor runs 4, 8, 16; 2 CPUs",
-    "import_s": 2.220360332277778,
+    "import_s": 2.1123176401279125,
     "model": "cnn-small",
-    "overhead_per_actor_s": 0.0008512041328559317,
-    "overhead_per_client_s": 0.0,
-    "overhead_s": 0.008546913127656661,
-    "ray_mb": 644.783203125,
-    "server_mb": 796.6972656250001,
-    "server_per_client_mb": 0.0,
-    "setup_per_client_s": 4.247727351022074e-05,
-    "setup_s": 5.940579743701899,
-    "store_mb": 61.34136712359015,
-    "store_per_client_mb": 0.00039928244106508267,
-    "task_s": 0.0012137065627058382,
-    "warmup_s": 0.08648837700093281
+    "overhead_per_actor_s": 0.00209055230356566,
+    "overhead_per_client_s": 9.49488751079187e-08,
+    "overhead_s": 0.010074419879019851,
+    "ray_mb": 502.91796875,
+    "server_mb": 754.966992960605,
+    "server_per_client_mb": 6.139795175761651e-05,
+    "setup_per_client_s": 2.210793488208777e-05,
+    "setup_s": 4.2603776113229035,
+    "store_mb": 60.58989412256549,
+    "store_per_client_mb": 0.00014667026369877316,
+    "task_s": 0.001854371919977873,
+    "warmup_s": 0.034442618250068335
 }
 """
 )
@@ -44,20 +47,25 @@ VALIDATION: dict[str, Any] = json.loads(
     """
 {
     "figures": {
+        "median_evaluate_s": {
+            "error": 0.2397594303929873,
+            "measured": 1.3874965180002619,
+            "predicted": 1.720161892828258
+        },
         "median_round_s": {
-            "error": -0.003062850821317742,
-            "measured": 0.08189267449415638,
-            "predicted": 0.08164184944882205
+            "error": 0.030903740329492946,
+            "measured": 0.12017970399938349,
+            "predicted": 0.12389370636465577
         },
         "time_to_first_round_s": {
-            "error": 0.22233339680392206,
-            "measured": 12.502573793193733,
-            "predicted": 15.282313493426193
+            "error": -0.023952131769987006,
+            "measured": 10.53381596833242,
+            "predicted": 10.281508620218128
         },
         "total_rss_mb": {
-            "error": 0.03506751369498118,
-            "measured": 3864.8515625,
-            "predicted": 4000.382297597038
+            "error": 0.07973401228695987,
+            "measured": 3633.5859375,
+            "predicted": 3923.3063232863497
         }
     },
     "fitted_on": [

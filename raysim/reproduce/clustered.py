@@ -77,12 +77,21 @@ from raysim.reproduce.clustered_tables import (
     plot_memberships,
     rounds_to_frac_of_peak,
 )
-from raysim.reproduce.fair import DEFAULT_TRIALS, FairTuner, tuned_raws, with_tuning
+from raysim.reproduce.fair import (
+    DEFAULT_TRIALS,
+    TuneOption,
+    TuneTrialsOption,
+    run_tuned_reproduction,
+    tune_flags,
+    tuned_raws,
+    tuner_for,
+)
 from raysim.reproduce.harness import (
     EARLY_ROUND,
     FLAT_DELTA,
     Context,
     Flat,
+    JobsOption,
     Run,
     Runner,
     ci,
@@ -103,7 +112,6 @@ from raysim.reproduce.harness import (
     plot_bars,
     plot_curves,
     reproduce_app,
-    run_reproduction,
     scale_flag,
     table,
 )
@@ -723,12 +731,7 @@ def reproduce_clustered(
     only: Annotated[
         str, typer.Option(help="comma-separated experiment numbers, e.g. 1,3 (default: all 5)")
     ] = "",
-    jobs: Annotated[
-        int,
-        typer.Option(
-            min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
-        ),
-    ] = 1,
+    jobs: JobsOption = 1,
     scale: Annotated[
         str,
         typer.Option(
@@ -742,17 +745,8 @@ def reproduce_clustered(
             min=1, help="the horizon in rounds (default: the scale's; e.g. 30 with --scale converge)"
         ),
     ] = None,
-    tune: Annotated[
-        bool,
-        typer.Option(
-            "--tune",
-            help="first tune every method's learning rates alike with the sweeps layer of `raysim tune` "
-            "(seed 0, --tune-trials runs each; raysim/reproduce/fair.py), then run it at the chosen values",
-        ),
-    ] = False,
-    tune_trials: Annotated[
-        int, typer.Option(min=2, help="with --tune: runs per method and setting (the same for every method)")
-    ] = DEFAULT_TRIALS,
+    tune: TuneOption = False,
+    tune_trials: TuneTrialsOption = DEFAULT_TRIALS,
 ) -> None:
     """Clustered FL on groups with ground truth: FedAvg, CFL, IFCA, AS-CFL, genetic CFL (paper 002)."""
     picked = parse_only(only)
@@ -762,15 +756,11 @@ def reproduce_clustered(
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
-    tuner = FairTuner(out, tune_trials, jobs, echo_err) if tune else None
+    tuner = tuner_for(out, tune, tune_trials, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner, tuner=tuner)
-    try:
-        done = run_reproduction(picked, with_tuning(EXPERIMENTS, tuner), ctx)
-    finally:
-        if tuner is not None:
-            tuner.close()
+    done = run_tuned_reproduction(picked, EXPERIMENTS, ctx)
     times, total = done.times, done.total
-    flags = f" --tune --tune-trials {tune_trials}" if tune else ""
+    flags = tune_flags(tune, tune_trials)
     write_index(out, sc, seeds, picked, times, total, runner, jobs, rounds, done.load, flags)
     echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 

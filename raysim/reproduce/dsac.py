@@ -32,6 +32,7 @@ import typer
 
 from raysim.reproduce.harness import (
     Context,
+    JobsOption,
     Run,
     Runner,
     ci,
@@ -366,12 +367,7 @@ def reproduce_dsac(
         str, typer.Option(help="comma-separated experiment numbers, e.g. 1,3,5 (default: all 7)")
     ] = "",
     backend: Annotated[str, typer.Option(help="serial (fastest at this scale on 2 cores) | ray")] = "serial",
-    jobs: Annotated[
-        int,
-        typer.Option(
-            min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
-        ),
-    ] = 1,
+    jobs: JobsOption = 1,
 ) -> None:
     """Regenerate the DSAC paper's experiments (Tables 2-3, 5-7, Figures 6-11) into OUT."""
     if scale not in SCALES:

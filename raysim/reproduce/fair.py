@@ -43,11 +43,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
-from raysim.reproduce.harness import table
+from raysim.reproduce.harness import Finished, run_reproduction, table
 
 Echo = Callable[[str], None]
 
@@ -406,3 +407,39 @@ def with_tuning(
 
 
 __all__ = ["KNOBS", "FairTuner", "knobs_for", "sweep_spec", "tuned_raws", "with_tuning"]
+
+
+# the command-line options every reproduction with a tuning stage shares
+TuneOption = Annotated[
+    bool,
+    typer.Option(
+        "--tune",
+        help="first tune every method's learning rates alike with the sweeps layer of `raysim tune` "
+        "(seed 0, --tune-trials runs each; raysim/reproduce/fair.py), then run it at the chosen values",
+    ),
+]
+TuneTrialsOption = Annotated[
+    int, typer.Option(min=2, help="with --tune: runs per method and setting (the same for every method)")
+]
+
+
+def tuner_for(out: Path, tune: bool, trials: int, jobs: int, echo: Echo) -> FairTuner | None:
+    """The reproduction's tuner when ``--tune`` is given, else None (the configs stay untuned)."""
+    return FairTuner(out, trials, jobs, echo) if tune else None
+
+
+def run_tuned_reproduction(
+    picked: Sequence[int], experiments: Mapping[int, tuple[str, Callable[[Any], str]]], ctx: Any
+) -> Finished:
+    """``harness.run_reproduction`` with the tuning stage of ``ctx.tuner`` (if any), whose Ray
+    session is stopped afterwards whatever happens."""
+    try:
+        return run_reproduction(picked, with_tuning(experiments, ctx.tuner), ctx)
+    finally:
+        if ctx.tuner is not None:
+            ctx.tuner.close()
+
+
+def tune_flags(tune: bool, trials: int) -> str:
+    """`` --tune --tune-trials T`` for a README's command line when tuning ran, else nothing."""
+    return f" --tune --tune-trials {trials}" if tune else ""

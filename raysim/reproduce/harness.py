@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,15 @@ reproduce_app = typer.Typer(
     help="Regenerate a paper's tables and plots (results folder with Markdown tables and PNGs).",
     no_args_is_help=True,
 )
+
+
+# the --jobs option of every `raysim reproduce` command
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
+    ),
+]
 
 
 @reproduce_app.callback()

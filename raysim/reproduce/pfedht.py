@@ -55,12 +55,21 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from raysim.reproduce.fair import DEFAULT_TRIALS, FairTuner, tuned_raws, with_tuning
+from raysim.reproduce.fair import (
+    DEFAULT_TRIALS,
+    TuneOption,
+    TuneTrialsOption,
+    run_tuned_reproduction,
+    tune_flags,
+    tuned_raws,
+    tuner_for,
+)
 from raysim.reproduce.harness import (
     EARLY_ROUND,
     FLAT_DELTA,
     Context,
     Flat,
+    JobsOption,
     Run,
     Runner,
     ci,
@@ -79,7 +88,6 @@ from raysim.reproduce.harness import (
     plot_curves,
     plot_points,
     reproduce_app,
-    run_reproduction,
     scale_flag,
     table,
 )
@@ -593,12 +601,7 @@ def reproduce_pfedht(
     only: Annotated[
         str, typer.Option(help="comma-separated experiment numbers, e.g. 1,4 (default: all 4)")
     ] = "",
-    jobs: Annotated[
-        int,
-        typer.Option(
-            min=1, help="runs at a time; > 1 runs them as Ray Tune trials, each in its own worker process"
-        ),
-    ] = 1,
+    jobs: JobsOption = 1,
     finetune_epochs: Annotated[
         int,
         typer.Option(
@@ -623,17 +626,8 @@ def reproduce_pfedht(
             "Dirichlet 0.5 beside the pathological split)"
         ),
     ] = "full",
-    tune: Annotated[
-        bool,
-        typer.Option(
-            "--tune",
-            help="first tune every method's learning rates alike with the sweeps layer of `raysim tune` "
-            "(seed 0, --tune-trials runs each; raysim/reproduce/fair.py), then run it at the chosen values",
-        ),
-    ] = False,
-    tune_trials: Annotated[
-        int, typer.Option(min=2, help="with --tune: runs per method and setting (the same for every method)")
-    ] = DEFAULT_TRIALS,
+    tune: TuneOption = False,
+    tune_trials: TuneTrialsOption = DEFAULT_TRIALS,
 ) -> None:
     """Personalised FL: pFedHT against pFedHN, FedPer, FedAvg*, FedProx*, Local (+ FedBN, FedRoD, pFedMe)."""
     picked = parse_only(only)
@@ -643,18 +637,14 @@ def reproduce_pfedht(
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
-    tuner = FairTuner(out, tune_trials, jobs, echo_err) if tune else None
+    tuner = tuner_for(out, tune, tune_trials, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner, tuner=tuner)
-    try:
-        done = run_reproduction(picked, with_tuning(EXPERIMENTS, tuner), ctx)
-    finally:
-        if tuner is not None:
-            tuner.close()
+    done = run_tuned_reproduction(picked, EXPERIMENTS, ctx)
     times, total, load = done.times, done.total, done.load
     cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + scale_flag(name)
     cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha is not None else "")
     cmd += f" --finetune-epochs {finetune_epochs}" if finetune_epochs != 1 else ""
-    cmd += f" --tune --tune-trials {tune_trials}" if tune else ""
+    cmd += tune_flags(tune, tune_trials)
     lines = [
         "# pFedHT reproduction (paper 003; scaled down)",
         "",

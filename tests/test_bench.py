@@ -712,3 +712,45 @@ def test_quick_bench_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((out / "model.json").read_text())
     assert again["coefficients"] == json.loads((out / "first.json").read_text())["coefficients"]
+
+
+def _bench_folder(d, data: M.BenchData, dataset="fashion-mnist"):
+    import yaml
+
+    d.mkdir()
+    (d / "config.yaml").write_text(
+        yaml.safe_dump({"data": {"dataset": dataset}, "model": {"name": "cnn-small"}})
+    )
+    pd.DataFrame(list(data.scale)).to_parquet(d / "scale.parquet")
+    pd.DataFrame(list(data.actors)).to_parquet(d / "actors.parquet")
+    pd.DataFrame(list(data.rounds)).to_parquet(d / "rounds.parquet")
+    return d
+
+
+def test_fit_with_also_joins_a_second_benchs_rows(tmp_path):
+    """``raysim bench fit OUT --also DIR``: one fit over the rows of both folders (here the small and
+    the large sizes of one machine), the same as fitting them together; another dataset is refused."""
+    from typer.testing import CliRunner
+
+    from raysim.cli import app
+
+    small = synthetic(TRUE, sizes=(100, 1000), actor_counts=())
+    large = synthetic(TRUE, sizes=(10_000, 100_000), actor_counts=())
+    a = _bench_folder(tmp_path / "a", small)
+    b = _bench_folder(tmp_path / "b", large)
+    joint = S.refit(a, also=[b], log=lambda _: None)["fit"]["coefficients"]
+    for name in ("task_s", "example_s", "setup_per_client_s", "driver_per_client_mb", "store_per_client_mb"):
+        assert joint[name] == pytest.approx(getattr(TRUE, name), rel=1e-6, abs=1e-9), name
+    assert {r["n_clients"] for r in S.refit(a, also=[b], log=lambda _: None)["scale"]} == {
+        100,
+        1000,
+        10_000,
+        100_000,
+    }
+    c = _bench_folder(tmp_path / "c", large, dataset="cifar10")
+    with pytest.raises(ValueError, match="data.dataset='cifar10'"):
+        S.refit(a, also=[c], log=lambda _: None)
+    r = CliRunner().invoke(app, ["bench", "fit", str(a), "--also", str(c)])
+    assert r.exit_code == 2 and "a fit is for one dataset and model" in r.output
+    r = CliRunner().invoke(app, ["bench", "fit", str(a), "--also", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "holds no bench results" in r.output

@@ -145,19 +145,34 @@ def fit_cmd(
             "--write-coefficients", help="Make this fit the default of the estimate (raysim k8s render)."
         ),
     ] = False,
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--also",
+            help="Another finished bench folder whose rows join the fit (repeatable; the same dataset and "
+            "model): one model over several workloads, e.g. the Dirichlet bench and the sampled one to 10^6.",
+        ),
+    ] = None,
 ) -> None:
     """Fit the cost model again from a bench's tables (scale.parquet, actors.parquet, rounds.parquet)
-    without new runs; rewrites model.json, the plots and README.md. Tables measured before roaming
+    without new runs; rewrites OUT's model.json, plots and README.md (with ``--also``, from every
+    folder's rows together). Tables measured before roaming
     actors stopped holding every client (commit 487d6f5) need a ``hosted`` column of N on their
     scale rows (raysim.bench.model._hosted), or the per-client actor memory comes out A times too
     steep."""
     from raysim.bench import scale as S
 
-    if not (out / "scale.parquet").is_file() or not (out / "config.yaml").is_file():
-        typer.echo(f"error: {out} holds no bench results (scale.parquet, config.yaml)", err=True)
-        raise typer.Exit(2)
-    _check_bench_dir(out)
-    result = S.refit(out)
+    others = list(also or [])
+    for d in [out, *others]:
+        if not (d / "scale.parquet").is_file() or not (d / "config.yaml").is_file():
+            typer.echo(f"error: {d} holds no bench results (scale.parquet, config.yaml)", err=True)
+            raise typer.Exit(2)
+        _check_bench_dir(d)
+    try:
+        result = S.refit(out, also=others)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(result["report"], nl=False)
     if write_coefficients:
         if not result["fit"]:

@@ -8,38 +8,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-COMMAND = "raysim bench scale --clients 100,1000,3000,10000,30000 --write-coefficients"
-WHEN = "2026-12-07 01:16"
+COMMAND = "raysim bench fit results/bench-scale --also results/bench-1m --write-coefficients"
+WHEN = "2026-12-07 01:29"
 DEFAULT: dict[str, Any] = json.loads(
     """
 {
-    "actor_mb": 802.901580810547,
-    "actor_per_hosted_mb": 0.0,
-    "actor_start_s": 3.29111987536533,
+    "actor_mb": 805.5513575322021,
+    "actor_per_hosted_mb": 0.0009844948819326025,
+    "actor_start_s": 3.2849943436927296,
     "actor_uss_mb": 420.3564453125,
     "cores": 2,
     "dataset": "fashion-mnist",
-    "driver_mb": 801.5874915424513,
-    "driver_per_client_mb": 0.0005916574830128417,
+    "driver_mb": 807.9341345935411,
+    "driver_per_client_mb": 0.0005439523840848678,
     "eval_example_s": 0.0,
     "eval_overhead_s": 0.0,
-    "eval_s": 1.655220414190105,
-    "example_s": 0.00020039221345245745,
-    "fitted_on": "results/bench-scale: N = 100, 1000, 3000, 10000, 30000; actor runs 4, 8, 16; 2 CPUs",
-    "import_s": 2.1123176401279125,
+    "eval_s": 1.6327459436229743,
+    "example_s": 0.00018133218485589248,
+    "fitted_on": "results/bench-scale + results/bench-1m: N = 100, 1000, 3000, 10000, 30000, 100, 10000, 100000, 1000000; actor runs 4, 8, 16; 2 CPUs",
+    "import_s": 2.105573213817479,
     "model": "cnn-small",
-    "overhead_per_actor_s": 0.00209055230356566,
-    "overhead_per_client_s": 9.49488751079187e-08,
-    "overhead_s": 0.010074419879019851,
-    "ray_mb": 502.91796875,
-    "server_mb": 754.966992960605,
-    "server_per_client_mb": 6.139795175761651e-05,
-    "setup_per_client_s": 2.210793488208777e-05,
-    "setup_s": 4.2603776113229035,
-    "store_mb": 60.58989412256549,
-    "store_per_client_mb": 0.00014667026369877316,
-    "task_s": 0.001854371919977873,
-    "warmup_s": 0.034442618250068335
+    "overhead_per_actor_s": 0.0020389577278379077,
+    "overhead_per_client_s": 4.334185008744076e-10,
+    "overhead_s": 0.01073228103954806,
+    "ray_mb": 502.83984375,
+    "server_mb": 752.31017896123,
+    "server_per_client_mb": 1.4434466123886982e-05,
+    "setup_per_client_s": 6.648899492731567e-06,
+    "setup_s": 4.299555018780758,
+    "store_mb": 59.25207420997666,
+    "store_per_client_mb": 0.00037496411046318784,
+    "task_s": 0.0018768170562954809,
+    "warmup_s": 0.04058910849926178
 }
 """
 )
@@ -48,33 +48,37 @@ VALIDATION: dict[str, Any] = json.loads(
 {
     "figures": {
         "median_evaluate_s": {
-            "error": 0.2397594303929873,
-            "measured": 1.3874965180002619,
-            "predicted": 1.720161892828258
+            "error": 0.06055601604767902,
+            "measured": 1.5445677590014384,
+            "predicted": 1.6381006290022573
         },
         "median_round_s": {
-            "error": 0.030903740329492946,
-            "measured": 0.12017970399938349,
-            "predicted": 0.12389370636465577
+            "error": 0.08967953948403085,
+            "measured": 0.5555427140006941,
+            "predicted": 0.605363528755985
         },
         "time_to_first_round_s": {
-            "error": -0.023952131769987006,
-            "measured": 10.53381596833242,
-            "predicted": 10.281508620218128
+            "error": 0.13660390342411222,
+            "measured": 16.938478498408585,
+            "predicted": 19.252340779356594
         },
         "total_rss_mb": {
-            "error": 0.07973401228695987,
-            "measured": 3633.5859375,
-            "predicted": 3923.3063232863497
+            "error": 0.07639331522296433,
+            "measured": 5214.515625,
+            "predicted": 5612.8697608756975
         }
     },
     "fitted_on": [
         100,
+        100,
         1000,
         3000,
-        10000
+        10000,
+        10000,
+        30000,
+        100000
     ],
-    "held_out": 30000
+    "held_out": 1000000
 }
 """
 )

@@ -643,10 +643,11 @@ def validate(data: BenchData, hold_out: int | None = None) -> dict[str, Any]:
 def validate_each(data: BenchData) -> list[dict[str, Any]]:
     """:func:`validate` holding back each size in turn that leaves two others to fit on
     (leave-one-out: the smallest and largest sizes are extrapolations, the others interpolations)."""
-    ok = sorted(_ok(data.scale), key=lambda r: r["n_clients"])
-    if len(ok) < 3:
+    sizes = sorted({int(r["n_clients"]) for r in _ok(data.scale)})
+    if len(sizes) < 3:
         return []
-    return [validate(data, int(r["n_clients"])) for r in ok]
+    # a size two benches ran (``bench fit --also``) is held out once, against the first bench's row
+    return [validate(data, n) for n in sizes]
 
 
 def scale_curves(

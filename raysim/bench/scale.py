@@ -428,8 +428,10 @@ def finish(
     *,
     quick: bool,
     log: Log = _stderr,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """Fit the cost model to the tables, validate it, and write model.json, the plots and README.md."""
+    """Fit the cost model to the tables, validate it, and write model.json, the plots and README.md
+    (``source``: where the rows came from, for ``fitted_on``; default ``out``)."""
     from raysim.bench import model as M
 
     costs = actor_costs(actor_rows, available_mb)
@@ -438,7 +440,7 @@ def finish(
         data = M.BenchData(
             scale=scale_rows, actors=actor_rows, rounds=rounds_rows, cores=cpu_count(),
             dataset=cfg["data"]["dataset"], model=cfg["model"]["name"],
-            fitted_on=f"{out}: N = {', '.join(str(r['n_clients']) for r in scale_rows if r.get('status') == 'ok')}; "
+            fitted_on=f"{source or out}: N = {', '.join(str(r['n_clients']) for r in scale_rows if r.get('status') == 'ok')}; "
             f"actor runs {', '.join(str(r['n_clients']) for r in actor_rows if r.get('status') == 'ok') or 'none'}; "
             f"{cpu_count()} CPUs",
         )  # fmt: skip
@@ -469,22 +471,39 @@ def finish(
     return {"scale": scale_rows, "actors": actor_rows, "fit": fit_info, "costs": costs, "report": report}
 
 
-def refit(out: Path, *, log: Log = _stderr) -> dict[str, Any]:
-    """Fit again from a finished bench's tables (``raysim bench fit OUT``)."""
+def refit(out: Path, *, also: Sequence[Path] = (), log: Log = _stderr) -> dict[str, Any]:
+    """Fit again from a finished bench's tables (``raysim bench fit OUT``), with the rows of the
+    benches in ``also`` added (``--also DIR``: one fit over several workloads, e.g. the Dirichlet
+    bench to 30,000 and the sampled one to 10^6; the same dataset and model, else ValueError)."""
     import pandas as pd
 
-    def rows(name: str) -> list[dict[str, Any]]:
-        path = out / name
+    def rows(d: Path, name: str) -> list[dict[str, Any]]:
+        path = d / name
         return pd.read_parquet(path).to_dict("records") if path.is_file() else []
 
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     quick = cfg["data"]["dataset"] == "digits"
-    scale = rows("scale.parquet")
+    scale, actors, rounds = (
+        rows(out, "scale.parquet"),
+        rows(out, "actors.parquet"),
+        rows(out, "rounds.parquet"),
+    )
+    for other in also:
+        ocfg = yaml.safe_load((other / "config.yaml").read_text())
+        for key in ("data", "model"):
+            name = "dataset" if key == "data" else "name"
+            if ocfg[key][name] != cfg[key][name]:
+                raise ValueError(
+                    f"--also {other}: its bench ran {key}.{name}={ocfg[key][name]!r}, {out}'s "
+                    f"{cfg[key][name]!r}; a fit is for one dataset and model"
+                )
+        scale += rows(other, "scale.parquet")
+        actors += rows(other, "actors.parquet")
+        rounds += rows(other, "rounds.parquet")
     available = float(next((r["available_mb"] for r in scale if r.get("available_mb")), math.nan))
     if not math.isfinite(available) and (out / "model.json").is_file():  # an older bench's
         available = float(
             json.loads((out / "model.json").read_text()).get("actor_costs", {}).get("available_mb", math.nan)
         )
-    return finish(
-        out, scale, rows("actors.parquet"), rows("rounds.parquet"), cfg, available, quick=quick, log=log
-    )
+    source = " + ".join(str(d) for d in (out, *also))
+    return finish(out, scale, actors, rounds, cfg, available, quick=quick, log=log, source=source)

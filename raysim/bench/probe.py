@@ -17,6 +17,7 @@ Sampled peaks miss spikes shorter than the interval; the runs' own ``system.parq
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -70,6 +71,8 @@ class ProcStats:
     peak_rss_mb: float = 0.0
     last_rss_mb: float = 0.0
     peak_uss_mb: float = float("nan")
+    # PSS: shared pages split between the processes that map them, so a sum counts each page once
+    peak_pss_mb: float = float("nan")
     role_since: float = float("nan")  # when it was first seen in its final role (an actor's start)
 
     def row(self) -> dict[str, Any]:
@@ -83,6 +86,7 @@ class ProcStats:
             "peak_rss_mb": self.peak_rss_mb,
             "last_rss_mb": self.last_rss_mb,
             "peak_uss_mb": self.peak_uss_mb,
+            "peak_pss_mb": self.peak_pss_mb,
         }
 
 
@@ -194,13 +198,17 @@ class TreeProbe:
                         st.role_since = now
                     if _PRECEDENCE[role] > _PRECEDENCE[st.role]:
                         st.role, st.role_since = role, now  # an idle worker that became an actor
-                uss = p.memory_full_info().uss / MB if with_uss else None
+                full = p.memory_full_info() if with_uss else None
+                uss = full.uss / MB if full is not None else None
+                pss = getattr(full, "pss", math.nan) / MB if full is not None else math.nan
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             st.peak_rss_mb = max(st.peak_rss_mb, rss)
             st.last_rss_mb = rss
             if uss is not None:
                 st.peak_uss_mb = uss if st.peak_uss_mb != st.peak_uss_mb else max(st.peak_uss_mb, uss)
+            if math.isfinite(pss):
+                st.peak_pss_mb = pss if st.peak_pss_mb != st.peak_pss_mb else max(st.peak_pss_mb, pss)
             total += rss
         self.peak_total_rss_mb = max(self.peak_total_rss_mb, total)
         return tree

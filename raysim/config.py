@@ -234,7 +234,7 @@ class LocalConfig(_Section):
     # a per-round learning-rate decay for every algorithm's clients: round t trains at
     # lr * lr_decay ** (t - 1) (lr: local.lr or a set_hparams override). 1.0 (the default): no decay.
     # Paper 002's budget is lr 0.1 with 0.99. Applied by the round loop (Experiment.round_hparams),
-    # on top of anything an algorithm does itself (ascfl's own algorithm.lr_decay compounds with it).
+    # for every algorithm alike (with an algorithm's own lr_decay, e.g. ascfl's, both set is refused).
     lr_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     @model_validator(mode="after")

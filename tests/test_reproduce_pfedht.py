@@ -22,6 +22,7 @@ from raysim.reproduce.pfedht import (
     SCALES,
     config,
     data_section,
+    exp1_settings,
     methods,
     new_client_accuracy,
     rta,
@@ -121,4 +122,19 @@ def test_an_unknown_experiment_number_exits_2(tmp_path):
         reproduce_app, ["pfedht", "--quick", "--only", "9", "--out", str(tmp_path / "x")]
     )
     assert res.exit_code == 2 and "--only: no experiment [9]" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_federations_picks_experiment_1s_federations_and_a_bad_one_exits_2(tmp_path):
+    from dataclasses import replace
+
+    sc = SCALES["converge"]
+    assert list(exp1_settings(sc)) == list(settings(sc))  # all four by default
+    two = exp1_settings(replace(sc, federations=(1, 2)))
+    assert list(two) == ["pathological, 50 clients", "Dirichlet(0.5), 50 clients"]
+    assert two == {k: settings(sc)[k] for k in two}  # the same data sections, so the same cached runs
+    res = CliRunner().invoke(
+        reproduce_app, ["pfedht", "--quick", "--federations", "1,5", "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "--federations: no federation [5]" in res.output
     assert not (tmp_path / "x").exists()

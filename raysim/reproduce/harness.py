@@ -518,17 +518,20 @@ class Context:
         return d
 
 
-def parse_experiments(only: str, experiments: Mapping[int, Any]) -> list[int]:
-    """``--only`` of every `raysim reproduce` command: comma-separated experiment numbers (empty: all)."""
+def parse_experiments(
+    only: str, experiments: Mapping[int, Any], flag: str = "--only", what: str = "experiment"
+) -> list[int]:
+    """``--only`` of every `raysim reproduce` command: comma-separated experiment numbers (empty: all).
+    ``flag``/``what`` name another such list of numbered choices in the messages."""
     if not only.strip():
         return sorted(experiments)
     try:
         picked = sorted({int(x) for x in only.replace(" ", "").split(",") if x})
     except ValueError:
-        raise typer.BadParameter(f"--only takes experiment numbers like 1,3, got {only!r}") from None
+        raise typer.BadParameter(f"{flag} takes {what} numbers like 1,3, got {only!r}") from None
     bad = [x for x in picked if x not in experiments]
     if bad:
-        raise typer.BadParameter(f"--only: no experiment {bad}; valid: {', '.join(map(str, experiments))}")
+        raise typer.BadParameter(f"{flag}: no {what} {bad}; valid: {', '.join(map(str, experiments))}")
     return picked
 
 

@@ -4,12 +4,13 @@
     raysim reproduce pfedht --only 1,4 --seeds 3                       # a subset
     raysim reproduce pfedht --quick --seeds 2                          # digits, a CI smoke test
     raysim reproduce pfedht --scale converge --only 1 --seeds 3 --jobs 2  # 48 rounds: until curves flatten
+    raysim reproduce pfedht --scale converge --only 1 --federations 1,2  # experiment 1 at 50 clients only
 
 Experiments (the paper's tables and figures they stand in for):
 
 1. ``1_methods`` (Table 1/2): every method on four federations: pathological (2 classes per client)
    and Dirichlet(0.2) label skew (``--alpha`` sets it, e.g. 0.5 for more classes per client), 50 and
-   100 clients.
+   100 clients (``--federations`` picks some of them: 1, 2 at 50 clients, 3, 4 at 100).
 2. ``2_alpha`` (Table 3): pFedHT, FedAvg* and Local over Dirichlet alpha in {0.1, 0.3, 0.5, 0.7, 0.9}.
 3. ``3_hypernetwork`` (Table 4 / Figure 10): pFedHT with and without its hypernetwork (without: each
    client keeps its own Q/K/V projections, ``fedper`` with ``personal: qkv``, the paper's "ours*").
@@ -120,6 +121,8 @@ class Scale:
     finetune_epochs: int = 1
     # the convergence criterion's window W, in evaluated rounds (harness.flattening; delta 0.5 points)
     flat_window: int = 3
+    # experiment 1's federations to run, by number (1-4, settings()' order; --federations)
+    federations: tuple[int, ...] = (1, 2, 3, 4)
 
 
 SCALES: dict[str, Scale] = {
@@ -353,6 +356,20 @@ def settings(sc: Scale) -> dict[str, dict[str, Any]]:
     }
 
 
+def exp1_settings(sc: Scale) -> dict[str, dict[str, Any]]:
+    """Experiment 1's federations, those of ``sc.federations`` (``--federations``) only."""
+    return {k: v for i, (k, v) in enumerate(settings(sc).items(), 1) if i in sc.federations}
+
+
+def fed_count(sc: Scale) -> str:
+    n = len(sc.federations)
+    return (
+        "four federations"
+        if n == 4
+        else f"{n} of the four federations (no. {', '.join(map(str, sc.federations))})"
+    )
+
+
 def exp1_methods(c: Ctx) -> str:
     sc = c.scale
     d = c.folder("1_methods")
@@ -364,7 +381,7 @@ def exp1_methods(c: Ctx) -> str:
     all_rta: dict[str, list[float]] = {k: [] for k in ms}
     flats: dict[str, dict[str, Flat]] = {}
     verdicts: list[str] = []
-    for setting, data in settings(sc).items():
+    for setting, data in exp1_settings(sc).items():
         picked = ms
         if sc.big_methods is not None and data["num_clients"] == sc.big_clients:
             picked = {k: m for k, m in ms.items() if k in sc.big_methods}
@@ -386,7 +403,7 @@ def exp1_methods(c: Ctx) -> str:
         flats=flats,
     )
     md = (
-        f"### 1. Every method on four federations ({sc.dataset}; the paper's Table 1/2)\n\n"
+        f"### 1. Every method on {fed_count(sc)} ({sc.dataset}; the paper's Table 1/2)\n\n"
         f"{sc.cohort} clients a round, {sc.rounds} rounds, {sc.epochs} local epoch(s) at lr {sc.lr}, batch "
         f"{sc.batch}; seeds {c.seeds[0]}..{c.seeds[-1]}. Personal acc: each client's own model on its own "
         "test split, last round, example-weighted. Worst-10%: the mean of the lowest 10% of client "
@@ -611,14 +628,27 @@ def reproduce_pfedht(
             "Dirichlet 0.5 beside the pathological split)"
         ),
     ] = "full",
+    federations: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated federations of experiment 1 to run: 1 pathological and 2 Dirichlet "
+            "at the small size, 3 and 4 the same at the large size (default: all 4)"
+        ),
+    ] = "",
     tune: TuneOption = False,
     tune_trials: TuneTrialsOption = DEFAULT_TRIALS,
 ) -> None:
     """Personalised FL: pFedHT against pFedHN, FedPer, FedAvg*, FedProx*, Local (+ FedBN, FedRoD, pFedMe)."""
     picked = parse_only(only)
+    feds = tuple(parse_experiments(federations, dict.fromkeys(range(1, 5)), "--federations", "federation"))
     name = pick_scale(scale, quick, SCALES)
     base = SCALES[name]
-    sc = replace(base, dirichlet=base.dirichlet if alpha is None else alpha, finetune_epochs=finetune_epochs)
+    sc = replace(
+        base,
+        dirichlet=base.dirichlet if alpha is None else alpha,
+        finetune_epochs=finetune_epochs,
+        federations=feds,
+    )
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
@@ -629,6 +659,7 @@ def reproduce_pfedht(
     cmd = f"raysim reproduce pfedht --seeds {seeds} --jobs {jobs} --out {out}" + scale_flag(name)
     cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha is not None else "")
     cmd += f" --finetune-epochs {finetune_epochs}" if finetune_epochs != 1 else ""
+    cmd += f" --federations {','.join(map(str, feds))}" if len(feds) < 4 else ""
     cmd += tune_flags(tune, tune_trials)
     lines = [
         "# pFedHT reproduction (paper 003; scaled down)",

@@ -191,6 +191,21 @@ def test_clustered_converge_scale_is_the_papers_budget_for_every_method_and_full
     assert "lr_decay" not in raw["local"]  # full's run keys (and cached runs) unchanged
 
 
+def test_clustered_long_scale_is_full_run_longer_at_the_focus_alpha():
+    from dataclasses import replace
+
+    from raysim.reproduce.clustered import SCALES, config, methods, rotation_data
+
+    full, long = SCALES["full"], SCALES["long"]
+    assert long == replace(full, name="long", rounds=60, alphas=(full.focus_alpha,), side_rows=False)
+    data = rotation_data(long.num_clients, long.focus_alpha, long.num_groups)
+    for a in methods(long.num_groups).values():  # the same run as full's but for its horizon
+        mine, theirs = config(long, 1, a, data), config(full, 1, a, data)
+        assert mine["rounds"].pop("num_rounds") == 60
+        theirs["rounds"].pop("num_rounds")
+        assert mine == theirs
+
+
 def test_clustered_rounds_option_is_range_checked(tmp_path):
     from typer.testing import CliRunner
 

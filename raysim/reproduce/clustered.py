@@ -3,6 +3,7 @@
     raysim reproduce clustered --seeds 3 --jobs 2 --out results/clustered   # full scale (Fashion-MNIST)
     raysim reproduce clustered --only 1 --seeds 3                           # a subset
     raysim reproduce clustered --quick --seeds 1                            # digits, a CI smoke test
+    raysim reproduce clustered --scale long --only 1 --tune --seeds 3 --jobs 2  # full's budget, 60 rounds
     raysim reproduce clustered --scale converge --only 1 --seeds 3 --jobs 2 # AS-CFL at the paper's budget
 
 Five methods (FedAvg, CFL, IFCA, AS-CFL, genetic CFL) on federations with ground-truth client groups:
@@ -25,8 +26,8 @@ Five methods (FedAvg, CFL, IFCA, AS-CFL, genetic CFL) on federations with ground
 Horizon (issue 22): experiment 1's table says where each method's mean curve flattened
 (``harness.flattening``: the last W = 5 evaluated rounds vs the 5 before, < 0.5 points, to the end),
 whether the top 3 methods all flattened before the last round (else "NOT adequate"), and, at
-horizons over 12 rounds, the round-12 accuracy of the same runs. ``--scale converge`` is AS-CFL's
-paper budget (cnn-small, 10 epochs, lr 0.1 x 0.99 a round via ``local.lr_decay``, 100 rounds).
+horizons over 12 rounds, the round-12 accuracy of the same runs. ``--scale long`` runs ``full``'s
+budget for 60 rounds at the focus alpha; ``--scale converge`` is AS-CFL's paper budget (cnn-small, 10 epochs, lr 0.1 x 0.99 a round via ``local.lr_decay``, 100 rounds).
 
 Every method of a setting gets the same config apart from its ``algorithm`` section: the same data
 section (so the same shards, public split included), the same seed (so the same initial model and,
@@ -152,6 +153,26 @@ class Scale:
     side_rows: bool = True
 
 
+# the paper's 20 clients, every client every round, on Fashion-MNIST; mlp, 15 rounds and 1 local
+# epoch (the paper: CNN, 100 rounds, ~10 epochs) so that the 93 runs fit 45 min on 2 idle cores
+SCALES_FULL = Scale(
+    name="full",
+    dataset="fashion-mnist",
+    model="mlp",
+    num_clients=20,
+    cohort=20,
+    rounds=15,
+    epochs=1,
+    lr=0.05,
+    batch=32,
+    public_fraction=0.05,
+    alphas=(0.8, 0.6, 0.4),
+    focus_alpha=0.6,
+    big_clients=100,
+    big_cohort=20,
+    num_groups=4,
+)
+
 SCALES: dict[str, Scale] = {
     "quick": Scale(
         name="quick",
@@ -173,25 +194,13 @@ SCALES: dict[str, Scale] = {
         gen_cohort=4,
         gen_rounds=3,
     ),
-    # the paper's 20 clients, every client every round, on Fashion-MNIST; mlp, 15 rounds and 1 local
-    # epoch (the paper: CNN, 100 rounds, ~10 epochs) so that the 93 runs fit 45 min on 2 idle cores
-    "full": Scale(
-        name="full",
-        dataset="fashion-mnist",
-        model="mlp",
-        num_clients=20,
-        cohort=20,
-        rounds=15,
-        epochs=1,
-        lr=0.05,
-        batch=32,
-        public_fraction=0.05,
-        alphas=(0.8, 0.6, 0.4),
-        focus_alpha=0.6,
-        big_clients=100,
-        big_cohort=20,
-        num_groups=4,
-    ),
+    "full": SCALES_FULL,
+    # issue 22: full's budget (mlp, 1 epoch, lr 0.05) run until the curves flatten, in experiment 1's
+    # rotated setting at the focus alpha only (no dropout/DP side tables): 60 rounds, 4 x full's
+    # horizon. A run is ~4x a full-scale one (~30 s idle, docs/clustered.md), ~2 CPU-minutes, so
+    # experiment 1 with --tune (31 runs: 16 tuning, 15 evaluation) is estimated at ~35 min with
+    # --jobs 2 on 2 idle cores.
+    "long": replace(SCALES_FULL, name="long", rounds=60, alphas=(0.6,), side_rows=False),
     # issue 22: AS-CFL at the paper's training budget in the rotated setting: CNN (cnn-small), 10 local
     # epochs, lr 0.1 decaying 0.99 a round (local.lr_decay, every method alike), 20 clients all
     # training; experiment 1 at the focus alpha only, without its dropout and DP side tables (each
@@ -735,8 +744,9 @@ def reproduce_clustered(
     scale: Annotated[
         str,
         typer.Option(
-            help="full (mlp, 15 rounds, 1 epoch), quick (= --quick) or converge (AS-CFL's paper budget: "
-            "cnn-small, 10 epochs, lr 0.1 x 0.99 a round, 100 rounds; use with --only 1)"
+            help="full (mlp, 15 rounds, 1 epoch), quick (= --quick), long (full's budget for 60 rounds, "
+            "α 0.6 only; use with --only 1) or converge (AS-CFL's paper budget: cnn-small, 10 epochs, lr "
+            "0.1 x 0.99 a round, 100 rounds; use with --only 1)"
         ),
     ] = "full",
     rounds: Annotated[

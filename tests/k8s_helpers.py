@@ -158,9 +158,10 @@ def sets_of(args: tuple[str, ...]) -> list[str]:
     return [args[i + 1] for i, a in enumerate(args) if a == "--set"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rendered_docs(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
-    """The objects (ConfigMap, RayJob) of RENDERED and of the quick-start sweep, rendered once a module."""
+    """The objects (ConfigMap, RayJob) of RENDERED and of the quick-start sweep, rendered once for the
+    test session (test_k8s and test_k8s_render read them; none may change them)."""
     tmp = tmp_path_factory.mktemp("render")
     out = {}
     for key, args in RENDERED.items():
@@ -171,7 +172,7 @@ def rendered_docs(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rendered(rendered_docs) -> dict[str, dict[str, Any]]:
     """The RayJobs of :func:`rendered_docs` (the sweep's too)."""
     return {k: docs[1] for k, docs in rendered_docs.items()}

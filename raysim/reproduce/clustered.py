@@ -197,9 +197,9 @@ SCALES: dict[str, Scale] = {
     "full": SCALES_FULL,
     # issue 22: full's budget (mlp, 1 epoch, lr 0.05) run until the curves flatten, in experiment 1's
     # rotated setting at the focus alpha only (no dropout/DP side tables): 60 rounds, 4 x full's
-    # horizon. A run is ~4x a full-scale one (~30 s idle, docs/clustered.md), ~2 CPU-minutes, so
-    # experiment 1 with --tune (31 runs: 16 tuning, 15 evaluation) is estimated at ~35 min with
-    # --jobs 2 on 2 idle cores.
+    # horizon. Measured: a 60-round FedAvg tuning run took ~1,040 s of wall time at ~24% of a core
+    # (load ~8), ~250 CPU-seconds, so experiment 1 with --tune (31 runs: 16 tuning, 15 evaluation)
+    # is ~65 min of work with --jobs 2 on 2 idle cores (estimated from that, not timed whole).
     "long": replace(SCALES_FULL, name="long", rounds=60, alphas=(0.6,), side_rows=False),
     # issue 22: AS-CFL at the paper's training budget in the rotated setting: CNN (cnn-small), 10 local
     # epochs, lr 0.1 decaying 0.99 a round (local.lr_decay, every method alike), 20 clients all

@@ -4,6 +4,9 @@ The sweep directory (``<storage_path>/<name>``, a stable name such as the RayJob
 
 * absent: the sweep starts there (``tuning.sweep.run_sweep``);
 * finished (``sweep.json`` and ``trials.parquet`` written): its result is printed and nothing runs;
+  with ``retry_failed`` (the reproductions' fair tuning), a finished sweep whose ``sweep.json`` lists
+  failed trials continues instead, as an interrupted one does, so those trials run again from their
+  newest FL checkpoint (a trial that fails again stays failed);
 * interrupted, with Tune's experiment state: it continues (``tuning.sweep.resume_sweep``: Tune's
   ``Tuner.restore(resume_unfinished=True, resume_errored=True)``; trials continue from their newest
   FL checkpoint, the searcher and scheduler from Tune's state);
@@ -61,6 +64,11 @@ def check_same_sweep(loaded: LoadedSpec, directory: Path) -> None:
         )
 
 
+def failed_trials(directory: Path) -> list[str]:
+    """The trials a finished sweep's ``sweep.json`` lists as failed."""
+    return [str(t) for t in json.loads((directory / "sweep.json").read_text()).get("failed", [])]
+
+
 def finished_outcome(directory: Path, echo: Echo) -> SweepOutcome:
     """A finished sweep's result, read back from its ``sweep.json``."""
     info = json.loads((directory / "sweep.json").read_text())
@@ -87,6 +95,7 @@ def run_or_resume(
     echo: Echo = print,
     verbose: int = 1,
     trust_state: bool = False,
+    retry_failed: bool = False,
 ) -> SweepOutcome:
     """Start, continue or report the sweep of ``loaded`` (see the module docstring)."""
     from tuning.sweep import resume_sweep, run_sweep, sweep_dir, with_num_samples
@@ -97,6 +106,12 @@ def run_or_resume(
     if state == "absent":
         return run_sweep(loaded, address=address, echo=echo, verbose=verbose)
     check_same_sweep(loaded, directory)
+    if state == "finished" and retry_failed and failed_trials(directory):
+        echo(
+            f"sweep {loaded.spec.name}: retrying the failed trials {', '.join(failed_trials(directory))} "
+            f"of {directory}"
+        )
+        return resume_sweep(directory, address=address, echo=echo, verbose=verbose, trust_state=trust_state)
     if state == "finished":
         return finished_outcome(directory, echo)
     if state == "interrupted":

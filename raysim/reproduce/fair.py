@@ -243,7 +243,7 @@ class FairTuner:
         return choice
 
     def _run(self, raw: dict[str, Any], algo: str, metric: str, label: str, method: str) -> Choice:
-        from tuning.present import run_or_resume, sweep_state
+        from tuning.present import failed_trials, run_or_resume, sweep_state
         from tuning.spec import spec_from_dict
 
         directory = Path(raw["storage_path"]) / raw["name"]
@@ -260,11 +260,16 @@ class FairTuner:
         self.echo(f"[tune {label}] {method}: {self.trials} trials on seed {TUNING_SEED} ({raw['mode']})")
         if fresh:
             self._session()
-        outcome = run_or_resume(loaded, echo=lambda m: None, verbose=0)
+        if not fresh and failed_trials(directory):
+            self._session()  # a cached sweep with failed trials: they run again (retry_failed)
+            self.echo(f"[tune {label}] {method}: retrying the failed trials of {directory}")
+        outcome = run_or_resume(loaded, echo=lambda m: None, verbose=0, retry_failed=True)
         if outcome.errors or outcome.best is None:
             raise RuntimeError(
                 f"fair tuning of {method} ({label}): sweep {outcome.directory} failed: "
                 + ("; ".join(outcome.errors) or "no trial finished")
+                + " (each failed trial's error is in error.txt in its folder there; running the "
+                "command again retries the failed trials from their newest checkpoints)"
             )
         knobs = list(raw["space"])
         trials = trial_values(outcome.directory, knobs, metric)

@@ -455,3 +455,36 @@ def test_the_in_memory_study_and_its_exporter_pass_the_resume_state_check(tmp_pa
     searcher.save(str(tmp_path / "searcher.pkl"))
     check_pickle((tmp_path / "searcher.pkl").read_bytes(), "searcher state")
     check_pickle(cloudpickle.dumps(OptunaExport(searcher, str(tmp_path / "optuna.db"), "s")), "tuner.pkl")
+
+
+def test_retry_failed_continues_a_finished_sweep_with_failed_trials_and_only_then(tmp_path, monkeypatch):
+    """The reproductions' fair tuning reruns a sweep whose trials failed (an actor lost, say) by
+    continuing it, as an interrupted one; without retry_failed, or with no failed trial, a finished
+    sweep is reported and nothing runs."""
+    import tuning.sweep
+    from tuning.present import run_or_resume
+
+    loaded = _loaded(tmp_path)
+    d = sweep_dir(loaded)
+    d.mkdir(parents=True)
+    (d / SPEC_FILE).write_text(resolved_spec_yaml(loaded))
+    (d / "trials.parquet").write_bytes(b"")
+    info = {
+        "name": "st",
+        "trials": 2,
+        "failed": ["x_00001"],
+        "objectives": [{"metric": "test_accuracy", "goal": "max"}],
+        "best": {"trial_id": "x_00000", "test_accuracy": 0.5, "config": {"local.lr": 0.05}},
+    }
+    (d / "sweep.json").write_text(json.dumps(info))
+    resumed: list[Path] = []
+    monkeypatch.setattr(
+        tuning.sweep, "resume_sweep", lambda directory, **kw: resumed.append(directory) or "resumed"
+    )
+    said: list[str] = []
+    report = run_or_resume(loaded, echo=said.append)
+    assert report.errors == ["trial_x_00001: failed"] and not resumed  # reported as it is
+    assert run_or_resume(loaded, echo=said.append, retry_failed=True) == "resumed" and resumed == [d]
+    assert "retrying the failed trials x_00001" in said[-1]
+    (d / "sweep.json").write_text(json.dumps(info | {"failed": []}))
+    assert run_or_resume(loaded, echo=said.append, retry_failed=True).errors == [] and resumed == [d]

@@ -8,7 +8,8 @@ of those pickles first *without loading it*: ``pickletools`` walks the opcodes, 
 resolves what each one imports, and the sweep is refused (naming the file and the import) unless
 
 * every import is a class of the libraries a sweep's state is made of (Ray Tune/Train/AIR,
-  Optuna, numpy, raysim, argparse) or one of a few named functions (numpy's and Python's
+  Optuna, numpy, raysim, argparse, and Ray's exceptions, which a failed trial's ``error.pkl``
+  holds) or one of a few named functions (numpy's and Python's
   reconstructors, ``tuning.sweep._trial_dirname``), and
 * a function that the state only refers to (Ray's upload helper) is never called, and
 * no opcode reaches code another way (the extension registry, persistent ids).
@@ -31,7 +32,10 @@ from typing import Any
 from raysim.config import ConfigError
 
 CLASS_MODULES = ("ray.tune.", "ray.train.", "ray.air.", "optuna.", "numpy.", "tuning.", "raysim.")
-CLASS_PACKAGES = {"ray.tune", "ray.train", "optuna", "numpy", "argparse"}
+CLASS_PACKAGES = {"ray.tune", "ray.train", "optuna", "numpy", "argparse", "ray.exceptions"}
+# a failed trial's error.pkl holds the exception it failed with: Ray's own exception classes (an
+# actor lost, say) may be called with their arguments, which an exception's constructor only stores
+EXCEPTION_MODULES = {"ray.exceptions"}
 CLASSES = {  # classes outside those packages
     ("collections", "deque"),
     ("collections", "OrderedDict"),
@@ -227,6 +231,7 @@ def check_pickle(data: bytes, source: str) -> None:
                 if cls is None:
                     raise UnsafePickle(f"it imports {module}.{qual}, which no raysim sweep state holds")
                 plain = issubclass(cls, enum.Enum) or (issubclass(cls, tuple) and hasattr(cls, "_fields"))
+                plain = plain or (module in EXCEPTION_MODULES and issubclass(cls, BaseException))
                 if how == "call" and key not in CALLABLE_CLASSES and not plain:  # enum member, namedtuple
                     raise UnsafePickle(f"it calls {module}.{qual} with arguments")
     except UnsafePickle as exc:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray.cloudpickle as cloudpickle
+import ray.exceptions
 
 from raysim.config import ConfigError
 from tuning.sweep import GeneticExplore, _trial_dirname
@@ -64,6 +65,8 @@ def test_what_raysim_sweeps_pickle_passes():
         optuna.samplers.TPESampler(seed=0),
         optuna.trial.TrialState.COMPLETE,  # an enum member: the class called with its value
         _variant_state(),  # the grid/PBT generator, saved without argparse's function
+        # a failed trial's error.pkl: the exception Ray raised (here an actor that was lost)
+        ray.exceptions.ActorUnavailableError("The actor is temporarily unavailable", b"\x01" * 16),
     ]:
         check_pickle(cloudpickle.dumps(obj), "ok")
 

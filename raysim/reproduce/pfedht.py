@@ -428,6 +428,7 @@ def exp1_methods(c: Ctx) -> str:
         + (
             f"\n\nThe {sc.big_clients}-client federations run {', '.join(sc.big_methods)} only (time)."
             if sc.big_methods is not None
+            and any(d["num_clients"] == sc.big_clients for d in exp1_settings(sc).values())
             else ""
         )
         + "\n\n#### MRTA (mean RTA over every setting and seed the method ran on)\n\n"

@@ -211,24 +211,30 @@ def test_another_spec_under_the_same_name_is_refused_naming_what_differs(tmp_pat
         check_same_sweep(_loaded(tmp_path, space={"local.lr": {"grid": [0.2]}}), d)
 
 
-def test_resume_if_present_on_a_finished_sweep_prints_its_result_and_exits_0(tmp_path):
-    raw = _raw(tmp_path)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(raw))
-    loaded = spec_from_dict(raw, "(test)", tmp_path, probe=False)
+def _finished(loaded, failed: list[str], best: dict[str, Any]) -> Path:
+    """A finished sweep's directory as write_outputs leaves it (its sweep.json; an empty table)."""
     d = sweep_dir(loaded)
-    d.mkdir(parents=True)
+    d.mkdir(parents=True, exist_ok=True)
     (d / SPEC_FILE).write_text(resolved_spec_yaml(loaded))
     (d / "trials.parquet").write_bytes(b"")
     info = {
         "name": "st",
         "trials": 2,
-        "failed": [],
+        "failed": failed,
         "no_record": [],
         "objectives": [{"metric": "test_accuracy", "goal": "max"}],
-        "best": {"trial_id": "a", "test_accuracy": 0.8125, "config": {"local.lr": 0.1}},
+        "best": best,
     }
     (d / "sweep.json").write_text(json.dumps(info))
+    return d
+
+
+def test_resume_if_present_on_a_finished_sweep_prints_its_result_and_exits_0(tmp_path):
+    raw = _raw(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    loaded = spec_from_dict(raw, "(test)", tmp_path, probe=False)
+    d = _finished(loaded, [], {"trial_id": "a", "test_accuracy": 0.8125, "config": {"local.lr": 0.1}})
     before = sorted(p.name for p in d.iterdir())
     res = CliRunner().invoke(app, ["tune", str(spec), "--resume-if-present"])
     assert res.exit_code == 0, res.output
@@ -465,18 +471,9 @@ def test_retry_failed_continues_a_finished_sweep_with_failed_trials_and_only_the
     from tuning.present import run_or_resume
 
     loaded = _loaded(tmp_path)
-    d = sweep_dir(loaded)
-    d.mkdir(parents=True)
-    (d / SPEC_FILE).write_text(resolved_spec_yaml(loaded))
-    (d / "trials.parquet").write_bytes(b"")
-    info = {
-        "name": "st",
-        "trials": 2,
-        "failed": ["x_00001"],
-        "objectives": [{"metric": "test_accuracy", "goal": "max"}],
-        "best": {"trial_id": "x_00000", "test_accuracy": 0.5, "config": {"local.lr": 0.05}},
-    }
-    (d / "sweep.json").write_text(json.dumps(info))
+    d = _finished(
+        loaded, ["x_00001"], {"trial_id": "x_00000", "test_accuracy": 0.5, "config": {"local.lr": 0.05}}
+    )
     resumed: list[Path] = []
     monkeypatch.setattr(
         tuning.sweep, "resume_sweep", lambda directory, **kw: resumed.append(directory) or "resumed"
@@ -486,5 +483,5 @@ def test_retry_failed_continues_a_finished_sweep_with_failed_trials_and_only_the
     assert report.errors == ["trial_x_00001: failed"] and not resumed  # reported as it is
     assert run_or_resume(loaded, echo=said.append, retry_failed=True) == "resumed" and resumed == [d]
     assert "retrying the failed trials x_00001" in said[-1]
-    (d / "sweep.json").write_text(json.dumps(info | {"failed": []}))
+    _finished(loaded, [], {"trial_id": "x_00000", "test_accuracy": 0.5, "config": {"local.lr": 0.05}})
     assert run_or_resume(loaded, echo=said.append, retry_failed=True).errors == [] and resumed == [d]

@@ -27,7 +27,8 @@ Horizon (issue 22): experiment 1's table says where each method's mean curve fla
 (``harness.flattening``: the last W = 5 evaluated rounds vs the 5 before, < 0.5 points, to the end),
 whether the top 3 methods all flattened before the last round (else "NOT adequate"), and, at
 horizons over 12 rounds, the round-12 accuracy of the same runs. ``--scale long`` runs ``full``'s
-budget for 60 rounds at the focus alpha; ``--scale converge`` is AS-CFL's paper budget (cnn-small, 10 epochs, lr 0.1 x 0.99 a round via ``local.lr_decay``, 100 rounds).
+budget for 60 rounds at the focus alpha; ``--scale converge`` is AS-CFL's paper budget (cnn-small,
+10 epochs, lr 0.1 x 0.99 a round via ``local.lr_decay``, 100 rounds).
 
 Every method of a setting gets the same config apart from its ``algorithm`` section: the same data
 section (so the same shards, public split included), the same seed (so the same initial model and,

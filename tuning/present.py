@@ -106,11 +106,9 @@ def run_or_resume(
     if state == "absent":
         return run_sweep(loaded, address=address, echo=echo, verbose=verbose)
     check_same_sweep(loaded, directory)
-    if state == "finished" and retry_failed and failed_trials(directory):
-        echo(
-            f"sweep {loaded.spec.name}: retrying the failed trials {', '.join(failed_trials(directory))} "
-            f"of {directory}"
-        )
+    failed = failed_trials(directory) if state == "finished" and retry_failed else []
+    if failed:
+        echo(f"sweep {loaded.spec.name}: retrying the failed trials {', '.join(failed)} of {directory}")
         return resume_sweep(directory, address=address, echo=echo, verbose=verbose, trust_state=trust_state)
     if state == "finished":
         return finished_outcome(directory, echo)

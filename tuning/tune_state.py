@@ -32,10 +32,10 @@ from typing import Any
 from raysim.config import ConfigError
 
 CLASS_MODULES = ("ray.tune.", "ray.train.", "ray.air.", "optuna.", "numpy.", "tuning.", "raysim.")
-CLASS_PACKAGES = {"ray.tune", "ray.train", "optuna", "numpy", "argparse", "ray.exceptions"}
 # a failed trial's error.pkl holds the exception it failed with: Ray's own exception classes (an
 # actor lost, say) may be called with their arguments, which an exception's constructor only stores
 EXCEPTION_MODULES = {"ray.exceptions"}
+CLASS_PACKAGES = {"ray.tune", "ray.train", "optuna", "numpy", "argparse", *EXCEPTION_MODULES}
 CLASSES = {  # classes outside those packages
     ("collections", "deque"),
     ("collections", "OrderedDict"),
@@ -230,9 +230,12 @@ def check_pickle(data: bytes, source: str) -> None:
                 cls = _allowed_class(module, qual)
                 if cls is None:
                     raise UnsafePickle(f"it imports {module}.{qual}, which no raysim sweep state holds")
-                plain = issubclass(cls, enum.Enum) or (issubclass(cls, tuple) and hasattr(cls, "_fields"))
-                plain = plain or (module in EXCEPTION_MODULES and issubclass(cls, BaseException))
-                if how == "call" and key not in CALLABLE_CLASSES and not plain:  # enum member, namedtuple
+                plain = (  # an enum member, a namedtuple, a Ray exception: built from its values
+                    issubclass(cls, enum.Enum)
+                    or (issubclass(cls, tuple) and hasattr(cls, "_fields"))
+                    or (module in EXCEPTION_MODULES and issubclass(cls, BaseException))
+                )
+                if how == "call" and key not in CALLABLE_CLASSES and not plain:
                     raise UnsafePickle(f"it calls {module}.{qual} with arguments")
     except UnsafePickle as exc:
         raise ConfigError(

@@ -61,6 +61,11 @@ def classify(cmdline: list[str] | tuple[str, ...]) -> str:
     return RAY_OTHER
 
 
+def _peak(old: float, new: float) -> float:
+    """The larger of a peak so far (NaN: none yet) and a new sample."""
+    return new if math.isnan(old) else max(old, new)
+
+
 @dataclass
 class ProcStats:
     pid: int
@@ -206,9 +211,9 @@ class TreeProbe:
             st.peak_rss_mb = max(st.peak_rss_mb, rss)
             st.last_rss_mb = rss
             if uss is not None:
-                st.peak_uss_mb = uss if st.peak_uss_mb != st.peak_uss_mb else max(st.peak_uss_mb, uss)
+                st.peak_uss_mb = _peak(st.peak_uss_mb, uss)
             if math.isfinite(pss):
-                st.peak_pss_mb = pss if st.peak_pss_mb != st.peak_pss_mb else max(st.peak_pss_mb, pss)
+                st.peak_pss_mb = _peak(st.peak_pss_mb, pss)
             total += rss
         self.peak_total_rss_mb = max(self.peak_total_rss_mb, total)
         return tree

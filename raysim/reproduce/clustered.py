@@ -154,26 +154,6 @@ class Scale:
     side_rows: bool = True
 
 
-# the paper's 20 clients, every client every round, on Fashion-MNIST; mlp, 15 rounds and 1 local
-# epoch (the paper: CNN, 100 rounds, ~10 epochs) so that the 93 runs fit 45 min on 2 idle cores
-SCALES_FULL = Scale(
-    name="full",
-    dataset="fashion-mnist",
-    model="mlp",
-    num_clients=20,
-    cohort=20,
-    rounds=15,
-    epochs=1,
-    lr=0.05,
-    batch=32,
-    public_fraction=0.05,
-    alphas=(0.8, 0.6, 0.4),
-    focus_alpha=0.6,
-    big_clients=100,
-    big_cohort=20,
-    num_groups=4,
-)
-
 SCALES: dict[str, Scale] = {
     "quick": Scale(
         name="quick",
@@ -195,13 +175,25 @@ SCALES: dict[str, Scale] = {
         gen_cohort=4,
         gen_rounds=3,
     ),
-    "full": SCALES_FULL,
-    # issue 22: full's budget (mlp, 1 epoch, lr 0.05) run until the curves flatten, in experiment 1's
-    # rotated setting at the focus alpha only (no dropout/DP side tables): 60 rounds, 4 x full's
-    # horizon. Measured: a 60-round FedAvg tuning run took ~1,040 s of wall time at ~24% of a core
-    # (load ~8), ~250 CPU-seconds, so experiment 1 with --tune (31 runs: 16 tuning, 15 evaluation)
-    # is ~65 min of work with --jobs 2 on 2 idle cores (estimated from that, not timed whole).
-    "long": replace(SCALES_FULL, name="long", rounds=60, alphas=(0.6,), side_rows=False),
+    # the paper's 20 clients, every client every round, on Fashion-MNIST; mlp, 15 rounds and 1 local
+    # epoch (the paper: CNN, 100 rounds, ~10 epochs) so that the 93 runs fit 45 min on 2 idle cores
+    "full": Scale(
+        name="full",
+        dataset="fashion-mnist",
+        model="mlp",
+        num_clients=20,
+        cohort=20,
+        rounds=15,
+        epochs=1,
+        lr=0.05,
+        batch=32,
+        public_fraction=0.05,
+        alphas=(0.8, 0.6, 0.4),
+        focus_alpha=0.6,
+        big_clients=100,
+        big_cohort=20,
+        num_groups=4,
+    ),
     # issue 22: AS-CFL at the paper's training budget in the rotated setting: CNN (cnn-small), 10 local
     # epochs, lr 0.1 decaying 0.99 a round (local.lr_decay, every method alike), 20 clients all
     # training; experiment 1 at the focus alpha only, without its dropout and DP side tables (each
@@ -229,6 +221,12 @@ SCALES: dict[str, Scale] = {
         num_groups=4,
     ),
 }
+# issue 22: full's budget (mlp, 1 epoch, lr 0.05) run until the curves flatten, in experiment 1's
+# rotated setting at the focus alpha only (no dropout/DP side tables): 60 rounds, 4 x full's
+# horizon. Measured: a 60-round FedAvg tuning run took ~1,040 s of wall time at ~24% of a core
+# (load ~8), ~250 CPU-seconds, so experiment 1 with --tune (31 runs: 16 tuning, 15 evaluation)
+# is ~65 min of work with --jobs 2 on 2 idle cores (estimated from that, not timed whole).
+SCALES["long"] = replace(SCALES["full"], name="long", rounds=60, alphas=(0.6,), side_rows=False)
 
 
 def methods(num_groups: int) -> dict[str, dict[str, Any]]:

@@ -258,10 +258,10 @@ class FairTuner:
         # experiment schema, every knob one the algorithm reads, the metric one a probe round reports)
         loaded = spec_from_dict(raw, f"fair tuning of {method}", self.out, probe=fresh)
         self.echo(f"[tune {label}] {method}: {self.trials} trials on seed {TUNING_SEED} ({raw['mode']})")
-        if fresh:
+        retry = not fresh and bool(failed_trials(directory))  # they run again (retry_failed below)
+        if fresh or retry:
             self._session()
-        if not fresh and failed_trials(directory):
-            self._session()  # a cached sweep with failed trials: they run again (retry_failed)
+        if retry:
             self.echo(f"[tune {label}] {method}: retrying the failed trials of {directory}")
         outcome = run_or_resume(loaded, echo=lambda m: None, verbose=0, retry_failed=True)
         if outcome.errors or outcome.best is None:

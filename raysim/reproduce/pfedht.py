@@ -381,7 +381,8 @@ def exp1_methods(c: Ctx) -> str:
     all_rta: dict[str, list[float]] = {k: [] for k in ms}
     flats: dict[str, dict[str, Flat]] = {}
     verdicts: list[str] = []
-    for setting, data in exp1_settings(sc).items():
+    feds = exp1_settings(sc)
+    for setting, data in feds.items():
         picked = ms
         if sc.big_methods is not None and data["num_clients"] == sc.big_clients:
             picked = {k: m for k, m in ms.items() if k in sc.big_methods}
@@ -427,8 +428,7 @@ def exp1_methods(c: Ctx) -> str:
         + "\n".join(verdicts)
         + (
             f"\n\nThe {sc.big_clients}-client federations run {', '.join(sc.big_methods)} only (time)."
-            if sc.big_methods is not None
-            and any(d["num_clients"] == sc.big_clients for d in exp1_settings(sc).values())
+            if sc.big_methods is not None and any(d["num_clients"] == sc.big_clients for d in feds.values())
             else ""
         )
         + "\n\n#### MRTA (mean RTA over every setting and seed the method ran on)\n\n"

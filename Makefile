@@ -21,12 +21,14 @@ help:  ## list the targets
 
 # The lock, then raysim itself without its dependencies (they are all in the lock); pip check fails
 # when the lock no longer satisfies pyproject.toml (a range changed without `make lock`). Packages
-# the lock no longer lists are removed, so .venv is the lock and nothing else. --no-compile: Python
-# compiles a module's bytecode when it is first imported, instead of pip compiling all ~18,000 files
-# of the lock's packages up front (compileall over .venv: 43 CPU-seconds here), most never imported.
+# the lock no longer lists are removed, so .venv is the lock and nothing else. pip compiles the
+# packages' bytecode at install (~43 CPU-seconds). Never --no-compile: where PYTHONDONTWRITEBYTECODE
+# is set (it is on our machines) Python would then compile torch's ~2,300 modules from source again
+# in every process that imports it, every Ray worker included (5 to 20 s each; CI took 73 minutes
+# with --no-compile, 49 without).
 $(BIN)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@$(BIN)/pip freeze --exclude-editable | grep -v '^#' | sed 's/[ =@].*//' | tr 'A-Z_.' 'a-z--' | sort > $(VENV)/.have
 	@sed -n 's/^\([A-Za-z0-9._-]*\)==.*/\1/p' $(LOCK) | tr 'A-Z_.' 'a-z--' | sort > $(VENV)/.want

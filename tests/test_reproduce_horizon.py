@@ -12,6 +12,7 @@ import pytest
 from raysim.reproduce.harness import (
     Run,
     at_round,
+    curve_figure,
     evaluated_round_at_most,
     flattening,
     horizon_verdict,
@@ -100,6 +101,28 @@ def test_the_plot_marks_where_curves_flattened(tmp_path):
     assert flats["A"].round is not None and flats["B"].round is None
     plot_curves(tmp_path / "c.png", {"s": by}, "personal_accuracy", "acc", flats={"s": flats})
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_curves_legend_is_one_beside_the_panels_and_a_method_keeps_its_colour():
+    """Ten methods' legend inside a panel covered the curves' ends (pfedht at 48 rounds): one
+    figure legend right of the panels, naming every method once, with the same colour everywhere."""
+    from raysim.reproduce.harness import pyplot
+
+    flat = {"A": [0.2, 0.5, 0.7, 0.8] + [0.8] * 8, "B": list(np.linspace(0.1, 0.6, 12))}
+    panels = {"one": _by(flat), "two": _by({"B": flat["B"], "C": flat["A"]})}
+    flats = {"one": method_flattening(panels["one"], "personal_accuracy", window=3)}
+    fig = curve_figure(panels, "personal_accuracy", "acc", flats)
+    try:
+        assert all(ax.get_legend() is None for ax in fig.axes)
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == ["A", "B", "C", "flattened by (criterion)"]
+        assert legend.get_bbox_to_anchor().x0 >= fig.bbox.x1 - 1  # right of the figure's panels
+        colours = {
+            ax.get_title(): {ln.get_label(): ln.get_color() for ln in ax.get_lines()} for ax in fig.axes
+        }
+        assert colours["one"]["B"] == colours["two"]["B"] != colours["two"]["C"]
+    finally:
+        pyplot().close(fig)
 
 
 # ------------------------------------------------------------------ pfedht's Table 1 at the horizon

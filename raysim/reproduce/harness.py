@@ -419,29 +419,51 @@ def plot_curves(
     ylabel: str,
     flats: Mapping[str, Mapping[str, Flat]] | None = None,
 ) -> None:
+    """``curve_figure`` saved to ``path`` (legend included)."""
+    fig = curve_figure(panels, col, ylabel, flats)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def curve_figure(
+    panels: dict[str, dict[str, list[Run]]],
+    col: str,
+    ylabel: str,
+    flats: Mapping[str, Mapping[str, Flat]] | None = None,
+) -> Any:
     """One panel per setting, one line per method (mean over seeds) with its 95% band; with
-    ``flats`` (panel -> method -> ``Flat``) each curve that flattened gets a marker at that round."""
+    ``flats`` (panel -> method -> ``Flat``) each curve that flattened gets a marker at that round.
+    One legend for the figure, right of the panels: with ten methods a legend inside a panel
+    covered the curves' ends, which are what the figure is read for. A method keeps its colour in
+    every panel."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    methods = list(dict.fromkeys(m for by_method in panels.values() for m in by_method))
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    handles: dict[str, Any] = {}
     for ax, (title, by_method) in zip(axes[0], panels.items(), strict=True):
         for method, runs in by_method.items():
             x, m, h = curves(runs, col)
-            (line,) = ax.plot(x, m, label=method)
+            (line,) = ax.plot(x, m, label=method, color=colour[method])
+            handles.setdefault(method, line)
             ax.fill_between(x, m - h, m + h, alpha=0.2, color=line.get_color())
             f = (flats or {}).get(title, {}).get(method)
             if f is not None and f.round is not None and f.round in set(x.tolist()):
                 y = float(m[list(x).index(f.round)])
                 ax.plot([f.round], [y], marker="v", markersize=9, color=line.get_color(), markeredgecolor="k")
-        if flats:
-            ax.plot([], [], "v", color="grey", markeredgecolor="k", label="flattened by (criterion)")
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+    if flats:
+        (handles["flattened by (criterion)"],) = axes[0][0].plot(
+            [], [], "v", color="grey", markeredgecolor="k"
+        )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.legend(
+        list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False
+    )
+    return fig
 
 
 def plot_points(

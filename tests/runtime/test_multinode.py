@@ -54,7 +54,7 @@ COLS = ["round", "test_accuracy", "test_loss", "train_loss", "personal_accuracy"
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])  # roaming clients, pinned clients
-def test_results_are_identical_on_one_two_and_three_nodes(tmp_path, algorithm):
+def test_results_are_identical_on_one_and_three_nodes(tmp_path, algorithm):
     raw = tiny_config(
         tmp_path,
         algorithm__name=algorithm,
@@ -67,7 +67,10 @@ def test_results_are_identical_on_one_two_and_three_nodes(tmp_path, algorithm):
     cfg_path = tmp_path / "raw.json"
     cfg_path.write_text(json.dumps(raw))
     frames, spans = {}, {}
-    for nodes, cpa in ((1, "3"), (2, "1"), (3, "auto")):
+    # one node, 3 clients an actor, against 3 nodes, automatic packing. A third layout (2 nodes, 1
+    # client an actor) cost CI ~30 s a parameter; packings are compared bit for bit on one node by
+    # test_ray_runs.py's packing test
+    for nodes, cpa in ((1, "3"), (3, "auto")):
         subprocess.run(
             [sys.executable, "-c", RUN_ON_NODES, str(nodes), cpa, str(cfg_path), str(tmp_path)],
             cwd=REPO,
@@ -77,9 +80,8 @@ def test_results_are_identical_on_one_two_and_three_nodes(tmp_path, algorithm):
         info = json.loads((tmp_path / f"n{nodes}-{cpa}.json").read_text())
         frames[nodes] = pd.read_parquet(Path(info["run_dir"]) / "rounds.parquet")[COLS]
         spans[nodes] = info["nodes_used"]
-    assert spans[1] == 1 and spans[2] == 2 and spans[3] >= 2, spans  # the actors really spread out
-    for nodes in (2, 3):
-        pd.testing.assert_frame_equal(frames[1], frames[nodes], check_exact=True)
+    assert spans[1] == 1 and spans[3] >= 2, spans  # the actors really spread out
+    pd.testing.assert_frame_equal(frames[1], frames[3], check_exact=True)
 
 
 NODE_LOSS = """

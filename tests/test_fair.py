@@ -193,3 +193,76 @@ def test_the_record_is_tuned_json_and_a_table_appended_to_table_md(tmp_path):
 def test_with_tuning_leaves_the_experiments_alone_without_a_tuner():
     exps = {1: ("1_a", lambda ctx: "md")}
     assert fair.with_tuning(exps, None) == exps
+
+
+def _written_record(tmp_path: Path, choices: dict[str, "fair.Choice"]) -> Path:
+    """A tuned.json as a --tune run writes it, holding ``choices`` (method -> Choice)."""
+    tuner = fair.FairTuner(tmp_path / "earlier", trials=4, experiment="1_x")
+    tuner.records["1_x"] = {"setting A": choices}
+    folder = tmp_path / "earlier" / "1_x"
+    folder.mkdir(parents=True)
+    tuner.write(folder)
+    return folder / "tuned.json"
+
+
+def test_a_recorded_choice_stands_in_for_its_own_sweep_only(tmp_path, monkeypatch):
+    """--tuned: a choice from an earlier run's tuned.json is reused for the sweep that made it (same
+    spec hash, whatever the --out), and a sweep it does not record still runs."""
+    import math
+
+    bases = pfedht_bases()
+    fedavg, local = bases[pfedht.FEDAVG], bases[pfedht.LOCAL]
+    name = fair.spec_name(
+        "fedavg", fair.sweep_spec("x", fedavg, 4, "personal_accuracy", tmp_path / "elsewhere")
+    )
+    tried = [{"local.lr": v, "personal_accuracy": 0.5} for v in (0.0125, 0.025, 0.05, 0.1)]
+    chosen = fair.Choice(
+        "fedavg",
+        ["local.lr"],
+        {"local.lr": 0.05},
+        {"local.lr": 0.025},
+        0.61,
+        tried,
+        "grid",
+        f"/gone/tune/{name}",
+    )
+    none = fair.Choice("genetic-cfl", [], {}, {}, math.nan, [], "none", "")
+    record = _written_record(tmp_path, {"FedAvg": chosen, "Genetic CFL": none})
+
+    ran: list[str] = []
+    monkeypatch.setattr(fair.FairTuner, "_run", lambda self, raw, *a: ran.append(raw["name"]) or chosen)
+    said: list[str] = []
+    tuner = fair.tuner_for(tmp_path / "new", True, 4, 2, said.append, [record])
+    assert tuner is not None and set(tuner.recorded) == {name}  # the knobless method records nothing
+    got = tuner.tune("setting A", "FedAvg", fedavg, "personal_accuracy")
+    assert got is not None and got.chosen == {"local.lr": 0.025} and got.objective == 0.61
+    assert ran == [] and "recorded for sweep" in said[-1] and "not run here" in said[-1]
+    tuner.tune("setting A", "Local", local, "personal_accuracy")  # not in the record: it runs
+    assert len(ran) == 1 and ran[0].startswith("local-")
+    other = fair.sweep_spec("x", fedavg, 5, "personal_accuracy", tmp_path)  # another budget: another sweep
+    assert fair.spec_name("fedavg", other) not in tuner.recorded
+
+
+def test_a_bad_tuned_file_exits_2_naming_it_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+
+    from raysim.reproduce import reproduce_app
+
+    (tmp_path / "not.json").write_text("{ nope")
+    (tmp_path / "other.json").write_text('{"rounds": 3}')
+    out = tmp_path / "results"
+    cases = {
+        "missing.json": "no such file",
+        "not.json": "cannot be read as JSON",
+        "other.json": "no 'settings' mapping",
+    }
+    for file, why in cases.items():
+        res = CliRunner().invoke(
+            reproduce_app,
+            ["clustered", "--quick", "--tune", "--tuned", str(tmp_path / file), "--out", str(out)],
+        )
+        assert res.exit_code == 2, res.output
+        assert file in res.output and why in res.output
+    res = CliRunner().invoke(reproduce_app, ["pfedht", "--quick", "--tuned", str(tmp_path / "other.json")])
+    assert res.exit_code == 2 and "add --tune" in res.output
+    assert not out.exists()  # refused before the results folder was made

@@ -81,6 +81,7 @@ from raysim.reproduce.clustered_tables import (
 )
 from raysim.reproduce.fair import (
     DEFAULT_TRIALS,
+    TunedOption,
     TuneOption,
     TuneTrialsOption,
     run_tuned_reproduction,
@@ -756,20 +757,21 @@ def reproduce_clustered(
     ] = None,
     tune: TuneOption = False,
     tune_trials: TuneTrialsOption = DEFAULT_TRIALS,
+    tuned: TunedOption = None,
 ) -> None:
     """Clustered FL on groups with ground truth: FedAvg, CFL, IFCA, AS-CFL, genetic CFL (paper 002)."""
     picked = parse_only(only)
     sc = SCALES[pick_scale(scale, quick, SCALES)]
     if rounds is not None:
         sc = replace(sc, rounds=rounds)
+    tuner = tuner_for(out, tune, tune_trials, jobs, echo_err, tuned)  # a bad --tuned: exit 2, nothing written
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
-    tuner = tuner_for(out, tune, tune_trials, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner, tuner=tuner)
     done = run_tuned_reproduction(picked, EXPERIMENTS, ctx)
     times, total = done.times, done.total
-    flags = tune_flags(tune, tune_trials)
+    flags = tune_flags(tune, tune_trials, tuned)
     write_index(out, sc, seeds, picked, times, total, runner, jobs, rounds, done.load, flags)
     echo_err(f"wrote {out / 'README.md'} ({total:.0f}s, {runner.executed} new runs)")
 

@@ -31,6 +31,12 @@ run keys change with them (a run cached at another lr is not reused by mistake).
 under ``<out>/tune/<algorithm>-<hash of the sweep>``; rerunning the command reuses a finished one.
 Each experiment's ``tuned.json`` records, per setting and method, the knobs, the values tried with
 their objective, and the choice; its ``table.md`` gets a table of the chosen values.
+
+``--tuned FILE`` carries choices from one run to another (another machine, a later session, a
+tuned.json kept in the repository): a choice recorded there is reused for the sweep it came from
+and no other. Sweeps are named by a hash of their whole spec (``spec_name``: base config, knobs,
+ranges, trials, metric), so a recorded choice can only stand in for the very sweep that made it;
+every other sweep runs.
 """
 
 from __future__ import annotations
@@ -207,6 +213,7 @@ class FairTuner:
     echo: Echo = print
     experiment: str = ""
     records: dict[str, dict[str, dict[str, Choice]]] = field(default_factory=dict)  # exp -> setting -> method
+    recorded: dict[str, Choice] = field(default_factory=dict)  # sweep name -> choice (--tuned files)
     _memo: dict[str, Choice] = field(default_factory=dict)
     _ray: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _started: bool = False
@@ -236,6 +243,13 @@ class FairTuner:
         raw = sweep_spec("x", base, self.trials, metric, storage, self.jobs)
         raw["name"] = spec_name(algo, raw)
         choice = self._memo.get(raw["name"])
+        if choice is None and raw["name"] in self.recorded:
+            choice = self.recorded[raw["name"]]
+            self.echo(
+                f"[tune {label}] {method}: {fmt_values(choice.chosen)}, recorded for sweep {raw['name']} "
+                "(--tuned; not run here)"
+            )
+            self._memo[raw["name"]] = choice
         if choice is None:
             choice = self._run(raw, algo, metric, label, method)
             self._memo[raw["name"]] = choice
@@ -411,7 +425,7 @@ def with_tuning(
     return {i: (name, wrap(name, fn)) for i, (name, fn) in experiments.items()}
 
 
-__all__ = ["KNOBS", "FairTuner", "knobs_for", "sweep_spec", "tuned_raws", "with_tuning"]
+__all__ = ["KNOBS", "FairTuner", "knobs_for", "recorded_choices", "sweep_spec", "tuned_raws", "with_tuning"]
 
 
 # the command-line options every reproduction with a tuning stage shares
@@ -428,9 +442,64 @@ TuneTrialsOption = Annotated[
 ]
 
 
-def tuner_for(out: Path, tune: bool, trials: int, jobs: int, echo: Echo) -> FairTuner | None:
-    """The reproduction's tuner when ``--tune`` is given, else None (the configs stay untuned)."""
-    return FairTuner(out, trials, jobs, echo) if tune else None
+TunedOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--tuned",
+        help="with --tune: reuse the choices recorded in this tuned.json (an earlier run's, from "
+        "another machine or session) for the very sweeps that made them (same spec hash); every other "
+        "sweep runs. Repeatable",
+    ),
+]
+
+
+def recorded_choices(paths: Sequence[Path]) -> dict[str, Choice]:
+    """The tuned choices that ``tuned.json`` files record, by the name of the sweep that made each
+    (its directory's name: ``spec_name``). A file that is missing or not a tuned.json is a
+    ``typer.BadParameter`` naming it (exit 2, before anything runs)."""
+    fields = ("algorithm", "knobs", "start", "chosen", "objective", "trials", "mode", "sweep")
+    out: dict[str, Choice] = {}
+    for path in paths:
+
+        def bad(why: str, path: Path = path) -> typer.BadParameter:
+            return typer.BadParameter(
+                f"--tuned {path}: {why}; pass a tuned.json that `raysim reproduce ... --tune` wrote "
+                "(<out>/<experiment>/tuned.json)"
+            )
+
+        try:
+            body = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise bad("no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise bad(f"cannot be read as JSON ({err})") from None
+        settings = body.get("settings") if isinstance(body, dict) else None
+        if not isinstance(settings, dict):
+            raise bad("it has no 'settings' mapping")
+        for setting, by_method in settings.items():
+            for method, rec in (by_method or {}).items():
+                if not isinstance(rec, dict) or any(k not in rec for k in fields):
+                    raise bad(f"the record of {method} under {setting!r} lacks {', '.join(fields)}")
+                if rec["mode"] == "none":  # a method without knobs: nothing was tuned
+                    continue
+                values = {k: rec[k] for k in fields}
+                values["objective"] = math.nan if rec["objective"] is None else float(rec["objective"])
+                out[Path(str(rec["sweep"])).name] = Choice(**values)
+    return out
+
+
+def tuner_for(
+    out: Path, tune: bool, trials: int, jobs: int, echo: Echo, tuned: Sequence[Path] | None = None
+) -> FairTuner | None:
+    """The reproduction's tuner when ``--tune`` is given, else None (the configs stay untuned);
+    ``tuned``: the ``--tuned`` files whose recorded choices it reuses."""
+    if tuned and not tune:
+        raise typer.BadParameter(
+            "--tuned reuses the choices of a --tune run: add --tune (and its --tune-trials)"
+        )
+    if not tune:
+        return None
+    return FairTuner(out, trials, jobs, echo, recorded=recorded_choices(tuned or []))
 
 
 def run_tuned_reproduction(
@@ -445,6 +514,9 @@ def run_tuned_reproduction(
             ctx.tuner.close()
 
 
-def tune_flags(tune: bool, trials: int) -> str:
-    """`` --tune --tune-trials T`` for a README's command line when tuning ran, else nothing."""
-    return f" --tune --tune-trials {trials}" if tune else ""
+def tune_flags(tune: bool, trials: int, tuned: Sequence[Path] | None = None) -> str:
+    """`` --tune --tune-trials T [--tuned FILE ...]`` for a README's command line when tuning
+    ran, else nothing."""
+    if not tune:
+        return ""
+    return f" --tune --tune-trials {trials}" + "".join(f" --tuned {p}" for p in tuned or [])

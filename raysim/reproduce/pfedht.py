@@ -58,6 +58,7 @@ import typer
 
 from raysim.reproduce.fair import (
     DEFAULT_TRIALS,
+    TunedOption,
     TuneOption,
     TuneTrialsOption,
     run_tuned_reproduction,
@@ -638,6 +639,7 @@ def reproduce_pfedht(
     ] = "",
     tune: TuneOption = False,
     tune_trials: TuneTrialsOption = DEFAULT_TRIALS,
+    tuned: TunedOption = None,
 ) -> None:
     """Personalised FL: pFedHT against pFedHN, FedPer, FedAvg*, FedProx*, Local (+ FedBN, FedRoD, pFedMe)."""
     picked = parse_only(only)
@@ -650,10 +652,10 @@ def reproduce_pfedht(
         finetune_epochs=finetune_epochs,
         federations=feds,
     )
+    tuner = tuner_for(out, tune, tune_trials, jobs, echo_err, tuned)  # a bad --tuned: exit 2, nothing written
     out.mkdir(parents=True, exist_ok=True)
 
     runner = Runner(out, jobs, echo_err)
-    tuner = tuner_for(out, tune, tune_trials, jobs, echo_err)
     ctx = Ctx(scale=sc, seeds=list(range(1, seeds + 1)), out=out, runner=runner, tuner=tuner)
     done = run_tuned_reproduction(picked, EXPERIMENTS, ctx)
     times, total, load = done.times, done.total, done.load
@@ -661,7 +663,7 @@ def reproduce_pfedht(
     cmd += only_flag(picked, EXPERIMENTS) + (f" --alpha {alpha:g}" if alpha is not None else "")
     cmd += f" --finetune-epochs {finetune_epochs}" if finetune_epochs != 1 else ""
     cmd += f" --federations {','.join(map(str, feds))}" if len(feds) < 4 else ""
-    cmd += tune_flags(tune, tune_trials)
+    cmd += tune_flags(tune, tune_trials, tuned)
     lines = [
         "# pFedHT reproduction (paper 003; scaled down)",
         "",

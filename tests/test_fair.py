@@ -208,6 +208,7 @@ def _written_record(tmp_path: Path, choices: dict[str, "fair.Choice"]) -> Path:
 def test_a_recorded_choice_stands_in_for_its_own_sweep_only(tmp_path, monkeypatch):
     """--tuned: a choice from an earlier run's tuned.json is reused for the sweep that made it (same
     spec hash, whatever the --out), and a sweep it does not record still runs."""
+    import json
     import math
 
     bases = pfedht_bases()
@@ -234,9 +235,13 @@ def test_a_recorded_choice_stands_in_for_its_own_sweep_only(tmp_path, monkeypatc
     said: list[str] = []
     tuner = fair.tuner_for(tmp_path / "new", True, 4, 2, said.append, [record])
     assert tuner is not None and set(tuner.recorded) == {name}  # the knobless method records nothing
+    tuner.experiment = "1_x"
     got = tuner.tune("setting A", "FedAvg", fedavg, "personal_accuracy")
     assert got is not None and got.chosen == {"local.lr": 0.025} and got.objective == 0.61
     assert ran == [] and "recorded for sweep" in said[-1] and "not run here" in said[-1]
+    # saved at once, before any evaluation run: a reproduction stopped later keeps its choices
+    saved = json.loads((tmp_path / "new" / "1_x" / "tuned.json").read_text())
+    assert saved["settings"]["setting A"]["FedAvg"]["chosen"] == {"local.lr": 0.025}
     tuner.tune("setting A", "Local", local, "personal_accuracy")  # not in the record: it runs
     assert len(ran) == 1 and ran[0].startswith("local-")
     other = fair.sweep_spec("x", fedavg, 5, "personal_accuracy", tmp_path)  # another budget: another sweep

@@ -254,6 +254,7 @@ class FairTuner:
             choice = self._run(raw, algo, metric, label, method)
             self._memo[raw["name"]] = choice
         self.records.setdefault(self.experiment, {}).setdefault(label, {})[method] = choice
+        self.save()  # at once, not after the evaluation runs: an interrupted reproduction keeps it
         return choice
 
     def _run(self, raw: dict[str, Any], algo: str, metric: str, label: str, method: str) -> Choice:
@@ -303,16 +304,26 @@ class FairTuner:
             sweep=str(outcome.directory),
         )
 
-    def write(self, folder: Path) -> None:
-        """The current experiment's ``tuned.json``, and the chosen values appended to its table.md."""
+    def save(self, folder: Path | None = None) -> None:
+        """The current experiment's ``tuned.json`` (in ``<out>/<experiment>`` by default), written
+        whole each time a choice is made, so that the choices of a reproduction stopped during its
+        evaluation runs can be carried over (``--tuned``)."""
+        from raysim.atomic import atomic_write_text
+
         rec = self.records.get(self.experiment, {})
         body = {
             "tuning_seed": TUNING_SEED,
             "trials_per_method": self.trials,
             "settings": {s: {m: c.as_json() for m, c in by.items()} for s, by in rec.items()},
         }
+        folder = self.out / self.experiment if folder is None else folder
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tuned.json").write_text(json.dumps(body, indent=2) + "\n")
+        atomic_write_text(folder / "tuned.json", json.dumps(body, indent=2) + "\n")
+
+    def write(self, folder: Path) -> None:
+        """The current experiment's ``tuned.json``, and the chosen values appended to its table.md."""
+        rec = self.records.get(self.experiment, {})
+        self.save(folder)
         md = folder / "table.md"
         if md.is_file():
             md.write_text(md.read_text().rstrip() + "\n\n" + tuned_table(rec, self.trials) + "\n")

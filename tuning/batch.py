@@ -70,7 +70,7 @@ def run_experiments(
     from ray import tune
 
     from tuning.resources import check_fits, trial_resources
-    from tuning.sweep import cluster_size, ray_session
+    from tuning.sweep import cluster_size, ray_session, tune_console
 
     table = {k: dict(r) for k, r in todo}
     runs_dir = Path(runs_dir).resolve()
@@ -103,7 +103,8 @@ def run_experiments(
                 callbacks=[Progress()],
             ),
         )
-        results = tuner.fit()
+        with tune_console(0):  # its own progress lines (Progress) instead of Tune's tables
+            results = tuner.fit()
     failed = [
         f"{(r.config or {}).get('key')}: {r.error}"
         for r in (results[i] for i in range(len(results)))

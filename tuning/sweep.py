@@ -217,6 +217,28 @@ def _trial_dirname(trial: Any) -> str:
 
 
 @contextlib.contextmanager
+def tune_console(verbose: int) -> Iterator[None]:
+    """Tune's console output for one ``fit()`` at ``verbose``. At 0 it is silent: Tune's newer
+    console output (Ray 2.58) prints its "Configuration for experiment" table and result paths
+    whatever the verbosity, so the fit runs with Ray's older reporter, which honours 0
+    (``RAY_AIR_NEW_OUTPUT=0``, read when a fit starts; restored afterwards). The reproductions'
+    sweeps and batches run at 0 and say what happens in their own lines."""
+    if verbose > 0:
+        yield
+        return
+    key = "RAY_AIR_NEW_OUTPUT"
+    before = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None, reproducible: bool = False) -> Iterator[Any]:
     """Ray for the sweep: the one already initialised (tests), the cluster at ``address`` (or
     RAY_ADDRESS; refused in seconds when nothing answers there), or a new local one started here and
@@ -376,7 +398,8 @@ def run_sweep(
         note = loaded.spec.random_search_note()
         if note:
             echo(note)
-        results = tuner.fit()
+        with tune_console(verbose):
+            results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
 
@@ -431,7 +454,8 @@ def resume_sweep(
             resume_errored=True,
         )
         echo(f"resuming sweep {loaded.spec.name} in {directory}")
-        results = tuner.fit()
+        with tune_console(verbose):
+            results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
 

@@ -196,11 +196,20 @@ def test_pbt_exploits_from_fl_checkpoints_and_trains_with_the_mutated_lr(ray_clu
     assert policy, "Tune's PBT log of exploits is missing"
 
 
-def test_batch_runner_runs_fixed_configs_as_trials_and_names_a_failed_one(ray_cluster, tmp_path):
+def test_batch_runner_runs_fixed_configs_as_trials_and_names_a_failed_one(ray_cluster, tmp_path, capsys):
+    import os
+
     from tuning.batch import run_experiments
 
     good = {k: tiny_config(tmp_path, seed=s, rounds__num_rounds=2).to_dict() for k, s in (("a", 1), ("b", 2))}
-    run_experiments(list(good.items()), tmp_path / "runs", jobs=2, label="t", echo=lambda s: None)
+    said: list[str] = []
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    run_experiments(list(good.items()), tmp_path / "runs", jobs=2, label="t", echo=said.append)
+    # its own progress lines only: none of Tune's tables and paths (a reproduction's log is read)
+    assert [line.split(" (")[0] for line in said] == ["[t] 1/2 done", "[t] 2/2 done"]
+    printed = capsys.readouterr().out
+    assert "Configuration for experiment" not in printed and "View detailed results" not in printed
+    assert os.environ.get("RAY_AIR_NEW_OUTPUT") == before  # changed for the fit only
     for k in good:
         summary = json.loads((tmp_path / "runs" / k / "summary.json").read_text())
         assert summary["rounds"] == 2

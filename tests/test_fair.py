@@ -255,11 +255,13 @@ def test_a_bad_tuned_file_exits_2_naming_it_before_anything_is_written(tmp_path)
 
     (tmp_path / "not.json").write_text("{ nope")
     (tmp_path / "other.json").write_text('{"rounds": 3}')
+    (tmp_path / "short.json").write_text('{"settings": {"s": {"FedAvg": {"algorithm": "fedavg"}}}}')
     out = tmp_path / "results"
     cases = {
         "missing.json": "no such file",
         "not.json": "cannot be read as JSON",
         "other.json": "no 'settings' mapping",
+        "short.json": "lacks knobs, start, chosen",
     }
     for file, why in cases.items():
         res = CliRunner().invoke(

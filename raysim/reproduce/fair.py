@@ -488,9 +488,12 @@ def recorded_choices(paths: Sequence[Path]) -> dict[str, Choice]:
         if not isinstance(settings, dict):
             raise bad("it has no 'settings' mapping")
         for setting, by_method in settings.items():
-            for method, rec in (by_method or {}).items():
-                if not isinstance(rec, dict) or any(k not in rec for k in fields):
-                    raise bad(f"the record of {method} under {setting!r} lacks {', '.join(fields)}")
+            if not isinstance(by_method, dict):
+                raise bad(f"setting {setting!r} is not a mapping of methods")
+            for method, rec in by_method.items():
+                missing = [k for k in fields if not isinstance(rec, dict) or k not in rec]
+                if missing:
+                    raise bad(f"the record of {method} under {setting!r} lacks {', '.join(missing)}")
                 if rec["mode"] == "none":  # a method without knobs: nothing was tuned
                     continue
                 values = {k: rec[k] for k in fields}

@@ -42,6 +42,7 @@ every other sweep runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -464,6 +465,13 @@ TunedOption = Annotated[
 ]
 
 
+def _bad_tuned_file(path: Path, why: str) -> typer.BadParameter:
+    return typer.BadParameter(
+        f"--tuned {path}: {why}; pass a tuned.json that `raysim reproduce ... --tune` wrote "
+        "(<out>/<experiment>/tuned.json)"
+    )
+
+
 def recorded_choices(paths: Sequence[Path]) -> dict[str, Choice]:
     """The tuned choices that ``tuned.json`` files record, by the name of the sweep that made each
     (its directory's name: ``spec_name``). A file that is missing or not a tuned.json is a
@@ -471,13 +479,7 @@ def recorded_choices(paths: Sequence[Path]) -> dict[str, Choice]:
     fields = ("algorithm", "knobs", "start", "chosen", "objective", "trials", "mode", "sweep")
     out: dict[str, Choice] = {}
     for path in paths:
-
-        def bad(why: str, path: Path = path) -> typer.BadParameter:
-            return typer.BadParameter(
-                f"--tuned {path}: {why}; pass a tuned.json that `raysim reproduce ... --tune` wrote "
-                "(<out>/<experiment>/tuned.json)"
-            )
-
+        bad = functools.partial(_bad_tuned_file, path)
         try:
             body = json.loads(Path(path).read_text())
         except FileNotFoundError:

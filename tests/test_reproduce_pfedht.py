@@ -138,3 +138,59 @@ def test_federations_picks_experiment_1s_federations_and_a_bad_one_exits_2(tmp_p
     )
     assert res.exit_code == 2 and "--federations: no federation [5]" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_methods_picks_experiment_1s_methods_in_table_order_and_a_bad_one_exits_2(tmp_path):
+    from raysim.reproduce.pfedht import parse_methods
+
+    assert parse_methods("") is None
+    assert parse_methods(" local, PFEDHN ") == (PFEDHN, LOCAL)  # any case, methods()' order
+    res = CliRunner().invoke(
+        reproduce_app, ["pfedht", "--quick", "--methods", "pFedHN,FedSGD", "--out", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "no method 'FedSGD'" in res.output and "pFedHN (vit-tiny)" in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_below_local_names_each_personalised_run_under_locals_on_its_seed(tmp_path):
+    from raysim.reproduce.pfedht import below_local, below_local_note
+
+    by = {
+        PFEDHN: [fake_run(tmp_path, [0.5, 0.9]), fake_run(tmp_path, [0.5, 0.7])],
+        PFEDHT: [fake_run(tmp_path, [0.5, 0.95]), fake_run(tmp_path, [math.nan, math.nan])],
+        FEDAVG: [fake_run(tmp_path, [0.1, 0.2]), fake_run(tmp_path, [0.1, 0.2])],  # global: not counted
+        LOCAL: [fake_run(tmp_path, [0.5, 0.9]), fake_run(tmp_path, [0.5, 0.8])],
+    }
+    low = below_local(by, [4, 5])
+    assert low == {PFEDHN: ["seed 5 (70.00 % vs 80.00 %)"], PFEDHT: ["seed 5 (nan % vs 80.00 %)"]}
+    assert "pFedHN: seed 5 (70.00 % vs 80.00 %)" in below_local_note(by, [4, 5])
+    assert below_local_note({k: by[k] for k in (PFEDHN, LOCAL)}, [4, 5]).count("seed ") == 1
+    assert "No personalised method" in below_local_note({LOCAL: by[LOCAL]}, [4, 5])
+    assert below_local_note({PFEDHN: by[PFEDHN]}, [4, 5]) == ""  # no floor to compare with
+
+
+def test_a_methods_subset_runs_only_those_and_says_so(tmp_path):
+    out = tmp_path / "res"
+    args = ["pfedht", "--quick", "--seeds", "2", "--only", "1", "--federations", "1"]
+    res = CliRunner().invoke(reproduce_app, [*args, "--methods", "pfedhn,local", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "1_methods" / "table.md").read_text()
+    rows = [x.split("|")[2].strip() for x in md.splitlines() if x.startswith("| pathological, 8 clients")]
+    assert rows == [PFEDHN, LOCAL]
+    assert "ran pFedHN, Local only (`--methods`)" in md and "server cost" not in md  # pFedHT did not run
+    assert "end below Local's" in md or "No personalised method's run ends below Local's" in md
+    assert len(list((out / "runs").iterdir())) == 4  # 2 methods x 2 seeds, nothing else
+    assert "--methods 'pFedHN,Local'" in (out / "README.md").read_text()
+
+
+def test_the_long_scale_is_converge_at_96_rounds():
+    long, conv = SCALES["long"], SCALES["converge"]
+    assert (long.rounds, long.new_client_round) == (96, 73) and long.rounds == 2 * conv.rounds
+    assert long.new_client_round > 3 * long.rounds // 4 - 1  # held-out clients join in the last quarter
+    assert replace_rounds(long) == replace_rounds(conv)
+
+
+def replace_rounds(sc):
+    from dataclasses import replace
+
+    return replace(sc, name="x", rounds=0, new_client_round=0)

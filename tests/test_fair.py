@@ -159,6 +159,12 @@ def test_quick_tuned_reproduction_end_to_end(tmp_path):
         trials = pd.read_parquet(Path(c["sweep"]) / "trials.parquet")
         assert set(trials["config/seed"].dropna()) == {0}
     assert "Tuned learning rates (seed 0, 2 trials each)" in (out / name / "table.md").read_text()
+    # the header names the runs' lrs as tuned, not the scale's untuned one alone
+    sc_lr = clustered.SCALES["quick"].lr
+    assert (
+        f'each method\'s tuned lr ("Tuned learning rates" below; untuned: {sc_lr:g})'
+        in (out / "README.md").read_text()
+    )
     # the finished sweeps and runs are reused, at another --jobs too (not part of a sweep's identity)
     args[args.index("--jobs") + 1] = "1"
     again = CliRunner().invoke(reproduce_app, args)

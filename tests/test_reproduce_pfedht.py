@@ -180,7 +180,8 @@ def test_a_methods_subset_runs_only_those_and_says_so(tmp_path):
     assert "ran pFedHN, Local only (`--methods`)" in md and "server cost" not in md  # pFedHT did not run
     assert "end below Local's" in md or "No personalised method's run ends below Local's" in md
     assert len(list((out / "runs").iterdir())) == 4  # 2 methods x 2 seeds, nothing else
-    assert "--methods 'pFedHN,Local'" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "--methods 'pFedHN,Local'" in readme and f"lr {SCALES['quick'].lr:g}, batch" in readme  # untuned
 
 
 def test_the_long_scale_is_converge_at_96_rounds():

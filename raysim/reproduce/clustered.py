@@ -84,6 +84,7 @@ from raysim.reproduce.fair import (
     TunedOption,
     TuneOption,
     TuneTrialsOption,
+    lr_text,
     run_tuned_reproduction,
     tune_flags,
     tuned_raws,
@@ -381,7 +382,7 @@ def exp1_rotation(c: Ctx) -> str:
         "Dirichlet α (paper 002, Section 4.1)\n\n"
         f"Groups rotate their images by 0/90/180/270°; inside each group labels follow Dirichlet(α). "
         f"{sc.cohort} of {sc.num_clients} clients a round, {sc.rounds} rounds, {sc.model}, {sc.epochs} local "
-        f"epoch(s) at lr {sc.lr}{decay_text(sc)}, batch {sc.batch}. Personal acc: each client's own (cluster) model on its "
+        f"epoch(s) at {lr_text(sc.lr, c.tuner is not None)}{decay_text(sc)}, batch {sc.batch}. Personal acc: each client's own (cluster) model on its "
         "local test split (rotated like its training data), last round, example-weighted over clients. "
         "Rounds to 90% of peak: first round the personal-accuracy curve reaches 90% of its own maximum. "
         "ARI / NMI: final clustering vs the rotation groups; stability: mean Jaccard of memberships between "
@@ -799,7 +800,7 @@ def write_index(
         "",
         f"Scale `{sc.name}`: {sc.dataset}, model {sc.model}, {sc.num_clients} clients ({sc.cohort} a round; "
         f"{sc.big_clients} clients, {sc.big_cohort} a round, in experiment 2), {sc.rounds} rounds, "
-        f"{sc.epochs} local epoch(s), lr {sc.lr}{decay_text(sc)}, batch {sc.batch}, {sc.num_groups} ground-truth groups, "
+        f"{sc.epochs} local epoch(s), {lr_text(sc.lr, bool(flags))}{decay_text(sc)}, batch {sc.batch}, {sc.num_groups} ground-truth groups, "
         f"public proxy split {sc.public_fraction:.0%} (held by no client; the same shards for every method), "
         f"seeds 1..{seeds}. The paper: MNIST / EMNIST, 20 clients, 100 rounds, lr 0.1 decayed 0.99, ~10 "
         "local epochs, CNN.",

@@ -437,7 +437,16 @@ def with_tuning(
     return {i: (name, wrap(name, fn)) for i, (name, fn) in experiments.items()}
 
 
-__all__ = ["KNOBS", "FairTuner", "knobs_for", "recorded_choices", "sweep_spec", "tuned_raws", "with_tuning"]
+__all__ = [
+    "KNOBS",
+    "FairTuner",
+    "knobs_for",
+    "lr_text",
+    "recorded_choices",
+    "sweep_spec",
+    "tuned_raws",
+    "with_tuning",
+]
 
 
 # the command-line options every reproduction with a tuning stage shares
@@ -528,6 +537,15 @@ def run_tuned_reproduction(
     finally:
         if ctx.tuner is not None:
             ctx.tuner.close()
+
+
+def lr_text(lr: float, tuned: bool) -> str:
+    """How a table's header names the learning rate its runs trained at: the scale's ``lr`` when
+    untuned; with ``--tune`` each method's own tuned value, which the table of tuned learning rates
+    gives (the scale's value is the untuned one the grids are built around)."""
+    if not tuned:
+        return f"lr {lr:g}"
+    return f'each method\'s tuned lr ("Tuned learning rates" below; untuned: {lr:g})'
 
 
 def tune_flags(tune: bool, trials: int, tuned: Sequence[Path] | None = None) -> str:

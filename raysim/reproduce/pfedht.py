@@ -61,6 +61,7 @@ from raysim.reproduce.fair import (
     TunedOption,
     TuneOption,
     TuneTrialsOption,
+    lr_text,
     run_tuned_reproduction,
     tune_flags,
     tuned_raws,
@@ -456,13 +457,14 @@ def exp1_methods(c: Ctx) -> str:
     )
     md = (
         f"### 1. Every method on {fed_count(sc)} ({sc.dataset}; the paper's Table 1/2)\n\n"
-        f"{sc.cohort} clients a round, {sc.rounds} rounds, {sc.epochs} local epoch(s) at lr {sc.lr}, batch "
+        f"{sc.cohort} clients a round, {sc.rounds} rounds, {sc.epochs} local epoch(s) at "
+        f"{lr_text(sc.lr, c.tuner is not None)}, batch "
         f"{sc.batch}; seeds {c.seeds[0]}..{c.seeds[-1]}. Personal acc: each client's own model on its own "
         "test split, last round, example-weighted. Worst-10%: the mean of the lowest 10% of client "
         "accuracies. RTA (eq. 24): personal accuracy over Local's on the same setting and seed. p: paired "
         "t-test against FedAvg* (FedAvg with the same transformer) on the same seeds. + fine-tuning: "
-        f"every method's personal accuracy after {sc.finetune_epochs} local epoch(s) of plain SGD at lr "
-        f"{sc.lr} from each client's personalised model, the same step for every method (computed "
+        f"every method's personal accuracy after {sc.finetune_epochs} local epoch(s) of plain SGD at the "
+        "run's own local lr from each client's personalised model, the same step for every method (computed "
         "from the last round's checkpoint; '-': not computed). "
         + (
             f"Early: the same runs' personal accuracy at round {EARLY_ROUND} (no extra runs). "
@@ -758,7 +760,7 @@ def reproduce_pfedht(
         "",
         f"Scale `{sc.name}`: {sc.dataset}, {sc.clients} / {sc.big_clients} clients, {sc.cohort} a round, "
         f"{sc.rounds} rounds (personalised evaluation every {sc.eval_every}), {sc.epochs} local epoch(s), "
-        f"lr {sc.lr}, batch {sc.batch}, seeds 1..{seeds}. The paper: CIFAR-10/100, hundreds of rounds.",
+        f"{lr_text(sc.lr, tune)}, batch {sc.batch}, seeds 1..{seeds}. The paper: CIFAR-10/100, hundreds of rounds.",
         "",
         load_note(out, runner.executed, total, load)
         + f" --jobs {jobs}. The {len(runner.used)} distinct runs behind these tables took "

@@ -437,6 +437,17 @@ def test_a_killed_sweep_run_again_with_resume_if_present_finishes_and_accounts_f
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
     assert res.returncode == 0 and "already finished" in res.stdout, res.stdout + res.stderr
 
+    # and the numbers are the uninterrupted sweep's, bit for bit: the same spec (the same seeded
+    # sampler, so the same lrs) run once without a kill, each trial matched by its lr, every round
+    path.write_text(yaml.safe_dump({**spec, "name": "straight"}))
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    straight = pd.read_parquet(tmp_path / "sweeps" / "straight" / "trials.parquet")
+    cols = ["config/local.lr", "round", "test_accuracy", "test_loss"]
+    a, b = (t[cols].sort_values(cols[:2]).reset_index(drop=True) for t in (table, straight))
+    assert sorted(set(a["config/local.lr"])) == sorted(set(b["config/local.lr"]))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
 
 def test_the_in_memory_study_and_its_exporter_pass_the_resume_state_check(tmp_path):
     """A resume reads the searcher's state (its in-memory study, one trial complete and one

@@ -222,16 +222,22 @@ def tune_console(verbose: int) -> Iterator[None]:
     console output (Ray 2.58) prints its "Configuration for experiment" table and result paths
     whatever the verbosity, so the fit runs with Ray's older reporter, which honours 0
     (``RAY_AIR_NEW_OUTPUT=0``, read when a fit starts; restored afterwards). The reproductions'
-    sweeps and batches run at 0 and say what happens in their own lines."""
+    sweeps and batches run at 0 and say what happens in their own lines. At 0 Optuna's INFO lines
+    ("A new study created ...", one per sweep and per exported trial) are held back too."""
     if verbose > 0:
         yield
         return
+    import optuna
+
     key = "RAY_AIR_NEW_OUTPUT"
     before = os.environ.get(key)
+    level = optuna.logging.get_verbosity()
     os.environ[key] = "0"
+    optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
     try:
         yield
     finally:
+        optuna.logging.set_verbosity(level)
         if before is None:
             os.environ.pop(key, None)
         else:
@@ -389,7 +395,7 @@ def run_sweep(
             f"sweep directory {directory} exists: continue it with `raysim tune --resume {directory}` "
             "(or `raysim tune SPEC --resume-if-present`), or change name:/storage_path:"
         )
-    with ray_session(address, _reproducible(loaded.base)) as ray:
+    with ray_session(address, _reproducible(loaded.base)) as ray, tune_console(verbose):
         cpus, gpus = cluster_size(ray)
         tuner = _tuner(loaded, directory, cpus, gpus, verbose)  # refuses a sweep that cannot fit
         atomic_write_text(directory / SPEC_FILE, resolved_spec_yaml(loaded))
@@ -398,8 +404,7 @@ def run_sweep(
         note = loaded.spec.random_search_note()
         if note:
             echo(note)
-        with tune_console(verbose):
-            results = tuner.fit()
+        results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
 

@@ -379,7 +379,7 @@ def method_rows(
                 models.get(name, "vit-tiny"),
                 ci(a, 2, 100),
                 ci(tuned(runs, finetune_epochs), 2, 100) if finetune_epochs > 0 else "-",
-                "/" if name == FEDAVG or base is None else paired_p(a, base),
+                "/" if name == FEDAVG else "-" if base is None else paired_p(a, base),
                 ci(accs(runs, "personal_accuracy_worst10"), 2, 100),
                 ci(rta(runs, by[LOCAL]), 3) if LOCAL in by else "-",
                 *(extra or {}).get(name, []),

@@ -312,3 +312,23 @@ def test_a_sweep_of_a_reproducible_base_runs_its_trials_in_reproducible_mode(tmp
     assert trial_envs, f"no trial environment.json among {found}"
     for e in trial_envs:
         assert e["reproducible"]["requested"] is True and e["reproducible"]["on"] is True, e["reproducible"]
+
+
+def test_tune_console_at_verbose_0_holds_back_optunas_info_lines_for_the_fit_only():
+    import optuna
+
+    from tuning.sweep import tune_console
+
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+        with tune_console(0):
+            assert optuna.logging.get_verbosity() == optuna.logging.WARNING  # "A new study created ..."
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        with tune_console(1):
+            assert optuna.logging.get_verbosity() == optuna.logging.INFO  # a verbose sweep keeps them
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        with tune_console(0):
+            assert optuna.logging.get_verbosity() == optuna.logging.ERROR  # never made louder
+    finally:
+        optuna.logging.set_verbosity(before)

@@ -179,6 +179,12 @@ def test_a_methods_subset_runs_only_those_and_says_so(tmp_path):
     assert rows == [PFEDHN, LOCAL]
     p_vs_fedavg = [x.split("|")[6].strip() for x in md.splitlines() if x.startswith("| pathological, 8")]
     assert p_vs_fedavg == ["-", "-"]  # FedAvg* did not run: no test, and not "/" (the reference's own cell)
+    header = next(x for x in md.splitlines() if x.startswith("| setting"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("p vs Local")
+    p_vs_local = [
+        x.strip("|").split("|")[col].strip() for x in md.splitlines() if x.startswith("| pathological, 8")
+    ]
+    assert p_vs_local[1] == "/" and p_vs_local[0] not in ("-", "/")  # pFedHN paired with Local's seeds
     assert "ran pFedHN, Local only (`--methods`)" in md and "server cost" not in md  # pFedHT did not run
     assert "end below Local's" in md or "No personalised method's run ends below Local's" in md
     assert len(list((out / "runs").iterdir())) == 4  # 2 methods x 2 seeds, nothing else

@@ -349,6 +349,7 @@ METHOD_HEADER = [
     "p vs FedAvg*",
     "worst-10% clients (%)",
     "RTA vs Local",
+    "p vs Local",
 ]
 
 
@@ -370,6 +371,7 @@ def method_rows(
     """One row per method; ``extra``: cells appended to each method's row (e.g. ``horizon_cells``)."""
     rows = []
     base = accs(by[FEDAVG]) if FEDAVG in by else None
+    floor = accs(by[LOCAL]) if LOCAL in by else None
     for name, runs in by.items():
         a = accs(runs)
         rows.append(
@@ -382,6 +384,7 @@ def method_rows(
                 "/" if name == FEDAVG else "-" if base is None else paired_p(a, base),
                 ci(accs(runs, "personal_accuracy_worst10"), 2, 100),
                 ci(rta(runs, by[LOCAL]), 3) if LOCAL in by else "-",
+                "/" if name == LOCAL else "-" if floor is None else paired_p(a, floor),
                 *(extra or {}).get(name, []),
             ]
         )
@@ -462,7 +465,8 @@ def exp1_methods(c: Ctx) -> str:
         f"{sc.batch}; seeds {c.seeds[0]}..{c.seeds[-1]}. Personal acc: each client's own model on its own "
         "test split, last round, example-weighted. Worst-10%: the mean of the lowest 10% of client "
         "accuracies. RTA (eq. 24): personal accuracy over Local's on the same setting and seed. p: paired "
-        "t-test against FedAvg* (FedAvg with the same transformer) on the same seeds. + fine-tuning: "
+        "t-test against FedAvg* (FedAvg with the same transformer), and against Local, on the same seeds. "
+        "+ fine-tuning: "
         f"every method's personal accuracy after {sc.finetune_epochs} local epoch(s) of plain SGD at the "
         "run's own local lr from each client's personalised model, the same step for every method (computed "
         "from the last round's checkpoint; '-': not computed). "

@@ -123,6 +123,14 @@ def test_the_curves_legend_is_one_beside_the_panels_and_a_method_keeps_its_colou
         assert colours["one"]["B"] == colours["two"]["B"] != colours["two"]["C"]
     finally:
         pyplot().close(fig)
+    # no curve flattened: the legend says so instead of showing a marker drawn nowhere
+    rising = {"two": method_flattening(_by({"B": flat["B"]}), "personal_accuracy", window=3)}
+    fig = curve_figure({"two": _by({"B": flat["B"]})}, "personal_accuracy", "acc", rising)
+    try:
+        (legend,) = fig.legends
+        assert [t.get_text() for t in legend.get_texts()] == ["B", "no curve flattened (criterion)"]
+    finally:
+        pyplot().close(fig)
 
 
 # ------------------------------------------------------------------ pfedht's Table 1 at the horizon

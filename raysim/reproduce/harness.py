@@ -441,6 +441,7 @@ def curve_figure(
     methods = list(dict.fromkeys(m for by_method in panels.values() for m in by_method))
     colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     handles: dict[str, Any] = {}
+    marked = False
     for ax, (title, by_method) in zip(axes[0], panels.items(), strict=True):
         for method, runs in by_method.items():
             x, m, h = curves(runs, col)
@@ -451,14 +452,17 @@ def curve_figure(
             if f is not None and f.round is not None and f.round in set(x.tolist()):
                 y = float(m[list(x).index(f.round)])
                 ax.plot([f.round], [y], marker="v", markersize=9, color=line.get_color(), markeredgecolor="k")
+                marked = True
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    if flats:
+    if flats and marked:
         (handles["flattened by (criterion)"],) = axes[0][0].plot(
             [], [], "v", color="grey", markeredgecolor="k"
         )
+    elif flats:  # say so, rather than a marker that appears nowhere
+        (handles["no curve flattened (criterion)"],) = axes[0][0].plot([], [], " ")
     fig.tight_layout()
     fig.legend(
         list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False

@@ -279,3 +279,16 @@ def test_a_bad_tuned_file_exits_2_naming_it_before_anything_is_written(tmp_path)
     res = CliRunner().invoke(reproduce_app, ["pfedht", "--quick", "--tuned", str(tmp_path / "other.json")])
     assert res.exit_code == 2 and "add --tune" in res.output
     assert not out.exists()  # refused before the results folder was made
+
+
+def test_every_kept_tuned_file_loads_as_a_tuned_record_and_is_listed_in_its_readme():
+    """docs/tuned/*.json are what `--tuned` reads in later sessions: each must pass the same loader
+    (a malformed one would only fail hours into a reproduction otherwise) and be named, with the
+    command that made it, in docs/tuned/README.md."""
+    folder = Path(__file__).resolve().parents[1] / "docs" / "tuned"
+    files = sorted(folder.glob("*.json"))
+    assert files
+    readme = (folder / "README.md").read_text()
+    for f in files:
+        assert fair.recorded_choices([f]), f"{f.name} records no choice"
+        assert f"`{f.name}`" in readme, f"{f.name} is not listed in docs/tuned/README.md"

@@ -15,12 +15,14 @@ from raysim.reproduce.clustered import (
     CLUSTERED,
     EXPERIMENTS,
     GENETIC_NOTEBOOK,
+    GENETIC_OWN,
     SCALES,
     ascfl_ablation,
     config,
     genetic_config,
     ifca_variants,
     methods,
+    own_config,
     parse_only,
     rounds_to_frac_of_peak,
 )
@@ -150,6 +152,7 @@ def test_paired_t_test_and_options():
     assert paired_p([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80]) != "1"
     assert float(paired_p([0.51, 0.62, 0.73, 0.84], [0.50, 0.60, 0.70, 0.80])) < 0.05
     assert parse_only("") == [1, 2, 3, 4, 5] and parse_only("3, 1") == [1, 3]
+    assert parse_only("6") == [6]  # the notebook's own setting runs only when named
     with pytest.raises(Exception, match="no experiment"):
         parse_only("7")
 
@@ -191,3 +194,61 @@ def test_a_switch_whose_mechanism_never_fired_is_labelled_as_not_differing():
     row = "w/o positive incentive"
     assert ablation_acts(row, runs([0.0, 0.0]), runs([0.0, 0.0])).startswith("no: ")
     assert ablation_acts(row, runs([3.0, 1.0]), runs([0.0, 0.0])).startswith("yes: ")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("Genetic CFL", "configs/genetic_cfl_notebook.yaml"),
+        ("FedAvg", "configs/fedavg_genetic_notebook.yaml"),
+    ],
+)
+def test_experiment_6_runs_the_shipped_notebook_configs(method, path):
+    """Experiment 6 is `raysim run` of the two notebook configs (issue 22), as reproduction runs (serial,
+    one torch thread, no checkpoints): a change to one of them without the other fails here."""
+    shipped = yaml.safe_load((REPO / path).read_text())
+    ours = own_config(SCALES["full"], shipped["seed"], GENETIC_OWN[method])
+    for key in ("seed", "data", "model", "algorithm", "local"):
+        assert ours[key] == shipped[key], key
+    assert ours["rounds"] == {k: v for k, v in shipped["rounds"].items() if k != "checkpoint_every"}
+
+
+def test_experiment_6_table_at_the_quick_scale(tmp_path):
+    out = tmp_path / "results"
+    res = CliRunner().invoke(
+        reproduce_app, ["clustered", "--quick", "--seeds", "2", "--only", "6", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    md = (out / "6_genetic_own_setting" / "table.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in md.splitlines()
+        if "±" in line
+    }
+    assert set(rows) == {"FedAvg", "Genetic CFL"}
+    for cells in rows.values():
+        assert 0 < number(cells[1]) <= 100, cells
+        per_seed = [float(x) for x in cells[3].split(", ")]
+        assert len(per_seed) == 2 and number(cells[1]) == pytest.approx(sum(per_seed) / 2, abs=0.006)
+        peaks = cells[4].split(", ")  # "acc (rN)" per seed, never below the last round's accuracy
+        assert all(float(p.split(" (r")[0]) >= a - 1e-9 for p, a in zip(peaks, per_seed, strict=True))
+        assert all(int(x) >= 0 for x in cells[8].split(", "))  # each run's wall seconds (rounded)
+    gen = rows["Genetic CFL"]
+    assert gen[2] != "/" and rows["FedAvg"][2] == "/"  # p vs FedAvg, paired over the 2 seeds
+    groups = [int(x) for x in gen[6].split(", ")]
+    largest = [int(x) for x in gen[7].split(", ")]
+    assert all(1 <= g <= SCALES["quick"].own_clients for g in groups + largest)
+    assert rows["FedAvg"][6] == "/" and rows["FedAvg"][5] == "-4 (fixed)"
+    assert "digits stands in for CIFAR-10" in md and "0.7642" in md
+    runs = [yaml.safe_load((d / "config.yaml").read_text()) for d in (out / "runs").iterdir()]
+    assert sorted((r["algorithm"]["name"], r["seed"]) for r in runs) == [
+        ("fedavg", 1),
+        ("fedavg", 2),
+        ("genetic-cfl", 1),
+        ("genetic-cfl", 2),
+    ]
+    assert all(r["data"]["num_clients"] == r["rounds"]["clients_per_round"] == 6 for r in runs)
+    assert "--only 6" in (out / "README.md").read_text()

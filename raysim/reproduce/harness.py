@@ -545,12 +545,17 @@ class Context:
 
 
 def parse_experiments(
-    only: str, experiments: Mapping[int, Any], flag: str = "--only", what: str = "experiment"
+    only: str,
+    experiments: Mapping[int, Any],
+    flag: str = "--only",
+    what: str = "experiment",
+    default: Sequence[int] | None = None,
 ) -> list[int]:
-    """``--only`` of every `raysim reproduce` command: comma-separated experiment numbers (empty: all).
-    ``flag``/``what`` name another such list of numbered choices in the messages."""
+    """``--only`` of every `raysim reproduce` command: comma-separated experiment numbers (empty:
+    ``default``, else all). ``flag``/``what`` name another such list of numbered choices in the
+    messages."""
     if not only.strip():
-        return sorted(experiments)
+        return sorted(experiments if default is None else default)
     try:
         picked = sorted({int(x) for x in only.replace(" ", "").split(",") if x})
     except ValueError:
@@ -618,9 +623,13 @@ def scale_flag(name: str) -> str:
     return {"full": "", "quick": " --quick"}.get(name, f" --scale {name}")
 
 
-def only_flag(picked: Sequence[int], experiments: Mapping[int, Any]) -> str:
-    """`` --only 1,3`` for a README's command line when not every experiment ran, else nothing."""
-    return f" --only {','.join(map(str, picked))}" if len(picked) < len(experiments) else ""
+def only_flag(
+    picked: Sequence[int], experiments: Mapping[int, Any], default: Sequence[int] | None = None
+) -> str:
+    """`` --only 1,3`` for a README's command line unless exactly the default experiments (``default``,
+    else all) ran."""
+    every = sorted(experiments if default is None else default)
+    return "" if sorted(picked) == every else f" --only {','.join(map(str, picked))}"
 
 
 @dataclass(frozen=True)

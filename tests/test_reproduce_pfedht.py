@@ -153,7 +153,7 @@ def test_methods_picks_experiment_1s_methods_in_table_order_and_a_bad_one_exits_
 
 
 def test_below_local_names_each_personalised_run_under_locals_on_its_seed(tmp_path):
-    from raysim.reproduce.pfedht import below_local, below_local_note
+    from raysim.reproduce.pfedht_tables import below_local, below_local_note
 
     by = {
         PFEDHN: [fake_run(tmp_path, [0.5, 0.9]), fake_run(tmp_path, [0.5, 0.7])],

@@ -589,14 +589,29 @@ def genetic_config(sc: Scale, seed: int, method: dict[str, Any]) -> dict[str, An
     }
 
 
+def genetic_runs(
+    c: Ctx, make: Callable[[Scale, int, dict[str, Any]], dict[str, Any]], methods: dict[str, Any], label: str
+) -> dict[str, list[Run]]:
+    """Experiments 4 and 6: each method's runs over the seeds, by method (one batch of runs)."""
+    raws = [make(c.scale, s, m) for m in methods.values() for s in c.seeds]
+    runs = c.runner.run(raws, label)
+    n = len(c.seeds)
+    return {m: runs[i * n : (i + 1) * n] for i, m in enumerate(methods)}
+
+
+def dbscan_cells(name: str, runs: list[Run]) -> list[str]:
+    """Genetic CFL's DBSCAN group count and largest group, seed by seed (fixed after round 1);
+    "/" for FedAvg, which does not group."""
+    if name == FEDAVG:
+        return ["/", "/"]
+    return [", ".join(f"{r.final(col):.0f}" for r in runs) for col in ("groups", "largest_group")]
+
+
 def exp4_genetic_notebook(c: Ctx) -> str:
     """Paper 001's own experiment, scaled: genetic CFL against the notebook's FedAvg."""
     sc = c.scale
     d = c.folder("4_genetic_notebook")
-    raws = [genetic_config(sc, s, m) for m in GENETIC_NOTEBOOK.values() for s in c.seeds]
-    runs = c.runner.run(raws, "4 genetic notebook")
-    n = len(c.seeds)
-    by = {m: runs[i * n : (i + 1) * n] for i, m in enumerate(GENETIC_NOTEBOOK)}
+    by = genetic_runs(c, genetic_config, GENETIC_NOTEBOOK, "4 genetic notebook")
     base = [r.final("test_accuracy") for r in by[FEDAVG]]
     rows = []
     for m, rs in by.items():
@@ -608,10 +623,8 @@ def exp4_genetic_notebook(c: Ctx) -> str:
                 "/" if m == FEDAVG else paired_p(acc, base),
                 ci([r.final("personal_accuracy") for r in rs], 2, 100),
                 ci_or([r.final("log10_lr_mean") for r in rs], 2, why="-4 (fixed)"),
-                # DBSCAN's groups per run, seed by seed (fixed after round 1): at 100 clients one
-                # group holds nearly everyone, so this is not clustered FL
-                "/" if m == FEDAVG else ", ".join(f"{r.final('groups'):.0f}" for r in rs),
-                "/" if m == FEDAVG else ", ".join(f"{r.final('largest_group'):.0f}" for r in rs),
+                # at 100 clients one group holds nearly everyone, so this is not clustered FL
+                *dbscan_cells(m, rs),
             ]
         )
     plot_curves(
@@ -701,25 +714,20 @@ def exp6_genetic_own(c: Ctx) -> str:
     genetic CFL against the notebook's FedAvg, with DBSCAN's groups and each run's wall time."""
     sc = c.scale
     d = c.folder("6_genetic_own_setting")
-    raws = [own_config(sc, s, m) for m in GENETIC_OWN.values() for s in c.seeds]
-    runs = c.runner.run(raws, "6 genetic, notebook's setting")
-    n = len(c.seeds)
-    by = {m: runs[i * n : (i + 1) * n] for i, m in enumerate(GENETIC_OWN)}
+    by = genetic_runs(c, own_config, GENETIC_OWN, "6 genetic, notebook's setting")
     base = [r.final("test_accuracy") for r in by[FEDAVG]]
     rows = []
     for m, rs in by.items():
         acc = [r.final("test_accuracy") for r in rs]
-        gen = m != FEDAVG
         rows.append(
             [
                 m,
                 ci(acc, 2, 100),
-                paired_p(acc, base) if gen else "/",
+                "/" if m == FEDAVG else paired_p(acc, base),
                 ", ".join(f"{100 * a:.2f}" for a in acc),
                 peak_cell(rs),
                 ci_or([r.final("log10_lr_mean") for r in rs], 2, why="-4 (fixed)"),
-                ", ".join(f"{r.final('groups'):.0f}" for r in rs) if gen else "/",
-                ", ".join(f"{r.final('largest_group'):.0f}" for r in rs) if gen else "/",
+                *dbscan_cells(m, rs),
                 ", ".join(f"{float(r.summary.get('total_seconds') or 0):.0f}" for r in rs),
             ]
         )

@@ -24,7 +24,7 @@ Five methods (FedAvg, CFL, IFCA, AS-CFL, genetic CFL) on federations with ground
    true partition), and IFCA's initialisation and cluster-choice options against its reference.
 6. ``6_genetic_own_setting``: paper 001's own setting, ``configs/genetic_cfl_notebook.yaml`` and its
    FedAvg twin run over the seeds (30 clients all training, near-IID shards of varying size, DBSCAN
-   noise as one group, cnn-cifar, 10 rounds; the scale's dataset stands in for CIFAR-10). About 50
+   noise as one group, cnn-cifar, 10 rounds; the scale's dataset stands in for CIFAR-10). About 30
    CPU minutes a run at the full scale, so it runs only when named (``--only 6``).
 
 Horizon (issue 22): experiment 1's table says where each method's mean curve flattened
@@ -861,7 +861,8 @@ EXPERIMENTS: dict[int, tuple[str, Callable[[Ctx], str]]] = {
     5: ("5_ablation", exp5_ablation),
     6: ("6_genetic_own_setting", exp6_genetic_own),
 }
-# what runs without --only: experiment 6 (about 50 CPU minutes a run at the full scale) only when named
+# what runs without --only: experiment 6 (about 30 CPU minutes of training a run at the full scale,
+# measured) only when named
 DEFAULT_EXPERIMENTS = (1, 2, 3, 4, 5)
 
 
@@ -885,7 +886,7 @@ def reproduce_clustered(
         str,
         typer.Option(
             help="comma-separated experiment numbers, e.g. 1,3 (default: 1-5; 6, the genetic-CFL "
-            "notebook's own setting, ~50 CPU minutes a run, only when named)"
+            "notebook's own setting, ~30 CPU minutes a run, only when named)"
         ),
     ] = "",
     jobs: JobsOption = 1,

@@ -14,18 +14,15 @@ from raysim.reproduce import reproduce_app
 from raysim.reproduce.clustered import (
     CLUSTERED,
     EXPERIMENTS,
-    GENETIC_NOTEBOOK,
-    GENETIC_OWN,
     SCALES,
     ascfl_ablation,
     config,
-    genetic_config,
     ifca_variants,
     methods,
-    own_config,
     parse_only,
     rounds_to_frac_of_peak,
 )
+from raysim.reproduce.clustered_genetic import GENETIC_NOTEBOOK, GENETIC_OWN, genetic_config, own_config
 from raysim.reproduce.clustered_tables import PAPER_ROW, ablation_acts, ari_last
 from raysim.reproduce.harness import Run, paired_p, run_key
 

@@ -333,7 +333,11 @@ SUMMARY_KEYS = _cols(
     ("final_personal_accuracy", "personal_accuracy of the last evaluated round"),
     ("total_seconds", "set-up plus rounds, seconds"),
     ("setup_seconds", "data, actors and everything before round 1, seconds"),
-    ("loop_seconds", "the rounds, seconds"),
+    (
+        "loop_seconds",
+        "the rounds, seconds (a resumed run: the rounds restored counted by their round_s, plus the rest)",
+    ),
+    ("resumed_from_round", "the checkpoint's round its newest resume continued after; null: run in one go"),
     ("median_round_seconds", "median round_s"),
     ("peak_rss_mb", "the largest peak resident memory of any one process (driver, server, actor), MB"),
     ("total_peak_rss_mb", "the sum of every actor's peak resident memory, MB"),

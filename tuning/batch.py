@@ -4,8 +4,9 @@
 settings) both schedule experiments as Tune trials, so both get the same per-trial placement
 groups sized from each config (``tuning.resources``), the same refusal of a run that can never fit,
 and the same local-or-cluster execution (``--address``). Here each trial runs one config to the end
-into a directory the caller chooses (``<runs_dir>/<key>``: a reproduction reuses a finished run
-whose ``summary.json`` exists), and a failed run is an error with its traceback, never skipped.
+into a directory the caller chooses (``<runs_dir>/<key>``: a reproduction reuses a finished run,
+and a trial continues a run an earlier attempt left there from its newest checkpoint), and a failed
+run is an error with its traceback, never skipped.
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ def _one_run(runs_dir: str, table: dict[str, dict[str, Any]]) -> Callable[[dict[
             cfg = config_from_dict({**raw, "resources": {**raw["resources"], "num_actors": n}}, f"run {key}")
         from raysim.api import BACKENDS
 
-        exp = Experiment(
+        # an earlier attempt's checkpoint in runs_dir/key: continued from there (the caller keeps
+        # only a directory whose saved config is this one's)
+        exp = Experiment.resume_if_present(
             cfg, progress=False, share=trial_share(pgf, cfg.resources.backend), backends=BACKENDS
         )
+        if exp is None:  # finished already: nothing to run
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. DSAC's K clamped to the model's layers
             try:

@@ -3,8 +3,11 @@ statistics, the Markdown tables and the plots. A paper's module (``dsac``, ``clu
 ``pfedht``) keeps only its scales, its configs and its experiments.
 
 Runs are ordinary raysim runs under ``<out>/runs/<key>``, keyed by a hash of the config
-(:func:`run_key`): a run whose ``summary.json`` exists is reused, so an interrupted reproduction
-resumes where it stopped and experiments that share a configuration share its runs. Numbers are
+(:func:`run_key`): a finished run (its ``summary.json`` says so) is reused, so an interrupted
+reproduction resumes where it stopped and experiments that share a configuration share its runs. A
+long run (``RESUMABLE_ROUNDS`` rounds or more) writes a checkpoint about every eighth of its rounds
+(:func:`with_checkpoints`), and a run cut off part-way continues from its newest one when the command
+runs again, to the numbers of an uninterrupted run. Numbers are
 means with a 95% t-interval over seeds (``raysim.metrics.mean_ci95``); comparisons are paired
 t-tests (``scipy.stats.ttest_rel``) on the same seeds.
 """
@@ -57,15 +60,38 @@ def run_key(raw: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
+# a run of this many rounds or more writes periodic checkpoints, so that a reproduction cut off
+# part-way (a session's end, Ctrl-C) continues it from the newest one instead of from round 1
+RESUMABLE_ROUNDS = 24
+
+
+def with_checkpoints(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` as the runner executes it: a run of ``RESUMABLE_ROUNDS`` rounds or more checkpoints
+    every d rounds, d the largest divisor of its own ``checkpoint_every`` (else of its rounds) that is
+    at most an eighth of its rounds, so every round the config checkpoints still is (pfedht's
+    fine-tuning reads the last round's). Checkpoints do not change what a run learns (a resumed run
+    gives the uninterrupted run's numbers), so :func:`run_key` is taken from ``raw`` as given."""
+    rounds = dict(raw.get("rounds") or {})
+    n = int(rounds.get("num_rounds", 0))
+    if n < RESUMABLE_ROUNDS:
+        return raw
+    base = int(rounds.get("checkpoint_every") or 0) or n
+    every = max(d for d in range(1, max(1, n // 8) + 1) if base % d == 0)
+    return {**raw, "rounds": {**rounds, "checkpoint_every": every}}
+
+
 def execute_run(raw: dict[str, Any], runs_dir: str, key: str) -> str:
-    """Run one experiment into runs_dir/key in this process."""
+    """Run one experiment into runs_dir/key in this process: continued from its newest checkpoint
+    when an earlier attempt left one there (``Experiment.resume_if_present``)."""
     from raysim.api import BACKENDS
     from raysim.config import config_from_dict
     from raysim.runtime.experiment import Experiment
 
     raw = {**raw, "output": {"dir": runs_dir, "name": key, "progress": False}}
     cfg = config_from_dict(raw, f"reproduce run {key}")
-    exp = Experiment(cfg, progress=False, backends=BACKENDS)
+    exp = Experiment.resume_if_present(cfg, progress=False, backends=BACKENDS)
+    if exp is None:  # finished meanwhile (the runner skips finished runs)
+        return str(Path(runs_dir) / key)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. K clamped to the model's layer blocks
         try:
@@ -115,15 +141,48 @@ class Runner:
         self.used: dict[str, float] = {}  # run key -> its total_seconds (setup + rounds)
 
     def _load(self, key: str, raw: dict[str, Any]) -> Run | None:
+        """The finished run under ``key``, or None (absent, or cut off: its summary.json, written
+        when an interrupted run's loop unwinds, says ``finished: false``)."""
         d = self.runs_dir / key
         if not (d / "summary.json").is_file():
+            return None
+        summary = json.loads((d / "summary.json").read_text())
+        if summary.get("finished") is False:
             return None
         return Run(
             raw=raw,
             rounds=pd.read_parquet(d / "rounds.parquet"),
-            summary=json.loads((d / "summary.json").read_text()),
+            summary=summary,
             path=d,
         )
+
+    def _continuable(self, key: str, raw: dict[str, Any]) -> int | None:
+        """The newest checkpoint's round of an unfinished run under ``key`` that the executor will
+        continue (its saved config is this one's), or None: then the directory is removed and the
+        run starts again (no checkpoint yet, damaged, or written by a raysim whose defaults differ)."""
+        from raysim.config import ConfigError, config_from_dict, dump_config, load_config
+        from raysim.runtime import rundir
+
+        d = self.runs_dir / key
+        try:
+            if rundir.run_state(d) != "resume":
+                return None
+            rundir.check_run_dir(d)
+            given = config_from_dict(
+                {**with_checkpoints(raw), "output": {"dir": str(self.runs_dir), "name": key}}, key
+            )
+            import yaml
+
+            saved, now = (yaml.safe_load(dump_config(c)) for c in (load_config(d / "config.yaml"), given))
+        except ConfigError as exc:
+            self.echo(f"  {key}: cannot continue ({exc}); starting it again")
+            return None
+        # a Tune trial pins num_actors to its placement group: set again by the trial that resumes
+        ignore = rundir.HARMLESS_KEYS | {"resources.num_actors"}
+        if rundir.config_differences(saved, now, ignore):
+            self.echo(f"  {key}: its saved config differs from this raysim's; starting it again")
+            return None
+        return int(rundir.periodic_checkpoints(d)[-1].name.rsplit("_", 1)[-1])
 
     def run(self, raws: Sequence[dict[str, Any]], label: str, fresh_process: bool = False) -> list[Run]:
         """Run (or reuse) every config: with ``--jobs`` > 1 as Ray Tune trials (``tuning.batch``,
@@ -133,9 +192,13 @@ class Runner:
         todo: list[tuple[str, dict[str, Any]]] = []
         for k, r in zip(keys, raws, strict=True):
             if self._load(k, r) is None and k not in {t[0] for t in todo}:
-                if (self.runs_dir / k).exists():  # a half-written run from an interrupted reproduction
-                    shutil.rmtree(self.runs_dir / k)
-                todo.append((k, r))
+                if (self.runs_dir / k).exists():  # a run an interrupted reproduction left unfinished
+                    t = self._continuable(k, r)
+                    if t is None:
+                        shutil.rmtree(self.runs_dir / k)
+                    else:
+                        self.echo(f"  {k}: continuing from its checkpoint of round {t}")
+                todo.append((k, with_checkpoints(r)))
         if todo:
             self.echo(f"[{label}] {len(todo)} run(s) to do, {len(raws) - len(todo)} reused")
             if self.jobs > 1 or fresh_process:

@@ -94,6 +94,10 @@ class Experiment:
         self.next_round = 1
         self.num_hosts = 0
         self.t_setup = 0.0
+        # seconds in the rounds so far, over every rounds() call; a resumed run starts it at the
+        # restored rounds' round_s (the attempt that ran them is gone), see ``resume``
+        self.loop_seconds = 0.0
+        self.resumed_from_round: int | None = None
         # client hyperparameters set with ``set_hparams`` (a schedule, a mutation): plain fields by
         # name over the config's local.*, saved with every checkpoint and restored with it
         self.overrides: dict[str, Any] = {}
@@ -471,7 +475,8 @@ class Experiment:
 
         def finish() -> None:
             logger.flush()
-            self.last_summary = self.summary(time.perf_counter() - t_start)
+            self.loop_seconds += time.perf_counter() - t_start
+            self.last_summary = self.summary(self.loop_seconds)
             logger.write_summary(self.last_summary)
 
         try:
@@ -522,6 +527,9 @@ class Experiment:
             "total_seconds": self.t_setup + loop_seconds,
             "setup_seconds": self.t_setup,
             "loop_seconds": loop_seconds,
+            # the round its newest resume continued after (None: it ran in one go); its times count
+            # the lost attempts' rounds by their round_s
+            "resumed_from_round": self.resumed_from_round,
             "median_round_seconds": float(np.median([r["round_s"] for r in rounds])) if rounds else None,
             "peak_rss_mb": max(peak) if peak else driver_stats()["peak_rss_mb"],
             "total_peak_rss_mb": sum(
@@ -567,8 +575,10 @@ class Experiment:
         address: str | None = None,
         progress: bool | None = None,
         backends: Mapping[str, BackendFactory] | None = None,
+        share: Share | None = None,
     ) -> Experiment:
-        """An interrupted run, restored from its newest periodic checkpoint."""
+        """An interrupted run, restored from its newest periodic checkpoint (``share``: as for a new
+        run, the resources it may use; a Tune trial passes its placement group's)."""
         run_dir = Path(run_dir)
         rundir.check_run_dir(run_dir)  # config, tables, newest checkpoint: refused before Ray starts
         ckpts = rundir.periodic_checkpoints(run_dir)
@@ -578,10 +588,12 @@ class Experiment:
                 "(set rounds.checkpoint_every > 0 to write them)"
             )
         cfg = load_config(run_dir / "config.yaml")
-        exp = cls(cfg, address=address, progress=progress, run_dir=run_dir, backends=backends)
+        exp = cls(cfg, address=address, progress=progress, run_dir=run_dir, share=share, backends=backends)
         exp.prepare()
         t = exp.restore(ckpts[-1])
         exp._logger().reload(upto_round=t)
+        exp.resumed_from_round = t
+        exp.loop_seconds = float(sum(r.get("round_s", 0.0) for r in exp._logger().rounds))
         return exp
 
     @classmethod
@@ -592,6 +604,7 @@ class Experiment:
         address: str | None = None,
         progress: bool | None = None,
         backends: Mapping[str, BackendFactory] | None = None,
+        share: Share | None = None,
     ) -> Experiment | None:
         """``raysim run --resume-if-present``: the run of ``cfg`` in ``output.dir/<output.name or
         name>`` exactly (no ``-2``), so that a job started again (a KubeRay retry) finds it: continued
@@ -627,10 +640,11 @@ class Experiment:
                 address=address or cfg.resources.address,
                 progress=cfg.output.progress if progress is None else progress,
                 backends=backends,
+                share=share,
             )
         if state == "restart":  # stopped before its first checkpoint: round 1 again, same directory
             rundir.clear_run_files(run_dir)
-        return cls(cfg, address=address, progress=progress, run_dir=run_dir, backends=backends)
+        return cls(cfg, address=address, progress=progress, run_dir=run_dir, share=share, backends=backends)
 
 
 def driver_stats() -> dict[str, Any]:

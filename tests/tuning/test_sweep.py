@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from raysim.config import ConfigError, load_config
+from raysim.config import ConfigError, config_from_dict, load_config
 from tests.conftest import tiny_config
 from tuning.spec import spec_from_dict
 from tuning.sweep import run_sweep, validate_best
@@ -221,6 +221,30 @@ def test_batch_runner_runs_fixed_configs_as_trials_and_names_a_failed_one(ray_cl
     bad["data"] = {**bad["data"], "dataset": "fashion-mnist", "data_dir": str(tmp_path / "nowhere")}
     with pytest.raises(RuntimeError, match=r"\[t\] 1 run\(s\) failed:\nc: "):
         run_experiments([("c", bad)], tmp_path / "runs", label="t", echo=lambda s: None)
+
+
+def test_a_batch_trial_continues_a_run_an_earlier_attempt_left_from_its_checkpoint(ray_cluster, tmp_path):
+    from raysim.runtime.experiment import Experiment
+    from tests.runtime.exact import assert_same_learning
+    from tuning.batch import run_experiments
+
+    raw = tiny_config(tmp_path, rounds__num_rounds=4, rounds__checkpoint_every=1).to_dict()
+    runs = tmp_path / "runs"
+    cut = Experiment(
+        config_from_dict({**raw, "output": {"dir": str(runs), "name": "cut", "progress": False}}),
+        progress=False,
+    )
+    try:
+        cut.run(until=2)  # killed after round 2: its checkpoint of round 2 is there
+    finally:
+        cut.close()
+    run_experiments([("cut", raw), ("whole", raw)], runs, jobs=2, label="t", echo=lambda s: None)
+    summary = json.loads((runs / "cut" / "summary.json").read_text())
+    assert summary["finished"] is True and summary["resumed_from_round"] == 2
+    assert json.loads((runs / "whole" / "summary.json").read_text())["resumed_from_round"] is None
+    assert_same_learning(
+        pd.read_parquet(runs / "whole" / "rounds.parquet"), pd.read_parquet(runs / "cut" / "rounds.parquet")
+    )
 
 
 def test_multi_objective_sweep_writes_its_pareto_front(ray_cluster, tmp_path):

@@ -494,7 +494,8 @@ def curve_figure(
     ylabel: str,
     flats: Mapping[str, Mapping[str, Flat]] | None = None,
 ) -> Any:
-    """One panel per setting, one line per method (mean over seeds) with its 95% band; with
+    """One panel per setting, one line per method (mean over seeds) with its 95% band (clipped to
+    [0, 1] for an accuracy); with
     ``flats`` (panel -> method -> ``Flat``) each curve that flattened gets a marker at that round.
     One legend for the figure, right of the panels: with ten methods a legend inside a panel
     covered the curves' ends, which are what the figure is read for. A method keeps its colour in
@@ -510,7 +511,10 @@ def curve_figure(
             x, m, h = curves(runs, col)
             (line,) = ax.plot(x, m, label=method, color=colour[method])
             handles.setdefault(method, line)
-            ax.fill_between(x, m - h, m + h, alpha=0.2, color=line.get_color())
+            lo, hi = m - h, m + h
+            if "accuracy" in col:  # a t-interval over 3 seeds can reach past 0 or 1: drawn up to them
+                lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
             f = (flats or {}).get(title, {}).get(method)
             if f is not None and f.round is not None and f.round in set(x.tolist()):
                 y = float(m[list(x).index(f.round)])

@@ -160,29 +160,27 @@ class Runner:
         """The newest checkpoint's round of an unfinished run under ``key`` that the executor will
         continue (its saved config is this one's), or None: then the directory is removed and the
         run starts again (no checkpoint yet, damaged, or written by a raysim whose defaults differ)."""
-        from raysim.config import ConfigError, config_from_dict, dump_config, load_config
+        from raysim.config import ConfigError, config_from_dict
         from raysim.runtime import rundir
 
         d = self.runs_dir / key
+        # a Tune trial pins num_actors to its placement group: set again by the trial that resumes
+        ignore = rundir.HARMLESS_KEYS | {"resources.num_actors"}
         try:
             if rundir.run_state(d) != "resume":
                 return None
-            rundir.check_run_dir(d)
+            newest = rundir.check_run_dir(d)
             given = config_from_dict(
                 {**with_checkpoints(raw), "output": {"dir": str(self.runs_dir), "name": key}}, key
             )
-            import yaml
-
-            saved, now = (yaml.safe_load(dump_config(c)) for c in (load_config(d / "config.yaml"), given))
+            differs = rundir.saved_config_differences(d, given, ignore)
         except ConfigError as exc:
             self.echo(f"  {key}: cannot continue ({exc}); starting it again")
             return None
-        # a Tune trial pins num_actors to its placement group: set again by the trial that resumes
-        ignore = rundir.HARMLESS_KEYS | {"resources.num_actors"}
-        if rundir.config_differences(saved, now, ignore):
+        if differs:
             self.echo(f"  {key}: its saved config differs from this raysim's; starting it again")
             return None
-        return int(rundir.periodic_checkpoints(d)[-1].name.rsplit("_", 1)[-1])
+        return newest
 
     def run(self, raws: Sequence[dict[str, Any]], label: str, fresh_process: bool = False) -> list[Run]:
         """Run (or reuse) every config: with ``--jobs`` > 1 as Ray Tune trials (``tuning.batch``,

@@ -616,13 +616,7 @@ class Experiment:
         run_dir = rundir.stable_run_dir(Path(cfg.output.dir), cfg.output.name or cfg.name)
         state = rundir.run_state(run_dir)
         if state != "new":
-            import yaml
-
-            # both as config.yaml has them (dump_config: the algorithm's parameters resolved)
-            saved, given = (
-                yaml.safe_load(dump_config(c)) for c in (load_config(run_dir / "config.yaml"), cfg)
-            )
-            diffs = rundir.config_differences(saved, given)
+            diffs = rundir.saved_config_differences(run_dir, cfg)
             if diffs:
                 raise ConfigError(
                     f"--resume-if-present: {run_dir} holds another experiment under the same name; its "

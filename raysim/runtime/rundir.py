@@ -136,6 +136,18 @@ def config_differences(
 _MISSING = object()
 
 
+def saved_config_differences(run_dir: Path, cfg: Any, ignore: frozenset[str] = HARMLESS_KEYS) -> list[str]:
+    """``config_differences`` between the config.yaml saved in ``run_dir`` and ``cfg`` (an
+    ExperimentConfig), both as config.yaml has them (``dump_config``: the algorithm's parameters
+    resolved). ConfigError when the saved one does not load."""
+    import yaml
+
+    from raysim.config import dump_config, load_config
+
+    saved, given = (yaml.safe_load(dump_config(c)) for c in (load_config(Path(run_dir) / "config.yaml"), cfg))
+    return config_differences(saved, given, ignore)
+
+
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """A run directory's summary.json as a dict, or None when there is none (ConfigError: damaged)."""
     path = Path(run_dir) / "summary.json"
@@ -433,9 +445,10 @@ def check_table(path: Path, required: tuple[str, ...] = ("round",)) -> None:
     _parquet(path, pq.read_schema, required)
 
 
-def check_run_dir(run_dir: Path) -> None:
+def check_run_dir(run_dir: Path) -> int | None:
     """A run directory ``--resume`` can continue: its config.yaml, its tables and its newest
-    checkpoint pass the cheap checks (ConfigError naming the file), before anything starts."""
+    checkpoint pass the cheap checks (ConfigError naming the file), before anything starts. Returns
+    the newest checkpoint's round (None: no checkpoint)."""
     from raysim.config import load_config
 
     run_dir = Path(run_dir)
@@ -448,8 +461,7 @@ def check_run_dir(run_dir: Path) -> None:
         if (run_dir / name).is_file():
             check_table(run_dir / name)
     ckpts = periodic_checkpoints(run_dir)
-    if ckpts:
-        check_checkpoint(ckpts[-1])
+    return check_checkpoint(ckpts[-1]) if ckpts else None
 
 
 def read_json(path: Path) -> Any:
@@ -490,6 +502,7 @@ __all__ = [
     "check_table",
     "clear_run_files",
     "config_differences",
+    "saved_config_differences",
     "decode_state",
     "encode_state",
     "periodic_checkpoints",

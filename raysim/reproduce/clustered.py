@@ -215,7 +215,7 @@ SCALES: dict[str, Scale] = {
     # the shared 2-core machine (load ~24): one round of AS-CFL here took 171 CPU-seconds (setup
     # included; 667 s of wall time at that load), so a 100-round run is ~4.6 h of one idle core and
     # experiment 1 (5 methods x 3 seeds) ~34 h with --jobs 2 on 2 idle cores (~10 h at --rounds 30).
-    # Measured later on idle cores: ~88 s a round per run with two FedAvg runs side by side, about
+    # Measured later on idle cores: ~85 s a round per run with two FedAvg runs side by side, about
     # half that estimate (~18 h at 100 rounds, ~5.5 h at --rounds 30; docs/clustered.md).
     "converge": Scale(
         name="converge",

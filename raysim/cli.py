@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -99,7 +99,10 @@ def run(
                 exp = got
             else:
                 exp = api.experiment(cfg, address=address, progress=progress)
-        summary = api.run_experiment(exp).summary
+        try:
+            summary = api.run_experiment(exp).summary
+        except KeyboardInterrupt:  # Ctrl-C: its summary.json says finished: false
+            _exit_interrupted_run(exp.run_dir, exp.cfg.rounds.checkpoint_every)
     except ConfigError as err:
         fail(str(err))
         return
@@ -107,6 +110,23 @@ def run(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     _print_summary(summary, report_)
+
+
+def _exit_interrupted_run(run_dir: Path | None, every: int) -> NoReturn:
+    """``raysim run`` stopped by Ctrl-C: what is kept and how to continue, exit 130."""
+    from tuning.interrupt import Interrupted, exit_interrupted
+
+    if every:
+        exit_interrupted(
+            Interrupted(
+                f"{run_dir} keeps its rounds up to its newest checkpoint (one every {every} round(s))"
+            ),
+            f"continue it with `raysim run --resume {run_dir}`",
+        )
+    exit_interrupted(
+        Interrupted(f"{run_dir} has no checkpoint to continue from (rounds.checkpoint_every: 0)"),
+        "it cannot be continued; run it again (with --set rounds.checkpoint_every=N to make it continuable)",
+    )
 
 
 def _print_summary(summary: dict[str, object], report_: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from raysim.config import ConfigError
+from tuning.interrupt import Interrupted, exit_interrupted
 
 
 def tune(
@@ -92,6 +93,10 @@ def tune(
     except ConfigError as err:
         fail(str(err))
         return
+    except Interrupted as err:
+        if resume_if_present or validate_best is not None:
+            exit_interrupted(err, "run the same command again to continue it")
+        exit_interrupted(err, f"continue it with `raysim tune --resume {err.where}`")
     if outcome.no_record:
         typer.echo(
             f"error: {len(outcome.no_record)} trial(s) left no record on the storage path "

@@ -31,6 +31,7 @@ import pandas as pd
 from raysim.atomic import atomic_write_text
 from raysim.config import ConfigError, check_data_available, config_from_dict, load_yaml_file
 from raysim.runtime.trackers import check_trackers
+from tuning.interrupt import stop_on_interrupt
 from tuning.outputs import (  # noqa: F401 - pareto_mask: its home before tuning.outputs
     Echo,
     SweepOutcome,
@@ -404,7 +405,8 @@ def run_sweep(
         note = loaded.spec.random_search_note()
         if note:
             echo(note)
-        results = tuner.fit()
+        with stop_on_interrupt(*_kept(directory)):  # never outputs from trials cut part-way
+            results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
 
@@ -459,9 +461,18 @@ def resume_sweep(
             resume_errored=True,
         )
         echo(f"resuming sweep {loaded.spec.name} in {directory}")
-        with tune_console(verbose):
+        with tune_console(verbose), stop_on_interrupt(*_kept(directory)):
             results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
+
+
+def _kept(directory: Path) -> tuple[str, str]:
+    """What an interrupted sweep keeps, and where it continues from (``tuning.interrupt``)."""
+    return (
+        f"Ray Tune saved the sweep's state in {directory} (each trial keeps its newest checkpoint; "
+        "no best.yaml is written from trials cut part-way)",
+        str(directory),
+    )
 
 
 # -- validation of the best config on fresh seeds ---------------------------------------------
@@ -513,7 +524,10 @@ def validate_best(
         "storage_path": str(directory),
     }
     loaded = spec_from_dict(raw, "(validate-best)", directory, probe=False)  # the sweep's own metric
-    out = run_sweep(loaded, address=address, echo=echo, verbose=verbose)
+    from tuning.present import run_or_resume
+
+    # an interrupted validation continues (the same fresh seeds), a finished one is read back
+    out = run_or_resume(loaded, address=address, echo=echo, verbose=verbose)
     table = pd.read_parquet(out.directory / "trials.parquet")
     finals = [final_value(df, metric) for _, df in table.groupby("trial_id")]
     mean, half = mean_ci95(np.array(finals))

@@ -207,8 +207,16 @@ class Runner:
                 run_experiments(todo, self.runs_dir, jobs=self.jobs, label=label, echo=self.echo)
             else:  # one at a time in this process: no per-trial start-up (~2-3 s) for tiny runs
                 t0 = time.perf_counter()
+                from tuning.interrupt import Interrupted
+
                 for i, (k, r) in enumerate(todo, 1):
-                    execute_run(r, str(self.runs_dir), k)
+                    try:
+                        execute_run(r, str(self.runs_dir), k)
+                    except KeyboardInterrupt:  # its summary says finished: false; checkpoints kept
+                        kept = (
+                            f"finished runs and each cut run's newest checkpoint are kept in {self.runs_dir}"
+                        )
+                        raise Interrupted(kept, str(self.runs_dir)) from None
                     a = r["algorithm"]["name"]
                     self.echo(
                         f"[{label}] {i}/{len(todo)} {a} seed {r['seed']} ({time.perf_counter() - t0:.0f}s)"
@@ -710,8 +718,17 @@ def run_reproduction(
     picked: Sequence[int], experiments: Mapping[int, tuple[str, Callable[[Any], str]]], ctx: Any
 ) -> Finished:
     """Run the picked experiments on ``ctx`` (its runner echoes progress), timing them and the load."""
+    from tuning.interrupt import Interrupted, exit_interrupted
+
     load_before = machine_load()
-    times, total = run_picked(picked, experiments, ctx, ctx.runner.echo)
+    try:
+        times, total = run_picked(picked, experiments, ctx, ctx.runner.echo)
+    except Interrupted as err:  # Ctrl-C: what is kept, how to continue, exit 130
+        exit_interrupted(
+            err,
+            "run the same command again: finished runs and sweeps are reused, cut ones continue "
+            "from their newest checkpoints",
+        )
     return Finished(times, total, (load_before, machine_load()))
 
 

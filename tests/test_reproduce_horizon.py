@@ -133,6 +133,36 @@ def test_the_curves_legend_is_one_beside_the_panels_and_a_method_keeps_its_colou
         pyplot().close(fig)
 
 
+def test_a_crowded_panel_gets_a_zoomed_one_below_fitted_to_its_leaders():
+    """Ten curves within 0.9-1.0 (Table 1 at 96 rounds) could not be told apart: from ZOOM_FROM
+    methods a panel gets a second one below, over the last half of the rounds, its y axis fitted
+    to the top half of the methods by final value; fewer methods keep one row."""
+    from raysim.reproduce.harness import ZOOM_FROM, pyplot
+
+    rounds = 20
+    finals = [0.97, 0.96, 0.955, 0.95, 0.70, 0.68]
+    assert len(finals) >= ZOOM_FROM
+    # each rises to its final value by round 5 and stays there, as trained curves do
+    crowd = {f"M{i}": list(np.linspace(0.3, f, 5)) + [f] * (rounds - 5) for i, f in enumerate(finals)}
+    fig = curve_figure({"pathological": _by(crowd)}, "personal_accuracy", "acc")
+    try:
+        full, zoomed = fig.axes[:2]
+        assert full.get_title() == "pathological"
+        assert zoomed.get_title() == "pathological: last half, the top 3 of 6 (zoomed)"
+        lo, hi = zoomed.get_ylim()
+        # the leaders' last half is inside, spread over most of the axis; the two at ~0.7 run below
+        assert lo <= 0.955 and hi >= 0.97 and lo > 0.94 and hi < 0.99
+        assert zoomed.get_xlim()[0] == pytest.approx(rounds / 2)
+        assert len(zoomed.get_lines()) == len(finals)  # every method drawn, the low ones below the axis
+    finally:
+        pyplot().close(fig)
+    few = curve_figure({"s": _by(dict(list(crowd.items())[: ZOOM_FROM - 1]))}, "personal_accuracy", "acc")
+    try:
+        assert len(few.axes) == 1
+    finally:
+        pyplot().close(few)
+
+
 # ------------------------------------------------------------------ pfedht's Table 1 at the horizon
 
 

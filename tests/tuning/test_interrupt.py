@@ -139,6 +139,7 @@ def test_a_sweep_stopped_by_ctrl_c_writes_no_outputs_and_resumes_to_every_trials
         [RAYSIM, "tune", str(path)],
         cwd=REPO,
         env=env,
+        start_new_session=True,  # its own process group, which the test's Ctrl-C goes to
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -149,7 +150,7 @@ def test_a_sweep_stopped_by_ctrl_c_writes_no_outputs_and_resumes_to_every_trials
         return any(3 <= len(p.read_text().splitlines()) < rounds for p in record)
 
     _wait(proc, midway, "a trial was midway")
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: its local Ray too
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-2000:] + err[-3000:]
     assert "interrupted: Ray Tune saved the sweep's state in" in err
@@ -207,13 +208,14 @@ def test_a_batch_stopped_by_ctrl_c_is_interrupted_and_continues_from_its_checkpo
         [sys.executable, str(script)],
         cwd=REPO,
         env=env,
+        start_new_session=True,  # its own process group, which the test's Ctrl-C goes to
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     runs = out / "runs"
     _wait(proc, lambda: any(runs.glob("*/checkpoints/*")), "a run had a checkpoint")
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: its local Ray too
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert f"INTERRUPTED finished runs and each cut run's newest checkpoint are kept in {runs}" in stdout
@@ -237,10 +239,15 @@ def test_a_run_stopped_by_ctrl_c_says_how_to_continue_and_resume_finishes_it(tmp
     path.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "runs" / "cut"
     proc = subprocess.Popen(
-        [RAYSIM, "run", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [RAYSIM, "run", str(path)],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait(proc, lambda: any((run_dir / "checkpoints").glob("round_*")), "a checkpoint was written")
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: its local Ray too
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out[-2000:] + err[-3000:]
     assert f"continue it with `raysim run --resume {run_dir}`" in err

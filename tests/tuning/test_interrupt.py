@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from raysim._testing_runs import tiny_raw
-from tests.conftest import tiny_config
 from tuning.interrupt import Interrupted, stop_on_interrupt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,6 +105,19 @@ def test_a_serial_reproduction_cut_by_ctrl_c_says_so_and_exits_130(tmp_path, mon
     assert err.startswith("interrupted: ") and "run the same command again" in err
 
 
+def _started(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``cmd`` in its own process group (which the test's Ctrl-C goes to, as a terminal's would)."""
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _wait(proc: subprocess.Popen, ready, what: str, timeout: float = 240) -> None:
     deadline = time.time() + timeout
     while not ready():
@@ -119,31 +131,12 @@ def _wait(proc: subprocess.Popen, ready, what: str, timeout: float = 240) -> Non
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_sweep_stopped_by_ctrl_c_writes_no_outputs_and_resumes_to_every_trials_end(tmp_path):
-    rounds = 20
-    spec = {
-        "name": "cut",
-        "base": tiny_config(tmp_path, rounds__num_rounds=rounds).to_dict(),
-        "mode": "optuna",
-        "num_samples": 3,
-        "optuna": {"sampler": "random", "seed": 0},
-        "storage_path": str(tmp_path / "sweeps"),
-        "checkpoint_every": 1,
-        "max_concurrent_trials": 1,
-        "space": {"local.lr": {"loguniform": [0.02, 0.2]}},
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    sweep = tmp_path / "sweeps" / "cut"
-    env = {**os.environ, "RAY_ADDRESS": "", "TUNE_GLOBAL_CHECKPOINT_S": "2"}
-    proc = subprocess.Popen(
-        [RAYSIM, "tune", str(path)],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,  # its own process group, which the test's Ctrl-C goes to
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    from tests.tuning.test_sweep_storage import KILL_ROUNDS as rounds
+    from tests.tuning.test_sweep_storage import SAVE_OFTEN, stoppable_sweep
+
+    _, path, sweep = stoppable_sweep(tmp_path, "cut")
+    env = {**os.environ, "RAY_ADDRESS": "", **SAVE_OFTEN}
+    proc = _started([RAYSIM, "tune", str(path)], env)
 
     def midway() -> bool:  # the first trial has reported some of its rounds
         record = [p for p in sweep.glob("trial_*/reported.jsonl")]
@@ -204,15 +197,7 @@ def test_a_batch_stopped_by_ctrl_c_is_interrupted_and_continues_from_its_checkpo
         "print('DONE', [r.summary['finished'] for r in runs])\n"
     )
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=REPO,
-        env=env,
-        start_new_session=True,  # its own process group, which the test's Ctrl-C goes to
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _started([sys.executable, str(script)], env)
     runs = out / "runs"
     _wait(proc, lambda: any(runs.glob("*/checkpoints/*")), "a run had a checkpoint")
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: its local Ray too
@@ -238,14 +223,7 @@ def test_a_run_stopped_by_ctrl_c_says_how_to_continue_and_resume_finishes_it(tmp
     path = tmp_path / "cut.yaml"
     path.write_text(yaml.safe_dump(raw))
     run_dir = tmp_path / "runs" / "cut"
-    proc = subprocess.Popen(
-        [RAYSIM, "run", str(path)],
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _started([RAYSIM, "run", str(path)], dict(os.environ))
     _wait(proc, lambda: any((run_dir / "checkpoints").glob("round_*")), "a checkpoint was written")
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: its local Ray too
     out, err = proc.communicate(timeout=60)

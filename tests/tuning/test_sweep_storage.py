@@ -352,6 +352,26 @@ SAVE_OFTEN = {"TUNE_GLOBAL_CHECKPOINT_S": "2"}
 KILL_ROUNDS = 20
 
 
+def stoppable_sweep(tmp_path: Path, name: str) -> tuple[dict[str, Any], Path, Path]:
+    """A spec written to ``tmp_path/spec.yaml`` whose sweep a test stops midway: 3 Optuna trials
+    one at a time, KILL_ROUNDS tiny rounds each, a checkpoint every round; the spec, its path and
+    its sweep directory."""
+    spec = {
+        "name": name,
+        "base": tiny_config(tmp_path, rounds__num_rounds=KILL_ROUNDS).to_dict(),
+        "mode": "optuna",
+        "num_samples": 3,
+        "optuna": {"sampler": "random", "seed": 0},
+        "storage_path": str(tmp_path / "sweeps"),
+        "checkpoint_every": 1,
+        "max_concurrent_trials": 1,
+        "space": {"local.lr": {"loguniform": [0.02, 0.2]}},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return spec, path, tmp_path / "sweeps" / name
+
+
 def _mid_trial_state_saved(sweep: Path, rounds: int = KILL_ROUNDS) -> bool:
     """A trial is midway (some but not all rounds reported) and Tune's experiment state was saved
     after one of its checkpoints: a resume can continue it from a checkpoint. (Not necessarily the
@@ -381,20 +401,7 @@ def test_a_killed_sweep_run_again_with_resume_if_present_finishes_and_accounts_f
     import time
 
     raysim = str(Path(sys.executable).parent / "raysim")
-    spec = {
-        "name": "again",
-        "base": tiny_config(tmp_path, rounds__num_rounds=KILL_ROUNDS).to_dict(),
-        "mode": "optuna",
-        "num_samples": 3,
-        "optuna": {"sampler": "random", "seed": 0},
-        "storage_path": str(tmp_path / "sweeps"),
-        "checkpoint_every": 1,
-        "max_concurrent_trials": 1,
-        "space": {"local.lr": {"loguniform": [0.02, 0.2]}},
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    sweep = tmp_path / "sweeps" / "again"
+    spec, path, sweep = stoppable_sweep(tmp_path, "again")
     env = {**os.environ, "RAY_ADDRESS": "", **SAVE_OFTEN}  # a local Ray of its own
     cmd = [raysim, "tune", str(path), "--resume-if-present"]
     proc = subprocess.Popen(

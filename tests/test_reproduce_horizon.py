@@ -12,13 +12,12 @@ import pytest
 from raysim.reproduce.harness import (
     Run,
     at_round,
-    curve_figure,
     evaluated_round_at_most,
     flattening,
     horizon_verdict,
     method_flattening,
-    plot_curves,
 )
+from raysim.reproduce.plots import curve_figure, plot_curves
 
 
 def fake_run(rounds: list[int], acc: list[float], every: int = 1) -> Run:
@@ -106,7 +105,7 @@ def test_the_plot_marks_where_curves_flattened(tmp_path):
 def test_the_curves_legend_is_one_beside_the_panels_and_a_method_keeps_its_colour():
     """Ten methods' legend inside a panel covered the curves' ends (pfedht at 48 rounds): one
     figure legend right of the panels, naming every method once, with the same colour everywhere."""
-    from raysim.reproduce.harness import pyplot
+    from raysim.reproduce.plots import pyplot
 
     flat = {"A": [0.2, 0.5, 0.7, 0.8] + [0.8] * 8, "B": list(np.linspace(0.1, 0.6, 12))}
     panels = {"one": _by(flat), "two": _by({"B": flat["B"], "C": flat["A"]})}
@@ -137,7 +136,7 @@ def test_a_crowded_panel_gets_a_zoomed_one_below_fitted_to_its_leaders():
     """Ten curves within 0.9-1.0 (Table 1 at 96 rounds) could not be told apart: from ZOOM_FROM
     methods a panel gets a second one below, over the last half of the rounds, its y axis fitted
     to the top half of the methods by final value; fewer methods keep one row."""
-    from raysim.reproduce.harness import ZOOM_FROM, pyplot
+    from raysim.reproduce.plots import ZOOM_FROM, pyplot
 
     rounds = 20
     finals = [0.97, 0.96, 0.955, 0.95, 0.70, 0.68]
@@ -280,7 +279,7 @@ def test_clustered_rounds_option_is_range_checked(tmp_path):
 def test_an_accuracy_band_stays_within_0_and_1():
     """Three seeds' t-interval can reach below 0 (experiment 6's round 1: 28, 14 and 45 %); the band
     is drawn up to 0 and 1, a loss's band is not clipped."""
-    from raysim.reproduce.harness import pyplot
+    from raysim.reproduce.plots import pyplot
 
     rounds = [1, 2, 3]
     runs = [fake_run(rounds, v) for v in ([0.02, 0.9, 0.99], [0.6, 0.95, 0.999], [0.3, 0.5, 0.98])]

@@ -118,12 +118,11 @@ from raysim.reproduce.harness import (
     paired_p,
     parse_experiments,
     pick_scale,
-    plot_bars,
-    plot_curves,
     reproduce_app,
     scale_flag,
     table,
 )
+from raysim.reproduce.plots import plot_bars, plot_curves
 
 # --------------------------------------------------------------------------------------------- scales
 

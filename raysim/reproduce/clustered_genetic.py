@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from raysim.reproduce.clustered_tables import FEDAVG
-from raysim.reproduce.harness import Run, ci, ci_or, images_md, paired_p, plot_curves, table
+from raysim.reproduce.harness import Run, ci, ci_or, images_md, paired_p, table
+from raysim.reproduce.plots import plot_curves
 
 if TYPE_CHECKING:
     from raysim.reproduce.clustered import Ctx, Scale

@@ -31,18 +31,8 @@ from raysim.reproduce.dsac import (
     pretrained,
     start_of,
 )
-from raysim.reproduce.harness import (
-    Run,
-    ci,
-    finals,
-    means,
-    paired_diff,
-    paired_p,
-    plot_bars,
-    plot_curves,
-    plot_points,
-    table,
-)
+from raysim.reproduce.harness import Run, ci, finals, means, paired_diff, paired_p, table
+from raysim.reproduce.plots import plot_bars, plot_curves, plot_points
 
 
 def dropout_rate(run: Run) -> float:

@@ -86,8 +86,6 @@ from raysim.reproduce.harness import (
     paired_p,
     parse_experiments,
     pick_scale,
-    plot_curves,
-    plot_points,
     reproduce_app,
     scale_flag,
     table,
@@ -107,6 +105,7 @@ from raysim.reproduce.pfedht_tables import (
     new_client_accuracy,
     rta,
 )
+from raysim.reproduce.plots import plot_curves, plot_points
 
 # --------------------------------------------------------------------------------------------- scales
 

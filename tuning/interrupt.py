@@ -27,9 +27,10 @@ _TUNE_LINES = ("Stop signal received", "Experiment has been interrupted")
 _DISABLE = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
-class Interrupted(BaseException):
-    """The user stopped the work (Ctrl-C). A BaseException, as KeyboardInterrupt is, so that no
-    ``except Exception`` on the way up handles it as a failure; ``saved`` says what is kept."""
+class Interrupted(KeyboardInterrupt):
+    """The user stopped the work (Ctrl-C): a KeyboardInterrupt (no ``except Exception`` on the way
+    up handles it as a failure, and a Python caller catches it as one) that says what is kept
+    (``saved``) and where the work continues from (``where``)."""
 
     def __init__(self, saved: str, where: str | None = None) -> None:
         super().__init__(saved)
@@ -74,6 +75,8 @@ def stop_on_interrupt(saved: str, where: str | None = None) -> Iterator[None]:
     tune_log.addFilter(drop)
     try:
         yield
+    except Interrupted:
+        raise
     except KeyboardInterrupt:
         raise Interrupted(saved, where) from None
     finally:

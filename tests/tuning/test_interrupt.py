@@ -172,6 +172,7 @@ def test_a_sweep_stopped_by_ctrl_c_writes_no_outputs_and_resumes_to_every_trials
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI's 45 minutes: the sweep's case (above) runs there, these in make test-slow
 @pytest.mark.timeout(600)
 def test_a_batch_stopped_by_ctrl_c_is_interrupted_and_continues_from_its_checkpoints(tmp_path):
     """``Runner.run`` with --jobs 2 (Tune trials): Ctrl-C ends in Interrupted, not in "left no
@@ -215,6 +216,7 @@ def test_a_batch_stopped_by_ctrl_c_is_interrupted_and_continues_from_its_checkpo
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # CI's 45 minutes: the sweep's case (above) runs there, these in make test-slow
 @pytest.mark.timeout(300)
 def test_a_run_stopped_by_ctrl_c_says_how_to_continue_and_resume_finishes_it(tmp_path):
     raw = tiny_raw(tmp_path)

@@ -186,6 +186,7 @@ def test_a_methods_subset_runs_only_those_and_says_so(tmp_path):
     ]
     assert p_vs_local[1] == "/" and p_vs_local[0] not in ("-", "/")  # pFedHN paired with Local's seeds
     assert "ran pFedHN, Local only (`--methods`)" in md and "server cost" not in md  # pFedHT did not run
+    assert "the horizon verdicts are over these methods" in md  # a later method can turn them
     assert "end below Local's" in md or "No personalised method's run ends below Local's" in md
     assert len(list((out / "runs").iterdir())) == 4  # 2 methods x 2 seeds, nothing else
     readme = (out / "README.md").read_text()

@@ -381,7 +381,12 @@ def exp1_methods(c: Ctx) -> str:
             if sc.big_methods is not None and any(d["num_clients"] == sc.big_clients for d in feds.values())
             else ""
         )
-        + (f"\n\nExperiment 1 ran {', '.join(ms)} only (`--methods`)." if sc.methods is not None else "")
+        + (
+            f"\n\nExperiment 1 ran {', '.join(ms)} only (`--methods`): the horizon verdicts are over "
+            "these methods; a method added later can lead without having flattened and turn them."
+            if sc.methods is not None
+            else ""
+        )
         + (
             "\n\n#### MRTA (mean RTA over every setting and seed the method ran on)\n\n"
             + table(["method", "MRTA", "experiments"], mrta_rows)

@@ -620,8 +620,7 @@ def run_reproduction(
     except Interrupted as err:  # Ctrl-C: what is kept, how to continue, exit 130
         exit_interrupted(
             err,
-            "run the same command again: finished runs and sweeps are reused, cut ones continue "
-            "from their newest checkpoints",
+            "run the same command again to continue from there (finished runs and tuning sweeps are reused)",
         )
     return Finished(times, total, (load_before, machine_load()))
 

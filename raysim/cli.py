@@ -101,7 +101,7 @@ def run(
                 exp = api.experiment(cfg, address=address, progress=progress)
         try:
             summary = api.run_experiment(exp).summary
-        except KeyboardInterrupt:  # Ctrl-C: its summary.json says finished: false
+        except KeyboardInterrupt:  # Ctrl-C: the run directory keeps its newest checkpoint
             _exit_interrupted_run(exp.run_dir, exp.cfg.rounds.checkpoint_every)
     except ConfigError as err:
         fail(str(err))

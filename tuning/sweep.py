@@ -524,8 +524,17 @@ def validate_best(
         "storage_path": str(directory),
     }
     loaded = spec_from_dict(raw, "(validate-best)", directory, probe=False)  # the sweep's own metric
-    from tuning.present import run_or_resume
+    from tuning.present import check_same_sweep, run_or_resume, sweep_state
 
+    target = sweep_dir(loaded)
+    if sweep_state(target) != "absent":
+        try:
+            check_same_sweep(loaded, target)
+        except ConfigError:
+            raise ConfigError(
+                f"{target} holds a validation of another best.yaml or other seeds; move it away to "
+                f"validate on seeds {fresh} (it is not overwritten)"
+            ) from None
     # an interrupted validation continues (the same fresh seeds), a finished one is read back
     out = run_or_resume(loaded, address=address, echo=echo, verbose=verbose)
     table = pd.read_parquet(out.directory / "trials.parquet")

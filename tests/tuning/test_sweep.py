@@ -70,6 +70,15 @@ def test_grid_sweep_writes_table_best_config_and_plots_then_validates_on_fresh_s
     assert len(res["fresh_values"]) == 2 and all(0 <= v <= 1 for v in res["fresh_values"])
     assert res["mean"] == pytest.approx(np.mean(res["fresh_values"]))
     assert json.loads((d / "validation.json").read_text()) == res
+    # again: the finished validation is read back, not run again; on other seeds: refused, kept
+    said: list[str] = []
+    assert validate_best(d, seeds=2, echo=said.append, verbose=0) == res
+    assert any("already finished" in m for m in said)
+    with pytest.raises(
+        ConfigError, match=r"holds a validation of another best.yaml or other seeds.*\[5, 6, 7\]"
+    ):
+        validate_best(d, seeds=3, echo=lambda s: None, verbose=0)
+    assert json.loads((d / "validation.json").read_text()) == res
 
 
 TPE_CALLS: list[tuple[str, Any]] = []

@@ -43,7 +43,7 @@ def curve_figure(
     flats: Mapping[str, Mapping[str, Flat]] | None = None,
 ) -> Any:
     """One panel per setting, one line per method (mean over seeds) with its 95% band (clipped to
-    [0, 1] for an accuracy); with
+    the metric's range, ``metric_bounds``); with
     ``flats`` (panel -> method -> ``Flat``) each curve that flattened gets a marker at that round.
     One legend for the figure, right of the panels: with ten methods a legend inside a panel
     covered the curves' ends, which are what the figure is read for. A method keeps its colour in
@@ -67,8 +67,9 @@ def curve_figure(
             (line,) = ax.plot(x, m, label=method, color=colour[method])
             handles.setdefault(method, line)
             lo, hi = m - h, m + h
-            if "accuracy" in col:  # a t-interval over 3 seeds can reach past 0 or 1: drawn up to them
-                lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+            bounds = metric_bounds(col)
+            if bounds is not None:  # a t-interval over 3 seeds can reach past them: drawn up to them
+                lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
             ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
             marked |= _mark_flat(ax, (flats or {}).get(title, {}).get(method), x, m, line.get_color())
         _axis(ax, title, ylabel)
@@ -85,6 +86,16 @@ def curve_figure(
         list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0, 0.95), frameon=False
     )
     return fig
+
+
+def metric_bounds(col: str) -> tuple[float, float] | None:
+    """The range a metric's values cannot leave: [0, 1] for an accuracy, [-1, 1] for an adjusted
+    Rand index (``cluster_ari``; 1 is a perfect match); None for others (a loss)."""
+    if "accuracy" in col:
+        return (0.0, 1.0)
+    if "ari" in col.split("_"):
+        return (-1.0, 1.0)
+    return None
 
 
 ZOOM_FROM = 5  # methods in a panel from which curve_figure adds a zoomed panel below it

@@ -245,6 +245,12 @@ def check_pickle(data: bytes, source: str) -> None:
         ) from None
 
 
+# A pickle of protocol 2-5 starts with PROTO (0x80) and its protocol: what Tune hex-encodes. A Ray
+# id that happens to start with "80" (a placement_group_id "80f0b0...") is not one; pickle.loads
+# refuses any other protocol byte, so nothing that could run code is left unchecked.
+PICKLE_STARTS = frozenset(f"80{p:02x}" for p in range(2, 6))
+
+
 def _hex_pickles(value: Any) -> Iterator[bytes]:
     """The pickles Tune hex-encodes inside its JSON state (and JSON inside JSON strings)."""
     if isinstance(value, dict):
@@ -260,7 +266,7 @@ def _hex_pickles(value: Any) -> Iterator[bytes]:
                 yield from _hex_pickles(json.loads(text))
             except ValueError:
                 return
-        elif len(text) >= 4 and len(text) % 2 == 0 and text[:2] == "80":
+        elif len(text) >= 4 and len(text) % 2 == 0 and text[:4] in PICKLE_STARTS:
             try:
                 yield bytes.fromhex(text)
             except ValueError:

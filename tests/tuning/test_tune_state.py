@@ -5,6 +5,7 @@ refused naming the file, and nothing is loaded to find out."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pickle
 from pathlib import Path
@@ -110,5 +111,22 @@ def test_a_sweep_directory_is_checked_file_by_file(tmp_path):
     assert check_tune_state(d) == 2
     (d / "trial_1" / "params.pkl").write_bytes(pickle.dumps(_System(tmp_path / "PWNED")))
     with pytest.raises(ConfigError, match=r"trial_1/params\.pkl"):
+        check_tune_state(d)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_ray_id_that_starts_like_a_pickle_is_not_checked_as_one(tmp_path):
+    """Tune's state holds each trial's last result, with Ray ids in hex. A placement_group_id
+    "80f0b038..." (1 in 256 starts with 80) was read as a pickle and refused the resume of a sweep
+    stopped by Ctrl-C; a real pickle beside it is still checked."""
+    d = tmp_path / "sweep"
+    d.mkdir()
+    result = {"placement_group_id": "80f0b03843d6c22bd273a2402cbf01000000"}
+    state = {"trial_data": [[json.dumps({"last_result": result}), cloudpickle.dumps({"a": 1}).hex()]]}
+    (d / "experiment_state-1.json").write_text(json.dumps(state))
+    assert check_tune_state(d) == 1
+    state["trial_data"][0].append(pickle.dumps(_System(tmp_path / "PWNED")).hex())
+    (d / "experiment_state-1.json").write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match=r"experiment_state-1\.json \(pickled value 2\)"):
         check_tune_state(d)
     assert not (tmp_path / "PWNED").exists()

@@ -74,7 +74,7 @@ def run_experiments(
         return
     from ray import tune
 
-    from tuning.interrupt import stop_on_interrupt
+    from tuning.interrupt import runs_kept, stop_on_interrupt
     from tuning.resources import check_fits, trial_resources
     from tuning.sweep import cluster_size, ray_session, tune_console
 
@@ -109,9 +109,8 @@ def run_experiments(
                 callbacks=[Progress()],
             ),
         )
-        kept = f"finished runs and each cut run's newest checkpoint are kept in {runs_dir}"
         # its own progress lines (Progress) instead of Tune's tables; Ctrl-C: Interrupted
-        with tune_console(0), stop_on_interrupt(kept, str(runs_dir)):
+        with tune_console(0), stop_on_interrupt(runs_kept(runs_dir)):
             results = tuner.fit()
     failed = [
         f"{(r.config or {}).get('key')}: {r.error}"

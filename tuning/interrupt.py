@@ -38,17 +38,25 @@ class Interrupted(KeyboardInterrupt):
         self.where = where  # the directory the work continues from, when there is one
 
 
+def runs_kept(runs_dir: object) -> Interrupted:
+    """The interruption of a batch of runs into ``runs_dir`` (``tuning.batch`` as Tune trials, a
+    reproduction's ``--jobs 1`` loop in its own process): what both keep, said once."""
+    return Interrupted(
+        f"finished runs and each cut run's newest checkpoint are kept in {runs_dir}", str(runs_dir)
+    )
+
+
 class _DropTuneLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(_TUNE_LINES)
 
 
 @contextlib.contextmanager
-def stop_on_interrupt(saved: str, where: str | None = None) -> Iterator[None]:
+def stop_on_interrupt(kept: Interrupted) -> Iterator[None]:
     """Around one ``Tuner.fit()`` in the main thread: the first Ctrl-C asks Tune to stop gracefully
     (Tune's own SIGUSR1 handler, which it installs for every fit, sets the same event as its SIGINT
-    handler) and the fit's return raises :class:`Interrupted` (``saved``: what is kept on disk);
-    a second Ctrl-C raises it at once. Elsewhere (not the main thread, no SIGUSR1) a plain
+    handler) and the fit's return raises ``kept`` (an :class:`Interrupted` saying what is kept on
+    disk); a second Ctrl-C raises it at once. Elsewhere (not the main thread, no SIGUSR1) a plain
     KeyboardInterrupt is turned into :class:`Interrupted` as well."""
     hit = threading.Event()
     main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1")
@@ -78,7 +86,7 @@ def stop_on_interrupt(saved: str, where: str | None = None) -> Iterator[None]:
     except Interrupted:
         raise
     except KeyboardInterrupt:
-        raise Interrupted(saved, where) from None
+        raise kept from None
     finally:
         tune_log.removeFilter(drop)
         if main:  # None: a handler not set from Python, which cannot be put back from here
@@ -91,7 +99,7 @@ def stop_on_interrupt(saved: str, where: str | None = None) -> Iterator[None]:
             else:
                 os.environ[_DISABLE] = before_env
     if hit.is_set():
-        raise Interrupted(saved, where)
+        raise kept
 
 
 def exit_interrupted(err: Interrupted, then: str) -> NoReturn:

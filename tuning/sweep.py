@@ -31,7 +31,7 @@ import pandas as pd
 from raysim.atomic import atomic_write_text
 from raysim.config import ConfigError, check_data_available, config_from_dict, load_yaml_file
 from raysim.runtime.trackers import check_trackers
-from tuning.interrupt import stop_on_interrupt
+from tuning.interrupt import Interrupted, stop_on_interrupt
 from tuning.outputs import (  # noqa: F401 - pareto_mask: its home before tuning.outputs
     Echo,
     SweepOutcome,
@@ -405,7 +405,7 @@ def run_sweep(
         note = loaded.spec.random_search_note()
         if note:
             echo(note)
-        with stop_on_interrupt(*_kept(directory)):  # never outputs from trials cut part-way
+        with stop_on_interrupt(_kept(directory)):  # never outputs from trials cut part-way
             results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
@@ -461,14 +461,14 @@ def resume_sweep(
             resume_errored=True,
         )
         echo(f"resuming sweep {loaded.spec.name} in {directory}")
-        with tune_console(verbose), stop_on_interrupt(*_kept(directory)):
+        with tune_console(verbose), stop_on_interrupt(_kept(directory)):
             results = tuner.fit()
     return write_outputs(loaded, results, directory, echo)
 
 
-def _kept(directory: Path) -> tuple[str, str]:
+def _kept(directory: Path) -> Interrupted:
     """What an interrupted sweep keeps, and where it continues from (``tuning.interrupt``)."""
-    return (
+    return Interrupted(
         f"Ray Tune saved the sweep's state in {directory} (each trial keeps its newest checkpoint; "
         "no best.yaml is written from trials cut part-way)",
         str(directory),

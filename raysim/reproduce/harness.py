@@ -207,16 +207,13 @@ class Runner:
                 run_experiments(todo, self.runs_dir, jobs=self.jobs, label=label, echo=self.echo)
             else:  # one at a time in this process: no per-trial start-up (~2-3 s) for tiny runs
                 t0 = time.perf_counter()
-                from tuning.interrupt import Interrupted
+                from tuning.interrupt import runs_kept
 
                 for i, (k, r) in enumerate(todo, 1):
                     try:
                         execute_run(r, str(self.runs_dir), k)
-                    except KeyboardInterrupt:  # its summary says finished: false; checkpoints kept
-                        kept = (
-                            f"finished runs and each cut run's newest checkpoint are kept in {self.runs_dir}"
-                        )
-                        raise Interrupted(kept, str(self.runs_dir)) from None
+                    except KeyboardInterrupt:  # the cut run keeps its newest checkpoint
+                        raise runs_kept(self.runs_dir) from None
                     a = r["algorithm"]["name"]
                     self.echo(
                         f"[{label}] {i}/{len(todo)} {a} seed {r['seed']} ({time.perf_counter() - t0:.0f}s)"

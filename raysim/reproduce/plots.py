@@ -58,6 +58,7 @@ def curve_figure(
     colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     handles: dict[str, Any] = {}
     marked = False
+    bounds = metric_bounds(col)
     for i, (title, by_method) in enumerate(panels.items()):
         ax = axes[0][i]
         drawn = {}
@@ -67,7 +68,6 @@ def curve_figure(
             (line,) = ax.plot(x, m, label=method, color=colour[method])
             handles.setdefault(method, line)
             lo, hi = m - h, m + h
-            bounds = metric_bounds(col)
             if bounds is not None:  # a t-interval over 3 seeds can reach past them: drawn up to them
                 lo, hi = np.clip(lo, *bounds), np.clip(hi, *bounds)
             ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())

@@ -59,7 +59,7 @@ def test_ctrl_c_in_a_fit_raises_interrupted_and_puts_the_handlers_back(
     tuner = _tuner(tmp_path, signals)
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING), pytest.raises(Interrupted) as got:
-        with stop_on_interrupt("kept here", "/some/dir"):
+        with stop_on_interrupt(Interrupted("kept here", "/some/dir")):
             tuner.fit()  # returns as from a finished fit: the context's exit raises
     # the trials sleep 10 s each, 4 of them 2 at a time: a fit that ran to its end takes 20 s
     assert time.perf_counter() - t0 < 15
@@ -72,7 +72,7 @@ def test_ctrl_c_in_a_fit_raises_interrupted_and_puts_the_handlers_back(
 
 def test_ctrl_c_outside_a_fit_is_interrupted_at_once():
     with pytest.raises(Interrupted) as got:
-        with stop_on_interrupt("nothing yet"):
+        with stop_on_interrupt(Interrupted("nothing yet")):
             os.kill(os.getpid(), signal.SIGINT)  # no fit: Tune's SIGUSR1 handler is not there
             time.sleep(5)
             pytest.fail("the SIGINT did not stop the block")  # pragma: no cover
@@ -105,6 +105,10 @@ def test_a_serial_reproduction_cut_by_ctrl_c_says_so_and_exits_130(tmp_path, mon
     assert err.startswith("interrupted: ") and "run the same command again" in err
 
 
+def _finished(run_dir: Path) -> bool:
+    return bool(json.loads((run_dir / "summary.json").read_text()).get("finished"))
+
+
 def _started(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     """``cmd`` in its own process group (which the test's Ctrl-C goes to, as a terminal's would)."""
     return subprocess.Popen(
@@ -132,7 +136,7 @@ def _wait(proc: subprocess.Popen, ready, what: str, timeout: float = 240) -> Non
 @pytest.mark.timeout(600)
 def test_a_sweep_stopped_by_ctrl_c_writes_no_outputs_and_resumes_to_every_trials_end(tmp_path):
     from tests.tuning.test_sweep_storage import KILL_ROUNDS as rounds
-    from tests.tuning.test_sweep_storage import SAVE_OFTEN, stoppable_sweep
+    from tests.tuning.test_sweep_storage import SAVE_OFTEN, resume_cli, stoppable_sweep
 
     _, path, sweep = stoppable_sweep(tmp_path, "cut")
     env = {**os.environ, "RAY_ADDRESS": "", **SAVE_OFTEN}
@@ -153,15 +157,7 @@ def test_a_sweep_stopped_by_ctrl_c_writes_no_outputs_and_resumes_to_every_trials
     for name in ("sweep.json", "trials.parquet", "best.yaml", "summary.md"):
         assert not (sweep / name).exists(), name
 
-    res = subprocess.run(
-        [RAYSIM, "tune", "--resume", str(sweep)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    resume_cli(sweep, env)
     import pandas as pd
 
     table = pd.read_parquet(sweep / "trials.parquet")
@@ -181,7 +177,8 @@ def test_a_batch_stopped_by_ctrl_c_is_interrupted_and_continues_from_its_checkpo
     raws = []
     for seed in (1, 2):
         raw = {k: v for k, v in tiny_raw(tmp_path).items() if k != "output"}
-        raws.append({**raw, "seed": seed, "rounds": {**raw["rounds"], "num_rounds": 96}})
+        # ~0.05 s a tiny round: 960 rounds outlast the stop (96 could end before Tune stopped them)
+        raws.append({**raw, "seed": seed, "rounds": {**raw["rounds"], "num_rounds": 960}})
     script = tmp_path / "drive.py"
     script.write_text(
         "import json, sys\n"
@@ -205,6 +202,9 @@ def test_a_batch_stopped_by_ctrl_c_is_interrupted_and_continues_from_its_checkpo
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert f"INTERRUPTED finished runs and each cut run's newest checkpoint are kept in {runs}" in stdout
+    keys = [d for d in runs.iterdir() if (d / "config.yaml").is_file()]  # not Tune's .tune folder
+    cut = [d for d in keys if not (d / "summary.json").is_file() or not _finished(d)]
+    assert cut, "every run had finished before the stop: nothing was cut"
     assert "left no summary.json" not in stderr and "Tuner.restore" not in stderr
 
     res = subprocess.run(

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
-from tests.tuning.test_sweep_storage import KILL_ROUNDS, SAVE_OFTEN, _mid_trial_state_saved
+from tests.tuning.test_sweep_storage import KILL_ROUNDS, SAVE_OFTEN, _mid_trial_state_saved, resume_cli
 
 REPO = Path(__file__).resolve().parents[2]
 RAYSIM = str(Path(sys.executable).parent / "raysim")
@@ -141,15 +141,7 @@ def test_a_sweep_killed_midway_resumes_and_accounts_for_every_trial(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not (sweep / "trials.parquet").exists()  # it really stopped midway
 
-    res = subprocess.run(
-        [RAYSIM, "tune", "--resume", str(sweep)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    resume_cli(sweep, env)
     table = pd.read_parquet(sweep / "trials.parquet")
     assert sorted(table.groupby("trial_id")["config/local.lr"].first()) == [0.02, 0.05, 0.1]
     assert (table.groupby("trial_id")["round"].max() == KILL_ROUNDS).all()  # every trial ran to the end

@@ -372,6 +372,18 @@ def stoppable_sweep(tmp_path: Path, name: str) -> tuple[dict[str, Any], Path, Pa
     return spec, path, tmp_path / "sweeps" / name
 
 
+def resume_cli(sweep: Path, env: dict[str, str]) -> None:
+    """``raysim tune --resume SWEEP`` as a user runs it after a stop; it must exit 0."""
+    import subprocess
+    import sys
+
+    raysim = str(Path(sys.executable).parent / "raysim")
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [raysim, "tune", "--resume", str(sweep)]
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
 def _mid_trial_state_saved(sweep: Path, rounds: int = KILL_ROUNDS) -> bool:
     """A trial is midway (some but not all rounds reported) and Tune's experiment state was saved
     after one of its checkpoints: a resume can continue it from a checkpoint. (Not necessarily the
